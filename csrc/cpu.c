@@ -1,0 +1,42 @@
+/*
+ * cpu.c: which instruction sets this CPU has, and the dispatch from (type, isa) to kernels.
+ *
+ * A built package must run on any CPU of its architecture, so the library is compiled for the baseline
+ * and the AVX2 kernels carry their own target attributes; the choice happens here, at run time.
+ */
+#include "kernels.h"
+
+int32_t llm_isa_best(void) {
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return LLM_ISA_AVX2;
+#endif
+    return LLM_ISA_SCALAR;
+}
+
+const char *llm_isa_name(int32_t isa) {
+    switch (isa) {
+    case LLM_ISA_SCALAR: return "scalar";
+    case LLM_ISA_AVX2: return "avx2";
+    default: return "unknown";
+    }
+}
+
+int llm_type_traits_get(int32_t type, int32_t isa, llm_type_traits *out) {
+    if (isa < LLM_ISA_SCALAR || isa > llm_isa_best()) return LLM_ERR_INVALID;
+    switch (type) {
+    case LLM_F32: return llm_f32_traits(isa, out);
+    default: return LLM_ERR_INVALID;
+    }
+}
+
+int llm_matvec(int32_t type, int32_t isa, const void *w, int64_t rows, int64_t cols, const float *x,
+               float *out) {
+    llm_type_traits traits;
+    if (isa == LLM_ISA_AUTO) isa = llm_isa_best();
+    if (!w || !x || !out || rows < 0 || cols < 0) return LLM_ERR_INVALID;
+    if (llm_type_traits_get(type, isa, &traits) != 0) return LLM_ERR_INVALID;
+    if (cols % traits.block_elems != 0) return LLM_ERR_INVALID;
+    traits.matvec(out, w, x, 0, rows, cols);
+    return 0;
+}

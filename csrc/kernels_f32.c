@@ -1,0 +1,126 @@
+/*
+ * kernels_f32.c: matrix-vector product, embedding lookup and vector helpers for f32 weights.
+ *
+ * The scalar versions are the reference: plain C that any compiler vectorizes a little. The AVX2 + FMA
+ * versions are compiled with target attributes (not -mavx2 for the whole file), so the library still
+ * loads on CPUs without AVX2, where cpu.c never selects them.
+ */
+#include <string.h>
+
+#include "kernels.h"
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* portable reference */
+
+static float dot_scalar(const float *a, const float *b, int64_t n) {
+    /* Eight partial sums: independent chains the compiler can keep in one vector register. */
+    float s[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) s[j] += a[i + j] * b[i + j];
+    float sum = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+    for (; i < n; i++) sum += a[i] * b[i];
+    return sum;
+}
+
+static void axpy_scalar(float *y, float a, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+static void matvec_f32_scalar(float *out, const void *w, const float *x, int64_t row_begin,
+                              int64_t row_end, int64_t cols) {
+    const float *wf = w;
+    for (int64_t r = row_begin; r < row_end; r++) out[r - row_begin] = dot_scalar(wf + r * cols, x, cols);
+}
+
+static void get_row_f32(float *out, const void *w, int64_t row, int64_t cols) {
+    memcpy(out, (const float *)w + row * cols, (size_t)cols * sizeof(float));
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* x86-64 AVX2 + FMA */
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define AVX2 __attribute__((target("avx2,fma")))
+
+AVX2 static inline float hsum_avx2(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+AVX2 static float dot_avx2(const float *a, const float *b, int64_t n) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+    }
+    for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+    float sum = hsum_avx2(_mm256_add_ps(acc0, acc1));
+    for (; i < n; i++) sum += a[i] * b[i];
+    return sum;
+}
+
+AVX2 static void axpy_avx2(float *y, float a, const float *x, int64_t n) {
+    __m256 va = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+/* Four rows at a time: each load of x serves four rows, and the four accumulators are independent. */
+AVX2 static void matvec_f32_avx2(float *out, const void *w, const float *x, int64_t row_begin,
+                                 int64_t row_end, int64_t cols) {
+    const float *wf = w;
+    int64_t r = row_begin;
+    for (; r + 4 <= row_end; r += 4) {
+        const float *w0 = wf + r * cols, *w1 = w0 + cols, *w2 = w1 + cols, *w3 = w2 + cols;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+        int64_t i = 0;
+        for (; i + 8 <= cols; i += 8) {
+            __m256 xv = _mm256_loadu_ps(x + i);
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + i), xv, a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + i), xv, a1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + i), xv, a2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + i), xv, a3);
+        }
+        float s0 = hsum_avx2(a0), s1 = hsum_avx2(a1), s2 = hsum_avx2(a2), s3 = hsum_avx2(a3);
+        for (; i < cols; i++) {
+            s0 += w0[i] * x[i];
+            s1 += w1[i] * x[i];
+            s2 += w2[i] * x[i];
+            s3 += w3[i] * x[i];
+        }
+        out[r - row_begin + 0] = s0;
+        out[r - row_begin + 1] = s1;
+        out[r - row_begin + 2] = s2;
+        out[r - row_begin + 3] = s3;
+    }
+    for (; r < row_end; r++) out[r - row_begin] = dot_avx2(wf + r * cols, x, cols);
+}
+#endif
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* dispatch */
+
+int llm_f32_traits(int32_t isa, llm_type_traits *out) {
+    *out = (llm_type_traits){"f32", 1, sizeof(float), matvec_f32_scalar, get_row_f32};
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    if (isa == LLM_ISA_AVX2) out->matvec = matvec_f32_avx2;
+#endif
+    (void)isa;
+    return 0;
+}
+
+void llm_vec_ops_get(int32_t isa, llm_vec_ops *out) {
+    *out = (llm_vec_ops){dot_scalar, axpy_scalar};
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    if (isa == LLM_ISA_AVX2) *out = (llm_vec_ops){dot_avx2, axpy_avx2};
+#endif
+    (void)isa;
+}

@@ -1,0 +1,133 @@
+/*
+ * llmrun.h: the whole C API of llmrun's kernel library (the contract with Python).
+ *
+ * The library runs the forward pass of a Llama-family transformer on the CPU. It does not read files,
+ * tokenize, sample, print or exit: Python parses the model file, hands the library borrowed pointers to
+ * the weights (usually a memory map of the file) and asks for logits. Every function that can fail
+ * returns 0 or a negative LLM_ERR_* code and leaves a message in the caller's buffer or the context.
+ *
+ * Usage (error checks shortened):
+ *
+ *     llm_config cfg = { .dim = 64, .hidden_dim = 172, .n_layers = 5, .n_heads = 8, .n_kv_heads = 4,
+ *                        .head_dim = 8, .vocab_size = 512, .rope_theta = 10000.0f, .norm_eps = 1e-5f,
+ *                        .rope_style = LLM_ROPE_INTERLEAVED };
+ *     llm_layer layers[5] = { ... };            // each tensor: { data, LLM_F32, rows, cols }
+ *     llm_weights w = { .token_embd = ..., .output_norm = ..., .output = { NULL }, .layers = layers };
+ *     char err[256];
+ *     llm_ctx *ctx;
+ *     if (llm_create(&cfg, &w, 512, 2, LLM_ISA_AUTO, &ctx, err, sizeof err) != 0) { puts(err); return; }
+ *     int32_t prompt[] = { 1, 403, 407 };
+ *     float logits[512];                        // (vocab_size) for the last token
+ *     if (llm_forward(ctx, prompt, 3, 0, logits, 0) != 0) puts(llm_last_error(ctx));
+ *     llm_free(ctx);
+ */
+#ifndef LLMRUN_H
+#define LLMRUN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Error codes (0 is success). */
+enum {
+    LLM_ERR_INVALID = -1, /* an argument is out of range or inconsistent */
+    LLM_ERR_NOMEM   = -2, /* an allocation failed */
+    LLM_ERR_THREAD  = -3, /* a worker thread could not be started */
+};
+
+/* Weight storage types. Block-quantized types follow GGUF's layouts (later issues). */
+typedef enum {
+    LLM_F32 = 0,
+    LLM_TYPE_COUNT
+} llm_type;
+
+/* Instruction sets a kernel can be built for; the best one is picked at run time. */
+typedef enum {
+    LLM_ISA_AUTO   = -1, /* the best the CPU supports */
+    LLM_ISA_SCALAR = 0,  /* portable C, the reference every SIMD kernel is tested against */
+    LLM_ISA_AVX2   = 1,  /* x86-64 AVX2 + FMA */
+} llm_isa;
+
+/* How RoPE pairs up the dimensions of a head that it rotates together. */
+typedef enum {
+    LLM_ROPE_INTERLEAVED = 0, /* (0,1), (2,3), ...: llama2.c and GGUF "llama" */
+    LLM_ROPE_HALVES      = 1, /* (0,d/2), (1,d/2+1), ...: Hugging Face checkpoints */
+} llm_rope_style;
+
+/* A borrowed, row-major matrix (rows, cols); a vector is one row. data == NULL means "absent". */
+typedef struct {
+    const void *data;
+    int32_t     type; /* llm_type */
+    int64_t     rows, cols;
+} llm_tensor;
+
+typedef struct {
+    int32_t dim;        /* width of the residual stream */
+    int32_t hidden_dim; /* width of the feed-forward layer */
+    int32_t n_layers;
+    int32_t n_heads;    /* query heads */
+    int32_t n_kv_heads; /* key/value heads; n_heads is a multiple of it (grouped-query attention) */
+    int32_t head_dim;
+    int32_t vocab_size;
+    float   rope_theta; /* RoPE base frequency, 10000 for Llama 2 */
+    float   norm_eps;   /* RMSNorm epsilon */
+    int32_t rope_style; /* llm_rope_style */
+} llm_config;
+
+/* One transformer block. q_dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim. */
+typedef struct {
+    llm_tensor attn_norm; /* (1, dim) */
+    llm_tensor wq;        /* (q_dim, dim) */
+    llm_tensor wk;        /* (kv_dim, dim) */
+    llm_tensor wv;        /* (kv_dim, dim) */
+    llm_tensor wo;        /* (dim, q_dim) */
+    llm_tensor ffn_norm;  /* (1, dim) */
+    llm_tensor w_gate;    /* (hidden_dim, dim)  "w1" in llama2.c */
+    llm_tensor w_down;    /* (dim, hidden_dim)  "w2" */
+    llm_tensor w_up;      /* (hidden_dim, dim)  "w3" */
+} llm_layer;
+
+typedef struct {
+    llm_tensor       token_embd;  /* (vocab_size, dim) */
+    llm_tensor       output_norm; /* (1, dim) */
+    llm_tensor       output;      /* (vocab_size, dim); data == NULL: tied to token_embd */
+    const llm_layer *layers;      /* n_layers entries; copied by llm_create */
+} llm_weights;
+
+typedef struct llm_ctx llm_ctx; /* opaque: borrowed weights, KV cache, scratch buffers, thread pool */
+
+/*
+ * Checks the config and every tensor's type and shape, then allocates the KV cache for n_ctx positions,
+ * the scratch buffers and a pool of n_threads threads (the caller counts as one). The weights are
+ * borrowed: they must outlive the context. On failure *out is NULL and err holds the reason.
+ */
+int llm_create(const llm_config *config, const llm_weights *weights, int32_t n_ctx, int32_t n_threads,
+               int32_t isa, llm_ctx **out, char *err, size_t errlen);
+
+/*
+ * Runs tokens[0..n_tokens) at positions pos..pos+n_tokens-1, writing their keys and values into the
+ * cache (positions before pos must already be there). logits: NULL for none, else (vocab_size) floats
+ * for the last token, or (n_tokens, vocab_size) when all_logits is non-zero.
+ */
+int llm_forward(llm_ctx *ctx, const int32_t *tokens, int32_t n_tokens, int32_t pos, float *logits,
+                int32_t all_logits);
+
+/* The message of the last failed call on ctx ("" if none). */
+const char *llm_last_error(const llm_ctx *ctx);
+
+/* The instruction set the context's kernels use (llm_isa). */
+int32_t llm_ctx_isa(const llm_ctx *ctx);
+
+void llm_free(llm_ctx *ctx);
+
+/* The best instruction set this CPU supports, and a name for any llm_isa value. */
+int32_t     llm_isa_best(void);
+const char *llm_isa_name(int32_t isa);
+
+/*
+ * out = w @ x on one thread with the given instruction set, for tests and kernel benchmarks:
+ * w is (rows, cols) of the given type, x is (cols), out is (rows).
+ */
+int llm_matvec(int32_t type, int32_t isa, const void *w, int64_t rows, int64_t cols, const float *x,
+               float *out);
+
+#endif /* LLMRUN_H */

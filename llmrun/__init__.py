@@ -1,0 +1,19 @@
+"""llmrun: local, offline inference for Llama-family language models.
+
+    import llmrun
+    with llmrun.load("stories260K.bin", tokenizer="tok512.bin") as model:
+        for piece in model.stream("Once upon a time", temperature=0):
+            print(piece, end="", flush=True)
+"""
+
+from .errors import ContextOverflowError, KernelError, LLMError, ModelFormatError, TokenizerError
+from .generate import Generation, GenerationStats
+from .model import Model, ModelInfo, load
+from .sampling import SamplingParams
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ContextOverflowError", "Generation", "GenerationStats", "KernelError", "LLMError", "Model", "ModelFormatError",
+    "ModelInfo", "SamplingParams", "TokenizerError", "load", "__version__",
+]

@@ -1,0 +1,207 @@
+"""The `llmrun` command: generate, chat and info, all on the library's one generation loop."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import LLMError
+from .generate import Generation
+from .model import Model, load
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (LLMError, ValueError, TypeError, OSError) as e:
+        print(f"llmrun: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `llmrun generate ... | head`: the reader has gone, stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmrun", description="Run Llama-family language models locally, offline, on the CPU.")
+    parser.add_argument("--version", action="version", version=f"llmrun {__version__}")
+    sub = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    gen = sub.add_parser("generate", help="continue a prompt, streaming the text to stdout",
+                         description="Continue a prompt, streaming the text to stdout (the prompt is echoed "
+                                     "first, as llama2.c and llama.cpp do).")
+    add_model_args(gen)
+    gen.add_argument("-p", "--prompt", default="", help="the text to continue (default: empty, start from BOS)")
+    add_sampling_args(gen, max_tokens_default=-1)
+    gen.add_argument("--no-echo", action="store_true", help="print only the generated text, not the prompt")
+    gen.add_argument("--stats", action="store_true",
+                     help="print token counts and prefill/decode speed to stderr at the end")
+    gen.set_defaults(run=run_generate)
+
+    chat = sub.add_parser("chat", help="an interactive session in the terminal",
+                          description="An interactive session: each line you type is added to the "
+                                      "conversation text and the model continues it. Ctrl-C stops a reply; "
+                                      "Ctrl-D (or /exit) quits; /reset starts over.")
+    add_model_args(chat)
+    add_sampling_args(chat, max_tokens_default=256)
+    chat.set_defaults(run=run_chat)
+
+    info = sub.add_parser("info", help="show a model's shape, parameters, type and size")
+    add_model_args(info)
+    info.set_defaults(run=run_info)
+    return parser
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model file (llama2.c .bin)")
+    p.add_argument("-z", "--tokenizer", help="tokenizer file (llama2.c tokenizer.bin); default: the model's "
+                                             "own, else tokenizer.bin beside the model")
+    p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
+    p.add_argument("-c", "--ctx-size", type=int, default=None,
+                   help="context size in tokens (default: the model's, at most 4096)")
+
+
+def add_sampling_args(p: argparse.ArgumentParser, max_tokens_default: int) -> None:
+    p.add_argument("-n", "--max-tokens", type=int, default=max_tokens_default,
+                   help=f"tokens to generate; -1 = until the end of text or a full context "
+                        f"(default: {max_tokens_default})")
+    p.add_argument("--temperature", "--temp", type=float, default=0.8,
+                   help="0 = greedy (default: 0.8, as llama.cpp)")
+    p.add_argument("--top-k", type=int, default=40, help="0 = off (default: 40)")
+    p.add_argument("--top-p", type=float, default=0.95, help="1.0 = off (default: 0.95)")
+    p.add_argument("--min-p", type=float, default=0.05, help="0.0 = off (default: 0.05)")
+    p.add_argument("--repeat-penalty", type=float, default=1.0, help="1.0 = off (default: 1.0)")
+    p.add_argument("-s", "--seed", type=int, default=None, help="random seed, for reproducible runs")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop when this text appears (repeatable)")
+
+
+def open_model(args: argparse.Namespace) -> Model:
+    return load(args.model, tokenizer=args.tokenizer, n_ctx=args.ctx_size, n_threads=args.threads)
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict:
+    if args.max_tokens < -1:
+        raise ValueError(f"--max-tokens must be -1 (no limit) or >= 0, got {args.max_tokens}")
+    return dict(max_tokens=None if args.max_tokens == -1 else args.max_tokens, temperature=args.temperature,
+                top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, repeat_penalty=args.repeat_penalty,
+                seed=args.seed, stop=args.stop or None)
+
+
+def print_stream(generation: Generation) -> None:
+    for piece in generation:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+
+# --- commands -------------------------------------------------------------------------------------------
+
+def run_generate(args: argparse.Namespace) -> int:
+    with open_model(args) as model:
+        generation = model.stream(args.prompt, **sampling_kwargs(args))
+        if not args.no_echo:
+            sys.stdout.write(args.prompt)
+        try:
+            print_stream(generation)
+        finally:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            if args.stats:
+                print_stats(generation)
+    return 0
+
+
+def print_stats(generation: Generation) -> None:
+    s = generation.stats
+    print(f"prompt tokens: {s.prompt_tokens} ({s.reused_tokens} reused from the cache), "
+          f"generated tokens: {s.generated_tokens}, finish: {generation.finish_reason}\n"
+          f"prefill: {s.prefill_tokens_per_second:.1f} tokens/s, "
+          f"decode: {s.decode_tokens_per_second:.1f} tokens/s", file=sys.stderr)
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    kwargs = sampling_kwargs(args)
+    with open_model(args) as model:
+        print(f"llmrun chat: {model.info.path} ({model.info.n_params / 1e6:.1f}M params, "
+              f"context {model.info.n_ctx}). Ctrl-C stops a reply, Ctrl-D quits, /reset starts over.",
+              file=sys.stderr)
+        transcript = ""
+        while True:
+            try:
+                line = input("> ")
+            except EOFError:
+                print(file=sys.stderr)
+                return 0
+            except KeyboardInterrupt:
+                print("\n(Ctrl-D or /exit quits)", file=sys.stderr)
+                continue
+            if line.strip() in ("/exit", "/quit"):
+                return 0
+            if line.strip() == "/reset":
+                transcript = ""
+                continue
+            transcript = f"{transcript}\n{line}" if transcript else line
+            transcript = chat_turn(model, transcript, kwargs)
+
+
+def chat_turn(model: Model, transcript: str, kwargs: dict) -> str:
+    """Streams the model's continuation of the conversation text; returns the text with the reply."""
+    try:
+        generation = model.stream(transcript, **kwargs)
+    except LLMError as e:  # the conversation outgrew the context: keep only the newest line
+        newest = transcript.rsplit("\n", 1)[-1]
+        print(f"({e}; the conversation starts over from your last line)", file=sys.stderr)
+        transcript = newest
+        generation = model.stream(transcript, **kwargs)
+    reply = []
+    try:
+        for piece in generation:
+            reply.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        generation.close()
+        sys.stdout.write(" [stopped]")
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return transcript + "".join(reply)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    with open_model(args) as model:
+        i = model.info
+        rows = [
+            ("file", f"{i.path} ({i.file_size:,} bytes)"),
+            ("format", i.format),
+            ("parameters", f"{i.n_params:,} ({i.n_params / 1e6:.2f}M)"),
+            ("type", f"{i.dtype} ({i.weight_bytes:,} bytes of weights)"),
+            ("shape", f"dim {i.dim}, hidden {i.hidden_dim}, layers {i.n_layers}, heads {i.n_heads}, "
+                      f"kv heads {i.n_kv_heads}, head dim {i.head_dim}"),
+            ("vocabulary", str(i.vocab_size)),
+            ("context", f"{i.context_length} trained, {i.n_ctx} allocated"),
+            ("runtime", f"{i.n_threads} threads, {i.isa} kernels"),
+        ]
+        try:
+            tok = model.tokenizer
+            rows.append(("tokenizer", f"{tok.vocab_size} tokens, bos {tok.bos_id}, eos {tok.eos_id}"))
+        except LLMError as e:
+            rows.append(("tokenizer", f"none ({e})"))
+        width = max(len(k) for k, _ in rows)
+        for key, value in rows:
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Engine: owns one C context (csrc/forward.c) for a ModelSpec and knows what its KV cache holds.
+
+The engine is the only place that talks to the C library. It passes the spec's arrays to C as borrowed
+pointers (no copies), keeps them alive as long as the context, and remembers which tokens are in the KV
+cache so that a request sharing a prefix with the previous one only computes the rest.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import _kernel
+from .errors import ContextOverflowError, KernelError
+from .spec import ROPE_STYLES, TENSOR_TYPES, ModelSpec, Tensor
+
+ffi, lib = _kernel.ffi, _kernel.lib
+
+ISA_NAMES = {"scalar": lib.LLM_ISA_SCALAR, "avx2": lib.LLM_ISA_AVX2}
+
+# Tokens per C call when filling the cache: small enough that Ctrl-C (delivered between calls) is prompt.
+CHUNK_TOKENS = 64
+
+
+def best_isa() -> str:
+    """Name of the fastest instruction set this CPU supports."""
+    return ffi.string(lib.llm_isa_name(lib.llm_isa_best())).decode()
+
+
+class Engine:
+    """One model instance: weights (borrowed), KV cache for `n_ctx` positions, `n_threads` threads."""
+
+    def __init__(self, spec: ModelSpec, n_ctx: int, n_threads: int, isa: str | None = None) -> None:
+        cfg = spec.config
+        self.spec = spec
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self.vocab_size = cfg.vocab_size
+        self._keepalive: list[object] = []  # cffi buffers over the spec's arrays
+        self._lock = threading.Lock()
+        self._cached: list[int] = []  # the tokens whose keys/values are in the cache, positions 0..
+        self._ctx = ffi.NULL
+
+        config = ffi.new("llm_config *", {
+            "dim": cfg.dim, "hidden_dim": cfg.hidden_dim, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
+            "n_kv_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "vocab_size": cfg.vocab_size,
+            "rope_theta": cfg.rope_theta, "norm_eps": cfg.norm_eps, "rope_style": ROPE_STYLES[cfg.rope_style],
+        })
+        layers = ffi.new("llm_layer[]", cfg.n_layers)
+        for i, layer in enumerate(spec.layers):
+            for name in ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_down", "w_up"):
+                self._fill(getattr(layers[i], name), getattr(layer, name))
+        weights = ffi.new("llm_weights *")
+        self._fill(weights.token_embd, spec.token_embd)
+        self._fill(weights.output_norm, spec.output_norm)
+        if spec.output is not None:
+            self._fill(weights.output, spec.output)
+        weights.layers = layers
+
+        isa_code = lib.LLM_ISA_AUTO if isa is None else ISA_NAMES.get(isa, -2)
+        if isa_code == -2:
+            raise ValueError(f"isa must be one of {sorted(ISA_NAMES)} or None, got {isa!r}")
+        err = ffi.new("char[]", 512)
+        out = ffi.new("llm_ctx **")
+        rc = lib.llm_create(config, weights, n_ctx, n_threads, isa_code, out, err, len(err))
+        if rc != 0:
+            raise KernelError(f"{spec.path}: cannot create the model context: {ffi.string(err).decode()}")
+        self._ctx = out[0]
+        self.isa = ffi.string(lib.llm_isa_name(lib.llm_ctx_isa(self._ctx))).decode()
+        self._logits = np.empty(cfg.vocab_size, dtype=np.float32)
+
+    def _fill(self, dst: object, tensor: Tensor) -> None:
+        """Points a C llm_tensor at a numpy array without copying it."""
+        data = tensor.data
+        if not data.flags.c_contiguous:
+            raise KernelError(f"{self.spec.path}: tensor is not contiguous in memory")
+        type_code, dtype = TENSOR_TYPES[tensor.type]
+        if data.dtype != dtype:
+            raise KernelError(f"{self.spec.path}: tensor of type {tensor.type} has numpy dtype {data.dtype}")
+        buf = ffi.from_buffer(data)
+        self._keepalive.append(buf)
+        rows, cols = tensor.shape
+        dst.data = buf
+        dst.type = type_code
+        dst.rows = rows
+        dst.cols = cols
+
+    # ------------------------------------------------------------------------------------------------
+
+    @property
+    def cached_tokens(self) -> list[int]:
+        """The tokens the KV cache holds now (a copy)."""
+        return list(self._cached)
+
+    def reusable_prefix(self, tokens: list[int]) -> int:
+        """How many of `tokens` evaluate() would take from the cache instead of computing."""
+        return max(0, min(_common_prefix(self._cached, tokens), len(tokens) - 1))
+
+    def evaluate(self, tokens: Sequence[int]) -> np.ndarray:
+        """Logits (vocab_size,) after the last of `tokens`, computing only what the cache lacks.
+
+        The returned array is reused by the next call: copy it to keep it."""
+        tokens = tokens if type(tokens) is list else list(tokens)
+        with self._lock:
+            keep = self.reusable_prefix(tokens)  # the last token always runs: we need its logits
+            self._check_tokens(tokens, keep)
+            self._run(tokens, keep, self._logits, all_logits=False)
+            return self._logits
+
+    def evaluate_all(self, tokens: Sequence[int]) -> np.ndarray:
+        """Logits (len(tokens), vocab_size) after each token, all computed from position 0."""
+        tokens = list(tokens)
+        self._check_tokens(tokens, 0)
+        out = np.empty((len(tokens), self.vocab_size), dtype=np.float32)
+        with self._lock:
+            self._run(tokens, 0, out, all_logits=True)
+        return out
+
+    def _check_tokens(self, tokens: list[int], start: int) -> None:
+        """Validates tokens[start:] (the ones before are in the cache, so were checked already)."""
+        if not tokens:
+            raise ValueError("no tokens to evaluate")
+        if len(tokens) > self.n_ctx:
+            raise ContextOverflowError(f"{len(tokens)} tokens do not fit in the context of {self.n_ctx}")
+        for i in range(start, len(tokens)):
+            t = tokens[i]
+            if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+                raise TypeError(f"token at index {i} must be an int, got {type(t).__name__}")
+            if not 0 <= t < self.vocab_size:
+                raise ValueError(f"token {t} at index {i} is outside the vocabulary [0, {self.vocab_size})")
+
+    def _run(self, tokens: list[int], start: int, logits: np.ndarray, all_logits: bool) -> None:
+        """Runs tokens[start:] at positions start.. in chunks; the cache then holds tokens[:end]."""
+        if not self._ctx:
+            raise KernelError("the model has been closed")
+        self._cached = self._cached[:start]
+        pos = start
+        while pos < len(tokens):
+            end = min(pos + CHUNK_TOKENS, len(tokens))
+            ids = np.asarray(tokens[pos:end], dtype=np.int32)
+            if all_logits:
+                out = ffi.from_buffer("float[]", logits[pos:], require_writable=True)
+            elif end == len(tokens):
+                out = ffi.from_buffer("float[]", logits, require_writable=True)
+            else:
+                out = ffi.NULL
+            rc = lib.llm_forward(self._ctx, ffi.from_buffer("int32_t[]", ids), len(ids), pos, out,
+                                 1 if all_logits else 0)
+            if rc != 0:
+                raise KernelError(f"forward pass failed: {ffi.string(lib.llm_last_error(self._ctx)).decode()}")
+            self._cached.extend(tokens[pos:end])
+            pos = end
+
+    def close(self) -> None:
+        """Frees the C context (KV cache, threads). Safe to call twice."""
+        with self._lock:
+            if self._ctx:
+                lib.llm_free(self._ctx)
+                self._ctx = ffi.NULL
+            self._keepalive.clear()
+            self._cached = []
+
+    def __del__(self) -> None:
+        if getattr(self, "_ctx", None):
+            lib.llm_free(self._ctx)
+            self._ctx = ffi.NULL
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:  # the usual case (the cache holds the request so far): one C-speed comparison
+        return n
+    i = 0
+    while a[i] == b[i]:
+        i += 1
+    return i

@@ -1,0 +1,23 @@
+"""The exceptions llmrun raises. Every public error derives from `LLMError`."""
+
+from __future__ import annotations
+
+
+class LLMError(Exception):
+    """Base class of every error llmrun raises on purpose."""
+
+
+class ModelFormatError(LLMError, ValueError):
+    """A model file is missing, truncated, corrupt or not in a supported format."""
+
+
+class TokenizerError(LLMError, ValueError):
+    """A tokenizer file is corrupt, or text/ids cannot be tokenized/decoded."""
+
+
+class ContextOverflowError(LLMError, ValueError):
+    """The tokens asked for do not fit in the model's context window."""
+
+
+class KernelError(LLMError, RuntimeError):
+    """The C kernel reported an error (bad arguments, out of memory)."""

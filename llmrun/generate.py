@@ -1,0 +1,159 @@
+"""The one generation loop. The library API, the CLI and (later) the server all drive text through it.
+
+prefill: evaluate the prompt (only what the KV cache does not already hold)
+decode:  sample a token, stop on an end-of-generation id / stop string / token limit / full context,
+         otherwise stream its text and evaluate it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from .engine import Engine
+from .sampling import Sampler, SamplingParams
+from .tokenizer import StreamDecoder, Tokenizer
+
+
+@dataclass
+class GenerationStats:
+    """What one generation cost. Timings are wall-clock seconds."""
+
+    prompt_tokens: int = 0  # tokens in the prompt
+    reused_tokens: int = 0  # of those, how many the KV cache already held
+    generated_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+    @property
+    def prefill_tokens_per_second(self) -> float:
+        computed = self.prompt_tokens - self.reused_tokens
+        return computed / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        return self.generated_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+
+def check_max_tokens(max_tokens: int | None) -> None:
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                   or max_tokens < 0):
+        raise ValueError(f"max_tokens must be None or an int >= 0, got {max_tokens!r}")
+
+
+def normalize_stop(stop: str | Iterable[str] | None) -> list[str]:
+    """Stop strings as a list; one string is one stop string. Empty strings are refused."""
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else list(stop)
+    for s in stops:
+        if not isinstance(s, str) or not s:
+            raise ValueError(f"stop strings must be non-empty str, got {s!r}")
+    return stops
+
+
+class StopStrings:
+    """Holds back text that might be the start of a stop string, so a stop string is never emitted."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = stops
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Returns (text safe to emit, whether a stop string was hit)."""
+        if not self.stops:
+            return text, False
+        self.pending += text
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending = self.pending[:min(hits)], ""
+            return out, True
+        hold = 0  # the longest tail of pending that begins some stop string
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(self.pending)), hold, -1):
+                if self.pending.endswith(s[:n]):
+                    hold = n
+                    break
+        cut = len(self.pending) - hold
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+class Generation(Iterator[str]):
+    """One completion, streamed as text pieces. After iteration ends, `finish_reason` is "stop" (an
+    end-of-generation token or a stop string) or "length" (max_tokens, or the context is full), and
+    `tokens` holds the generated ids."""
+
+    def __init__(self, engine: Engine, tokenizer: Tokenizer, prompt: Sequence[int], params: SamplingParams,
+                 max_tokens: int | None, stop: list[str], eog_ids: frozenset[int]) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.prompt = list(prompt)
+        self.sampler = Sampler(params)
+        self.max_tokens = max_tokens
+        self.stop = stop
+        self.eog_ids = eog_ids
+        self.tokens: list[int] = []
+        self.finish_reason: str | None = None
+        self.stats = GenerationStats(prompt_tokens=len(self.prompt))
+        self._steps = self._run()
+
+    def __next__(self) -> str:
+        return next(self._steps)
+
+    def text(self) -> str:
+        """Runs the generation to the end and returns all of its text."""
+        return "".join(self)
+
+    def close(self) -> None:
+        """Stops the generation early (what a consumer does on Ctrl-C or a closed connection)."""
+        self._steps.close()
+
+    def _run(self) -> Iterator[str]:
+        engine, stats = self.engine, self.stats
+        start = time.perf_counter()
+        stats.reused_tokens = engine.reusable_prefix(self.prompt)
+        logits = engine.evaluate(self.prompt)
+        stats.prefill_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        try:
+            yield from self._decode(logits)
+        finally:
+            stats.decode_seconds = time.perf_counter() - start
+
+    def _decode(self, logits) -> Iterator[str]:
+        history = list(self.prompt)
+        bos = self.tokenizer.bos_id
+        decoder = StreamDecoder(self.tokenizer, strip_leading_space=bos is not None and history[-1] == bos)
+        stops = StopStrings(self.stop)
+        while True:
+            if self.max_tokens is not None and len(self.tokens) >= self.max_tokens:
+                self.finish_reason = "length"
+                break
+            token = self.sampler.sample(logits, history)
+            if token in self.eog_ids:
+                self.finish_reason = "stop"
+                break
+            self.tokens.append(token)
+            history.append(token)
+            self.stats.generated_tokens += 1
+            text, hit = stops.feed(decoder.feed(token))
+            if text:
+                yield text
+            if hit:
+                self.finish_reason = "stop"
+                return
+            if len(history) >= self.engine.n_ctx:
+                self.finish_reason = "length"
+                break
+            logits = self.engine.evaluate(history)
+        text, hit = stops.feed(decoder.flush())
+        text += "" if hit else stops.flush()
+        if text:
+            yield text
+

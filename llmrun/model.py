@@ -1,0 +1,198 @@
+"""The Python API: `llmrun.load(...)` returns a `Model` that tokenizes, generates, streams and scores."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .engine import Engine
+from .errors import ContextOverflowError, TokenizerError
+from .formats import read_model
+from .generate import Generation, check_max_tokens, normalize_stop
+from .sampling import SamplingParams
+from .spec import ModelSpec
+from .system import physical_cores
+from .tokenizer import Tokenizer, load_llama2c_tokenizer
+
+DEFAULT_MAX_CTX = 4096  # default KV cache size cap; pass n_ctx to use more of a long-context model
+MAX_THREADS = 512
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a loaded model is and how it runs."""
+
+    path: str
+    format: str
+    dim: int
+    hidden_dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    context_length: int  # what the model was trained for
+    n_ctx: int  # the KV cache this instance allocated
+    n_params: int
+    dtype: str
+    weight_bytes: int
+    file_size: int
+    n_threads: int
+    isa: str  # the kernels' instruction set, e.g. "avx2"
+
+
+class Model:
+    """A loaded model with its KV cache and threads. Use `llmrun.load` to make one; close it (or use it as
+    a context manager) to free the cache and threads at once.
+
+    Calls on one Model are serialized; a request that shares a prefix with the previous one (a chat
+    turn, a repeated system prompt) only computes the new tokens."""
+
+    def __init__(self, spec: ModelSpec, tokenizer: Tokenizer | None, n_ctx: int, n_threads: int,
+                 tokenizer_problem: str = "") -> None:
+        self._spec = spec
+        self._tokenizer = tokenizer
+        self._tokenizer_problem = tokenizer_problem
+        self._engine = Engine(spec, n_ctx=n_ctx, n_threads=n_threads)
+        cfg = spec.config
+        self.info = ModelInfo(
+            path=str(spec.path), format=spec.format, dim=cfg.dim, hidden_dim=cfg.hidden_dim,
+            n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
+            vocab_size=cfg.vocab_size, context_length=cfg.max_seq_len, n_ctx=n_ctx, n_params=spec.n_params,
+            dtype=spec.dtype, weight_bytes=spec.weight_bytes, file_size=spec.file_size, n_threads=n_threads,
+            isa=self._engine.isa)
+        eog = set()
+        if tokenizer is not None and tokenizer.eos_id is not None:
+            eog.add(tokenizer.eos_id)
+        # llama2.c's stories models end a story by starting the next one with BOS; run.c stops there.
+        if spec.format.startswith("llama2.c") and tokenizer is not None and tokenizer.bos_id is not None:
+            eog.add(tokenizer.bos_id)
+        self.eog_ids: frozenset[int] = frozenset(eog)
+
+    # --- text <-> tokens ----------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The model's tokenizer; TokenizerError if it has none."""
+        if self._tokenizer is None:
+            raise TokenizerError(self._tokenizer_problem or f"{self._spec.path}: the model has no tokenizer")
+        return self._tokenizer
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        """Token ids of `text`, starting with BOS when `add_bos` (and the tokenizer has one)."""
+        return self.tokenizer.encode(text, add_bos=add_bos)
+
+    def detokenize(self, ids: Iterable[int]) -> str:
+        """The text of token ids (control tokens such as BOS/EOS produce no text)."""
+        return self.tokenizer.decode(ids)
+
+    # --- scoring ------------------------------------------------------------------------------------
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """Logits after each position: an array (len(tokens), vocab_size) of float32, where row i
+        scores the token that would follow tokens[0..i]."""
+        self._check_fits(len(tokens), "tokens")
+        return self._engine.evaluate_all(tokens)
+
+    # --- generation ---------------------------------------------------------------------------------
+
+    def stream(self, prompt: str | Sequence[int], max_tokens: int | None = 256, temperature: float = 0.8,
+               top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
+               seed: int | None = None, stop: str | Iterable[str] | None = None) -> Generation:
+        """Generates a continuation of `prompt` (text, or token ids), yielding text pieces as they are
+        complete (never half a UTF-8 character). Sampling defaults are llama.cpp's; temperature 0 is
+        greedy. Generation ends at an end-of-generation token, a stop string (not included in the text),
+        `max_tokens` new tokens (None: until the context is full) or a full context. The returned
+        Generation also reports `finish_reason`, `tokens` and `stats` once it is exhausted."""
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                repeat_penalty=repeat_penalty, seed=seed)
+        check_max_tokens(max_tokens)
+        stops = normalize_stop(stop)
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            raise ValueError("the prompt is empty and the tokenizer has no BOS token to start from")
+        self._check_fits(len(ids), "prompt")
+        return Generation(self._engine, self.tokenizer, ids, params, max_tokens, stops, self.eog_ids)
+
+    def generate(self, prompt: str | Sequence[int], max_tokens: int | None = 256, temperature: float = 0.8,
+                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
+                 seed: int | None = None, stop: str | Iterable[str] | None = None) -> str:
+        """Like `stream`, but returns the whole continuation as one string."""
+        return self.stream(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                           min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, stop=stop).text()
+
+    def _check_fits(self, n_tokens: int, what: str) -> None:
+        if n_tokens > self.info.n_ctx:
+            raise ContextOverflowError(
+                f"the {what} is {n_tokens} tokens, more than the context of {self.info.n_ctx} "
+                f"(load with a larger n_ctx, up to the model's {self.info.context_length})")
+
+    # --- lifetime -----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Frees the KV cache and threads now. The model cannot be used afterwards."""
+        self._engine.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        i = self.info
+        return (f"Model({i.path!r}, {i.format}, {i.n_params / 1e6:.2f}M params, {i.dtype}, n_ctx={i.n_ctx}, "
+                f"n_threads={i.n_threads})")
+
+
+def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | None = None,
+         n_ctx: int | None = None, n_threads: int | None = None) -> Model:
+    """Loads a model file.
+
+    path:      a llama2.c checkpoint (.bin).
+    tokenizer: a llama2.c tokenizer.bin (or a Tokenizer). Default: the file's own tokenizer, else a
+               tokenizer.bin beside the model if its vocabulary matches.
+    n_ctx:     positions the KV cache holds; default: the model's context length, at most 4096.
+    n_threads: threads for the matrix products; default: the number of physical cores."""
+    spec = read_model(path)
+    cfg = spec.config
+    if n_ctx is None:
+        n_ctx = min(cfg.max_seq_len, DEFAULT_MAX_CTX)
+    _check_int("n_ctx", n_ctx, 1, 1 << 24)
+    if n_threads is None:
+        n_threads = min(physical_cores(), MAX_THREADS)
+    _check_int("n_threads", n_threads, 1, MAX_THREADS)
+    tok, problem = _resolve_tokenizer(spec, tokenizer)
+    return Model(spec, tok, n_ctx=n_ctx, n_threads=n_threads, tokenizer_problem=problem)
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} must be an int in [{low}, {high}], got {value!r}")
+
+
+def _resolve_tokenizer(spec: ModelSpec, tokenizer: str | os.PathLike | Tokenizer | None
+                       ) -> tuple[Tokenizer | None, str]:
+    """The tokenizer to use, or None and why there is none."""
+    vocab = spec.config.vocab_size
+    if isinstance(tokenizer, Tokenizer):
+        if tokenizer.vocab_size != vocab:
+            raise TokenizerError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model "
+                                 f"{spec.path} has a vocabulary of {vocab}")
+        return tokenizer, ""
+    if tokenizer is not None:
+        return load_llama2c_tokenizer(tokenizer, vocab_size=vocab), ""
+    if spec.tokenizer is not None:
+        return spec.tokenizer, ""  # type: ignore[return-value]
+    beside = Path(spec.path).with_name("tokenizer.bin")
+    hint = f"{spec.path}: no tokenizer; pass tokenizer= (llama2.c models keep it in a separate .bin file)"
+    if beside.is_file():
+        try:
+            return load_llama2c_tokenizer(beside, vocab_size=vocab), ""
+        except TokenizerError as e:
+            return None, f"{hint}; {beside} does not fit this model: {e}"
+    return None, hint

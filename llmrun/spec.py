@@ -1,0 +1,120 @@
+"""ModelSpec: what every format reader returns and the engine consumes.
+
+A spec is the model's hyperparameters plus its named tensors, each a numpy array that is usually a
+memory map of the model file (no copy). The format readers (llmrun/formats/) fill it in and check it;
+the engine hands its arrays to C as borrowed pointers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# Weight types, in the C library's numbering (csrc/llmrun.h, llm_type). Name -> (C enum value, numpy dtype)
+TENSOR_TYPES: dict[str, tuple[int, np.dtype]] = {
+    "f32": (0, np.dtype("<f4")),
+}
+
+ROPE_STYLES = {"interleaved": 0, "halves": 1}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyperparameters of a Llama-family transformer."""
+
+    dim: int
+    hidden_dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_seq_len: int  # the context length the model was trained for
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    rope_style: str = "interleaved"  # llama2.c / GGUF pair adjacent dims; Hugging Face rotates halves
+
+    @property
+    def q_dim(self) -> int:
+        return self.n_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.head_dim
+
+
+@dataclass
+class Tensor:
+    """A row-major weight matrix of shape (rows, cols); `data` holds it in its storage type."""
+
+    data: np.ndarray
+    type: str = "f32"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.data.shape[0], self.data.shape[1]) if self.data.ndim == 2 else (1, self.data.shape[0])
+
+    @property
+    def n_elements(self) -> int:
+        rows, cols = self.shape
+        return rows * cols
+
+
+@dataclass
+class LayerWeights:
+    """One transformer block. Shapes: norms (dim,); wq (q_dim, dim); wk, wv (kv_dim, dim); wo (dim, q_dim);
+    w_gate, w_up (hidden_dim, dim); w_down (dim, hidden_dim)."""
+
+    attn_norm: Tensor
+    wq: Tensor
+    wk: Tensor
+    wv: Tensor
+    wo: Tensor
+    ffn_norm: Tensor
+    w_gate: Tensor
+    w_down: Tensor
+    w_up: Tensor
+
+    def tensors(self) -> list[Tensor]:
+        return [self.attn_norm, self.wq, self.wk, self.wv, self.wo, self.ffn_norm, self.w_gate,
+                self.w_down, self.w_up]
+
+
+@dataclass
+class ModelSpec:
+    """A loaded model file: config, weights and (when the file has one) its tokenizer."""
+
+    path: Path
+    format: str  # e.g. "llama2.c v0"
+    config: ModelConfig
+    token_embd: Tensor
+    output_norm: Tensor
+    output: Tensor | None  # None: the classifier is tied to token_embd
+    layers: list[LayerWeights]
+    file_size: int
+    tokenizer: object | None = None  # llmrun.tokenizer.Tokenizer when the file carries one
+    extra: dict = field(default_factory=dict)
+
+    def tensors(self) -> list[Tensor]:
+        out = [self.token_embd, self.output_norm]
+        if self.output is not None:
+            out.append(self.output)
+        for layer in self.layers:
+            out.extend(layer.tensors())
+        return out
+
+    @property
+    def n_params(self) -> int:
+        return sum(t.n_elements for t in self.tensors())
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(t.data.nbytes for t in self.tensors())
+
+    @property
+    def dtype(self) -> str:
+        """The type of the big matrices (norms are always f32)."""
+        types = {layer.wq.type for layer in self.layers} | {self.token_embd.type}
+        return "/".join(sorted(types))
