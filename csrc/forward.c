@@ -8,6 +8,7 @@
  */
 #include <math.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,7 +99,8 @@ static float silu(float x) { return x / (1.0f + expf(-x)); }
 /* ---------------------------------------------------------------------------------------------------- */
 /* parallel tasks */
 
-/* Up to three products sharing one input vector (q, k, v or gate, up), split by rows across threads. */
+/* Up to three products sharing one input vector (q, k, v or gate, up), cut into chunks of rows that
+   threads claim one at a time: a thread that falls behind (a busy machine) simply claims fewer. */
 typedef struct {
     const llm_ctx *c;
     const float   *x;
@@ -106,40 +108,56 @@ typedef struct {
     struct {
         float            *out;
         const llm_tensor *w;
+        int64_t           chunk_rows, n_chunks;
     } job[3];
+    atomic_int next_chunk;
 } matvec_task;
 
 static void matvec_worker(void *arg, int ith, int nth) {
-    const matvec_task *t = arg;
-    for (int j = 0; j < t->n; j++) {
+    (void)ith, (void)nth;
+    matvec_task *t = arg;
+    for (;;) {
+        int64_t chunk = atomic_fetch_add_explicit(&t->next_chunk, 1, memory_order_relaxed);
+        int j = 0;
+        while (j < t->n && chunk >= t->job[j].n_chunks) chunk -= t->job[j++].n_chunks;
+        if (j == t->n) return;
         const llm_tensor *w = t->job[j].w;
-        /* Whole multiples of 16 rows per thread keep SIMD row blocks intact and outputs apart. */
-        int64_t chunk = ((w->rows + nth - 1) / nth + 15) / 16 * 16;
-        int64_t begin = chunk * ith, end = begin + chunk < w->rows ? begin + chunk : w->rows;
-        if (begin < end) t->c->traits[w->type].matvec(t->job[j].out + begin, w->data, t->x, begin, end, w->cols);
+        int64_t begin = chunk * t->job[j].chunk_rows;
+        int64_t end = begin + t->job[j].chunk_rows < w->rows ? begin + t->job[j].chunk_rows : w->rows;
+        t->c->traits[w->type].matvec(t->job[j].out + begin, w->data, t->x, begin, end, w->cols);
     }
 }
 
 static void matvec(const llm_ctx *c, const float *x, float *out0, const llm_tensor *w0, float *out1,
                    const llm_tensor *w1, float *out2, const llm_tensor *w2) {
-    matvec_task t = {c, x, w2 ? 3 : w1 ? 2 : 1, {{out0, w0}, {out1, w1}, {out2, w2}}};
+    matvec_task t = {c, x, w2 ? 3 : w1 ? 2 : 1, {{out0, w0, 0, 0}, {out1, w1, 0, 0}, {out2, w2, 0, 0}}, 0};
+    int nth = llm_pool_size(c->pool);
+    for (int j = 0; j < t.n; j++) {
+        /* about four chunks per thread, in whole multiples of 16 rows (SIMD row blocks, cache lines) */
+        int64_t rows = t.job[j].w->rows, per = (rows + 4 * nth - 1) / (4 * nth);
+        t.job[j].chunk_rows = (per + 15) / 16 * 16;
+        t.job[j].n_chunks = (rows + t.job[j].chunk_rows - 1) / t.job[j].chunk_rows;
+    }
+    atomic_init(&t.next_chunk, 0);
     llm_pool_run(c->pool, matvec_worker, &t);
 }
 
 typedef struct {
-    llm_ctx *c;
-    int      layer, pos;
+    llm_ctx   *c;
+    int        layer, pos;
+    atomic_int next_head;
 } attention_task;
 
 /* Each query head attends over positions 0..pos of its key/value head; heads are split across threads. */
 static void attention_worker(void *arg, int ith, int nth) {
-    const attention_task *t = arg;
+    (void)ith, (void)nth;
+    attention_task *t = arg;
     llm_ctx *c = t->c;
     const llm_config *p = &c->cfg;
     int hd = p->head_dim, kv_dim = p->n_kv_heads * hd, group = p->n_heads / p->n_kv_heads;
     size_t layer_off = (size_t)t->layer * c->n_ctx * kv_dim;
     float scale = 1.0f / sqrtf((float)hd);
-    for (int h = ith; h < p->n_heads; h += nth) {
+    for (int h; (h = atomic_fetch_add_explicit(&t->next_head, 1, memory_order_relaxed)) < p->n_heads;) {
         const float *q = c->q + (size_t)h * hd;
         float *att = c->att + (size_t)h * c->n_ctx;
         size_t kv_off = layer_off + (size_t)(h / group) * hd;
@@ -174,7 +192,7 @@ static void forward_token(llm_ctx *c, int32_t token, int32_t pos, float *logits)
         matvec(c, c->xb, c->q, &L->wq, k, &L->wk, v, &L->wv);
         rope(c, c->q, p->n_heads, pos);
         rope(c, k, p->n_kv_heads, pos);
-        attention_task at = {c, l, pos};
+        attention_task at = {c, l, pos, 0};
         llm_pool_run(c->pool, attention_worker, &at);
         matvec(c, c->xb, c->xb2, &L->wo, NULL, NULL, NULL, NULL);
         for (int i = 0; i < dim; i++) x[i] += c->xb2[i];

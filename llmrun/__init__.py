@@ -6,7 +6,14 @@
             print(piece, end="", flush=True)
 """
 
-from .errors import ContextOverflowError, KernelError, LLMError, ModelFormatError, TokenizerError
+from .errors import (
+    ContextOverflowError,
+    KernelError,
+    LLMError,
+    ModelFormatError,
+    SamplingError,
+    TokenizerError,
+)
 from .generate import Generation, GenerationStats
 from .model import Model, ModelInfo, load
 from .sampling import SamplingParams
@@ -15,5 +22,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ContextOverflowError", "Generation", "GenerationStats", "KernelError", "LLMError", "Model", "ModelFormatError",
-    "ModelInfo", "SamplingParams", "TokenizerError", "load", "__version__",
+    "ModelInfo", "SamplingError", "SamplingParams", "TokenizerError", "load", "__version__",
 ]

@@ -21,3 +21,7 @@ class ContextOverflowError(LLMError, ValueError):
 
 class KernelError(LLMError, RuntimeError):
     """The C kernel reported an error (bad arguments, out of memory)."""
+
+
+class SamplingError(LLMError, ValueError):
+    """Bad sampling parameters, logits or history."""

@@ -10,7 +10,8 @@ Two layouts are read:
   rms_final), then token embedding, wq, wk, wv, wo, w1, w2, w3, then the classifier if not shared.
   Version 2 (Q8_0) needs the quantized kernels and is refused for now.
 
-Tensors are views of one read-only memory map of the file: nothing is copied.
+Tensors are views of one read-only memory map of the file: nothing is copied. `write_llama2c` writes
+either layout (tests and benchmarks build their models with it; run.c reads v0).
 """
 
 from __future__ import annotations
@@ -148,3 +149,43 @@ def _build(path: Path, file_size: int, f: dict[str, int], shared: bool, version:
     return ModelSpec(path=path, format=f"llama2.c v{version}", config=config, token_embd=t(arrays["token_embd"]),
                      output_norm=t(arrays["rms_final"]), output=None if shared else t(arrays["output"]),
                      layers=layers, file_size=file_size)
+
+
+# llama2.c's tensor names -> ours (the keys write_llama2c takes)
+WRITE_NAMES = {"token_embd": "token_embd", "rms_att": "attn_norm", "wq": "wq", "wk": "wk", "wv": "wv",
+               "wo": "wo", "rms_ffn": "ffn_norm", "w1": "w_gate", "w2": "w_down", "w3": "w_up",
+               "rms_final": "output_norm", "output": "output"}
+
+
+def write_llama2c(path: str | os.PathLike, config: ModelConfig, tensors: dict[str, np.ndarray],
+                  version: int = 0) -> None:
+    """Writes an f32 llama2.c checkpoint. `tensors` maps token_embd (vocab, dim), attn_norm (L, dim),
+    wq (L, dim, dim), wk and wv (L, kv_dim, dim), wo (L, dim, dim), ffn_norm (L, dim), w_gate and w_up
+    (L, hidden, dim), w_down (L, dim, hidden), output_norm (dim,) and, for an untied classifier,
+    output (vocab, dim). The format cannot express head_dim != dim / n_heads or other RoPE settings."""
+    c = config
+    if c.head_dim * c.n_heads != c.dim or c.rope_style != "interleaved" or c.rope_theta != 10000.0:
+        raise ValueError("llama2.c files need head_dim = dim / n_heads and interleaved RoPE with theta 10000")
+    if version not in (0, 1):
+        raise ValueError(f"version must be 0 or 1, got {version}")
+    shared = "output" not in tensors
+    fields = (c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads)
+    half = c.head_dim // 2
+    if version == 0:
+        header = struct.pack("<7i", *fields, c.vocab_size if shared else -c.vocab_size, c.max_seq_len)
+        order = ["token_embd", "rms_att", "wq", "wk", "wv", "wo", "rms_ffn", "w1", "w2", "w3", "rms_final"]
+        # run.c skips the RoPE tables but they must be there; write the real ones, as export.py does.
+        angles = np.outer(np.arange(c.max_seq_len), 10000.0 ** (-np.arange(0, c.head_dim, 2)[:half] / c.head_dim))
+        rope = [np.cos(angles), np.sin(angles)]
+    else:
+        header = struct.pack("<Ii7iB", MAGIC, 1, *fields, c.vocab_size, c.max_seq_len, int(shared))
+        header += bytes(VERSIONED_HEADER_BYTES - len(header))
+        order = ["rms_att", "rms_ffn", "rms_final", "token_embd", "wq", "wk", "wv", "wo", "w1", "w2", "w3"]
+        rope = []
+    arrays = [tensors[WRITE_NAMES[name]] for name in order] + rope
+    if not shared:
+        arrays.append(tensors["output"])
+    with open(path, "wb") as f:
+        f.write(header)
+        for a in arrays:
+            f.write(np.ascontiguousarray(a, dtype="<f4").tobytes())

@@ -1,0 +1,20 @@
+"""Shared test fixtures. tests/ is on sys.path, so tests import builders and reference directly."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """../shared/models (stories260K, tok512, the Llama 2 tokenizer); tests skip where it is absent."""
+    if not (MODELS / "stories260K.bin").is_file():
+        pytest.skip(f"{MODELS} is not available")
+    return MODELS

@@ -1,0 +1,150 @@
+"""The C forward pass against the numpy reference (tests/reference.py), for several model shapes,
+both instruction sets and several thread counts; and the C kernels against numpy.
+
+Tolerance: the C code computes in float32 and the reference in float64. Over these depths and widths
+float32 rounding moves logits by ~1e-6 of their scale, so max |C - ref| <= 1e-4 * max |ref| (a relative
+1e-4) leaves a wide margin while any real mistake (a wrong RoPE pair, a missing residual, a wrong KV
+head) moves logits by 1e-2 or more of their scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from builders import make_config, random_tensors, spec_from_tensors
+from llmrun import ContextOverflowError, KernelError
+from llmrun.engine import ISA_NAMES, Engine, best_isa, ffi, lib
+from reference import forward as reference_forward
+
+RTOL = 1e-4
+ISAS = ["scalar"] + (["avx2"] if best_isa() == "avx2" else [])
+
+SHAPES = {
+    # name: (config, tied)
+    "gqa-tied": (make_config(dim=64, hidden_dim=172, n_heads=8, n_kv_heads=4, vocab_size=96), True),
+    "mha-untied": (make_config(dim=48, hidden_dim=100, n_layers=3, n_heads=6, n_kv_heads=6, vocab_size=70), False),
+    # head_dim != dim / n_heads, multi-query attention, Hugging Face RoPE halves, Llama 3's theta
+    "mqa-halves": (make_config(dim=40, hidden_dim=77, n_heads=5, n_kv_heads=1, head_dim=12, vocab_size=33,
+                               rope_style="halves", rope_theta=500000.0), False),
+    # odd sizes everywhere: every SIMD loop has a scalar tail
+    "odd-dims": (make_config(dim=37, hidden_dim=51, n_layers=2, n_heads=3, n_kv_heads=1, head_dim=10,
+                             vocab_size=29), True),
+}
+
+
+def assert_close(got: np.ndarray, want: np.ndarray) -> None:
+    err = np.max(np.abs(got - want)) / np.max(np.abs(want))
+    assert err <= RTOL, f"max abs error is {err:.2e} of the logits' scale (allowed {RTOL:.0e})"
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_logits_match_reference(shape: str, n_threads: int, isa: str) -> None:
+    cfg, tied = SHAPES[shape]
+    t = random_tensors(cfg, seed=1, tied=tied)
+    tokens = list(np.random.default_rng(2).integers(0, cfg.vocab_size, size=20))
+    want = reference_forward(cfg, t, tokens)
+    engine = Engine(spec_from_tensors(cfg, t), n_ctx=32, n_threads=n_threads, isa=isa)
+    assert engine.isa == isa
+    assert_close(engine.evaluate_all(tokens), want)
+    # token by token through the KV cache gives the same logits as the whole sequence
+    engine.close()
+    engine = Engine(spec_from_tensors(cfg, t), n_ctx=32, n_threads=n_threads, isa=isa)
+    for i in range(len(tokens)):
+        assert_close(engine.evaluate(tokens[: i + 1]), want[i])
+
+
+def test_logits_are_not_trivially_close() -> None:
+    """The tolerance means something: logits differ between positions by far more than RTOL."""
+    cfg, tied = SHAPES["gqa-tied"]
+    want = reference_forward(cfg, random_tensors(cfg, seed=1, tied=tied), [3, 5, 7])
+    assert np.max(np.abs(want[1] - want[2])) / np.max(np.abs(want)) > 100 * RTOL
+
+
+def test_wrong_rope_style_is_caught() -> None:
+    """A model run with the other RoPE pairing must fail the comparison (the oracle can see RoPE)."""
+    cfg, tied = SHAPES["gqa-tied"]
+    t = random_tensors(cfg, seed=1, tied=tied)
+    tokens = [1, 2, 3, 4, 5, 6]
+    want = reference_forward(cfg, t, tokens)
+    other = make_config(dim=64, hidden_dim=172, n_heads=8, n_kv_heads=4, vocab_size=96, rope_style="halves")
+    got = Engine(spec_from_tensors(other, t), n_ctx=8, n_threads=1).evaluate_all(tokens)
+    assert np.max(np.abs(got - want)) / np.max(np.abs(want)) > 100 * RTOL
+
+
+def test_cache_reuse_and_divergence() -> None:
+    """evaluate() reuses the cached prefix and recomputes after the first differing token."""
+    cfg, tied = SHAPES["gqa-tied"]
+    t = random_tensors(cfg, seed=3, tied=tied)
+    engine = Engine(spec_from_tensors(cfg, t), n_ctx=32, n_threads=2)
+    a, b = [1, 2, 3, 4, 5, 6], [1, 2, 3, 9, 8]
+    engine.evaluate(a)
+    assert engine.reusable_prefix(b) == 3
+    assert_close(engine.evaluate(b).copy(), reference_forward(cfg, t, b)[-1])
+    assert engine.cached_tokens == b
+    assert engine.reusable_prefix(b) == len(b) - 1  # the last token always runs again
+
+
+def test_bad_tokens_and_overflow() -> None:
+    cfg, tied = SHAPES["gqa-tied"]
+    engine = Engine(spec_from_tensors(cfg, random_tensors(cfg, tied=tied)), n_ctx=8, n_threads=1)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        engine.evaluate([1, cfg.vocab_size])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        engine.evaluate([-1])
+    with pytest.raises(ContextOverflowError):
+        engine.evaluate(list(range(9)))
+    with pytest.raises(ValueError):
+        engine.evaluate([])
+    engine.close()
+    with pytest.raises(KernelError, match="closed"):
+        engine.evaluate([1])
+
+
+def test_c_rejects_bad_arguments_itself() -> None:
+    """The C library checks its own bounds: Python's checks are not the only line of defence."""
+    cfg, tied = SHAPES["gqa-tied"]
+    engine = Engine(spec_from_tensors(cfg, random_tensors(cfg, tied=tied)), n_ctx=8, n_threads=1)
+    logits = ffi.new("float[]", cfg.vocab_size)
+    for tokens, pos in [([1, 2], 7), ([1], -1), ([cfg.vocab_size], 0), ([-5], 0)]:
+        ids = ffi.new("int32_t[]", tokens)
+        assert lib.llm_forward(engine._ctx, ids, len(tokens), pos, logits, 0) == lib.LLM_ERR_INVALID
+        assert ffi.string(lib.llm_last_error(engine._ctx))
+    assert lib.llm_forward(engine._ctx, ffi.new("int32_t[]", [1]), 0, 0, logits, 0) == lib.LLM_ERR_INVALID
+
+
+def test_c_rejects_inconsistent_shapes() -> None:
+    cfg, tied = SHAPES["gqa-tied"]
+    t = random_tensors(cfg, tied=tied)
+    t["wk"] = t["wk"][:, :-1, :]  # one row short
+    with pytest.raises(KernelError, match="layer 0 wk: shape"):
+        Engine(spec_from_tensors(cfg, t), n_ctx=8, n_threads=1)
+    with pytest.raises(KernelError, match="n_threads"):
+        Engine(spec_from_tensors(cfg, random_tensors(cfg, tied=tied)), n_ctx=8, n_threads=0)
+    with pytest.raises(KernelError, match="n_ctx"):
+        Engine(spec_from_tensors(cfg, random_tensors(cfg, tied=tied)), n_ctx=0, n_threads=1)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("rows,cols", [(1, 1), (3, 7), (4, 8), (17, 33), (64, 288), (5, 1000)])
+def test_matvec_kernel(isa: str, rows: int, cols: int) -> None:
+    rng = np.random.default_rng(rows * 1000 + cols)
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    x = rng.standard_normal(cols).astype(np.float32)
+    out = np.empty(rows, dtype=np.float32)
+    rc = lib.llm_matvec(lib.LLM_F32, ISA_NAMES[isa], ffi.from_buffer(w), rows, cols, ffi.from_buffer("float[]", x),
+                        ffi.from_buffer("float[]", out))
+    assert rc == 0
+    want = w.astype(np.float64) @ x.astype(np.float64)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.sqrt(cols))
+
+
+def test_matvec_rejects_unknown_type_and_isa() -> None:
+    w = np.zeros((2, 2), dtype=np.float32)
+    x = np.zeros(2, dtype=np.float32)
+    out = np.zeros(2, dtype=np.float32)
+    args = (ffi.from_buffer(w), 2, 2, ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", out))
+    assert lib.llm_matvec(99, lib.LLM_ISA_SCALAR, *args) == lib.LLM_ERR_INVALID
+    assert lib.llm_matvec(lib.LLM_F32, 99, *args) == lib.LLM_ERR_INVALID
