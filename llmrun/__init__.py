@@ -21,6 +21,6 @@ from .sampling import SamplingParams
 __version__ = "0.1.0"
 
 __all__ = [
-    "ContextOverflowError", "Generation", "GenerationStats", "KernelError", "LLMError", "Model", "ModelFormatError",
-    "ModelInfo", "SamplingError", "SamplingParams", "TokenizerError", "load", "__version__",
+    "ContextOverflowError", "Generation", "GenerationStats", "KernelError", "LLMError", "Model",
+    "ModelFormatError", "ModelInfo", "SamplingError", "SamplingParams", "TokenizerError", "load", "__version__",
 ]

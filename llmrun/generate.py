@@ -148,7 +148,7 @@ class Generation(Iterator[str]):
             if hit:
                 self.finish_reason = "stop"
                 return
-            if len(history) >= self.engine.n_ctx:
+            if len(history) > self.engine.n_ctx:  # the newest token has no cache slot to run in
                 self.finish_reason = "length"
                 break
             logits = self.engine.evaluate(history)

@@ -56,7 +56,7 @@ def load_llama2c(path: str | os.PathLike) -> ModelSpec:
         if len(head) < VERSIONED_HEADER_BYTES:
             raise ModelFormatError(f"{path}: truncated header: {len(head)} bytes, expected "
                                    f"{VERSIONED_HEADER_BYTES}")
-        fields = dict(zip(HEADER_FIELDS, struct.unpack_from("<7i", head, 8)))
+        fields = dict(zip(HEADER_FIELDS, struct.unpack_from("<7i", head, 8), strict=True))
         shared = head[36]
         if shared not in (0, 1):
             raise ModelFormatError(f"{path}: shared_classifier must be 0 or 1, got {shared}")
@@ -64,7 +64,7 @@ def load_llama2c(path: str | os.PathLike) -> ModelSpec:
 
     if len(head) < LEGACY_HEADER_BYTES:
         raise ModelFormatError(f"{path}: truncated header: {len(head)} bytes, expected {LEGACY_HEADER_BYTES}")
-    fields = dict(zip(HEADER_FIELDS, struct.unpack_from("<7i", head)))
+    fields = dict(zip(HEADER_FIELDS, struct.unpack_from("<7i", head), strict=True))
     shared = fields["vocab_size"] > 0  # a negative vocab_size flags a separate classifier
     fields["vocab_size"] = abs(fields["vocab_size"])
     return _build(path, file_size, fields, shared, version=0, offset=LEGACY_HEADER_BYTES)

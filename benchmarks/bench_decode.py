@@ -1,0 +1,50 @@
+"""pytest-benchmark suite: one decode step on the stories15M shape, and the f32 matrix-vector kernels.
+
+    pytest benchmarks/bench_decode.py --benchmark-only
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import llmrun
+from llmrun.engine import ISA_NAMES, best_isa, ffi, lib
+from models import write_random_model
+
+ISAS = ["scalar"] + (["avx2"] if best_isa() == "avx2" else [])
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_random_model(tmp_path_factory.mktemp("m") / "stories15M.bin", "stories15M")
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_decode_step_15m(benchmark, model_path: Path, n_threads: int) -> None:
+    """One token through the model at position 64 (the KV cache holds 64 tokens): the per-token cost."""
+    with llmrun.load(model_path, n_threads=n_threads) as model:
+        engine = model._engine
+        tokens = list(np.random.default_rng(0).integers(3, 32000, size=65))
+        engine.evaluate(tokens[:64])
+
+        def step() -> None:
+            engine.evaluate(tokens)  # the 64-token prefix is cached: this runs exactly one token
+
+        benchmark(step)
+        benchmark.extra_info["tokens_per_second"] = 1.0 / benchmark.stats.stats.mean
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_matvec_classifier_15m(benchmark, isa: str) -> None:
+    """The largest product of stories15M: the 32000 x 288 classifier, on one thread."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((32000, 288)).astype(np.float32)
+    x = rng.standard_normal(288).astype(np.float32)
+    out = np.empty(32000, dtype=np.float32)
+    args = (lib.LLM_F32, ISA_NAMES[isa], ffi.from_buffer(w), 32000, 288, ffi.from_buffer("float[]", x),
+            ffi.from_buffer("float[]", out))
+    benchmark(lambda: lib.llm_matvec(*args))
+    np.testing.assert_allclose(out, w.astype(np.float64) @ x, rtol=1e-3, atol=1e-3)

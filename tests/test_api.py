@@ -1,0 +1,181 @@
+"""The Python API on stories260K + tok512: llama2.c's greedy output, streaming, sampling options, stop
+strings, limits, KV-cache reuse, errors and lifetime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import llmrun
+from builders import make_config, random_tensors, write_model
+from llmrun import ContextOverflowError, LLMError, SamplingError, TokenizerError
+from llmrun.formats import read_model
+from reference import forward as reference_forward
+
+GOLDEN = json.loads((Path(__file__).parent / "data" / "llama2c_greedy.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def model(models_dir: Path):
+    with llmrun.load(models_dir / "stories260K.bin", tokenizer=models_dir / "tok512.bin") as m:
+        yield m
+
+
+@pytest.mark.parametrize("case", GOLDEN["cases"], ids=lambda c: c["prompt"][:20] or "empty")
+def test_greedy_equals_llama2c(model: llmrun.Model, case: dict) -> None:
+    """llama2.c's run.c prints the prompt, then the greedy continuation up to BOS or the context end,
+    then a newline (tests/data/llama2c_greedy.json records its stdout)."""
+    text = model.generate(case["prompt"], max_tokens=None, temperature=0)
+    assert case["prompt"] + text + "\n" == case["stdout"]
+
+
+def test_stream_joins_to_generate(model: llmrun.Model) -> None:
+    gen = model.stream("Lily", max_tokens=60, temperature=0)
+    pieces = list(gen)
+    assert len(pieces) > 10
+    assert "".join(pieces) == model.generate("Lily", max_tokens=60, temperature=0)
+    assert gen.finish_reason == "length" and len(gen.tokens) == 60
+    assert gen.stats.generated_tokens == 60 and gen.stats.prompt_tokens == len(model.tokenize("Lily"))
+
+
+def test_seed_makes_runs_reproducible(model: llmrun.Model) -> None:
+    a = model.generate("Once upon a time", max_tokens=80, temperature=1.0, seed=42)
+    b = model.generate("Once upon a time", max_tokens=80, temperature=1.0, seed=42)
+    c = model.generate("Once upon a time", max_tokens=80, temperature=1.0, seed=43)
+    assert a == b
+    assert a != c
+
+
+def test_sampling_options_reach_the_sampler(model: llmrun.Model) -> None:
+    greedy = model.generate("Tom", max_tokens=40, temperature=0)
+    assert model.generate("Tom", max_tokens=40, temperature=1.5, top_k=1, seed=1) == greedy
+    penalized = model.generate("Tom", max_tokens=40, temperature=0, repeat_penalty=1.5)
+    assert penalized != greedy
+
+
+def test_stop_strings(model: llmrun.Model) -> None:
+    full = model.generate("Once upon a time", max_tokens=60, temperature=0)
+    gen = model.stream("Once upon a time", max_tokens=60, temperature=0, stop=["Lily", "never there"])
+    text = gen.text()
+    assert text == full[: full.index("Lily")]
+    assert gen.finish_reason == "stop"
+    # a stop string that spans several tokens is never partly emitted
+    gen = model.stream("Once upon a time", max_tokens=60, temperature=0, stop="girl named")
+    assert "".join(gen) == full[: full.index("girl named")]
+
+
+def test_end_of_generation(model: llmrun.Model) -> None:
+    gen = model.stream("Once upon a time", max_tokens=None, temperature=0)
+    gen.text()
+    assert gen.finish_reason == "stop" and 300 < len(gen.tokens) < 500
+
+
+def test_context_limits(models_dir: Path) -> None:
+    with llmrun.load(models_dir / "stories260K.bin", tokenizer=models_dir / "tok512.bin", n_ctx=16) as m:
+        assert m.info.n_ctx == 16
+        prompt = m.tokenize("Once upon a time")  # 5 tokens
+        gen = m.stream(prompt, max_tokens=None, temperature=0)
+        gen.text()
+        assert gen.finish_reason == "length" and len(prompt) + len(gen.tokens) == 17  # the last needs no slot
+        long_text = "Once upon a time there was a dog. " * 10
+        with pytest.raises(ContextOverflowError, match="more than the context of 16"):
+            m.generate(long_text)
+        with pytest.raises(ContextOverflowError):
+            m.logits(list(range(17)))
+
+
+def test_logits_match_reference(model: llmrun.Model, models_dir: Path) -> None:
+    spec = read_model(models_dir / "stories260K.bin")
+    names = ["attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_down", "w_up"]
+    t = {name: np.stack([getattr(layer, name).data for layer in spec.layers]) for name in names}
+    t["token_embd"], t["output_norm"] = spec.token_embd.data, spec.output_norm.data
+    tokens = model.tokenize("Once upon a time, there was a little dog named Max.")
+    got = model.logits(tokens)
+    assert got.shape == (len(tokens), 512) and got.dtype == np.float32
+    want = reference_forward(spec.config, t, tokens)
+    assert np.max(np.abs(got - want)) <= 1e-4 * np.max(np.abs(want))
+
+
+def test_cache_reuse_gives_the_same_answer(models_dir: Path) -> None:
+    paths = dict(path=models_dir / "stories260K.bin", tokenizer=models_dir / "tok512.bin")
+    with llmrun.load(**paths) as warm, llmrun.load(**paths) as cold:
+        first = warm.stream("Once upon a time, there was a dog", max_tokens=20, temperature=0)
+        first.text()
+        assert first.stats.reused_tokens == 0
+        second = warm.stream("Once upon a time, there was a dog named Max", max_tokens=30, temperature=0)
+        text = second.text()
+        assert second.stats.reused_tokens >= len(warm.tokenize("Once upon a time, there was a dog")) - 1
+        assert text == cold.generate("Once upon a time, there was a dog named Max", max_tokens=30, temperature=0)
+
+
+def test_tokenize_roundtrip(model: llmrun.Model) -> None:
+    ids = model.tokenize("Once upon a time")
+    assert ids == [1, 403, 407, 261, 378]
+    assert model.tokenize("Once upon a time", add_bos=False) == ids[1:]
+    assert model.detokenize(ids) == "Once upon a time"
+
+
+def test_info(model: llmrun.Model) -> None:
+    i = model.info
+    assert (i.dim, i.n_layers, i.n_heads, i.n_kv_heads, i.vocab_size, i.context_length) == (64, 5, 8, 4, 512, 512)
+    assert i.n_params == 260_032 and i.dtype == "f32" and i.file_size == 1_056_540
+    assert i.isa in ("scalar", "avx2") and i.n_threads >= 1
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(temperature=-1.0), dict(top_p=0.0), dict(top_k=-1), dict(min_p=2.0), dict(repeat_penalty=0.0),
+    dict(seed=-1), dict(temperature=float("nan")),
+])
+def test_bad_sampling_parameters(model: llmrun.Model, kwargs: dict) -> None:
+    with pytest.raises(SamplingError, match=next(iter(kwargs))):
+        model.generate("Hi", max_tokens=5, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(max_tokens=-1), "max_tokens"), (dict(max_tokens=1.5), "max_tokens"), (dict(stop=[""]), "stop"),
+    (dict(stop=[3]), "stop"),
+])
+def test_bad_generation_arguments(model: llmrun.Model, kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        model.generate("Hi", **kwargs)
+
+
+def test_bad_load_arguments(models_dir: Path) -> None:
+    path = models_dir / "stories260K.bin"
+    for kwargs in (dict(n_ctx=0), dict(n_threads=0), dict(n_threads=True), dict(n_ctx="512")):
+        with pytest.raises(ValueError):
+            llmrun.load(path, tokenizer=models_dir / "tok512.bin", **kwargs)
+    with pytest.raises(TokenizerError):  # the 32000-token Llama 2 vocabulary does not fit a 512-token model
+        llmrun.load(path, tokenizer=models_dir / "tokenizer.bin")
+
+
+def test_bad_tokens(model: llmrun.Model) -> None:
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model.logits([1, 512])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model.generate([1, -3], max_tokens=2)
+
+
+def test_model_without_tokenizer(tmp_path: Path) -> None:
+    cfg = make_config(vocab_size=40, max_seq_len=16)
+    path = write_model(tmp_path / "m.bin", cfg, random_tensors(cfg))
+    with llmrun.load(path) as m:
+        assert m.logits([1, 2, 3]).shape == (3, 40)
+        with pytest.raises(TokenizerError, match="tokenizer"):
+            m.generate("hello")
+
+
+def test_close(models_dir: Path) -> None:
+    m = llmrun.load(models_dir / "stories260K.bin", tokenizer=models_dir / "tok512.bin")
+    m.close()
+    m.close()
+    with pytest.raises(LLMError, match="closed"):
+        m.logits([1, 2])
+
+
+def test_errors_share_a_base_class() -> None:
+    for cls in (llmrun.ModelFormatError, TokenizerError, ContextOverflowError, llmrun.KernelError, SamplingError):
+        assert issubclass(cls, LLMError)
