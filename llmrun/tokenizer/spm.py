@@ -1,0 +1,545 @@
+"""SentencePiece-compatible BPE tokenizer with byte fallback (the Llama / llama2.c family).
+
+Encoding reproduces the `sentencepiece` library's BPE model (``bpe_model.cc``) exactly, so that the
+ids fed to a model are the ids it was trained on:
+
+* normalization is the identity, except that every space becomes the meta symbol '▁' (here kept as
+  a plain b' ', the llama2.c convention) and, with ``add_dummy_prefix``, one space is prepended to
+  non-empty text;
+* the text is split into Unicode characters (user-defined pieces are matched whole and never merged);
+* adjacent symbols are merged greedily: always the pair whose merged piece has the highest score,
+  the leftmost pair on ties; only normal, user-defined and unused pieces can be produced by a merge;
+* unused pieces are split back into the two symbols they were merged from;
+* a final symbol that is not in the vocabulary falls back to one ``<0xNN>`` piece per UTF-8 byte.
+
+Decoding mirrors ``SentencePieceProcessor::Decode``: control tokens vanish, byte tokens become their
+byte, ``<unk>`` becomes " ⁇ ", the first non-control token loses the dummy-prefix space, and every
+byte that is not part of a valid UTF-8 character becomes one U+FFFD.
+"""
+
+from __future__ import annotations
+
+import codecs
+import enum
+import heapq
+import math
+import operator
+import re
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from llmrun.errors import TokenizerError
+
+__all__ = ["Tokenizer", "TokenType", "SPM_SPACE", "UNK_SURFACE", "DECODE_ERRORS"]
+
+SPM_SPACE = "\u2581"
+"""SentencePiece's whitespace meta symbol '▁'; stored as a plain space in our pieces."""
+
+UNK_SURFACE = " \u2047 ".encode()
+"""What sentencepiece's decoder prints for ``<unk>`` (its default ``unk_surface``, " ⁇ ")."""
+
+DECODE_ERRORS = "llmrun.replace_each_byte"
+"""Codec error handler that replaces each undecodable byte by one U+FFFD (see below)."""
+
+
+def _replace_each_byte(err: UnicodeError) -> tuple[str, int]:
+    """One U+FFFD per invalid byte, as sentencepiece's decoder does.
+
+    Python's own ``errors="replace"`` emits one U+FFFD per *maximal invalid subpart* (b"\\xe4\\xb8A" ->
+    "\\ufffdA"), sentencepiece one per byte ("\\ufffd\\ufffdA").  CPython's UTF-8 decoder reports
+    exactly the bytes of the maximal subpart, none of which can start a valid character, so replacing
+    each of them reproduces sentencepiece's output byte for byte.
+    """
+    if not isinstance(err, UnicodeDecodeError):
+        raise err
+    return "\ufffd" * (err.end - err.start), err.end
+
+
+codecs.register_error(DECODE_ERRORS, _replace_each_byte)
+
+
+class TokenType(enum.IntEnum):
+    """Token types, numbered as in sentencepiece's ModelProto and GGUF's ``tokenizer.ggml.token_type``."""
+
+    NORMAL = 1
+    UNKNOWN = 2
+    CONTROL = 3
+    USER_DEFINED = 4
+    UNUSED = 5
+    BYTE = 6
+
+
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = (int(t) for t in TokenType)
+# Pieces that live in sentencepiece's `pieces_` map: only these can be the result of a merge.
+_MERGEABLE_TYPES = frozenset({_NORMAL, _USER_DEFINED, _UNUSED})
+# sentencepiece writes byte pieces with upper-case hex ("<0x0A>"); only that spelling is a byte piece.
+_BYTE_PIECE = re.compile(rb"<0x([0-9A-F]{2})>\Z")
+# GGUF files may carry type 0 ("undefined"); llama.cpp treats it as normal, and so do we.
+_GGUF_UNDEFINED = 0
+
+
+class Tokenizer:
+    """SentencePiece BPE tokenizer over a vocabulary of byte-string pieces (spaces as b' ')."""
+
+    def __init__(
+        self,
+        pieces: Sequence[bytes],
+        scores: Sequence[float] | np.ndarray,
+        *,
+        bos_id: int | None = 1,
+        eos_id: int | None = 2,
+        unk_id: int = 0,
+        byte_fallback: bool = True,
+        add_dummy_prefix: bool = True,
+        token_types: Sequence[int] | None = None,
+    ) -> None:
+        """Build a tokenizer.
+
+        ``pieces[i]`` is the UTF-8 text of token ``i`` with '▁' already replaced by b' ' (llama2.c
+        convention; use `from_sentencepiece_pieces` for the '▁' form).  ``scores`` are the merge
+        priorities (higher merges first).  ``token_types`` uses `TokenType` numbers; when it is None
+        (llama2.c files carry no types) they are inferred: ``unk_id`` is unknown, BOS/EOS are control,
+        pieces spelled exactly ``<0xNN>`` are bytes, everything else is normal.
+        """
+        self._pieces = _check_pieces(pieces)
+        n = len(self._pieces)
+        self._scores = _check_scores(scores, n)
+        self._unk_id = _check_id("unk_id", unk_id, n)
+        self._bos_id = None if bos_id is None else _check_id("bos_id", bos_id, n)
+        self._eos_id = None if eos_id is None else _check_id("eos_id", eos_id, n)
+        self._byte_fallback = bool(byte_fallback)
+        self._add_dummy_prefix = bool(add_dummy_prefix)
+        if token_types is None:
+            self._types = self._infer_types()
+        else:
+            self._types = _check_types(token_types, n)
+        self._byte_ids = self._build_byte_table()
+        self._surfaces = self._build_surfaces()
+        self._build_encoder_tables()
+
+    @classmethod
+    def from_sentencepiece_pieces(
+        cls,
+        pieces: Sequence[str],
+        scores: Sequence[float] | np.ndarray,
+        token_types: Sequence[int] | None = None,
+        **kwargs: object,
+    ) -> Tokenizer:
+        """Build from pieces in SentencePiece's own spelling ('▁' for spaces), e.g. a GGUF vocabulary."""
+        converted = []
+        for i, piece in enumerate(pieces):
+            if not isinstance(piece, str):
+                raise TypeError(f"piece {i} must be str, got {type(piece).__name__}")
+            try:
+                converted.append(piece.replace(SPM_SPACE, " ").encode("utf-8"))
+            except UnicodeEncodeError as exc:
+                raise TokenizerError(f"piece {i} is not valid Unicode: {piece!r} ({exc.reason})") from None
+        return cls(converted, scores, token_types=token_types, **kwargs)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of tokens (ids are 0 .. vocab_size-1)."""
+        return len(self._pieces)
+
+    @property
+    def bos_id(self) -> int | None:
+        return self._bos_id
+
+    @property
+    def eos_id(self) -> int | None:
+        return self._eos_id
+
+    @property
+    def unk_id(self) -> int:
+        return self._unk_id
+
+    @property
+    def add_dummy_prefix(self) -> bool:
+        return self._add_dummy_prefix
+
+    @property
+    def byte_fallback(self) -> bool:
+        return self._byte_fallback
+
+    @property
+    def pieces(self) -> tuple[bytes, ...]:
+        """The raw pieces as given (spaces as b' ')."""
+        return self._pieces
+
+    @property
+    def scores(self) -> np.ndarray:
+        """Merge scores as a read-only float32 array."""
+        return self._scores
+
+    @property
+    def token_types(self) -> tuple[int, ...]:
+        """`TokenType` number of every id (given or inferred)."""
+        return tuple(self._types)
+
+    # ------------------------------------------------------------------ per-token queries
+
+    def token_type(self, token_id: int) -> TokenType:
+        return TokenType(self._types[self._check_token(token_id)])
+
+    def is_control(self, token_id: int) -> bool:
+        return self._types[self._check_token(token_id)] == _CONTROL
+
+    def is_byte(self, token_id: int) -> bool:
+        return self._types[self._check_token(token_id)] == _BYTE
+
+    def piece_bytes(self, token_id: int) -> bytes:
+        """The bytes this token contributes to decoded text (before the first-token space strip).
+
+        Byte tokens give their one byte, control tokens nothing, the unknown token " ⁇ " (as
+        sentencepiece's decoder), every other token its piece text.
+        """
+        return self._surfaces[self._check_token(token_id)]
+
+    def id_to_piece(self, token_id: int) -> str:
+        """The piece as sentencepiece spells it ('▁' for spaces, "<s>", "<0x0A>"), for display."""
+        i = self._check_token(token_id)
+        text = self._pieces[i].decode("utf-8", errors="replace")
+        if self._types[i] == _CONTROL:
+            # llama2.c stores BOS/EOS as "\n<s>\n" / "\n</s>\n"; show the bare name.
+            text = text.strip()
+        return text.replace(" ", SPM_SPACE)
+
+    # ------------------------------------------------------------------ encode
+
+    def encode(self, text: str, add_bos: bool = True, add_eos: bool = False) -> list[int]:
+        """Token ids of ``text``, identical to ``sentencepiece``'s ``encode`` (plus optional BOS/EOS).
+
+        ``add_bos`` / ``add_eos`` add nothing when the vocabulary has no such token.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"encode() expects str, got {type(text).__name__}")
+        _check_encodable(text)
+        ids: list[int] = []
+        if add_bos and self._bos_id is not None:
+            ids.append(self._bos_id)
+        if text:  # sentencepiece encodes "" as [] -- no dummy prefix either
+            normalized = text.replace(SPM_SPACE, " ")  # a literal '▁' *is* a space to sentencepiece
+            if self._add_dummy_prefix:
+                normalized = " " + normalized
+            ids.extend(self._encode_normalized(normalized))
+        if add_eos and self._eos_id is not None:
+            ids.append(self._eos_id)
+        return ids
+
+    def _encode_normalized(self, text: str) -> list[int]:
+        symbols, frozen = self._split(text)
+        final_symbols = self._merge(symbols, frozen)
+        return self._symbols_to_ids(final_symbols)
+
+    def _split(self, text: str) -> tuple[list[str], list[bool] | None]:
+        """Split into initial symbols: one per character, user-defined pieces whole (and frozen)."""
+        if not self._user_defined:
+            return list(text), None
+        symbols: list[str] = []
+        frozen: list[bool] = []
+        i, n = 0, len(text)
+        while i < n:
+            match = self._match_user_defined(text, i)
+            if match is None:
+                symbols.append(text[i])
+                frozen.append(False)
+                i += 1
+            else:
+                symbols.append(match)
+                frozen.append(True)
+                i += len(match)
+        return symbols, frozen
+
+    def _match_user_defined(self, text: str, start: int) -> str | None:
+        """Longest user-defined piece starting at ``text[start]`` (sentencepiece's PrefixMatcher)."""
+        for candidate in self._user_defined.get(text[start], ()):  # sorted longest first
+            if text.startswith(candidate, start):
+                return candidate
+        return None
+
+    def _merge(self, symbols: list[str], frozen: list[bool] | None) -> list[str]:
+        """Run the BPE merges; return the final symbols in order, unused pieces resegmented.
+
+        Symbols form a doubly linked list over the original character positions; candidate pairs
+        sit in a heap keyed by (-score, left position), so the best pair and, on ties, the leftmost
+        one comes first -- sentencepiece's `SymbolPairComparator`.  A merge leaves stale heap
+        entries behind; rather than deleting them we skip them when popped (lazy invalidation):
+        an entry is stale iff one side was emptied or their total length no longer matches, because
+        symbols only ever grow by absorbing their right neighbour.
+        """
+        n = len(symbols)
+        if n == 0:
+            return []
+        ranks = self._merge_rank
+        unused = self._unused
+        nxt = list(range(1, n + 1))
+        nxt[-1] = -1
+        prv = list(range(-1, n - 1))
+        # merged piece -> the two symbols it was made of; only needed for unused pieces, which
+        # sentencepiece splits back after merging (the last recorded split wins, as there).
+        rev_merge: dict[str, tuple[str, str]] = {}
+        heap: list[tuple[float, int, int, int]] = []
+
+        def add_pair(left: int, right: int) -> None:
+            if frozen is not None and (frozen[left] or frozen[right]):
+                return
+            merged = symbols[left] + symbols[right]
+            rank = ranks.get(merged)
+            if rank is None:
+                return
+            heapq.heappush(heap, (rank, left, right, len(merged)))
+            if merged in unused:
+                rev_merge[merged] = (symbols[left], symbols[right])
+
+        for i in range(n - 1):
+            add_pair(i, i + 1)
+
+        pop = heapq.heappop
+        while heap:
+            _, left, right, size = pop(heap)
+            lsym, rsym = symbols[left], symbols[right]
+            if not lsym or not rsym or len(lsym) + len(rsym) != size:
+                continue  # stale: a side was merged away or has grown since this pair was queued
+            symbols[left] = lsym + rsym
+            symbols[right] = ""
+            after = nxt[right]
+            nxt[left] = after
+            if after >= 0:
+                prv[after] = left
+            # Same order as sentencepiece (matters only for which split of an unused piece is kept).
+            before = prv[left]
+            if before >= 0:
+                add_pair(before, left)
+            if after >= 0:
+                add_pair(left, after)
+
+        out: list[str] = []
+        i = 0  # position 0 is never merged away: a symbol only absorbs its right neighbour
+        while i >= 0:
+            self._resegment(symbols[i], rev_merge, out)
+            i = nxt[i]
+        return out
+
+    def _resegment(self, piece: str, rev_merge: dict[str, tuple[str, str]], out: list[str]) -> None:
+        """Append ``piece``, splitting unused pieces back into their halves (iteratively)."""
+        stack = [piece]
+        while stack:
+            w = stack.pop()
+            pid = self._piece_id.get(w)
+            halves = rev_merge.get(w) if pid is not None and self._types[pid] == _UNUSED else None
+            if halves is None:
+                out.append(w)
+            else:
+                stack.append(halves[1])
+                stack.append(halves[0])
+
+    def _symbols_to_ids(self, symbols: list[str]) -> list[int]:
+        """Map final symbols to ids; out-of-vocabulary symbols fall back to byte pieces or <unk>."""
+        piece_id = self._piece_id
+        ids: list[int] = []
+        prev_unk = False
+        for w in symbols:
+            pid = piece_id.get(w)
+            is_unk = pid is None
+            if pid is not None:
+                ids.append(pid)
+            elif self._byte_fallback:
+                byte_ids = self._byte_ids
+                ids.extend(byte_ids[b] for b in w.encode("utf-8"))
+            elif not prev_unk:
+                # Without byte fallback sentencepiece merges a run of unknown symbols into one <unk>.
+                ids.append(self._unk_id)
+            prev_unk = is_unk
+        return ids
+
+    # ------------------------------------------------------------------ decode
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``, identical to ``sentencepiece``'s ``decode``."""
+        out = bytearray()
+        at_start = self._add_dummy_prefix
+        for token_id in ids:
+            chunk, at_start = self.surface(token_id, at_start)
+            out += chunk
+        return out.decode("utf-8", errors=DECODE_ERRORS)
+
+    def surface(self, token_id: int, at_start: bool) -> tuple[bytes, bool]:
+        """Bytes of one token in decoded text, and whether the *next* token is still "at start".
+
+        sentencepiece drops the leading space (the dummy prefix) of the first non-control token when
+        it is an ordinary piece; control tokens (BOS/EOS) are invisible and do not end the start,
+        any other token (bytes, <unk>, pieces) does.  Shared by `decode` and the stream decoder so
+        the two can never disagree.
+        """
+        i = self._check_token(token_id)
+        kind = self._types[i]
+        if kind == _CONTROL:
+            return b"", at_start
+        chunk = self._surfaces[i]
+        if at_start and kind in _MERGEABLE_TYPES and chunk.startswith(b" "):
+            chunk = chunk[1:]
+        return chunk, False
+
+    # ------------------------------------------------------------------ construction helpers
+
+    def _infer_types(self) -> list[int]:
+        types = [_NORMAL] * len(self._pieces)
+        for i, piece in enumerate(self._pieces):
+            if _BYTE_PIECE.match(piece):
+                types[i] = _BYTE
+        for special in (self._bos_id, self._eos_id):
+            if special is not None:
+                types[special] = _CONTROL
+        types[self._unk_id] = _UNKNOWN
+        return types
+
+    def _build_byte_table(self) -> list[int]:
+        """byte value -> id of its ``<0xNN>`` piece (``unk_id`` where the vocabulary lacks one)."""
+        table = [-1] * 256
+        for i, kind in enumerate(self._types):
+            if kind != _BYTE:
+                continue
+            match = _BYTE_PIECE.match(self._pieces[i])
+            if match is None:
+                raise TokenizerError(
+                    f"token {i} has type BYTE but its piece {self._pieces[i]!r} is not of the form <0xNN>"
+                )
+            value = int(match.group(1), 16)
+            if table[value] < 0:
+                table[value] = i
+        return [self._unk_id if t < 0 else t for t in table]
+
+    def _build_surfaces(self) -> list[bytes]:
+        surfaces = []
+        for piece, kind in zip(self._pieces, self._types, strict=True):
+            if kind == _CONTROL:
+                surfaces.append(b"")
+            elif kind == _UNKNOWN:
+                surfaces.append(UNK_SURFACE)
+            elif kind == _BYTE:
+                surfaces.append(bytes([int(piece[3:5], 16)]))
+            else:
+                surfaces.append(piece)
+        return surfaces
+
+    def _build_encoder_tables(self) -> None:
+        """Lookup tables for encoding, keyed by piece text (str: the input is str).
+
+        Only normal, user-defined and unused pieces take part in encoding: merges can only create
+        them, and a final symbol that matches nothing else -- even if it is spelled like a control
+        or byte piece -- falls back to bytes (checked against sentencepiece 0.2.x).  Duplicate
+        pieces (sentencepiece refuses them) keep their first id.
+        """
+        merge_rank: dict[str, float] = {}
+        regular: dict[str, int] = {}
+        unused: set[str] = set()
+        user_defined: dict[str, list[str]] = {}
+        scores = self._scores.tolist()
+        for i, (piece, kind) in enumerate(zip(self._pieces, self._types, strict=True)):
+            try:
+                text = piece.decode("utf-8")
+            except UnicodeDecodeError:
+                continue  # can never match (valid) input text
+            if not text:
+                continue  # likewise: symbols are never empty
+            if kind not in _MERGEABLE_TYPES:
+                continue
+            if text in regular:
+                continue
+            regular[text] = i
+            score = scores[i]
+            # heapq is a min-heap: store -score.  NaN would make the heap order undefined; rank it last.
+            merge_rank[text] = math.inf if math.isnan(score) else -score
+            if kind == _UNUSED:
+                unused.add(text)
+            elif kind == _USER_DEFINED:
+                user_defined.setdefault(text[0], []).append(text)
+        self._merge_rank = merge_rank
+        self._piece_id = regular
+        self._unused = frozenset(unused)
+        self._user_defined = {c: tuple(sorted(v, key=len, reverse=True)) for c, v in user_defined.items()}
+
+    # ------------------------------------------------------------------ validation helpers
+
+    def _check_token(self, token_id: int) -> int:
+        try:
+            i = operator.index(token_id)
+        except TypeError:
+            raise TypeError(f"token id must be an integer, got {type(token_id).__name__}") from None
+        if not 0 <= i < len(self._pieces):
+            raise TokenizerError(f"token id {i} out of range: valid ids are 0..{len(self._pieces) - 1}")
+        return i
+
+    def __repr__(self) -> str:
+        return (
+            f"Tokenizer(vocab_size={self.vocab_size}, bos_id={self._bos_id}, eos_id={self._eos_id}, "
+            f"unk_id={self._unk_id}, byte_fallback={self._byte_fallback})"
+        )
+
+
+def _check_pieces(pieces: Sequence[bytes]) -> tuple[bytes, ...]:
+    if isinstance(pieces, (str, bytes)):
+        raise TypeError("pieces must be a sequence of bytes objects, not a single string")
+    out = []
+    for i, piece in enumerate(pieces):
+        if type(piece) is not bytes:
+            if not isinstance(piece, (bytes, bytearray, memoryview)):
+                raise TypeError(f"piece {i} must be bytes, got {type(piece).__name__}")
+            piece = bytes(piece)
+        out.append(piece)
+    if not out:
+        raise TokenizerError("vocabulary is empty")
+    return tuple(out)
+
+
+def _check_scores(scores: Sequence[float] | np.ndarray, n: int) -> np.ndarray:
+    # float32 like sentencepiece, so ties and orderings are decided exactly as there.
+    try:
+        arr = np.array(scores, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise TokenizerError(f"scores must be numbers: {exc}") from None
+    if arr.shape != (n,):
+        raise TokenizerError(f"expected {n} scores (one per piece), got shape {arr.shape}")
+    arr.setflags(write=False)
+    return arr
+
+
+def _check_id(name: str, value: int, n: int) -> int:
+    try:
+        i = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if not 0 <= i < n:
+        raise TokenizerError(f"{name}={i} out of range for a vocabulary of {n} tokens")
+    return i
+
+
+def _check_types(token_types: Sequence[int], n: int) -> list[int]:
+    types = []
+    for i, value in enumerate(token_types):
+        try:
+            t = operator.index(value)
+        except TypeError:
+            raise TypeError(f"token_types[{i}] must be an integer, got {type(value).__name__}") from None
+        if t == _GGUF_UNDEFINED:
+            t = _NORMAL
+        if not _NORMAL <= t <= _BYTE:
+            raise TokenizerError(f"token_types[{i}]={t} is not a known token type (1..6)")
+        types.append(t)
+    if len(types) != n:
+        raise TokenizerError(f"expected {n} token types (one per piece), got {len(types)}")
+    return types
+
+
+def _check_encodable(text: str) -> None:
+    """Reject text that has no UTF-8 form (lone surrogates), naming where the problem is."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        raise TokenizerError(
+            f"text cannot be encoded as UTF-8: lone surrogate U+{ord(bad):04X} at index {exc.start}"
+        ) from None
