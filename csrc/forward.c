@@ -17,6 +17,12 @@
 #include "threadpool.h"
 
 #define MAX_THREADS 512
+#define CHUNK_BYTES (1024 * 1024) /* weight bytes per chunk of a product shared out among threads */
+
+/* A thread's run of chunks of the current product (see matvec), alone on its cache line. */
+typedef struct {
+    _Alignas(64) _Atomic uint64_t range; /* chunks [front, back) still unclaimed: front << 32 | back */
+} chunk_run;
 
 struct llm_ctx {
     llm_config      cfg;
@@ -27,6 +33,7 @@ struct llm_ctx {
     llm_type_traits traits[LLM_TYPE_COUNT]; /* kernels for each weight type, for `isa` */
     llm_vec_ops     vec;
     llm_pool       *pool;
+    chunk_run      *chunk_runs;             /* (n_threads) work sharing state of the current product */
 
     /* the current wave of activations */
     float *x;    /* (dim) residual stream */
@@ -99,8 +106,13 @@ static float silu(float x) { return x / (1.0f + expf(-x)); }
 /* ---------------------------------------------------------------------------------------------------- */
 /* parallel tasks */
 
-/* Up to three products sharing one input vector (q, k, v or gate, up), cut into chunks of rows that
-   threads claim one at a time: a thread that falls behind (a busy machine) simply claims fewer. */
+/*
+ * Up to three products sharing one input vector (q, k, v or gate, up). Their rows are cut into chunks
+ * (numbered across the products) and each thread owns a contiguous run of chunks, which it works
+ * through front to back: one long linear stream through the weights, which is what the memory
+ * prefetchers serve best. A thread that has finished its run takes chunks from the back of another's,
+ * so a thread that falls behind (its core taken by another process) delays no one.
+ */
 typedef struct {
     const llm_ctx *c;
     const float   *x;
@@ -110,17 +122,30 @@ typedef struct {
         const llm_tensor *w;
         int64_t           chunk_rows, n_chunks;
     } job[3];
-    atomic_int next_chunk;
 } matvec_task;
 
+static int64_t claim_chunk(chunk_run *runs, int ith, int nth) {
+    uint64_t r = atomic_load_explicit(&runs[ith].range, memory_order_relaxed);
+    while ((r >> 32) < (r & 0xffffffff)) /* our own run, from the front */
+        if (atomic_compare_exchange_weak_explicit(&runs[ith].range, &r, r + (UINT64_C(1) << 32),
+                                                  memory_order_relaxed, memory_order_relaxed))
+            return (int64_t)(r >> 32);
+    for (int k = 1; k < nth; k++) { /* then the others', from the back */
+        chunk_run *other = &runs[(ith + k) % nth];
+        r = atomic_load_explicit(&other->range, memory_order_relaxed);
+        while ((r >> 32) < (r & 0xffffffff))
+            if (atomic_compare_exchange_weak_explicit(&other->range, &r, r - 1, memory_order_relaxed,
+                                                      memory_order_relaxed))
+                return (int64_t)(r & 0xffffffff) - 1;
+    }
+    return -1;
+}
+
 static void matvec_worker(void *arg, int ith, int nth) {
-    (void)ith, (void)nth;
-    matvec_task *t = arg;
-    for (;;) {
-        int64_t chunk = atomic_fetch_add_explicit(&t->next_chunk, 1, memory_order_relaxed);
+    const matvec_task *t = arg;
+    for (int64_t chunk; (chunk = claim_chunk(t->c->chunk_runs, ith, nth)) >= 0;) {
         int j = 0;
-        while (j < t->n && chunk >= t->job[j].n_chunks) chunk -= t->job[j++].n_chunks;
-        if (j == t->n) return;
+        while (chunk >= t->job[j].n_chunks) chunk -= t->job[j++].n_chunks;
         const llm_tensor *w = t->job[j].w;
         int64_t begin = chunk * t->job[j].chunk_rows;
         int64_t end = begin + t->job[j].chunk_rows < w->rows ? begin + t->job[j].chunk_rows : w->rows;
@@ -130,16 +155,26 @@ static void matvec_worker(void *arg, int ith, int nth) {
 
 static void matvec(const llm_ctx *c, const float *x, float *out0, const llm_tensor *w0, float *out1,
                    const llm_tensor *w1, float *out2, const llm_tensor *w2) {
-    matvec_task t = {c, x, w2 ? 3 : w1 ? 2 : 1, {{out0, w0, 0, 0}, {out1, w1, 0, 0}, {out2, w2, 0, 0}}, 0};
+    matvec_task t = {c, x, w2 ? 3 : w1 ? 2 : 1, {{out0, w0, 0, 0}, {out1, w1, 0, 0}, {out2, w2, 0, 0}}};
     int nth = llm_pool_size(c->pool);
+    int64_t total = 0;
     for (int j = 0; j < t.n; j++) {
-        /* about four chunks per thread, in whole multiples of 16 rows (SIMD row blocks, cache lines) */
-        int64_t rows = t.job[j].w->rows, per = (rows + 4 * nth - 1) / (4 * nth);
-        t.job[j].chunk_rows = (per + 15) / 16 * 16;
-        t.job[j].n_chunks = (rows + t.job[j].chunk_rows - 1) / t.job[j].chunk_rows;
+        /* chunks of about CHUNK_BYTES of weights (small enough to share out a straggler's work),
+           at least four per thread, in whole multiples of 16 rows */
+        const llm_tensor *w = t.job[j].w;
+        const llm_type_traits *tr = &c->traits[w->type];
+        int64_t bytes = w->rows * (w->cols / tr->block_elems) * (int64_t)tr->block_bytes;
+        int64_t n_chunks = bytes / CHUNK_BYTES > 4 * nth ? bytes / CHUNK_BYTES : 4 * nth;
+        int64_t rows = (w->rows + n_chunks - 1) / n_chunks;
+        t.job[j].chunk_rows = (rows + 15) / 16 * 16;
+        t.job[j].n_chunks = (w->rows + t.job[j].chunk_rows - 1) / t.job[j].chunk_rows;
+        total += t.job[j].n_chunks;
     }
-    atomic_init(&t.next_chunk, 0);
-    llm_pool_run(c->pool, matvec_worker, &t);
+    for (int i = 0; i < nth; i++) /* thread i owns chunks [total * i / nth, total * (i + 1) / nth) */
+        atomic_store_explicit(&c->chunk_runs[i].range,
+                              (uint64_t)(total * i / nth) << 32 | (uint64_t)(total * (i + 1) / nth),
+                              memory_order_relaxed);
+    llm_pool_run(c->pool, matvec_worker, &t); /* publishing the task orders the stores above */
 }
 
 typedef struct {
@@ -360,6 +395,12 @@ int llm_create(const llm_config *p, const llm_weights *w, int32_t n_ctx, int32_t
         llm_free(c);
         return fail(err, errlen, LLM_ERR_NOMEM, "out of memory allocating the KV cache for %d positions", n_ctx);
     }
+    c->chunk_runs = aligned_alloc(_Alignof(chunk_run), (size_t)n_threads * sizeof *c->chunk_runs);
+    if (!c->chunk_runs) {
+        llm_free(c);
+        return fail(err, errlen, LLM_ERR_NOMEM, "out of memory");
+    }
+    for (int i = 0; i < n_threads; i++) atomic_init(&c->chunk_runs[i].range, 0);
     memcpy(c->layers, w->layers, (size_t)p->n_layers * sizeof *c->layers);
     c->w.layers = c->layers;
     fill_rope_tables(c);
@@ -378,6 +419,7 @@ int32_t llm_ctx_isa(const llm_ctx *c) { return c->isa; }
 void llm_free(llm_ctx *c) {
     if (!c) return;
     llm_pool_free(c->pool);
+    free(c->chunk_runs);
     free(c->layers);
     free(c->x);
     free(c->xb);

@@ -67,6 +67,12 @@ def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
+def _is_plain_vector(logits: object) -> bool:
+    """A non-empty 1-D float32/float64 numpy array (what the engine hands the sampler)."""
+    return (isinstance(logits, np.ndarray) and logits.ndim == 1 and logits.size > 0
+            and logits.dtype in (np.float32, np.float64))
+
+
 def _is_real(value: object) -> bool:
     """Tell whether ``value`` is a Python/numpy int or float (bools are not)."""
     return _is_int(value) or isinstance(value, (float, np.floating))
@@ -169,6 +175,12 @@ class Sampler:
                 ``[0, len(logits))``.
         """
         p = self._params
+        if p.temperature == 0.0 and p.repeat_penalty == 1.0 and _is_plain_vector(logits):
+            # Greedy decoding with nothing to adjust: the argmax of the caller's array is the answer. A NaN
+            # or +inf would win the argmax, so a non-finite winner goes the long way (which rejects it).
+            best = int(np.argmax(logits))
+            if math.isfinite(logits[best]):
+                return best
         x = _copy_logits(logits)
         self._apply_repeat_penalty(x, history)
         top = float(x.max())
