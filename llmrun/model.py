@@ -12,11 +12,12 @@ import numpy as np
 from .engine import Engine
 from .errors import ContextOverflowError, TokenizerError
 from .formats import read_model
+from .formats.llama2c_tokenizer import load_llama2c_tokenizer
 from .generate import Generation, check_max_tokens, normalize_stop
 from .sampling import SamplingParams
 from .spec import ModelSpec
 from .system import physical_cores
-from .tokenizer import Tokenizer, load_llama2c_tokenizer
+from .tokenizer import Tokenizer
 
 DEFAULT_MAX_CTX = 4096  # default KV cache size cap; pass n_ctx to use more of a long-context model
 MAX_THREADS = 512

@@ -9,6 +9,8 @@ head) moves logits by 1e-2 or more of their scale.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -148,3 +150,22 @@ def test_matvec_rejects_unknown_type_and_isa() -> None:
     args = (ffi.from_buffer(w), 2, 2, ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", out))
     assert lib.llm_matvec(99, lib.LLM_ISA_SCALAR, *args) == lib.LLM_ERR_INVALID
     assert lib.llm_matvec(lib.LLM_F32, 99, *args) == lib.LLM_ERR_INVALID
+
+
+def test_thread_count_does_not_change_the_logits() -> None:
+    """Each output row is computed whole by one thread, so the thread count cannot change the result:
+    the same seed and prompt give the same tokens on any number of threads."""
+    cfg, tied = SHAPES["mha-untied"]
+    t = random_tensors(cfg, seed=4, tied=tied)
+    tokens = [3, 1, 4, 1, 5, 9, 2, 6]
+    results = [Engine(spec_from_tensors(cfg, t), n_ctx=16, n_threads=n).evaluate_all(tokens) for n in (1, 2, 5)]
+    for other in results[1:]:
+        np.testing.assert_array_equal(results[0], other)
+
+
+def test_forward_c_stays_readable() -> None:
+    """csrc/forward.c is the readable heart of the library: about 500 lines (DESIGN.md)."""
+    path = Path(__file__).resolve().parents[1] / "csrc" / "forward.c"
+    if not path.exists():
+        pytest.skip("sources not available")
+    assert len(path.read_text().splitlines()) <= 550

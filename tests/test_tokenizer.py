@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from llmrun.errors import TokenizerError
-from llmrun.tokenizer import StreamDecoder, Tokenizer, TokenType, load_llama2c_tokenizer
+from llmrun.formats.llama2c_tokenizer import load_llama2c_tokenizer
+from llmrun.tokenizer import StreamDecoder, Tokenizer, TokenType
 
 MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "models"
 LLAMA_BIN = MODELS / "tokenizer.bin"
