@@ -11,6 +11,8 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from .engine import Engine
 from .sampling import Sampler, SamplingParams
 from .tokenizer import StreamDecoder, Tokenizer
@@ -126,7 +128,7 @@ class Generation(Iterator[str]):
         finally:
             stats.decode_seconds = time.perf_counter() - start
 
-    def _decode(self, logits) -> Iterator[str]:
+    def _decode(self, logits: np.ndarray) -> Iterator[str]:
         history = list(self.prompt)
         bos = self.tokenizer.bos_id
         decoder = StreamDecoder(self.tokenizer, strip_leading_space=bos is not None and history[-1] == bos)
