@@ -34,9 +34,15 @@ enum {
     LLM_ERR_THREAD  = -3, /* a worker thread could not be started */
 };
 
-/* Weight storage types. Block-quantized types follow GGUF's layouts (later issues). */
+/* Weight storage types. The block types use GGUF's layouts, so GGUF files are used in place:
+   Q8_0 blocks are { fp16 d; int8 q[32]; } (x = d * q), Q4_0 blocks are { fp16 d; uint8 q[16]; } holding
+   32 4-bit values, the low nibbles first (x = d * (q - 8)). A row is a whole number of blocks. */
 typedef enum {
-    LLM_F32 = 0,
+    LLM_F32  = 0,
+    LLM_F16  = 1,
+    LLM_BF16 = 2,
+    LLM_Q8_0 = 3,
+    LLM_Q4_0 = 4,
     LLM_TYPE_COUNT
 } llm_type;
 

@@ -76,14 +76,14 @@ class Engine:
         data = tensor.data
         if not data.flags.c_contiguous:
             raise KernelError(f"{self.spec.path}: tensor is not contiguous in memory")
-        type_code, dtype = TENSOR_TYPES[tensor.type]
-        if data.dtype != dtype:
+        ttype = TENSOR_TYPES[tensor.type]
+        if data.dtype != ttype.dtype:
             raise KernelError(f"{self.spec.path}: tensor of type {tensor.type} has numpy dtype {data.dtype}")
         buf = ffi.from_buffer(data)
         self._keepalive.append(buf)
         rows, cols = tensor.shape
         dst.data = buf
-        dst.type = type_code
+        dst.type = ttype.code
         dst.rows = rows
         dst.cols = cols
 

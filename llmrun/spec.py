@@ -12,10 +12,29 @@ from pathlib import Path
 
 import numpy as np
 
-# Weight types, in the C library's numbering (csrc/llmrun.h, llm_type). Name -> (C enum value, numpy dtype)
-TENSOR_TYPES: dict[str, tuple[int, np.dtype]] = {
-    "f32": (0, np.dtype("<f4")),
-}
+
+@dataclass(frozen=True)
+class TensorType:
+    """How one weight type is stored: rows of `block_bytes`-byte blocks of `block_elems` values each.
+    Block layouts are GGUF's (ggml-common.h), so GGUF tensors are used in place."""
+
+    name: str
+    code: int  # the C library's llm_type value (csrc/llmrun.h)
+    block_elems: int
+    block_bytes: int
+    dtype: np.dtype  # numpy dtype of a row's storage: the values for float types, raw bytes for blocks
+
+    def row_bytes(self, cols: int) -> int:
+        return cols // self.block_elems * self.block_bytes
+
+
+TENSOR_TYPES: dict[str, TensorType] = {t.name: t for t in (
+    TensorType("f32", 0, 1, 4, np.dtype("<f4")),
+    TensorType("f16", 1, 1, 2, np.dtype("<f2")),
+    TensorType("bf16", 2, 1, 2, np.dtype("<u2")),  # numpy has no bfloat16: the raw 16-bit patterns
+    TensorType("q8_0", 3, 32, 34, np.dtype("u1")),  # fp16 scale d, 32 x int8 q: x = d * q
+    TensorType("q4_0", 4, 32, 18, np.dtype("u1")),  # fp16 scale d, 16 bytes of nibbles: x = d * (q - 8)
+)}
 
 ROPE_STYLES = {"interleaved": 0, "halves": 1}
 
@@ -47,14 +66,21 @@ class ModelConfig:
 
 @dataclass
 class Tensor:
-    """A row-major weight matrix of shape (rows, cols); `data` holds it in its storage type."""
+    """A row-major weight matrix of `rows` x `cols` values (a vector is one row).
+
+    `data` holds it in its storage type (TENSOR_TYPES[type]): for float types an array of shape
+    (rows, cols) or (cols,) of that dtype; for block types a uint8 array of shape (rows, row_bytes)."""
 
     data: np.ndarray
     type: str = "f32"
 
     @property
     def shape(self) -> tuple[int, int]:
-        return (self.data.shape[0], self.data.shape[1]) if self.data.ndim == 2 else (1, self.data.shape[0])
+        t = TENSOR_TYPES[self.type]
+        rows = self.data.shape[0] if self.data.ndim == 2 else 1
+        width = self.data.shape[-1]
+        cols = width if t.block_elems == 1 else width // t.block_bytes * t.block_elems
+        return rows, cols
 
     @property
     def n_elements(self) -> int:
