@@ -4,12 +4,15 @@
  * A built package must run on any CPU of its architecture, so the library is compiled for the baseline
  * and the AVX2 kernels carry their own target attributes; the choice happens here, at run time.
  */
+#include <stdlib.h>
+
 #include "kernels.h"
 
 int32_t llm_isa_best(void) {
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return LLM_ISA_AVX2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        return LLM_ISA_AVX2;
 #endif
     return LLM_ISA_SCALAR;
 }
@@ -26,6 +29,10 @@ int llm_type_traits_get(int32_t type, int32_t isa, llm_type_traits *out) {
     if (isa < LLM_ISA_SCALAR || isa > llm_isa_best()) return LLM_ERR_INVALID;
     switch (type) {
     case LLM_F32: return llm_f32_traits(isa, out);
+    case LLM_F16: return llm_f16_traits(isa, out);
+    case LLM_BF16: return llm_bf16_traits(isa, out);
+    case LLM_Q8_0: return llm_q8_0_traits(isa, out);
+    case LLM_Q4_0: return llm_q4_0_traits(isa, out);
     default: return LLM_ERR_INVALID;
     }
 }
@@ -37,6 +44,14 @@ int llm_matvec(int32_t type, int32_t isa, const void *w, int64_t rows, int64_t c
     if (!w || !x || !out || rows < 0 || cols < 0) return LLM_ERR_INVALID;
     if (llm_type_traits_get(type, isa, &traits) != 0) return LLM_ERR_INVALID;
     if (cols % traits.block_elems != 0) return LLM_ERR_INVALID;
-    traits.matvec(out, w, x, 0, rows, cols);
+    if (!traits.quantize_x) {
+        traits.matvec(out, w, x, 0, rows, cols);
+        return 0;
+    }
+    void *xq = malloc((size_t)(cols / QK) * sizeof(block_q8_0) + 1);
+    if (!xq) return LLM_ERR_NOMEM;
+    traits.quantize_x(xq, x, cols);
+    traits.matvec(out, w, xq, 0, rows, cols);
+    free(xq);
     return 0;
 }

@@ -42,6 +42,7 @@ struct llm_ctx {
     float *hb;   /* (hidden_dim) gate, then SwiGLU output */
     float *hb2;  /* (hidden_dim) up projection */
     float *q;    /* (q_dim) queries */
+    void  *xq;   /* the input of the current product as Q8_0 blocks, for the block-quantized weights */
     float *att;  /* (n_heads, n_ctx) attention scores */
 
     float *key_cache;   /* (n_layers, n_ctx, kv_dim) */
@@ -115,7 +116,8 @@ static float silu(float x) { return x / (1.0f + expf(-x)); }
  */
 typedef struct {
     const llm_ctx *c;
-    const float   *x;
+    const float   *x;  /* the input vector */
+    const void    *xq; /* ... as Q8_0 blocks, where a product's weights want that */
     int            n;
     struct {
         float            *out;
@@ -147,22 +149,28 @@ static void matvec_worker(void *arg, int ith, int nth) {
         int j = 0;
         while (chunk >= t->job[j].n_chunks) chunk -= t->job[j++].n_chunks;
         const llm_tensor *w = t->job[j].w;
+        const llm_type_traits *tr = &t->c->traits[w->type];
         int64_t begin = chunk * t->job[j].chunk_rows;
         int64_t end = begin + t->job[j].chunk_rows < w->rows ? begin + t->job[j].chunk_rows : w->rows;
-        t->c->traits[w->type].matvec(t->job[j].out + begin, w->data, t->x, begin, end, w->cols);
+        tr->matvec(t->job[j].out + begin, w->data, tr->quantize_x ? t->xq : t->x, begin, end, w->cols);
     }
 }
 
 static void matvec(const llm_ctx *c, const float *x, float *out0, const llm_tensor *w0, float *out1,
                    const llm_tensor *w1, float *out2, const llm_tensor *w2) {
-    matvec_task t = {c, x, w2 ? 3 : w1 ? 2 : 1, {{out0, w0, 0, 0}, {out1, w1, 0, 0}, {out2, w2, 0, 0}}};
+    matvec_task t = {c, x, c->xq, w2 ? 3 : w1 ? 2 : 1, {{out0, w0, 0, 0}, {out1, w1, 0, 0}, {out2, w2, 0, 0}}};
     int nth = llm_pool_size(c->pool);
     int64_t total = 0;
+    int quantized = 0;
     for (int j = 0; j < t.n; j++) {
+        const llm_type_traits *tr = &c->traits[t.job[j].w->type];
+        if (tr->quantize_x && !quantized) { /* once for all the products that read x as Q8_0 blocks */
+            tr->quantize_x(c->xq, x, t.job[j].w->cols);
+            quantized = 1;
+        }
         /* chunks of about CHUNK_BYTES of weights (small enough to share out a straggler's work),
            at least four per thread, in whole multiples of 16 rows */
         const llm_tensor *w = t.job[j].w;
-        const llm_type_traits *tr = &c->traits[w->type];
         int64_t bytes = w->rows * (w->cols / tr->block_elems) * (int64_t)tr->block_bytes;
         int64_t n_chunks = bytes / CHUNK_BYTES > 4 * nth ? bytes / CHUNK_BYTES : 4 * nth;
         int64_t rows = (w->rows + n_chunks - 1) / n_chunks;
@@ -284,6 +292,11 @@ static int check_tensor(const llm_tensor *t, const char *name, int layer, int64_
     if (t->rows != rows || t->cols != cols)
         return fail(err, errlen, LLM_ERR_INVALID, "%s: shape (%lld, %lld), expected (%lld, %lld)", where,
                     (long long)t->rows, (long long)t->cols, (long long)rows, (long long)cols);
+    llm_type_traits traits;
+    llm_type_traits_get(t->type, LLM_ISA_SCALAR, &traits);
+    if (cols % traits.block_elems != 0)
+        return fail(err, errlen, LLM_ERR_INVALID, "%s: %lld columns is not a whole number of %s blocks of %lld",
+                    where, (long long)cols, traits.name, (long long)traits.block_elems);
     return 0;
 }
 
@@ -385,12 +398,15 @@ int llm_create(const llm_config *p, const llm_weights *w, int32_t n_ctx, int32_t
     c->hb = alloc_floats((size_t)p->hidden_dim, 1, 1);
     c->hb2 = alloc_floats((size_t)p->hidden_dim, 1, 1);
     c->q = alloc_floats(q_dim, 1, 1);
+    size_t widest = dim > q_dim ? dim : q_dim; /* the longest vector a product reads */
+    widest = widest > (size_t)p->hidden_dim ? widest : (size_t)p->hidden_dim;
+    c->xq = malloc(widest / QK * sizeof(block_q8_0) + 1);
     c->att = alloc_floats((size_t)p->n_heads, (size_t)n_ctx, 1);
     c->key_cache = alloc_floats((size_t)p->n_layers, (size_t)n_ctx, kv_dim);
     c->value_cache = alloc_floats((size_t)p->n_layers, (size_t)n_ctx, kv_dim);
     c->rope_cos = alloc_floats((size_t)n_ctx, (size_t)p->head_dim / 2, 1);
     c->rope_sin = alloc_floats((size_t)n_ctx, (size_t)p->head_dim / 2, 1);
-    if (!c->layers || !c->x || !c->xb || !c->xb2 || !c->hb || !c->hb2 || !c->q || !c->att || !c->key_cache ||
+    if (!c->layers || !c->x || !c->xb || !c->xb2 || !c->hb || !c->hb2 || !c->q || !c->xq || !c->att || !c->key_cache ||
         !c->value_cache || !c->rope_cos || !c->rope_sin) {
         llm_free(c);
         return fail(err, errlen, LLM_ERR_NOMEM, "out of memory allocating the KV cache for %d positions", n_ctx);
@@ -427,6 +443,7 @@ void llm_free(llm_ctx *c) {
     free(c->hb);
     free(c->hb2);
     free(c->q);
+    free(c->xq);
     free(c->att);
     free(c->key_cache);
     free(c->value_cache);

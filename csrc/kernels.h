@@ -11,18 +11,23 @@
 #include "llmrun.h"
 
 /* out[r - row_begin] = dot(row r of w, x) for r in [row_begin, row_end); w is (rows, cols). */
-typedef void (*llm_matvec_fn)(float *out, const void *w, const float *x, int64_t row_begin,
+typedef void (*llm_matvec_fn)(float *out, const void *w, const void *x, int64_t row_begin,
                               int64_t row_end, int64_t cols);
 
 /* out = row `row` of w as floats (cols values): the embedding lookup. */
 typedef void (*llm_get_row_fn)(float *out, const void *w, int64_t row, int64_t cols);
 
+/* Turns an f32 vector (cols values, a multiple of 32) into the form a product's matvec reads. */
+typedef void (*llm_quantize_fn)(void *out, const float *x, int64_t cols);
+
 typedef struct {
-    const char    *name;
-    int64_t        block_elems; /* values per storage block (1 for plain float types) */
-    size_t         block_bytes; /* bytes per storage block */
-    llm_matvec_fn  matvec;
-    llm_get_row_fn get_row;
+    const char     *name;
+    int64_t         block_elems; /* values per storage block (1 for plain float types) */
+    size_t          block_bytes; /* bytes per storage block */
+    llm_matvec_fn   matvec;      /* x is f32, or what quantize_x made of it */
+    llm_get_row_fn  get_row;
+    llm_quantize_fn quantize_x;  /* NULL: matvec reads f32 x. Block types all take Q8_0 blocks of x, so
+                                    one quantized copy of x serves every block type in a product. */
 } llm_type_traits;
 
 /* Vector helpers the attention uses, picked for the same instruction set. */
@@ -37,5 +42,75 @@ void llm_vec_ops_get(int32_t isa, llm_vec_ops *out);
 
 /* Per-type entry points (kernels_<type>.c). */
 int llm_f32_traits(int32_t isa, llm_type_traits *out);
+int llm_f16_traits(int32_t isa, llm_type_traits *out);
+int llm_bf16_traits(int32_t isa, llm_type_traits *out);
+int llm_q8_0_traits(int32_t isa, llm_type_traits *out);
+int llm_q4_0_traits(int32_t isa, llm_type_traits *out);
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* GGUF's block layouts (ggml-common.h) */
+
+#define QK 32 /* values per Q8_0 / Q4_0 block */
+
+typedef struct {
+    uint16_t d;      /* scale, IEEE half precision */
+    int8_t   qs[QK]; /* x = d * q */
+} block_q8_0;
+
+typedef struct {
+    uint16_t d;          /* scale, IEEE half precision */
+    uint8_t  qs[QK / 2]; /* value j in the low nibble of qs[j], value j + 16 in the high one: x = d * (q - 8) */
+} block_q4_0;
+
+_Static_assert(sizeof(block_q8_0) == 34, "Q8_0 blocks are 34 bytes");
+_Static_assert(sizeof(block_q4_0) == 18, "Q4_0 blocks are 18 bytes");
+
+/* Q8_0-quantizes x (a multiple of 32 values): the activations of the Q8_0 and Q4_0 products. */
+void llm_quantize_q8_0(int32_t isa, void *out, const float *x, int64_t cols);
+
+/* Half and bfloat16 to float, exactly (portable bit manipulation). */
+static inline float llm_fp16_to_fp32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
+    if (exp == 0x1f) bits = sign | 0x7f800000 | (mant << 13); /* inf, nan */
+    else if (exp != 0) bits = sign | ((exp + 112) << 23) | (mant << 13);
+    else if (mant == 0) bits = sign; /* zero */
+    else { /* subnormal: normalize */
+        exp = 113;
+        while (!(mant & 0x400)) {
+            mant <<= 1;
+            exp--;
+        }
+        bits = sign | (exp << 23) | ((mant & 0x3ff) << 13);
+    }
+    float f;
+    __builtin_memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline float llm_bf16_to_fp32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    __builtin_memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* Float to half, rounding to nearest even (as the F16C instruction and ggml do). */
+static inline uint16_t llm_fp32_to_fp16(float f) {
+    uint32_t x;
+    __builtin_memcpy(&x, &f, sizeof x);
+    uint32_t sign = (x >> 16) & 0x8000, abs = x & 0x7fffffff;
+    if (abs >= 0x7f800000) return (uint16_t)(sign | 0x7c00 | (abs > 0x7f800000 ? 0x200 : 0)); /* inf, nan */
+    if (abs >= 0x477ff000) return (uint16_t)(sign | 0x7c00);                                 /* overflow */
+    if (abs < 0x38800000) { /* subnormal or zero in half: the value in units of 2^-24, rounded */
+        uint32_t e = abs >> 23, m = (abs & 0x7fffff) | 0x800000;
+        int shift = 126 - (int)e; /* 113 - e + 13 */
+        if (e == 0 || shift > 24) return (uint16_t)sign;
+        uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (q & 1))) q++;
+        return (uint16_t)(sign | q);
+    }
+    uint32_t m = abs + 0xfff + ((abs >> 13) & 1) - (112u << 23); /* rebias, round to nearest even */
+    return (uint16_t)(sign | (m >> 13));
+}
 
 #endif /* LLMRUN_KERNELS_H */

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "simd_x86.h"
 
 /* ---------------------------------------------------------------------------------------------------- */
 /* portable reference */
@@ -27,7 +28,7 @@ static void axpy_scalar(float *y, float a, const float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
 }
 
-static void matvec_f32_scalar(float *out, const void *w, const float *x, int64_t row_begin,
+static void matvec_f32_scalar(float *out, const void *w, const void *x, int64_t row_begin,
                               int64_t row_end, int64_t cols) {
     const float *wf = w;
     for (int64_t r = row_begin; r < row_end; r++) out[r - row_begin] = dot_scalar(wf + r * cols, x, cols);
@@ -40,16 +41,7 @@ static void get_row_f32(float *out, const void *w, int64_t row, int64_t cols) {
 /* ---------------------------------------------------------------------------------------------------- */
 /* x86-64 AVX2 + FMA */
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define AVX2 __attribute__((target("avx2,fma")))
-
-AVX2 static inline float hsum_avx2(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
+#ifdef LLM_HAVE_X86
 
 /* Four independent accumulators (32 floats per step) hide the latency of the fused multiply-adds. */
 AVX2 static float dot_avx2(const float *a, const float *b, int64_t n) {
@@ -79,7 +71,7 @@ AVX2 static void axpy_avx2(float *y, float a, const float *x, int64_t n) {
 /* One row at a time, front to back: a single linear stream through the weights is what the hardware
    prefetchers follow best, and decoding is bound by how fast the weights stream in from memory
    (interleaving four rows measured 2x slower on matrices larger than the cache). */
-AVX2 static void matvec_f32_avx2(float *out, const void *w, const float *x, int64_t row_begin,
+AVX2 static void matvec_f32_avx2(float *out, const void *w, const void *x, int64_t row_begin,
                                  int64_t row_end, int64_t cols) {
     const float *wf = w;
     for (int64_t r = row_begin; r < row_end; r++) out[r - row_begin] = dot_avx2(wf + r * cols, x, cols);
@@ -90,8 +82,8 @@ AVX2 static void matvec_f32_avx2(float *out, const void *w, const float *x, int6
 /* dispatch */
 
 int llm_f32_traits(int32_t isa, llm_type_traits *out) {
-    *out = (llm_type_traits){"f32", 1, sizeof(float), matvec_f32_scalar, get_row_f32};
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    *out = (llm_type_traits){"f32", 1, sizeof(float), matvec_f32_scalar, get_row_f32, NULL};
+#ifdef LLM_HAVE_X86
     if (isa == LLM_ISA_AVX2) out->matvec = matvec_f32_avx2;
 #endif
     (void)isa;
@@ -100,7 +92,7 @@ int llm_f32_traits(int32_t isa, llm_type_traits *out) {
 
 void llm_vec_ops_get(int32_t isa, llm_vec_ops *out) {
     *out = (llm_vec_ops){dot_scalar, axpy_scalar};
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#ifdef LLM_HAVE_X86
     if (isa == LLM_ISA_AVX2) *out = (llm_vec_ops){dot_avx2, axpy_avx2};
 #endif
     (void)isa;

@@ -1,0 +1,51 @@
+"""Reference encodings of the weight types for tests, via the official `gguf` package (the format's own
+reference implementation), plus the Q8_0 quantization of activations the C products use."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llmrun.spec import TENSOR_TYPES, Tensor
+
+gguf = __import__("pytest").importorskip("gguf")
+QT = gguf.GGMLQuantizationType
+GGUF_TYPES = {"f32": QT.F32, "f16": QT.F16, "bf16": QT.BF16, "q8_0": QT.Q8_0, "q4_0": QT.Q4_0}
+
+
+def encode(a: np.ndarray, type: str) -> Tensor:
+    """A float32 matrix (or vector) stored as `type`, in llmrun's Tensor layout."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if type == "f32":
+        return Tensor(a, "f32")
+    raw = gguf.quants.quantize(a, GGUF_TYPES[type])  # uint8 (rows, row_bytes)
+    return Tensor(np.ascontiguousarray(raw.view(TENSOR_TYPES[type].dtype)), type)
+
+
+def decode(t: Tensor) -> np.ndarray:
+    """The values a stored tensor holds, as float64."""
+    if t.type == "f32":
+        return t.data.astype(np.float64)
+    raw = t.data.view(np.uint8)
+    return gguf.quants.dequantize(raw, GGUF_TYPES[t.type]).astype(np.float64).reshape(t.data.shape[:-1] + (-1,))
+
+
+def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x (cols,) as the C library quantizes it for Q8_0/Q4_0 products: per block of 32, d = max|x| / 127
+    stored as fp16 and q = x * (127 / max|x|) rounded to nearest even. Returns (d as float32, q int8)."""
+    blocks = x.astype(np.float32).reshape(-1, 32)
+    amax = np.abs(blocks).max(axis=1)
+    d = (amax / np.float32(127)).astype(np.float16).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+    q = np.rint(blocks * inv[:, None]).astype(np.int8)
+    return d, q
+
+
+def product_reference(t: Tensor, x: np.ndarray) -> np.ndarray:
+    """What the C product of weights `t` and vector `x` computes, in float64: float types multiply the
+    stored values by x; block types multiply them by x's Q8_0 quantization (as the C code does)."""
+    w = decode(t).reshape(t.shape)
+    if t.type in ("q8_0", "q4_0"):
+        d, q = quantize_activations(x)
+        return w @ (d[:, None] * q).reshape(-1).astype(np.float64)
+    return w @ x.astype(np.float64)

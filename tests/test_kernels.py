@@ -1,0 +1,100 @@
+"""The C kernels of every weight type against numpy references, and the instruction sets against each
+other. Stored weights come from the official `gguf` package's encoders (tests/quants.py).
+
+Tolerances: the reference reproduces exactly what the C product computes (the stored weights; for block
+types also the Q8_0 quantization of the input), in float64. The C code accumulates in float32, so the
+results agree to ~1e-6 of the result's scale; rtol 1e-5 plus atol 1e-5 * sqrt(cols) * scale leaves
+room for the accumulation order and nothing more: a wrong nibble order or scale is off by O(1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from quants import decode, encode, product_reference
+
+from llmrun.engine import ISA_NAMES, best_isa, ffi, lib
+from llmrun.spec import TENSOR_TYPES
+
+ISAS = ["scalar"] + (["avx2"] if best_isa() == "avx2" else [])
+TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0"]
+
+
+def c_matvec(t, x: np.ndarray, isa: str) -> np.ndarray:
+    rows, cols = t.shape
+    out = np.empty(rows, dtype=np.float32)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    rc = lib.llm_matvec(TENSOR_TYPES[t.type].code, ISA_NAMES[isa], ffi.from_buffer(t.data), rows, cols,
+                        ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", out))
+    assert rc == 0
+    return out
+
+
+def shapes_for(type: str) -> list[tuple[int, int]]:
+    if TENSOR_TYPES[type].block_elems == 32:
+        return [(1, 32), (3, 64), (17, 96), (64, 288), (5, 1024)]
+    return [(1, 1), (3, 7), (4, 8), (17, 33), (64, 288), (5, 1000)]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("type", TYPES)
+def test_matvec_matches_reference(type: str, isa: str) -> None:
+    for rows, cols in shapes_for(type):
+        rng = np.random.default_rng(rows * 1000 + cols)
+        t = encode(rng.standard_normal((rows, cols)), type)
+        x = rng.standard_normal(cols).astype(np.float32)
+        want = product_reference(t, x)
+        got = c_matvec(t, x, isa)
+        scale = max(1.0, float(np.abs(want).max()))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(cols) * scale,
+                                   err_msg=f"{type} {isa} ({rows}, {cols})")
+
+
+@pytest.mark.parametrize("type", ["q8_0", "q4_0"])
+def test_quantized_products_are_close_to_exact(type: str) -> None:
+    """Quantizing the input to 8 bits costs little: the product stays within 1% (of the result's scale)
+    of the exact product of the stored weights with the unquantized input."""
+    rng = np.random.default_rng(7)
+    t = encode(rng.standard_normal((256, 512)), type)
+    x = rng.standard_normal(512).astype(np.float32)
+    exact = decode(t).reshape(t.shape) @ x.astype(np.float64)
+    got = c_matvec(t, x, best_isa())
+    assert np.abs(got - exact).max() / np.abs(exact).max() < 1e-2
+
+
+def test_instruction_sets_agree() -> None:
+    if len(ISAS) < 2:
+        pytest.skip("only the scalar kernels exist on this CPU")
+    rng = np.random.default_rng(3)
+    for type in TYPES:
+        t = encode(rng.standard_normal((48, 320)), type)
+        x = rng.standard_normal(320).astype(np.float32)
+        np.testing.assert_allclose(c_matvec(t, x, "avx2"), c_matvec(t, x, "scalar"), rtol=1e-5, atol=1e-4)
+
+
+def test_special_values_in_blocks() -> None:
+    """All-zero blocks (scale 0), a block of one large value, and fp16 subnormal scales."""
+    cols = 96
+    w = np.zeros((4, cols), dtype=np.float32)
+    w[1, 40] = 1000.0
+    w[2, :] = 1e-6  # scale 1e-6 / 127: an fp16 subnormal
+    w[3, ::2] = -3.0
+    x = np.linspace(-1, 1, cols).astype(np.float32)
+    x[:32] = 0.0  # an all-zero input block
+    for type in TYPES:
+        t = encode(w, type)
+        want = product_reference(t, x)
+        for isa in ISAS:
+            np.testing.assert_allclose(c_matvec(t, x, isa), want, rtol=1e-5, atol=1e-6, err_msg=f"{type} {isa}")
+
+
+def test_matvec_rejects_bad_arguments() -> None:
+    w = np.zeros((2, 64), dtype=np.uint8)
+    x = np.zeros(64, dtype=np.float32)
+    out = np.zeros(2, dtype=np.float32)
+    args = (ffi.from_buffer(w), 2, 64, ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", out))
+    assert lib.llm_matvec(99, lib.LLM_ISA_SCALAR, *args) == lib.LLM_ERR_INVALID
+    assert lib.llm_matvec(lib.LLM_F32, 99, *args) == lib.LLM_ERR_INVALID
+    # 48 columns is not a whole number of 32-value blocks
+    assert lib.llm_matvec(lib.LLM_Q8_0, lib.LLM_ISA_SCALAR, ffi.from_buffer(w), 2, 48,
+                          ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", out)) == lib.LLM_ERR_INVALID
