@@ -30,7 +30,7 @@ def compile_args() -> tuple[list[str], list[str]]:
         cflags.append("-march=native")
     if os.environ.get("LLMRUN_SANITIZE") == "1":
         cflags = [f for f in cflags if f != "-O3"] + ["-O1", "-g", "-fno-omit-frame-pointer",
-                                                     "-fsanitize=address,undefined"]
+                                                     "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
         ldflags.append("-fsanitize=address,undefined")
     return cflags, ldflags
 

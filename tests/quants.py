@@ -3,11 +3,11 @@ reference implementation), plus the Q8_0 quantization of activations the C produ
 
 from __future__ import annotations
 
+import gguf
 import numpy as np
 
 from llmrun.spec import TENSOR_TYPES, Tensor
 
-gguf = __import__("pytest").importorskip("gguf")
 QT = gguf.GGMLQuantizationType
 GGUF_TYPES = {"f32": QT.F32, "f16": QT.F16, "bf16": QT.BF16, "q8_0": QT.Q8_0, "q4_0": QT.Q4_0}
 
