@@ -42,7 +42,7 @@ struct llm_ctx {
     float *hb;   /* (hidden_dim) gate, then SwiGLU output */
     float *hb2;  /* (hidden_dim) up projection */
     float *q;    /* (q_dim) queries */
-    void  *xq;   /* the input of the current product as Q8_0 blocks, for the block-quantized weights */
+    void  *xq;   /* the input of the current product as 8-bit blocks, for the block-quantized weights */
     float *att;  /* (n_heads, n_ctx) attention scores */
 
     float *key_cache;   /* (n_layers, n_ctx, kv_dim) */
@@ -117,7 +117,7 @@ static float silu(float x) { return x / (1.0f + expf(-x)); }
 typedef struct {
     const llm_ctx *c;
     const float   *x;  /* the input vector */
-    const void    *xq; /* ... as Q8_0 blocks, where a product's weights want that */
+    const void    *xq; /* ... as 8-bit blocks (block_q8_act), where a product's weights want that */
     int            n;
     struct {
         float            *out;
@@ -164,7 +164,7 @@ static void matvec(const llm_ctx *c, const float *x, float *out0, const llm_tens
     int quantized = 0;
     for (int j = 0; j < t.n; j++) {
         const llm_type_traits *tr = &c->traits[t.job[j].w->type];
-        if (tr->quantize_x && !quantized) { /* once for all the products that read x as Q8_0 blocks */
+        if (tr->quantize_x && !quantized) { /* once for all the products that read 8-bit x */
             tr->quantize_x(c->xq, x, t.job[j].w->cols);
             quantized = 1;
         }
@@ -400,7 +400,7 @@ int llm_create(const llm_config *p, const llm_weights *w, int32_t n_ctx, int32_t
     c->q = alloc_floats(q_dim, 1, 1);
     size_t widest = dim > q_dim ? dim : q_dim; /* the longest vector a product reads */
     widest = widest > (size_t)p->hidden_dim ? widest : (size_t)p->hidden_dim;
-    c->xq = malloc(widest / QK * sizeof(block_q8_0) + 1);
+    c->xq = malloc(widest / QK * sizeof(block_q8_act) + 1);
     c->att = alloc_floats((size_t)p->n_heads, (size_t)n_ctx, 1);
     c->key_cache = alloc_floats((size_t)p->n_layers, (size_t)n_ctx, kv_dim);
     c->value_cache = alloc_floats((size_t)p->n_layers, (size_t)n_ctx, kv_dim);

@@ -26,8 +26,8 @@ typedef struct {
     size_t          block_bytes; /* bytes per storage block */
     llm_matvec_fn   matvec;      /* x is f32, or what quantize_x made of it */
     llm_get_row_fn  get_row;
-    llm_quantize_fn quantize_x;  /* NULL: matvec reads f32 x. Block types all take Q8_0 blocks of x, so
-                                    one quantized copy of x serves every block type in a product. */
+    llm_quantize_fn quantize_x;  /* NULL: matvec reads f32 x. Block types all take block_q8_act blocks of
+                                    x, so one quantized copy of x serves every block type in a product. */
 } llm_type_traits;
 
 /* Vector helpers the attention uses, picked for the same instruction set. */
@@ -62,11 +62,17 @@ typedef struct {
     uint8_t  qs[QK / 2]; /* value j in the low nibble of qs[j], value j + 16 in the high one: x = d * (q - 8) */
 } block_q4_0;
 
+/* A block of quantized activations: like Q8_0 but with the scale in f32. It never leaves the library, so
+   it is free to be what the products read fastest (no half-to-float conversion per block). */
+typedef struct {
+    float  d;
+    int8_t qs[QK]; /* x = d * q */
+} block_q8_act;
+
 _Static_assert(sizeof(block_q8_0) == 34, "Q8_0 blocks are 34 bytes");
 _Static_assert(sizeof(block_q4_0) == 18, "Q4_0 blocks are 18 bytes");
 
-/* Q8_0-quantizes x (a multiple of 32 values): the activations of the Q8_0 and Q4_0 products. */
-void llm_quantize_q8_0(int32_t isa, void *out, const float *x, int64_t cols);
+
 
 /* Half and bfloat16 to float, exactly (portable bit manipulation). */
 static inline float llm_fp16_to_fp32(uint16_t h) {
@@ -92,25 +98,6 @@ static inline float llm_bf16_to_fp32(uint16_t h) {
     float f;
     __builtin_memcpy(&f, &bits, sizeof f);
     return f;
-}
-
-/* Float to half, rounding to nearest even (as the F16C instruction and ggml do). */
-static inline uint16_t llm_fp32_to_fp16(float f) {
-    uint32_t x;
-    __builtin_memcpy(&x, &f, sizeof x);
-    uint32_t sign = (x >> 16) & 0x8000, abs = x & 0x7fffffff;
-    if (abs >= 0x7f800000) return (uint16_t)(sign | 0x7c00 | (abs > 0x7f800000 ? 0x200 : 0)); /* inf, nan */
-    if (abs >= 0x477ff000) return (uint16_t)(sign | 0x7c00);                                 /* overflow */
-    if (abs < 0x38800000) { /* subnormal or zero in half: the value in units of 2^-24, rounded */
-        uint32_t e = abs >> 23, m = (abs & 0x7fffff) | 0x800000;
-        int shift = 126 - (int)e; /* 113 - e + 13 */
-        if (e == 0 || shift > 24) return (uint16_t)sign;
-        uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (q & 1))) q++;
-        return (uint16_t)(sign | q);
-    }
-    uint32_t m = abs + 0xfff + ((abs >> 13) & 1) - (112u << 23); /* rebias, round to nearest even */
-    return (uint16_t)(sign | (m >> 13));
 }
 
 #endif /* LLMRUN_KERNELS_H */

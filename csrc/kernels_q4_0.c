@@ -1,6 +1,6 @@
 /*
- * kernels_q4_0.c: Q4_0 weights (GGUF blocks of 32 four-bit values and an fp16 scale) against Q8_0
- * quantized activations (kernels_q8_0.c). A weight block unpacks to 32 signed bytes q - 8, and from
+ * kernels_q4_0.c: Q4_0 weights (GGUF blocks of 32 four-bit values and an fp16 scale) against 8-bit
+ * quantized activations (block_q8_act, kernels_q8_0.c). A weight block unpacks to 32 signed bytes q - 8, and from
  * there the product is the same integer dot product as Q8_0's.
  */
 #include "kernels.h"
@@ -11,7 +11,7 @@
 
 static void matvec_q4_0_scalar(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
                                int64_t cols) {
-    const block_q8_0 *x = xq;
+    const block_q8_act *x = xq;
     int64_t nb = cols / QK;
     for (int64_t r = row_begin; r < row_end; r++) {
         const block_q4_0 *row = (const block_q4_0 *)w + r * nb;
@@ -22,7 +22,7 @@ static void matvec_q4_0_scalar(float *out, const void *w, const void *xq, int64_
                 sumi += ((row[b].qs[j] & 0x0f) - 8) * x[b].qs[j];
                 sumi += ((row[b].qs[j] >> 4) - 8) * x[b].qs[j + QK / 2];
             }
-            sum += (float)sumi * (llm_fp16_to_fp32(row[b].d) * llm_fp16_to_fp32(x[b].d));
+            sum += (float)sumi * (llm_fp16_to_fp32(row[b].d) * x[b].d);
         }
         out[r - row_begin] = sum;
     }
@@ -52,14 +52,14 @@ AVX2 static inline __m256i unpack_q4_0(const uint8_t *qs) {
 
 AVX2 static void matvec_q4_0_avx2(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
                                   int64_t cols) {
-    const block_q8_0 *x = xq;
+    const block_q8_act *x = xq;
     int64_t nb = cols / QK;
     for (int64_t r = row_begin; r < row_end; r++) {
         const block_q4_0 *row = (const block_q4_0 *)w + r * nb;
         __m256 acc = _mm256_setzero_ps();
         for (int64_t b = 0; b < nb; b++) {
             __m256i sums = dot_i8_avx2(unpack_q4_0(row[b].qs), _mm256_loadu_si256((const __m256i *)x[b].qs));
-            __m256 scale = _mm256_set1_ps(_cvtsh_ss(row[b].d) * _cvtsh_ss(x[b].d));
+            __m256 scale = _mm256_set1_ps(_cvtsh_ss(row[b].d) * x[b].d);
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc);
         }
         out[r - row_begin] = hsum_avx2(acc);

@@ -1,6 +1,6 @@
 /*
- * kernels_q8_0.c: Q8_0 weights (GGUF blocks of 32 int8 values and an fp16 scale), and the Q8_0
- * quantization of activations that the Q8_0 and Q4_0 products use.
+ * kernels_q8_0.c: Q8_0 weights (GGUF blocks of 32 int8 values and an fp16 scale), and the 8-bit
+ * quantization of activations (block_q8_act) that the Q8_0 and Q4_0 products use.
  *
  * A product quantizes its input vector once to Q8_0 blocks, then every block pair is a 32-term integer
  * dot product scaled by d_w * d_x: integer multiply-adds do four times the work of f32 FMAs per
@@ -17,20 +17,20 @@
 /* portable reference */
 
 /* Per block: d = max|x| / 127, q = round(x / d) (to nearest even, as the AVX2 version rounds). */
-static void quantize_q8_0_scalar(void *out, const float *x, int64_t cols) {
-    block_q8_0 *y = out;
+static void quantize_q8_act_scalar(void *out, const float *x, int64_t cols) {
+    block_q8_act *y = out;
     for (int64_t b = 0; b < cols / QK; b++, x += QK) {
         float amax = 0.0f;
         for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
         float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
-        y[b].d = llm_fp32_to_fp16(d);
+        y[b].d = d;
         for (int j = 0; j < QK; j++) y[b].qs[j] = (int8_t)nearbyintf(x[j] * id);
     }
 }
 
 static void matvec_q8_0_scalar(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
                                int64_t cols) {
-    const block_q8_0 *x = xq;
+    const block_q8_act *x = xq;
     int64_t nb = cols / QK;
     for (int64_t r = row_begin; r < row_end; r++) {
         const block_q8_0 *row = (const block_q8_0 *)w + r * nb;
@@ -38,7 +38,7 @@ static void matvec_q8_0_scalar(float *out, const void *w, const void *xq, int64_
         for (int64_t b = 0; b < nb; b++) {
             int32_t sumi = 0;
             for (int j = 0; j < QK; j++) sumi += row[b].qs[j] * x[b].qs[j];
-            sum += (float)sumi * (llm_fp16_to_fp32(row[b].d) * llm_fp16_to_fp32(x[b].d));
+            sum += (float)sumi * (llm_fp16_to_fp32(row[b].d) * x[b].d);
         }
         out[r - row_begin] = sum;
     }
@@ -56,8 +56,8 @@ static void get_row_q8_0(float *out, const void *w, int64_t row, int64_t cols) {
 /* x86-64 AVX2 */
 
 #ifdef LLM_HAVE_X86
-AVX2 static void quantize_q8_0_avx2(void *out, const float *x, int64_t cols) {
-    block_q8_0 *y = out;
+AVX2 static void quantize_q8_act_avx2(void *out, const float *x, int64_t cols) {
+    block_q8_act *y = out;
     const __m256 sign_bit = _mm256_set1_ps(-0.0f);
     for (int64_t b = 0; b < cols / QK; b++, x += QK) {
         __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
@@ -68,7 +68,7 @@ AVX2 static void quantize_q8_0_avx2(void *out, const float *x, int64_t cols) {
         m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
         float max = _mm_cvtss_f32(m4);
-        y[b].d = (uint16_t)_cvtss_sh(max / 127.0f, 0);
+        y[b].d = max / 127.0f;
         __m256 id = _mm256_set1_ps(max > 0.0f ? 127.0f / max : 0.0f);
         /* scale, round to nearest even, narrow 32 -> 16 -> 8 bits; the packs interleave 128-bit lanes,
            which the final permutation undoes */
@@ -84,7 +84,7 @@ AVX2 static void quantize_q8_0_avx2(void *out, const float *x, int64_t cols) {
 
 AVX2 static void matvec_q8_0_avx2(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
                                   int64_t cols) {
-    const block_q8_0 *x = xq;
+    const block_q8_act *x = xq;
     int64_t nb = cols / QK;
     for (int64_t r = row_begin; r < row_end; r++) {
         const block_q8_0 *row = (const block_q8_0 *)w + r * nb;
@@ -92,7 +92,7 @@ AVX2 static void matvec_q8_0_avx2(float *out, const void *w, const void *xq, int
         for (int64_t b = 0; b < nb; b++) {
             __m256i sums = dot_i8_avx2(_mm256_loadu_si256((const __m256i *)row[b].qs),
                                        _mm256_loadu_si256((const __m256i *)x[b].qs));
-            __m256 scale = _mm256_set1_ps(_cvtsh_ss(row[b].d) * _cvtsh_ss(x[b].d));
+            __m256 scale = _mm256_set1_ps(_cvtsh_ss(row[b].d) * x[b].d);
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc);
         }
         out[r - row_begin] = hsum_avx2(acc);
@@ -103,24 +103,13 @@ AVX2 static void matvec_q8_0_avx2(float *out, const void *w, const void *xq, int
 /* ---------------------------------------------------------------------------------------------------- */
 /* dispatch */
 
-void llm_quantize_q8_0(int32_t isa, void *out, const float *x, int64_t cols) {
-#ifdef LLM_HAVE_X86
-    if (isa == LLM_ISA_AVX2) {
-        quantize_q8_0_avx2(out, x, cols);
-        return;
-    }
-#endif
-    (void)isa;
-    quantize_q8_0_scalar(out, x, cols);
-}
-
 int llm_q8_0_traits(int32_t isa, llm_type_traits *out) {
     *out = (llm_type_traits){"q8_0", QK, sizeof(block_q8_0), matvec_q8_0_scalar, get_row_q8_0,
-                             quantize_q8_0_scalar};
+                             quantize_q8_act_scalar};
 #ifdef LLM_HAVE_X86
     if (isa == LLM_ISA_AVX2) {
         out->matvec = matvec_q8_0_avx2;
-        out->quantize_x = quantize_q8_0_avx2;
+        out->quantize_x = quantize_q8_act_avx2;
     }
 #endif
     (void)isa;

@@ -31,10 +31,10 @@ def decode(t: Tensor) -> np.ndarray:
 
 def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """x (cols,) as the C library quantizes it for Q8_0/Q4_0 products: per block of 32, d = max|x| / 127
-    stored as fp16 and q = x * (127 / max|x|) rounded to nearest even. Returns (d as float32, q int8)."""
+    (kept in float32) and q = x * (127 / max|x|) rounded to nearest even. Returns (d, q as int8)."""
     blocks = x.astype(np.float32).reshape(-1, 32)
     amax = np.abs(blocks).max(axis=1)
-    d = (amax / np.float32(127)).astype(np.float16).astype(np.float32)
+    d = amax / np.float32(127)
     with np.errstate(divide="ignore"):
         inv = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
     q = np.rint(blocks * inv[:, None]).astype(np.int8)
