@@ -69,6 +69,8 @@ class Model:
         eog = set()
         if tokenizer is not None and tokenizer.eos_id is not None:
             eog.add(tokenizer.eos_id)
+        if spec.extra.get("eot_token_id") is not None:  # e.g. Llama 3's <|eot_id|>: the end of a turn
+            eog.add(spec.extra["eot_token_id"])
         # llama2.c's stories models end a story by starting the next one with BOS; run.c stops there.
         if spec.format.startswith("llama2.c") and tokenizer is not None and tokenizer.bos_id is not None:
             eog.add(tokenizer.bos_id)
@@ -83,9 +85,12 @@ class Model:
             raise TokenizerError(self._tokenizer_problem or f"{self._spec.path}: the model has no tokenizer")
         return self._tokenizer
 
-    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
-        """Token ids of `text`, starting with BOS when `add_bos` (and the tokenizer has one)."""
-        return self.tokenizer.encode(text, add_bos=add_bos)
+    def tokenize(self, text: str, add_bos: bool | None = None) -> list[int]:
+        """Token ids of `text`, starting with BOS when `add_bos` (and the tokenizer has one). The default,
+        None, does what the model file says (GGUF `tokenizer.ggml.add_bos_token`; True for Llama 2 models)."""
+        if add_bos is None:
+            add_bos = bool(self._spec.extra.get("add_bos_token", True))
+        return self.tokenizer.encode(text, add_bos=add_bos, add_eos=bool(self._spec.extra.get("add_eos_token")))
 
     def detokenize(self, ids: Iterable[int]) -> str:
         """The text of token ids (control tokens such as BOS/EOS produce no text)."""
@@ -154,9 +159,10 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
          n_ctx: int | None = None, n_threads: int | None = None) -> Model:
     """Loads a model file.
 
-    path:      a llama2.c checkpoint (.bin).
-    tokenizer: a llama2.c tokenizer.bin (or a Tokenizer). Default: the file's own tokenizer, else a
-               tokenizer.bin beside the model if its vocabulary matches.
+    path:      a GGUF file (llama architecture; F32, F16, BF16, Q8_0, Q4_0 tensors) or a llama2.c
+               checkpoint (.bin).
+    tokenizer: a llama2.c tokenizer.bin (or a Tokenizer). Default: the file's own tokenizer (GGUF), else
+               a tokenizer.bin beside the model if its vocabulary matches.
     n_ctx:     positions the KV cache holds; default: the model's context length, at most 4096.
     n_threads: threads for the matrix products; default: the number of physical cores."""
     spec = read_model(path)
@@ -189,6 +195,8 @@ def _resolve_tokenizer(spec: ModelSpec, tokenizer: str | os.PathLike | Tokenizer
         return load_llama2c_tokenizer(tokenizer, vocab_size=vocab), ""
     if spec.tokenizer is not None:
         return spec.tokenizer, ""  # type: ignore[return-value]
+    if "tokenizer_problem" in spec.extra:  # the file has a tokenizer llmrun cannot use (yet)
+        return None, spec.extra["tokenizer_problem"]
     beside = Path(spec.path).with_name("tokenizer.bin")
     hint = f"{spec.path}: no tokenizer; pass tokenizer= (llama2.c models keep it in a separate .bin file)"
     if beside.is_file():

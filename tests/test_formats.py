@@ -94,13 +94,6 @@ def test_missing_and_folder(tmp_path: Path) -> None:
         read_model(tmp_path)
 
 
-def test_gguf_is_refused_for_now(tmp_path: Path) -> None:
-    path = tmp_path / "m.gguf"
-    path.write_bytes(b"GGUF" + bytes(100))
-    with pytest.raises(ModelFormatError, match="GGUF"):
-        read_model(path)
-
-
 def test_size_message_names_expected_and_actual(tmp_path: Path) -> None:
     good = good_v0(tmp_path)
     path = tmp_path / "t.bin"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import ModelFormatError
 from ..spec import ModelSpec
+from .gguf import load_gguf
 from .llama2c import load_llama2c
 
 
@@ -23,5 +24,5 @@ def read_model(path: str | os.PathLike) -> ModelSpec:
     except OSError as e:
         raise ModelFormatError(f"{path}: cannot read model file: {e.strerror or e}") from None
     if magic == b"GGUF":
-        raise ModelFormatError(f"{path}: GGUF files are not supported yet")
+        return load_gguf(path)
     return load_llama2c(path)
