@@ -1,19 +1,24 @@
-"""The `llmrun` command: generate, chat and info, all on the library's one generation loop."""
+"""The `llmrun` command: generate, chat and info, all on the library's one generation loop; quantize, which
+writes a model as GGUF with its weights in another type."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from . import __version__
 from .errors import LLMError
+from .formats import read_model
+from .formats.gguf_writer import TensorPlan, write_model
 from .generate import Generation
-from .model import Model, load
+from .model import Model, load, resolve_tokenizer
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
+QUANT_TYPES = ("f16", "bf16", "q8_0", "q4_0")  # what `llmrun quantize --type` writes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,6 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="show a model's shape, parameters, type and size")
     add_model_args(info)
     info.set_defaults(run=run_info)
+
+    quant = sub.add_parser("quantize", help="write a model as GGUF with its weights in another type",
+                           description="Write a model (llama2.c .bin or GGUF) as a GGUF file with its weight "
+                                       "matrices in TYPE. Norms stay f32; a matrix whose rows are not whole "
+                                       "32-value blocks falls back to f16 for q8_0 and q4_0, as llama.cpp's "
+                                       "quantizer does. A GGUF input keeps its metadata and vocabulary; "
+                                       "otherwise the tokenizer (the model's own, -z, or tokenizer.bin beside "
+                                       "the model) is written into the file.")
+    quant.add_argument("input", help="model file to read (llama2.c .bin or .gguf)")
+    quant.add_argument("output", help="GGUF file to write")
+    quant.add_argument("--type", required=True, choices=QUANT_TYPES, help="type of the weight matrices")
+    quant.add_argument("-z", "--tokenizer", help="tokenizer file to embed (llama2.c tokenizer.bin); default: the "
+                                                 "model's own, else tokenizer.bin beside the model")
+    quant.set_defaults(run=run_quantize)
     return parser
 
 
@@ -200,6 +219,39 @@ def run_info(args: argparse.Namespace) -> int:
         width = max(len(k) for k, _ in rows)
         for key, value in rows:
             print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    spec = read_model(args.input)
+    tokenizer = None  # a GGUF input keeps its own vocabulary metadata as it is
+    if args.tokenizer or "tokenizer.ggml.model" not in spec.extra.get("metadata", {}):
+        tokenizer, problem = resolve_tokenizer(spec, args.tokenizer)
+        if tokenizer is None:  # still a valid GGUF (our reader takes -z), but llama.cpp needs a vocabulary
+            print(f"llmrun: warning: the output will have no vocabulary; pass -z TOKENIZER to embed one "
+                  f"({problem})", file=sys.stderr)
+    n_tensors = len(spec.tensors())
+    n_width = len(str(n_tensors))
+
+    def progress(i: int, plan: TensorPlan) -> None:
+        shape = f"{plan.rows} x {plan.cols}" if not plan.is_vector else f"{plan.cols}"
+        print(f"[{i + 1:>{n_width}}/{n_tensors}] {plan.name:<28} {shape:>13}  {plan.source.type:>4} -> "
+              f"{plan.type:<4} {plan.nbytes:>12,} bytes", file=sys.stderr)
+
+    block_types = ("q8_0", "q4_0")
+    requantized = sorted({t.type for t in spec.tensors() if t.type in block_types and t.type != args.type})
+    if requantized and args.type in block_types:  # llama.cpp refuses this without --allow-requantize
+        print(f"llmrun: warning: the input is already {'/'.join(requantized)}; quantizing it again adds the "
+              f"errors of both steps (start from an f32, f16 or bf16 file if you can)", file=sys.stderr)
+
+    plans = write_model(args.output, spec, args.type, tokenizer=tokenizer, on_tensor=progress)
+    in_bytes = sum(p.source.data.nbytes for p in plans)
+    out_bytes = sum(p.nbytes for p in plans)
+    ratio = in_bytes / out_bytes if in_bytes >= out_bytes else out_bytes / in_bytes
+    print(f"wrote {args.output}: {len(plans)} tensors, weights {in_bytes / 2**20:.2f} MiB -> "
+          f"{out_bytes / 2**20:.2f} MiB ({ratio:.2f}x {'smaller' if in_bytes >= out_bytes else 'larger'}), "
+          f"file {os.path.getsize(args.output):,} bytes, {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return 0
 
 

@@ -173,7 +173,7 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
     if n_threads is None:
         n_threads = min(physical_cores(), MAX_THREADS)
     _check_int("n_threads", n_threads, 1, MAX_THREADS)
-    tok, problem = _resolve_tokenizer(spec, tokenizer)
+    tok, problem = resolve_tokenizer(spec, tokenizer)
     return Model(spec, tok, n_ctx=n_ctx, n_threads=n_threads, tokenizer_problem=problem)
 
 
@@ -182,7 +182,7 @@ def _check_int(name: str, value: object, low: int, high: int) -> None:
         raise ValueError(f"{name} must be an int in [{low}, {high}], got {value!r}")
 
 
-def _resolve_tokenizer(spec: ModelSpec, tokenizer: str | os.PathLike | Tokenizer | None
+def resolve_tokenizer(spec: ModelSpec, tokenizer: str | os.PathLike | Tokenizer | None
                        ) -> tuple[Tokenizer | None, str]:
     """The tokenizer to use, or None and why there is none."""
     vocab = spec.config.vocab_size

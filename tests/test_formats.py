@@ -72,7 +72,7 @@ def corrupt_cases(tmp_path: Path) -> dict[str, tuple[bytes, str]]:
         "v1 truncated header": (v1[:100], "truncated header"),
         "v1 bad shared flag": (v1[:36] + b"\x07" + v1[37:], "shared_classifier"),
         "v1 truncated": (v1[:-8], "file size"),
-        "v2": (v1[:4] + struct.pack("<i", 2) + v1[8:], "not supported yet"),
+        "v2 without a group size": (v1[:4] + struct.pack("<i", 2) + v1[8:], "group_size = 0"),
         "unknown version": (v1[:4] + struct.pack("<i", 9) + v1[8:], "unknown llama2.c checkpoint version 9"),
     }
 

@@ -1,0 +1,394 @@
+"""Writes a ModelSpec as a GGUF v3 file (architecture `llama`) that llama.cpp and the `gguf` package read.
+
+Layout (docs/gguf.md in ggml): a header (magic "GGUF", version 3, tensor count, metadata count), the
+metadata key/value pairs, one info record per tensor (name, dimensions innermost first, ggml type, offset
+into the data section), zero padding to the alignment (32), then the tensor data, each tensor starting at
+a multiple of the alignment. All integers are little-endian.
+
+Tensor data is streamed: each tensor is converted in row chunks (llmrun.quantize.convert_rows) and written
+as it is produced, so a model is never held in memory twice. The file is written under a temporary name
+and renamed at the end, so a failed or interrupted run leaves no half-written file (and writing over the
+input file is safe: its memory map keeps the old data).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from ..quantize import CHUNK_VALUES, can_store, convert_rows
+from ..spec import TENSOR_TYPES, ModelSpec, Tensor
+from ..tokenizer import Tokenizer, TokenType
+
+GGUF_MAGIC = b"GGUF"
+GGUF_VERSION = 3
+ALIGNMENT = 32  # GGUF's default; files that use it need no general.alignment key
+QUANTIZATION_VERSION = 2  # ggml's GGML_QNT_VERSION: the Q4_0/Q8_0 layouts of ggml-common.h
+
+# Our tensor types -> ggml_type numbers (ggml.h).
+GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "bf16": 30}
+# The type a file is "mostly" -> llama_ftype (llama.h): general.file_type.
+FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "bf16": 32}
+
+
+class ValueType(enum.IntEnum):
+    """GGUF metadata value types (gguf_type in ggml's gguf.h)."""
+
+    UINT8 = 0
+    INT8 = 1
+    UINT16 = 2
+    INT16 = 3
+    UINT32 = 4
+    INT32 = 5
+    FLOAT32 = 6
+    BOOL = 7
+    STRING = 8
+    ARRAY = 9
+    UINT64 = 10
+    INT64 = 11
+    FLOAT64 = 12
+
+
+# Fixed-size scalar types -> numpy dtype (little-endian); BOOL is one byte, 0 or 1.
+_SCALAR_DTYPES = {
+    ValueType.UINT8: "<u1", ValueType.INT8: "<i1", ValueType.UINT16: "<u2", ValueType.INT16: "<i2",
+    ValueType.UINT32: "<u4", ValueType.INT32: "<i4", ValueType.FLOAT32: "<f4", ValueType.BOOL: "<u1",
+    ValueType.UINT64: "<u8", ValueType.INT64: "<i8", ValueType.FLOAT64: "<f8",
+}
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """One key/value pair. An ARRAY value is a sequence of `item_type` values (item_type ARRAY nests)."""
+
+    key: str
+    type: ValueType
+    value: object
+    item_type: ValueType | None = None
+
+
+# --- encoding -------------------------------------------------------------------------------------------
+
+def encode_string(text: str | bytes) -> bytes:
+    """A GGUF string: uint64 byte length, then the bytes (UTF-8, no terminator)."""
+    data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    return struct.pack("<Q", len(data)) + data
+
+
+def encode_value(vtype: ValueType, value: object, item_type: ValueType | None = None) -> bytes:
+    """The bytes of a value of type `vtype` (without the type tag)."""
+    if vtype == ValueType.STRING:
+        return encode_string(value)  # type: ignore[arg-type]
+    if vtype == ValueType.ARRAY:
+        if item_type is None:
+            raise ValueError("an ARRAY value needs its item_type")
+        items = list(value) if not isinstance(value, np.ndarray) else value  # type: ignore[call-overload]
+        head = struct.pack("<IQ", int(item_type), len(items))
+        if item_type in _SCALAR_DTYPES:
+            # One numpy conversion for the whole array (a vocabulary has 32k-256k scores and types).
+            return head + _scalars(item_type, items).tobytes()
+        if item_type == ValueType.STRING:
+            return head + b"".join(encode_string(s) for s in items)
+        raise ValueError("nested arrays are not supported by this writer")
+    if vtype in _SCALAR_DTYPES:
+        return _scalars(vtype, [value]).tobytes()
+    raise ValueError(f"unknown GGUF value type {vtype!r}")
+
+
+def _scalars(vtype: ValueType, values: object) -> np.ndarray:
+    """Values as a little-endian array of `vtype`, refusing any that would not fit (no silent wrap)."""
+    if vtype == ValueType.BOOL:
+        values = [bool(v) for v in values]  # type: ignore[attr-defined]
+    array = np.asarray(values)
+    dtype = np.dtype(_SCALAR_DTYPES[vtype])
+    if dtype.kind in "iu":
+        if array.size and array.dtype.kind not in "biu":
+            raise ValueError(f"{vtype.name} values must be integers, got {array.dtype}")
+        info = np.iinfo(dtype)
+        if array.size and (array.min() < info.min or array.max() > info.max):
+            raise ValueError(f"a value does not fit {vtype.name}: range {array.min()}..{array.max()}")
+    return array.astype(dtype)
+
+
+def encode_metadata(item: Metadata) -> bytes:
+    return encode_string(item.key) + struct.pack("<I", int(item.type)) + encode_value(
+        item.type, item.value, item.item_type)
+
+
+# --- tensors --------------------------------------------------------------------------------------------
+
+@dataclass
+class TensorPlan:
+    """One tensor as it will be written: its GGUF name, source, output type and place in the file."""
+
+    name: str
+    source: Tensor
+    type: str
+    is_vector: bool  # GGUF dims (cols,) instead of (cols, rows)
+    row_order: np.ndarray | None = None  # rows of `source` to write, in this order (None: as they are)
+    offset: int = 0  # from the start of the data section
+
+    @property
+    def rows(self) -> int:
+        return self.source.shape[0]
+
+    @property
+    def cols(self) -> int:
+        return self.source.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows * TENSOR_TYPES[self.type].row_bytes(self.cols)
+
+    def info(self) -> bytes:
+        """The tensor info record: name, dimensions (innermost first), ggml type, offset."""
+        dims = (self.cols,) if self.is_vector else (self.cols, self.rows)
+        return (encode_string(self.name) + struct.pack("<I", len(dims)) + struct.pack(f"<{len(dims)}Q", *dims)
+                + struct.pack("<IQ", GGML_TYPES[self.type], self.offset))
+
+    def chunks(self) -> Iterable[np.ndarray]:
+        """The tensor's data in the output type, as consecutive chunks of rows."""
+        if self.row_order is None:
+            yield from convert_rows(self.source, self.type)
+            return
+        data = self.source.data.reshape(self.rows, -1)
+        step = max(1, CHUNK_VALUES // self.cols)
+        for start in range(0, self.rows, step):
+            picked = Tensor(np.ascontiguousarray(data[self.row_order[start:start + step]]), self.source.type)
+            yield from convert_rows(picked, self.type)
+
+
+def _pad(n: int, alignment: int = ALIGNMENT) -> int:
+    return -n % alignment
+
+
+def write_gguf(path: str | os.PathLike, metadata: Sequence[Metadata], tensors: Sequence[TensorPlan],
+               on_tensor: Callable[[int, TensorPlan], None] | None = None) -> int:
+    """Writes a GGUF v3 file; assigns each plan its offset. `on_tensor(i, plan)` is called after tensor i
+    is written (for progress reports). Returns the file size in bytes."""
+    offset = 0
+    for plan in tensors:
+        plan.offset = offset
+        offset += plan.nbytes + _pad(plan.nbytes)
+    head = bytearray(GGUF_MAGIC + struct.pack("<IQQ", GGUF_VERSION, len(tensors), len(metadata)))
+    for item in metadata:
+        head += encode_metadata(item)
+    for plan in tensors:
+        head += plan.info()
+    head += bytes(_pad(len(head)))
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(head)
+            for i, plan in enumerate(tensors):
+                _write_tensor(f, plan)
+                if on_tensor is not None:
+                    on_tensor(i, plan)
+            size = f.tell()
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return size
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_tensor(f: BinaryIO, plan: TensorPlan) -> None:
+    written = 0
+    for chunk in plan.chunks():
+        data = np.ascontiguousarray(chunk)
+        f.write(memoryview(data).cast("B"))
+        written += data.nbytes
+    if written != plan.nbytes:  # a bug in a converter, not a user error
+        raise AssertionError(f"{plan.name}: wrote {written} bytes, planned {plan.nbytes}")
+    f.write(bytes(_pad(written)))
+
+
+# --- a ModelSpec as a llama GGUF ------------------------------------------------------------------------
+
+LAYER_NAMES = {"attn_norm": "attn_norm", "wq": "attn_q", "wk": "attn_k", "wv": "attn_v", "wo": "attn_output",
+               "ffn_norm": "ffn_norm", "w_gate": "ffn_gate", "w_down": "ffn_down", "w_up": "ffn_up"}
+NORMS = ("attn_norm", "ffn_norm")
+
+
+def choose_type(tensor: Tensor, wanted: str, is_norm: bool) -> str:
+    """The type a tensor is written as: norms stay f32; a matrix whose rows are not whole blocks of the
+    wanted type falls back to f16, as llama.cpp's quantizer does (e.g. 172 columns for Q8_0)."""
+    if is_norm:
+        return "f32"
+    return wanted if can_store(tensor.shape[1], wanted) else "f16"
+
+
+def plan_tensors(spec: ModelSpec, wanted: str) -> list[TensorPlan]:
+    """Every tensor of `spec` with its GGUF name and output type, in the order llama.cpp's converter
+    writes them (token embedding, the blocks, final norm, classifier)."""
+    if wanted not in GGML_TYPES:
+        raise ValueError(f"unknown tensor type {wanted!r} (expected one of {', '.join(GGML_TYPES)})")
+    cfg = spec.config
+    # GGUF `llama` pairs adjacent dimensions in RoPE; Hugging Face weights rotate halves. Reordering the rows
+    # of wq and wk within each head turns one into the other (llama.cpp's convert_hf_to_gguf permute).
+    qk_order = _halves_to_interleaved(cfg.head_dim) if cfg.rope_style == "halves" else None
+
+    def plan(name: str, tensor: Tensor, is_norm: bool = False, rotate: bool = False) -> TensorPlan:
+        order = None
+        if rotate and qk_order is not None:
+            order = (np.arange(tensor.shape[0]).reshape(-1, cfg.head_dim)[:, qk_order]).ravel()
+        return TensorPlan(name, tensor, choose_type(tensor, wanted, is_norm), is_vector=is_norm,
+                          row_order=order)
+
+    plans = [plan("token_embd.weight", spec.token_embd)]
+    for i, layer in enumerate(spec.layers):
+        for field, gguf_name in LAYER_NAMES.items():
+            plans.append(plan(f"blk.{i}.{gguf_name}.weight", getattr(layer, field), is_norm=field in NORMS,
+                              rotate=field in ("wq", "wk")))
+    plans.append(plan("output_norm.weight", spec.output_norm, is_norm=True))
+    if spec.output is not None:
+        plans.append(plan("output.weight", spec.output))
+    return plans
+
+
+def _halves_to_interleaved(head_dim: int) -> np.ndarray:
+    """Row order within one head: output row 2i + h is input row h * head_dim / 2 + i."""
+    half = head_dim // 2
+    return np.arange(head_dim).reshape(2, half).T.ravel()
+
+
+def model_metadata(spec: ModelSpec, wanted: str, tokenizer: Tokenizer | None, name: str) -> list[Metadata]:
+    """general.*, llama.* and (with a tokenizer) tokenizer.ggml.* metadata for `spec`."""
+    cfg = spec.config
+    u32, f32 = ValueType.UINT32, ValueType.FLOAT32
+    items = [
+        Metadata("general.architecture", ValueType.STRING, "llama"),
+        Metadata("general.name", ValueType.STRING, name),
+        Metadata("general.file_type", u32, FILE_TYPES[wanted]),
+        Metadata("llama.context_length", u32, cfg.max_seq_len),
+        Metadata("llama.embedding_length", u32, cfg.dim),
+        Metadata("llama.block_count", u32, cfg.n_layers),
+        Metadata("llama.feed_forward_length", u32, cfg.hidden_dim),
+        Metadata("llama.attention.head_count", u32, cfg.n_heads),
+        Metadata("llama.attention.head_count_kv", u32, cfg.n_kv_heads),
+        Metadata("llama.rope.dimension_count", u32, cfg.head_dim),
+        Metadata("llama.attention.layer_norm_rms_epsilon", f32, cfg.norm_eps),
+        Metadata("llama.rope.freq_base", f32, cfg.rope_theta),
+        Metadata("llama.vocab_size", u32, cfg.vocab_size),
+    ]
+    if cfg.head_dim * cfg.n_heads != cfg.dim:  # llama.cpp assumes dim / n_heads unless told
+        items += [Metadata("llama.attention.key_length", u32, cfg.head_dim),
+                  Metadata("llama.attention.value_length", u32, cfg.head_dim)]
+    if wanted in ("q8_0", "q4_0"):
+        items.append(Metadata("general.quantization_version", u32, QUANTIZATION_VERSION))
+    if tokenizer is not None:
+        items += tokenizer_metadata(tokenizer)
+    return items
+
+
+def tokenizer_metadata(tok: Tokenizer) -> list[Metadata]:
+    """A SentencePiece vocabulary as tokenizer.ggml.* (model "llama"): pieces in SentencePiece's spelling
+    ('▁' for spaces, control tokens by their bare name), scores, token types and special ids."""
+    arr, u32, b = ValueType.ARRAY, ValueType.UINT32, ValueType.BOOL
+    items = [
+        Metadata("tokenizer.ggml.model", ValueType.STRING, "llama"),
+        Metadata("tokenizer.ggml.tokens", arr, gguf_pieces(tok), ValueType.STRING),
+        Metadata("tokenizer.ggml.scores", arr, np.asarray(tok.scores, dtype=np.float32), ValueType.FLOAT32),
+        Metadata("tokenizer.ggml.token_type", arr, np.asarray(tok.token_types, dtype=np.int32), ValueType.INT32),
+    ]
+    if tok.bos_id is not None:
+        items.append(Metadata("tokenizer.ggml.bos_token_id", u32, tok.bos_id))
+    if tok.eos_id is not None:
+        items.append(Metadata("tokenizer.ggml.eos_token_id", u32, tok.eos_id))
+    items += [
+        Metadata("tokenizer.ggml.unknown_token_id", u32, tok.unk_id),
+        Metadata("tokenizer.ggml.add_bos_token", b, tok.bos_id is not None),
+        Metadata("tokenizer.ggml.add_eos_token", b, False),
+        Metadata("tokenizer.ggml.add_space_prefix", b, tok.add_dummy_prefix),
+    ]
+    return items
+
+
+def gguf_pieces(tok: Tokenizer) -> list[bytes]:
+    """The pieces as GGUF stores them. Ours keep llama2.c's spelling: b' ' for '▁', and BOS/EOS as
+    "\\n<s>\\n" / "\\n</s>\\n" (control pieces are written bare, as sentencepiece names them). Pieces stay
+    bytes: a vocabulary may hold pieces that are not valid UTF-8, and they must survive unchanged."""
+    space = "\u2581".encode()
+    control = {i for i, t in enumerate(tok.token_types) if t == TokenType.CONTROL}
+    return [(p.strip() if i in control else p).replace(b" ", space) for i, p in enumerate(tok.pieces)]
+
+
+# Keys that describe the old file's tensor data, not the model: never carried over from a GGUF input.
+STALE_KEYS = frozenset({"general.file_type", "general.quantization_version", "general.alignment"})
+
+
+def carried_metadata(spec: ModelSpec, generated: Iterable[str], keep_tokenizer: bool) -> list[Metadata]:
+    """The metadata of a GGUF input that its converted copy keeps: every key write_model does not write
+    itself (chat template, merges, pre-tokenizer, special ids, general.* facts ...), each with the value
+    type it had (llama.cpp checks key types), except STALE_KEYS and, unless `keep_tokenizer`, tokenizer.*.
+    Nested arrays are dropped: no Llama metadata uses them and their item types are not kept by the reader.
+    Nothing for other formats."""
+    if "metadata" not in spec.extra:
+        return []
+    from .gguf import StringArray, read_gguf  # only GGUF inputs need the reader
+
+    source = read_gguf(spec.path)
+    skip = set(generated) | STALE_KEYS
+    items = []
+    for key, value in source.metadata.items():
+        if key in skip or (key.startswith("tokenizer.") and not keep_tokenizer):
+            continue
+        vtype = ValueType(int(source.value_types[key]))
+        if vtype != ValueType.ARRAY:
+            items.append(Metadata(key, vtype, value))
+        elif isinstance(value, StringArray):
+            items.append(Metadata(key, vtype, [value.raw(i) for i in range(len(value))], ValueType.STRING))
+        elif isinstance(value, np.ndarray):
+            items.append(Metadata(key, vtype, value, _ITEM_TYPES[value.dtype.str[1:] if value.dtype != np.bool_
+                                                                   else "bool"]))
+    return items
+
+
+# numpy dtype (without byte order) of an array the GGUF reader returns -> GGUF item type
+_ITEM_TYPES = {"u1": ValueType.UINT8, "i1": ValueType.INT8, "u2": ValueType.UINT16, "i2": ValueType.INT16,
+               "u4": ValueType.UINT32, "i4": ValueType.INT32, "f4": ValueType.FLOAT32, "bool": ValueType.BOOL,
+               "u8": ValueType.UINT64, "i8": ValueType.INT64, "f8": ValueType.FLOAT64}
+
+
+def write_model(path: str | os.PathLike, spec: ModelSpec, wanted: str, tokenizer: object | None = None,
+                name: str | None = None, on_tensor: Callable[[int, TensorPlan], None] | None = None
+                ) -> list[TensorPlan]:
+    """Writes `spec` as a `llama` GGUF with its big matrices in type `wanted` (f32, f16, bf16, q8_0, q4_0;
+    see choose_type for the exceptions). Returns the tensor plans (names, types, sizes) in file order.
+
+    The vocabulary: a GGUF input keeps its own tokenizer.* metadata verbatim (whatever its tokenizer
+    model), unless `tokenizer` is given; otherwise `tokenizer` (default: the spec's own) is written as
+    tokenizer.ggml.* when it is a SentencePiece `Tokenizer`, and None writes no vocabulary. A GGUF input's
+    other metadata is kept too (see carried_metadata)."""
+    tok = spec.tokenizer if tokenizer is None else tokenizer
+    source_has_vocab = "tokenizer.ggml.model" in spec.extra.get("metadata", {})
+    keep_source_vocab = tokenizer is None and source_has_vocab
+    if keep_source_vocab:
+        tok = None
+    if tok is not None and not isinstance(tok, Tokenizer):
+        raise ValueError(f"cannot write a {type(tok).__name__} vocabulary to GGUF (only SentencePiece)")
+    if tok is not None and tok.vocab_size != spec.config.vocab_size:
+        raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model a vocabulary of "
+                         f"{spec.config.vocab_size}")
+    plans = plan_tensors(spec, wanted)
+    metadata = model_metadata(spec, wanted, tok, name or spec.extra.get("name") or Path(spec.path).stem)
+    metadata += carried_metadata(spec, (m.key for m in metadata), keep_tokenizer=keep_source_vocab)
+    write_gguf(path, metadata, plans, on_tensor)
+    return plans
