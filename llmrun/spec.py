@@ -141,6 +141,11 @@ class ModelSpec:
 
     @property
     def dtype(self) -> str:
-        """The type of the big matrices (norms are always f32)."""
-        types = {layer.wq.type for layer in self.layers} | {self.token_embd.type}
-        return "/".join(sorted(types))
+        """The type holding most of the weights, then any others the matrices use (norms are f32 always),
+        e.g. "q4_0 (+ q8_0, f16)" for a llama.cpp Q4_0 file."""
+        elements: dict[str, int] = {}
+        for t in self.tensors():
+            if t.data.ndim == 2:
+                elements[t.type] = elements.get(t.type, 0) + t.n_elements
+        ranked = sorted(elements, key=elements.get, reverse=True) or ["f32"]
+        return ranked[0] + (f" (+ {', '.join(ranked[1:])})" if len(ranked) > 1 else "")

@@ -213,7 +213,7 @@ def test_mixed_types_per_tensor(tmp_path: Path, weights: dict[str, np.ndarray]) 
     spec = read_model(tmp_path / "m.gguf")
     assert spec.token_embd.type == "q8_0" and spec.layers[0].w_down.type == "f16"
     assert spec.layers[1].wq.type == "bf16" and spec.layers[1].wk.type == "q4_0"
-    assert spec.dtype == "bf16/q4_0/q8_0"
+    assert spec.dtype == "q4_0 (+ f16, q8_0, bf16)"  # by how many weights each type holds
 
 
 def test_version_2_reads_like_version_3(tmp_path: Path, weights: dict[str, np.ndarray]) -> None:
