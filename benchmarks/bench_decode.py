@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import llmrun
-from llmrun.engine import ISA_NAMES, best_isa, ffi, lib
+from llmrun.engine import ISA_NAMES, available_isas, ffi, lib
 from models import write_random_model
 
-ISAS = ["scalar"] + (["avx2"] if best_isa() == "avx2" else [])
+ISAS = available_isas()
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,12 @@
 int32_t llm_isa_best(void) {
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-        return LLM_ISA_AVX2;
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !__builtin_cpu_supports("f16c"))
+        return LLM_ISA_SCALAR;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
+        return LLM_ISA_AVX512VNNI;
+    return LLM_ISA_AVX2;
 #endif
     return LLM_ISA_SCALAR;
 }
@@ -21,6 +25,7 @@ const char *llm_isa_name(int32_t isa) {
     switch (isa) {
     case LLM_ISA_SCALAR: return "scalar";
     case LLM_ISA_AVX2: return "avx2";
+    case LLM_ISA_AVX512VNNI: return "avx512vnni";
     default: return "unknown";
     }
 }

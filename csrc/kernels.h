@@ -66,6 +66,7 @@ typedef struct {
    it is free to be what the products read fastest (no half-to-float conversion per block). */
 typedef struct {
     float  d;
+    float  dsum;   /* d * (sum of q): lets a product with unsigned weights q_w - offset subtract the offset */
     int8_t qs[QK]; /* x = d * q */
 } block_q8_act;
 

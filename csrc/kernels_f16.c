@@ -85,7 +85,7 @@ static void get_row_bf16(float *out, const void *w, int64_t row, int64_t cols) {
 int llm_f16_traits(int32_t isa, llm_type_traits *out) {
     *out = (llm_type_traits){"f16", 1, sizeof(uint16_t), matvec_f16_scalar, get_row_f16, NULL};
 #ifdef LLM_HAVE_X86
-    if (isa == LLM_ISA_AVX2) out->matvec = matvec_f16_avx2;
+    if (isa >= LLM_ISA_AVX2) out->matvec = matvec_f16_avx2;
 #endif
     (void)isa;
     return 0;
@@ -94,7 +94,7 @@ int llm_f16_traits(int32_t isa, llm_type_traits *out) {
 int llm_bf16_traits(int32_t isa, llm_type_traits *out) {
     *out = (llm_type_traits){"bf16", 1, sizeof(uint16_t), matvec_bf16_scalar, get_row_bf16, NULL};
 #ifdef LLM_HAVE_X86
-    if (isa == LLM_ISA_AVX2) out->matvec = matvec_bf16_avx2;
+    if (isa >= LLM_ISA_AVX2) out->matvec = matvec_bf16_avx2;
 #endif
     (void)isa;
     return 0;

@@ -84,7 +84,7 @@ AVX2 static void matvec_f32_avx2(float *out, const void *w, const void *x, int64
 int llm_f32_traits(int32_t isa, llm_type_traits *out) {
     *out = (llm_type_traits){"f32", 1, sizeof(float), matvec_f32_scalar, get_row_f32, NULL};
 #ifdef LLM_HAVE_X86
-    if (isa == LLM_ISA_AVX2) out->matvec = matvec_f32_avx2;
+    if (isa >= LLM_ISA_AVX2) out->matvec = matvec_f32_avx2;
 #endif
     (void)isa;
     return 0;
@@ -93,7 +93,7 @@ int llm_f32_traits(int32_t isa, llm_type_traits *out) {
 void llm_vec_ops_get(int32_t isa, llm_vec_ops *out) {
     *out = (llm_vec_ops){dot_scalar, axpy_scalar};
 #ifdef LLM_HAVE_X86
-    if (isa == LLM_ISA_AVX2) *out = (llm_vec_ops){dot_avx2, axpy_avx2};
+    if (isa >= LLM_ISA_AVX2) *out = (llm_vec_ops){dot_avx2, axpy_avx2};
 #endif
     (void)isa;
 }

@@ -23,8 +23,13 @@ static void quantize_q8_act_scalar(void *out, const float *x, int64_t cols) {
         float amax = 0.0f;
         for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
         float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        int32_t sum = 0;
+        for (int j = 0; j < QK; j++) {
+            y[b].qs[j] = (int8_t)nearbyintf(x[j] * id);
+            sum += y[b].qs[j];
+        }
         y[b].d = d;
-        for (int j = 0; j < QK; j++) y[b].qs[j] = (int8_t)nearbyintf(x[j] * id);
+        y[b].dsum = d * (float)sum;
     }
 }
 
@@ -79,6 +84,11 @@ AVX2 static void quantize_q8_act_avx2(void *out, const float *x, int64_t cols) {
         __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
         packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_storeu_si256((__m256i *)y[b].qs, packed);
+        __m256i sum8 = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+        __m128i sum4 = _mm_add_epi32(_mm256_castsi256_si128(sum8), _mm256_extracti128_si256(sum8, 1));
+        sum4 = _mm_add_epi32(sum4, _mm_shuffle_epi32(sum4, 0x4e));
+        sum4 = _mm_add_epi32(sum4, _mm_shuffle_epi32(sum4, 0xb1));
+        y[b].dsum = y[b].d * (float)_mm_cvtsi128_si32(sum4);
     }
 }
 
@@ -98,6 +108,27 @@ AVX2 static void matvec_q8_0_avx2(float *out, const void *w, const void *xq, int
         out[r - row_begin] = hsum_avx2(acc);
     }
 }
+
+/* With VNNI one instruction multiplies unsigned by signed bytes and sums each four into int32 lanes; the
+   signs move from w onto x as in dot_i8_avx2. */
+VNNI static void matvec_q8_0_vnni(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
+                                  int64_t cols) {
+    const block_q8_act *x = xq;
+    int64_t nb = cols / QK;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const block_q8_0 *row = (const block_q8_0 *)w + r * nb;
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            __m256i wq = _mm256_loadu_si256((const __m256i *)row[b].qs);
+            __m256i xv = _mm256_loadu_si256((const __m256i *)x[b].qs);
+            __m256i sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(wq, wq),
+                                               _mm256_sign_epi8(xv, wq));
+            __m256 scale = _mm256_set1_ps(_cvtsh_ss(row[b].d) * x[b].d);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc);
+        }
+        out[r - row_begin] = hsum_avx2(acc);
+    }
+}
 #endif
 
 /* ---------------------------------------------------------------------------------------------------- */
@@ -107,8 +138,8 @@ int llm_q8_0_traits(int32_t isa, llm_type_traits *out) {
     *out = (llm_type_traits){"q8_0", QK, sizeof(block_q8_0), matvec_q8_0_scalar, get_row_q8_0,
                              quantize_q8_act_scalar};
 #ifdef LLM_HAVE_X86
-    if (isa == LLM_ISA_AVX2) {
-        out->matvec = matvec_q8_0_avx2;
+    if (isa >= LLM_ISA_AVX2) {
+        out->matvec = isa >= LLM_ISA_AVX512VNNI ? matvec_q8_0_vnni : matvec_q8_0_avx2;
         out->quantize_x = quantize_q8_act_avx2;
     }
 #endif

@@ -50,7 +50,8 @@ typedef enum {
 typedef enum {
     LLM_ISA_AUTO   = -1, /* the best the CPU supports */
     LLM_ISA_SCALAR = 0,  /* portable C, the reference every SIMD kernel is tested against */
-    LLM_ISA_AVX2   = 1,  /* x86-64 AVX2 + FMA */
+    LLM_ISA_AVX2   = 1,  /* x86-64 AVX2 + FMA + F16C */
+    LLM_ISA_AVX512VNNI = 2, /* ... and AVX-512 VNNI: 8-bit dot products in one instruction (Zen 4, Ice Lake+) */
 } llm_isa;
 
 /* How RoPE pairs up the dimensions of a head that it rotates together. */

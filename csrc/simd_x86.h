@@ -10,6 +10,7 @@
 #include <immintrin.h>
 
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
+#define VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 
 /* The sum of the eight lanes. */
 AVX2 static inline float hsum_avx2(__m256 v) {

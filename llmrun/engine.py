@@ -18,7 +18,7 @@ from .spec import ROPE_STYLES, TENSOR_TYPES, ModelSpec, Tensor
 
 ffi, lib = _kernel.ffi, _kernel.lib
 
-ISA_NAMES = {"scalar": lib.LLM_ISA_SCALAR, "avx2": lib.LLM_ISA_AVX2}
+ISA_NAMES = {"scalar": lib.LLM_ISA_SCALAR, "avx2": lib.LLM_ISA_AVX2, "avx512vnni": lib.LLM_ISA_AVX512VNNI}
 
 # Tokens per C call when filling the cache: small enough that Ctrl-C (delivered between calls) is prompt.
 CHUNK_TOKENS = 64
@@ -27,6 +27,11 @@ CHUNK_TOKENS = 64
 def best_isa() -> str:
     """Name of the fastest instruction set this CPU supports."""
     return ffi.string(lib.llm_isa_name(lib.llm_isa_best())).decode()
+
+
+def available_isas() -> list[str]:
+    """Every instruction set this CPU can run the kernels with, the portable reference first."""
+    return [name for name, code in ISA_NAMES.items() if code <= lib.llm_isa_best()]
 
 
 class Engine:

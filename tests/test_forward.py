@@ -17,11 +17,11 @@ from quants import decode, encode
 
 from builders import make_config, random_tensors, spec_from_tensors
 from llmrun import ContextOverflowError, KernelError
-from llmrun.engine import Engine, best_isa, ffi, lib
+from llmrun.engine import Engine, available_isas, ffi, lib
 from reference import forward as reference_forward
 
 RTOL = 1e-4
-ISAS = ["scalar"] + (["avx2"] if best_isa() == "avx2" else [])
+ISAS = available_isas()
 
 SHAPES = {
     # name: (config, tied)

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from quants import decode, encode, product_reference
 
-from llmrun.engine import ISA_NAMES, best_isa, ffi, lib
+from llmrun.engine import ISA_NAMES, available_isas, best_isa, ffi, lib
 from llmrun.spec import TENSOR_TYPES
 
-ISAS = ["scalar"] + (["avx2"] if best_isa() == "avx2" else [])
+ISAS = available_isas()
 TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0"]
 
 
@@ -69,7 +69,9 @@ def test_instruction_sets_agree() -> None:
     for type in TYPES:
         t = encode(rng.standard_normal((48, 320)), type)
         x = rng.standard_normal(320).astype(np.float32)
-        np.testing.assert_allclose(c_matvec(t, x, "avx2"), c_matvec(t, x, "scalar"), rtol=1e-5, atol=1e-4)
+        for isa in ISAS[1:]:
+            np.testing.assert_allclose(c_matvec(t, x, isa), c_matvec(t, x, "scalar"), rtol=1e-5, atol=1e-4,
+                                       err_msg=f"{type} {isa}")
 
 
 def test_special_values_in_blocks() -> None:
