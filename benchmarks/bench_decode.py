@@ -1,4 +1,5 @@
-"""pytest-benchmark suite: one decode step on the stories15M shape, and the f32 matrix-vector kernels.
+"""pytest-benchmark suite: one decode step on the stories15M shape, and the matrix-vector kernels of every
+weight type and instruction set.
 
     pytest benchmarks/bench_decode.py --benchmark-only
 """
@@ -9,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from quants import encode, product_reference
 
 import llmrun
 from llmrun.engine import ISA_NAMES, available_isas, ffi, lib
+from llmrun.spec import TENSOR_TYPES
 from models import write_random_model
 
 ISAS = available_isas()
@@ -38,13 +41,16 @@ def test_decode_step_15m(benchmark, model_path: Path, n_threads: int) -> None:
 
 
 @pytest.mark.parametrize("isa", ISAS)
-def test_matvec_classifier_15m(benchmark, isa: str) -> None:
-    """The largest product of stories15M: the 32000 x 288 classifier, on one thread."""
+@pytest.mark.parametrize("type", ["f32", "f16", "bf16", "q8_0", "q4_0"])
+def test_matvec_classifier(benchmark, type: str, isa: str) -> None:
+    """The largest product of a 110M model, the 32000 x 768 classifier, on one thread, in each weight type
+    and instruction set (for block types this includes quantizing the input vector)."""
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((32000, 288)).astype(np.float32)
-    x = rng.standard_normal(288).astype(np.float32)
+    w = encode(rng.standard_normal((32000, 768)).astype(np.float32), type)
+    x = rng.standard_normal(768).astype(np.float32)
     out = np.empty(32000, dtype=np.float32)
-    args = (lib.LLM_F32, ISA_NAMES[isa], ffi.from_buffer(w), 32000, 288, ffi.from_buffer("float[]", x),
-            ffi.from_buffer("float[]", out))
+    args = (TENSOR_TYPES[type].code, ISA_NAMES[isa], ffi.from_buffer(w.data), 32000, 768,
+            ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", out))
     benchmark(lambda: lib.llm_matvec(*args))
-    np.testing.assert_allclose(out, w.astype(np.float64) @ x, rtol=1e-3, atol=1e-3)
+    benchmark.extra_info["weights_per_second"] = 32000 * 768 / benchmark.stats.stats.mean
+    np.testing.assert_allclose(out, product_reference(w, x), rtol=1e-3, atol=1e-2)
