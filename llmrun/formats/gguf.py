@@ -58,6 +58,7 @@ import numpy as np
 from ..errors import ModelFormatError, TokenizerError
 from ..spec import TENSOR_TYPES, LayerWeights, ModelConfig, ModelSpec, Tensor, TensorType
 from ..tokenizer import Tokenizer
+from .mapping import map_file
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -239,7 +240,7 @@ def read_gguf(path: str | os.PathLike) -> GGUFFile:
     if file_size < 4 + 4 + 8 + 8:
         raise ModelFormatError(f"{path}: truncated GGUF file: {file_size} bytes, the header alone needs 24")
     try:
-        data = np.memmap(path, dtype=np.uint8, mode="r")
+        data = map_file(path)
     except (OSError, ValueError) as e:
         raise ModelFormatError(f"{path}: cannot map model file: {e}") from None
     return _Parser(path, data).parse()

@@ -31,6 +31,7 @@ import numpy as np
 from ..errors import ModelFormatError
 from ..quantize import QK
 from ..spec import LayerWeights, ModelConfig, ModelSpec, Tensor
+from .mapping import map_file
 
 MAGIC = 0x616B3432  # "ak42"
 # Tensors stored once per layer (llama2.c's names).
@@ -134,7 +135,7 @@ def _build(path: Path, file_size: int, f: dict[str, int], shared: bool, version:
             f"n_layers={n_layers}, n_heads={f['n_heads']}, n_kv_heads={f['n_kv_heads']}, vocab_size={vocab}, "
             f"seq_len={seq_len}, shared_classifier={shared}) implies {expected} bytes")
 
-    data = np.memmap(path, dtype="<f4", mode="r", offset=offset, shape=(n_floats,))
+    data = map_file(path, dtype="<f4", offset=offset, shape=(n_floats,))
     arrays: dict[str, np.ndarray] = {}
     start = 0
     for name in order:
@@ -178,7 +179,7 @@ def _build_v2(path: Path, file_size: int, f: dict[str, int], shared: bool, group
             f"seq_len={f['seq_len']}, shared_classifier={shared}, group_size={group_size}) implies "
             f"{expected} bytes")
 
-    data = np.memmap(path, dtype=np.uint8, mode="r")
+    data = map_file(path)
     offset = VERSIONED_HEADER_BYTES
     tensors: dict[str, Tensor | list[Tensor]] = {}
     for name, shape in norms.items():
