@@ -259,11 +259,11 @@ int llm_forward(llm_ctx *c, const int32_t *tokens, int32_t n_tokens, int32_t pos
                 int32_t all_logits) {
     if (!c) return LLM_ERR_INVALID;
     c->err[0] = '\0';
-    if (!tokens || n_tokens < 1)
-        return fail(c->err, sizeof c->err, LLM_ERR_INVALID, "n_tokens must be >= 1, got %d", n_tokens);
+    if (!tokens) return fail(c->err, sizeof c->err, LLM_ERR_INVALID, "tokens is NULL");
+    if (n_tokens < 1) return fail(c->err, sizeof c->err, LLM_ERR_INVALID, "n_tokens must be >= 1, got %d", n_tokens);
     if (pos < 0 || pos > c->n_ctx - n_tokens)
-        return fail(c->err, sizeof c->err, LLM_ERR_INVALID,
-                    "positions %d..%d do not fit the context of %d", pos, pos + n_tokens - 1, c->n_ctx);
+        return fail(c->err, sizeof c->err, LLM_ERR_INVALID, "positions %d..%lld do not fit the context of %d",
+                    pos, (long long)pos + n_tokens - 1, c->n_ctx);
     for (int32_t i = 0; i < n_tokens; i++)
         if (tokens[i] < 0 || tokens[i] >= c->cfg.vocab_size)
             return fail(c->err, sizeof c->err, LLM_ERR_INVALID, "token %d at index %d is outside [0, %d)",
@@ -422,7 +422,8 @@ int llm_create(const llm_config *p, const llm_weights *w, int32_t n_ctx, int32_t
     fill_rope_tables(c);
     if ((rc = llm_pool_create(n_threads, &c->pool)) != 0) {
         llm_free(c);
-        return fail(err, errlen, rc, "could not start %d threads", n_threads);
+        return fail(err, errlen, rc, rc == LLM_ERR_NOMEM ? "out of memory" : "could not start %d threads",
+                    n_threads);
     }
     *out = c;
     return 0;
@@ -430,7 +431,7 @@ int llm_create(const llm_config *p, const llm_weights *w, int32_t n_ctx, int32_t
 
 const char *llm_last_error(const llm_ctx *c) { return c ? c->err : "no context"; }
 
-int32_t llm_ctx_isa(const llm_ctx *c) { return c->isa; }
+int32_t llm_ctx_isa(const llm_ctx *c) { return c ? c->isa : LLM_ERR_INVALID; }
 
 void llm_free(llm_ctx *c) {
     if (!c) return;

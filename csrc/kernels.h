@@ -8,6 +8,8 @@
 #ifndef LLMRUN_KERNELS_H
 #define LLMRUN_KERNELS_H
 
+#include <string.h>
+
 #include "llmrun.h"
 
 /* out[r - row_begin] = dot(row r of w, x) for r in [row_begin, row_end); w is (rows, cols). */
@@ -90,14 +92,14 @@ static inline float llm_fp16_to_fp32(uint16_t h) {
         bits = sign | (exp << 23) | ((mant & 0x3ff) << 13);
     }
     float f;
-    __builtin_memcpy(&f, &bits, sizeof f);
+    memcpy(&f, &bits, sizeof f);
     return f;
 }
 
 static inline float llm_bf16_to_fp32(uint16_t h) {
     uint32_t bits = (uint32_t)h << 16;
     float f;
-    __builtin_memcpy(&f, &bits, sizeof f);
+    memcpy(&f, &bits, sizeof f);
     return f;
 }
 

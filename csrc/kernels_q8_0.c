@@ -22,6 +22,11 @@ static void quantize_q8_act_scalar(void *out, const float *x, int64_t cols) {
     for (int64_t b = 0; b < cols / QK; b++, x += QK) {
         float amax = 0.0f;
         for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+        if (!isfinite(amax)) { /* inf or NaN in x: let it reach the logits (the sampler rejects them) */
+            memset(y[b].qs, 0, sizeof y[b].qs);
+            y[b].d = y[b].dsum = NAN;
+            continue;
+        }
         float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
         int32_t sum = 0;
         for (int j = 0; j < QK; j++) {

@@ -74,7 +74,6 @@ class Engine:
             raise KernelError(f"{spec.path}: cannot create the model context: {ffi.string(err).decode()}")
         self._ctx = out[0]
         self.isa = ffi.string(lib.llm_isa_name(lib.llm_ctx_isa(self._ctx))).decode()
-        self._logits = np.empty(cfg.vocab_size, dtype=np.float32)
 
     def _fill(self, dst: object, tensor: Tensor) -> None:
         """Points a C llm_tensor at a numpy array without copying it."""
@@ -103,16 +102,19 @@ class Engine:
         """How many of `tokens` evaluate() would take from the cache instead of computing."""
         return max(0, min(_common_prefix(self._cached, tokens), len(tokens) - 1))
 
-    def evaluate(self, tokens: Sequence[int]) -> np.ndarray:
-        """Logits (vocab_size,) after the last of `tokens`, computing only what the cache lacks.
-
-        The returned array is reused by the next call: copy it to keep it."""
+    def evaluate(self, tokens: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+        """Logits (vocab_size,) after the last of `tokens`, computing only what the cache lacks. They are
+        written into `out` (a float32 array of vocab_size that the caller owns and reuses) when given."""
         tokens = tokens if type(tokens) is list else list(tokens)
+        if out is None:
+            out = np.empty(self.vocab_size, dtype=np.float32)
+        elif out.shape != (self.vocab_size,) or out.dtype != np.float32 or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a contiguous float32 array of shape ({self.vocab_size},)")
         with self._lock:
             keep = self.reusable_prefix(tokens)  # the last token always runs: we need its logits
             self._check_tokens(tokens, keep)
-            self._run(tokens, keep, self._logits, all_logits=False)
-            return self._logits
+            self._run(tokens, keep, out, all_logits=False)
+        return out
 
     def evaluate_all(self, tokens: Sequence[int]) -> np.ndarray:
         """Logits (len(tokens), vocab_size) after each token, all computed from position 0."""

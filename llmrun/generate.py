@@ -120,7 +120,8 @@ class Generation(Iterator[str]):
         engine, stats = self.engine, self.stats
         start = time.perf_counter()
         stats.reused_tokens = engine.reusable_prefix(self.prompt)
-        logits = engine.evaluate(self.prompt)
+        # this generation's own logits buffer: another caller of the same engine cannot overwrite it
+        logits = engine.evaluate(self.prompt, out=np.empty(engine.vocab_size, dtype=np.float32))
         stats.prefill_seconds = time.perf_counter() - start
         start = time.perf_counter()
         try:
@@ -153,7 +154,7 @@ class Generation(Iterator[str]):
             if len(history) > self.engine.n_ctx:  # the newest token has no cache slot to run in
                 self.finish_reason = "length"
                 break
-            logits = self.engine.evaluate(history)
+            logits = self.engine.evaluate(history, out=logits)
         text, hit = stops.feed(decoder.flush())
         text += "" if hit else stops.flush()
         if text:

@@ -180,3 +180,23 @@ def test_close(models_dir: Path) -> None:
 def test_errors_share_a_base_class() -> None:
     for cls in (llmrun.ModelFormatError, TokenizerError, ContextOverflowError, llmrun.KernelError, SamplingError):
         assert issubclass(cls, LLMError)
+
+
+def test_concurrent_generations_do_not_mix(model: llmrun.Model) -> None:
+    """Generations on one model from several threads each get their own answer (the C calls release the
+    GIL, so each generation must sample from logits no other thread writes)."""
+    import threading
+
+    prompts = ["Once upon a time", "Lily", "The dog", "Tom and Sue"]
+    want = [model.generate(p, max_tokens=40, temperature=0) for p in prompts]
+    def run(i: int, got: list[str | None]) -> None:
+        got[i] = model.generate(prompts[i], max_tokens=40, temperature=0)
+
+    for _ in range(3):
+        got: list[str | None] = [None] * len(prompts)
+        threads = [threading.Thread(target=run, args=(i, got)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert got == want

@@ -669,3 +669,15 @@ def test_piece_bytes(tok: Tokenizer) -> None:
     assert tok.piece_bytes(22172) == b" hello"
     assert tok.piece_bytes(0) == " \u2047 ".encode()
     assert tok.decode([0]) == " \u2047 "
+
+
+def test_many_user_defined_pieces_cannot_slow_encoding_down() -> None:
+    """A hostile vocabulary with 200,000 user-defined pieces sharing a first character: matching costs one
+    lookup per distinct piece length, so encoding stays fast (it took seconds when every piece was tried)."""
+    pieces = [b"<unk>", b"<s>", b"</s>"] + [b"a" + str(i).encode() for i in range(200_000)] + [b"a", b" "]
+    types = [2, 3, 3] + [4] * 200_000 + [1, 1]
+    tok = Tokenizer(pieces, [0.0] * len(pieces), token_types=types)
+    start = time.perf_counter()
+    ids = tok.encode("a" * 500 + "a17", add_bos=False)
+    assert time.perf_counter() - start < 0.5
+    assert ids[-1] == 3 + 17  # the longest user-defined match wins: "a17", not "a1"

@@ -69,7 +69,7 @@ MAX_STRING_BYTES = 1 << 30  # any string (ggml's cap too); a chat template is a 
 MAX_KEY_BYTES = 1 << 16
 MAX_TENSOR_NAME_BYTES = 256  # ggml itself refuses names of 64 bytes or more
 MAX_ARRAY_LEN = 1 << 30  # elements of one array (ggml's cap)
-MAX_STRING_ARRAY_LEN = 1 << 24  # strings in one array: vocabularies and merge lists have < 10^6
+MAX_STRING_ARRAY_LEN = 1 << 20  # strings in one array: vocabularies and merge lists have < 10^6
 MAX_NESTED_ARRAYS = 1 << 12  # arrays inside arrays, in the whole file (each a Python object; llama.cpp reads none)
 MAX_ARRAY_DEPTH = 8
 MAX_KV = 1 << 14  # real files have a few dozen keys
@@ -490,7 +490,7 @@ def _align_up(n: int, alignment: int) -> int:
 # Generous bounds: they reject garbage before any size arithmetic, not real models.
 LIMITS = {"embedding_length": 1 << 16, "feed_forward_length": 1 << 20, "block_count": 1 << 10,
           "attention.head_count": 1 << 12, "attention.head_count_kv": 1 << 12, "attention.key_length": 1 << 12,
-          "attention.value_length": 1 << 12, "rope.dimension_count": 1 << 12, "vocab_size": 1 << 24,
+          "attention.value_length": 1 << 12, "rope.dimension_count": 1 << 12, "vocab_size": 1 << 20,
           "context_length": (1 << 31) - 1}
 
 # Our LayerWeights field -> GGUF tensor name inside `blk.N.`.

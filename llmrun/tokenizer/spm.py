@@ -254,9 +254,13 @@ class Tokenizer:
         return symbols, frozen
 
     def _match_user_defined(self, text: str, start: int) -> str | None:
-        """Longest user-defined piece starting at ``text[start]`` (sentencepiece's PrefixMatcher)."""
-        for candidate in self._user_defined.get(text[start], ()):  # sorted longest first
-            if text.startswith(candidate, start):
+        """Longest user-defined piece starting at ``text[start]`` (sentencepiece's PrefixMatcher).
+
+        One set lookup per distinct piece length, longest first: the cost is bounded by the longest
+        piece, not by how many pieces a (possibly hostile) vocabulary defines."""
+        for length, pieces in self._user_defined.get(text[start], ()):
+            candidate = text[start:start + length]
+            if candidate in pieces:
                 return candidate
         return None
 
@@ -460,7 +464,10 @@ class Tokenizer:
         self._merge_rank = merge_rank
         self._piece_id = regular
         self._unused = frozenset(unused)
-        self._user_defined = {c: tuple(sorted(v, key=len, reverse=True)) for c, v in user_defined.items()}
+        # first character -> ((length, pieces of that length), ...), longest first
+        self._user_defined = {
+            c: tuple((n, frozenset(p for p in v if len(p) == n)) for n in sorted({len(p) for p in v}, reverse=True))
+            for c, v in user_defined.items()}
 
     # ------------------------------------------------------------------ validation helpers
 
