@@ -8,6 +8,7 @@
 
 from .errors import (
     ContextOverflowError,
+    InvalidArgumentError,
     KernelError,
     LLMError,
     ModelFormatError,
@@ -21,6 +22,6 @@ from .sampling import SamplingParams
 __version__ = "0.1.0"
 
 __all__ = [
-    "ContextOverflowError", "Generation", "GenerationStats", "KernelError", "LLMError", "Model",
+    "ContextOverflowError", "Generation", "GenerationStats", "InvalidArgumentError", "KernelError", "LLMError", "Model",
     "ModelFormatError", "ModelInfo", "SamplingError", "SamplingParams", "TokenizerError", "load", "__version__",
 ]

@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 
 from . import __version__
-from .errors import LLMError
+from .errors import ContextOverflowError, LLMError
 from .formats import read_model
 from .formats.gguf_writer import TensorPlan, write_model
 from .generate import Generation
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="model file (llama2.c .bin)")
+    p.add_argument("model", help="model file: GGUF (llama architecture) or llama2.c .bin")
     p.add_argument("-z", "--tokenizer", help="tokenizer file (llama2.c tokenizer.bin); default: the model's "
                                              "own, else tokenizer.bin beside the model")
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
@@ -101,6 +101,8 @@ def add_sampling_args(p: argparse.ArgumentParser, max_tokens_default: int) -> No
     p.add_argument("--top-p", type=float, default=0.95, help="1.0 = off (default: 0.95)")
     p.add_argument("--min-p", type=float, default=0.05, help="0.0 = off (default: 0.05)")
     p.add_argument("--repeat-penalty", type=float, default=1.0, help="1.0 = off (default: 1.0)")
+    p.add_argument("--repeat-last-n", type=int, default=64,
+                   help="how many recent tokens the penalty looks at; -1 = all (default: 64)")
     p.add_argument("-s", "--seed", type=int, default=None, help="random seed, for reproducible runs")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop when this text appears (repeatable)")
@@ -115,7 +117,7 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
         raise ValueError(f"--max-tokens must be -1 (no limit) or >= 0, got {args.max_tokens}")
     return dict(max_tokens=None if args.max_tokens == -1 else args.max_tokens, temperature=args.temperature,
                 top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, repeat_penalty=args.repeat_penalty,
-                seed=args.seed, stop=args.stop or None)
+                seed=args.seed, stop=args.stop or None, repeat_last_n=args.repeat_last_n)
 
 
 def print_stream(generation: Generation) -> None:
@@ -175,23 +177,29 @@ def run_chat(args: argparse.Namespace) -> int:
 
 
 def chat_turn(model: Model, transcript: str, kwargs: dict) -> str:
-    """Streams the model's continuation of the conversation text; returns the text with the reply."""
+    """Streams the model's continuation of the conversation text; returns the text with the reply.
+    Ctrl-C anywhere in the turn (tokenizing, prefill, decoding) stops the reply and keeps the session."""
+    generation = None
+    reply: list[str] = []
     try:
-        generation = model.stream(transcript, **kwargs)
-    except LLMError as e:  # the conversation outgrew the context: keep only the newest line
-        newest = transcript.rsplit("\n", 1)[-1]
-        print(f"({e}; the conversation starts over from your last line)", file=sys.stderr)
-        transcript = newest
-        generation = model.stream(transcript, **kwargs)
-    reply = []
-    try:
+        try:
+            generation = model.stream(transcript, **kwargs)
+        except ContextOverflowError as e:  # the conversation outgrew the context: keep only the newest line
+            transcript = transcript.rsplit("\n", 1)[-1]
+            print(f"({e}; the conversation starts over from your last line)", file=sys.stderr)
+            generation = model.stream(transcript, **kwargs)
         for piece in generation:
             reply.append(piece)
             sys.stdout.write(piece)
             sys.stdout.flush()
     except KeyboardInterrupt:
-        generation.close()
         sys.stdout.write(" [stopped]")
+    except LLMError as e:  # even the newest line alone does not fit, say: report it, start over
+        print(f"llmrun: error: {e}", file=sys.stderr)
+        return ""
+    finally:
+        if generation is not None:
+            generation.close()
     sys.stdout.write("\n")
     sys.stdout.flush()
     return transcript + "".join(reply)

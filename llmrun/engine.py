@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import _kernel
-from .errors import ContextOverflowError, KernelError
+from .errors import ContextOverflowError, InvalidArgumentError, KernelError
 from .spec import ROPE_STYLES, TENSOR_TYPES, ModelSpec, Tensor
 
 ffi, lib = _kernel.ffi, _kernel.lib
@@ -66,7 +66,7 @@ class Engine:
 
         isa_code = lib.LLM_ISA_AUTO if isa is None else ISA_NAMES.get(isa, -2)
         if isa_code == -2:
-            raise ValueError(f"isa must be one of {sorted(ISA_NAMES)} or None, got {isa!r}")
+            raise InvalidArgumentError(f"isa must be one of {sorted(ISA_NAMES)} or None, got {isa!r}")
         err = ffi.new("char[]", 512)
         out = ffi.new("llm_ctx **")
         rc = lib.llm_create(config, weights, n_ctx, n_threads, isa_code, out, err, len(err))
@@ -109,34 +109,34 @@ class Engine:
         if out is None:
             out = np.empty(self.vocab_size, dtype=np.float32)
         elif out.shape != (self.vocab_size,) or out.dtype != np.float32 or not out.flags.c_contiguous:
-            raise ValueError(f"out must be a contiguous float32 array of shape ({self.vocab_size},)")
+            raise InvalidArgumentError(f"out must be a contiguous float32 array of shape ({self.vocab_size},)")
         with self._lock:
             keep = self.reusable_prefix(tokens)  # the last token always runs: we need its logits
-            self._check_tokens(tokens, keep)
+            self.check_tokens(tokens, keep)
             self._run(tokens, keep, out, all_logits=False)
         return out
 
     def evaluate_all(self, tokens: Sequence[int]) -> np.ndarray:
         """Logits (len(tokens), vocab_size) after each token, all computed from position 0."""
         tokens = list(tokens)
-        self._check_tokens(tokens, 0)
+        self.check_tokens(tokens)
         out = np.empty((len(tokens), self.vocab_size), dtype=np.float32)
         with self._lock:
             self._run(tokens, 0, out, all_logits=True)
         return out
 
-    def _check_tokens(self, tokens: list[int], start: int) -> None:
-        """Validates tokens[start:] (the ones before are in the cache, so were checked already)."""
+    def check_tokens(self, tokens: list[int], start: int = 0) -> None:
+        """Validates tokens[start:] (evaluate() skips the ones the cache holds: they were checked)."""
         if not tokens:
-            raise ValueError("no tokens to evaluate")
+            raise InvalidArgumentError("no tokens to evaluate")
         if len(tokens) > self.n_ctx:
             raise ContextOverflowError(f"{len(tokens)} tokens do not fit in the context of {self.n_ctx}")
         for i in range(start, len(tokens)):
             t = tokens[i]
             if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
-                raise TypeError(f"token at index {i} must be an int, got {type(t).__name__}")
+                raise InvalidArgumentError(f"token at index {i} must be an int, got {type(t).__name__}")
             if not 0 <= t < self.vocab_size:
-                raise ValueError(f"token {t} at index {i} is outside the vocabulary [0, {self.vocab_size})")
+                raise InvalidArgumentError(f"token {t} at index {i} is outside the vocabulary [0, {self.vocab_size})")
 
     def _run(self, tokens: list[int], start: int, logits: np.ndarray, all_logits: bool) -> None:
         """Runs tokens[start:] at positions start.. in chunks; the cache then holds tokens[:end]."""

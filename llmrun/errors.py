@@ -19,6 +19,10 @@ class ContextOverflowError(LLMError, ValueError):
     """The tokens asked for do not fit in the model's context window."""
 
 
+class InvalidArgumentError(LLMError, ValueError):
+    """An argument is out of range or of the wrong kind (a token id, max_tokens, n_ctx, ...)."""
+
+
 class KernelError(LLMError, RuntimeError):
     """The C kernel reported an error (bad arguments, out of memory)."""
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .engine import Engine
+from .errors import InvalidArgumentError
 from .sampling import Sampler, SamplingParams
 from .tokenizer import StreamDecoder, Tokenizer
 
@@ -41,7 +42,7 @@ class GenerationStats:
 def check_max_tokens(max_tokens: int | None) -> None:
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
                                    or max_tokens < 0):
-        raise ValueError(f"max_tokens must be None or an int >= 0, got {max_tokens!r}")
+        raise InvalidArgumentError(f"max_tokens must be None or an int >= 0, got {max_tokens!r}")
 
 
 def normalize_stop(stop: str | Iterable[str] | None) -> list[str]:
@@ -51,7 +52,7 @@ def normalize_stop(stop: str | Iterable[str] | None) -> list[str]:
     stops = [stop] if isinstance(stop, str) else list(stop)
     for s in stops:
         if not isinstance(s, str) or not s:
-            raise ValueError(f"stop strings must be non-empty str, got {s!r}")
+            raise InvalidArgumentError(f"stop strings must be non-empty str, got {s!r}")
     return stops
 
 

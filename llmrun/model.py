@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .engine import Engine
-from .errors import ContextOverflowError, TokenizerError
+from .errors import ContextOverflowError, InvalidArgumentError, TokenizerError
 from .formats import read_model
 from .formats.llama2c_tokenizer import load_llama2c_tokenizer
 from .generate import Generation, check_max_tokens, normalize_stop
@@ -51,7 +51,9 @@ class Model:
     a context manager) to free the cache and threads at once.
 
     Calls on one Model are serialized; a request that shares a prefix with the previous one (a chat
-    turn, a repeated system prompt) only computes the new tokens."""
+    turn, a repeated system prompt) only computes the new tokens. The model has one KV cache: generations
+    interleaved from several threads stay correct, but each step then recomputes its history from the
+    prefix it shares with the other's (slow: use one Model per concurrent stream)."""
 
     def __init__(self, spec: ModelSpec, tokenizer: Tokenizer | None, n_ctx: int, n_threads: int,
                  tokenizer_problem: str = "") -> None:
@@ -108,28 +110,33 @@ class Model:
 
     def stream(self, prompt: str | Sequence[int], max_tokens: int | None = 256, temperature: float = 0.8,
                top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
-               seed: int | None = None, stop: str | Iterable[str] | None = None) -> Generation:
+               seed: int | None = None, stop: str | Iterable[str] | None = None,
+               repeat_last_n: int = 64) -> Generation:
         """Generates a continuation of `prompt` (text, or token ids), yielding text pieces as they are
         complete (never half a UTF-8 character). Sampling defaults are llama.cpp's; temperature 0 is
         greedy. Generation ends at an end-of-generation token, a stop string (not included in the text),
-        `max_tokens` new tokens (None: until the context is full) or a full context. The returned
-        Generation also reports `finish_reason`, `tokens` and `stats` once it is exhausted."""
+        `max_tokens` new tokens (None: until the context is full) or a full context. The repetition
+        penalty looks at the last `repeat_last_n` tokens (-1: all). The returned Generation also reports
+        `finish_reason`, `tokens` and `stats` once it is exhausted."""
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                repeat_penalty=repeat_penalty, seed=seed)
+                                repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed)
         check_max_tokens(max_tokens)
         stops = normalize_stop(stop)
         ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         if not ids:
-            raise ValueError("the prompt is empty and the tokenizer has no BOS token to start from")
+            raise InvalidArgumentError("the prompt has no tokens (empty text and no BOS token to start from)")
         self._check_fits(len(ids), "prompt")
+        self._engine.check_tokens(ids)
         return Generation(self._engine, self.tokenizer, ids, params, max_tokens, stops, self.eog_ids)
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int | None = 256, temperature: float = 0.8,
                  top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
-                 seed: int | None = None, stop: str | Iterable[str] | None = None) -> str:
+                 seed: int | None = None, stop: str | Iterable[str] | None = None,
+                 repeat_last_n: int = 64) -> str:
         """Like `stream`, but returns the whole continuation as one string."""
         return self.stream(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                           min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, stop=stop).text()
+                           min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, stop=stop,
+                           repeat_last_n=repeat_last_n).text()
 
     def _check_fits(self, n_tokens: int, what: str) -> None:
         if n_tokens > self.info.n_ctx:
@@ -179,7 +186,7 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{name} must be an int in [{low}, {high}], got {value!r}")
+        raise InvalidArgumentError(f"{name} must be an int in [{low}, {high}], got {value!r}")
 
 
 def resolve_tokenizer(spec: ModelSpec, tokenizer: str | os.PathLike | Tokenizer | None

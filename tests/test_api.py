@@ -200,3 +200,18 @@ def test_concurrent_generations_do_not_mix(model: llmrun.Model) -> None:
         for t in threads:
             t.join()
         assert got == want
+
+
+def test_bad_prompt_ids_fail_at_once(model: llmrun.Model) -> None:
+    with pytest.raises(llmrun.InvalidArgumentError, match="outside the vocabulary"):
+        model.stream([1, 999], max_tokens=3)  # before any iteration
+    with pytest.raises(llmrun.InvalidArgumentError, match="no tokens"):
+        model.stream([], max_tokens=3)
+    assert issubclass(llmrun.InvalidArgumentError, LLMError) and issubclass(llmrun.InvalidArgumentError, ValueError)
+
+
+def test_repeat_last_n(model: llmrun.Model) -> None:
+    greedy = model.generate("Tom", max_tokens=40, temperature=0)
+    # an empty penalty window: the penalty has nothing to act on
+    assert model.generate("Tom", max_tokens=40, temperature=0, repeat_penalty=1.5, repeat_last_n=0) == greedy
+    assert model.generate("Tom", max_tokens=40, temperature=0, repeat_penalty=1.5, repeat_last_n=-1) != greedy
