@@ -102,14 +102,14 @@ class ValueType(enum.IntEnum):
 
 
 # Fixed-size value types: their numpy dtype (little-endian). BOOL is one byte that must be 0 or 1.
-_FIXED_DTYPES: dict[int, np.dtype] = {
+FIXED_DTYPES: dict[int, np.dtype] = {
     ValueType.UINT8: np.dtype("u1"), ValueType.INT8: np.dtype("i1"), ValueType.UINT16: np.dtype("<u2"),
     ValueType.INT16: np.dtype("<i2"), ValueType.UINT32: np.dtype("<u4"), ValueType.INT32: np.dtype("<i4"),
     ValueType.FLOAT32: np.dtype("<f4"), ValueType.BOOL: np.dtype("u1"), ValueType.UINT64: np.dtype("<u8"),
     ValueType.INT64: np.dtype("<i8"), ValueType.FLOAT64: np.dtype("<f8"),
 }
 _FIXED_STRUCTS = {t: struct.Struct("<" + code) for t, code in zip(
-    _FIXED_DTYPES, "BbHhIifBQqd", strict=True)}  # explicit codes: numpy's dtype.char for uint64 is 4 bytes in struct
+    FIXED_DTYPES, "BbHhIifBQqd", strict=True)}  # explicit codes: numpy's dtype.char for uint64 is 4 bytes in struct
 _INT_TYPES = frozenset({ValueType.UINT8, ValueType.INT8, ValueType.UINT16, ValueType.INT16, ValueType.UINT32,
                         ValueType.INT32, ValueType.UINT64, ValueType.INT64})
 _FLOAT_TYPES = frozenset({ValueType.FLOAT32, ValueType.FLOAT64})
@@ -362,7 +362,7 @@ class _Parser:
         if vtype == ValueType.ARRAY:
             return self.array(what, depth + 1)
         at = self.pos
-        value = _FIXED_STRUCTS[vtype].unpack_from(self.buf, self.take(_FIXED_DTYPES[vtype].itemsize, what))[0]
+        value = _FIXED_STRUCTS[vtype].unpack_from(self.buf, self.take(FIXED_DTYPES[vtype].itemsize, what))[0]
         if vtype == ValueType.BOOL:
             if value > 1:
                 raise self.fail(f"{what}: bool at offset {at} is {value}, expected 0 or 1")
@@ -384,7 +384,7 @@ class _Parser:
             if self.nested_arrays > MAX_NESTED_ARRAYS:
                 raise self.fail(f"{what}: more than {MAX_NESTED_ARRAYS} arrays nested in arrays in the file")
             return [self.array(f"{what}[{i}]", depth + 1) for i in range(count)]
-        dtype = _FIXED_DTYPES[etype]
+        dtype = FIXED_DTYPES[etype]
         self.check_count(count, f"{what} array length", MAX_ARRAY_LEN, dtype.itemsize)
         start = self.take(count * dtype.itemsize, what)
         values = np.frombuffer(self.buf, dtype=dtype, count=count, offset=start)  # a view of the file
@@ -494,8 +494,9 @@ LIMITS = {"embedding_length": 1 << 16, "feed_forward_length": 1 << 20, "block_co
           "context_length": (1 << 31) - 1}
 
 # Our LayerWeights field -> GGUF tensor name inside `blk.N.`.
+# Our layer fields -> GGUF tensor names, in the order llama.cpp's converter writes them (the writer keeps it).
 LAYER_TENSORS = {"attn_norm": "attn_norm", "wq": "attn_q", "wk": "attn_k", "wv": "attn_v", "wo": "attn_output",
-                 "ffn_norm": "ffn_norm", "w_gate": "ffn_gate", "w_up": "ffn_up", "w_down": "ffn_down"}
+                 "ffn_norm": "ffn_norm", "w_gate": "ffn_gate", "w_down": "ffn_down", "w_up": "ffn_up"}
 
 # Hints for tensors Llama-family files may carry that llmrun cannot run yet.
 _EXTRA_TENSOR_HINTS = {
@@ -596,7 +597,7 @@ class _Metadata:
 def _value_type_of(dtype: np.dtype) -> ValueType:
     if dtype == np.bool_:
         return ValueType.BOOL
-    for vtype, d in _FIXED_DTYPES.items():
+    for vtype, d in FIXED_DTYPES.items():
         if d == dtype and vtype != ValueType.BOOL:
             return ValueType(vtype)
     raise AssertionError(dtype)

@@ -13,7 +13,6 @@ input file is safe: its memory map keeps the old data).
 
 from __future__ import annotations
 
-import enum
 import os
 import struct
 import tempfile
@@ -27,6 +26,7 @@ import numpy as np
 from ..quantize import CHUNK_VALUES, can_store, convert_rows
 from ..spec import TENSOR_TYPES, ModelSpec, Tensor
 from ..tokenizer import Tokenizer, TokenType
+from .gguf import FIXED_DTYPES, LAYER_TENSORS, SUPPORTED_GGML_TYPES, ValueType
 
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSION = 3
@@ -34,35 +34,9 @@ ALIGNMENT = 32  # GGUF's default; files that use it need no general.alignment ke
 QUANTIZATION_VERSION = 2  # ggml's GGML_QNT_VERSION: the Q4_0/Q8_0 layouts of ggml-common.h
 
 # Our tensor types -> ggml_type numbers (ggml.h).
-GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "bf16": 30}
+GGML_TYPES = {name: code for code, name in SUPPORTED_GGML_TYPES.items()}
 # The type a file is "mostly" -> llama_ftype (llama.h): general.file_type.
 FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "bf16": 32}
-
-
-class ValueType(enum.IntEnum):
-    """GGUF metadata value types (gguf_type in ggml's gguf.h)."""
-
-    UINT8 = 0
-    INT8 = 1
-    UINT16 = 2
-    INT16 = 3
-    UINT32 = 4
-    INT32 = 5
-    FLOAT32 = 6
-    BOOL = 7
-    STRING = 8
-    ARRAY = 9
-    UINT64 = 10
-    INT64 = 11
-    FLOAT64 = 12
-
-
-# Fixed-size scalar types -> numpy dtype (little-endian); BOOL is one byte, 0 or 1.
-_SCALAR_DTYPES = {
-    ValueType.UINT8: "<u1", ValueType.INT8: "<i1", ValueType.UINT16: "<u2", ValueType.INT16: "<i2",
-    ValueType.UINT32: "<u4", ValueType.INT32: "<i4", ValueType.FLOAT32: "<f4", ValueType.BOOL: "<u1",
-    ValueType.UINT64: "<u8", ValueType.INT64: "<i8", ValueType.FLOAT64: "<f8",
-}
 
 
 @dataclass(frozen=True)
@@ -92,13 +66,13 @@ def encode_value(vtype: ValueType, value: object, item_type: ValueType | None = 
             raise ValueError("an ARRAY value needs its item_type")
         items = list(value) if not isinstance(value, np.ndarray) else value  # type: ignore[call-overload]
         head = struct.pack("<IQ", int(item_type), len(items))
-        if item_type in _SCALAR_DTYPES:
+        if item_type in FIXED_DTYPES:
             # One numpy conversion for the whole array (a vocabulary has 32k-256k scores and types).
             return head + _scalars(item_type, items).tobytes()
         if item_type == ValueType.STRING:
             return head + b"".join(encode_string(s) for s in items)
         raise ValueError("nested arrays are not supported by this writer")
-    if vtype in _SCALAR_DTYPES:
+    if vtype in FIXED_DTYPES:
         return _scalars(vtype, [value]).tobytes()
     raise ValueError(f"unknown GGUF value type {vtype!r}")
 
@@ -108,7 +82,7 @@ def _scalars(vtype: ValueType, values: object) -> np.ndarray:
     if vtype == ValueType.BOOL:
         values = [bool(v) for v in values]  # type: ignore[attr-defined]
     array = np.asarray(values)
-    dtype = np.dtype(_SCALAR_DTYPES[vtype])
+    dtype = np.dtype(FIXED_DTYPES[vtype])
     if dtype.kind in "iu":
         if array.size and array.dtype.kind not in "biu":
             raise ValueError(f"{vtype.name} values must be integers, got {array.dtype}")
@@ -222,8 +196,6 @@ def _write_tensor(f: BinaryIO, plan: TensorPlan) -> None:
 
 # --- a ModelSpec as a llama GGUF ------------------------------------------------------------------------
 
-LAYER_NAMES = {"attn_norm": "attn_norm", "wq": "attn_q", "wk": "attn_k", "wv": "attn_v", "wo": "attn_output",
-               "ffn_norm": "ffn_norm", "w_gate": "ffn_gate", "w_down": "ffn_down", "w_up": "ffn_up"}
 NORMS = ("attn_norm", "ffn_norm")
 
 
@@ -254,7 +226,7 @@ def plan_tensors(spec: ModelSpec, wanted: str) -> list[TensorPlan]:
 
     plans = [plan("token_embd.weight", spec.token_embd)]
     for i, layer in enumerate(spec.layers):
-        for field, gguf_name in LAYER_NAMES.items():
+        for field, gguf_name in LAYER_TENSORS.items():
             plans.append(plan(f"blk.{i}.{gguf_name}.weight", getattr(layer, field), is_norm=field in NORMS,
                               rotate=field in ("wq", "wk")))
     plans.append(plan("output_norm.weight", spec.output_norm, is_norm=True))
