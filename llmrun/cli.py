@@ -4,13 +4,16 @@ writes a model as GGUF with its weights in another type."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
-from .errors import ContextOverflowError, LLMError
+from .bench import perplexity, run_bench
+from .errors import ContextOverflowError, InvalidArgumentError, LLMError
 from .formats import read_model
 from .formats.gguf_writer import TensorPlan, write_model
 from .generate import Generation
@@ -61,6 +64,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(chat)
     add_sampling_args(chat, max_tokens_default=256)
     chat.set_defaults(run=run_chat)
+
+    bench = sub.add_parser("bench", help="measure prompt processing and generation speed, as llama-bench",
+                           description="Prompt processing (ppN: N tokens from an empty cache) and generation "
+                                       "(tgN: N tokens one at a time) in tokens/s, mean and standard deviation "
+                                       "over repetitions, after an untimed warm-up.")
+    bench.add_argument("model", help="model file: GGUF (llama architecture) or llama2.c .bin")
+    bench.add_argument("-z", "--tokenizer", help="tokenizer file, for llama2.c models")
+    bench.add_argument("-p", "--n-prompt", default="128", help="prompt lengths, comma-separated (default: 128)")
+    bench.add_argument("-n", "--n-gen", default="64", help="generation lengths, comma-separated (default: 64)")
+    bench.add_argument("-t", "--threads", default=None, help="thread counts, comma-separated (default: physical cores)")
+    bench.add_argument("-r", "--repetitions", type=int, default=5, help="timed runs per test (default: 5)")
+    bench.add_argument("--json", action="store_true", help="print JSON lines instead of a markdown table")
+    bench.set_defaults(run=run_bench_command)
+
+    ppl = sub.add_parser("perplexity", help="perplexity of a model on a text file",
+                         description="Cuts the text's tokens into chunks of --ctx tokens (each starting with "
+                                     "BOS) and scores every token from the ones before it in its chunk.")
+    add_model_args(ppl)
+    ppl.add_argument("textfile", help="UTF-8 text")
+    ppl.add_argument("--ctx", type=int, default=256, help="tokens per chunk (default: 256)")
+    ppl.set_defaults(run=run_perplexity)
 
     info = sub.add_parser("info", help="show a model's shape, parameters, type and size")
     add_model_args(info)
@@ -203,6 +227,61 @@ def chat_turn(model: Model, transcript: str, kwargs: dict) -> str:
     sys.stdout.write("\n")
     sys.stdout.flush()
     return transcript + "".join(reply)
+
+
+def status(message: str) -> None:
+    """A progress line on stderr: rewritten in place on a terminal, one line each elsewhere (logs)."""
+    if sys.stderr.isatty():
+        print(f"\r\x1b[K{message}", end="", file=sys.stderr, flush=True)
+    elif message:
+        print(message, file=sys.stderr)
+
+
+def int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InvalidArgumentError(f"{option} takes comma-separated integers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise InvalidArgumentError(f"{option} values must be >= 1, got {text!r}")
+    return values
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    prompts, gens = int_list(args.n_prompt, "-p"), int_list(args.n_gen, "-n")
+    threads = int_list(args.threads, "-t") if args.threads else [None]
+    n_ctx = max(prompts + [n + 1 for n in gens])
+    rows = []
+    for t in threads:
+        with load(args.model, tokenizer=args.tokenizer, n_ctx=n_ctx, n_threads=t) as model:
+            for result in run_bench(model, prompts, gens, args.repetitions, progress=status):
+                i = model.info
+                row = {"model": Path(i.path).name, "size_bytes": i.weight_bytes, "params": i.n_params,
+                       "type": i.dtype, "threads": result.threads, "test": result.test,
+                       "tokens_per_second": round(result.mean, 2), "stdev": round(result.stdev, 2)}
+                if args.json:
+                    print(json.dumps(row), flush=True)
+                rows.append(row)
+    status("")
+    if not args.json:
+        print("| model | size | params | type | threads | test | t/s |")
+        print("|---|---:|---:|---|---:|---|---:|")
+        for r in rows:
+            print(f"| {r['model']} | {r['size_bytes'] / 2**20:.2f} MiB | {r['params'] / 1e6:.2f} M | {r['type']} "
+                  f"| {r['threads']} | {r['test']} | {r['tokens_per_second']:.2f} ± {r['stdev']:.2f} |")
+    return 0
+
+
+def run_perplexity(args: argparse.Namespace) -> int:
+    text = Path(args.textfile).read_text(encoding="utf-8")
+    with load(args.model, tokenizer=args.tokenizer, n_ctx=args.ctx, n_threads=args.threads) as model:
+        def progress(chunk: int, n_chunks: int, ppl: float) -> None:
+            status(f"chunk {chunk}/{n_chunks}: perplexity {ppl:.4f}")
+
+        result = perplexity(model, text, args.ctx, progress)
+    status("")
+    print(f"perplexity {result.value:.4f} over {result.tokens} tokens ({result.chunks} chunks of {args.ctx})")
+    return 0
 
 
 def run_info(args: argparse.Namespace) -> int:

@@ -160,6 +160,11 @@ class Engine:
             self._cached.extend(tokens[pos:end])
             pos = end
 
+    def reset(self) -> None:
+        """Forgets what the KV cache holds: the next evaluation computes every token."""
+        with self._lock:
+            self._cached = []
+
     def close(self) -> None:
         """Frees the C context (KV cache, threads). Safe to call twice."""
         with self._lock:

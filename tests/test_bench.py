@@ -1,0 +1,78 @@
+"""`llmrun bench` and `llmrun perplexity` (llmrun/bench.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_cli import llmrun as run_cli
+
+import llmrun
+from llmrun.bench import perplexity, run_bench
+
+TEXT = (Path(__file__).parent / "data" / "stories.txt").read_text()
+
+
+def test_perplexity_matches_a_direct_computation(models_dir: Path) -> None:
+    with llmrun.load(models_dir / "stories260K-f32.gguf") as m:
+        result = perplexity(m, TEXT, ctx=128)
+        ids = m.tokenize(TEXT, add_bos=False)
+        nll = []
+        for c in range(len(ids) // 127):
+            chunk = [1] + ids[c * 127:(c + 1) * 127]
+            z = m.logits(chunk).astype(np.float64)
+            logp = z - z.max(1, keepdims=True) - np.log(np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True))
+            nll += [-logp[i, chunk[i + 1]] for i in range(len(chunk) - 1)]
+    assert result.tokens == len(nll) and result.chunks == len(ids) // 127
+    assert math.isclose(result.value, math.exp(np.mean(nll)), rel_tol=1e-9)
+    assert 1.0 < result.value < 20.0  # the model knows these simple stories (512-token vocabulary)
+
+
+def test_quantized_perplexity_stays_close(models_dir: Path) -> None:
+    """Measured on tests/data/stories.txt: F32 4.625, Q8_0 4.619 (-0.1%), Q4_0 4.949 (+7%)."""
+    ppl = {}
+    for kind in ("f32", "q8_0", "q4_0"):
+        with llmrun.load(models_dir / f"stories260K-{kind}.gguf") as m:
+            ppl[kind] = perplexity(m, TEXT, ctx=128).value
+    with llmrun.load(models_dir / "stories260K.bin", tokenizer=models_dir / "tok512.bin") as m:
+        assert perplexity(m, TEXT, ctx=128).value == pytest.approx(ppl["f32"], rel=1e-6)
+    assert abs(ppl["q8_0"] / ppl["f32"] - 1) < 0.005
+    assert abs(ppl["q4_0"] / ppl["f32"] - 1) < 0.15
+
+
+def test_perplexity_arguments(models_dir: Path) -> None:
+    with llmrun.load(models_dir / "stories260K-f32.gguf", n_ctx=64) as m:
+        with pytest.raises(llmrun.InvalidArgumentError, match="ctx"):
+            perplexity(m, TEXT, ctx=128)  # more than the loaded context
+        with pytest.raises(llmrun.InvalidArgumentError, match="fewer than one chunk"):
+            perplexity(m, "Once upon a time", ctx=64)
+
+
+def test_run_bench(models_dir: Path) -> None:
+    with llmrun.load(models_dir / "stories260K-q8_0.gguf", n_ctx=64, n_threads=1) as m:
+        results = list(run_bench(m, prompts=[16, 32], gens=[8], repetitions=2))
+        assert [r.test for r in results] == ["pp16", "pp32", "tg8"]
+        assert all(len(r.tokens_per_second) == 2 and r.mean > 0 for r in results)
+        with pytest.raises(llmrun.InvalidArgumentError, match="positions"):
+            list(run_bench(m, prompts=[100], gens=[], repetitions=1))
+
+
+def test_bench_and_perplexity_commands(models_dir: Path, tmp_path: Path) -> None:
+    r = run_cli("bench", models_dir / "stories260K-f32.gguf", "-p", "16", "-n", "8", "-t", "1,2", "-r", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(row["threads"], row["test"]) for row in rows] == [(1, "pp16"), (1, "tg8"), (2, "pp16"), (2, "tg8")]
+    assert all(row["tokens_per_second"] > 0 and row["params"] == 260_032 for row in rows)
+    r = run_cli("bench", models_dir / "stories260K-f32.gguf", "-p", "16", "-n", "8", "-r", "1")
+    assert r.returncode == 0 and "| model | size | params | type | threads | test | t/s |" in r.stdout
+    assert "pp16" in r.stdout and "tg8" in r.stdout
+    text = tmp_path / "stories.txt"
+    text.write_text(TEXT)
+    r = run_cli("perplexity", models_dir / "stories260K-f32.gguf", text, "--ctx", "128")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("perplexity 4.6") and "chunk 7/7" in r.stderr
+    r = run_cli("bench", models_dir / "stories260K-f32.gguf", "-p", "x")
+    assert r.returncode == 1 and "comma-separated integers" in r.stderr
