@@ -53,7 +53,7 @@ int llm_matvec(int32_t type, int32_t isa, const void *w, int64_t rows, int64_t c
         traits.matvec(out, w, x, 0, rows, cols);
         return 0;
     }
-    void *xq = malloc((size_t)(cols / QK) * sizeof(block_q8_act) + 1);
+    void *xq = malloc(q8_act_bytes(cols) + 1);
     if (!xq) return LLM_ERR_NOMEM;
     traits.quantize_x(xq, x, cols);
     traits.matvec(out, w, xq, 0, rows, cols);

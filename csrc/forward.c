@@ -400,7 +400,7 @@ int llm_create(const llm_config *p, const llm_weights *w, int32_t n_ctx, int32_t
     c->q = alloc_floats(q_dim, 1, 1);
     size_t widest = dim > q_dim ? dim : q_dim; /* the longest vector a product reads */
     widest = widest > (size_t)p->hidden_dim ? widest : (size_t)p->hidden_dim;
-    c->xq = malloc(widest / QK * sizeof(block_q8_act) + 1);
+    c->xq = malloc(q8_act_bytes((int64_t)widest) + 1);
     c->att = alloc_floats((size_t)p->n_heads, (size_t)n_ctx, 1);
     c->key_cache = alloc_floats((size_t)p->n_layers, (size_t)n_ctx, kv_dim);
     c->value_cache = alloc_floats((size_t)p->n_layers, (size_t)n_ctx, kv_dim);

@@ -64,13 +64,23 @@ typedef struct {
     uint8_t  qs[QK / 2]; /* value j in the low nibble of qs[j], value j + 16 in the high one: x = d * (q - 8) */
 } block_q4_0;
 
-/* A block of quantized activations: like Q8_0 but with the scale in f32. It never leaves the library, so
-   it is free to be what the products read fastest (no half-to-float conversion per block). */
+/* Activations quantized to 8 bits per 32-value block, for the Q8_0 and Q4_0 products. They never leave
+   the library, so they are laid out for the products: all the values, then the blocks' f32 scales, then
+   per block d * (sum of q), which lets a product with unsigned weights q_w - offset take the offset off
+   once per block. q8_act_bytes(cols) bytes in all. */
 typedef struct {
-    float  d;
-    float  dsum;   /* d * (sum of q): lets a product with unsigned weights q_w - offset subtract the offset */
-    int8_t qs[QK]; /* x = d * q */
-} block_q8_act;
+    int8_t *qs;   /* (cols) x = d * q */
+    float  *d;    /* (cols / 32) */
+    float  *dsum; /* (cols / 32) */
+} q8_act;
+
+static inline size_t q8_act_bytes(int64_t cols) { return (size_t)cols + 2 * sizeof(float) * (size_t)(cols / QK); }
+
+static inline q8_act q8_act_view(const void *buf, int64_t cols) {
+    int8_t *qs = (int8_t *)buf;
+    float *d = (float *)(qs + cols); /* cols is a multiple of 32: the floats stay aligned */
+    return (q8_act){qs, d, d + cols / QK};
+}
 
 _Static_assert(sizeof(block_q8_0) == 34, "Q8_0 blocks are 34 bytes");
 _Static_assert(sizeof(block_q4_0) == 18, "Q4_0 blocks are 18 bytes");

@@ -1,7 +1,11 @@
 /*
  * kernels_q4_0.c: Q4_0 weights (GGUF blocks of 32 four-bit values and an fp16 scale) against 8-bit
- * quantized activations (block_q8_act, kernels_q8_0.c). A weight block unpacks to 32 signed bytes q - 8, and from
- * there the product is the same integer dot product as Q8_0's.
+ * quantized activations (q8_act, kernels_q8_0.c).
+ *
+ * The SIMD versions multiply the nibbles as they are, unsigned 0..15, by x's signed bytes, and take the
+ * offset off once per block: sum (q - 8) x = sum q x - 8 sum x, where the activations carry d_x * sum q_x.
+ * Like the Q8_0 products they take eight blocks at a time, so that the scales cost one vector multiply
+ * per eight blocks.
  */
 #include "kernels.h"
 #include "simd_x86.h"
@@ -11,18 +15,19 @@
 
 static void matvec_q4_0_scalar(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
                                int64_t cols) {
-    const block_q8_act *x = xq;
+    q8_act x = q8_act_view(xq, cols);
     int64_t nb = cols / QK;
     for (int64_t r = row_begin; r < row_end; r++) {
         const block_q4_0 *row = (const block_q4_0 *)w + r * nb;
         float sum = 0.0f;
         for (int64_t b = 0; b < nb; b++) {
+            const int8_t *xb = x.qs + b * QK;
             int32_t sumi = 0;
             for (int j = 0; j < QK / 2; j++) {
-                sumi += ((row[b].qs[j] & 0x0f) - 8) * x[b].qs[j];
-                sumi += ((row[b].qs[j] >> 4) - 8) * x[b].qs[j + QK / 2];
+                sumi += ((row[b].qs[j] & 0x0f) - 8) * xb[j];
+                sumi += ((row[b].qs[j] >> 4) - 8) * xb[j + QK / 2];
             }
-            sum += (float)sumi * (llm_fp16_to_fp32(row[b].d) * x[b].d);
+            sum += (float)sumi * (llm_fp16_to_fp32(row[b].d) * x.d[b]);
         }
         out[r - row_begin] = sum;
     }
@@ -40,54 +45,57 @@ static void get_row_q4_0(float *out, const void *w, int64_t row, int64_t cols) {
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
-/* x86-64 AVX2 */
+/* x86-64 AVX2, and AVX-512 VNNI */
 
 #ifdef LLM_HAVE_X86
-/* The 32 values of a block as signed bytes q - 8, in order: low nibbles (values 0-15), then high ones. */
+/* The 32 values of a block as unsigned bytes 0..15, in order: the low nibbles (values 0-15), then the high. */
 AVX2 static inline __m256i unpack_q4_0(const uint8_t *qs) {
     __m128i packed = _mm_loadu_si128((const __m128i *)qs);
-    __m256i nibbles = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
-    return _mm256_sub_epi8(_mm256_and_si256(nibbles, _mm256_set1_epi8(0x0f)), _mm256_set1_epi8(8));
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0x0f));
 }
+
+/* sum q x of one block as eight int32 lanes. maddubs takes unsigned (q) times signed (x) bytes; with
+   q <= 15 its 16-bit pair sums cannot saturate. VNNI does both steps in one instruction. */
+AVX2 static inline __m256i block_dot_avx2(const block_q4_0 *w, const int8_t *x) {
+    __m256i pairs = _mm256_maddubs_epi16(unpack_q4_0(w->qs), _mm256_loadu_si256((const __m256i *)x));
+    return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+}
+
+VNNI static inline __m256i block_dot_vnni(const block_q4_0 *w, const int8_t *x) {
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), unpack_q4_0(w->qs), _mm256_loadu_si256((const __m256i *)x));
+}
+
+/* Both instruction sets run the same loop and differ only in BLOCK_DOT (see kernels_q8_0.c). */
+#define MATVEC_Q4_0_BODY(BLOCK_DOT)                                                                         \
+    q8_act x = q8_act_view(xq, cols);                                                                       \
+    int64_t nb = cols / QK;                                                                                 \
+    for (int64_t r = row_begin; r < row_end; r++) {                                                         \
+        const block_q4_0 *row = (const block_q4_0 *)w + r * nb;                                             \
+        __m256 acc = _mm256_setzero_ps(), offset = _mm256_setzero_ps();                                     \
+        int64_t b = 0;                                                                                      \
+        for (; b + 8 <= nb; b += 8) {                                                                       \
+            __m256i s[8];                                                                                   \
+            for (int k = 0; k < 8; k++) s[k] = BLOCK_DOT(row + b + k, x.qs + (b + k) * QK);                 \
+            __m256 dw = scales8_avx2(row + b, sizeof *row);                                                 \
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum8x8_avx2(s)), _mm256_mul_ps(dw, _mm256_loadu_ps(x.d + b)), acc); \
+            offset = _mm256_fmadd_ps(dw, _mm256_loadu_ps(x.dsum + b), offset);                              \
+        }                                                                                                   \
+        float sum = hsum_avx2(acc) - 8.0f * hsum_avx2(offset);                                              \
+        for (; b < nb; b++) {                                                                               \
+            float dw = _cvtsh_ss(row[b].d);                                                                 \
+            sum += dw * (x.d[b] * (float)hsum_i32_avx2(BLOCK_DOT(row + b, x.qs + b * QK)) - 8.0f * x.dsum[b]); \
+        }                                                                                                   \
+        out[r - row_begin] = sum;                                                                           \
+    }
 
 AVX2 static void matvec_q4_0_avx2(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
                                   int64_t cols) {
-    const block_q8_act *x = xq;
-    int64_t nb = cols / QK;
-    for (int64_t r = row_begin; r < row_end; r++) {
-        const block_q4_0 *row = (const block_q4_0 *)w + r * nb;
-        __m256 acc = _mm256_setzero_ps();
-        for (int64_t b = 0; b < nb; b++) {
-            __m256i sums = dot_i8_avx2(unpack_q4_0(row[b].qs), _mm256_loadu_si256((const __m256i *)x[b].qs));
-            __m256 scale = _mm256_set1_ps(_cvtsh_ss(row[b].d) * x[b].d);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc);
-        }
-        out[r - row_begin] = hsum_avx2(acc);
-    }
+    MATVEC_Q4_0_BODY(block_dot_avx2)
 }
 
-/* With VNNI the nibbles go in as they are, unsigned 0..15: one instruction multiplies them by x's signed
-   bytes, and the offset comes off at the end: sum (q - 8) x = sum q x - 8 sum x, where the activation
-   block carries d_x * sum q_x. */
 VNNI static void matvec_q4_0_vnni(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
                                   int64_t cols) {
-    const block_q8_act *x = xq;
-    int64_t nb = cols / QK;
-    const __m256i low_nibbles = _mm256_set1_epi8(0x0f);
-    for (int64_t r = row_begin; r < row_end; r++) {
-        const block_q4_0 *row = (const block_q4_0 *)w + r * nb;
-        __m256 acc = _mm256_setzero_ps();
-        float offset = 0.0f;
-        for (int64_t b = 0; b < nb; b++) {
-            __m128i packed = _mm_loadu_si128((const __m128i *)row[b].qs);
-            __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low_nibbles);
-            __m256i sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, _mm256_loadu_si256((const __m256i *)x[b].qs));
-            float dw = _cvtsh_ss(row[b].d);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(dw * x[b].d), acc);
-            offset += dw * x[b].dsum;
-        }
-        out[r - row_begin] = hsum_avx2(acc) - 8.0f * offset;
-    }
+    MATVEC_Q4_0_BODY(block_dot_vnni)
 }
 #endif
 

@@ -1,10 +1,11 @@
 /*
  * kernels_q8_0.c: Q8_0 weights (GGUF blocks of 32 int8 values and an fp16 scale), and the 8-bit
- * quantization of activations (block_q8_act) that the Q8_0 and Q4_0 products use.
+ * quantization of activations (q8_act) that the Q8_0 and Q4_0 products use.
  *
- * A product quantizes its input vector once to Q8_0 blocks, then every block pair is a 32-term integer
- * dot product scaled by d_w * d_x: integer multiply-adds do four times the work of f32 FMAs per
- * instruction, and the weights are read as they are stored.
+ * A product quantizes its input vector once, then every block pair is a 32-term integer dot product
+ * scaled by d_w * d_x: integer multiply-adds do four times the work of f32 FMAs per instruction, and the
+ * weights are read as they are stored. The SIMD versions take eight blocks at a time, so that the
+ * scales cost one vector multiply per eight blocks rather than a broadcast each.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -18,37 +19,38 @@
 
 /* Per block: d = max|x| / 127, q = round(x / d) (to nearest even, as the AVX2 version rounds). */
 static void quantize_q8_act_scalar(void *out, const float *x, int64_t cols) {
-    block_q8_act *y = out;
+    q8_act y = q8_act_view(out, cols);
     for (int64_t b = 0; b < cols / QK; b++, x += QK) {
+        int8_t *q = y.qs + b * QK;
         float amax = 0.0f;
         for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
         if (!isfinite(amax)) { /* inf or NaN in x: let it reach the logits (the sampler rejects them) */
-            memset(y[b].qs, 0, sizeof y[b].qs);
-            y[b].d = y[b].dsum = NAN;
+            memset(q, 0, QK);
+            y.d[b] = y.dsum[b] = NAN;
             continue;
         }
         float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
         int32_t sum = 0;
         for (int j = 0; j < QK; j++) {
-            y[b].qs[j] = (int8_t)nearbyintf(x[j] * id);
-            sum += y[b].qs[j];
+            q[j] = (int8_t)nearbyintf(x[j] * id);
+            sum += q[j];
         }
-        y[b].d = d;
-        y[b].dsum = d * (float)sum;
+        y.d[b] = d;
+        y.dsum[b] = d * (float)sum;
     }
 }
 
 static void matvec_q8_0_scalar(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
                                int64_t cols) {
-    const block_q8_act *x = xq;
+    q8_act x = q8_act_view(xq, cols);
     int64_t nb = cols / QK;
     for (int64_t r = row_begin; r < row_end; r++) {
         const block_q8_0 *row = (const block_q8_0 *)w + r * nb;
         float sum = 0.0f;
         for (int64_t b = 0; b < nb; b++) {
             int32_t sumi = 0;
-            for (int j = 0; j < QK; j++) sumi += row[b].qs[j] * x[b].qs[j];
-            sum += (float)sumi * (llm_fp16_to_fp32(row[b].d) * x[b].d);
+            for (int j = 0; j < QK; j++) sumi += row[b].qs[j] * x.qs[b * QK + j];
+            sum += (float)sumi * (llm_fp16_to_fp32(row[b].d) * x.d[b]);
         }
         out[r - row_begin] = sum;
     }
@@ -63,11 +65,11 @@ static void get_row_q8_0(float *out, const void *w, int64_t row, int64_t cols) {
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
-/* x86-64 AVX2 */
+/* x86-64 AVX2, and AVX-512 VNNI */
 
 #ifdef LLM_HAVE_X86
 AVX2 static void quantize_q8_act_avx2(void *out, const float *x, int64_t cols) {
-    block_q8_act *y = out;
+    q8_act y = q8_act_view(out, cols);
     const __m256 sign_bit = _mm256_set1_ps(-0.0f);
     for (int64_t b = 0; b < cols / QK; b++, x += QK) {
         __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
@@ -78,7 +80,6 @@ AVX2 static void quantize_q8_act_avx2(void *out, const float *x, int64_t cols) {
         m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
         float max = _mm_cvtss_f32(m4);
-        y[b].d = max / 127.0f;
         __m256 id = _mm256_set1_ps(max > 0.0f ? 127.0f / max : 0.0f);
         /* scale, round to nearest even, narrow 32 -> 16 -> 8 bits; the packs interleave 128-bit lanes,
            which the final permutation undoes */
@@ -88,51 +89,51 @@ AVX2 static void quantize_q8_act_avx2(void *out, const float *x, int64_t cols) {
         __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v3, id), _MM_FROUND_TO_NEAREST_INT));
         __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
         packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-        _mm256_storeu_si256((__m256i *)y[b].qs, packed);
-        __m256i sum8 = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
-        __m128i sum4 = _mm_add_epi32(_mm256_castsi256_si128(sum8), _mm256_extracti128_si256(sum8, 1));
-        sum4 = _mm_add_epi32(sum4, _mm_shuffle_epi32(sum4, 0x4e));
-        sum4 = _mm_add_epi32(sum4, _mm_shuffle_epi32(sum4, 0xb1));
-        y[b].dsum = y[b].d * (float)_mm_cvtsi128_si32(sum4);
+        _mm256_storeu_si256((__m256i *)(y.qs + b * QK), packed);
+        y.d[b] = max / 127.0f;
+        y.dsum[b] = y.d[b] * (float)hsum_i32_avx2(_mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3)));
     }
 }
+
+/* One block's products as eight int32 lanes; the signs of w move onto x as in dot_i8_avx2. */
+AVX2 static inline __m256i block_dot_avx2(const block_q8_0 *w, const int8_t *x) {
+    return dot_i8_avx2(_mm256_loadu_si256((const __m256i *)w->qs), _mm256_loadu_si256((const __m256i *)x));
+}
+
+VNNI static inline __m256i block_dot_vnni(const block_q8_0 *w, const int8_t *x) {
+    __m256i wq = _mm256_loadu_si256((const __m256i *)w->qs), xv = _mm256_loadu_si256((const __m256i *)x);
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xv, wq));
+}
+
+/* Both instruction sets run the same loop and differ only in BLOCK_DOT; a macro, because a function
+   compiled for AVX2 cannot inline one compiled for VNNI. */
+#define MATVEC_Q8_0_BODY(BLOCK_DOT)                                                                         \
+    q8_act x = q8_act_view(xq, cols);                                                                       \
+    int64_t nb = cols / QK;                                                                                 \
+    for (int64_t r = row_begin; r < row_end; r++) {                                                         \
+        const block_q8_0 *row = (const block_q8_0 *)w + r * nb;                                             \
+        __m256 acc = _mm256_setzero_ps();                                                                   \
+        int64_t b = 0;                                                                                      \
+        for (; b + 8 <= nb; b += 8) {                                                                       \
+            __m256i s[8];                                                                                   \
+            for (int k = 0; k < 8; k++) s[k] = BLOCK_DOT(row + b + k, x.qs + (b + k) * QK);                 \
+            __m256 scale = _mm256_mul_ps(scales8_avx2(row + b, sizeof *row), _mm256_loadu_ps(x.d + b));     \
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum8x8_avx2(s)), scale, acc);                          \
+        }                                                                                                   \
+        float sum = hsum_avx2(acc);                                                                         \
+        for (; b < nb; b++)                                                                                 \
+            sum += (float)hsum_i32_avx2(BLOCK_DOT(row + b, x.qs + b * QK)) * (_cvtsh_ss(row[b].d) * x.d[b]); \
+        out[r - row_begin] = sum;                                                                           \
+    }
 
 AVX2 static void matvec_q8_0_avx2(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
                                   int64_t cols) {
-    const block_q8_act *x = xq;
-    int64_t nb = cols / QK;
-    for (int64_t r = row_begin; r < row_end; r++) {
-        const block_q8_0 *row = (const block_q8_0 *)w + r * nb;
-        __m256 acc = _mm256_setzero_ps();
-        for (int64_t b = 0; b < nb; b++) {
-            __m256i sums = dot_i8_avx2(_mm256_loadu_si256((const __m256i *)row[b].qs),
-                                       _mm256_loadu_si256((const __m256i *)x[b].qs));
-            __m256 scale = _mm256_set1_ps(_cvtsh_ss(row[b].d) * x[b].d);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc);
-        }
-        out[r - row_begin] = hsum_avx2(acc);
-    }
+    MATVEC_Q8_0_BODY(block_dot_avx2)
 }
 
-/* With VNNI one instruction multiplies unsigned by signed bytes and sums each four into int32 lanes; the
-   signs move from w onto x as in dot_i8_avx2. */
 VNNI static void matvec_q8_0_vnni(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
                                   int64_t cols) {
-    const block_q8_act *x = xq;
-    int64_t nb = cols / QK;
-    for (int64_t r = row_begin; r < row_end; r++) {
-        const block_q8_0 *row = (const block_q8_0 *)w + r * nb;
-        __m256 acc = _mm256_setzero_ps();
-        for (int64_t b = 0; b < nb; b++) {
-            __m256i wq = _mm256_loadu_si256((const __m256i *)row[b].qs);
-            __m256i xv = _mm256_loadu_si256((const __m256i *)x[b].qs);
-            __m256i sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(wq, wq),
-                                               _mm256_sign_epi8(xv, wq));
-            __m256 scale = _mm256_set1_ps(_cvtsh_ss(row[b].d) * x[b].d);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc);
-        }
-        out[r - row_begin] = hsum_avx2(acc);
-    }
+    MATVEC_Q8_0_BODY(block_dot_vnni)
 }
 #endif
 

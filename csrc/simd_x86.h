@@ -8,6 +8,8 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define LLM_HAVE_X86 1
 #include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
 
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 #define VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
@@ -25,6 +27,30 @@ AVX2 static inline float hsum_avx2(__m256 v) {
 AVX2 static inline __m256i dot_i8_avx2(__m256i a, __m256i b) {
     __m256i prod16 = _mm256_maddubs_epi16(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
     return _mm256_madd_epi16(prod16, _mm256_set1_epi16(1));
+}
+/* The sum of the eight int32 lanes. */
+AVX2 static inline int32_t hsum_i32_avx2(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* Lane k = the sum of the eight lanes of s[k]: eight blocks' dot products in one vector, so that their
+   scales are applied with one multiply instead of eight broadcasts. */
+AVX2 static inline __m256i sum8x8_avx2(const __m256i s[8]) {
+    __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
+    __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(s[4], s[5]), _mm256_hadd_epi32(s[6], s[7]));
+    /* a = [s0..s3 low halves | s0..s3 high halves], b likewise for s4..s7 */
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+/* The fp16 scales of eight consecutive blocks of `block_bytes` bytes each (the scale first), as f32. */
+AVX2 static inline __m256 scales8_avx2(const void *first_block, size_t block_bytes) {
+    const uint8_t *p = first_block;
+    uint16_t d[8];
+    for (int k = 0; k < 8; k++) memcpy(&d[k], p + k * block_bytes, sizeof d[k]);
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)d));
 }
 #endif
 
