@@ -65,37 +65,14 @@ VNNI static inline __m256i block_dot_vnni(const block_q4_0 *w, const int8_t *x) 
     return _mm256_dpbusd_epi32(_mm256_setzero_si256(), unpack_q4_0(w->qs), _mm256_loadu_si256((const __m256i *)x));
 }
 
-/* Both instruction sets run the same loop and differ only in BLOCK_DOT (see kernels_q8_0.c). */
-#define MATVEC_Q4_0_BODY(BLOCK_DOT)                                                                         \
-    q8_act x = q8_act_view(xq, cols);                                                                       \
-    int64_t nb = cols / QK;                                                                                 \
-    for (int64_t r = row_begin; r < row_end; r++) {                                                         \
-        const block_q4_0 *row = (const block_q4_0 *)w + r * nb;                                             \
-        __m256 acc = _mm256_setzero_ps(), offset = _mm256_setzero_ps();                                     \
-        int64_t b = 0;                                                                                      \
-        for (; b + 8 <= nb; b += 8) {                                                                       \
-            __m256i s[8];                                                                                   \
-            for (int k = 0; k < 8; k++) s[k] = BLOCK_DOT(row + b + k, x.qs + (b + k) * QK);                 \
-            __m256 dw = scales8_avx2(row + b, sizeof *row);                                                 \
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum8x8_avx2(s)), _mm256_mul_ps(dw, _mm256_loadu_ps(x.d + b)), acc); \
-            offset = _mm256_fmadd_ps(dw, _mm256_loadu_ps(x.dsum + b), offset);                              \
-        }                                                                                                   \
-        float sum = hsum_avx2(acc) - 8.0f * hsum_avx2(offset);                                              \
-        for (; b < nb; b++) {                                                                               \
-            float dw = _cvtsh_ss(row[b].d);                                                                 \
-            sum += dw * (x.d[b] * (float)hsum_i32_avx2(BLOCK_DOT(row + b, x.qs + b * QK)) - 8.0f * x.dsum[b]); \
-        }                                                                                                   \
-        out[r - row_begin] = sum;                                                                           \
-    }
-
 AVX2 static void matvec_q4_0_avx2(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
                                   int64_t cols) {
-    MATVEC_Q4_0_BODY(block_dot_avx2)
+    MATVEC_BLOCKS8(block_q4_0, block_dot_avx2, 8)
 }
 
 VNNI static void matvec_q4_0_vnni(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
                                   int64_t cols) {
-    MATVEC_Q4_0_BODY(block_dot_vnni)
+    MATVEC_BLOCKS8(block_q4_0, block_dot_vnni, 8)
 }
 #endif
 

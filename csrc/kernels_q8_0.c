@@ -105,35 +105,14 @@ VNNI static inline __m256i block_dot_vnni(const block_q8_0 *w, const int8_t *x) 
     return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xv, wq));
 }
 
-/* Both instruction sets run the same loop and differ only in BLOCK_DOT; a macro, because a function
-   compiled for AVX2 cannot inline one compiled for VNNI. */
-#define MATVEC_Q8_0_BODY(BLOCK_DOT)                                                                         \
-    q8_act x = q8_act_view(xq, cols);                                                                       \
-    int64_t nb = cols / QK;                                                                                 \
-    for (int64_t r = row_begin; r < row_end; r++) {                                                         \
-        const block_q8_0 *row = (const block_q8_0 *)w + r * nb;                                             \
-        __m256 acc = _mm256_setzero_ps();                                                                   \
-        int64_t b = 0;                                                                                      \
-        for (; b + 8 <= nb; b += 8) {                                                                       \
-            __m256i s[8];                                                                                   \
-            for (int k = 0; k < 8; k++) s[k] = BLOCK_DOT(row + b + k, x.qs + (b + k) * QK);                 \
-            __m256 scale = _mm256_mul_ps(scales8_avx2(row + b, sizeof *row), _mm256_loadu_ps(x.d + b));     \
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum8x8_avx2(s)), scale, acc);                          \
-        }                                                                                                   \
-        float sum = hsum_avx2(acc);                                                                         \
-        for (; b < nb; b++)                                                                                 \
-            sum += (float)hsum_i32_avx2(BLOCK_DOT(row + b, x.qs + b * QK)) * (_cvtsh_ss(row[b].d) * x.d[b]); \
-        out[r - row_begin] = sum;                                                                           \
-    }
-
 AVX2 static void matvec_q8_0_avx2(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
                                   int64_t cols) {
-    MATVEC_Q8_0_BODY(block_dot_avx2)
+    MATVEC_BLOCKS8(block_q8_0, block_dot_avx2, 0)
 }
 
 VNNI static void matvec_q8_0_vnni(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
                                   int64_t cols) {
-    MATVEC_Q8_0_BODY(block_dot_vnni)
+    MATVEC_BLOCKS8(block_q8_0, block_dot_vnni, 0)
 }
 #endif
 

@@ -52,6 +52,35 @@ AVX2 static inline __m256 scales8_avx2(const void *first_block, size_t block_byt
     for (int k = 0; k < 8; k++) memcpy(&d[k], p + k * block_bytes, sizeof d[k]);
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)d));
 }
+
+/* The body of the Q8_0 and Q4_0 products: out[r] = sum over blocks b of
+   d_w[b] * (d_x[b] * sum(q_w q_x) - OFFSET * d_x[b] * sum(q_x)), eight blocks at a time so that their scales
+   cost one vector multiply. BLOCK_DOT(block, x bytes) gives sum(q_w q_x) of a block as eight int32 lanes;
+   OFFSET is what the stored weights exceed their values by (Q4_0 stores q + 8 as an unsigned nibble;
+   with OFFSET 0 the compiler drops those terms). A macro, because a function compiled for AVX2 cannot
+   inline one compiled for VNNI, and the two versions differ only in BLOCK_DOT. Needs kernels.h. */
+#define MATVEC_BLOCKS8(BLOCK_TYPE, BLOCK_DOT, OFFSET)                                                      \
+    q8_act x = q8_act_view(xq, cols);                                                                       \
+    int64_t nb = cols / QK;                                                                                 \
+    for (int64_t r = row_begin; r < row_end; r++) {                                                         \
+        const BLOCK_TYPE *row = (const BLOCK_TYPE *)w + r * nb;                                             \
+        __m256 acc = _mm256_setzero_ps(), offset = _mm256_setzero_ps();                                     \
+        int64_t b = 0;                                                                                      \
+        for (; b + 8 <= nb; b += 8) {                                                                       \
+            __m256i s[8];                                                                                   \
+            for (int k = 0; k < 8; k++) s[k] = BLOCK_DOT(row + b + k, x.qs + (b + k) * QK);                 \
+            __m256 dw = scales8_avx2(row + b, sizeof *row);                                                 \
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum8x8_avx2(s)), _mm256_mul_ps(dw, _mm256_loadu_ps(x.d + b)), \
+                                  acc);                                                                     \
+            if (OFFSET) offset = _mm256_fmadd_ps(dw, _mm256_loadu_ps(x.dsum + b), offset);                  \
+        }                                                                                                   \
+        float sum = hsum_avx2(acc) - (OFFSET ? (float)(OFFSET) * hsum_avx2(offset) : 0.0f);                 \
+        for (; b < nb; b++) { /* the last nb % 8 blocks, one at a time */                                   \
+            float dot = x.d[b] * (float)hsum_i32_avx2(BLOCK_DOT(row + b, x.qs + b * QK));                   \
+            sum += _cvtsh_ss(row[b].d) * (OFFSET ? dot - (float)(OFFSET) * x.dsum[b] : dot);                \
+        }                                                                                                   \
+        out[r - row_begin] = sum;                                                                           \
+    }
 #endif
 
 #endif /* LLMRUN_SIMD_X86_H */
