@@ -33,9 +33,10 @@ What `load_gguf` accepts beyond the container:
   (e.g. "gpt2", byte-level BPE) still loads the model for `logits()`: spec.tokenizer is None and
   spec.extra["tokenizer_problem"] says why.
 
-spec.extra holds: "gguf_version", "metadata" (every key, as `read_gguf` returns it), "name"
-(`general.name`), "add_bos_token" / "add_eos_token" (the file's defaults for encoding; llama.cpp's
-defaults for a SentencePiece vocabulary when absent: True / False), "chat_template" (when present),
+spec.extra holds: "gguf_version", "metadata" (every key, as `read_gguf` returns it), "value_types"
+(each key's stored value type), "name" (`general.name`), "add_bos_token" / "add_eos_token" (the file's
+defaults for encoding; llama.cpp's defaults for a SentencePiece vocabulary when absent: True / False),
+"chat_template" (when present),
 "tokenizer_model", "tokenizer_problem" (when spec.tokenizer is None), "eot_token_id" / "pad_token_id"
 (when present and valid).
 """
@@ -706,7 +707,8 @@ def _llama_weights(f: GGUFFile, c: ModelConfig) -> ModelSpec:
                      output_norm=tensor("output_norm.weight"),
                      output=tensor("output.weight") if "output.weight" in f.tensors else None,
                      layers=layers, file_size=f.file_size,
-                     extra={"gguf_version": f.version, "metadata": f.metadata, "name": _name(f)})
+                     extra={"gguf_version": f.version, "metadata": f.metadata, "value_types": f.value_types,
+                            "name": _name(f)})
 
 
 def _name(f: GGUFFile) -> str | None:

@@ -26,7 +26,7 @@ import numpy as np
 from ..quantize import CHUNK_VALUES, can_store, convert_rows
 from ..spec import TENSOR_TYPES, ModelSpec, Tensor
 from ..tokenizer import Tokenizer, TokenType
-from .gguf import FIXED_DTYPES, LAYER_TENSORS, SUPPORTED_GGML_TYPES, ValueType
+from .gguf import FIXED_DTYPES, LAYER_TENSORS, SUPPORTED_GGML_TYPES, StringArray, ValueType
 
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSION = 3
@@ -314,15 +314,13 @@ def carried_metadata(spec: ModelSpec, generated: Iterable[str], keep_tokenizer: 
     Nothing for other formats."""
     if "metadata" not in spec.extra:
         return []
-    from .gguf import StringArray, read_gguf  # only GGUF inputs need the reader
-
-    source = read_gguf(spec.path)
+    value_types = spec.extra["value_types"]  # as the reader found them: no second parse of the input
     skip = set(generated) | STALE_KEYS
     items = []
-    for key, value in source.metadata.items():
+    for key, value in spec.extra["metadata"].items():
         if key in skip or (key.startswith("tokenizer.") and not keep_tokenizer):
             continue
-        vtype = ValueType(int(source.value_types[key]))
+        vtype = ValueType(int(value_types[key]))
         if vtype != ValueType.ARRAY:
             items.append(Metadata(key, vtype, value))
         elif isinstance(value, StringArray):
