@@ -1,5 +1,5 @@
-"""pytest-benchmark suite: one decode step on the stories15M shape, and the matrix-vector kernels of every
-weight type and instruction set.
+"""pytest-benchmark suite: one decode step and a 128-token prompt on the stories15M shape, and the
+matrix-vector (decode) and matrix-matrix (prompt) kernels of every weight type and instruction set.
 
     pytest benchmarks/bench_decode.py --benchmark-only
 """
@@ -40,17 +40,35 @@ def test_decode_step_15m(benchmark, model_path: Path, n_threads: int) -> None:
         benchmark.extra_info["tokens_per_second"] = 1.0 / benchmark.stats.stats.mean
 
 
+@pytest.mark.parametrize("n_batch", [1, 512])
+def test_prompt_128_15m(benchmark, model_path: Path, n_batch: int) -> None:
+    """A 128-token prompt from an empty cache on one thread, as one batch and token by token (n_batch=1)."""
+    with llmrun.load(model_path, n_threads=1, n_batch=n_batch) as model:
+        engine = model._engine
+        tokens = list(np.random.default_rng(0).integers(3, 32000, size=128))
+
+        def prompt() -> None:
+            engine.reset()
+            engine.evaluate(tokens)
+
+        benchmark(prompt)
+        benchmark.extra_info["tokens_per_second"] = 128 / benchmark.stats.stats.mean
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("type", ["f32", "f16", "bf16", "q8_0", "q4_0"])
-def test_matvec_classifier(benchmark, type: str, isa: str) -> None:
-    """The largest product of a 110M model, the 32000 x 768 classifier, on one thread, in each weight type
-    and instruction set (for block types this includes quantizing the input vector)."""
+@pytest.mark.parametrize("n", [1, 64])
+def test_product_768(benchmark, type: str, isa: str, n: int) -> None:
+    """A 4096 x 768 product (a 110M model's largest layer matrices are 3072 x 768) on one thread, in each
+    weight type and instruction set, for one token (the decode kernel) and for 64 (the prompt kernel);
+    for block types this includes quantizing the input."""
     rng = np.random.default_rng(0)
-    w = encode(rng.standard_normal((32000, 768)).astype(np.float32), type)
-    x = rng.standard_normal(768).astype(np.float32)
-    out = np.empty(32000, dtype=np.float32)
-    args = (TENSOR_TYPES[type].code, ISA_NAMES[isa], ffi.from_buffer(w.data), 32000, 768,
-            ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", out))
-    benchmark(lambda: lib.llm_matvec(*args))
-    benchmark.extra_info["weights_per_second"] = 32000 * 768 / benchmark.stats.stats.mean
-    np.testing.assert_allclose(out, product_reference(w, x), rtol=1e-3, atol=1e-2)
+    rows, cols = 4096, 768
+    w = encode(rng.standard_normal((rows, cols)).astype(np.float32), type)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    out = np.empty((n, rows), dtype=np.float32)
+    args = (TENSOR_TYPES[type].code, ISA_NAMES[isa], ffi.from_buffer(w.data), rows, cols,
+            ffi.from_buffer("float[]", x), n, ffi.from_buffer("float[]", out))
+    benchmark(lambda: lib.llm_matmul(*args))
+    benchmark.extra_info["multiply_adds_per_second"] = rows * cols * n / benchmark.stats.stats.mean
+    np.testing.assert_allclose(out[0], product_reference(w, x[0]), rtol=1e-3, atol=1e-2)

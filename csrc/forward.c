@@ -14,15 +14,10 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "products.h"
 #include "threadpool.h"
 
 #define MAX_THREADS 512
-#define CHUNK_BYTES (1024 * 1024) /* weight bytes per chunk of a product shared out among threads */
-
-/* A thread's run of chunks of the current product (see matvec), alone on its cache line. */
-typedef struct {
-    _Alignas(64) _Atomic uint64_t range; /* chunks [front, back) still unclaimed: front << 32 | back */
-} chunk_run;
 
 struct llm_ctx {
     llm_config      cfg;
@@ -33,17 +28,18 @@ struct llm_ctx {
     llm_type_traits traits[LLM_TYPE_COUNT]; /* kernels for each weight type, for `isa` */
     llm_vec_ops     vec;
     llm_pool       *pool;
-    chunk_run      *chunk_runs;             /* (n_threads) work sharing state of the current product */
+    llm_products   *products;               /* the matrix products, shared out among the pool's threads */
 
-    /* the current wave of activations */
-    float *x;    /* (dim) residual stream */
-    float *xb;   /* (max(dim, q_dim)) normed input / attention output */
-    float *xb2;  /* (dim) output of a block before it is added to the residual */
-    float *hb;   /* (hidden_dim) gate, then SwiGLU output */
-    float *hb2;  /* (hidden_dim) up projection */
-    float *q;    /* (q_dim) queries */
-    void  *xq;   /* the input of the current product as 8-bit blocks, for the block-quantized weights */
-    float *att;  /* (n_heads, n_ctx) attention scores */
+    /* activations of the current batch: a row per token */
+    int32_t n_batch;   /* the most tokens a batch holds */
+    int64_t xb_width;  /* max(dim, q_dim): the row length of xb */
+    float *x;    /* (n_batch, dim) residual stream */
+    float *xb;   /* (n_batch, xb_width) normed input / attention output */
+    float *xb2;  /* (n_batch, dim) output of a block before it is added to the residual */
+    float *hb;   /* (n_batch, hidden_dim) gate, then SwiGLU output */
+    float *hb2;  /* (n_batch, hidden_dim) up projection */
+    float *q;    /* (n_batch, q_dim) queries */
+    float *att;  /* (n_threads, n_ctx) attention scores, a row per thread */
 
     float *key_cache;   /* (n_layers, n_ctx, kv_dim) */
     float *value_cache; /* (n_layers, n_ctx, kv_dim) */
@@ -73,17 +69,6 @@ static void rmsnorm(float *out, const float *x, const float *weight, int n, floa
     for (int i = 0; i < n; i++) out[i] = weight[i] * (scale * x[i]);
 }
 
-static void softmax(float *x, int n) {
-    float max = x[0];
-    for (int i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
-    float sum = 0.0f;
-    for (int i = 0; i < n; i++) {
-        x[i] = expf(x[i] - max);
-        sum += x[i];
-    }
-    for (int i = 0; i < n; i++) x[i] /= sum;
-}
-
 /* Rotates each head's dimension pairs by angles pos * theta^(-2j / head_dim), j = 0 .. head_dim/2 - 1. */
 static void rope(const llm_ctx *c, float *vec, int n_heads, int pos) {
     int half = c->cfg.head_dim / 2;
@@ -102,8 +87,6 @@ static void rope(const llm_ctx *c, float *vec, int n_heads, int pos) {
     }
 }
 
-static float silu(float x) { return x / (1.0f + expf(-x)); }
-
 /* x += bias, where the model has one (bias->data != NULL). */
 static void add_bias(float *x, const llm_tensor *bias) {
     const float *b = bias->data;
@@ -112,157 +95,156 @@ static void add_bias(float *x, const llm_tensor *bias) {
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
-/* parallel tasks */
-
-/*
- * Up to three products sharing one input vector (q, k, v or gate, up). Their rows are cut into chunks
- * (numbered across the products) and each thread owns a contiguous run of chunks, which it works
- * through front to back: one long linear stream through the weights, which is what the memory
- * prefetchers serve best. A thread that has finished its run takes chunks from the back of another's,
- * so a thread that falls behind (its core taken by another process) delays no one.
- */
-typedef struct {
-    const llm_ctx *c;
-    const float   *x;  /* the input vector */
-    const void    *xq; /* ... as 8-bit blocks (block_q8_act), where a product's weights want that */
-    int            n;
-    struct {
-        float            *out;
-        const llm_tensor *w;
-        int64_t           chunk_rows, n_chunks;
-    } job[3];
-} matvec_task;
-
-static int64_t claim_chunk(chunk_run *runs, int ith, int nth) {
-    uint64_t r = atomic_load_explicit(&runs[ith].range, memory_order_relaxed);
-    while ((r >> 32) < (r & 0xffffffff)) /* our own run, from the front */
-        if (atomic_compare_exchange_weak_explicit(&runs[ith].range, &r, r + (UINT64_C(1) << 32),
-                                                  memory_order_relaxed, memory_order_relaxed))
-            return (int64_t)(r >> 32);
-    for (int k = 1; k < nth; k++) { /* then the others', from the back */
-        chunk_run *other = &runs[(ith + k) % nth];
-        r = atomic_load_explicit(&other->range, memory_order_relaxed);
-        while ((r >> 32) < (r & 0xffffffff))
-            if (atomic_compare_exchange_weak_explicit(&other->range, &r, r - 1, memory_order_relaxed,
-                                                      memory_order_relaxed))
-                return (int64_t)(r & 0xffffffff) - 1;
-    }
-    return -1;
-}
-
-static void matvec_worker(void *arg, int ith, int nth) {
-    const matvec_task *t = arg;
-    for (int64_t chunk; (chunk = claim_chunk(t->c->chunk_runs, ith, nth)) >= 0;) {
-        int j = 0;
-        while (chunk >= t->job[j].n_chunks) chunk -= t->job[j++].n_chunks;
-        const llm_tensor *w = t->job[j].w;
-        const llm_type_traits *tr = &t->c->traits[w->type];
-        int64_t begin = chunk * t->job[j].chunk_rows;
-        int64_t end = begin + t->job[j].chunk_rows < w->rows ? begin + t->job[j].chunk_rows : w->rows;
-        tr->matvec(t->job[j].out + begin, w->data, tr->quantize_x ? t->xq : t->x, begin, end, w->cols);
-    }
-}
-
-static void matvec(const llm_ctx *c, const float *x, float *out0, const llm_tensor *w0, float *out1,
-                   const llm_tensor *w1, float *out2, const llm_tensor *w2) {
-    matvec_task t = {c, x, c->xq, w2 ? 3 : w1 ? 2 : 1, {{out0, w0, 0, 0}, {out1, w1, 0, 0}, {out2, w2, 0, 0}}};
-    int nth = llm_pool_size(c->pool);
-    int64_t total = 0;
-    int quantized = 0;
-    for (int j = 0; j < t.n; j++) {
-        const llm_type_traits *tr = &c->traits[t.job[j].w->type];
-        if (tr->quantize_x && !quantized) { /* once for all the products that read 8-bit x */
-            tr->quantize_x(c->xq, x, t.job[j].w->cols);
-            quantized = 1;
-        }
-        /* chunks of about CHUNK_BYTES of weights (small enough to share out a straggler's work),
-           at least four per thread, in whole multiples of 16 rows */
-        const llm_tensor *w = t.job[j].w;
-        int64_t bytes = w->rows * (w->cols / tr->block_elems) * (int64_t)tr->block_bytes;
-        int64_t n_chunks = bytes / CHUNK_BYTES > 4 * nth ? bytes / CHUNK_BYTES : 4 * nth;
-        int64_t rows = (w->rows + n_chunks - 1) / n_chunks;
-        t.job[j].chunk_rows = (rows + 15) / 16 * 16;
-        t.job[j].n_chunks = (w->rows + t.job[j].chunk_rows - 1) / t.job[j].chunk_rows;
-        total += t.job[j].n_chunks;
-    }
-    for (int i = 0; i < nth; i++) /* thread i owns chunks [total * i / nth, total * (i + 1) / nth) */
-        atomic_store_explicit(&c->chunk_runs[i].range,
-                              (uint64_t)(total * i / nth) << 32 | (uint64_t)(total * (i + 1) / nth),
-                              memory_order_relaxed);
-    llm_pool_run(c->pool, matvec_worker, &t); /* publishing the task orders the stores above */
-}
+/* parallel tasks (the matrix products are in products.c) */
 
 typedef struct {
     llm_ctx   *c;
-    int        layer, pos;
-    atomic_int next_head;
+    int        layer, pos, n;
+    atomic_int next;
 } attention_task;
 
-/* Each query head attends over positions 0..pos of its key/value head; heads are split across threads. */
+/* Each (token, query head) pair attends over positions 0..pos+token of its key/value head; the pairs
+   are shared out among the threads, each with its own row of scores. */
 static void attention_worker(void *arg, int ith, int nth) {
-    (void)ith, (void)nth;
+    (void)nth;
     attention_task *t = arg;
     llm_ctx *c = t->c;
     const llm_config *p = &c->cfg;
-    int hd = p->head_dim, kv_dim = p->n_kv_heads * hd, group = p->n_heads / p->n_kv_heads;
+    int hd = p->head_dim, q_dim = p->n_heads * hd, kv_dim = p->n_kv_heads * hd, group = p->n_heads / p->n_kv_heads;
     size_t layer_off = (size_t)t->layer * c->n_ctx * kv_dim;
     float scale = 1.0f / sqrtf((float)hd);
-    for (int h; (h = atomic_fetch_add_explicit(&t->next_head, 1, memory_order_relaxed)) < p->n_heads;) {
-        const float *q = c->q + (size_t)h * hd;
-        float *att = c->att + (size_t)h * c->n_ctx;
+    float *att = c->att + (size_t)ith * c->n_ctx;
+    for (int i; (i = atomic_fetch_add_explicit(&t->next, 1, memory_order_relaxed)) < t->n * p->n_heads;) {
+        int token = i / p->n_heads, h = i % p->n_heads, last = t->pos + token;
+        const float *q = c->q + (size_t)token * q_dim + (size_t)h * hd;
         size_t kv_off = layer_off + (size_t)(h / group) * hd;
-        for (int s = 0; s <= t->pos; s++)
-            att[s] = c->vec.dot(q, c->key_cache + kv_off + (size_t)s * kv_dim, hd) * scale;
-        softmax(att, t->pos + 1);
-        float *out = c->xb + (size_t)h * hd;
-        memset(out, 0, (size_t)hd * sizeof(float));
-        for (int s = 0; s <= t->pos; s++)
-            c->vec.axpy(out, att[s], c->value_cache + kv_off + (size_t)s * kv_dim, hd);
+        c->vec.scores(att, q, c->key_cache + kv_off, kv_dim, last + 1, hd, scale);
+        c->vec.softmax(att, last + 1);
+        float *out = c->xb + (size_t)token * c->xb_width + (size_t)h * hd;
+        c->vec.weighted_sum(out, att, c->value_cache + kv_off, kv_dim, last + 1, hd);
     }
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
 /* the forward pass */
 
-static void forward_token(llm_ctx *c, int32_t token, int32_t pos, float *logits) {
-    const llm_config *p = &c->cfg;
-    int dim = p->dim, kv_dim = p->n_kv_heads * p->head_dim;
-    float *x = c->x;
+/* The steps between the products work on each token's row alone; a batch's rows are shared out among
+   the threads (one token runs on the calling thread: waking the pool would cost more than the work). */
+typedef struct {
+    llm_ctx         *c;
+    const llm_layer *L;
+    const int32_t   *tokens;
+    int32_t          pos; /* of token 0 */
+    int              n;
+    void (*step)(llm_ctx *c, const llm_layer *L, const int32_t *tokens, int32_t pos, int t);
+    atomic_int       next; /* the next token to claim */
+} token_task;
 
+static void token_worker(void *arg, int ith, int nth) {
+    (void)ith, (void)nth;
+    token_task *t = arg;
+    for (int i; (i = atomic_fetch_add_explicit(&t->next, 1, memory_order_relaxed)) < t->n;)
+        t->step(t->c, t->L, t->tokens, t->pos, i);
+}
+
+static void for_each_token(llm_ctx *c, const llm_layer *L, const int32_t *tokens, int32_t pos, int n,
+                           void (*step)(llm_ctx *, const llm_layer *, const int32_t *, int32_t, int)) {
+    token_task task = {c, L, tokens, pos, n, step, 0};
+    if (n == 1) step(c, L, tokens, pos, 0);
+    else llm_pool_run(c->pool, token_worker, &task);
+}
+
+static size_t kv_slot(const llm_ctx *c, const llm_layer *L, int32_t position) {
+    size_t kv_dim = (size_t)c->cfg.n_kv_heads * c->cfg.head_dim;
+    return ((size_t)(L - c->layers) * c->n_ctx + (size_t)position) * kv_dim;
+}
+
+static void embed(llm_ctx *c, const llm_layer *L, const int32_t *tokens, int32_t pos, int t) {
+    (void)L, (void)pos;
     const llm_tensor *emb = &c->w.token_embd;
-    c->traits[emb->type].get_row(x, emb->data, token, dim);
+    c->traits[emb->type].get_row(c->x + (size_t)t * c->cfg.dim, emb->data, tokens[t], c->cfg.dim);
+}
 
+static void attention_input(llm_ctx *c, const llm_layer *L, const int32_t *tokens, int32_t pos, int t) {
+    (void)tokens, (void)pos;
+    rmsnorm(c->xb + t * c->xb_width, c->x + (size_t)t * c->cfg.dim, L->attn_norm.data, c->cfg.dim, c->cfg.norm_eps);
+}
+
+/* The projections' biases (Qwen2), then the queries' and keys' rotation by their positions. */
+static void position_qk(llm_ctx *c, const llm_layer *L, const int32_t *tokens, int32_t pos, int t) {
+    (void)tokens;
+    const llm_config *p = &c->cfg;
+    float *q = c->q + (size_t)t * p->n_heads * p->head_dim;
+    float *k = c->key_cache + kv_slot(c, L, pos + t), *v = c->value_cache + kv_slot(c, L, pos + t);
+    add_bias(q, &L->bq);
+    add_bias(k, &L->bk);
+    add_bias(v, &L->bv);
+    rope(c, q, p->n_heads, pos + t);
+    rope(c, k, p->n_kv_heads, pos + t);
+}
+
+/* x += the attention block's output; then the feed-forward block's normed input. */
+static void ffn_input(llm_ctx *c, const llm_layer *L, const int32_t *tokens, int32_t pos, int t) {
+    (void)tokens, (void)pos;
+    float *x = c->x + (size_t)t * c->cfg.dim, *out = c->xb2 + (size_t)t * c->cfg.dim;
+    for (int i = 0; i < c->cfg.dim; i++) x[i] += out[i];
+    rmsnorm(c->xb + t * c->xb_width, x, L->ffn_norm.data, c->cfg.dim, c->cfg.norm_eps);
+}
+
+static void swiglu(llm_ctx *c, const llm_layer *L, const int32_t *tokens, int32_t pos, int t) {
+    (void)L, (void)tokens, (void)pos;
+    size_t row = (size_t)t * c->cfg.hidden_dim;
+    c->vec.swiglu(c->hb + row, c->hb2 + row, c->cfg.hidden_dim);
+}
+
+/* x += the feed-forward block's output. */
+static void ffn_output(llm_ctx *c, const llm_layer *L, const int32_t *tokens, int32_t pos, int t) {
+    (void)L, (void)tokens, (void)pos;
+    float *x = c->x + (size_t)t * c->cfg.dim, *out = c->xb2 + (size_t)t * c->cfg.dim;
+    for (int i = 0; i < c->cfg.dim; i++) x[i] += out[i];
+}
+
+static void output_norm(llm_ctx *c, const llm_layer *L, const int32_t *tokens, int32_t pos, int t) {
+    (void)L, (void)tokens, (void)pos;
+    float *x = c->x + (size_t)t * c->cfg.dim;
+    rmsnorm(x, x, c->w.output_norm.data, c->cfg.dim, c->cfg.norm_eps);
+}
+
+/* n <= n_batch tokens at positions pos.. through every layer together; logits for the last token, for
+   all of them (all_logits), or none (logits == NULL). */
+static void forward_batch(llm_ctx *c, const int32_t *tokens, int n, int32_t pos, float *logits, int all_logits) {
+    const llm_config *p = &c->cfg;
+    int64_t dim = p->dim, q_dim = (int64_t)p->n_heads * p->head_dim, kv_dim = (int64_t)p->n_kv_heads * p->head_dim;
+    int64_t hid = p->hidden_dim, wide = c->xb_width;
+
+    for_each_token(c, NULL, tokens, pos, n, embed);
     for (int l = 0; l < p->n_layers; l++) {
         const llm_layer *L = &c->layers[l];
 
-        /* attention: the new key and value go straight into this position's cache slot */
-        rmsnorm(c->xb, x, L->attn_norm.data, dim, p->norm_eps);
-        size_t slot = ((size_t)l * c->n_ctx + pos) * kv_dim;
-        float *k = c->key_cache + slot, *v = c->value_cache + slot;
-        matvec(c, c->xb, c->q, &L->wq, k, &L->wk, v, &L->wv);
-        add_bias(c->q, &L->bq);
-        add_bias(k, &L->bk);
-        add_bias(v, &L->bv);
-        rope(c, c->q, p->n_heads, pos);
-        rope(c, k, p->n_kv_heads, pos);
-        attention_task at = {c, l, pos, 0};
+        /* attention: the new keys and values go straight into their positions' cache slots */
+        for_each_token(c, L, tokens, pos, n, attention_input);
+        float *k = c->key_cache + kv_slot(c, L, pos), *v = c->value_cache + kv_slot(c, L, pos);
+        llm_products_run(c->products, n, c->xb, wide, (llm_product){c->q, q_dim, &L->wq}, (llm_product){k, kv_dim, &L->wk},
+               (llm_product){v, kv_dim, &L->wv});
+        for_each_token(c, L, tokens, pos, n, position_qk);
+        attention_task at = {c, l, pos, n, 0};
         llm_pool_run(c->pool, attention_worker, &at);
-        matvec(c, c->xb, c->xb2, &L->wo, NULL, NULL, NULL, NULL);
-        for (int i = 0; i < dim; i++) x[i] += c->xb2[i];
+        llm_products_run(c->products, n, c->xb, wide, (llm_product){c->xb2, dim, &L->wo}, LLM_NO_PRODUCT, LLM_NO_PRODUCT);
 
         /* feed-forward: w_down(silu(w_gate(x)) * w_up(x)) */
-        rmsnorm(c->xb, x, L->ffn_norm.data, dim, p->norm_eps);
-        matvec(c, c->xb, c->hb, &L->w_gate, c->hb2, &L->w_up, NULL, NULL);
-        for (int i = 0; i < p->hidden_dim; i++) c->hb[i] = silu(c->hb[i]) * c->hb2[i];
-        matvec(c, c->hb, c->xb2, &L->w_down, NULL, NULL, NULL, NULL);
-        for (int i = 0; i < dim; i++) x[i] += c->xb2[i];
+        for_each_token(c, L, tokens, pos, n, ffn_input);
+        llm_products_run(c->products, n, c->xb, wide, (llm_product){c->hb, hid, &L->w_gate}, (llm_product){c->hb2, hid, &L->w_up}, LLM_NO_PRODUCT);
+        for_each_token(c, L, tokens, pos, n, swiglu);
+        llm_products_run(c->products, n, c->hb, hid, (llm_product){c->xb2, dim, &L->w_down}, LLM_NO_PRODUCT, LLM_NO_PRODUCT);
+        for_each_token(c, L, tokens, pos, n, ffn_output);
     }
 
-    rmsnorm(x, x, c->w.output_norm.data, dim, p->norm_eps);
-    if (logits) {
-        const llm_tensor *cls = c->w.output.data ? &c->w.output : &c->w.token_embd;
-        matvec(c, x, logits, cls, NULL, NULL, NULL, NULL);
-    }
+    if (!logits) return;
+    int first = all_logits ? 0 : n - 1; /* the classifier only runs where logits are wanted */
+    if (all_logits) for_each_token(c, NULL, tokens, pos, n, output_norm);
+    else output_norm(c, NULL, tokens, pos, first);
+    const llm_tensor *cls = c->w.output.data ? &c->w.output : &c->w.token_embd;
+    llm_products_run(c->products, n - first, c->x + first * dim, dim, (llm_product){logits, p->vocab_size, cls}, LLM_NO_PRODUCT, LLM_NO_PRODUCT);
 }
 
 int llm_forward(llm_ctx *c, const int32_t *tokens, int32_t n_tokens, int32_t pos, float *logits,
@@ -278,12 +260,12 @@ int llm_forward(llm_ctx *c, const int32_t *tokens, int32_t n_tokens, int32_t pos
         if (tokens[i] < 0 || tokens[i] >= c->cfg.vocab_size)
             return fail(c->err, sizeof c->err, LLM_ERR_INVALID, "token %d at index %d is outside [0, %d)",
                         tokens[i], i, c->cfg.vocab_size);
-    /* One token at a time for now; a later change makes the prompt a real batch. */
-    for (int32_t i = 0; i < n_tokens; i++) {
+    for (int32_t i = 0; i < n_tokens; i += c->n_batch) {
+        int n = n_tokens - i < c->n_batch ? n_tokens - i : c->n_batch;
         float *out = NULL;
         if (logits && all_logits) out = logits + (size_t)i * c->cfg.vocab_size;
-        else if (logits && i == n_tokens - 1) out = logits;
-        forward_token(c, tokens[i], pos + i, out);
+        else if (logits && i + n == n_tokens) out = logits;
+        forward_batch(c, tokens + i, n, pos + i, out, all_logits);
     }
     return 0;
 }
@@ -386,14 +368,16 @@ static void fill_rope_tables(llm_ctx *c, const float *freqs) {
     }
 }
 
-int llm_create(const llm_config *p, const llm_weights *w, int32_t n_ctx, int32_t n_threads, int32_t isa,
-               llm_ctx **out, char *err, size_t errlen) {
+int llm_create(const llm_config *p, const llm_weights *w, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
+               int32_t isa, llm_ctx **out, char *err, size_t errlen) {
     int rc;
     if (err && errlen) err[0] = '\0';
     if (!out) return fail(err, errlen, LLM_ERR_INVALID, "out is NULL");
     *out = NULL;
     if (!p || !w) return fail(err, errlen, LLM_ERR_INVALID, "config or weights is NULL");
     if ((rc = check_config(p, n_ctx, n_threads, err, errlen)) != 0) return rc;
+    if (n_batch < 1) return fail(err, errlen, LLM_ERR_INVALID, "n_batch must be >= 1, got %d", n_batch);
+    if (n_batch > n_ctx) n_batch = n_ctx; /* a batch never holds more tokens than the context */
     if ((rc = check_weights(p, w, err, errlen)) != 0) return rc;
     if (isa == LLM_ISA_AUTO) isa = llm_isa_best();
     if (isa < LLM_ISA_SCALAR || isa > llm_isa_best())
@@ -404,37 +388,31 @@ int llm_create(const llm_config *p, const llm_weights *w, int32_t n_ctx, int32_t
     c->cfg = *p;
     c->w = *w;
     c->n_ctx = n_ctx;
+    c->n_batch = n_batch;
     c->isa = isa;
     for (int t = 0; t < LLM_TYPE_COUNT; t++) llm_type_traits_get(t, isa, &c->traits[t]);
     llm_vec_ops_get(isa, &c->vec);
 
     size_t dim = p->dim, q_dim = (size_t)p->n_heads * p->head_dim, kv_dim = (size_t)p->n_kv_heads * p->head_dim;
     c->layers = malloc((size_t)p->n_layers * sizeof *c->layers);
-    c->x = alloc_floats(dim, 1, 1);
-    c->xb = alloc_floats(dim > q_dim ? dim : q_dim, 1, 1);
-    c->xb2 = alloc_floats(dim, 1, 1);
-    c->hb = alloc_floats((size_t)p->hidden_dim, 1, 1);
-    c->hb2 = alloc_floats((size_t)p->hidden_dim, 1, 1);
-    c->q = alloc_floats(q_dim, 1, 1);
-    size_t widest = dim > q_dim ? dim : q_dim; /* the longest vector a product reads */
-    widest = widest > (size_t)p->hidden_dim ? widest : (size_t)p->hidden_dim;
-    c->xq = malloc(q8_act_bytes((int64_t)widest) + 1);
-    c->att = alloc_floats((size_t)p->n_heads, (size_t)n_ctx, 1);
+    size_t nb = (size_t)n_batch;
+    c->xb_width = (int64_t)(dim > q_dim ? dim : q_dim);
+    c->x = alloc_floats(nb, dim, 1);
+    c->xb = alloc_floats(nb, (size_t)c->xb_width, 1);
+    c->xb2 = alloc_floats(nb, dim, 1);
+    c->hb = alloc_floats(nb, (size_t)p->hidden_dim, 1);
+    c->hb2 = alloc_floats(nb, (size_t)p->hidden_dim, 1);
+    c->q = alloc_floats(nb, q_dim, 1);
+    c->att = alloc_floats((size_t)n_threads, (size_t)n_ctx, 1);
     c->key_cache = alloc_floats((size_t)p->n_layers, (size_t)n_ctx, kv_dim);
     c->value_cache = alloc_floats((size_t)p->n_layers, (size_t)n_ctx, kv_dim);
     c->rope_cos = alloc_floats((size_t)n_ctx, (size_t)p->head_dim / 2, 1);
     c->rope_sin = alloc_floats((size_t)n_ctx, (size_t)p->head_dim / 2, 1);
-    if (!c->layers || !c->x || !c->xb || !c->xb2 || !c->hb || !c->hb2 || !c->q || !c->xq || !c->att || !c->key_cache ||
+    if (!c->layers || !c->x || !c->xb || !c->xb2 || !c->hb || !c->hb2 || !c->q || !c->att || !c->key_cache ||
         !c->value_cache || !c->rope_cos || !c->rope_sin) {
         llm_free(c);
         return fail(err, errlen, LLM_ERR_NOMEM, "out of memory allocating the KV cache for %d positions", n_ctx);
     }
-    c->chunk_runs = aligned_alloc(_Alignof(chunk_run), (size_t)n_threads * sizeof *c->chunk_runs);
-    if (!c->chunk_runs) {
-        llm_free(c);
-        return fail(err, errlen, LLM_ERR_NOMEM, "out of memory");
-    }
-    for (int i = 0; i < n_threads; i++) atomic_init(&c->chunk_runs[i].range, 0);
     memcpy(c->layers, w->layers, (size_t)p->n_layers * sizeof *c->layers);
     c->w.layers = c->layers;
     fill_rope_tables(c, p->rope_freqs);
@@ -443,6 +421,11 @@ int llm_create(const llm_config *p, const llm_weights *w, int32_t n_ctx, int32_t
         llm_free(c);
         return fail(err, errlen, rc, rc == LLM_ERR_NOMEM ? "out of memory" : "could not start %d threads",
                     n_threads);
+    }
+    int64_t widest = c->xb_width > p->hidden_dim ? c->xb_width : p->hidden_dim; /* the longest input row */
+    if ((rc = llm_products_create(isa, c->pool, widest, n_batch, &c->products)) != 0) {
+        llm_free(c);
+        return fail(err, errlen, rc, "out of memory");
     }
     *out = c;
     return 0;
@@ -454,8 +437,8 @@ int32_t llm_ctx_isa(const llm_ctx *c) { return c ? c->isa : LLM_ERR_INVALID; }
 
 void llm_free(llm_ctx *c) {
     if (!c) return;
+    llm_products_free(c->products);
     llm_pool_free(c->pool);
-    free(c->chunk_runs);
     free(c->layers);
     free(c->x);
     free(c->xb);
@@ -463,7 +446,6 @@ void llm_free(llm_ctx *c) {
     free(c->hb);
     free(c->hb2);
     free(c->q);
-    free(c->xq);
     free(c->att);
     free(c->key_cache);
     free(c->value_cache);

@@ -16,6 +16,12 @@
 typedef void (*llm_matvec_fn)(float *out, const void *w, const void *x, int64_t row_begin,
                               int64_t row_end, int64_t cols);
 
+/* The same for a batch of n tokens: out[t * ldo + r - row_begin] = dot(row r of w, token t of x), where
+   token t of x starts t * ldx bytes in (f32 values, or what quantize_x made of them). scratch is the
+   calling thread's own llm_matmul_scratch_bytes(cols) bytes, for weights repacked on the way. */
+typedef void (*llm_matmul_fn)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                              int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
+
 /* out = row `row` of w as floats (cols values): the embedding lookup. */
 typedef void (*llm_get_row_fn)(float *out, const void *w, int64_t row, int64_t cols);
 
@@ -30,17 +36,29 @@ typedef struct {
     llm_get_row_fn  get_row;
     llm_quantize_fn quantize_x;  /* NULL: matvec reads f32 x. Block types all take block_q8_act blocks of
                                     x, so one quantized copy of x serves every block type in a product. */
+    llm_matmul_fn   matmul;      /* NULL: a batch goes through matvec one token at a time */
 } llm_type_traits;
 
-/* Vector helpers the attention uses, picked for the same instruction set. */
+/* Vector helpers of the attention and the feed-forward layer, picked for the same instruction set. rows
+   are `dim` floats each, `stride` floats apart (the KV cache's rows of one head). */
 typedef struct {
-    float (*dot)(const float *a, const float *b, int64_t n);      /* sum a*b */
-    void (*axpy)(float *y, float a, const float *x, int64_t n);   /* y += a*x */
+    /* out[s] = scale * dot(q, row s) for s < n_rows: a query's attention scores */
+    void (*scores)(float *out, const float *q, const float *rows, int64_t stride, int64_t n_rows, int64_t dim,
+                   float scale);
+    /* out = sum over s < n_rows of weights[s] * row s: the attention's weighted sum of values */
+    void (*weighted_sum)(float *out, const float *weights, const float *rows, int64_t stride, int64_t n_rows,
+                         int64_t dim);
+    void (*softmax)(float *x, int64_t n);                              /* in place */
+    void (*swiglu)(float *gate, const float *up, int64_t n);          /* gate = silu(gate) * up */
 } llm_vec_ops;
 
 /* Fill in the traits of `type` for instruction set `isa`; 0, or LLM_ERR_INVALID if either is unknown. */
 int llm_type_traits_get(int32_t type, int32_t isa, llm_type_traits *out);
 void llm_vec_ops_get(int32_t isa, llm_vec_ops *out);
+
+/* The matrix-matrix kernel of a type for an instruction set, or NULL (kernels_matmul.c). */
+llm_matmul_fn llm_matmul_get(int32_t type, int32_t isa);
+size_t llm_matmul_scratch_bytes(int64_t cols);
 
 /* Per-type entry points (kernels_<type>.c). */
 int llm_f32_traits(int32_t isa, llm_type_traits *out);

@@ -83,7 +83,7 @@ static void get_row_f16(float *out, const void *w, int64_t row, int64_t cols) { 
 static void get_row_bf16(float *out, const void *w, int64_t row, int64_t cols) { get_row_16(out, w, row, cols, 1); }
 
 int llm_f16_traits(int32_t isa, llm_type_traits *out) {
-    *out = (llm_type_traits){"f16", 1, sizeof(uint16_t), matvec_f16_scalar, get_row_f16, NULL};
+    *out = (llm_type_traits){"f16", 1, sizeof(uint16_t), matvec_f16_scalar, get_row_f16, NULL, NULL};
 #ifdef LLM_HAVE_X86
     if (isa >= LLM_ISA_AVX2) out->matvec = matvec_f16_avx2;
 #endif
@@ -92,7 +92,7 @@ int llm_f16_traits(int32_t isa, llm_type_traits *out) {
 }
 
 int llm_bf16_traits(int32_t isa, llm_type_traits *out) {
-    *out = (llm_type_traits){"bf16", 1, sizeof(uint16_t), matvec_bf16_scalar, get_row_bf16, NULL};
+    *out = (llm_type_traits){"bf16", 1, sizeof(uint16_t), matvec_bf16_scalar, get_row_bf16, NULL, NULL};
 #ifdef LLM_HAVE_X86
     if (isa >= LLM_ISA_AVX2) out->matvec = matvec_bf16_avx2;
 #endif

@@ -82,7 +82,7 @@ VNNI static void matvec_q4_0_vnni(float *out, const void *w, const void *xq, int
 int llm_q4_0_traits(int32_t isa, llm_type_traits *out) {
     llm_type_traits q8;
     llm_q8_0_traits(isa, &q8); /* the activations are quantized the same way */
-    *out = (llm_type_traits){"q4_0", QK, sizeof(block_q4_0), matvec_q4_0_scalar, get_row_q4_0, q8.quantize_x};
+    *out = (llm_type_traits){"q4_0", QK, sizeof(block_q4_0), matvec_q4_0_scalar, get_row_q4_0, q8.quantize_x, NULL};
 #ifdef LLM_HAVE_X86
     if (isa >= LLM_ISA_AVX2) out->matvec = isa >= LLM_ISA_AVX512VNNI ? matvec_q4_0_vnni : matvec_q4_0_avx2;
 #endif

@@ -121,7 +121,7 @@ VNNI static void matvec_q8_0_vnni(float *out, const void *w, const void *xq, int
 
 int llm_q8_0_traits(int32_t isa, llm_type_traits *out) {
     *out = (llm_type_traits){"q8_0", QK, sizeof(block_q8_0), matvec_q8_0_scalar, get_row_q8_0,
-                             quantize_q8_act_scalar};
+                             quantize_q8_act_scalar, NULL};
 #ifdef LLM_HAVE_X86
     if (isa >= LLM_ISA_AVX2) {
         out->matvec = isa >= LLM_ISA_AVX512VNNI ? matvec_q8_0_vnni : matvec_q8_0_avx2;

@@ -15,7 +15,7 @@
  *     llm_weights w = { .token_embd = ..., .output_norm = ..., .output = { NULL }, .layers = layers };
  *     char err[256];
  *     llm_ctx *ctx;
- *     if (llm_create(&cfg, &w, 512, 2, LLM_ISA_AUTO, &ctx, err, sizeof err) != 0) { puts(err); return; }
+ *     if (llm_create(&cfg, &w, 512, 64, 2, LLM_ISA_AUTO, &ctx, err, sizeof err) != 0) { puts(err); return; }
  *     int32_t prompt[] = { 1, 403, 407 };
  *     float logits[512];                        // (vocab_size) for the last token
  *     if (llm_forward(ctx, prompt, 3, 0, logits, 0) != 0) puts(llm_last_error(ctx));
@@ -110,16 +110,19 @@ typedef struct llm_ctx llm_ctx; /* opaque: borrowed weights, KV cache, scratch b
 
 /*
  * Checks the config and every tensor's type and shape, then allocates the KV cache for n_ctx positions,
- * the scratch buffers and a pool of n_threads threads (the caller counts as one). The weights are
- * borrowed: they must outlive the context. On failure *out is NULL and err holds the reason.
+ * activations for batches of up to n_batch tokens and a pool of n_threads threads (the caller counts as
+ * one). The weights are borrowed: they must outlive the context. On failure *out is NULL and err holds
+ * the reason.
  */
-int llm_create(const llm_config *config, const llm_weights *weights, int32_t n_ctx, int32_t n_threads,
-               int32_t isa, llm_ctx **out, char *err, size_t errlen);
+int llm_create(const llm_config *config, const llm_weights *weights, int32_t n_ctx, int32_t n_batch,
+               int32_t n_threads, int32_t isa, llm_ctx **out, char *err, size_t errlen);
 
 /*
  * Runs tokens[0..n_tokens) at positions pos..pos+n_tokens-1, writing their keys and values into the
- * cache (positions before pos must already be there). logits: NULL for none, else (vocab_size) floats
- * for the last token, or (n_tokens, vocab_size) when all_logits is non-zero.
+ * cache (positions before pos must already be there). The tokens go through the layers together, in
+ * batches of up to n_batch: each weight matrix is read once per batch (matrix-matrix products).
+ * logits: NULL for none, else (vocab_size) floats for the last token, or (n_tokens, vocab_size) when
+ * all_logits is non-zero; the classifier runs only for the tokens whose logits are asked for.
  */
 int llm_forward(llm_ctx *ctx, const int32_t *tokens, int32_t n_tokens, int32_t pos, float *logits,
                 int32_t all_logits);
@@ -137,10 +140,11 @@ int32_t     llm_isa_best(void);
 const char *llm_isa_name(int32_t isa);
 
 /*
- * out = w @ x on one thread with the given instruction set, for tests and kernel benchmarks:
- * w is (rows, cols) of the given type, x is (cols), out is (rows).
+ * out = x @ w^T on one thread with the given instruction set, for tests and kernel benchmarks: w is
+ * (rows, cols) of the given type, x is n tokens of (cols) floats, out is (n, rows). n == 1 is the
+ * matrix-vector product that decoding uses; larger n the matrix-matrix product of prompt processing.
  */
-int llm_matvec(int32_t type, int32_t isa, const void *w, int64_t rows, int64_t cols, const float *x,
+int llm_matmul(int32_t type, int32_t isa, const void *w, int64_t rows, int64_t cols, const float *x, int64_t n,
                float *out);
 
 #endif /* LLMRUN_H */

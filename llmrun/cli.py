@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import __version__
 from .bench import perplexity, run_bench
+from .engine import DEFAULT_BATCH
 from .errors import ContextOverflowError, InvalidArgumentError, LLMError
 from .formats import read_model
 from .formats.gguf_writer import TensorPlan, write_model
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("-p", "--n-prompt", default="128", help="prompt lengths, comma-separated (default: 128)")
     bench.add_argument("-n", "--n-gen", default="64", help="generation lengths, comma-separated (default: 64)")
     bench.add_argument("-t", "--threads", default=None, help="thread counts, comma-separated (default: physical cores)")
+    bench.add_argument("-b", "--batch-size", type=int, default=DEFAULT_BATCH,
+                       help=f"prompt tokens processed together; 1 = token by token (default: {DEFAULT_BATCH})")
     bench.add_argument("-r", "--repetitions", type=int, default=5, help="timed runs per test (default: 5)")
     bench.add_argument("--json", action="store_true", help="print JSON lines instead of a markdown table")
     bench.set_defaults(run=run_bench_command)
@@ -113,6 +116,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
     p.add_argument("-c", "--ctx-size", type=int, default=None,
                    help="context size in tokens (default: the model's, at most 4096)")
+    p.add_argument("-b", "--batch-size", type=int, default=DEFAULT_BATCH,
+                   help=f"prompt tokens processed together; 1 = token by token (default: {DEFAULT_BATCH})")
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_tokens_default: int) -> None:
@@ -133,7 +138,8 @@ def add_sampling_args(p: argparse.ArgumentParser, max_tokens_default: int) -> No
 
 
 def open_model(args: argparse.Namespace) -> Model:
-    return load(args.model, tokenizer=args.tokenizer, n_ctx=args.ctx_size, n_threads=args.threads)
+    return load(args.model, tokenizer=args.tokenizer, n_ctx=args.ctx_size, n_threads=args.threads,
+                n_batch=args.batch_size)
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:
@@ -253,7 +259,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
     n_ctx = max(prompts + [n + 1 for n in gens])
     rows = []
     for t in threads:
-        with load(args.model, tokenizer=args.tokenizer, n_ctx=n_ctx, n_threads=t) as model:
+        with load(args.model, tokenizer=args.tokenizer, n_ctx=n_ctx, n_threads=t, n_batch=args.batch_size) as model:
             for result in run_bench(model, prompts, gens, args.repetitions, progress=status):
                 i = model.info
                 row = {"model": Path(i.path).name, "size_bytes": i.weight_bytes, "params": i.n_params,
@@ -274,7 +280,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
 
 def run_perplexity(args: argparse.Namespace) -> int:
     text = Path(args.textfile).read_text(encoding="utf-8")
-    with load(args.model, tokenizer=args.tokenizer, n_ctx=args.ctx, n_threads=args.threads) as model:
+    with load(args.model, tokenizer=args.tokenizer, n_ctx=args.ctx, n_threads=args.threads,
+              n_batch=args.batch_size) as model:
         def progress(chunk: int, n_chunks: int, ppl: float) -> None:
             status(f"chunk {chunk}/{n_chunks}: perplexity {ppl:.4f}")
 

@@ -20,8 +20,9 @@ ffi, lib = _kernel.ffi, _kernel.lib
 
 ISA_NAMES = {"scalar": lib.LLM_ISA_SCALAR, "avx2": lib.LLM_ISA_AVX2, "avx512vnni": lib.LLM_ISA_AVX512VNNI}
 
-# Tokens per C call when filling the cache: small enough that Ctrl-C (delivered between calls) is prompt.
-CHUNK_TOKENS = 64
+# Tokens per batch of prompt processing (and per C call, so that Ctrl-C, delivered between calls, is
+# prompt): each weight matrix is read once per batch.
+DEFAULT_BATCH = 512
 
 
 def best_isa() -> str:
@@ -35,17 +36,22 @@ def available_isas() -> list[str]:
 
 
 class Engine:
-    """One model instance: weights (borrowed), KV cache for `n_ctx` positions, `n_threads` threads."""
+    """One model instance: weights (borrowed), KV cache for `n_ctx` positions, `n_threads` threads,
+    prompts processed in batches of up to `n_batch` tokens."""
 
-    def __init__(self, spec: ModelSpec, n_ctx: int, n_threads: int, isa: str | None = None) -> None:
+    def __init__(self, spec: ModelSpec, n_ctx: int, n_threads: int, isa: str | None = None,
+                 n_batch: int = DEFAULT_BATCH) -> None:
         cfg = spec.config
         self.spec = spec
         self.n_ctx = n_ctx
         self.n_threads = n_threads
+        self.n_batch = min(n_batch, n_ctx)
         self.vocab_size = cfg.vocab_size
         self._keepalive: list[object] = []  # cffi buffers over the spec's arrays
         self._lock = threading.Lock()
         self._cached: list[int] = []  # the tokens whose keys/values are in the cache, positions 0..
+        self._rows: np.ndarray | None = None  # logits after each of _cached[:len(_rows)], kept by evaluate_all
+        self.tokens_computed = 0  # positions run through the model so far (what the cache saved is not)
         self._ctx = ffi.NULL
 
         config = ffi.new("llm_config *", {
@@ -78,7 +84,7 @@ class Engine:
             raise InvalidArgumentError(f"isa must be one of {sorted(ISA_NAMES)} or None, got {isa!r}")
         err = ffi.new("char[]", 512)
         out = ffi.new("llm_ctx **")
-        rc = lib.llm_create(config, weights, n_ctx, n_threads, isa_code, out, err, len(err))
+        rc = lib.llm_create(config, weights, n_ctx, n_batch, n_threads, isa_code, out, err, len(err))
         if rc != 0:
             raise KernelError(f"{spec.path}: cannot create the model context: {ffi.string(err).decode()}")
         self._ctx = out[0]
@@ -126,12 +132,19 @@ class Engine:
         return out
 
     def evaluate_all(self, tokens: Sequence[int]) -> np.ndarray:
-        """Logits (len(tokens), vocab_size) after each token, all computed from position 0."""
+        """Logits (len(tokens), vocab_size) after each token. Rows for a prefix that the previous
+        evaluate_all computed (and the cache still holds) are reused; the rest are computed."""
         tokens = list(tokens)
         self.check_tokens(tokens)
         out = np.empty((len(tokens), self.vocab_size), dtype=np.float32)
         with self._lock:
-            self._run(tokens, 0, out, all_logits=True)
+            keep = 0
+            if self._rows is not None:
+                keep = min(_common_prefix(self._cached, tokens), len(self._rows))
+                out[:keep] = self._rows[:keep]
+            if keep < len(tokens):
+                self._run(tokens, keep, out, all_logits=True)
+            self._rows = out.copy()  # the caller owns `out`
         return out
 
     def check_tokens(self, tokens: list[int], start: int = 0) -> None:
@@ -152,9 +165,11 @@ class Engine:
         if not self._ctx:
             raise KernelError("the model has been closed")
         self._cached = self._cached[:start]
+        if self._rows is not None:
+            self._rows = self._rows[:start]
         pos = start
         while pos < len(tokens):
-            end = min(pos + CHUNK_TOKENS, len(tokens))
+            end = min(pos + self.n_batch, len(tokens))
             ids = np.asarray(tokens[pos:end], dtype=np.int32)
             if all_logits:
                 out = ffi.from_buffer("float[]", logits[pos:], require_writable=True)
@@ -167,12 +182,14 @@ class Engine:
             if rc != 0:
                 raise KernelError(f"forward pass failed: {ffi.string(lib.llm_last_error(self._ctx)).decode()}")
             self._cached.extend(tokens[pos:end])
+            self.tokens_computed += end - pos
             pos = end
 
     def reset(self) -> None:
         """Forgets what the KV cache holds: the next evaluation computes every token."""
         with self._lock:
             self._cached = []
+            self._rows = None
 
     def close(self) -> None:
         """Frees the C context (KV cache, threads). Safe to call twice."""
@@ -182,6 +199,7 @@ class Engine:
                 self._ctx = ffi.NULL
             self._keepalive.clear()
             self._cached = []
+            self._rows = None
 
     def __del__(self) -> None:
         if getattr(self, "_ctx", None):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import Engine
+from .engine import DEFAULT_BATCH, Engine
 from .errors import ContextOverflowError, InvalidArgumentError, TokenizerError
 from .formats import read_model
 from .formats.llama2c_tokenizer import load_llama2c_tokenizer
@@ -43,6 +43,7 @@ class ModelInfo:
     weight_bytes: int
     file_size: int
     n_threads: int
+    n_batch: int  # the most prompt tokens processed together
     isa: str  # the kernels' instruction set, e.g. "avx2"
 
 
@@ -56,18 +57,18 @@ class Model:
     prefix it shares with the other's (slow: use one Model per concurrent stream)."""
 
     def __init__(self, spec: ModelSpec, tokenizer: Tokenizer | None, n_ctx: int, n_threads: int,
-                 tokenizer_problem: str = "") -> None:
+                 tokenizer_problem: str = "", n_batch: int = DEFAULT_BATCH) -> None:
         self._spec = spec
         self._tokenizer = tokenizer
         self._tokenizer_problem = tokenizer_problem
-        self._engine = Engine(spec, n_ctx=n_ctx, n_threads=n_threads)
+        self._engine = Engine(spec, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch)
         cfg = spec.config
         self.info = ModelInfo(
             path=str(spec.path), format=spec.format, dim=cfg.dim, hidden_dim=cfg.hidden_dim,
             n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
             vocab_size=cfg.vocab_size, context_length=cfg.max_seq_len, n_ctx=n_ctx, n_params=spec.n_params,
             dtype=spec.dtype, weight_bytes=spec.weight_bytes, file_size=spec.file_size, n_threads=n_threads,
-            isa=self._engine.isa)
+            n_batch=self._engine.n_batch, isa=self._engine.isa)
         eog = set()
         if tokenizer is not None and tokenizer.eos_id is not None:
             eog.add(tokenizer.eos_id)
@@ -102,7 +103,8 @@ class Model:
 
     def logits(self, tokens: Sequence[int]) -> np.ndarray:
         """Logits after each position: an array (len(tokens), vocab_size) of float32, where row i
-        scores the token that would follow tokens[0..i]."""
+        scores the token that would follow tokens[0..i]. Rows for a prefix shared with the previous
+        logits() call are reused, not recomputed (scoring several continuations of one prompt)."""
         self._check_fits(len(tokens), "tokens")
         return self._engine.evaluate_all(tokens)
 
@@ -163,7 +165,7 @@ class Model:
 
 
 def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | None = None,
-         n_ctx: int | None = None, n_threads: int | None = None) -> Model:
+         n_ctx: int | None = None, n_threads: int | None = None, n_batch: int = DEFAULT_BATCH) -> Model:
     """Loads a model file.
 
     path:      a GGUF file (llama architecture; F32, F16, BF16, Q8_0, Q4_0 tensors) or a llama2.c
@@ -171,7 +173,9 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
     tokenizer: a llama2.c tokenizer.bin (or a Tokenizer). Default: the file's own tokenizer (GGUF), else
                a tokenizer.bin beside the model if its vocabulary matches.
     n_ctx:     positions the KV cache holds; default: the model's context length, at most 4096.
-    n_threads: threads for the matrix products; default: the number of physical cores."""
+    n_threads: threads for the matrix products; default: the number of physical cores.
+    n_batch:   prompt tokens processed together (matrix-matrix products, each weight read once per
+               batch); longer prompts go in batches of this size. 1 processes prompts token by token."""
     spec = read_model(path)
     cfg = spec.config
     if n_ctx is None:
@@ -180,8 +184,9 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
     if n_threads is None:
         n_threads = min(physical_cores(), MAX_THREADS)
     _check_int("n_threads", n_threads, 1, MAX_THREADS)
+    _check_int("n_batch", n_batch, 1, 1 << 16)
     tok, problem = resolve_tokenizer(spec, tokenizer)
-    return Model(spec, tok, n_ctx=n_ctx, n_threads=n_threads, tokenizer_problem=problem)
+    return Model(spec, tok, n_ctx=n_ctx, n_threads=n_threads, tokenizer_problem=problem, n_batch=n_batch)
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:

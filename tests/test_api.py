@@ -112,6 +112,38 @@ def test_cache_reuse_gives_the_same_answer(models_dir: Path) -> None:
         assert text == cold.generate("Once upon a time, there was a dog named Max", max_tokens=30, temperature=0)
 
 
+def test_shared_prefix_is_not_recomputed(models_dir: Path) -> None:
+    """A request that shares a 400-token prefix with what the cache holds computes only the rest: its
+    cost, counted in positions run through the model, is a small fraction of the first request's, and
+    its answer is the one a fresh model gives. The same holds for logits() calls."""
+    paths = dict(path=models_dir / "stories260K.bin", tokenizer=models_dir / "tok512.bin")
+    story = (Path(__file__).parent / "data" / "stories.txt").read_text()
+    with llmrun.load(**paths) as warm, llmrun.load(**paths) as cold:
+        engine = warm._engine
+        prefix = warm.tokenize(story)[:400]
+        more = warm.tokenize(" Then the sun came out.", add_bos=False)
+        first = warm.stream(prefix, max_tokens=8, temperature=0)
+        first.text()
+        first_cost = engine.tokens_computed
+        assert first_cost >= 400
+        second = warm.stream(prefix + more, max_tokens=8, temperature=0)
+        text = second.text()
+        second_cost = engine.tokens_computed - first_cost
+        assert second.stats.reused_tokens >= 400
+        assert second_cost <= len(more) + 8 and second_cost < first_cost / 20
+        assert text == cold.generate(prefix + more, max_tokens=8, temperature=0)
+
+        rows = warm.logits(prefix)
+        before = engine.tokens_computed
+        longer = warm.logits(prefix + more)
+        assert engine.tokens_computed - before == len(more)
+        np.testing.assert_array_equal(longer[:400], rows)
+        fresh = cold.logits(prefix + more)
+        assert np.max(np.abs(longer - fresh)) <= 1e-4 * np.max(np.abs(fresh))
+        longer[:] = 0  # the caller owns the array: changing it does not change what is reused
+        assert np.array_equal(warm.logits(prefix + more)[:400], rows)
+
+
 def test_tokenize_roundtrip(model: llmrun.Model) -> None:
     ids = model.tokenize("Once upon a time")
     assert ids == [1, 403, 407, 261, 378]

@@ -20,14 +20,19 @@ ISAS = available_isas()
 TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0"]
 
 
-def c_matvec(t, x: np.ndarray, isa: str) -> np.ndarray:
+def c_matmul(t, x: np.ndarray, isa: str) -> np.ndarray:
+    """out (n, rows) = x (n, cols) @ w^T through llm_matmul; n == 1 is the matrix-vector kernel."""
     rows, cols = t.shape
-    out = np.empty(rows, dtype=np.float32)
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    rc = lib.llm_matvec(TENSOR_TYPES[t.type].code, ISA_NAMES[isa], ffi.from_buffer(t.data), rows, cols,
-                        ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", out))
+    x = np.ascontiguousarray(np.atleast_2d(x), dtype=np.float32)
+    out = np.empty((len(x), rows), dtype=np.float32)
+    rc = lib.llm_matmul(TENSOR_TYPES[t.type].code, ISA_NAMES[isa], ffi.from_buffer(t.data), rows, cols,
+                        ffi.from_buffer("float[]", x), len(x), ffi.from_buffer("float[]", out))
     assert rc == 0
     return out
+
+
+def c_matvec(t, x: np.ndarray, isa: str) -> np.ndarray:
+    return c_matmul(t, x[None, :], isa)[0]
 
 
 def shapes_for(type: str) -> list[tuple[int, int]]:
@@ -48,6 +53,37 @@ def test_matvec_matches_reference(type: str, isa: str) -> None:
         scale = max(1.0, float(np.abs(want).max()))
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(cols) * scale,
                                    err_msg=f"{type} {isa} ({rows}, {cols})")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("type", TYPES)
+def test_matmul_matches_reference(type: str, isa: str) -> None:
+    """A batch of tokens through the matrix-matrix kernels: every tile shape and tail (token counts that
+    are not multiples of the tile widths, rows that are not multiples of the tile heights), against the
+    reference for each token, and equal to the matrix-vector kernel token by token."""
+    for rows, cols in shapes_for(type):
+        for n in (2, 3, 7, 13):
+            rng = np.random.default_rng(rows * 1000 + cols + n)
+            t = encode(rng.standard_normal((rows, cols)), type)
+            x = rng.standard_normal((n, cols)).astype(np.float32)
+            want = np.stack([product_reference(t, row) for row in x])
+            got = c_matmul(t, x, isa)
+            scale = max(1.0, float(np.abs(want).max()))
+            tol = {"rtol": 1e-5, "atol": 1e-5 * np.sqrt(cols) * scale}
+            np.testing.assert_allclose(got, want, **tol, err_msg=f"{type} {isa} ({rows}, {cols}) x {n}")
+            by_token = np.stack([c_matvec(t, row, isa) for row in x])
+            np.testing.assert_allclose(got, by_token, **tol, err_msg=f"{type} {isa} ({rows}, {cols}) x {n}")
+
+
+def test_matmul_large_batch_crosses_token_tiles() -> None:
+    """Enough tokens that the kernels work through several token tiles of a weight chunk."""
+    rng = np.random.default_rng(11)
+    for type in TYPES:
+        t = encode(rng.standard_normal((40, 2048)), type)
+        x = rng.standard_normal((150, 2048)).astype(np.float32)
+        want = np.stack([c_matvec(t, row, "scalar") for row in x])
+        for isa in ISAS:
+            np.testing.assert_allclose(c_matmul(t, x, isa), want, rtol=1e-5, atol=1e-3, err_msg=f"{type} {isa}")
 
 
 @pytest.mark.parametrize("type", ["q8_0", "q4_0"])
@@ -90,13 +126,14 @@ def test_special_values_in_blocks() -> None:
             np.testing.assert_allclose(c_matvec(t, x, isa), want, rtol=1e-5, atol=1e-6, err_msg=f"{type} {isa}")
 
 
-def test_matvec_rejects_bad_arguments() -> None:
+def test_matmul_rejects_bad_arguments() -> None:
     w = np.zeros((2, 64), dtype=np.uint8)
     x = np.zeros(64, dtype=np.float32)
     out = np.zeros(2, dtype=np.float32)
-    args = (ffi.from_buffer(w), 2, 64, ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", out))
-    assert lib.llm_matvec(99, lib.LLM_ISA_SCALAR, *args) == lib.LLM_ERR_INVALID
-    assert lib.llm_matvec(lib.LLM_F32, 99, *args) == lib.LLM_ERR_INVALID
+    args = (ffi.from_buffer(w), 2, 64, ffi.from_buffer("float[]", x), 1, ffi.from_buffer("float[]", out))
+    assert lib.llm_matmul(99, lib.LLM_ISA_SCALAR, *args) == lib.LLM_ERR_INVALID
+    assert lib.llm_matmul(lib.LLM_F32, 99, *args) == lib.LLM_ERR_INVALID
     # 48 columns is not a whole number of 32-value blocks
-    assert lib.llm_matvec(lib.LLM_Q8_0, lib.LLM_ISA_SCALAR, ffi.from_buffer(w), 2, 48,
-                          ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", out)) == lib.LLM_ERR_INVALID
+    assert lib.llm_matmul(lib.LLM_Q8_0, lib.LLM_ISA_SCALAR, ffi.from_buffer(w), 2, 48,
+                          ffi.from_buffer("float[]", x), 1, ffi.from_buffer("float[]", out)) == lib.LLM_ERR_INVALID
+    assert lib.llm_matmul(lib.LLM_F32, lib.LLM_ISA_SCALAR, *args[:4], 0, args[5]) == lib.LLM_ERR_INVALID

@@ -1,0 +1,173 @@
+/*
+ * products.c: see products.h.
+ *
+ * Up to three products sharing one input (q, k, v or gate, up), over a batch of n tokens. Their rows
+ * are cut into chunks (numbered across the products) and each thread owns a contiguous run of chunks,
+ * which it works through front to back: one long linear stream through the weights, which is what the
+ * memory prefetchers serve best. A thread that has finished its run takes chunks from the back of
+ * another's, so a thread that falls behind (its core taken by another process) delays no one.
+ */
+#include "products.h"
+
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#define CHUNK_BYTES (1024 * 1024) /* weight bytes per chunk of a product (one token) */
+
+/* A thread's run of chunks of the current product, alone on its cache line. */
+typedef struct {
+    _Alignas(64) _Atomic uint64_t range; /* chunks [front, back) still unclaimed: front << 32 | back */
+} chunk_run;
+
+struct llm_products {
+    llm_type_traits traits[LLM_TYPE_COUNT]; /* kernels for each weight type */
+    llm_pool       *pool;
+    chunk_run      *chunk_runs;   /* (n_threads) */
+    void           *xq;           /* the input of the current product as 8-bit blocks: n_batch rows */
+    char           *scratch;      /* (n_threads) buffers of the matrix-matrix kernels, scratch_bytes apart */
+    size_t          scratch_bytes;
+};
+
+typedef struct {
+    const llm_products *p;
+    int64_t        n;        /* tokens */
+    const float   *x;        /* their input rows, ldx floats apart */
+    int64_t        ldx;
+    const void    *xq;       /* ... as 8-bit blocks (q8_act), ldxq bytes apart, where a product wants that */
+    size_t         ldxq;
+    int            n_jobs;
+    struct {
+        float            *out; /* (n, w->rows), rows ldo floats apart */
+        int64_t           ldo;
+        const llm_tensor *w;
+        int64_t           chunk_rows, n_chunks;
+    } job[3];
+} matmul_task;
+
+static int64_t claim_chunk(chunk_run *runs, int ith, int nth) {
+    uint64_t r = atomic_load_explicit(&runs[ith].range, memory_order_relaxed);
+    while ((r >> 32) < (r & 0xffffffff)) /* our own run, from the front */
+        if (atomic_compare_exchange_weak_explicit(&runs[ith].range, &r, r + (UINT64_C(1) << 32),
+                                                  memory_order_relaxed, memory_order_relaxed))
+            return (int64_t)(r >> 32);
+    for (int k = 1; k < nth; k++) { /* then the others', from the back */
+        chunk_run *other = &runs[(ith + k) % nth];
+        r = atomic_load_explicit(&other->range, memory_order_relaxed);
+        while ((r >> 32) < (r & 0xffffffff))
+            if (atomic_compare_exchange_weak_explicit(&other->range, &r, r - 1, memory_order_relaxed,
+                                                      memory_order_relaxed))
+                return (int64_t)(r & 0xffffffff) - 1;
+    }
+    return -1;
+}
+
+static void matmul_worker(void *arg, int ith, int nth) {
+    const matmul_task *t = arg;
+    for (int64_t chunk; (chunk = claim_chunk(t->p->chunk_runs, ith, nth)) >= 0;) {
+        int j = 0;
+        while (chunk >= t->job[j].n_chunks) chunk -= t->job[j++].n_chunks;
+        const llm_tensor *w = t->job[j].w;
+        const llm_type_traits *tr = &t->p->traits[w->type];
+        int64_t begin = chunk * t->job[j].chunk_rows;
+        int64_t end = begin + t->job[j].chunk_rows < w->rows ? begin + t->job[j].chunk_rows : w->rows;
+        float *out = t->job[j].out + begin;
+        const void *x = tr->quantize_x ? t->xq : (const void *)t->x;
+        size_t ldx = tr->quantize_x ? t->ldxq : (size_t)t->ldx * sizeof(float);
+        if (t->n == 1) tr->matvec(out, w->data, x, begin, end, w->cols);
+        else if (tr->matmul)
+            tr->matmul(out, t->job[j].ldo, w->data, x, ldx, t->n, begin, end, w->cols,
+                       t->p->scratch + (size_t)ith * t->p->scratch_bytes);
+        else /* no batched kernel (the portable reference): token by token */
+            for (int64_t k = 0; k < t->n; k++)
+                tr->matvec(out + k * t->job[j].ldo, w->data, (const char *)x + k * ldx, begin, end, w->cols);
+    }
+}
+
+/* Rows per chunk of a product. One token: about CHUNK_BYTES of weights (small enough to share out a
+   straggler's work), at least four chunks per thread. A batch does n times the arithmetic per weight,
+   so its chunks are smaller: about a quarter of CHUNK_BYTES, which stays in the core's cache while the
+   batch's tokens go past it. Whole multiples of 16 rows either way. */
+static int64_t chunk_rows(const llm_type_traits *tr, const llm_tensor *w, int64_t n, int nth) {
+    int64_t row_bytes = (w->cols / tr->block_elems) * (int64_t)tr->block_bytes;
+    int64_t target = n == 1 ? CHUNK_BYTES : CHUNK_BYTES / 4;
+    int64_t n_chunks = w->rows * row_bytes / target;
+    if (n_chunks < 4 * nth) n_chunks = 4 * nth;
+    int64_t rows = (w->rows + n_chunks - 1) / n_chunks;
+    return (rows + 15) / 16 * 16;
+}
+
+/* The 8-bit form of the tokens' rows that the block products read, the rows shared out among threads. */
+typedef struct {
+    llm_quantize_fn quantize;
+    const float    *x;
+    int64_t         ldx;
+    void           *xq;
+    size_t          ldxq;
+    int             cols, n;
+    atomic_int      next; /* the next row to claim: tasks share out their work dynamically (threadpool.h) */
+} quantize_task;
+
+static void quantize_worker(void *arg, int ith, int nth) {
+    (void)ith, (void)nth;
+    quantize_task *q = arg;
+    for (int t; (t = atomic_fetch_add_explicit(&q->next, 1, memory_order_relaxed)) < q->n;)
+        q->quantize((char *)q->xq + t * q->ldxq, q->x + t * q->ldx, q->cols);
+}
+
+void llm_products_run(llm_products *c, int64_t n, const float *x, int64_t ldx, llm_product p0, llm_product p1,
+                      llm_product p2) {
+    matmul_task t = {c, n, x, ldx, c->xq, 0, p2.w ? 3 : p1.w ? 2 : 1, {{0}}};
+    llm_product products[3] = {p0, p1, p2};
+    int nth = llm_pool_size(c->pool);
+    int64_t total = 0;
+    for (int j = 0; j < t.n_jobs; j++) {
+        const llm_tensor *w = products[j].w;
+        const llm_type_traits *tr = &c->traits[w->type];
+        if (tr->quantize_x && !t.ldxq) { /* once for all the products that read 8-bit x */
+            t.ldxq = q8_act_bytes(w->cols);
+            quantize_task q = {tr->quantize_x, x, ldx, c->xq, t.ldxq, (int)w->cols, (int)n, 0};
+            if (n == 1) quantize_worker(&q, 0, 1);
+            else llm_pool_run(c->pool, quantize_worker, &q);
+        }
+        t.job[j].out = products[j].out;
+        t.job[j].ldo = products[j].ldo;
+        t.job[j].w = w;
+        t.job[j].chunk_rows = chunk_rows(tr, w, n, nth);
+        t.job[j].n_chunks = (w->rows + t.job[j].chunk_rows - 1) / t.job[j].chunk_rows;
+        total += t.job[j].n_chunks;
+    }
+    for (int i = 0; i < nth; i++) /* thread i owns chunks [total * i / nth, total * (i + 1) / nth) */
+        atomic_store_explicit(&c->chunk_runs[i].range,
+                              (uint64_t)(total * i / nth) << 32 | (uint64_t)(total * (i + 1) / nth),
+                              memory_order_relaxed);
+    llm_pool_run(c->pool, matmul_worker, &t); /* publishing the task orders the stores above */
+}
+
+
+int llm_products_create(int32_t isa, llm_pool *pool, int64_t max_cols, int32_t n_batch, llm_products **out) {
+    int nth = llm_pool_size(pool);
+    llm_products *p = calloc(1, sizeof *p);
+    *out = NULL;
+    if (!p) return LLM_ERR_NOMEM;
+    for (int t = 0; t < LLM_TYPE_COUNT; t++) llm_type_traits_get(t, isa, &p->traits[t]);
+    p->pool = pool;
+    p->chunk_runs = aligned_alloc(_Alignof(chunk_run), (size_t)nth * sizeof *p->chunk_runs);
+    p->xq = malloc((size_t)n_batch * q8_act_bytes(max_cols) + 1); /* sizes bounded by llm_create's checks */
+    p->scratch_bytes = (llm_matmul_scratch_bytes(max_cols) + 63) / 64 * 64;
+    p->scratch = aligned_alloc(64, (size_t)nth * p->scratch_bytes + 64);
+    if (!p->chunk_runs || !p->xq || !p->scratch) {
+        llm_products_free(p);
+        return LLM_ERR_NOMEM;
+    }
+    for (int i = 0; i < nth; i++) atomic_init(&p->chunk_runs[i].range, 0);
+    *out = p;
+    return 0;
+}
+
+void llm_products_free(llm_products *p) {
+    if (!p) return;
+    free(p->chunk_runs);
+    free(p->xq);
+    free(p->scratch);
+    free(p);
+}
