@@ -174,9 +174,13 @@ def tokenize_chat(template: ChatTemplate, tokenizer: Tokenizer, messages: object
     bos = tokenizer.id_to_piece(tokenizer.bos_id) if tokenizer.bos_id is not None else ""
     eos = tokenizer.id_to_piece(tokenizer.eos_id) if tokenizer.eos_id is not None else ""
     text = template.render(msgs, bos, eos, add_generation_prompt)
-    nonce = secrets.token_hex(8)
+    nonce = secrets.token_hex(8).upper()  # letters and digits: survives trim, tojson, escaping, upper/lower
     masked = [{**m, "content": f"LLMRUN{nonce}M{i}X" if m["content"] else ""} for i, m in enumerate(msgs)]
-    parts = re.split(f"LLMRUN{nonce}M(\\d+)X", template.render(masked, bos, eos, add_generation_prompt))
+    skeleton = template.render(masked, bos, eos, add_generation_prompt)
+    parts = re.split(f"LLMRUN{nonce}M(\\d+)X", skeleton, flags=re.IGNORECASE)
+    if any("llmrun" in p.lower() for p in parts[::2]):  # a sentinel was cut or rewritten: contents are lost
+        raise ChatTemplateError(f"chat template {template.name!r} rewrites message contents (slices or replaces "
+                                f"them) in a way llmrun cannot tokenize safely")
     contents = [m["content"] for m in msgs]
     segments = _line_up(text, parts, contents)
     exact = segments is not None
