@@ -6,7 +6,9 @@
             print(piece, end="", flush=True)
 """
 
+from .chat import ChatStream, ChatTemplate, load_template_from_folder
 from .errors import (
+    ChatTemplateError,
     ContextOverflowError,
     InvalidArgumentError,
     KernelError,
@@ -22,6 +24,7 @@ from .sampling import SamplingParams
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChatStream", "ChatTemplate", "ChatTemplateError", "load_template_from_folder",
     "ContextOverflowError", "Generation", "GenerationStats", "InvalidArgumentError", "KernelError", "LLMError", "Model",
     "ModelFormatError", "ModelInfo", "SamplingError", "SamplingParams", "TokenizerError", "load", "__version__",
 ]

@@ -13,12 +13,14 @@ from pathlib import Path
 
 from . import __version__
 from .bench import perplexity, run_bench
+from .chat import FORMATS
 from .engine import DEFAULT_BATCH
-from .errors import ContextOverflowError, InvalidArgumentError, LLMError
+from .errors import InvalidArgumentError, LLMError
 from .formats import read_model
 from .formats.gguf_writer import TensorPlan, write_model
 from .generate import Generation
 from .model import Model, load, resolve_tokenizer
+from .repl import Repl, enable_line_editing
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -58,12 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print token counts and prefill/decode speed to stderr at the end")
     gen.set_defaults(run=run_generate)
 
-    chat = sub.add_parser("chat", help="an interactive session in the terminal",
-                          description="An interactive session: each line you type is added to the "
-                                      "conversation text and the model continues it. Ctrl-C stops a reply; "
-                                      "Ctrl-D (or /exit) quits; /reset starts over.")
+    chat = sub.add_parser("chat", help="an interactive chat in the terminal",
+                          description="An interactive chat: the conversation is rendered with the model's own "
+                                      "chat template (or --chat-format) and each reply is streamed. Type /help "
+                                      "for commands; a line ending in \\ continues on the next line; Ctrl-C "
+                                      "stops a reply; Ctrl-D (or /exit) quits.")
     add_model_args(chat)
-    add_sampling_args(chat, max_tokens_default=256)
+    chat.add_argument("--system", default=None, metavar="TEXT", help="the system prompt")
+    chat.add_argument("--chat-format", default=None, choices=list(FORMATS),
+                      help="a built-in format instead of the model's template (default: the model's own "
+                           "template, else plain)")
+    add_sampling_args(chat, max_tokens_default=-1)
     chat.set_defaults(run=run_chat)
 
     bench = sub.add_parser("bench", help="measure prompt processing and generation speed, as llama-bench",
@@ -183,56 +190,11 @@ def print_stats(generation: Generation) -> None:
 
 def run_chat(args: argparse.Namespace) -> int:
     kwargs = sampling_kwargs(args)
-    with open_model(args) as model:
-        print(f"llmrun chat: {model.info.path} ({model.info.n_params / 1e6:.1f}M params, "
-              f"context {model.info.n_ctx}). Ctrl-C stops a reply, Ctrl-D quits, /reset starts over.",
-              file=sys.stderr)
-        transcript = ""
-        while True:
-            try:
-                line = input("> ")
-            except EOFError:
-                print(file=sys.stderr)
-                return 0
-            except KeyboardInterrupt:
-                print("\n(Ctrl-D or /exit quits)", file=sys.stderr)
-                continue
-            if line.strip() in ("/exit", "/quit"):
-                return 0
-            if line.strip() == "/reset":
-                transcript = ""
-                continue
-            transcript = f"{transcript}\n{line}" if transcript else line
-            transcript = chat_turn(model, transcript, kwargs)
-
-
-def chat_turn(model: Model, transcript: str, kwargs: dict) -> str:
-    """Streams the model's continuation of the conversation text; returns the text with the reply.
-    Ctrl-C anywhere in the turn (tokenizing, prefill, decoding) stops the reply and keeps the session."""
-    generation = None
-    reply: list[str] = []
-    try:
-        try:
-            generation = model.stream(transcript, **kwargs)
-        except ContextOverflowError as e:  # the conversation outgrew the context: keep only the newest line
-            transcript = transcript.rsplit("\n", 1)[-1]
-            print(f"({e}; the conversation starts over from your last line)", file=sys.stderr)
-            generation = model.stream(transcript, **kwargs)
-        for piece in generation:
-            reply.append(piece)
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-    except KeyboardInterrupt:
-        sys.stdout.write(" [stopped]")
-    except LLMError as e:  # even the newest line alone does not fit, say: report it, start over
-        print(f"llmrun: error: {e}", file=sys.stderr)
-        return ""
-    finally:
-        if generation is not None:
-            generation.close()
-    sys.stdout.write("\n")
-    sys.stdout.flush()
-    return transcript + "".join(reply)
+    with load(args.model, tokenizer=args.tokenizer, n_ctx=args.ctx_size, n_threads=args.threads,
+              n_batch=args.batch_size, chat_format=args.chat_format) as model:
+        if sys.stdin.isatty():
+            enable_line_editing()
+        return Repl(model, chat_format=args.chat_format, system=args.system, sampling=kwargs).run()
 
 
 def status(message: str) -> None:

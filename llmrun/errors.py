@@ -29,3 +29,8 @@ class KernelError(LLMError, RuntimeError):
 
 class SamplingError(LLMError, ValueError):
     """Bad sampling parameters, logits or history."""
+
+
+class ChatTemplateError(LLMError, ValueError):
+    """A chat template does not compile, fails while rendering, refuses the conversation, or tried to leave
+    its sandbox (nothing it asked for outside the sandbox was run)."""

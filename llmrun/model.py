@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .chat import FORMATS, ChatStream, ChatTemplate, end_of_turn, tokenize_chat
 from .engine import DEFAULT_BATCH, Engine
 from .errors import ContextOverflowError, InvalidArgumentError, TokenizerError
 from .formats import read_model
@@ -57,7 +58,11 @@ class Model:
     prefix it shares with the other's (slow: use one Model per concurrent stream)."""
 
     def __init__(self, spec: ModelSpec, tokenizer: Tokenizer | None, n_ctx: int, n_threads: int,
-                 tokenizer_problem: str = "", n_batch: int = DEFAULT_BATCH) -> None:
+                 tokenizer_problem: str = "", n_batch: int = DEFAULT_BATCH, chat_format: str | None = None) -> None:
+        if chat_format is not None and chat_format not in FORMATS:
+            raise InvalidArgumentError(f"unknown chat format {chat_format!r}; choose one of {', '.join(FORMATS)}")
+        self._chat_format = chat_format
+        self._templates: dict[str | None, ChatTemplate] = {}
         self._spec = spec
         self._tokenizer = tokenizer
         self._tokenizer_problem = tokenizer_problem
@@ -74,6 +79,7 @@ class Model:
             eog.add(tokenizer.eos_id)
         if spec.extra.get("eot_token_id") is not None:  # e.g. Llama 3's <|eot_id|>: the end of a turn
             eog.add(spec.extra["eot_token_id"])
+        eog.update(spec.extra.get("eog_token_ids") or ())  # a Hugging Face folder's extra end-of-turn ids
         # llama2.c's stories models end a story by starting the next one with BOS; run.c stops there.
         if spec.format.startswith("llama2.c") and tokenizer is not None and tokenizer.bos_id is not None:
             eog.add(tokenizer.bos_id)
@@ -88,12 +94,19 @@ class Model:
             raise TokenizerError(self._tokenizer_problem or f"{self._spec.path}: the model has no tokenizer")
         return self._tokenizer
 
-    def tokenize(self, text: str, add_bos: bool | None = None) -> list[int]:
+    def tokenize(self, text: str, add_bos: bool | None = None, special: bool = False) -> list[int]:
         """Token ids of `text`, starting with BOS when `add_bos` (and the tokenizer has one). The default,
-        None, does what the model file says (GGUF `tokenizer.ggml.add_bos_token`; True for Llama 2 models)."""
+        None, does what the model file says (GGUF `tokenizer.ggml.add_bos_token`; True for Llama 2 models).
+        With `special`, the text of control tokens ("</s>", "<|im_end|>") becomes those tokens; by default it
+        is plain text (never turn it on for text from users: they could forge turns)."""
         if add_bos is None:
-            add_bos = bool(self._spec.extra.get("add_bos_token", True))
-        return self.tokenizer.encode(text, add_bos=add_bos, add_eos=bool(self._spec.extra.get("add_eos_token")))
+            add_bos = self._add_bos
+        return self.tokenizer.encode(text, add_bos=add_bos, add_eos=bool(self._spec.extra.get("add_eos_token")),
+                                     special=special)
+
+    @property
+    def _add_bos(self) -> bool:
+        return bool(self._spec.extra.get("add_bos_token", True))
 
     def detokenize(self, ids: Iterable[int]) -> str:
         """The text of token ids (control tokens such as BOS/EOS produce no text)."""
@@ -120,16 +133,24 @@ class Model:
         `max_tokens` new tokens (None: until the context is full) or a full context. The repetition
         penalty looks at the last `repeat_last_n` tokens (-1: all). The returned Generation also reports
         `finish_reason`, `tokens` and `stats` once it is exhausted."""
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        return self._start(ids, self.eog_ids, [], max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                           top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, stop=stop,
+                           repeat_last_n=repeat_last_n)
+
+    def _start(self, ids: list[int], eog_ids: frozenset[int], extra_stops: list[str], max_tokens: int | None,
+               temperature: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float,
+               seed: int | None, stop: str | Iterable[str] | None, repeat_last_n: int) -> Generation:
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                 repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed)
         check_max_tokens(max_tokens)
         stops = normalize_stop(stop)
-        ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        stops += [s for s in extra_stops if s not in stops]
         if not ids:
             raise InvalidArgumentError("the prompt has no tokens (empty text and no BOS token to start from)")
         self._check_fits(len(ids), "prompt")
         self._engine.check_tokens(ids)
-        return Generation(self._engine, self.tokenizer, ids, params, max_tokens, stops, self.eog_ids)
+        return Generation(self._engine, self.tokenizer, ids, params, max_tokens, stops, eog_ids)
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int | None = 256, temperature: float = 0.8,
                  top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
@@ -139,6 +160,64 @@ class Model:
         return self.stream(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                            min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, stop=stop,
                            repeat_last_n=repeat_last_n).text()
+
+    # --- chat ---------------------------------------------------------------------------------------
+
+    @property
+    def has_chat_template(self) -> bool:
+        """Whether the model file carries its own chat template (else chat uses `chat_format` or plain)."""
+        return isinstance(self._spec.extra.get("chat_template"), str)
+
+    def chat_template(self, chat_format: str | None = None) -> ChatTemplate:
+        """The template chat uses: the built-in format `chat_format` (see llmrun.chat.FORMATS), else the one
+        chosen at load, else the model's own template, else "plain" (a base model continues the text).
+        ChatTemplateError if the model's template does not compile; InvalidArgumentError for an unknown
+        format name."""
+        name = chat_format or self._chat_format
+        if name not in self._templates:
+            if name is not None:
+                self._templates[name] = ChatTemplate.builtin(name)
+            elif self.has_chat_template:
+                self._templates[name] = ChatTemplate(self._spec.extra["chat_template"], name="model")
+            else:
+                self._templates[name] = ChatTemplate.builtin("plain")
+        return self._templates[name]
+
+    def chat_prompt(self, messages: Sequence[dict], chat_format: str | None = None) -> list[int]:
+        """The token ids `chat` would feed the model for `messages` (with the generation prompt)."""
+        return tokenize_chat(self.chat_template(chat_format), self.tokenizer, messages, add_bos=self._add_bos).ids
+
+    def chat_stream(self, messages: Sequence[dict], chat_format: str | None = None, max_tokens: int | None = None,
+                    temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
+                    repeat_penalty: float = 1.0, seed: int | None = None, stop: str | Iterable[str] | None = None,
+                    repeat_last_n: int = 64) -> ChatStream:
+        """Starts the assistant's reply to `messages` (a list of {"role": "system" | "user" | "assistant",
+        "content": str}) and returns a ChatStream that yields its text as it is generated. The conversation is
+        rendered with `chat_template(chat_format)`; message contents can never produce control tokens. The
+        reply ends at an end-of-turn token (EOS, <|eot_id|>, <|im_end|> ... as the template uses them), a stop
+        string (never part of the text), `max_tokens` (default None: no limit but the context) or a full
+        context. The KV cache keeps the conversation, so the next turn only computes the new tokens.
+        Sampling arguments as `stream`. ContextOverflowError if the conversation does not fit."""
+        template = self.chat_template(chat_format)
+        prompt = tokenize_chat(template, self.tokenizer, messages, add_bos=self._add_bos)
+        eog, marker_stops = end_of_turn(template, self.tokenizer, self.eog_ids)
+        generation = self._start(prompt.ids, eog, marker_stops, max_tokens=max_tokens, temperature=temperature,
+                                 top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed,
+                                 stop=stop, repeat_last_n=repeat_last_n)
+        return ChatStream(generation, prompt, template)
+
+    def chat(self, messages: Sequence[dict], chat_format: str | None = None, max_tokens: int | None = None,
+             temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
+             repeat_penalty: float = 1.0, seed: int | None = None, stop: str | Iterable[str] | None = None,
+             repeat_last_n: int = 64) -> dict:
+        """The assistant's reply to `messages`, as `chat_stream` generates it, in OpenAI's shape:
+
+            {"message": {"role": "assistant", "content": "..."},
+             "finish_reason": "stop" | "length",
+             "usage": {"prompt_tokens": ..., "completion_tokens": ..., "total_tokens": ...}}"""
+        return self.chat_stream(messages, chat_format=chat_format, max_tokens=max_tokens, temperature=temperature,
+                                top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed,
+                                stop=stop, repeat_last_n=repeat_last_n).result()
 
     def _check_fits(self, n_tokens: int, what: str) -> None:
         if n_tokens > self.info.n_ctx:
@@ -165,7 +244,8 @@ class Model:
 
 
 def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | None = None,
-         n_ctx: int | None = None, n_threads: int | None = None, n_batch: int = DEFAULT_BATCH) -> Model:
+         n_ctx: int | None = None, n_threads: int | None = None, n_batch: int = DEFAULT_BATCH,
+         chat_format: str | None = None) -> Model:
     """Loads a model file.
 
     path:      a GGUF file (llama architecture; F32, F16, BF16, Q8_0, Q4_0 tensors) or a llama2.c
@@ -175,7 +255,9 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
     n_ctx:     positions the KV cache holds; default: the model's context length, at most 4096.
     n_threads: threads for the matrix products; default: the number of physical cores.
     n_batch:   prompt tokens processed together (matrix-matrix products, each weight read once per
-               batch); longer prompts go in batches of this size. 1 processes prompts token by token."""
+               batch); longer prompts go in batches of this size. 1 processes prompts token by token.
+    chat_format: the built-in chat format `chat` uses ("llama-2", "llama-3", "chatml", "zephyr", "mistral",
+               "plain"); default: the model's own template, else "plain"."""
     spec = read_model(path)
     cfg = spec.config
     if n_ctx is None:
@@ -186,7 +268,8 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
     _check_int("n_threads", n_threads, 1, MAX_THREADS)
     _check_int("n_batch", n_batch, 1, 1 << 16)
     tok, problem = resolve_tokenizer(spec, tokenizer)
-    return Model(spec, tok, n_ctx=n_ctx, n_threads=n_threads, tokenizer_problem=problem, n_batch=n_batch)
+    return Model(spec, tok, n_ctx=n_ctx, n_threads=n_threads, tokenizer_problem=problem, n_batch=n_batch,
+                 chat_format=chat_format)
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:

@@ -117,6 +117,8 @@ class Tokenizer:
         self._byte_ids = self._build_byte_table()
         self._surfaces = self._build_surfaces()
         self._build_encoder_tables()
+        self._build_special_tables()
+        self._piece_to_id: dict[str, int] | None = None  # built on first use
 
     @classmethod
     def from_sentencepiece_pieces(
@@ -209,10 +211,14 @@ class Tokenizer:
 
     # ------------------------------------------------------------------ encode
 
-    def encode(self, text: str, add_bos: bool = True, add_eos: bool = False) -> list[int]:
+    def encode(self, text: str, add_bos: bool = True, add_eos: bool = False, special: bool = False) -> list[int]:
         """Token ids of ``text``, identical to ``sentencepiece``'s ``encode`` (plus optional BOS/EOS).
 
-        ``add_bos`` / ``add_eos`` add nothing when the vocabulary has no such token.
+        ``add_bos`` / ``add_eos`` add nothing when the vocabulary has no such token.  With ``special``
+        the text of a control token (``<s>``, ``</s>``, ``<|im_end|>`` ...) becomes that token, and each
+        run of text between them is encoded on its own (with the dummy-prefix space, as llama.cpp does);
+        without it (the default) such text is ordinary text, so text from users cannot forge control
+        tokens.  User-defined pieces are matched either way (sentencepiece's rule).
         """
         if not isinstance(text, str):
             raise TypeError(f"encode() expects str, got {type(text).__name__}")
@@ -220,14 +226,35 @@ class Tokenizer:
         ids: list[int] = []
         if add_bos and self._bos_id is not None:
             ids.append(self._bos_id)
-        if text:  # sentencepiece encodes "" as [] -- no dummy prefix either
-            normalized = text.replace(SPM_SPACE, " ")  # a literal '▁' *is* a space to sentencepiece
-            if self._add_dummy_prefix:
-                normalized = " " + normalized
-            ids.extend(self._encode_normalized(normalized))
+        if special and self._special_pattern is not None:
+            for i, fragment in enumerate(self._special_pattern.split(text)):
+                if i % 2:
+                    ids.append(self._special_ids[fragment])
+                else:
+                    ids.extend(self._encode_text(fragment))
+        else:
+            ids.extend(self._encode_text(text))
         if add_eos and self._eos_id is not None:
             ids.append(self._eos_id)
         return ids
+
+    def _encode_text(self, text: str) -> list[int]:
+        if not text:  # sentencepiece encodes "" as [] -- no dummy prefix either
+            return []
+        normalized = text.replace(SPM_SPACE, " ")  # a literal '▁' *is* a space to sentencepiece
+        if self._add_dummy_prefix:
+            normalized = " " + normalized
+        return self._encode_normalized(normalized)
+
+    def piece_to_id(self, text: str) -> int | None:
+        """The token whose piece is exactly ``text`` as `id_to_piece` spells it ("<|im_end|>", "</s>",
+        "▁the", "<0x0A>"; a plain space is taken as '▁'), or None. The lowest id wins on duplicates."""
+        if self._piece_to_id is None:
+            table: dict[str, int] = {}
+            for i in range(len(self._pieces)):
+                table.setdefault(self.id_to_piece(i), i)
+            self._piece_to_id = table
+        return self._piece_to_id.get(text.replace(" ", SPM_SPACE))
 
     def _encode_normalized(self, text: str) -> list[int]:
         symbols, frozen = self._split(text)
@@ -468,6 +495,19 @@ class Tokenizer:
         self._user_defined = {
             c: tuple((n, frozenset(p for p in v if len(p) == n)) for n in sorted({len(p) for p in v}, reverse=True))
             for c, v in user_defined.items()}
+
+    def _build_special_tables(self) -> None:
+        """Control-token text -> id (the text as `id_to_piece` shows it, llama2.c's "\\n<s>\\n" as "<s>"), and
+        a regex that splits text at them, longest first, for ``encode(special=True)``."""
+        specials: dict[str, int] = {}
+        for i, kind in enumerate(self._types):
+            if kind == _CONTROL:
+                text = self._pieces[i].decode("utf-8", errors="replace").strip()
+                if text:
+                    specials.setdefault(text, i)
+        self._special_ids = specials
+        self._special_pattern = (re.compile("(" + "|".join(map(re.escape, sorted(specials, key=len, reverse=True)))
+                                            + ")") if specials else None)
 
     # ------------------------------------------------------------------ validation helpers
 
