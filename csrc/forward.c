@@ -104,6 +104,13 @@ static void rope(const llm_ctx *c, float *vec, int n_heads, int pos) {
 
 static float silu(float x) { return x / (1.0f + expf(-x)); }
 
+/* x += bias, where the model has one (bias->data != NULL). */
+static void add_bias(float *x, const llm_tensor *bias) {
+    const float *b = bias->data;
+    if (b)
+        for (int64_t i = 0; i < bias->cols; i++) x[i] += b[i];
+}
+
 /* ---------------------------------------------------------------------------------------------------- */
 /* parallel tasks */
 
@@ -233,6 +240,9 @@ static void forward_token(llm_ctx *c, int32_t token, int32_t pos, float *logits)
         size_t slot = ((size_t)l * c->n_ctx + pos) * kv_dim;
         float *k = c->key_cache + slot, *v = c->value_cache + slot;
         matvec(c, c->xb, c->q, &L->wq, k, &L->wk, v, &L->wv);
+        add_bias(c->q, &L->bq);
+        add_bias(k, &L->bk);
+        add_bias(v, &L->bv);
         rope(c, c->q, p->n_heads, pos);
         rope(c, k, p->n_kv_heads, pos);
         attention_task at = {c, l, pos, 0};
@@ -321,6 +331,9 @@ static int check_weights(const llm_config *p, const llm_weights *w, char *err, s
         CHECK(&L->w_gate, "w_gate", l, hid, dim, 0);
         CHECK(&L->w_down, "w_down", l, dim, hid, 0);
         CHECK(&L->w_up, "w_up", l, hid, dim, 0);
+        if (L->bq.data) CHECK(&L->bq, "bq", l, 1, q_dim, 1);
+        if (L->bk.data) CHECK(&L->bk, "bk", l, 1, kv_dim, 1);
+        if (L->bv.data) CHECK(&L->bv, "bv", l, 1, kv_dim, 1);
     }
 #undef CHECK
     return 0;
@@ -343,6 +356,11 @@ static int check_config(const llm_config *p, int32_t n_ctx, int32_t n_threads, c
     if (!(p->rope_theta > 0.0f) || !isfinite(p->rope_theta) || !(p->norm_eps >= 0.0f) || !isfinite(p->norm_eps))
         return fail(err, errlen, LLM_ERR_INVALID, "bad rope_theta %g or norm_eps %g", (double)p->rope_theta,
                     (double)p->norm_eps);
+    if (p->rope_freqs)
+        for (int j = 0; j < p->head_dim / 2; j++)
+            if (!isfinite(p->rope_freqs[j]) || p->rope_freqs[j] < 0.0f)
+                return fail(err, errlen, LLM_ERR_INVALID, "rope_freqs[%d] is %g; frequencies must be finite and >= 0",
+                            j, (double)p->rope_freqs[j]);
     if (n_ctx < 1) return fail(err, errlen, LLM_ERR_INVALID, "n_ctx must be >= 1, got %d", n_ctx);
     if (n_threads < 1 || n_threads > MAX_THREADS)
         return fail(err, errlen, LLM_ERR_INVALID, "n_threads must be in [1, %d], got %d", MAX_THREADS, n_threads);
@@ -357,10 +375,10 @@ static float *alloc_floats(size_t a, size_t b, size_t c) {
     return calloc(n > 0 ? n : 1, sizeof(float));
 }
 
-static void fill_rope_tables(llm_ctx *c) {
+static void fill_rope_tables(llm_ctx *c, const float *freqs) {
     int half = c->cfg.head_dim / 2;
     for (int j = 0; j < half; j++) {
-        double freq = pow((double)c->cfg.rope_theta, -2.0 * j / c->cfg.head_dim);
+        double freq = freqs ? (double)freqs[j] : pow((double)c->cfg.rope_theta, -2.0 * j / c->cfg.head_dim);
         for (int32_t pos = 0; pos < c->n_ctx; pos++) {
             c->rope_cos[(size_t)pos * half + j] = (float)cos(pos * freq);
             c->rope_sin[(size_t)pos * half + j] = (float)sin(pos * freq);
@@ -419,7 +437,8 @@ int llm_create(const llm_config *p, const llm_weights *w, int32_t n_ctx, int32_t
     for (int i = 0; i < n_threads; i++) atomic_init(&c->chunk_runs[i].range, 0);
     memcpy(c->layers, w->layers, (size_t)p->n_layers * sizeof *c->layers);
     c->w.layers = c->layers;
-    fill_rope_tables(c);
+    fill_rope_tables(c, p->rope_freqs);
+    c->cfg.rope_freqs = NULL; /* borrowed only until here */
     if ((rc = llm_pool_create(n_threads, &c->pool)) != 0) {
         llm_free(c);
         return fail(err, errlen, rc, rc == LLM_ERR_NOMEM ? "out of memory" : "could not start %d threads",

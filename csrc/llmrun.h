@@ -78,6 +78,10 @@ typedef struct {
     float   rope_theta; /* RoPE base frequency, 10000 for Llama 2 */
     float   norm_eps;   /* RMSNorm epsilon */
     int32_t rope_style; /* llm_rope_style */
+    /* (head_dim / 2) the rotation frequency of each dimension pair, in radians per position, for models
+       whose RoPE is rescaled (Llama 3.1's "llama3", "linear"); NULL: rope_theta^(-2j / head_dim).
+       Copied by llm_create. */
+    const float *rope_freqs;
 } llm_config;
 
 /* One transformer block. q_dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim. */
@@ -91,6 +95,8 @@ typedef struct {
     llm_tensor w_gate;    /* (hidden_dim, dim)  "w1" in llama2.c */
     llm_tensor w_down;    /* (dim, hidden_dim)  "w2" */
     llm_tensor w_up;      /* (hidden_dim, dim)  "w3" */
+    llm_tensor bq, bk, bv; /* optional f32 biases (1, q_dim), (1, kv_dim), (1, kv_dim) of the projections
+                              (Qwen2); data == NULL: none */
 } llm_layer;
 
 typedef struct {

@@ -53,10 +53,19 @@ class Engine:
             "n_kv_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "vocab_size": cfg.vocab_size,
             "rope_theta": cfg.rope_theta, "norm_eps": cfg.norm_eps, "rope_style": ROPE_STYLES[cfg.rope_style],
         })
+        if spec.rope_freqs is not None:
+            freqs = np.ascontiguousarray(spec.rope_freqs, dtype=np.float32)
+            if freqs.shape != (cfg.head_dim // 2,):
+                raise KernelError(f"{spec.path}: rope_freqs has shape {freqs.shape}, expected ({cfg.head_dim // 2},)")
+            config.rope_freqs = ffi.from_buffer("float[]", freqs)  # llm_create copies it
+            self._keepalive.append(config.rope_freqs)
         layers = ffi.new("llm_layer[]", cfg.n_layers)
         for i, layer in enumerate(spec.layers):
             for name in ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_down", "w_up"):
                 self._fill(getattr(layers[i], name), getattr(layer, name))
+            for name in ("bq", "bk", "bv"):  # optional: left NULL where the model has none
+                if getattr(layer, name) is not None:
+                    self._fill(getattr(layers[i], name), getattr(layer, name))
         weights = ffi.new("llm_weights *")
         self._fill(weights.token_embd, spec.token_embd)
         self._fill(weights.output_norm, spec.output_norm)

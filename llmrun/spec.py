@@ -91,7 +91,8 @@ class Tensor:
 @dataclass
 class LayerWeights:
     """One transformer block. Shapes: norms (dim,); wq (q_dim, dim); wk, wv (kv_dim, dim); wo (dim, q_dim);
-    w_gate, w_up (hidden_dim, dim); w_down (dim, hidden_dim)."""
+    w_gate, w_up (hidden_dim, dim); w_down (dim, hidden_dim). Qwen2 adds f32 biases to the q, k and v
+    projections: bq (q_dim,), bk and bv (kv_dim,); other models have none."""
 
     attn_norm: Tensor
     wq: Tensor
@@ -102,10 +103,14 @@ class LayerWeights:
     w_gate: Tensor
     w_down: Tensor
     w_up: Tensor
+    bq: Tensor | None = None
+    bk: Tensor | None = None
+    bv: Tensor | None = None
 
     def tensors(self) -> list[Tensor]:
+        biases = [b for b in (self.bq, self.bk, self.bv) if b is not None]
         return [self.attn_norm, self.wq, self.wk, self.wv, self.wo, self.ffn_norm, self.w_gate,
-                self.w_down, self.w_up]
+                self.w_down, self.w_up, *biases]
 
 
 @dataclass
@@ -122,6 +127,9 @@ class ModelSpec:
     file_size: int
     tokenizer: object | None = None  # llmrun.tokenizer.Tokenizer when the file carries one
     extra: dict = field(default_factory=dict)
+    # (head_dim // 2,) float32: RoPE frequency of each dimension pair where the model rescales them
+    # (rope_scaling "llama3" / "linear", GGUF rope_freqs); None: config.rope_theta ** (-2j / head_dim)
+    rope_freqs: np.ndarray | None = None
 
     def tensors(self) -> list[Tensor]:
         out = [self.token_embd, self.output_norm]

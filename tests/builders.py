@@ -41,14 +41,18 @@ def random_tensors(cfg: ModelConfig, seed: int = 0, tied: bool = True) -> dict[s
     return t
 
 
-def spec_from_tensors(cfg: ModelConfig, t: dict[str, np.ndarray]) -> ModelSpec:
-    """An in-memory ModelSpec (no file), for configs llama2.c files cannot express."""
+def spec_from_tensors(cfg: ModelConfig, t: dict[str, np.ndarray], rope_freqs: np.ndarray | None = None
+                      ) -> ModelSpec:
+    """An in-memory ModelSpec (no file), for configs llama2.c files cannot express (biases "bq", "bk", "bv"
+    where t has them, rescaled RoPE frequencies)."""
     layers = [LayerWeights(*(Tensor(np.ascontiguousarray(t[name][i])) for name in
-                             ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_down", "w_up")))
+                             ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_down", "w_up")),
+                           **{b: Tensor(np.ascontiguousarray(t[b][i])) for b in ("bq", "bk", "bv") if b in t})
               for i in range(cfg.n_layers)]
     return ModelSpec(path=Path("<memory>"), format="memory", config=cfg, token_embd=Tensor(t["token_embd"]),
                      output_norm=Tensor(t["output_norm"]),
-                     output=Tensor(t["output"]) if "output" in t else None, layers=layers, file_size=0)
+                     output=Tensor(t["output"]) if "output" in t else None, layers=layers, file_size=0,
+                     rope_freqs=rope_freqs)
 
 
 def write_model(path: Path, cfg: ModelConfig, t: dict[str, np.ndarray], version: int = 0) -> Path:

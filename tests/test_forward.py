@@ -59,6 +59,44 @@ def test_logits_match_reference(shape: str, n_threads: int, isa: str) -> None:
         assert_close(engine.evaluate(tokens[: i + 1]), want[i])
 
 
+def qwen2_style(seed: int = 3) -> tuple:
+    """A Qwen2-like shape: q/k/v biases, RoPE halves, and rescaled frequencies (as rope_scaling gives)."""
+    cfg = make_config(dim=48, hidden_dim=96, n_heads=6, n_kv_heads=2, vocab_size=50, rope_style="halves")
+    t = random_tensors(cfg, seed=seed, tied=False)
+    rng = np.random.default_rng(seed)
+    for name, rows in (("bq", cfg.q_dim), ("bk", cfg.kv_dim), ("bv", cfg.kv_dim)):
+        t[name] = rng.standard_normal((cfg.n_layers, rows)).astype(np.float32)
+    freqs = (cfg.rope_theta ** (-np.arange(0, cfg.head_dim, 2) / cfg.head_dim) / np.linspace(1, 8, cfg.head_dim // 2))
+    return cfg, t, freqs.astype(np.float32)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_biases_and_rope_frequencies_match_reference(isa: str) -> None:
+    cfg, t, freqs = qwen2_style()
+    tokens = list(np.random.default_rng(4).integers(0, cfg.vocab_size, size=24))
+    want = reference_forward(cfg, t, tokens, rope_freqs=freqs)
+    got = Engine(spec_from_tensors(cfg, t, rope_freqs=freqs), n_ctx=32, n_threads=2, isa=isa).evaluate_all(tokens)
+    assert_close(got, want)
+    # each of the four features changes the logits by far more than the tolerance, so each is tested
+    for without in ("bq", "bk", "bv", "rope_freqs"):
+        reduced = {k: v for k, v in t.items() if k != without}
+        other = reference_forward(cfg, reduced, tokens, rope_freqs=None if without == "rope_freqs" else freqs)
+        assert np.max(np.abs(other - want)) / np.max(np.abs(want)) > 100 * RTOL, without
+
+
+def test_bad_biases_and_frequencies_are_refused() -> None:
+    cfg, t, freqs = qwen2_style()
+    short = dict(t, bk=t["bk"][:, :-1])
+    with pytest.raises(KernelError, match="layer 0 bk: shape"):
+        Engine(spec_from_tensors(cfg, short, rope_freqs=freqs), n_ctx=8, n_threads=1)
+    bad = freqs.copy()
+    bad[2] = np.nan
+    with pytest.raises(KernelError, match=r"rope_freqs\[2\]"):
+        Engine(spec_from_tensors(cfg, t, rope_freqs=bad), n_ctx=8, n_threads=1)
+    with pytest.raises(KernelError, match="rope_freqs has shape"):
+        Engine(spec_from_tensors(cfg, t, rope_freqs=freqs[:-1]), n_ctx=8, n_threads=1)
+
+
 def test_logits_are_not_trivially_close() -> None:
     """The tolerance means something: logits differ between positions by far more than RTOL."""
     cfg, tied = SHAPES["gqa-tied"]
