@@ -174,6 +174,15 @@ class BPETokenizer:
         return self._byte_level
 
     @property
+    def byte_fallback(self) -> bool:
+        return self._byte_fallback
+
+    @property
+    def vocab(self) -> dict[str, int]:
+        """The model's vocabulary (added tokens not included): token text -> id."""
+        return dict(self._vocab)
+
+    @property
     def merges(self) -> list[tuple[str, str]]:
         """The merge pairs, best first."""
         return sorted(self._ranks, key=self._ranks.__getitem__)
