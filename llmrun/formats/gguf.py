@@ -20,18 +20,21 @@ ModelSpec. Tensors are views of one read-only memory map of the file: nothing is
 whose data is not aligned to its element size, possible only with `general.alignment` below 4).
 
 What `load_gguf` accepts beyond the container:
-- `general.architecture` "llama" with the `llama.*` hyperparameters; RoPE scaling, mixtures of experts,
-  a rotary dimension other than the head size and split (multi-file) models are refused ("not supported
-  yet").
+- `general.architecture` "llama" or "qwen2" with the `<arch>.*` hyperparameters; linear RoPE scaling and
+  a `rope_freqs` tensor (llama.cpp's per-pair divisors for Llama 3.1's scaling) become spec.rope_freqs;
+  other RoPE scaling types, mixtures of experts, a rotary dimension other than the head size and split
+  (multi-file) models are refused ("not supported yet").
 - exactly the tensors a Llama model uses (`token_embd`, `output_norm`, optional `output` -- absent means
-  tied to the embedding --, nine per block) in F32, F16, BF16, Q8_0 or Q4_0, norms in F32. Any other
-  tensor is refused rather than ignored: `rope_freqs` (Llama 3.1 RoPE scaling), biases or expert tensors
-  change the model's math, so running without them would silently compute something else.
+  tied to the embedding --, nine per block, qwen2's q/k/v biases, optional `rope_freqs`) in F32, F16,
+  BF16, Q8_0 or Q4_0, norms and biases in F32. Any other tensor is refused rather than ignored: other
+  biases or expert tensors change the model's math, so running without them would compute something else.
 - RoPE: GGUF `llama` files pair adjacent dimensions (llama.cpp's converter permutes Hugging Face's Q/K
-  rows into that order), exactly like llama2.c, so the config says rope_style="interleaved".
-- the tokenizer when `tokenizer.ggml.model` is "llama" (SentencePiece BPE). Any other tokenizer model
-  (e.g. "gpt2", byte-level BPE) still loads the model for `logits()`: spec.tokenizer is None and
-  spec.extra["tokenizer_problem"] says why.
+  rows into that order), exactly like llama2.c, so the config says rope_style="interleaved"; `qwen2`
+  files rotate halves (NEOX), rope_style="halves".
+- the tokenizer when `tokenizer.ggml.model` is "llama" (SentencePiece BPE) or "gpt2" (byte-level BPE,
+  hf_tokenizer.gguf_bpe_tokenizer, split rules by the `tokenizer.ggml.pre` name). Any other tokenizer
+  model, or a gpt2 vocabulary llmrun cannot use (an unknown pre-tokenizer name), still loads the model
+  for `logits()`: spec.tokenizer is None and spec.extra["tokenizer_problem"] says why.
 
 spec.extra holds: "gguf_version", "metadata" (every key, as `read_gguf` returns it), "value_types"
 (each key's stored value type), "name" (`general.name`), "add_bos_token" / "add_eos_token" (the file's
@@ -515,7 +518,7 @@ _EXTRA_TENSOR_HINTS = {
 
 
 def load_gguf(path: str | os.PathLike) -> ModelSpec:
-    """Reads a Llama-architecture GGUF file; raises ModelFormatError naming the file and field at fault."""
+    """Reads a Llama- or Qwen2-architecture GGUF file; raises ModelFormatError naming the file and field at fault."""
     f = read_gguf(path)
     meta = _Metadata(f)
     if meta.has("split.count") and meta.integer("split.count", 0, 1 << 16) > 1:
