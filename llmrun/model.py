@@ -13,12 +13,14 @@ from .chat import FORMATS, ChatStream, ChatTemplate, end_of_turn, tokenize_chat
 from .engine import DEFAULT_BATCH, Engine
 from .errors import ContextOverflowError, InvalidArgumentError, TokenizerError
 from .formats import read_model
+from .formats.hf import Progress, check_context
 from .formats.llama2c_tokenizer import load_llama2c_tokenizer
 from .generate import Generation, check_max_tokens, normalize_stop
 from .sampling import SamplingParams
 from .spec import ModelSpec
 from .system import physical_cores
 from .tokenizer import Tokenizer
+from .tokenizer.bpe import BPETokenizer
 
 DEFAULT_MAX_CTX = 4096  # default KV cache size cap; pass n_ctx to use more of a long-context model
 MAX_THREADS = 512
@@ -79,7 +81,7 @@ class Model:
             eog.add(tokenizer.eos_id)
         if spec.extra.get("eot_token_id") is not None:  # e.g. Llama 3's <|eot_id|>: the end of a turn
             eog.add(spec.extra["eot_token_id"])
-        eog.update(spec.extra.get("eog_token_ids") or ())  # a Hugging Face folder's extra end-of-turn ids
+        eog.update(spec.extra.get("eog_token_ids") or ())  # generation_config.json's eos_token_id list
         # llama2.c's stories models end a story by starting the next one with BOS; run.c stops there.
         if spec.format.startswith("llama2.c") and tokenizer is not None and tokenizer.bos_id is not None:
             eog.add(tokenizer.bos_id)
@@ -243,26 +245,30 @@ class Model:
                 f"n_threads={i.n_threads})")
 
 
-def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | None = None,
+def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | BPETokenizer | None = None,
          n_ctx: int | None = None, n_threads: int | None = None, n_batch: int = DEFAULT_BATCH,
-         chat_format: str | None = None) -> Model:
-    """Loads a model file.
+         chat_format: str | None = None, quantize: str | None = None, progress: Progress | None = None) -> Model:
+    """Loads a model file or folder.
 
-    path:      a GGUF file (llama architecture; F32, F16, BF16, Q8_0, Q4_0 tensors) or a llama2.c
-               checkpoint (.bin).
-    tokenizer: a llama2.c tokenizer.bin (or a Tokenizer). Default: the file's own tokenizer (GGUF), else
-               a tokenizer.bin beside the model if its vocabulary matches.
-    n_ctx:     positions the KV cache holds; default: the model's context length, at most 4096.
+    path:      a GGUF file (llama / qwen2 architecture; F32, F16, BF16, Q8_0, Q4_0 tensors), a llama2.c
+               checkpoint (.bin) or a Hugging Face model folder (config.json, *.safetensors, tokenizer.json).
+    tokenizer: a llama2.c tokenizer.bin (or a Tokenizer). Default: the model's own tokenizer (GGUF,
+               tokenizer.json), else a tokenizer.bin beside the model if its vocabulary matches.
+    n_ctx:     positions the KV cache holds; default: the model's context length, at most 4096 (and at most
+               a sliding attention window).
     n_threads: threads for the matrix products; default: the number of physical cores.
     n_batch:   prompt tokens processed together (matrix-matrix products, each weight read once per
                batch); longer prompts go in batches of this size. 1 processes prompts token by token.
     chat_format: the built-in chat format `chat` uses ("llama-2", "llama-3", "chatml", "zephyr", "mistral",
-               "plain"); default: the model's own template, else "plain"."""
-    spec = read_model(path)
+               "plain"); default: the model's own template, else "plain".
+    quantize:  Hugging Face folders only: convert the weights at load time ("q8_0", "q4_0", "f16", ...);
+               `progress(done, total, name)` is called after each tensor."""
+    spec = read_model(path, quantize=quantize, progress=progress)
     cfg = spec.config
     if n_ctx is None:
-        n_ctx = min(cfg.max_seq_len, DEFAULT_MAX_CTX)
+        n_ctx = min(cfg.max_seq_len, DEFAULT_MAX_CTX, spec.extra.get("sliding_window") or DEFAULT_MAX_CTX)
     _check_int("n_ctx", n_ctx, 1, 1 << 24)
+    check_context(spec, n_ctx)
     if n_threads is None:
         n_threads = min(physical_cores(), MAX_THREADS)
     _check_int("n_threads", n_threads, 1, MAX_THREADS)
@@ -277,11 +283,11 @@ def _check_int(name: str, value: object, low: int, high: int) -> None:
         raise InvalidArgumentError(f"{name} must be an int in [{low}, {high}], got {value!r}")
 
 
-def resolve_tokenizer(spec: ModelSpec, tokenizer: str | os.PathLike | Tokenizer | None
-                       ) -> tuple[Tokenizer | None, str]:
+def resolve_tokenizer(spec: ModelSpec, tokenizer: str | os.PathLike | Tokenizer | BPETokenizer | None
+                       ) -> tuple[Tokenizer | BPETokenizer | None, str]:
     """The tokenizer to use, or None and why there is none."""
     vocab = spec.config.vocab_size
-    if isinstance(tokenizer, Tokenizer):
+    if isinstance(tokenizer, (Tokenizer, BPETokenizer)):
         if tokenizer.vocab_size != vocab:
             raise TokenizerError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model "
                                  f"{spec.path} has a vocabulary of {vocab}")

@@ -90,7 +90,7 @@ def test_corrupt_files(tmp_path: Path) -> None:
 def test_missing_and_folder(tmp_path: Path) -> None:
     with pytest.raises(ModelFormatError, match="no such model file"):
         read_model(tmp_path / "nope.bin")
-    with pytest.raises(ModelFormatError, match="is a folder"):
+    with pytest.raises(ModelFormatError, match="no config.json: not a Hugging Face model folder"):
         read_model(tmp_path)
 
 

@@ -305,10 +305,10 @@ def test_add_space_prefix_false(tmp_path: Path, weights: dict[str, np.ndarray]) 
 
 
 def test_other_tokenizer_models_still_load_for_logits(tmp_path: Path, weights: dict[str, np.ndarray]) -> None:
-    write_llama_gguf(tmp_path / "m.gguf", CFG, weights, tokenizer_model="gpt2")
+    write_llama_gguf(tmp_path / "m.gguf", CFG, weights, tokenizer_model="t5")
     spec = read_model(tmp_path / "m.gguf")
     assert spec.tokenizer is None
-    assert "tokenizer model 'gpt2' is not supported yet" in spec.extra["tokenizer_problem"]
+    assert "tokenizer model 't5' is not supported yet" in spec.extra["tokenizer_problem"]
     assert spec.config.vocab_size == CFG.vocab_size
 
 
@@ -557,8 +557,9 @@ CORRUPTIONS: list[tuple[str, Callable[[RawGGUF], RawGGUF | bytes], str]] = [
      "blk.0.attn_k.weight has ne = [16, 32], expected [32, 16]"),
     ("norm as F16", lambda r: with_tensor(r, "blk.0.ffn_norm.weight", ggml_type=Q.F16),
      "norm tensor blk.0.ffn_norm.weight has type F16"),
-    ("rope_freqs tensor", lambda r: dataclasses.replace(r, tensors=r.tensors + [_vector("rope_freqs.weight", 4)]),
-     "RoPE frequency factors"),
+    ("rope_freqs of the wrong size", lambda r: dataclasses.replace(
+        r, tensors=r.tensors + [_vector("rope_freqs.weight", 3)]),
+     "tensor rope_freqs.weight has ne = [3] and type F32, expected [4] F32"),
     ("unknown tensor", lambda r: dataclasses.replace(r, tensors=r.tensors + [_vector("blk.2.attn_norm.weight", 32)]),
      "unexpected tensor 'blk.2.attn_norm.weight'"),
     ("output with wrong vocab", lambda r: dataclasses.replace(r, tensors=r.tensors + [_vector("output.weight", 32)]),

@@ -20,18 +20,21 @@ ModelSpec. Tensors are views of one read-only memory map of the file: nothing is
 whose data is not aligned to its element size, possible only with `general.alignment` below 4).
 
 What `load_gguf` accepts beyond the container:
-- `general.architecture` "llama" with the `llama.*` hyperparameters; RoPE scaling, mixtures of experts,
-  a rotary dimension other than the head size and split (multi-file) models are refused ("not supported
-  yet").
+- `general.architecture` "llama" or "qwen2" with the `<arch>.*` hyperparameters; linear RoPE scaling and
+  a `rope_freqs` tensor (llama.cpp's per-pair divisors for Llama 3.1's scaling) become spec.rope_freqs;
+  other RoPE scaling types, mixtures of experts, a rotary dimension other than the head size and split
+  (multi-file) models are refused ("not supported yet").
 - exactly the tensors a Llama model uses (`token_embd`, `output_norm`, optional `output` -- absent means
-  tied to the embedding --, nine per block) in F32, F16, BF16, Q8_0 or Q4_0, norms in F32. Any other
-  tensor is refused rather than ignored: `rope_freqs` (Llama 3.1 RoPE scaling), biases or expert tensors
-  change the model's math, so running without them would silently compute something else.
+  tied to the embedding --, nine per block, qwen2's q/k/v biases, optional `rope_freqs`) in F32, F16,
+  BF16, Q8_0 or Q4_0, norms and biases in F32. Any other tensor is refused rather than ignored: other
+  biases or expert tensors change the model's math, so running without them would compute something else.
 - RoPE: GGUF `llama` files pair adjacent dimensions (llama.cpp's converter permutes Hugging Face's Q/K
-  rows into that order), exactly like llama2.c, so the config says rope_style="interleaved".
-- the tokenizer when `tokenizer.ggml.model` is "llama" (SentencePiece BPE). Any other tokenizer model
-  (e.g. "gpt2", byte-level BPE) still loads the model for `logits()`: spec.tokenizer is None and
-  spec.extra["tokenizer_problem"] says why.
+  rows into that order), exactly like llama2.c, so the config says rope_style="interleaved"; `qwen2`
+  files rotate halves (NEOX), rope_style="halves".
+- the tokenizer when `tokenizer.ggml.model` is "llama" (SentencePiece BPE) or "gpt2" (byte-level BPE,
+  hf_tokenizer.gguf_bpe_tokenizer, split rules by the `tokenizer.ggml.pre` name). Any other tokenizer
+  model, or a gpt2 vocabulary llmrun cannot use (an unknown pre-tokenizer name), still loads the model
+  for `logits()`: spec.tokenizer is None and spec.extra["tokenizer_problem"] says why.
 
 spec.extra holds: "gguf_version", "metadata" (every key, as `read_gguf` returns it), "value_types"
 (each key's stored value type), "name" (`general.name`), "add_bos_token" / "add_eos_token" (the file's
@@ -59,6 +62,8 @@ import numpy as np
 from ..errors import ModelFormatError, TokenizerError
 from ..spec import TENSOR_TYPES, LayerWeights, ModelConfig, ModelSpec, Tensor, TensorType
 from ..tokenizer import Tokenizer
+from ..tokenizer.bpe import BPETokenizer
+from .hf_tokenizer import gguf_bpe_tokenizer
 from .mapping import map_file
 
 MAGIC = b"GGUF"
@@ -499,31 +504,65 @@ LIMITS = {"embedding_length": 1 << 16, "feed_forward_length": 1 << 20, "block_co
 LAYER_TENSORS = {"attn_norm": "attn_norm", "wq": "attn_q", "wk": "attn_k", "wv": "attn_v", "wo": "attn_output",
                  "ffn_norm": "ffn_norm", "w_gate": "ffn_gate", "w_down": "ffn_down", "w_up": "ffn_up"}
 
+# Our bias fields -> GGUF tensor names inside `blk.N.` (Qwen2)
+BIAS_TENSORS = {"bq": "attn_q", "bk": "attn_k", "bv": "attn_v"}
+# general.architecture values llmrun runs (the prefix of their hyperparameter keys)
+ARCHITECTURES = ("llama", "qwen2")
+
 # Hints for tensors Llama-family files may carry that llmrun cannot run yet.
 _EXTRA_TENSOR_HINTS = {
-    "rope_freqs": "RoPE frequency factors (Llama 3.1 style RoPE scaling) are not supported yet",
     "_exps": "mixture-of-experts layers are not supported yet",
     "ffn_gate_inp": "mixture-of-experts layers are not supported yet",
-    ".bias": "bias tensors are not supported yet",
+    ".bias": "bias tensors are read for qwen2's q/k/v projections only",
 }
 
 
 def load_gguf(path: str | os.PathLike) -> ModelSpec:
-    """Reads a Llama-architecture GGUF file; raises ModelFormatError naming the file and field at fault."""
+    """Reads a Llama- or Qwen2-architecture GGUF file; raises ModelFormatError naming the file and field at fault."""
     f = read_gguf(path)
     meta = _Metadata(f)
     if meta.has("split.count") and meta.integer("split.count", 0, 1 << 16) > 1:
         raise meta.fail(f"this is part of a split GGUF model ({meta.f.metadata['split.count']} files), not supported "
                         "yet; merge the parts with llama.cpp's `llama-gguf-split --merge`")
     arch = meta.string("general.architecture")
-    if arch != "llama":
-        raise ModelFormatError(f"{f.path}: architecture {arch!r} is not supported yet (llmrun runs 'llama')")
+    if arch not in ARCHITECTURES:
+        raise ModelFormatError(f"{f.path}: architecture {arch!r} is not supported yet (llmrun runs "
+                               f"{', '.join(map(repr, ARCHITECTURES))})")
+    meta.arch = arch
     config = _llama_config(f, meta)
-    spec = _llama_weights(f, config)
+    spec = _llama_weights(f, config, with_biases=arch == "qwen2")
+    spec.rope_freqs = _rope_freqs(f, meta, config)
+    spec.extra["architecture"] = arch
     tokenizer, extra = _llama_tokenizer(f, meta, config.vocab_size)
     spec.tokenizer = tokenizer
     spec.extra.update(extra)
     return spec
+
+
+def _rope_freqs(f: GGUFFile, meta: _Metadata, c: ModelConfig) -> np.ndarray | None:
+    """The RoPE frequencies when the file rescales them: linear scaling (<arch>.rope.scaling.type "linear"
+    with its factor) and/or a `rope_freqs` tensor of per-pair divisors (llama.cpp's form of Llama 3.1's
+    scaling); None for plain RoPE."""
+    a = meta.arch
+    factor = 1.0
+    if meta.string(f"{a}.rope.scaling.type", "none") == "linear":
+        factor = meta.number(f"{a}.rope.scaling.factor", 1.0)
+    elif meta.has(f"{a}.rope.scale_linear"):
+        factor = meta.number(f"{a}.rope.scale_linear")
+    divisors = None
+    if "rope_freqs.weight" in f.tensors:
+        info = f.tensors["rope_freqs.weight"]
+        if _padded(info.ne) != _padded((c.head_dim // 2,)) or info.type != "f32":
+            raise meta.fail(f"tensor rope_freqs.weight has ne = {list(info.ne)} and type "
+                            f"{GGML_TYPE_NAMES[info.ggml_type]}, expected [{c.head_dim // 2}] F32")
+        divisors = f.tensor_data("rope_freqs.weight", (c.head_dim // 2,)).astype(np.float32)
+        if not np.all(np.isfinite(divisors) & (divisors > 0)):
+            raise meta.fail("tensor rope_freqs.weight must hold positive finite factors")
+    if factor == 1.0 and divisors is None:
+        return None
+    j = np.arange(0, c.head_dim, 2, dtype=np.float32) / np.float32(c.head_dim)
+    freqs = (np.float32(1.0) / np.float32(c.rope_theta) ** j).astype(np.float32) / np.float32(factor)
+    return (freqs if divisors is None else freqs / divisors).astype(np.float32)
 
 
 class _Metadata:
@@ -531,6 +570,7 @@ class _Metadata:
 
     def __init__(self, f: GGUFFile) -> None:
         self.f = f
+        self.arch = "llama"  # the prefix of the hyperparameter keys
 
     def fail(self, message: str) -> ModelFormatError:
         return ModelFormatError(f"{self.f.path}: {message}")
@@ -605,62 +645,62 @@ def _value_type_of(dtype: np.dtype) -> ValueType:
 
 
 def _llama_config(f: GGUFFile, meta: _Metadata) -> ModelConfig:
+    a = meta.arch
+
     def key(name: str, default: int | None = None) -> int:
-        return meta.integer(f"llama.{name}", 1, LIMITS[name], default)
+        return meta.integer(f"{a}.{name}", 1, LIMITS[name], default)
 
     _refuse_unsupported_features(meta)
     dim = key("embedding_length")
     n_heads = key("attention.head_count")
     n_kv_heads = key("attention.head_count_kv", n_heads)
-    if meta.has("llama.attention.key_length") or meta.has("llama.attention.value_length"):
+    if meta.has(f"{a}.attention.key_length") or meta.has(f"{a}.attention.value_length"):
         head_dim = key("attention.key_length", dim // n_heads or 1)
         value_dim = key("attention.value_length", head_dim)
         if value_dim != head_dim:
-            raise meta.fail(f"llama.attention.key_length = {head_dim} differs from llama.attention.value_length "
+            raise meta.fail(f"{a}.attention.key_length = {head_dim} differs from {a}.attention.value_length "
                             f"= {value_dim}: not supported yet")
     else:
         if dim % n_heads:
-            raise meta.fail(f"llama.embedding_length = {dim} is not divisible by llama.attention.head_count = "
+            raise meta.fail(f"{a}.embedding_length = {dim} is not divisible by {a}.attention.head_count = "
                             f"{n_heads}")
         head_dim = dim // n_heads
     if n_heads % n_kv_heads:
-        raise meta.fail(f"llama.attention.head_count = {n_heads} is not divisible by "
-                        f"llama.attention.head_count_kv = {n_kv_heads}")
+        raise meta.fail(f"{a}.attention.head_count = {n_heads} is not divisible by "
+                        f"{a}.attention.head_count_kv = {n_kv_heads}")
     if head_dim % 2:
         raise meta.fail(f"head size {head_dim} must be even for RoPE")
     rope_dims = key("rope.dimension_count", head_dim)
     if rope_dims != head_dim:
-        raise meta.fail(f"llama.rope.dimension_count = {rope_dims} differs from the head size {head_dim}: partial "
+        raise meta.fail(f"{a}.rope.dimension_count = {rope_dims} differs from the head size {head_dim}: partial "
                         "rotary embeddings are not supported yet")
     vocab = _vocab_size(f, meta)
     return ModelConfig(
         dim=dim, hidden_dim=key("feed_forward_length"), n_layers=key("block_count"), n_heads=n_heads,
         n_kv_heads=n_kv_heads, head_dim=head_dim, vocab_size=vocab, max_seq_len=key("context_length"),
-        rope_theta=meta.number("llama.rope.freq_base", 10000.0),
-        norm_eps=meta.number("llama.attention.layer_norm_rms_epsilon"),
-        rope_style="interleaved")  # GGUF llama files pair adjacent dimensions, as llama2.c does
+        rope_theta=meta.number(f"{a}.rope.freq_base", 10000.0),
+        norm_eps=meta.number(f"{a}.attention.layer_norm_rms_epsilon"),
+        # GGUF llama files pair adjacent dimensions, as llama2.c does; qwen2 files rotate halves (NEOX)
+        rope_style="halves" if a == "qwen2" else "interleaved")
 
 
 def _refuse_unsupported_features(meta: _Metadata) -> None:
     """Metadata that changes the math in ways llmrun does not implement yet."""
-    scaling = meta.string("llama.rope.scaling.type", "none")
-    if scaling == "linear" and meta.number("llama.rope.scaling.factor", 1.0) == 1.0:
-        scaling = "none"  # a linear factor of 1 changes nothing
-    if scaling != "none":
-        factor = meta.f.metadata.get("llama.rope.scaling.factor")
-        raise meta.fail(f"RoPE scaling llama.rope.scaling.type = {scaling!r} (factor {factor}) is not supported yet")
-    if meta.has("llama.rope.scale_linear") and meta.number("llama.rope.scale_linear") != 1.0:
-        raise meta.fail(f"RoPE scaling llama.rope.scale_linear = {meta.f.metadata['llama.rope.scale_linear']} is "
-                        "not supported yet")
-    if meta.has("llama.expert_count") and meta.integer("llama.expert_count", 0, 1 << 16) > 0:
-        raise meta.fail(f"mixture-of-experts models (llama.expert_count = {meta.f.metadata['llama.expert_count']}) "
+    a = meta.arch
+    scaling = meta.string(f"{a}.rope.scaling.type", "none")
+    if scaling not in ("none", "linear"):
+        factor = meta.f.metadata.get(f"{a}.rope.scaling.factor")
+        raise meta.fail(f"RoPE scaling {a}.rope.scaling.type = {scaling!r} (factor {factor}) is not supported yet")
+    if meta.has(f"{a}.expert_count") and meta.integer(f"{a}.expert_count", 0, 1 << 16) > 0:
+        raise meta.fail(f"mixture-of-experts models ({a}.expert_count = {meta.f.metadata[f'{a}.expert_count']}) "
                         "are not supported yet")
 
 
 def _vocab_size(f: GGUFFile, meta: _Metadata) -> int:
-    """llama.vocab_size, else the embedding's row count (its shape is checked against the config later)."""
-    if meta.has("llama.vocab_size"):
-        return meta.integer("llama.vocab_size", 1, LIMITS["vocab_size"])
+    """<arch>.vocab_size, else the embedding's row count (its shape is checked against the config later)."""
+    a = meta.arch
+    if meta.has(f"{a}.vocab_size"):
+        return meta.integer(f"{a}.vocab_size", 1, LIMITS["vocab_size"])
     embd = f.tensors.get("token_embd.weight")
     if embd is None:
         raise meta.fail("missing tensor token_embd.weight")
@@ -669,23 +709,31 @@ def _vocab_size(f: GGUFFile, meta: _Metadata) -> int:
     return embd.ne[1]
 
 
-def _llama_weights(f: GGUFFile, c: ModelConfig) -> ModelSpec:
-    """Every tensor a Llama model needs, shape- and type-checked, as views of the file."""
+def _llama_weights(f: GGUFFile, c: ModelConfig, with_biases: bool = False) -> ModelSpec:
+    """Every tensor a Llama (or Qwen2: `with_biases`) model needs, shape- and type-checked, as views of the
+    file."""
     # name -> expected ne (GGUF order: innermost first, i.e. (cols, rows))
     expected: dict[str, tuple[int, ...]] = {"token_embd.weight": (c.dim, c.vocab_size), "output_norm.weight": (c.dim,)}
     if "output.weight" in f.tensors:
         expected["output.weight"] = (c.dim, c.vocab_size)
+    if "rope_freqs.weight" in f.tensors:
+        expected["rope_freqs.weight"] = (c.head_dim // 2,)  # read by _rope_freqs
+    bias_ne = {"bq": (c.q_dim,), "bk": (c.kv_dim,), "bv": (c.kv_dim,)}
     layer_ne = {"attn_norm": (c.dim,), "attn_q": (c.dim, c.q_dim), "attn_k": (c.dim, c.kv_dim),
                 "attn_v": (c.dim, c.kv_dim), "attn_output": (c.q_dim, c.dim), "ffn_norm": (c.dim,),
                 "ffn_gate": (c.dim, c.hidden_dim), "ffn_up": (c.dim, c.hidden_dim), "ffn_down": (c.hidden_dim, c.dim)}
     for i in range(c.n_layers):
         for short, ne in layer_ne.items():
             expected[f"blk.{i}.{short}.weight"] = ne
+        if with_biases:
+            for ours, ne in bias_ne.items():
+                expected[f"blk.{i}.{BIAS_TENSORS[ours]}.bias"] = ne
 
     for name in f.tensors:
         if name not in expected:
             hint = next((h for k, h in _EXTRA_TENSOR_HINTS.items() if k in name), "llmrun does not know what it is for")
-            raise ModelFormatError(f"{f.path}: unexpected tensor {name!r} for a llama model with "
+            raise ModelFormatError(f"{f.path}: unexpected tensor {name!r} for a {'qwen2' if with_biases else 'llama'} "
+                                   f"model with "
                                    f"{c.n_layers} blocks: {hint}")
 
     def tensor(name: str) -> Tensor:
@@ -701,8 +749,12 @@ def _llama_weights(f: GGUFFile, c: ModelConfig) -> ModelSpec:
                                    "expected F32")
         return Tensor(f.tensor_data(name, tuple(reversed(want))), info.type)
 
-    layers = [LayerWeights(**{ours: tensor(f"blk.{i}.{theirs}.weight") for ours, theirs in LAYER_TENSORS.items()})
-              for i in range(c.n_layers)]
+    layers = []
+    for i in range(c.n_layers):
+        fields = {ours: tensor(f"blk.{i}.{theirs}.weight") for ours, theirs in LAYER_TENSORS.items()}
+        if with_biases:
+            fields.update({ours: tensor(f"blk.{i}.{theirs}.bias") for ours, theirs in BIAS_TENSORS.items()})
+        layers.append(LayerWeights(**fields))
     return ModelSpec(path=f.path, format=f"GGUF v{f.version}", config=c, token_embd=tensor("token_embd.weight"),
                      output_norm=tensor("output_norm.weight"),
                      output=tensor("output.weight") if "output.weight" in f.tensors else None,
@@ -743,6 +795,8 @@ def _llama_tokenizer(f: GGUFFile, meta: _Metadata, vocab: int) -> tuple[Tokenize
         return None, extra
     model = meta.string("tokenizer.ggml.model")
     extra["tokenizer_model"] = model
+    if model == "gpt2":
+        return _gpt2_tokenizer(f, meta, vocab, extra)
     if model != "llama":
         extra["tokenizer_problem"] = (f"{f.path}: tokenizer model {model!r} is not supported yet (llmrun reads "
                                       "'llama', SentencePiece BPE); pass token ids to logits() instead")
@@ -778,3 +832,37 @@ def _llama_tokenizer(f: GGUFFile, meta: _Metadata, vocab: int) -> tuple[Tokenize
     except TokenizerError as e:
         raise ModelFormatError(f"{f.path}: bad tokenizer.ggml.* vocabulary: {e}") from None
     return tokenizer, extra
+
+
+def _gpt2_tokenizer(f: GGUFFile, meta: _Metadata, vocab: int, extra: dict[str, Any]
+                    ) -> tuple[BPETokenizer | None, dict[str, Any]]:
+    """The byte-level BPE tokenizer of a `tokenizer.ggml.model == "gpt2"` file: tokens, merges, token types
+    and the pre-tokenizer named by tokenizer.ggml.pre. A vocabulary llmrun cannot use (an unknown pre-tokenizer
+    name: never guessed; merges of tokens not in the vocabulary) gives None and spec.extra["tokenizer_problem"],
+    which Model.tokenizer raises as TokenizerError."""
+    tokens = meta.array("tokenizer.ggml.tokens", vocab, frozenset({ValueType.STRING}))
+    merges = f.metadata.get("tokenizer.ggml.merges")
+    if not isinstance(merges, StringArray):
+        raise meta.fail("tokenizer.ggml.merges must be an array of strings for a gpt2 tokenizer")
+    types = None
+    if meta.has("tokenizer.ggml.token_type"):
+        types = meta.array("tokenizer.ggml.token_type", vocab, _TOKEN_TYPE_KINDS).tolist()
+    ids: dict[str, int | None] = {}
+    for name in ("bos_token_id", "eos_token_id", "unknown_token_id"):
+        key = f"tokenizer.ggml.{name}"
+        ids[name] = meta.integer(key, 0, vocab - 1) if meta.has(key) else None
+    for name, ours in (("eot_token_id", "eot_token_id"), ("padding_token_id", "pad_token_id")):
+        value = f.metadata.get(f"tokenizer.ggml.{name}")
+        if f.value_types.get(f"tokenizer.ggml.{name}") in _INT_TYPES and 0 <= value < vocab:
+            extra[ours] = value
+    # llama.cpp's defaults for a BPE vocabulary: BOS only where the file asks for it
+    extra["add_bos_token"] = meta.boolean("tokenizer.ggml.add_bos_token", False)
+    extra["add_eos_token"] = meta.boolean("tokenizer.ggml.add_eos_token", False)
+    try:
+        tok = gguf_bpe_tokenizer(list(tokens), list(merges), types, meta.string("tokenizer.ggml.pre", "default"),
+                                 bos_id=ids["bos_token_id"], eos_id=ids["eos_token_id"],
+                                 unk_id=ids["unknown_token_id"])
+    except TokenizerError as e:  # the model still loads for logits() and requantizing; tokenizing says why not
+        extra["tokenizer_problem"] = f"{f.path}: {e}"
+        return None, extra
+    return tok, extra

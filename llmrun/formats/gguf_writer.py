@@ -14,6 +14,7 @@ input file is safe: its memory map keeps the old data).
 from __future__ import annotations
 
 import os
+import re
 import struct
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -26,6 +27,7 @@ import numpy as np
 from ..quantize import CHUNK_VALUES, can_store, convert_rows
 from ..spec import TENSOR_TYPES, ModelSpec, Tensor
 from ..tokenizer import Tokenizer, TokenType
+from ..tokenizer.bpe import BPETokenizer
 from .gguf import FIXED_DTYPES, LAYER_TENSORS, SUPPORTED_GGML_TYPES, StringArray, ValueType
 
 GGUF_MAGIC = b"GGUF"
@@ -213,9 +215,11 @@ def plan_tensors(spec: ModelSpec, wanted: str) -> list[TensorPlan]:
     if wanted not in GGML_TYPES:
         raise ValueError(f"unknown tensor type {wanted!r} (expected one of {', '.join(GGML_TYPES)})")
     cfg = spec.config
+    arch = gguf_architecture(spec)
     # GGUF `llama` pairs adjacent dimensions in RoPE; Hugging Face weights rotate halves. Reordering the rows
     # of wq and wk within each head turns one into the other (llama.cpp's convert_hf_to_gguf permute).
-    qk_order = _halves_to_interleaved(cfg.head_dim) if cfg.rope_style == "halves" else None
+    # GGUF `qwen2` rotates halves itself (NEOX): nothing to reorder.
+    qk_order = _halves_to_interleaved(cfg.head_dim) if cfg.rope_style == "halves" and arch == "llama" else None
 
     def plan(name: str, tensor: Tensor, is_norm: bool = False, rotate: bool = False) -> TensorPlan:
         order = None
@@ -225,14 +229,39 @@ def plan_tensors(spec: ModelSpec, wanted: str) -> list[TensorPlan]:
                           row_order=order)
 
     plans = [plan("token_embd.weight", spec.token_embd)]
+    if spec.rope_freqs is not None:  # llama.cpp's form: per-pair divisors of the plain RoPE frequencies
+        plans.append(plan("rope_freqs.weight", Tensor(rope_divisors(spec)), is_norm=True))
     for i, layer in enumerate(spec.layers):
         for field, gguf_name in LAYER_TENSORS.items():
             plans.append(plan(f"blk.{i}.{gguf_name}.weight", getattr(layer, field), is_norm=field in NORMS,
                               rotate=field in ("wq", "wk")))
+            bias = getattr(layer, BIAS_FIELDS.get(field, ""), None)
+            if bias is not None:
+                plans.append(plan(f"blk.{i}.{gguf_name}.bias", bias, is_norm=True))
     plans.append(plan("output_norm.weight", spec.output_norm, is_norm=True))
     if spec.output is not None:
         plans.append(plan("output.weight", spec.output))
     return plans
+
+
+BIAS_FIELDS = {"wq": "bq", "wk": "bk", "wv": "bv"}
+
+
+def gguf_architecture(spec: ModelSpec) -> str:
+    """general.architecture for `spec`: "qwen2" for models with q/k/v biases, else "llama"."""
+    if spec.extra.get("architecture") == "qwen2" or any(layer.bq is not None for layer in spec.layers):
+        if spec.config.rope_style != "halves":
+            raise ValueError("a model with q/k/v biases is written as GGUF qwen2, which rotates halves")
+        return "qwen2"
+    return "llama"
+
+
+def rope_divisors(spec: ModelSpec) -> np.ndarray:
+    """spec.rope_freqs as the factors that divide plain RoPE's frequencies (GGUF `rope_freqs.weight`)."""
+    cfg = spec.config
+    j = np.arange(0, cfg.head_dim, 2, dtype=np.float32) / np.float32(cfg.head_dim)
+    plain = (np.float32(1.0) / np.float32(cfg.rope_theta) ** j).astype(np.float32)
+    return (plain / np.asarray(spec.rope_freqs, dtype=np.float32)).astype(np.float32)
 
 
 def _halves_to_interleaved(head_dim: int) -> np.ndarray:
@@ -245,28 +274,37 @@ def model_metadata(spec: ModelSpec, wanted: str, tokenizer: Tokenizer | None, na
     """general.*, llama.* and (with a tokenizer) tokenizer.ggml.* metadata for `spec`."""
     cfg = spec.config
     u32, f32 = ValueType.UINT32, ValueType.FLOAT32
+    a = gguf_architecture(spec)
     items = [
-        Metadata("general.architecture", ValueType.STRING, "llama"),
+        Metadata("general.architecture", ValueType.STRING, a),
         Metadata("general.name", ValueType.STRING, name),
         Metadata("general.file_type", u32, FILE_TYPES[wanted]),
-        Metadata("llama.context_length", u32, cfg.max_seq_len),
-        Metadata("llama.embedding_length", u32, cfg.dim),
-        Metadata("llama.block_count", u32, cfg.n_layers),
-        Metadata("llama.feed_forward_length", u32, cfg.hidden_dim),
-        Metadata("llama.attention.head_count", u32, cfg.n_heads),
-        Metadata("llama.attention.head_count_kv", u32, cfg.n_kv_heads),
-        Metadata("llama.rope.dimension_count", u32, cfg.head_dim),
-        Metadata("llama.attention.layer_norm_rms_epsilon", f32, cfg.norm_eps),
-        Metadata("llama.rope.freq_base", f32, cfg.rope_theta),
-        Metadata("llama.vocab_size", u32, cfg.vocab_size),
+        Metadata(f"{a}.context_length", u32, cfg.max_seq_len),
+        Metadata(f"{a}.embedding_length", u32, cfg.dim),
+        Metadata(f"{a}.block_count", u32, cfg.n_layers),
+        Metadata(f"{a}.feed_forward_length", u32, cfg.hidden_dim),
+        Metadata(f"{a}.attention.head_count", u32, cfg.n_heads),
+        Metadata(f"{a}.attention.head_count_kv", u32, cfg.n_kv_heads),
+        Metadata(f"{a}.rope.dimension_count", u32, cfg.head_dim),
+        Metadata(f"{a}.attention.layer_norm_rms_epsilon", f32, cfg.norm_eps),
+        Metadata(f"{a}.rope.freq_base", f32, cfg.rope_theta),
+        Metadata(f"{a}.vocab_size", u32, cfg.vocab_size),
     ]
     if cfg.head_dim * cfg.n_heads != cfg.dim:  # llama.cpp assumes dim / n_heads unless told
-        items += [Metadata("llama.attention.key_length", u32, cfg.head_dim),
-                  Metadata("llama.attention.value_length", u32, cfg.head_dim)]
+        items += [Metadata(f"{a}.attention.key_length", u32, cfg.head_dim),
+                  Metadata(f"{a}.attention.value_length", u32, cfg.head_dim)]
     if wanted in ("q8_0", "q4_0"):
         items.append(Metadata("general.quantization_version", u32, QUANTIZATION_VERSION))
-    if tokenizer is not None:
+    if isinstance(tokenizer, BPETokenizer):
+        items += bpe_tokenizer_metadata(tokenizer, spec)
+    elif tokenizer is not None:
         items += tokenizer_metadata(tokenizer)
+    if tokenizer is not None and "metadata" not in spec.extra:  # a GGUF input carries its own (carried_metadata)
+        if spec.extra.get("chat_template") is not None:
+            items.append(Metadata("tokenizer.chat_template", ValueType.STRING, spec.extra["chat_template"]))
+        eot = [i for i in spec.extra.get("eog_token_ids", ()) if i != tokenizer.eos_id]
+        if eot:  # GGUF has no list of end-of-generation ids: the first other one is the end of a turn
+            items.append(Metadata("tokenizer.ggml.eot_token_id", u32, eot[0]))
     return items
 
 
@@ -300,6 +338,72 @@ def gguf_pieces(tok: Tokenizer) -> list[bytes]:
     space = "\u2581".encode()
     control = {i for i, t in enumerate(tok.token_types) if t == TokenType.CONTROL}
     return [(p.strip() if i in control else p).replace(b" ", space) for i, p in enumerate(tok.pieces)]
+
+
+def bpe_tokenizer_metadata(tok: BPETokenizer, spec: ModelSpec) -> list[Metadata]:
+    """A byte-level BPE vocabulary as tokenizer.ggml.* (model "gpt2"): tokens, token types (control for
+    special tokens, user-defined for other added tokens, unused for padding), merges "a b", the pre-tokenizer
+    name and the special ids."""
+    if tok.pre_name is None:
+        raise ValueError("the tokenizer's pre-tokenizer is not one GGUF can name (tokenizer.ggml.pre), so the "
+                         "file would tokenize differently; llmrun names llama-bpe, qwen2, smollm and gpt-2")
+    arr, u32, b = ValueType.ARRAY, ValueType.UINT32, ValueType.BOOL
+    tokens, types = [], []
+    vocab = tok.vocab
+    for i in range(tok.vocab_size):
+        piece = tok.id_to_piece(i)
+        if not piece:
+            tokens.append(f"[PAD{i}]")
+            types.append(TokenType.UNUSED)
+        else:
+            tokens.append(piece)
+            added = vocab.get(piece) != i
+            types.append(TokenType.CONTROL if i in tok.special_ids else
+                         TokenType.USER_DEFINED if added else TokenType.NORMAL)
+    items = [
+        Metadata("tokenizer.ggml.model", ValueType.STRING, "gpt2"),
+        Metadata("tokenizer.ggml.pre", ValueType.STRING, tok.pre_name),
+        Metadata("tokenizer.ggml.tokens", arr, tokens, ValueType.STRING),
+        Metadata("tokenizer.ggml.token_type", arr, np.asarray(types, dtype=np.int32), ValueType.INT32),
+        Metadata("tokenizer.ggml.merges", arr, [f"{x} {y}" for x, y in tok.merges], ValueType.STRING),
+    ]
+    for key, value in (("bos_token_id", tok.bos_id), ("eos_token_id", tok.eos_id), ("unknown_token_id", tok.unk_id)):
+        if value is not None:
+            items.append(Metadata(f"tokenizer.ggml.{key}", u32, value))
+    items += [Metadata("tokenizer.ggml.add_bos_token", b, bool(spec.extra.get("add_bos_token", False))),
+              Metadata("tokenizer.ggml.add_eos_token", b, bool(spec.extra.get("add_eos_token", False)))]
+    return items
+
+
+def sentencepiece_from_bpe(tok: BPETokenizer) -> Tokenizer:
+    """A SentencePiece-style BPE (tokenizer.json with '▁' and byte fallback) as a SentencePiece `Tokenizer`
+    for GGUF model "llama". SentencePiece merges by piece score, not by pair rank: each piece scores minus the
+    rank of the first merge that makes it (pieces no merge makes score below all), which encodes the same
+    as the ranks whenever each piece's best merge is the only way to build it (true of vocabularies converted
+    from SentencePiece, like Llama 2's; tests/test_hf_quantize.py checks the fixtures)."""
+    first_rank: dict[str, int] = {}
+    for rank, (x, y) in enumerate(tok.merges):
+        first_rank.setdefault(x + y, rank)
+    floor = -float(len(first_rank) + 1)
+    pieces, scores, types = [], [], []
+    vocab = tok.vocab
+    for i in range(tok.vocab_size):
+        piece = tok.id_to_piece(i)
+        pieces.append(piece.replace("\u2581", " ").encode("utf-8") if piece else f"[PAD{i}]".encode())
+        scores.append(-float(first_rank[piece]) if piece in first_rank else floor)
+        if i == tok.unk_id:
+            types.append(TokenType.UNKNOWN)
+        elif i in tok.special_ids or not piece:
+            types.append(TokenType.CONTROL if piece else TokenType.UNUSED)
+        elif tok.byte_fallback and re.fullmatch(r"<0x[0-9A-F]{2}>", piece):
+            types.append(TokenType.BYTE)
+        elif vocab.get(piece) != i:
+            types.append(TokenType.USER_DEFINED)
+        else:
+            types.append(TokenType.NORMAL)
+    return Tokenizer(pieces, scores, bos_id=tok.bos_id, eos_id=tok.eos_id,
+                     unk_id=tok.unk_id if tok.unk_id is not None else 0, byte_fallback=tok.byte_fallback,
+                     add_dummy_prefix=tok.add_dummy_prefix, token_types=types)
 
 
 # Keys that describe the old file's tensor data, not the model: never carried over from a GGUF input.
@@ -340,20 +444,24 @@ _ITEM_TYPES = {"u1": ValueType.UINT8, "i1": ValueType.INT8, "u2": ValueType.UINT
 def write_model(path: str | os.PathLike, spec: ModelSpec, wanted: str, tokenizer: object | None = None,
                 name: str | None = None, on_tensor: Callable[[int, TensorPlan], None] | None = None
                 ) -> list[TensorPlan]:
-    """Writes `spec` as a `llama` GGUF with its big matrices in type `wanted` (f32, f16, bf16, q8_0, q4_0;
-    see choose_type for the exceptions). Returns the tensor plans (names, types, sizes) in file order.
+    """Writes `spec` as a `llama` (or, with q/k/v biases, `qwen2`) GGUF with its big matrices in type `wanted`
+    (f32, f16, bf16, q8_0, q4_0; see choose_type for the exceptions). Returns the tensor plans (names, types,
+    sizes) in file order.
 
     The vocabulary: a GGUF input keeps its own tokenizer.* metadata verbatim (whatever its tokenizer
     model), unless `tokenizer` is given; otherwise `tokenizer` (default: the spec's own) is written as
-    tokenizer.ggml.* when it is a SentencePiece `Tokenizer`, and None writes no vocabulary. A GGUF input's
-    other metadata is kept too (see carried_metadata)."""
+    tokenizer.ggml.*: a SentencePiece `Tokenizer` or a SentencePiece-style BPE as model "llama", a byte-level
+    BPE as model "gpt2"; None writes no vocabulary. A GGUF input's other metadata is kept too (see
+    carried_metadata)."""
     tok = spec.tokenizer if tokenizer is None else tokenizer
     source_has_vocab = "tokenizer.ggml.model" in spec.extra.get("metadata", {})
     keep_source_vocab = tokenizer is None and source_has_vocab
     if keep_source_vocab:
         tok = None
-    if tok is not None and not isinstance(tok, Tokenizer):
-        raise ValueError(f"cannot write a {type(tok).__name__} vocabulary to GGUF (only SentencePiece)")
+    if isinstance(tok, BPETokenizer) and not tok.byte_level:
+        tok = sentencepiece_from_bpe(tok)  # GGUF stores SentencePiece-style vocabularies as "llama"
+    if tok is not None and not isinstance(tok, (Tokenizer, BPETokenizer)):
+        raise ValueError(f"cannot write a {type(tok).__name__} vocabulary to GGUF")
     if tok is not None and tok.vocab_size != spec.config.vocab_size:
         raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model a vocabulary of "
                          f"{spec.config.vocab_size}")

@@ -1,0 +1,398 @@
+"""Tokenizers of Hugging Face model folders (tokenizer.json and friends) and of GGUF "gpt2" vocabularies.
+
+tokenizer.json (the `tokenizers` library's file): `model` must be BPE (Unigram, WordPiece and WordLevel
+are refused); the normalizer, pre-tokenizer and decoder are read for the components Llama-family models use
+(pretokenize.py), anything else is refused by name rather than ignored. Byte-level models are the ones
+whose pre-tokenizer or decoder is ByteLevel; the others are SentencePiece-style (spaces as '▁', byte
+fallback). `added_tokens` become the tokenizer's added tokens (special or not).
+
+tokenizer_config.json gives bos_token, eos_token, add_bos_token, add_eos_token and the chat template
+(tokenizer_config.json `chat_template`, a string or a list of {name, template}: "default" is used;
+chat_template.jinja beside it wins); generation_config.json's eos_token_id (one id or a list) gives the
+end-of-generation ids. Without add_bos_token, BOS is added when the post-processor template starts with a
+special token (Llama 3), as `tokenizers` would.
+
+GGUF files with `tokenizer.ggml.model == "gpt2"` store tokens, merges and token types, and only the *name*
+of their pre-tokenizer (`tokenizer.ggml.pre`); PRE_TOKENIZERS maps the names llmrun knows to the split
+patterns llama.cpp uses for them. An unknown name is an error, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import TokenizerError
+from ..tokenizer.bpe import AddedToken, BPETokenizer
+from ..tokenizer.pretokenize import (
+    GPT2_PATTERN,
+    ByteLevel,
+    Chain,
+    Digits,
+    Metaspace,
+    Normalizer,
+    PreTokenizer,
+    Split,
+    compile_pattern,
+    prepend_normalizer,
+    replace_normalizer,
+    sequence_normalizer,
+    unicode_normalizer,
+)
+
+MAX_JSON_BYTES = 256 * 1024 * 1024
+
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+_GPT2_NO_TAIL = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_DEEPSEEK_LETTERS = (  # escapes where a literal would be changed by Unicode normalization of this source
+    "A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝ"
+    "\u1f5f-\u1f7dᾀ-ᾴᾶ-ᾼ\u1fbeῂ-ῄῆ-ῌ\u1fd0-\u1fd3\u1fd6-\u1fdbῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤ\u2126ℨ\u212a-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄ"
+    "Ⰰ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃")
+
+# GGUF tokenizer.ggml.pre name -> the regexes llama.cpp splits with, in order (each cuts the pieces the
+# previous ones left, keeping matches and the text between them), and whether whole words in the
+# vocabulary skip the merges (Llama 3's `ignore_merges`).
+PRE_TOKENIZERS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "default": ((r"[\p{P}\$\+<=>\^~\|]+", _GPT2_NO_TAIL, r"\p{N}+", "[0-9][0-9][0-9]"), False),
+    "gpt-2": ((GPT2_PATTERN,), False),
+    "llama-bpe": ((LLAMA3_PATTERN,), True),
+    "llama3": ((LLAMA3_PATTERN,), True),
+    "llama-v3": ((LLAMA3_PATTERN,), True),
+    "qwen2": ((QWEN2_PATTERN,), False),
+    "smollm": ((r"\p{N}", _GPT2_NO_TAIL), False),
+    "deepseek-llm": (("[\r\n]", rf"\s?[{_DEEPSEEK_LETTERS}]+", r"\s?[!-/:-~！-／：-～‘-‟　-。]+", r"\s+$",
+                      "[一-龥ࠀ-一가-퟿]+", r"\p{N}+"), False),
+}
+
+# GGUF token types (llama.cpp's llama_token_type)
+TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file, or TokenizerError naming it."""
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise TokenizerError(f"{path}: larger than {MAX_JSON_BYTES} bytes")
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise TokenizerError(f"{path}: cannot read JSON: {e}") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# tokenizer.json
+# ------------------------------------------------------------------------------------------------
+
+def load_tokenizer_json(path: str | Path, vocab_size: int | None = None,
+                        config: dict[str, Any] | None = None) -> BPETokenizer:
+    """A BPETokenizer from a tokenizer.json; `config` is tokenizer_config.json's content (for BOS/EOS)."""
+    path = Path(path)
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise TokenizerError(f"{path}: not a tokenizer.json (no 'model' object)")
+    try:
+        return _build(path, data, vocab_size, config or {})
+    except TokenizerError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise TokenizerError(f"{path}: {e}") from None
+
+
+def _build(path: Path, data: dict[str, Any], vocab_size: int | None, config: dict[str, Any]) -> BPETokenizer:
+    model = data["model"]
+    kind = model.get("type", "BPE" if "merges" in model else None)
+    if kind != "BPE":
+        raise TokenizerError(f"tokenizer model type {kind!r} is not supported (llmrun reads BPE tokenizers)")
+    for key in ("continuing_subword_prefix", "end_of_word_suffix"):
+        if model.get(key):
+            raise TokenizerError(f"BPE {key} = {model[key]!r} is not supported")
+    if model.get("dropout"):
+        raise TokenizerError(f"BPE dropout = {model['dropout']} is not supported (it makes encoding random)")
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict) or not vocab:
+        raise TokenizerError("model.vocab must be a non-empty object")
+    merges = _merges(model.get("merges", []))
+    pre = _pre_tokenizer(data.get("pre_tokenizer"))
+    normalizer = _normalizer(data.get("normalizer"))
+    decoder = data.get("decoder")
+    byte_level = _contains(data.get("pre_tokenizer"), "ByteLevel") or _contains(decoder, "ByteLevel")
+    added = [_added_token(t) for t in data.get("added_tokens") or []]
+    unk = model.get("unk_token")
+    unk_id = vocab.get(unk) if isinstance(unk, str) else None
+    bos, eos = _template_specials(data.get("post_processor"))
+
+    tok_ids = {**vocab, **{t.content: t.id for t in added}}
+    bos_id = _token_id(config.get("bos_token"), tok_ids, "bos_token") if "bos_token" in config else bos
+    eos_id = _token_id(config.get("eos_token"), tok_ids, "eos_token") if "eos_token" in config else eos
+    tokenizer = BPETokenizer(
+        vocab, merges, byte_level=byte_level, pre_tokenizer=pre, normalizer=normalizer, added_tokens=added,
+        bos_id=bos_id, eos_id=eos_id, unk_id=unk_id, byte_fallback=bool(model.get("byte_fallback")),
+        fuse_unk=bool(model.get("fuse_unk")), ignore_merges=bool(model.get("ignore_merges")),
+        add_dummy_prefix=not byte_level and _strips_first_space(decoder), vocab_size=vocab_size)
+    tokenizer.add_bos_default = bool(config.get("add_bos_token", bos is not None and bos_id is not None))
+    tokenizer.add_eos_default = bool(config.get("add_eos_token", eos is not None and eos_id is not None))
+    tokenizer.pre_name = _pre_name(data.get("pre_tokenizer")) if byte_level else None
+    return tokenizer
+
+
+def _merges(raw: object) -> list[tuple[str, str]]:
+    if not isinstance(raw, list):
+        raise TokenizerError("model.merges must be a list")
+    out = []
+    for i, m in enumerate(raw):
+        if isinstance(m, str):
+            parts = m.split(" ")
+            if len(parts) != 2:
+                raise TokenizerError(f"merge {i} {m!r} is not two tokens separated by one space")
+            out.append((parts[0], parts[1]))
+        elif isinstance(m, list) and len(m) == 2 and all(isinstance(p, str) for p in m):
+            out.append((m[0], m[1]))
+        else:
+            raise TokenizerError(f"merge {i} {m!r} must be 'a b' or [a, b]")
+    return out
+
+
+def _added_token(t: object) -> AddedToken:
+    if not isinstance(t, dict) or not isinstance(t.get("id"), int) or not isinstance(t.get("content"), str):
+        raise TokenizerError(f"added token {t!r} must have an integer id and a string content")
+    return AddedToken(t["id"], t["content"], special=bool(t.get("special", False)), lstrip=bool(t.get("lstrip")),
+                      rstrip=bool(t.get("rstrip")))
+
+
+def _token_id(value: object, ids: dict[str, int], what: str) -> int | None:
+    """tokenizer_config.json's bos_token / eos_token (a string, {"content": ...} or null) as an id."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in ids:
+        raise TokenizerError(f"tokenizer_config.json {what} = {value!r} is not a token of the vocabulary")
+    return ids[value]
+
+
+def _contains(node: object, kind: str) -> bool:
+    """Whether a normalizer/pre-tokenizer/decoder tree has a component of type `kind`."""
+    if isinstance(node, dict):
+        if node.get("type") == kind:
+            return True
+        return any(_contains(v, kind) for k, v in node.items() if k in ("pretokenizers", "decoders",
+                                                                         "normalizers", "processors"))
+    if isinstance(node, list):
+        return any(_contains(v, kind) for v in node)
+    return False
+
+
+def _strips_first_space(decoder: object) -> bool:
+    """Whether the decoder drops the leading space SentencePiece-style encoding put in (Strip / Metaspace)."""
+    if not isinstance(decoder, dict):
+        return False
+    kind = decoder.get("type")
+    if kind == "Sequence":
+        return any(_strips_first_space(d) for d in decoder.get("decoders", []))
+    if kind == "Strip":
+        return decoder.get("content") == " " and int(decoder.get("start", 0)) > 0
+    if kind == "Metaspace":
+        scheme = decoder.get("prepend_scheme")
+        if scheme is None:
+            return bool(decoder.get("add_prefix_space", True))
+        return scheme != "never"
+    return False
+
+
+def _pattern(node: dict[str, Any], what: str) -> Any:
+    pattern = node.get("pattern")
+    if isinstance(pattern, dict) and isinstance(pattern.get("Regex"), str):
+        return compile_pattern(pattern["Regex"], what)
+    if isinstance(pattern, dict) and isinstance(pattern.get("String"), str):
+        import regex
+        return regex.compile(regex.escape(pattern["String"]))
+    raise TokenizerError(f"{what}: pattern must be {{'Regex': ...}} or {{'String': ...}}, got {pattern!r}")
+
+
+def _pre_tokenizer(node: object) -> PreTokenizer | None:
+    if node is None:
+        return None
+    if not isinstance(node, dict):
+        raise TokenizerError(f"pre_tokenizer must be an object, got {node!r}")
+    kind = node.get("type")
+    if kind == "Sequence":
+        return Chain([p for p in (_pre_tokenizer(n) for n in node.get("pretokenizers", [])) if p is not None])
+    if kind == "Split":
+        return Split(_pattern(node, "Split pre-tokenizer"), node.get("behavior", "Isolated"),
+                     bool(node.get("invert", False)))
+    if kind == "ByteLevel":
+        return ByteLevel(bool(node.get("add_prefix_space", False)), bool(node.get("use_regex", True)))
+    if kind == "Digits":
+        return Digits(bool(node.get("individual_digits", False)))
+    if kind == "Metaspace":
+        scheme = node.get("prepend_scheme")
+        if scheme is None:
+            scheme = "always" if node.get("add_prefix_space", True) else "never"
+        return Metaspace(node.get("replacement", "\u2581"), scheme, bool(node.get("split", True)))
+    raise TokenizerError(f"pre-tokenizer {kind!r} is not supported (llmrun reads Split, ByteLevel, Digits, "
+                         "Metaspace and Sequence)")
+
+
+def _normalizer(node: object) -> Normalizer | None:
+    if node is None:
+        return None
+    if not isinstance(node, dict):
+        raise TokenizerError(f"normalizer must be an object, got {node!r}")
+    kind = node.get("type")
+    if kind == "Sequence":
+        steps = [s for s in (_normalizer(n) for n in node.get("normalizers", [])) if s is not None]
+        return sequence_normalizer(steps)
+    if kind == "Replace":
+        if not isinstance(node.get("content"), str):
+            raise TokenizerError("Replace normalizer needs a string content")
+        return replace_normalizer(_pattern(node, "Replace normalizer"), node["content"])
+    if kind == "Prepend":
+        if not isinstance(node.get("prepend"), str):
+            raise TokenizerError("Prepend normalizer needs a string prepend")
+        return prepend_normalizer(node["prepend"])
+    if kind in ("NFC", "NFD", "NFKC", "NFKD"):
+        return unicode_normalizer(kind)
+    if kind == "Lowercase":
+        return str.lower
+    raise TokenizerError(f"normalizer {kind!r} is not supported (llmrun reads Replace, Prepend, NFC, NFD, NFKC, "
+                         "NFKD, Lowercase and Sequence)")
+
+
+def _template_specials(node: object) -> tuple[int | None, int | None]:
+    """The special token ids a TemplateProcessing post-processor puts before and after a single text."""
+    if not isinstance(node, dict):
+        return None, None
+    if node.get("type") == "Sequence":
+        for p in node.get("processors", []):
+            found = _template_specials(p)
+            if found != (None, None):
+                return found
+        return None, None
+    if node.get("type") != "TemplateProcessing":
+        return None, None
+    specials = node.get("special_tokens") or {}
+    bos = eos = None
+    seen_text = False
+    for item in node.get("single") or []:
+        if "Sequence" in item:
+            seen_text = True
+        elif "SpecialToken" in item:
+            ids = (specials.get(item["SpecialToken"].get("id")) or {}).get("ids") or []
+            if len(ids) == 1 and isinstance(ids[0], int):
+                if seen_text:
+                    eos = ids[0]
+                elif bos is None:
+                    bos = ids[0]
+    return bos, eos
+
+
+def _pre_name(node: object) -> str | None:
+    """The GGUF tokenizer.ggml.pre name of a byte-level pre-tokenizer, when it is one llmrun knows."""
+    if not isinstance(node, dict):
+        return None
+    steps = node.get("pretokenizers", []) if node.get("type") == "Sequence" else [node]
+    shape = []
+    for s in steps:
+        kind = s.get("type")
+        if kind == "Split":
+            shape.append(("Split", (s.get("pattern") or {}).get("Regex"), s.get("behavior"), s.get("invert")))
+        elif kind == "ByteLevel":
+            shape.append(("ByteLevel", bool(s.get("add_prefix_space")), bool(s.get("use_regex", True))))
+        elif kind == "Digits":
+            shape.append(("Digits", bool(s.get("individual_digits"))))
+        else:
+            return None
+    known = {
+        (("Split", LLAMA3_PATTERN, "Isolated", False), ("ByteLevel", False, False)): "llama-bpe",
+        (("Split", QWEN2_PATTERN, "Isolated", False), ("ByteLevel", False, False)): "qwen2",
+        (("Digits", True), ("ByteLevel", False, True)): "smollm",
+        (("ByteLevel", False, True),): "gpt-2",
+    }
+    return known.get(tuple(shape))
+
+
+# ------------------------------------------------------------------------------------------------
+# A model folder
+# ------------------------------------------------------------------------------------------------
+
+def load_folder_tokenizer(folder: Path, vocab_size: int) -> tuple[BPETokenizer | None, dict[str, Any]]:
+    """The tokenizer of a Hugging Face folder and the spec.extra entries it gives: add_bos_token,
+    add_eos_token, chat_template, eog_token_ids; (None, {"tokenizer_problem": why}) without tokenizer.json."""
+    extra: dict[str, Any] = {}
+    config_path = folder / "tokenizer_config.json"
+    config = read_json(config_path) if config_path.is_file() else {}
+    if not isinstance(config, dict):
+        raise TokenizerError(f"{config_path}: must be a JSON object")
+    template = _chat_template(folder, config)
+    if template is not None:
+        extra["chat_template"] = template
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        hint = " (a tokenizer.model alone is not read yet)" if (folder / "tokenizer.model").is_file() else ""
+        extra["tokenizer_problem"] = f"{folder}: no tokenizer.json{hint}; pass token ids to logits() instead"
+        return None, extra
+    tok = load_tokenizer_json(path, vocab_size=vocab_size, config=config)
+    extra["add_bos_token"] = tok.add_bos_default
+    extra["add_eos_token"] = tok.add_eos_default
+    eog = [] if tok.eos_id is None else [tok.eos_id]
+    gen_path = folder / "generation_config.json"
+    if gen_path.is_file():
+        gen = read_json(gen_path)
+        ids = gen.get("eos_token_id") if isinstance(gen, dict) else None
+        for i in ids if isinstance(ids, list) else [ids] if ids is not None else []:
+            if not isinstance(i, int) or not 0 <= i < tok.vocab_size:
+                raise TokenizerError(f"{gen_path}: eos_token_id {i!r} is not a token id of the vocabulary")
+            if i not in eog:
+                eog.append(i)
+    extra["eog_token_ids"] = eog
+    return tok, extra
+
+
+def _chat_template(folder: Path, config: dict[str, Any]) -> str | None:
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        try:
+            return jinja.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise TokenizerError(f"{jinja}: cannot read: {e}") from None
+    template = config.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) else None
+
+
+# ------------------------------------------------------------------------------------------------
+# GGUF "gpt2" vocabularies
+# ------------------------------------------------------------------------------------------------
+
+def gguf_bpe_tokenizer(tokens: Sequence[str], merges: Sequence[str], types: Sequence[int] | None, pre: str,
+                       bos_id: int | None, eos_id: int | None, unk_id: int | None) -> BPETokenizer:
+    """A byte-level BPETokenizer from GGUF tokenizer.ggml.* values (`pre`: tokenizer.ggml.pre)."""
+    if pre not in PRE_TOKENIZERS:
+        raise TokenizerError(f"tokenizer.ggml.pre = {pre!r} is not a pre-tokenizer llmrun knows (known: "
+                             f"{', '.join(sorted(PRE_TOKENIZERS))}); its split rules would be guessed, so the "
+                             "model is refused rather than tokenized wrongly")
+    patterns, ignore_merges = PRE_TOKENIZERS[pre]
+    pre_tok = Chain([Split(compile_pattern(p, f"pre-tokenizer {pre}")) for p in patterns])
+    vocab: dict[str, int] = {}
+    added: list[AddedToken] = []
+    for i, text in enumerate(tokens):
+        kind = types[i] if types is not None else TOKEN_NORMAL
+        if kind == TOKEN_CONTROL:
+            added.append(AddedToken(i, text, special=True))
+        elif kind == TOKEN_USER_DEFINED:
+            added.append(AddedToken(i, text, special=False))
+        elif kind == TOKEN_UNUSED:
+            continue
+        else:
+            vocab.setdefault(text, i)
+    tok = BPETokenizer(vocab, _merges(list(merges)), byte_level=True, pre_tokenizer=pre_tok,
+                       added_tokens=[t for t in added if t.content], bos_id=bos_id, eos_id=eos_id, unk_id=unk_id,
+                       ignore_merges=ignore_merges, vocab_size=len(tokens))
+    tok.pre_name = pre
+    return tok

@@ -1,0 +1,144 @@
+"""BPE tokenizers from tokenizer.json against the `tokenizers` library itself (the oracle), on a corpus of
+320 varied strings: byte-level (Llama 3, Qwen2, SmolLM and GPT-2 pre-tokenizers) and SentencePiece-style
+with byte fallback (Llama 2's normalizer, Mistral's Metaspace). Encoding with and without special-token
+parsing, BOS from the post-processor, decoding, streaming; GGUF "gpt2" vocabularies by pre-tokenizer name."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tokenizers")
+
+import hf_tokenizers  # noqa: E402
+from llmrun.errors import TokenizerError  # noqa: E402
+from llmrun.formats.hf_tokenizer import PRE_TOKENIZERS, gguf_bpe_tokenizer, load_tokenizer_json  # noqa: E402
+from llmrun.tokenizer import StreamDecoder  # noqa: E402
+
+CORPUS = hf_tokenizers.corpus(320)
+STYLES = ["llama3", "qwen2", "smollm", "gpt2", "spm", "spm-metaspace"]
+
+
+def build(style: str):  # noqa: ANN201 - a tokenizers.Tokenizer
+    if style == "spm":
+        return hf_tokenizers.sentencepiece_style(metaspace=False)
+    if style == "spm-metaspace":
+        return hf_tokenizers.sentencepiece_style(metaspace=True)
+    return hf_tokenizers.byte_level(style)
+
+
+@pytest.fixture(scope="module", params=STYLES)
+def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    ref = build(request.param)
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    ref.save(str(path))
+    return request.param, ref, load_tokenizer_json(path)
+
+
+def test_corpus_is_varied() -> None:
+    assert len(CORPUS) >= 300 and len(set(CORPUS)) >= 300
+    joined = "".join(CORPUS)
+    for needle in ("😀", "日本", "\n\n", "   ", "I'm", "2024", "def", "é"):
+        assert needle in joined
+
+
+@pytest.mark.parametrize("special", [False, True])
+def test_encode_parity(pair, special: bool) -> None:  # noqa: ANN001
+    style, ref, ours = pair
+    ref.encode_special_tokens = not special
+    mismatches = [s for s in CORPUS if ref.encode(s, add_special_tokens=False).ids != ours.encode(
+        s, add_bos=False, special=special)]
+    ref.encode_special_tokens = False
+    assert not mismatches, f"{style}: {len(mismatches)} of {len(CORPUS)} differ, e.g. {mismatches[0]!r}"
+
+
+def test_decode_and_stream_parity(pair) -> None:  # noqa: ANN001
+    style, ref, ours = pair
+    for s in CORPUS:
+        ids = ref.encode(s, add_special_tokens=True).ids
+        want = ref.decode(ids, skip_special_tokens=True)
+        assert ours.decode(ids) == want, (style, s)
+        stream = StreamDecoder(ours)
+        assert "".join(stream.feed(i) for i in ids) + stream.flush() == want
+
+
+def test_bos_from_post_processor(pair) -> None:  # noqa: ANN001
+    style, ref, ours = pair
+    for s in CORPUS[:40]:
+        assert ref.encode(s, add_special_tokens=True).ids == ours.encode(
+            s, add_bos=ours.add_bos_default, add_eos=ours.add_eos_default, special=True)
+    assert ours.add_bos_default == (style in ("llama3", "spm", "spm-metaspace"))
+
+
+def test_special_tokens_need_permission() -> None:
+    ref = hf_tokenizers.byte_level("llama3")
+    ours_path = Path(tempfile.mkdtemp()) / "tokenizer.json"
+    ref.save(str(ours_path))
+    tok = load_tokenizer_json(ours_path)
+    eot = tok.piece_to_id("<|eot_id|>")
+    assert tok.is_control(eot) and tok.decode([eot]) == ""
+    assert eot not in tok.encode("<|eot_id|>", add_bos=False)
+    assert tok.encode("<|eot_id|>", add_bos=False, special=True) == [eot]
+    tool = tok.piece_to_id("<tool>")  # a non-special added token: always matched, decoded as its text
+    assert tok.encode("x<tool>y", add_bos=False)[1] == tool and not tok.is_control(tool)
+    assert tok.decode(tok.encode("x<tool>y", add_bos=False)) == "x<tool>y"
+    assert tok.piece_to_id("no such piece") is None
+    with pytest.raises(TokenizerError, match="out of range"):
+        tok.id_to_piece(tok.vocab_size)
+
+
+@pytest.mark.parametrize("name", ["llama-bpe", "qwen2", "smollm", "gpt-2"])
+def test_gguf_gpt2_vocabulary(name: str) -> None:
+    """A GGUF-style vocabulary (tokens, "a b" merges, token types, pre-tokenizer name) encodes like the
+    tokenizer.json it came from."""
+    style = {"llama-bpe": "llama3", "qwen2": "qwen2", "smollm": "smollm", "gpt-2": "gpt2"}[name]
+    ref = hf_tokenizers.byte_level(style)
+    vocab = ref.get_vocab(with_added_tokens=True)
+    tokens = sorted(vocab, key=vocab.get)
+    added = {t.content: t.special for t in ref.get_added_tokens_decoder().values()}
+    types = [3 if added.get(t) else 4 if t in added else 1 for t in tokens]
+    merges = [" ".join(m) if isinstance(m, list) else m for m in json.loads(ref.to_str())["model"]["merges"]]
+    tok = gguf_bpe_tokenizer(tokens, merges, types, name, bos_id=None, eos_id=None, unk_id=None)
+    ref.encode_special_tokens = True  # as our default, special=False
+    texts = CORPUS if style != "gpt2" else [" " + s if not s.startswith(" ") else s for s in CORPUS]
+    bad = [s for s in texts if ref.encode(s, add_special_tokens=False).ids != tok.encode(s, add_bos=False)]
+    # qwen2 normalizes to NFC in tokenizer.json; GGUF has no normalizer (llama.cpp skips it too)
+    bad = [s for s in bad if not (style == "qwen2" and unicodedata.normalize("NFC", s) != s)]
+    assert not bad, f"{name}: {len(bad)} differ, e.g. {bad[0]!r}"
+
+
+def test_gguf_unknown_pre_tokenizer() -> None:
+    with pytest.raises(TokenizerError, match="tokenizer.ggml.pre = 'mystery' is not a pre-tokenizer llmrun knows"):
+        gguf_bpe_tokenizer(["a", "b", "ab"], ["a b"], None, "mystery", None, None, None)
+    assert {"default", "gpt-2", "llama-bpe", "qwen2", "deepseek-llm", "smollm"} <= set(PRE_TOKENIZERS)
+
+
+def test_deepseek_and_default_split() -> None:
+    tok = gguf_bpe_tokenizer([chr(c) for c in range(33, 127)] + ["Ġ"], [], None, "deepseek-llm", None, None, None)
+    assert tok.decode(tok.encode("Hello, 123!", add_bos=False)) == "Hello, 123!"
+    tok = gguf_bpe_tokenizer([chr(c) for c in range(33, 127)] + ["Ġ"], [], None, "default", None, None, None)
+    assert tok.decode(tok.encode("a+b = 1234", add_bos=False)) == "a+b = 1234"
+
+
+@pytest.mark.parametrize("broken,match", [
+    ({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b c"]}}, "is not two tokens"),
+    ({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a b"]}}, "not in the vocabulary"),
+    ({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "pre_tokenizer": {"type": "BertPreTokenizer"}},
+     "pre-tokenizer 'BertPreTokenizer' is not supported"),
+    ({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "normalizer": {"type": "BertNormalizer"}},
+     "normalizer 'BertNormalizer' is not supported"),
+    ({"model": {"type": "WordLevel", "vocab": {"a": 0}}}, "model type 'WordLevel' is not supported"),
+    ({"nothing": 1}, "not a tokenizer.json"),
+])
+def test_bad_tokenizer_json(tmp_path: Path, broken: dict, match: str) -> None:
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(broken))
+    with pytest.raises(TokenizerError, match=match):
+        load_tokenizer_json(path)
+    path.write_text("{not json")
+    with pytest.raises(TokenizerError, match="cannot read JSON"):
+        load_tokenizer_json(path)
