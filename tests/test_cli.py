@@ -6,22 +6,20 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from commands import LLMRUN
 
 from builders import make_config, random_tensors, write_model
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "llama2c_greedy.json").read_text())
-SCRIPT = Path(sys.executable).parent / "llmrun"
-COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "llmrun.cli"]
 
 
 def llmrun(*args: object, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([*COMMAND, *map(str, args)], input=input, capture_output=True, text=True,
+    return subprocess.run([*LLMRUN, *map(str, args)], input=input, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -95,7 +93,7 @@ def slow_model(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Pa
 
 
 def test_chat_ctrl_c_stops_the_reply_not_the_session(slow_model: Path, models_dir: Path) -> None:
-    proc = subprocess.Popen([*COMMAND, "chat", str(slow_model), "-z", str(models_dir / "tokenizer.bin"),
+    proc = subprocess.Popen([*LLMRUN, "chat", str(slow_model), "-z", str(models_dir / "tokenizer.bin"),
                              "--temperature", "0", "-n", "-1", "-t", "1"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

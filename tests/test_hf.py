@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from commands import LLMRUN
 
 import llmrun
 from hf_builders import FIXTURES, HF, copy_fixture, edit_config, read_tensors, write_safetensors
@@ -144,7 +144,7 @@ def test_sliding_window(tmp_path: Path) -> None:
 
 
 def test_cli_generate() -> None:
-    r = subprocess.run([sys.executable, "-m", "llmrun.cli", "generate", str(HF / "qwen2-bias"), "-p", "Hello",
+    r = subprocess.run([*LLMRUN, "generate", str(HF / "qwen2-bias"), "-p", "Hello",
                         "-n", "8", "--temp", "0", "-t", "1"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     with llmrun.load(HF / "qwen2-bias", n_threads=1) as model:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import unicodedata
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
+from commands import LLMRUN
 
 import llmrun
 from hf_builders import FIXTURES, HF
@@ -63,11 +63,11 @@ def test_unknown_pre_tokenizer_name(tmp_path: Path) -> None:
 
 def test_cli_quantize_folder_then_generate(tmp_path: Path) -> None:
     out = tmp_path / "q.gguf"
-    r = subprocess.run([sys.executable, "-m", "llmrun.cli", "quantize", str(HF / "llama3-gqa"), str(out), "--type",
+    r = subprocess.run([*LLMRUN, "quantize", str(HF / "llama3-gqa"), str(out), "--type",
                         "q8_0"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     spec = read_model(out)
     assert spec.layers[0].wq.type == "q8_0" and spec.rope_freqs is not None
-    r = subprocess.run([sys.executable, "-m", "llmrun.cli", "generate", str(out), "-p", "Once", "-n", "5", "--temp",
+    r = subprocess.run([*LLMRUN, "generate", str(out), "-p", "Once", "-n", "5", "--temp",
                         "0", "-t", "1"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("Once"), r.stderr

@@ -8,24 +8,22 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from commands import LLMRUN
 
 import llmrun
 from builders import make_config, random_tensors, write_model
 from llmrun.repl import Repl
 
-SCRIPT = Path(sys.executable).parent / "llmrun"
-COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "llmrun.cli"]
 STORY = ", there was a little girl named Lily"
 
 
 def chat(models_dir: Path, *args: str, input: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*COMMAND, "chat", str(models_dir / "stories260K.bin"), "-z", str(models_dir / "tok512.bin"),
+    return subprocess.run([*LLMRUN, "chat", str(models_dir / "stories260K.bin"), "-z", str(models_dir / "tok512.bin"),
                            "--temperature", "0", "-t", "1", *args], input=input, capture_output=True, text=True,
                           timeout=120)
 
@@ -87,7 +85,7 @@ def read_until(proc: subprocess.Popen, seen: bytes, done: callable, timeout: flo
 
 def test_sigint_stops_the_reply_and_keeps_the_session(slow_model: Path, models_dir: Path, tmp_path: Path) -> None:
     saved = tmp_path / "after.json"
-    proc = subprocess.Popen([*COMMAND, "chat", str(slow_model), "-z", str(models_dir / "tokenizer.bin"),
+    proc = subprocess.Popen([*LLMRUN, "chat", str(slow_model), "-z", str(models_dir / "tokenizer.bin"),
                              "--temperature", "0", "-t", "1", "--chat-format", "llama-2"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
