@@ -139,6 +139,10 @@ def add_sampling_args(p: argparse.ArgumentParser, max_tokens_default: int) -> No
     p.add_argument("--repeat-penalty", type=float, default=1.0, help="1.0 = off (default: 1.0)")
     p.add_argument("--repeat-last-n", type=int, default=64,
                    help="how many recent tokens the penalty looks at; -1 = all (default: 64)")
+    p.add_argument("--presence-penalty", type=float, default=0.0,
+                   help="subtracted from the logits of tokens already generated, in [-2, 2] (default: 0.0)")
+    p.add_argument("--frequency-penalty", type=float, default=0.0,
+                   help="subtracted once per earlier occurrence in the generated text, in [-2, 2] (default: 0.0)")
     p.add_argument("-s", "--seed", type=int, default=None, help="random seed, for reproducible runs")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop when this text appears (repeatable)")
@@ -154,7 +158,8 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
         raise ValueError(f"--max-tokens must be -1 (no limit) or >= 0, got {args.max_tokens}")
     return dict(max_tokens=None if args.max_tokens == -1 else args.max_tokens, temperature=args.temperature,
                 top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, repeat_penalty=args.repeat_penalty,
-                seed=args.seed, stop=args.stop or None, repeat_last_n=args.repeat_last_n)
+                seed=args.seed, stop=args.stop or None, repeat_last_n=args.repeat_last_n,
+                presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty)
 
 
 def print_stream(generation: Generation) -> None:

@@ -139,7 +139,7 @@ class Generation(Iterator[str]):
             if self.max_tokens is not None and len(self.tokens) >= self.max_tokens:
                 self.finish_reason = "length"
                 break
-            token = self.sampler.sample(logits, history)
+            token = self.sampler.sample(logits, history, self.tokens)
             if token in self.eog_ids:
                 self.finish_reason = "stop"
                 break

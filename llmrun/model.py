@@ -128,23 +128,28 @@ class Model:
     def stream(self, prompt: str | Sequence[int], max_tokens: int | None = 256, temperature: float = 0.8,
                top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
                seed: int | None = None, stop: str | Iterable[str] | None = None,
-               repeat_last_n: int = 64) -> Generation:
+               repeat_last_n: int = 64, presence_penalty: float = 0.0,
+               frequency_penalty: float = 0.0) -> Generation:
         """Generates a continuation of `prompt` (text, or token ids), yielding text pieces as they are
         complete (never half a UTF-8 character). Sampling defaults are llama.cpp's; temperature 0 is
         greedy. Generation ends at an end-of-generation token, a stop string (not included in the text),
         `max_tokens` new tokens (None: until the context is full) or a full context. The repetition
         penalty looks at the last `repeat_last_n` tokens (-1: all). The returned Generation also reports
-        `finish_reason`, `tokens` and `stats` once it is exhausted."""
+        `finish_reason`, `tokens` and `stats` once it is exhausted. `presence_penalty` and `frequency_penalty`
+        (OpenAI's, in [-2, 2]) lower the logits of tokens this generation already produced."""
         ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         return self._start(ids, self.eog_ids, [], max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                            top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, stop=stop,
-                           repeat_last_n=repeat_last_n)
+                           repeat_last_n=repeat_last_n, presence_penalty=presence_penalty,
+                           frequency_penalty=frequency_penalty)
 
     def _start(self, ids: list[int], eog_ids: frozenset[int], extra_stops: list[str], max_tokens: int | None,
                temperature: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float,
-               seed: int | None, stop: str | Iterable[str] | None, repeat_last_n: int) -> Generation:
+               seed: int | None, stop: str | Iterable[str] | None, repeat_last_n: int,
+               presence_penalty: float = 0.0, frequency_penalty: float = 0.0) -> Generation:
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed)
+                                repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed,
+                                presence_penalty=presence_penalty, frequency_penalty=frequency_penalty)
         check_max_tokens(max_tokens)
         stops = normalize_stop(stop)
         stops += [s for s in extra_stops if s not in stops]
@@ -157,11 +162,12 @@ class Model:
     def generate(self, prompt: str | Sequence[int], max_tokens: int | None = 256, temperature: float = 0.8,
                  top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
                  seed: int | None = None, stop: str | Iterable[str] | None = None,
-                 repeat_last_n: int = 64) -> str:
+                 repeat_last_n: int = 64, presence_penalty: float = 0.0, frequency_penalty: float = 0.0) -> str:
         """Like `stream`, but returns the whole continuation as one string."""
         return self.stream(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                            min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, stop=stop,
-                           repeat_last_n=repeat_last_n).text()
+                           repeat_last_n=repeat_last_n, presence_penalty=presence_penalty,
+                           frequency_penalty=frequency_penalty).text()
 
     # --- chat ---------------------------------------------------------------------------------------
 
@@ -192,7 +198,8 @@ class Model:
     def chat_stream(self, messages: Sequence[dict], chat_format: str | None = None, max_tokens: int | None = None,
                     temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
                     repeat_penalty: float = 1.0, seed: int | None = None, stop: str | Iterable[str] | None = None,
-                    repeat_last_n: int = 64) -> ChatStream:
+                    repeat_last_n: int = 64, presence_penalty: float = 0.0,
+                    frequency_penalty: float = 0.0) -> ChatStream:
         """Starts the assistant's reply to `messages` (a list of {"role": "system" | "user" | "assistant",
         "content": str}) and returns a ChatStream that yields its text as it is generated. The conversation is
         rendered with `chat_template(chat_format)`; message contents can never produce control tokens. The
@@ -205,13 +212,14 @@ class Model:
         eog, marker_stops = end_of_turn(template, self.tokenizer, self.eog_ids)
         generation = self._start(prompt.ids, eog, marker_stops, max_tokens=max_tokens, temperature=temperature,
                                  top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed,
-                                 stop=stop, repeat_last_n=repeat_last_n)
+                                 stop=stop, repeat_last_n=repeat_last_n, presence_penalty=presence_penalty,
+                                 frequency_penalty=frequency_penalty)
         return ChatStream(generation, prompt, template)
 
     def chat(self, messages: Sequence[dict], chat_format: str | None = None, max_tokens: int | None = None,
              temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
              repeat_penalty: float = 1.0, seed: int | None = None, stop: str | Iterable[str] | None = None,
-             repeat_last_n: int = 64) -> dict:
+             repeat_last_n: int = 64, presence_penalty: float = 0.0, frequency_penalty: float = 0.0) -> dict:
         """The assistant's reply to `messages`, as `chat_stream` generates it, in OpenAI's shape:
 
             {"message": {"role": "assistant", "content": "..."},
@@ -219,7 +227,8 @@ class Model:
              "usage": {"prompt_tokens": ..., "completion_tokens": ..., "total_tokens": ...}}"""
         return self.chat_stream(messages, chat_format=chat_format, max_tokens=max_tokens, temperature=temperature,
                                 top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed,
-                                stop=stop, repeat_last_n=repeat_last_n).result()
+                                stop=stop, repeat_last_n=repeat_last_n, presence_penalty=presence_penalty,
+                                frequency_penalty=frequency_penalty).result()
 
     def _check_fits(self, n_tokens: int, what: str) -> None:
         if n_tokens > self.info.n_ctx:

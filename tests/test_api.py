@@ -55,6 +55,12 @@ def test_sampling_options_reach_the_sampler(model: llmrun.Model) -> None:
     assert model.generate("Tom", max_tokens=40, temperature=1.5, top_k=1, seed=1) == greedy
     penalized = model.generate("Tom", max_tokens=40, temperature=0, repeat_penalty=1.5)
     assert penalized != greedy
+    assert model.generate("Tom", max_tokens=40, temperature=0, presence_penalty=0.0, frequency_penalty=0.0) == greedy
+    assert model.generate("Tom", max_tokens=40, temperature=0, presence_penalty=2.0) != greedy
+    assert model.generate("Tom", max_tokens=40, temperature=0, frequency_penalty=2.0) != greedy
+    chat = [{"role": "user", "content": "Tom"}]
+    assert (model.chat(chat, max_tokens=30, temperature=0, frequency_penalty=2.0)["message"]
+            != model.chat(chat, max_tokens=30, temperature=0)["message"])
 
 
 def test_stop_strings(model: llmrun.Model) -> None:
