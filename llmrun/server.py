@@ -35,7 +35,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from .errors import ContextOverflowError, KernelError, LLMError
-from .generate import Generation
+from .generate import Generation, GenerationStats
 from .model import Model
 from .openai_api import (
     APIError,
@@ -195,6 +195,7 @@ class ModelServer:
         self.waiting = 0  # requests queued for the slot
         self.finished = 0  # generations run to their end
         self.stopped = 0  # generations stopped early (client gone, error)
+        self.last_stats: GenerationStats | None = None  # the last request's token counts and speeds
         self.app = Starlette(
             routes=[
                 Route("/health", self.health, methods=["GET"]),
@@ -326,7 +327,7 @@ class ModelServer:
             self.stopped += 1
         else:
             self.finished += 1
-        s = gen.stats
+        s = self.last_stats = gen.stats
         log.info("%s %s: %d prompt tokens (%d from the cache), %d generated, finish %s, %.1f tokens/s",
                  "chat" if job.chat else "completion", job.id, s.prompt_tokens, s.reused_tokens,
                  s.generated_tokens, gen.finish_reason or "stopped early", s.decode_tokens_per_second)
