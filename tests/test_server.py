@@ -3,6 +3,7 @@ against a server on a free loopback port, on stories260K."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -329,6 +330,25 @@ def test_client_gone_while_waiting_for_a_whole_answer(running: Running, slow_mod
                      timeout=0.5)
     assert wait_for(lambda: server.stopped == stopped + 1, 5.0), "the generation went on"
     assert running.client().completions.create(model=NAME, prompt="Tom", max_tokens=3).usage.completion_tokens == 3
+
+
+def test_a_full_queue_gets_503(running: Running, slow_model: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = running.server
+    monkeypatch.setattr(server, "config", dataclasses.replace(server.config, max_queue=1))
+    body = {"model": NAME, "prompt": "Tom", "max_tokens": 400, "temperature": 1.0, "min_p": 0.0, "stream": True}
+    with httpx.stream("POST", f"{running.url}/v1/completions", json=body, timeout=30,
+                      headers={"Authorization": f"Bearer {KEY}"}) as holder:
+        lines = holder.iter_lines()  # kept: dropping the iterator would close the connection
+        assert next(lines).startswith("data: ")  # holds the model
+        with ThreadPoolExecutor(1) as pool:
+            queued = pool.submit(running.post, "/v1/completions", {"prompt": "Tom", "max_tokens": 2})
+            assert wait_for(lambda: server.waiting == 1)
+            r = running.post("/v1/completions", {"prompt": "Tom", "max_tokens": 2})
+            assert r.status_code == 503 and r.json()["error"]["code"] == "server_busy"
+            assert server.waiting == 1 and not queued.done()
+            holder.close()  # the holder leaves: the queued request gets the model
+            assert queued.result(timeout=10).json()["usage"]["completion_tokens"] == 2
+    assert server.waiting == 0
 
 
 def test_cli_serve(models_dir: Path) -> None:
