@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -96,6 +97,32 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("--ctx", type=int, default=256, help="tokens per chunk (default: 256)")
     ppl.set_defaults(run=run_perplexity)
 
+    serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (needs: pip install 'llmrun[server]')",
+                           description="Serve the model over HTTP with the OpenAI API: GET /v1/models, POST "
+                                       "/v1/completions, POST /v1/chat/completions (streaming or not), GET "
+                                       "/health. Requests take turns on the one model; the KV cache carries a "
+                                       "shared prefix from one request to the next.")
+    add_model_args(serve)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 exposes "
+                            "the model to the network: use --api-key then)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    serve.add_argument("--api-key", default=os.environ.get("LLMRUN_API_KEY") or None, metavar="KEY",
+                       help="require 'Authorization: Bearer KEY' on every endpoint but /health (default: the "
+                            "LLMRUN_API_KEY environment variable, which keeps the key out of the process list)")
+    serve.add_argument("--model-name", default=None, metavar="NAME",
+                       help="the model's id in the API (default: the file or folder name without extension)")
+    serve.add_argument("--chat-format", default=None, choices=list(FORMATS),
+                       help="a built-in chat format instead of the model's template (default: the model's own "
+                            "template, else plain)")
+    serve.add_argument("--max-body-bytes", type=int, default=1 << 20,
+                       help="larger request bodies get 413 (default: 1 MiB)")
+    serve.add_argument("--max-queue", type=int, default=64,
+                       help="requests that may wait for the model; more get 503 (default: 64)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                       help="server log level (default: info)")
+    serve.set_defaults(run=run_serve)
+
     info = sub.add_parser("info", help="show a model's shape, parameters, type and size")
     add_model_args(info)
     info.set_defaults(run=run_info)
@@ -139,6 +166,10 @@ def add_sampling_args(p: argparse.ArgumentParser, max_tokens_default: int) -> No
     p.add_argument("--repeat-penalty", type=float, default=1.0, help="1.0 = off (default: 1.0)")
     p.add_argument("--repeat-last-n", type=int, default=64,
                    help="how many recent tokens the penalty looks at; -1 = all (default: 64)")
+    p.add_argument("--presence-penalty", type=float, default=0.0,
+                   help="subtracted from the logits of tokens already generated, in [-2, 2] (default: 0.0)")
+    p.add_argument("--frequency-penalty", type=float, default=0.0,
+                   help="subtracted once per earlier occurrence in the generated text, in [-2, 2] (default: 0.0)")
     p.add_argument("-s", "--seed", type=int, default=None, help="random seed, for reproducible runs")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop when this text appears (repeatable)")
@@ -154,7 +185,8 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
         raise ValueError(f"--max-tokens must be -1 (no limit) or >= 0, got {args.max_tokens}")
     return dict(max_tokens=None if args.max_tokens == -1 else args.max_tokens, temperature=args.temperature,
                 top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, repeat_penalty=args.repeat_penalty,
-                seed=args.seed, stop=args.stop or None, repeat_last_n=args.repeat_last_n)
+                seed=args.seed, stop=args.stop or None, repeat_last_n=args.repeat_last_n,
+                presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty)
 
 
 def print_stream(generation: Generation) -> None:
@@ -195,6 +227,29 @@ def run_chat(args: argparse.Namespace) -> int:
         if sys.stdin.isatty():
             enable_line_editing()
         return Repl(model, chat_format=args.chat_format, system=args.system, sampling=kwargs).run()
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        from .server import ServerConfig, serve
+    except ImportError as e:
+        print(f"llmrun: error: the server needs Starlette and uvicorn ({e}); install them with: "
+              f"pip install 'llmrun[server]'", file=sys.stderr)
+        return EXIT_ERROR
+    if not 0 <= args.port <= 65535:
+        raise InvalidArgumentError(f"--port must be in [0, 65535], got {args.port}")
+    if args.max_body_bytes < 1 or args.max_queue < 1:
+        raise InvalidArgumentError("--max-body-bytes and --max-queue must be >= 1")
+    if args.api_key is not None and not args.api_key.isprintable():
+        raise InvalidArgumentError("the API key must be printable text")
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    name = args.model_name or Path(args.model).name.rsplit(".", 1)[0]
+    config = ServerConfig(model_name=name, api_key=args.api_key, max_body_bytes=args.max_body_bytes,
+                          max_queue=args.max_queue)
+    with load(args.model, tokenizer=args.tokenizer, n_ctx=args.ctx_size, n_threads=args.threads,
+              n_batch=args.batch_size, chat_format=args.chat_format) as model:
+        serve(model, config, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
 
 
 def status(message: str) -> None:

@@ -39,10 +39,43 @@ class GenerationStats:
         return self.generated_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
 
 
+MAX_TOP_LOGPROBS = 20  # alternatives per token a Generation reports at most (OpenAI's limit)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model (log-softmax of the raw logits the sampler was
+    given, before penalties, temperature and filters) and the `top` most likely ids with theirs."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]
+
+
+def token_logprob(logits: np.ndarray, token: int, n_top: int) -> TokenLogprob:
+    """The TokenLogprob of `token` for one step's logits, with the `n_top` most likely alternatives (ties
+    to the lowest ids)."""
+    x = logits.astype(np.float64)
+    top = x.max()
+    logz = top + np.log(np.exp(x - top).sum())
+    alternatives: tuple[tuple[int, float], ...] = ()
+    if n_top > 0:
+        ids = np.argpartition(-x, min(n_top, x.size) - 1)[:n_top]
+        ids = ids[np.lexsort((ids, -x[ids]))]
+        alternatives = tuple((int(i), float(x[i] - logz)) for i in ids)
+    return TokenLogprob(token, float(x[token] - logz), alternatives)
+
+
 def check_max_tokens(max_tokens: int | None) -> None:
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
                                    or max_tokens < 0):
         raise InvalidArgumentError(f"max_tokens must be None or an int >= 0, got {max_tokens!r}")
+
+
+def check_logprobs(logprobs: int | None) -> None:
+    if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int)
+                                 or not 0 <= logprobs <= MAX_TOP_LOGPROBS):
+        raise InvalidArgumentError(f"logprobs must be None or an int in [0, {MAX_TOP_LOGPROBS}], got {logprobs!r}")
 
 
 def normalize_stop(stop: str | Iterable[str] | None) -> list[str]:
@@ -90,10 +123,13 @@ class StopStrings:
 class Generation(Iterator[str]):
     """One completion, streamed as text pieces. After iteration ends, `finish_reason` is "stop" (an
     end-of-generation token or a stop string) or "length" (max_tokens, or the context is full), and
-    `tokens` holds the generated ids."""
+    `tokens` holds the generated ids. With `logprobs` (the number of alternatives, 0-20), `token_logprobs`
+    holds a TokenLogprob for each generated token, filled as the tokens are generated."""
 
     def __init__(self, engine: Engine, tokenizer: Tokenizer, prompt: Sequence[int], params: SamplingParams,
-                 max_tokens: int | None, stop: list[str], eog_ids: frozenset[int]) -> None:
+                 max_tokens: int | None, stop: list[str], eog_ids: frozenset[int],
+                 logprobs: int | None = None) -> None:
+        check_logprobs(logprobs)
         self.engine = engine
         self.tokenizer = tokenizer
         self.prompt = list(prompt)
@@ -102,6 +138,8 @@ class Generation(Iterator[str]):
         self.stop = stop
         self.eog_ids = eog_ids
         self.tokens: list[int] = []
+        self.logprobs = logprobs
+        self.token_logprobs: list[TokenLogprob] = []
         self.finish_reason: str | None = None
         self.stats = GenerationStats(prompt_tokens=len(self.prompt))
         self._steps = self._run()
@@ -139,11 +177,13 @@ class Generation(Iterator[str]):
             if self.max_tokens is not None and len(self.tokens) >= self.max_tokens:
                 self.finish_reason = "length"
                 break
-            token = self.sampler.sample(logits, history)
+            token = self.sampler.sample(logits, history, self.tokens)
             if token in self.eog_ids:
                 self.finish_reason = "stop"
                 break
             self.tokens.append(token)
+            if self.logprobs is not None:
+                self.token_logprobs.append(token_logprob(logits, token, self.logprobs))
             history.append(token)
             self.stats.generated_tokens += 1
             text, hit = stops.feed(decoder.feed(token))

@@ -128,23 +128,30 @@ class Model:
     def stream(self, prompt: str | Sequence[int], max_tokens: int | None = 256, temperature: float = 0.8,
                top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
                seed: int | None = None, stop: str | Iterable[str] | None = None,
-               repeat_last_n: int = 64) -> Generation:
+               repeat_last_n: int = 64, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+               logprobs: int | None = None) -> Generation:
         """Generates a continuation of `prompt` (text, or token ids), yielding text pieces as they are
         complete (never half a UTF-8 character). Sampling defaults are llama.cpp's; temperature 0 is
         greedy. Generation ends at an end-of-generation token, a stop string (not included in the text),
         `max_tokens` new tokens (None: until the context is full) or a full context. The repetition
         penalty looks at the last `repeat_last_n` tokens (-1: all). The returned Generation also reports
-        `finish_reason`, `tokens` and `stats` once it is exhausted."""
+        `finish_reason`, `tokens` and `stats` once it is exhausted. `presence_penalty` and `frequency_penalty`
+        (OpenAI's, in [-2, 2]) lower the logits of tokens this generation already produced. With `logprobs`
+        (0-20), `Generation.token_logprobs` reports each token's log-probability and that many alternatives."""
         ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         return self._start(ids, self.eog_ids, [], max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                            top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, stop=stop,
-                           repeat_last_n=repeat_last_n)
+                           repeat_last_n=repeat_last_n, presence_penalty=presence_penalty,
+                           frequency_penalty=frequency_penalty, logprobs=logprobs)
 
     def _start(self, ids: list[int], eog_ids: frozenset[int], extra_stops: list[str], max_tokens: int | None,
                temperature: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float,
-               seed: int | None, stop: str | Iterable[str] | None, repeat_last_n: int) -> Generation:
+               seed: int | None, stop: str | Iterable[str] | None, repeat_last_n: int,
+               presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+               logprobs: int | None = None) -> Generation:
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed)
+                                repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed,
+                                presence_penalty=presence_penalty, frequency_penalty=frequency_penalty)
         check_max_tokens(max_tokens)
         stops = normalize_stop(stop)
         stops += [s for s in extra_stops if s not in stops]
@@ -152,16 +159,17 @@ class Model:
             raise InvalidArgumentError("the prompt has no tokens (empty text and no BOS token to start from)")
         self._check_fits(len(ids), "prompt")
         self._engine.check_tokens(ids)
-        return Generation(self._engine, self.tokenizer, ids, params, max_tokens, stops, eog_ids)
+        return Generation(self._engine, self.tokenizer, ids, params, max_tokens, stops, eog_ids, logprobs=logprobs)
 
     def generate(self, prompt: str | Sequence[int], max_tokens: int | None = 256, temperature: float = 0.8,
                  top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
                  seed: int | None = None, stop: str | Iterable[str] | None = None,
-                 repeat_last_n: int = 64) -> str:
+                 repeat_last_n: int = 64, presence_penalty: float = 0.0, frequency_penalty: float = 0.0) -> str:
         """Like `stream`, but returns the whole continuation as one string."""
         return self.stream(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                            min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, stop=stop,
-                           repeat_last_n=repeat_last_n).text()
+                           repeat_last_n=repeat_last_n, presence_penalty=presence_penalty,
+                           frequency_penalty=frequency_penalty).text()
 
     # --- chat ---------------------------------------------------------------------------------------
 
@@ -192,26 +200,28 @@ class Model:
     def chat_stream(self, messages: Sequence[dict], chat_format: str | None = None, max_tokens: int | None = None,
                     temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
                     repeat_penalty: float = 1.0, seed: int | None = None, stop: str | Iterable[str] | None = None,
-                    repeat_last_n: int = 64) -> ChatStream:
+                    repeat_last_n: int = 64, presence_penalty: float = 0.0,
+                    frequency_penalty: float = 0.0, logprobs: int | None = None) -> ChatStream:
         """Starts the assistant's reply to `messages` (a list of {"role": "system" | "user" | "assistant",
         "content": str}) and returns a ChatStream that yields its text as it is generated. The conversation is
         rendered with `chat_template(chat_format)`; message contents can never produce control tokens. The
         reply ends at an end-of-turn token (EOS, <|eot_id|>, <|im_end|> ... as the template uses them), a stop
         string (never part of the text), `max_tokens` (default None: no limit but the context) or a full
         context. The KV cache keeps the conversation, so the next turn only computes the new tokens.
-        Sampling arguments as `stream`. ContextOverflowError if the conversation does not fit."""
+        Sampling arguments and `logprobs` as `stream`. ContextOverflowError if the conversation does not fit."""
         template = self.chat_template(chat_format)
         prompt = tokenize_chat(template, self.tokenizer, messages, add_bos=self._add_bos)
         eog, marker_stops = end_of_turn(template, self.tokenizer, self.eog_ids)
         generation = self._start(prompt.ids, eog, marker_stops, max_tokens=max_tokens, temperature=temperature,
                                  top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed,
-                                 stop=stop, repeat_last_n=repeat_last_n)
+                                 stop=stop, repeat_last_n=repeat_last_n, presence_penalty=presence_penalty,
+                                 frequency_penalty=frequency_penalty, logprobs=logprobs)
         return ChatStream(generation, prompt, template)
 
     def chat(self, messages: Sequence[dict], chat_format: str | None = None, max_tokens: int | None = None,
              temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
              repeat_penalty: float = 1.0, seed: int | None = None, stop: str | Iterable[str] | None = None,
-             repeat_last_n: int = 64) -> dict:
+             repeat_last_n: int = 64, presence_penalty: float = 0.0, frequency_penalty: float = 0.0) -> dict:
         """The assistant's reply to `messages`, as `chat_stream` generates it, in OpenAI's shape:
 
             {"message": {"role": "assistant", "content": "..."},
@@ -219,7 +229,8 @@ class Model:
              "usage": {"prompt_tokens": ..., "completion_tokens": ..., "total_tokens": ...}}"""
         return self.chat_stream(messages, chat_format=chat_format, max_tokens=max_tokens, temperature=temperature,
                                 top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed,
-                                stop=stop, repeat_last_n=repeat_last_n).result()
+                                stop=stop, repeat_last_n=repeat_last_n, presence_penalty=presence_penalty,
+                                frequency_penalty=frequency_penalty).result()
 
     def _check_fits(self, n_tokens: int, what: str) -> None:
         if n_tokens > self.info.n_ctx:

@@ -99,6 +99,10 @@ class SamplingParams:
             ``0`` = off, ``-1`` = the whole history.
         seed: Seed of the sampler's random generator, ``None`` (fresh OS entropy) or an int in
             ``[0, 2**64)``.
+        presence_penalty: Subtracted once from the logit of every id already generated, in
+            ``[-2, 2]`` (OpenAI's range); ``0.0`` = off.
+        frequency_penalty: Subtracted from the logit of every generated id once per occurrence, in
+            ``[-2, 2]``; ``0.0`` = off.
     """
 
     temperature: float = 0.8
@@ -108,6 +112,8 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     repeat_last_n: int = 64
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         """Validate every field and normalise numpy scalars to Python ``float``/``int``."""
@@ -117,6 +123,8 @@ class SamplingParams:
         self._set_float("min_p", "must be in [0, 1]", lambda v: 0 <= v <= 1)
         self._set_float("repeat_penalty", "must be a finite number > 0", lambda v: v > 0)
         self._set_int("repeat_last_n", "must be an int >= -1", -1, None)
+        self._set_float("presence_penalty", "must be a number in [-2, 2]", lambda v: -2 <= v <= 2)
+        self._set_float("frequency_penalty", "must be a number in [-2, 2]", lambda v: -2 <= v <= 2)
         if self.seed is not None:
             self._set_int("seed", "must be None or an int in [0, 2**64)", 0, _SEED_LIMIT)
 
@@ -154,13 +162,15 @@ class Sampler:
         self._params = params
         self._rng = np.random.default_rng(params.seed)
         self._log_min_p = math.log(params.min_p) if params.min_p > 0 else -math.inf
+        self._penalized = (params.repeat_penalty != 1.0 or params.presence_penalty != 0.0
+                           or params.frequency_penalty != 0.0)
 
     @property
     def params(self) -> SamplingParams:
         """The (immutable) parameters this sampler was built with."""
         return self._params
 
-    def sample(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
+    def sample(self, logits: np.ndarray, history: Sequence[int] = (), generated: Sequence[int] = ()) -> int:
         """Return the next token id.
 
         Args:
@@ -168,6 +178,8 @@ class Sampler:
                 Not modified; read-only arrays are fine. ``-inf`` entries are never sampled.
             history: Token ids generated/seen so far, oldest first; only the last
                 ``repeat_last_n`` are used, and only when the repetition penalty is on.
+            generated: The ids this generation produced so far (a suffix of ``history``); the presence
+                and frequency penalties count them, and only when they are on.
 
         Raises:
             SamplingError: (a ``ValueError``) for logits that are not a non-empty 1-D float array,
@@ -175,7 +187,7 @@ class Sampler:
                 ``[0, len(logits))``.
         """
         p = self._params
-        if p.temperature == 0.0 and p.repeat_penalty == 1.0 and _is_plain_vector(logits):
+        if p.temperature == 0.0 and not self._penalized and _is_plain_vector(logits):
             # Greedy decoding with nothing to adjust: the argmax of the caller's array is the answer. A NaN
             # or +inf would win the argmax, so a non-finite winner goes the long way (which rejects it).
             best = int(np.argmax(logits))
@@ -183,6 +195,7 @@ class Sampler:
                 return best
         x = _copy_logits(logits)
         self._apply_repeat_penalty(x, history)
+        self._apply_presence_frequency(x, generated)
         top = float(x.max())
         if top == -math.inf:
             raise SamplingError("all logits are -inf: no token can be sampled")
@@ -262,6 +275,17 @@ class Sampler:
         penalised = np.where(vals > 0, vals / p.repeat_penalty, vals * p.repeat_penalty)
         # A tiny penalty could overflow a large positive logit to +inf; keep it finite.
         x[ids] = np.minimum(penalised, np.finfo(np.float64).max)
+
+    def _apply_presence_frequency(self, x: np.ndarray, generated: Sequence[int]) -> None:
+        """Subtract, in place on the private copy ``x``, the presence and frequency penalties of each
+        generated id: ``presence * (count > 0) + frequency * count``."""
+        p = self._params
+        if (p.presence_penalty == 0.0 and p.frequency_penalty == 0.0) or len(generated) == 0:
+            return
+        _check_history(generated, x.size)  # every id in the vocabulary
+        ids, counts = np.unique(np.asarray(generated, dtype=np.int64), return_counts=True)
+        # -inf (masked) stays -inf; a negative penalty cannot overflow a finite float64 logit by 2 * n_ctx
+        x[ids] -= p.presence_penalty + p.frequency_penalty * counts
 
 
 def _copy_logits(logits: np.ndarray) -> np.ndarray:

@@ -55,6 +55,12 @@ def test_sampling_options_reach_the_sampler(model: llmrun.Model) -> None:
     assert model.generate("Tom", max_tokens=40, temperature=1.5, top_k=1, seed=1) == greedy
     penalized = model.generate("Tom", max_tokens=40, temperature=0, repeat_penalty=1.5)
     assert penalized != greedy
+    assert model.generate("Tom", max_tokens=40, temperature=0, presence_penalty=0.0, frequency_penalty=0.0) == greedy
+    assert model.generate("Tom", max_tokens=40, temperature=0, presence_penalty=2.0) != greedy
+    assert model.generate("Tom", max_tokens=40, temperature=0, frequency_penalty=2.0) != greedy
+    chat = [{"role": "user", "content": "Tom"}]
+    assert (model.chat(chat, max_tokens=30, temperature=0, frequency_penalty=2.0)["message"]
+            != model.chat(chat, max_tokens=30, temperature=0)["message"])
 
 
 def test_stop_strings(model: llmrun.Model) -> None:
@@ -247,3 +253,24 @@ def test_repeat_last_n(model: llmrun.Model) -> None:
     # an empty penalty window: the penalty has nothing to act on
     assert model.generate("Tom", max_tokens=40, temperature=0, repeat_penalty=1.5, repeat_last_n=0) == greedy
     assert model.generate("Tom", max_tokens=40, temperature=0, repeat_penalty=1.5, repeat_last_n=-1) != greedy
+
+
+def test_logprobs_are_the_models_log_softmax(model: llmrun.Model) -> None:
+    prompt = model.tokenize("Once upon a time")
+    gen = model.stream(prompt, max_tokens=12, temperature=0.9, seed=3, logprobs=3, repeat_penalty=1.3)
+    gen.text()
+    assert len(gen.token_logprobs) == len(gen.tokens) == 12
+    rows = model.logits(prompt + gen.tokens)[len(prompt) - 1:-1].astype(np.float64)
+    want = rows - np.log(np.exp(rows - rows.max(1, keepdims=True)).sum(1, keepdims=True)) - rows.max(1, keepdims=True)
+    for j, lp in enumerate(gen.token_logprobs):
+        assert lp.token == gen.tokens[j]
+        assert lp.logprob == pytest.approx(want[j, lp.token], abs=1e-4)  # raw logits: no penalty, no temperature
+        assert [t for t, _ in lp.top] == list(np.argsort(-want[j], kind="stable")[:3])
+        assert [v for _, v in lp.top] == pytest.approx(sorted(want[j], reverse=True)[:3], abs=1e-4)
+    greedy = model.stream(prompt, max_tokens=5, temperature=0, logprobs=0)
+    greedy.text()
+    assert all(lp.top == () and lp.logprob <= 0 for lp in greedy.token_logprobs)
+    assert model.stream(prompt, max_tokens=3).token_logprobs == []
+    for bad in (-1, 21, 1.5, True):
+        with pytest.raises(llmrun.InvalidArgumentError, match="logprobs"):
+            model.stream(prompt, max_tokens=3, logprobs=bad)

@@ -102,6 +102,12 @@ BAD_PARAMS = [
     ("repeat_last_n", 64.0),
     ("repeat_last_n", True),
     ("repeat_last_n", None),
+    ("presence_penalty", 2.01),
+    ("presence_penalty", math.nan),
+    ("presence_penalty", "0.5"),
+    ("frequency_penalty", -2.5),
+    ("frequency_penalty", math.inf),
+    ("frequency_penalty", True),
     ("seed", -1),
     ("seed", 2**64),
     ("seed", 1.0),
@@ -497,3 +503,32 @@ def test_large_vocab_default_chain_runs() -> None:
     sampler = Sampler(SamplingParams(seed=12))
     top40 = set(np.argsort(-logits)[:40].tolist())
     assert {sampler.sample(logits) for _ in range(50)} <= top40
+
+
+# ---------------------------------------------------------------------------------------------
+# Presence and frequency penalties (OpenAI): over the generated tokens only
+
+
+def test_presence_and_frequency_penalties_follow_openai() -> None:
+    sampler = Sampler(SamplingParams(temperature=1.0, **PLAIN, presence_penalty=0.5, frequency_penalty=0.25))
+    x = np.array([1.0, 1.0, 1.0, -np.inf])
+    sampler._apply_presence_frequency(x, [0, 0, 0, 2])
+    np.testing.assert_allclose(x, [1.0 - 0.5 - 0.75, 1.0, 1.0 - 0.5 - 0.25, -np.inf])
+
+
+def test_presence_and_frequency_penalties_look_only_at_generated_tokens() -> None:
+    logits = np.array([2.0, 1.8, 0.0])
+    params = SamplingParams(temperature=0.0, presence_penalty=0.5)
+    assert Sampler(params).sample(logits, history=[0, 0, 0]) == 0  # the prompt is not penalised
+    assert Sampler(params).sample(logits, history=[0], generated=[0]) == 1  # 1.5 < 1.8
+    freq = SamplingParams(temperature=0.0, frequency_penalty=0.1)
+    assert Sampler(freq).sample(logits, generated=[0]) == 0  # 1.9 > 1.8
+    assert Sampler(freq).sample(logits, generated=[0, 0, 0]) == 1  # 1.7 < 1.8
+    # A negative penalty encourages repetition.
+    assert Sampler(SamplingParams(temperature=0.0, presence_penalty=-0.5)).sample(logits, generated=[1]) == 1
+
+
+def test_presence_penalty_rejects_out_of_range_generated_ids() -> None:
+    sampler = Sampler(SamplingParams(presence_penalty=1.0))
+    with pytest.raises(ValueError, match="history token id 7 is out of range"):
+        sampler.sample(np.zeros(5), generated=[7])

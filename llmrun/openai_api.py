@@ -1,0 +1,283 @@
+"""The OpenAI API's shapes, without a web framework: request bodies checked field by field into requests the
+model can run, and the response, chunk and error bodies built from what the model generated.
+
+Every client mistake becomes an `APIError` (status, message, param, code) whose `body()` is OpenAI's error
+shape, so the server answers it with a 4xx instead of failing. Unknown fields are ignored (clients send
+extras such as `user` or `metadata`); known fields of the wrong type or out of range are refused. Features
+llmrun does not have (n > 1, tools, logit_bias, JSON mode, suffix) are refused with a 400 that says so rather
+than silently ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .generate import TokenLogprob
+from .tokenizer import Tokenizer
+
+MAX_STOP_STRINGS = 16
+MAX_LEGACY_LOGPROBS = 5  # /v1/completions `logprobs` (OpenAI's limit)
+MAX_TOP_LOGPROBS = 20  # /v1/chat/completions `top_logprobs`
+CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+class APIError(Exception):
+    """A request the server refuses, with the HTTP status and OpenAI's error fields."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type
+
+    def body(self) -> dict[str, Any]:
+        """{"error": {"message", "type", "param", "code"}}, as OpenAI answers errors."""
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+# --- requests ---------------------------------------------------------------------------------------------
+
+@dataclass
+class GenerationRequest:
+    """What both endpoints share: the model asked for, streaming, the token limit and sampling arguments
+    (only the ones the client gave: the rest keep Model's defaults)."""
+
+    model: str | None
+    stream: bool
+    include_usage: bool
+    max_tokens: int | None
+    sampling: dict[str, Any] = field(default_factory=dict)
+    logprobs: int | None = None  # alternatives per token; None: no logprobs
+
+
+@dataclass
+class CompletionRequest(GenerationRequest):
+    prompt: str | list[int] = ""
+    echo: bool = False
+
+
+@dataclass
+class ChatRequest(GenerationRequest):
+    messages: list[dict[str, str]] = field(default_factory=list)
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    return f"{text[:60]}..." if len(text) > 60 else text
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int(body: Mapping[str, Any], name: str, low: int, high: int | None, default: int | None = None) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not _is_int(value) or value < low or (high is not None and value > high):
+        upper = f", at most {high}" if high is not None else ""
+        raise bad_request(f"{name} must be an integer >= {low}{upper}, got {_describe(value)}", param=name)
+    return value
+
+
+def _number(body: Mapping[str, Any], name: str, rule: str, ok: Callable[[float], bool]) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value) or not ok(value):
+        raise bad_request(f"{name} must be a number {rule}, got {_describe(value)}", param=name)
+    return float(value)
+
+
+def _bool(body: Mapping[str, Any], name: str, default: bool = False) -> bool:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise bad_request(f"{name} must be true or false, got {_describe(value)}", param=name)
+    return value
+
+
+def _refuse_unless(body: Mapping[str, Any], name: str, allowed: Callable[[Any], bool], what: str) -> None:
+    value = body.get(name)
+    if value is not None and not allowed(value):
+        raise bad_request(f"{name}: {what}", param=name)
+
+
+def _stop(body: Mapping[str, Any]) -> list[str] | None:
+    value = body.get("stop")
+    if value is None:
+        return None
+    stops = [value] if isinstance(value, str) else value
+    if (not isinstance(stops, list) or len(stops) > MAX_STOP_STRINGS
+            or not all(isinstance(s, str) and s for s in stops)):
+        raise bad_request(f"stop must be a non-empty string or a list of at most {MAX_STOP_STRINGS} non-empty "
+                          f"strings, got {_describe(value)}", param="stop")
+    return stops or None
+
+
+def _common(body: object, default_max_tokens: int | None) -> tuple[Mapping[str, Any], dict[str, Any]]:
+    """Checks the fields both endpoints share; returns the body and GenerationRequest's keyword arguments."""
+    if not isinstance(body, dict):
+        raise bad_request(f"the request body must be a JSON object, got {type(body).__name__}")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise bad_request(f"model must be a string, got {_describe(model)}", param="model")
+    _refuse_unless(body, "n", lambda v: _is_int(v) and v == 1, "only n = 1 is supported (one choice per request)")
+    _refuse_unless(body, "logit_bias", lambda v: isinstance(v, dict) and not v, "logit_bias is not supported")
+    stream = _bool(body, "stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise bad_request(f"stream_options must be an object, got {_describe(options)}", param="stream_options")
+    include_usage = stream and _bool(options or {}, "include_usage")
+    sampling: dict[str, Any] = {
+        "temperature": _number(body, "temperature", "in [0, 2]", lambda v: 0 <= v <= 2),
+        "top_p": _number(body, "top_p", "in (0, 1]", lambda v: 0 < v <= 1),
+        "presence_penalty": _number(body, "presence_penalty", "in [-2, 2]", lambda v: -2 <= v <= 2),
+        "frequency_penalty": _number(body, "frequency_penalty", "in [-2, 2]", lambda v: -2 <= v <= 2),
+        "seed": _int(body, "seed", 0, 2**64 - 1),
+        "stop": _stop(body),
+        # extensions (llama.cpp's samplers)
+        "top_k": _int(body, "top_k", 0, None),
+        "min_p": _number(body, "min_p", "in [0, 1]", lambda v: 0 <= v <= 1),
+        "repeat_penalty": _number(body, "repeat_penalty", "in (0, 10]", lambda v: 0 < v <= 10),
+        "repeat_last_n": _int(body, "repeat_last_n", -1, None),
+    }
+    kwargs = {"model": model, "stream": stream, "include_usage": include_usage,
+              "max_tokens": _int(body, "max_tokens", 0, None, default_max_tokens),
+              "sampling": {k: v for k, v in sampling.items() if v is not None}}
+    return body, kwargs
+
+
+def parse_completion(data: object) -> CompletionRequest:
+    """A /v1/completions body: prompt (a string, token ids, or a list of one of either), max_tokens (default
+    16, as OpenAI), logprobs (0-5 alternatives), echo, and the shared sampling fields."""
+    body, kwargs = _common(data, default_max_tokens=16)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]  # a batch of one
+    if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
+        raise bad_request("only one prompt per request is supported", param="prompt")
+    if not (isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(_is_int(t) for t in prompt))):
+        raise bad_request(f"prompt must be a string or a non-empty list of token ids, got {_describe(prompt)}",
+                          param="prompt")
+    _refuse_unless(body, "suffix", lambda v: v == "", "suffix (insertion) is not supported")
+    _refuse_unless(body, "best_of", lambda v: _is_int(v) and v == 1, "only best_of = 1 is supported")
+    echo = _bool(body, "echo")
+    logprobs = _int(body, "logprobs", 0, MAX_LEGACY_LOGPROBS)
+    if echo and logprobs is not None:
+        raise bad_request("logprobs of the echoed prompt are not supported (echo with logprobs)", param="echo")
+    return CompletionRequest(**kwargs, prompt=prompt, echo=echo, logprobs=logprobs)
+
+
+def parse_chat(data: object) -> ChatRequest:
+    """A /v1/chat/completions body: messages (roles system/developer/user/assistant, content a string or a
+    list of text parts), max_completion_tokens or max_tokens (default: until the context is full), logprobs
+    and top_logprobs, and the shared sampling fields."""
+    body, kwargs = _common(data, default_max_tokens=None)
+    limit = _int(body, "max_completion_tokens", 0, None)
+    if limit is not None:
+        kwargs["max_tokens"] = limit
+    for name in ("tools", "functions"):
+        _refuse_unless(body, name, lambda v: isinstance(v, list) and not v, f"{name} (tool calling) is not supported")
+    for name in ("tool_choice", "function_call"):
+        _refuse_unless(body, name, lambda v: v == "none", f"{name} is not supported")
+    _refuse_unless(body, "response_format", lambda v: isinstance(v, dict) and v.get("type") == "text",
+                   "only the text response format is supported (no JSON mode)")
+    logprobs = None
+    if _bool(body, "logprobs"):
+        logprobs = _int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS, 0)
+    elif body.get("top_logprobs") is not None:
+        raise bad_request("top_logprobs needs logprobs: true", param="top_logprobs")
+    return ChatRequest(**kwargs, messages=_messages(body.get("messages")), logprobs=logprobs)
+
+
+def _messages(value: object) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise bad_request(f"messages must be a non-empty list, got {_describe(value)}", param="messages")
+    out = []
+    for i, message in enumerate(value):
+        param = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise bad_request(f"{param} must be an object with role and content", param=param)
+        role = CHAT_ROLES.get(message.get("role"))  # type: ignore[arg-type]
+        if role is None:
+            raise bad_request(f"{param}.role must be one of {', '.join(CHAT_ROLES)}, got "
+                              f"{_describe(message.get('role'))}", param=f"{param}.role")
+        out.append({"role": role, "content": _content(message.get("content"), f"{param}.content")})
+    return out
+
+
+def _content(value: object, param: str) -> str:
+    """A message's text: a string, or a list of {"type": "text", "text": ...} parts joined by newlines."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                       and isinstance(p.get("text"), str) for p in value):
+        return "\n".join(p["text"] for p in value)
+    raise bad_request(f"{param} must be a string or a list of text parts, got {_describe(value)}", param=param)
+
+
+# --- responses --------------------------------------------------------------------------------------------
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def model_card(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "llmrun"}
+
+
+def _token_bytes(tokenizer: Tokenizer, token: int) -> bytes:
+    return tokenizer.surface(token, at_start=False)[0]
+
+
+def chat_logprobs(tokenizer: Tokenizer, entries: list[TokenLogprob]) -> dict[str, Any]:
+    """Chat's logprobs: {"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}], "refusal": None}."""
+    def item(token: int, logprob: float) -> dict[str, Any]:
+        raw = _token_bytes(tokenizer, token)
+        return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(raw)}
+
+    return {"content": [{**item(e.token, e.logprob), "top_logprobs": [item(t, v) for t, v in e.top]}
+                        for e in entries], "refusal": None}
+
+
+def completion_logprobs(tokenizer: Tokenizer, entries: list[TokenLogprob], offset: int) -> dict[str, Any]:
+    """The legacy completions logprobs: {"tokens", "token_logprobs", "top_logprobs", "text_offset"}; offsets
+    count characters from `offset` (the text already returned)."""
+    def text(token: int) -> str:
+        return _token_bytes(tokenizer, token).decode("utf-8", errors="replace")
+
+    tokens, offsets = [], []
+    for e in entries:
+        offsets.append(offset)
+        tokens.append(text(e.token))
+        offset += len(tokens[-1])
+    return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [{text(t): v for t, v in e.top} for e in entries], "text_offset": offsets}
