@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from commands import LLMRUN
 
 from builders import make_config, random_tensors, write_model
+from commands import LLMRUN
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "llama2c_greedy.json").read_text())
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from commands import LLMRUN
 
 import llmrun
+from commands import LLMRUN
 from hf_builders import FIXTURES, HF, copy_fixture, edit_config, read_tensors, write_safetensors
 from llmrun.errors import ModelFormatError, TokenizerError
 from llmrun.formats import read_model

@@ -14,9 +14,9 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from commands import LLMRUN
 
 import llmrun
+from commands import LLMRUN
 from hf_builders import FIXTURES, HF
 from llmrun.errors import TokenizerError
 from llmrun.formats import read_model

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from commands import LLMRUN
 
 import llmrun
 from builders import make_config, random_tensors, write_model
+from commands import LLMRUN
 from llmrun.repl import Repl
 
 STORY = ", there was a little girl named Lily"

@@ -26,6 +26,7 @@ httpx = pytest.importorskip("httpx")
 
 import llmrun  # noqa: E402
 import llmrun.server  # noqa: E402
+from commands import LLMRUN  # noqa: E402
 from llmrun.server import ModelServer, ServerConfig  # noqa: E402
 
 KEY = "test-key-0123"
@@ -353,9 +354,9 @@ def test_a_full_queue_gets_503(running: Running, slow_model: None, monkeypatch: 
 
 def test_cli_serve(models_dir: Path) -> None:
     env = {**os.environ, "LLMRUN_API_KEY": "cli-key", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "llmrun.cli", "serve", str(models_dir / "stories260K.bin"), "-z",
+    cmd = [*LLMRUN, "serve", str(models_dir / "stories260K.bin"), "-z",
            str(models_dir / "tok512.bin"), "--port", "0", "-t", "1", "--model-name", "tiny"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).parents[1])
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
     try:
         url = None
         deadline = time.monotonic() + 20
@@ -375,7 +376,8 @@ def test_cli_serve(models_dir: Path) -> None:
         proc.wait(10)
 
 
-def test_without_the_server_extra(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_without_the_server_extra(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                  tmp_path: Path) -> None:
     from llmrun import cli
 
     monkeypatch.setitem(sys.modules, "llmrun.server", None)  # as if starlette/uvicorn were missing
@@ -383,6 +385,8 @@ def test_without_the_server_extra(monkeypatch: pytest.MonkeyPatch, capsys: pytes
     assert "pip install 'llmrun[server]'" in capsys.readouterr().err
     code = ("import sys; sys.modules.update(starlette=None, uvicorn=None, anyio=None); import llmrun, llmrun.cli, "
             "llmrun.openai_api; print('ok')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=Path(__file__).parents[1], timeout=60)
+    # the llmrun this test imported (installed in CI, the built source tree in development)
+    env = {**os.environ, "PYTHONPATH": str(Path(llmrun.__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                         timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
