@@ -24,6 +24,9 @@ ISA_NAMES = {"scalar": lib.LLM_ISA_SCALAR, "avx2": lib.LLM_ISA_AVX2, "avx512vnni
 # prompt): each weight matrix is read once per batch.
 DEFAULT_BATCH = 512
 
+# evaluate_all keeps the logits it returned (for a later call on a longer text) up to this size.
+MAX_KEPT_LOGITS_BYTES = 256 << 20
+
 
 def best_isa() -> str:
     """Name of the fastest instruction set this CPU supports."""
@@ -144,7 +147,8 @@ class Engine:
                 out[:keep] = self._rows[:keep]
             if keep < len(tokens):
                 self._run(tokens, keep, out, all_logits=True)
-            self._rows = out.copy()  # the caller owns `out`
+            # the caller owns `out`: keep a copy, unless it is large (a long text times a 128k vocabulary)
+            self._rows = out.copy() if out.nbytes <= MAX_KEPT_LOGITS_BYTES else None
         return out
 
     def check_tokens(self, tokens: list[int], start: int = 0) -> None:

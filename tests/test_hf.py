@@ -151,6 +151,24 @@ def test_cli_generate() -> None:
         assert r.stdout.startswith("Hello" + model.generate("Hello", max_tokens=8, temperature=0))
 
 
+@pytest.mark.parametrize("name", ["llama3-gqa", "qwen2-bias"])
+def test_cli_chat(name: str, tmp_path: Path) -> None:
+    """`llmrun chat FOLDER` uses the folder's own chat template: two turns through a pipe, each reply the
+    one Model.chat gives for the conversation so far (the saved transcript shows them)."""
+    saved = tmp_path / "talk.json"
+    r = subprocess.run([*LLMRUN, "chat", str(HF / name), "-n", "6", "--temp", "0", "-t", "1"],
+                       input=f"Hello there\nAnd then?\n/save {saved}\n", capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and "plain format" not in r.stderr
+    talk = json.loads(saved.read_text())
+    assert [m["role"] for m in talk] == ["user", "assistant", "user", "assistant"]
+    with llmrun.load(HF / name, n_threads=1) as model:
+        assert model.has_chat_template
+        first = model.chat(talk[:1], max_tokens=6, temperature=0)["message"]["content"]
+        second = model.chat(talk[:3], max_tokens=6, temperature=0)["message"]["content"]
+    assert [talk[1]["content"], talk[3]["content"]] == [first, second]
+
+
 # --- bad input ------------------------------------------------------------------------------------------
 
 def test_unknown_architecture(tmp_path: Path) -> None:
