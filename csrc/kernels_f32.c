@@ -85,51 +85,49 @@ AVX2 static float dot_avx2(const float *a, const float *b, int64_t n) {
     return sum;
 }
 
-/* Four rows at a time, their four sums reduced together (one horizontal add per row instead of five). */
+/* Eight rows at a time: eight independent accumulators keep both FMA units busy, and their eight sums are
+   reduced together (a few horizontal adds for all eight instead of five per row). */
 AVX2 static void scores_avx2(float *out, const float *q, const float *rows, int64_t stride, int64_t n_rows,
                              int64_t dim, float scale) {
     int64_t s = 0, vec_dim = dim / 8 * 8;
-    for (; s + 4 <= n_rows; s += 4) {
+    for (; s + 8 <= n_rows; s += 8) {
         const float *r = rows + s * stride;
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+        __m256 a[8];
+        for (int k = 0; k < 8; k++) a[k] = _mm256_setzero_ps();
         for (int64_t i = 0; i < vec_dim; i += 8) {
             __m256 qv = _mm256_loadu_ps(q + i);
-            a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r + i), a0);
-            a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r + stride + i), a1);
-            a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r + 2 * stride + i), a2);
-            a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r + 3 * stride + i), a3);
+            for (int k = 0; k < 8; k++) a[k] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r + k * stride + i), a[k]);
         }
-        __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3)); /* lanes: 4 sums x 2 halves */
-        __m128 sum4 = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-        float sums[4];
-        _mm_storeu_ps(sums, sum4);
-        for (int k = 0; k < 4; k++) {
-            for (int64_t i = vec_dim; i < dim; i++) sums[k] += q[i] * r[k * stride + i];
-            out[s + k] = scale * sums[k];
-        }
+        /* lo = [rows 0-3 low halves | rows 0-3 high halves], hi likewise for rows 4-7 */
+        __m256 lo = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+        __m256 hi = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+        __m256 sums = _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20), _mm256_permute2f128_ps(lo, hi, 0x31));
+        _mm256_storeu_ps(out + s, _mm256_mul_ps(sums, _mm256_set1_ps(scale)));
+        for (int64_t i = vec_dim; i < dim; i++) /* head sizes that are not a multiple of 8 */
+            for (int k = 0; k < 8; k++) out[s + k] += scale * q[i] * r[k * stride + i];
     }
     for (; s < n_rows; s++) out[s] = scale * dot_avx2(q, rows + s * stride, dim);
 }
 
-/* The output is built 32 values (four registers) at a time, over all rows, so it never leaves the
-   registers until it is finished. */
+/* The output is built 64 values (eight registers: eight independent FMA chains) at a time over all rows,
+   so it never leaves the registers until it is finished; then 8 at a time, then one. */
 AVX2 static void weighted_sum_avx2(float *out, const float *weights, const float *rows, int64_t stride,
                                    int64_t n_rows, int64_t dim) {
     int64_t i = 0;
-    for (; i + 32 <= dim; i += 32) {
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    for (; i + 64 <= dim; i += 64) {
+        __m256 a[8];
+        for (int k = 0; k < 8; k++) a[k] = _mm256_setzero_ps();
         for (int64_t s = 0; s < n_rows; s++) {
             const float *r = rows + s * stride + i;
             __m256 w = _mm256_set1_ps(weights[s]);
-            a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(r), a0);
-            a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(r + 8), a1);
-            a2 = _mm256_fmadd_ps(w, _mm256_loadu_ps(r + 16), a2);
-            a3 = _mm256_fmadd_ps(w, _mm256_loadu_ps(r + 24), a3);
+            for (int k = 0; k < 8; k++) a[k] = _mm256_fmadd_ps(w, _mm256_loadu_ps(r + 8 * k), a[k]);
         }
-        _mm256_storeu_ps(out + i, a0);
-        _mm256_storeu_ps(out + i + 8, a1);
-        _mm256_storeu_ps(out + i + 16, a2);
-        _mm256_storeu_ps(out + i + 24, a3);
+        for (int k = 0; k < 8; k++) _mm256_storeu_ps(out + i + 8 * k, a[k]);
+    }
+    for (; i + 8 <= dim; i += 8) {
+        __m256 a = _mm256_setzero_ps();
+        for (int64_t s = 0; s < n_rows; s++) a = _mm256_fmadd_ps(_mm256_set1_ps(weights[s]), _mm256_loadu_ps(rows + s * stride + i), a);
+        _mm256_storeu_ps(out + i, a);
     }
     for (; i < dim; i++) {
         float sum = 0.0f;

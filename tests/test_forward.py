@@ -36,9 +36,9 @@ SHAPES = {
 }
 
 
-def assert_close(got: np.ndarray, want: np.ndarray) -> None:
+def assert_close(got: np.ndarray, want: np.ndarray, rtol: float = RTOL) -> None:
     err = np.max(np.abs(got - want)) / np.max(np.abs(want))
-    assert err <= RTOL, f"max abs error is {err:.2e} of the logits' scale (allowed {RTOL:.0e})"
+    assert err <= rtol, f"max abs error is {err:.2e} of the logits' scale (allowed {rtol:.0e})"
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -210,19 +210,22 @@ def typed_model(type: str, vocab_size: int = 96) -> tuple:
 @pytest.mark.parametrize("type", ["f32", *sorted(QUANT_TOLERANCE)])
 def test_batches_equal_token_by_token(type: str, isa: str) -> None:
     """A prompt processed in batches (matrix-matrix kernels, batched attention) gives the logits of the
-    same prompt processed one token at a time (n_batch=1), for every weight type: both quantize each
-    token's activations the same way, so they differ only in float summation order (RTOL). The vocabulary
-    of 100 leaves the classifier a last group of rows that is not a multiple of the kernels' tiles."""
+    same prompt processed one token at a time (n_batch=1), for every weight type. The two differ in float
+    summation order only: RTOL for float weights. For block weights that rounding can move an activation
+    across an 8-bit quantization boundary (one step, 1/127 of its block's largest value) in a later layer:
+    1e-2 of the logits' scale bounds that (measured up to 8e-3), while a wrong tile or block is off by O(1).
+    The vocabulary of 100 leaves the classifier a last group of rows that is not a multiple of the tiles."""
+    tolerance = 1e-2 if type in ("q8_0", "q4_0") else RTOL
     cfg, spec, _ = typed_model(type, vocab_size=100)
     tokens = list(np.random.default_rng(5).integers(0, cfg.vocab_size, size=30))
     by_token = Engine(spec, n_ctx=32, n_threads=2, isa=isa, n_batch=1).evaluate_all(tokens)
     for n_batch in (2, 7, 32):
         engine = Engine(spec, n_ctx=32, n_threads=2, isa=isa, n_batch=n_batch)
-        assert_close(engine.evaluate_all(tokens), by_token)
+        assert_close(engine.evaluate_all(tokens), by_token, tolerance)
         engine.reset()
-        assert_close(engine.evaluate(tokens), by_token[-1])  # only the last position's logits
+        assert_close(engine.evaluate(tokens), by_token[-1], tolerance)  # only the last position's logits
         assert_close(engine.evaluate(tokens + [1]), Engine(spec, n_ctx=32, n_threads=1, isa=isa, n_batch=1)
-                     .evaluate(tokens + [1]))  # a batch of one after the cached prompt
+                     .evaluate(tokens + [1]), tolerance)  # a batch of one after the cached prompt
 
 
 @pytest.mark.parametrize("isa", ISAS)
