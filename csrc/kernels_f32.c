@@ -137,9 +137,10 @@ AVX2 static void weighted_sum_avx2(float *out, const float *weights, const float
 }
 
 /* e^x for eight floats (Cephes' expf: x = n ln2 + r, e^r by a degree-6 polynomial, 2^n in the exponent
-   bits); relative error about 2e-7. The clamps keep 2^n a normal float; NaN passes through. */
+   bits); relative error about 2e-7. The clamps keep n within [-126, 127], so 2^n is a normal float (e^x
+   saturates at about 1.7e38 and 1.2e-38); NaN passes through. */
 AVX2 static inline __m256 exp_avx2(__m256 x) {
-    x = _mm256_min_ps(_mm256_set1_ps(88.3762626647949f), _mm256_max_ps(_mm256_set1_ps(-87.3365478515625f), x));
+    x = _mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_max_ps(_mm256_set1_ps(-87.3365478515625f), x));
     __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);

@@ -97,11 +97,19 @@ def _int(body: Mapping[str, Any], name: str, low: int, high: int | None, default
     return value
 
 
+def _finite(value: float) -> bool:
+    """math.isfinite, also for integers too large for a float (OverflowError there)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _number(body: Mapping[str, Any], name: str, rule: str, ok: Callable[[float], bool]) -> float | None:
     value = body.get(name)
     if value is None:
         return None
-    if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value) or not ok(value):
+    if not (_is_int(value) or isinstance(value, float)) or not _finite(value) or not ok(value):
         raise bad_request(f"{name} must be a number {rule}, got {_describe(value)}", param=name)
     return float(value)
 

@@ -45,6 +45,7 @@ MAX_RANGE = 10_000  # items of one range()
 MAX_RANGE_TOTAL = 1_000_000  # range() items in one render
 TIME_LIMIT_S = 5.0  # one render; real templates take milliseconds
 MAX_FORMAT_WIDTH = 10_000  # a width or precision in a format string
+MAX_INT_BITS = 1 << 16  # of an integer a template computes (real templates count messages)
 _TEMPLATE_FILE = "<chat template>"
 _WIDTH = re.compile(r"\d{5,}|%[-#0 +]*\*")  # a long number (a width of 10,000+) or a '*' width in a format
 _AMPLIFIERS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs", "replace", "join", "format",
@@ -92,6 +93,10 @@ def _check_result(value: Any) -> Any:
     return value
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_format(fmt: object) -> None:
     if isinstance(fmt, str) and _WIDTH.search(fmt):
         raise TemplateFailure(f"format string {fmt[:40]!r} asks for a width above {MAX_FORMAT_WIDTH:,} characters")
@@ -110,10 +115,18 @@ def _check_amplifier(name: str, target: Any, args: tuple, kwargs: Mapping[str, A
     if name == "replace" and isinstance(target, str) and len(args) >= 2 and isinstance(args[1], str):
         count = len(target) + 1 if args[0] == "" else target.count(str(args[0]))
         limits.size(len(target) + count * len(args[1]), "a string")
-    if name == "join":
-        items = target if isinstance(target, (list, tuple)) else (args[0] if args else ())
+    if name == "join":  # str.join(items) on a separator, or the filter items | join(separator)
+        sep, items = (target, args[0] if args else ()) if isinstance(target, str) else \
+            (args[0] if args else kwargs.get("d", ""), target)
         if isinstance(items, (list, tuple)):
-            limits.size(sum(len(x) for x in items if isinstance(x, str)), "a string")
+            sep_len = len(sep) if isinstance(sep, str) else 0
+            limits.size(sum(len(x) for x in items if isinstance(x, str)) + sep_len * max(len(items) - 1, 0),
+                        "a string")
+    if name == "indent" and isinstance(target, str):  # every line gains up to `width` characters
+        width = next((a for a in (*args, *kwargs.values()) if isinstance(a, (int, str))
+                      and not isinstance(a, bool)), 4)
+        limits.size(len(target) + (width if isinstance(width, int) else len(width)) * (target.count("\n") + 1),
+                    "an indented string")
 
 
 def _counted_range(*args: int) -> range:
@@ -222,9 +235,15 @@ class ChatTemplateEnvironment(ImmutableSandboxedEnvironment):
             for seq, n in ((left, right), (right, left)):
                 if isinstance(seq, sized) and isinstance(n, int):
                     limits.size(len(seq) * max(n, 0), "a repeated value")
-        elif operator == "**" and isinstance(right, int) and right > 256 and left not in (0, 1, -1):
+        if operator == "**" and isinstance(right, int) and right > 256 and left not in (0, 1, -1):
             raise TemplateFailure(f"power with exponent {right}: above the limit of 256")
-        elif operator == "+" and isinstance(left, sized) and isinstance(right, sized):
+        if _is_int(left) and _is_int(right):  # big-integer arithmetic is one uninterruptible C call: size it first
+            bits = {"*": left.bit_length() + right.bit_length(),
+                    "**": left.bit_length() * max(right, 0) if left not in (0, 1, -1) else 1}.get(operator, 0)
+            if bits > MAX_INT_BITS:
+                raise TemplateFailure(f"an integer {operator} of about {bits:,} bits: above the limit of "
+                                      f"{MAX_INT_BITS:,}")
+        if operator == "+" and isinstance(left, sized) and isinstance(right, sized):
             limits.size(len(left) + len(right), "a concatenation")
         elif operator == "%" and isinstance(left, str):
             _check_format(left)

@@ -317,6 +317,12 @@ def test_sandbox_escapes_raise(source: str) -> None:
     ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recursion"),
     ("{{ 10 ** 100000000 }}", "exponent"),
     ("{{ lipsum(100000) }}", "undefined"),
+    # big-integer arithmetic and joins are sized before they run (one C call cannot be interrupted)
+    ("{% set ns = namespace(x=7) %}{% for i in range(40) %}{% set ns.x = ns.x * ns.x %}{% endfor %}", "bits"),
+    ("{% set ns = namespace(x=7) %}{% for i in range(40) %}{% set ns.x = ns.x ** 256 %}{% endfor %}", "bits"),
+    ("{{ (['a'] * 300) | join('x' * 1000000) }}", "limit"),
+    ("{{ ['a', 'b'] | join('x' * 1000000) }}{{ ('y' * 1000000).join(['a'] * 300) }}", "limit"),
+    ("{{ ('a' ~ '\\n' * 10000) | indent(10000) }}", "limit"),
 ])
 def test_runaway_templates_stop(source: str, match: str) -> None:
     start = time.monotonic()

@@ -205,6 +205,34 @@ def test_mismatched_shapes(tmp_path: Path) -> None:
         read_model(folder)
 
 
+@pytest.mark.parametrize("field, value, match", [
+    ("vocab_size", "HUGE", "vocab_size"),  # an integer of 5000 digits: Python's JSON reader refuses it
+    ("rms_norm_eps", 10**400, "rms_norm_eps"),  # too large for a float
+])
+def test_absurd_numbers_in_config(tmp_path: Path, field: str, value: object, match: str) -> None:
+    folder = copy_fixture("llama-tied", tmp_path)
+    config = (folder / "config.json").read_text()
+    data = json.loads(config)
+    data[field] = 0
+    text = json.dumps(data).replace(f'"{field}": 0', f'"{field}": ' + ("9" * 5000 if value == "HUGE" else str(value)))
+    (folder / "config.json").write_text(text)
+    with pytest.raises(ModelFormatError, match=match if value != "HUGE" else "config.json"):
+        read_model(folder)
+
+
+def test_null_rope_theta_with_scaling_is_the_default(tmp_path: Path) -> None:
+    folder = copy_fixture("llama3-gqa", tmp_path)
+    data = json.loads((folder / "config.json").read_text())
+    params = data.get("rope_parameters") or {}
+    if params:
+        data["rope_parameters"] = {**params, "rope_theta": None}
+    else:
+        data["rope_theta"] = None
+    (folder / "config.json").write_text(json.dumps(data))
+    spec = read_model(folder)  # null means the default, for the scaled frequencies as for the config
+    assert spec.config.rope_theta == 10000.0 and np.all(np.isfinite(spec.rope_freqs))
+
+
 def test_unknown_rope_scaling(tmp_path: Path) -> None:
     folder = copy_fixture("llama3-gqa", tmp_path)
     edit_config(folder, rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0})

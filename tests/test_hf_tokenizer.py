@@ -133,6 +133,18 @@ def test_deepseek_and_default_split() -> None:
      "normalizer 'BertNormalizer' is not supported"),
     ({"model": {"type": "WordLevel", "vocab": {"a": 0}}}, "model type 'WordLevel' is not supported"),
     ({"nothing": 1}, "not a tokenizer.json"),
+    # fields of the wrong shape or range: a TokenizerError naming the file, never a TypeError or a silent overwrite
+    ({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
+      "pre_tokenizer": {"type": "Sequence", "pretokenizers": 5}}, "malformed tokenizer.json"),
+    ({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
+      "normalizer": {"type": "Sequence", "normalizers": 5}}, "malformed tokenizer.json"),
+    ({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
+      "post_processor": {"type": "TemplateProcessing", "single": ["SpecialToken"]}}, "malformed tokenizer.json"),
+    ({"model": {"type": "BPE", "vocab": {"a": "zero"}, "merges": []}}, "bad id 'zero'"),
+    ({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": []},
+      "added_tokens": [{"id": -1, "content": "<evil>"}]}, "bad id -1"),
+    ({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
+      "added_tokens": [{"id": 10**12, "content": "<big>"}]}, "bad id"),
 ])
 def test_bad_tokenizer_json(tmp_path: Path, broken: dict, match: str) -> None:
     path = tmp_path / "tokenizer.json"

@@ -201,6 +201,8 @@ BAD = [
     ("/v1/completions", {"prompt": "Tom", "max_tokens": 1.5}, 400, "max_tokens"),
     ("/v1/completions", {"prompt": "Tom", "temperature": "hot"}, 400, "temperature"),
     ("/v1/completions", {"prompt": "Tom", "temperature": 2.5}, 400, "temperature"),
+    ("/v1/completions", {"prompt": "Tom", "temperature": 10**400}, 400, "temperature"),  # too big for a float
+    ("/v1/completions", {"prompt": "Tom", "presence_penalty": -10**400}, 400, "presence_penalty"),
     ("/v1/completions", {"prompt": "Tom", "top_p": 0}, 400, "top_p"),
     ("/v1/completions", {"prompt": "Tom", "top_k": -1}, 400, "top_k"),
     ("/v1/completions", {"prompt": "Tom", "seed": -5}, 400, "seed"),

@@ -49,6 +49,14 @@ BIAS_NAMES = {"bq": "self_attn.q_proj", "bk": "self_attn.k_proj", "bv": "self_at
 Progress = Callable[[int, int, str], None]  # (tensors done, tensors in all, name of the tensor just done)
 
 
+def _finite(value: float) -> bool:
+    """math.isfinite, also for integers too large for a float (OverflowError there)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def load_hf(folder: str | os.PathLike, quantize: str | None = None, progress: Progress | None = None) -> ModelSpec:
     """Reads a Hugging Face model folder; raises ModelFormatError (or TokenizerError for the tokenizer files)
     naming the file and field at fault."""
@@ -67,7 +75,7 @@ def load_hf(folder: str | os.PathLike, quantize: str | None = None, progress: Pr
     arch, config, extra = parse_config(config_path, raw)
     weights = SafetensorsSet(folder)
     spec = _build(folder, weights, config, raw, arch, quantize, progress)
-    spec.rope_freqs = rope_frequencies(config_path, raw, config.head_dim)
+    spec.rope_freqs = rope_frequencies(config_path, raw, config.head_dim, config.rope_theta)
     spec.extra.update(extra)
     tokenizer, tok_extra = load_folder_tokenizer(folder, config.vocab_size)
     spec.tokenizer = tokenizer
@@ -106,7 +114,7 @@ def parse_config(path: Path, raw: dict[str, Any]) -> tuple[str, ModelConfig, dic
         value = source.get(key, default)
         if value is None:
             value = default
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (_finite(value) and value > 0):
             raise fail(f"{key} = {value!r} must be a positive number")
         return float(value)
 
@@ -164,9 +172,10 @@ def _rope_scaling(path: Path, raw: dict[str, Any]) -> dict[str, Any] | None:
     return {**scaling, "rope_type": kind}
 
 
-def rope_frequencies(path: Path, raw: dict[str, Any], head_dim: int) -> np.ndarray | None:
+def rope_frequencies(path: Path, raw: dict[str, Any], head_dim: int, theta: float) -> np.ndarray | None:
     """(head_dim / 2,) float32 RoPE frequencies for a scaled RoPE, None for plain RoPE; computed as
-    transformers does (float32 inverse frequencies, the scaling rules in float32 too)."""
+    transformers does (float32 inverse frequencies, the scaling rules in float32 too). theta is the
+    config's checked rope_theta."""
     scaling = _rope_scaling(path, raw)
     if scaling is None:
         return None
@@ -174,12 +183,10 @@ def rope_frequencies(path: Path, raw: dict[str, Any], head_dim: int) -> np.ndarr
 
     def param(key: str, default: float | None = None) -> float:
         value = scaling.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) or value <= 0:
             raise ModelFormatError(f"{path}: rope scaling ({kind}) {key} = {value!r} must be a positive number")
         return float(value)
 
-    params = raw.get("rope_parameters") or {}
-    theta = params.get("rope_theta", raw.get("rope_theta", 10000.0))
     base = np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim))
     inv_freq = (np.float32(1.0) / base).astype(np.float32)
     if kind == "linear":

@@ -79,7 +79,7 @@ def read_json(path: Path) -> Any:
         if path.stat().st_size > MAX_JSON_BYTES:
             raise TokenizerError(f"{path}: larger than {MAX_JSON_BYTES} bytes")
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON, UTF-8, a 5000-digit int
         raise TokenizerError(f"{path}: cannot read JSON: {e}") from None
 
 
@@ -100,6 +100,8 @@ def load_tokenizer_json(path: str | Path, vocab_size: int | None = None,
         if str(e).startswith(str(path)):
             raise
         raise TokenizerError(f"{path}: {e}") from None
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as e:  # a field of the wrong shape
+        raise TokenizerError(f"{path}: malformed tokenizer.json ({type(e).__name__}: {e})") from None
 
 
 def _build(path: Path, data: dict[str, Any], vocab_size: int | None, config: dict[str, Any]) -> BPETokenizer:

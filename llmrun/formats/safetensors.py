@@ -107,7 +107,7 @@ def _parse(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str], int]:
         raise fail(f"cannot read file: {e.strerror or e}") from None
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except ValueError as e:  # bad UTF-8, bad JSON, an integer of thousands of digits
         raise fail(f"safetensors header is not valid JSON: {e}") from None
     except RecursionError:
         raise fail("safetensors header is not valid JSON: nested too deep") from None

@@ -38,6 +38,7 @@ from .spm import DECODE_ERRORS
 __all__ = ["AddedToken", "BPETokenizer", "bytes_to_unicode"]
 
 WORD_CACHE_SIZE = 1 << 16
+MAX_VOCAB = 1 << 22  # token ids beyond this are a corrupt file, not a model (the largest real ones are ~2.6e5)
 _BYTE_TOKEN = regex.compile(r"<0x([0-9A-Fa-f]{2})>\Z")
 SPM_SPACE = "\u2581"
 
@@ -100,6 +101,12 @@ class BPETokenizer:
         self._ignore_merges = ignore_merges
         self._add_dummy_prefix = add_dummy_prefix
 
+        for text, i in vocab.items():
+            if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < MAX_VOCAB:
+                raise TokenizerError(f"vocabulary entry {text!r} has a bad id {i!r}")
+        for t in added_tokens:
+            if not isinstance(t.id, int) or isinstance(t.id, bool) or not 0 <= t.id < MAX_VOCAB:
+                raise TokenizerError(f"added token {t.content!r} has a bad id {t.id!r}")
         n = max([*vocab.values(), *(t.id for t in added_tokens), -1]) + 1
         if vocab_size is not None:
             if vocab_size < n:
@@ -111,8 +118,6 @@ class BPETokenizer:
         self._n = n
         pieces: list[str | None] = [None] * n
         for text, i in vocab.items():
-            if not isinstance(i, int) or isinstance(i, bool) or i < 0:
-                raise TokenizerError(f"vocabulary entry {text!r} has a bad id {i!r}")
             pieces[i] = text
         self._vocab = dict(vocab)
         self._special: set[int] = set()
