@@ -210,6 +210,14 @@ static void output_norm(llm_ctx *c, const llm_layer *L, const int32_t *tokens, i
     rmsnorm(x, x, c->w.output_norm.data, c->cfg.dim, c->cfg.norm_eps);
 }
 
+/* out = x @ w^T for up to three products that share x (n rows, ldx floats apart), see products.h */
+#define PRODUCT(out, ldo, w) ((llm_product){(out), (ldo), (w)})
+#define NONE LLM_NO_PRODUCT
+
+static void matmul(llm_ctx *c, int n, const float *x, int64_t ldx, llm_product a, llm_product b, llm_product d) {
+    llm_products_run(c->products, n, x, ldx, a, b, d);
+}
+
 /* n <= n_batch tokens at positions pos.. through every layer together; logits for the last token, for
    all of them (all_logits), or none (logits == NULL). */
 static void forward_batch(llm_ctx *c, const int32_t *tokens, int n, int32_t pos, float *logits, int all_logits) {
@@ -224,18 +232,17 @@ static void forward_batch(llm_ctx *c, const int32_t *tokens, int n, int32_t pos,
         /* attention: the new keys and values go straight into their positions' cache slots */
         for_each_token(c, L, tokens, pos, n, attention_input);
         float *k = c->key_cache + kv_slot(c, L, pos), *v = c->value_cache + kv_slot(c, L, pos);
-        llm_products_run(c->products, n, c->xb, wide, (llm_product){c->q, q_dim, &L->wq}, (llm_product){k, kv_dim, &L->wk},
-               (llm_product){v, kv_dim, &L->wv});
+        matmul(c, n, c->xb, wide, PRODUCT(c->q, q_dim, &L->wq), PRODUCT(k, kv_dim, &L->wk), PRODUCT(v, kv_dim, &L->wv));
         for_each_token(c, L, tokens, pos, n, position_qk);
         attention_task at = {c, l, pos, n, 0};
         llm_pool_run(c->pool, attention_worker, &at);
-        llm_products_run(c->products, n, c->xb, wide, (llm_product){c->xb2, dim, &L->wo}, LLM_NO_PRODUCT, LLM_NO_PRODUCT);
+        matmul(c, n, c->xb, wide, PRODUCT(c->xb2, dim, &L->wo), NONE, NONE);
 
         /* feed-forward: w_down(silu(w_gate(x)) * w_up(x)) */
         for_each_token(c, L, tokens, pos, n, ffn_input);
-        llm_products_run(c->products, n, c->xb, wide, (llm_product){c->hb, hid, &L->w_gate}, (llm_product){c->hb2, hid, &L->w_up}, LLM_NO_PRODUCT);
+        matmul(c, n, c->xb, wide, PRODUCT(c->hb, hid, &L->w_gate), PRODUCT(c->hb2, hid, &L->w_up), NONE);
         for_each_token(c, L, tokens, pos, n, swiglu);
-        llm_products_run(c->products, n, c->hb, hid, (llm_product){c->xb2, dim, &L->w_down}, LLM_NO_PRODUCT, LLM_NO_PRODUCT);
+        matmul(c, n, c->hb, hid, PRODUCT(c->xb2, dim, &L->w_down), NONE, NONE);
         for_each_token(c, L, tokens, pos, n, ffn_output);
     }
 
@@ -244,7 +251,7 @@ static void forward_batch(llm_ctx *c, const int32_t *tokens, int n, int32_t pos,
     if (all_logits) for_each_token(c, NULL, tokens, pos, n, output_norm);
     else output_norm(c, NULL, tokens, pos, first);
     const llm_tensor *cls = c->w.output.data ? &c->w.output : &c->w.token_embd;
-    llm_products_run(c->products, n - first, c->x + first * dim, dim, (llm_product){logits, p->vocab_size, cls}, LLM_NO_PRODUCT, LLM_NO_PRODUCT);
+    matmul(c, n - first, c->x + first * dim, dim, PRODUCT(logits, p->vocab_size, cls), NONE, NONE);
 }
 
 int llm_forward(llm_ctx *c, const int32_t *tokens, int32_t n_tokens, int32_t pos, float *logits,
