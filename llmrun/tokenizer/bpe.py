@@ -26,14 +26,14 @@ from __future__ import annotations
 import functools
 import heapq
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import regex
 
 from ..errors import TokenizerError
 from .pretokenize import Identity, Normalizer, PreTokenizer
-from .spm import DECODE_ERRORS
+from .spm import SurfaceDecoding
 
 __all__ = ["AddedToken", "BPETokenizer", "bytes_to_unicode"]
 
@@ -68,7 +68,7 @@ class AddedToken:
     rstrip: bool = False
 
 
-class BPETokenizer:
+class BPETokenizer(SurfaceDecoding):
     """A merge-rank BPE tokenizer (byte-level or SentencePiece-style), with added/special tokens."""
 
     def __init__(
@@ -327,15 +327,6 @@ class BPETokenizer:
 
     # ------------------------------------------------------------------ decode
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """Text of `ids`; special tokens and padding produce nothing, invalid UTF-8 one U+FFFD per byte."""
-        out = bytearray()
-        at_start = self._add_dummy_prefix
-        for token_id in ids:
-            chunk, at_start = self.surface(token_id, at_start)
-            out += chunk
-        return out.decode("utf-8", errors=DECODE_ERRORS)
-
     def surface(self, token_id: int, at_start: bool) -> tuple[bytes, bool]:
         """Bytes of one token in decoded text, and whether the next token is still "at start" (control
         tokens are invisible and keep it; any other token ends it, losing its leading space with
@@ -389,14 +380,6 @@ class BPETokenizer:
             raise TokenizerError(f"{name}={i} out of range for a vocabulary of {self._n} tokens")
         return i
 
-    def _check_token(self, token_id: int) -> int:
-        try:
-            i = operator.index(token_id)
-        except TypeError:
-            raise TypeError(f"token id must be an integer, got {type(token_id).__name__}") from None
-        if not 0 <= i < self._n:
-            raise TokenizerError(f"token id {i} out of range: valid ids are 0..{self._n - 1}")
-        return i
 
     def __repr__(self) -> str:
         kind = "byte-level" if self._byte_level else "sentencepiece-style"

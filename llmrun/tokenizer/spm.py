@@ -19,6 +19,7 @@ byte that is not part of a valid UTF-8 character becomes one U+FFFD.
 
 from __future__ import annotations
 
+import abc
 import codecs
 import enum
 import heapq
@@ -79,7 +80,43 @@ _BYTE_PIECE = re.compile(rb"<0x([0-9A-F]{2})>\Z")
 _GGUF_UNDEFINED = 0
 
 
-class Tokenizer:
+class SurfaceDecoding(abc.ABC):
+    """What both tokenizers (this one and tokenizer/bpe.py's) share: decoding through the per-token
+    `surface` that StreamDecoder uses too, so the two can never disagree, and the check of a token id.
+    Subclasses provide `surface`, `vocab_size` and `add_dummy_prefix`."""
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``: control tokens produce nothing, invalid UTF-8 one U+FFFD per byte (as
+        ``sentencepiece``'s ``decode``)."""
+        out = bytearray()
+        at_start = self.add_dummy_prefix
+        for token_id in ids:
+            chunk, at_start = self.surface(token_id, at_start)
+            out += chunk
+        return out.decode("utf-8", errors=DECODE_ERRORS)
+
+    @abc.abstractmethod
+    def surface(self, token_id: int, at_start: bool) -> tuple[bytes, bool]: ...
+
+    @property
+    @abc.abstractmethod
+    def vocab_size(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def add_dummy_prefix(self) -> bool: ...
+
+    def _check_token(self, token_id: int) -> int:
+        try:
+            i = operator.index(token_id)
+        except TypeError:
+            raise TypeError(f"token id must be an integer, got {type(token_id).__name__}") from None
+        if not 0 <= i < self.vocab_size:
+            raise TokenizerError(f"token id {i} out of range: valid ids are 0..{self.vocab_size - 1}")
+        return i
+
+
+class Tokenizer(SurfaceDecoding):
     """SentencePiece BPE tokenizer over a vocabulary of byte-string pieces (spaces as b' ')."""
 
     def __init__(
@@ -388,15 +425,6 @@ class Tokenizer:
 
     # ------------------------------------------------------------------ decode
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """Text of ``ids``, identical to ``sentencepiece``'s ``decode``."""
-        out = bytearray()
-        at_start = self._add_dummy_prefix
-        for token_id in ids:
-            chunk, at_start = self.surface(token_id, at_start)
-            out += chunk
-        return out.decode("utf-8", errors=DECODE_ERRORS)
-
     def surface(self, token_id: int, at_start: bool) -> tuple[bytes, bool]:
         """Bytes of one token in decoded text, and whether the *next* token is still "at start".
 
@@ -510,15 +538,6 @@ class Tokenizer:
                                             + ")") if specials else None)
 
     # ------------------------------------------------------------------ validation helpers
-
-    def _check_token(self, token_id: int) -> int:
-        try:
-            i = operator.index(token_id)
-        except TypeError:
-            raise TypeError(f"token id must be an integer, got {type(token_id).__name__}") from None
-        if not 0 <= i < len(self._pieces):
-            raise TokenizerError(f"token id {i} out of range: valid ids are 0..{len(self._pieces) - 1}")
-        return i
 
     def __repr__(self) -> str:
         return (
