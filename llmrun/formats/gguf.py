@@ -818,11 +818,7 @@ def _llama_tokenizer(f: GGUFFile, meta: _Metadata, vocab: int) -> tuple[Tokenize
 
     ids = {"bos_id": token_id("bos_token_id", 1), "eos_id": token_id("eos_token_id", 2),
            "unk_id": token_id("unknown_token_id", 0)}
-    # Ids llmrun does not use to encode are kept only when valid (llama.cpp, too, ignores bad ones).
-    for name, ours in (("eot_token_id", "eot_token_id"), ("padding_token_id", "pad_token_id")):
-        value = f.metadata.get(f"tokenizer.ggml.{name}")
-        if f.value_types.get(f"tokenizer.ggml.{name}") in _INT_TYPES and 0 <= value < vocab:
-            extra[ours] = value
+    _optional_token_ids(f, vocab, extra)
     extra["add_bos_token"] = meta.boolean("tokenizer.ggml.add_bos_token", True)
     extra["add_eos_token"] = meta.boolean("tokenizer.ggml.add_eos_token", False)
     pieces = [tokens.raw(i).replace(_SPM_SPACE, b" ") for i in range(vocab)]
@@ -832,6 +828,15 @@ def _llama_tokenizer(f: GGUFFile, meta: _Metadata, vocab: int) -> tuple[Tokenize
     except TokenizerError as e:
         raise ModelFormatError(f"{f.path}: bad tokenizer.ggml.* vocabulary: {e}") from None
     return tokenizer, extra
+
+
+def _optional_token_ids(f: GGUFFile, vocab: int, extra: dict[str, Any]) -> None:
+    """The end-of-turn and padding ids into `extra`. llmrun does not encode with them, so they are kept only
+    when valid (llama.cpp, too, ignores bad ones)."""
+    for name, ours in (("eot_token_id", "eot_token_id"), ("padding_token_id", "pad_token_id")):
+        value = f.metadata.get(f"tokenizer.ggml.{name}")
+        if f.value_types.get(f"tokenizer.ggml.{name}") in _INT_TYPES and 0 <= value < vocab:
+            extra[ours] = value
 
 
 def _gpt2_tokenizer(f: GGUFFile, meta: _Metadata, vocab: int, extra: dict[str, Any]
@@ -851,10 +856,7 @@ def _gpt2_tokenizer(f: GGUFFile, meta: _Metadata, vocab: int, extra: dict[str, A
     for name in ("bos_token_id", "eos_token_id", "unknown_token_id"):
         key = f"tokenizer.ggml.{name}"
         ids[name] = meta.integer(key, 0, vocab - 1) if meta.has(key) else None
-    for name, ours in (("eot_token_id", "eot_token_id"), ("padding_token_id", "pad_token_id")):
-        value = f.metadata.get(f"tokenizer.ggml.{name}")
-        if f.value_types.get(f"tokenizer.ggml.{name}") in _INT_TYPES and 0 <= value < vocab:
-            extra[ours] = value
+    _optional_token_ids(f, vocab, extra)
     # llama.cpp's defaults for a BPE vocabulary: BOS only where the file asks for it
     extra["add_bos_token"] = meta.boolean("tokenizer.ggml.add_bos_token", False)
     extra["add_eos_token"] = meta.boolean("tokenizer.ggml.add_eos_token", False)
