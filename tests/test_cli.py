@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from builders import make_config, random_tensors, write_model
 from commands import LLMRUN
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "llama2c_greedy.json").read_text())
@@ -80,40 +76,3 @@ def test_chat_continues_the_conversation(models_dir: Path) -> None:
     assert r.stdout.count("> ") == 3  # two turns, then the prompt that read end-of-input
 
 
-@pytest.fixture(scope="module")
-def slow_model(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Path:
-    """A random model with the 32000-token Llama 2 vocabulary and a 4096-token context that cannot
-    end a reply on its own: its classifier rows for <unk>, BOS and EOS are zero, so greedy decoding never
-    picks them, and a reply runs for seconds."""
-    cfg = make_config(dim=256, hidden_dim=512, n_layers=2, n_heads=4, n_kv_heads=4, vocab_size=32000,
-                      max_seq_len=4096)
-    t = random_tensors(cfg, seed=7, tied=False)
-    t["output"][:3] = 0
-    return write_model(tmp_path_factory.mktemp("slow") / "slow.bin", cfg, t)
-
-
-def test_chat_ctrl_c_stops_the_reply_not_the_session(slow_model: Path, models_dir: Path) -> None:
-    proc = subprocess.Popen([*LLMRUN, "chat", str(slow_model), "-z", str(models_dir / "tokenizer.bin"),
-                             "--temperature", "0", "-n", "-1", "-t", "1"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        os.set_blocking(proc.stdout.fileno(), False)
-        proc.stdin.write(b"Hello there\n")
-        proc.stdin.flush()
-        seen = b""
-        deadline = time.monotonic() + 30
-        while seen.count(b"> ") < 1 or len(seen) < 40:  # the first prompt, then some of the reply
-            assert time.monotonic() < deadline, seen
-            seen += proc.stdout.read() or b""
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.5)
-        proc.stdin.write(b"/exit\n")
-        proc.stdin.flush()
-        assert proc.wait(timeout=30) == 0
-        os.set_blocking(proc.stdout.fileno(), True)
-        seen += proc.stdout.read()
-        assert b"[stopped]" in seen
-        assert seen.count(b"> ") == 2  # back at the prompt after Ctrl-C
-    finally:
-        proc.kill()
