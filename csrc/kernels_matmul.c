@@ -127,9 +127,7 @@ INLINE __m256i AVX2 block_values(const void *row, int64_t b, int q4, float *d) {
     }
     const block_q4_0 *blk = (const block_q4_0 *)row + b;
     *d = _cvtsh_ss(blk->d);
-    __m128i packed = _mm_loadu_si128((const __m128i *)blk->qs);
-    __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0x0f));
-    return _mm256_sub_epi8(q, _mm256_set1_epi8(8));
+    return _mm256_sub_epi8(unpack_q4_0(blk->qs), _mm256_set1_epi8(8));
 }
 
 /* AVX2: maddubs wants one unsigned operand, so the weights' signs move onto x (|w| * sign(w) x = w x). */
@@ -214,12 +212,8 @@ INLINE void AVX2 repack8(uint8_t *dst, const void *w, int64_t row, int64_t nb, i
             uint16_t h;
             memcpy(&h, blk, sizeof h);
             d[r] = _cvtsh_ss(h);
-            if (q4) {
-                __m128i packed = _mm_loadu_si128((const __m128i *)(blk + 2));
-                v[r] = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0x0f));
-            } else {
-                v[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(blk + 2)), _mm256_set1_epi8((char)0x80));
-            }
+            if (q4) v[r] = unpack_q4_0(blk + 2);
+            else v[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(blk + 2)), _mm256_set1_epi8((char)0x80));
         }
         transpose8x8_epi32(v);
         for (int g = 0; g < 8; g++) _mm256_storeu_si256((__m256i *)(dst + g * 32), v[g]);

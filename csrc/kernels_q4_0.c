@@ -48,12 +48,6 @@ static void get_row_q4_0(float *out, const void *w, int64_t row, int64_t cols) {
 /* x86-64 AVX2, and AVX-512 VNNI */
 
 #ifdef LLM_HAVE_X86
-/* The 32 values of a block as unsigned bytes 0..15, in order: the low nibbles (values 0-15), then the high. */
-AVX2 static inline __m256i unpack_q4_0(const uint8_t *qs) {
-    __m128i packed = _mm_loadu_si128((const __m128i *)qs);
-    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0x0f));
-}
-
 /* sum q x of one block as eight int32 lanes. maddubs takes unsigned (q) times signed (x) bytes; with
    q <= 15 its 16-bit pair sums cannot saturate. VNNI does both steps in one instruction. */
 AVX2 static inline __m256i block_dot_avx2(const block_q4_0 *w, const int8_t *x) {

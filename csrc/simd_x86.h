@@ -28,6 +28,13 @@ AVX2 static inline __m256i dot_i8_avx2(__m256i a, __m256i b) {
     __m256i prod16 = _mm256_maddubs_epi16(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
     return _mm256_madd_epi16(prod16, _mm256_set1_epi16(1));
 }
+/* The 32 values of a Q4_0 block's 16 bytes as unsigned bytes 0..15, in order: the low nibbles (values
+   0-15), then the high ones. */
+AVX2 static inline __m256i unpack_q4_0(const uint8_t *qs) {
+    __m128i packed = _mm_loadu_si128((const __m128i *)qs);
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0x0f));
+}
+
 /* The sum of the eight int32 lanes. */
 AVX2 static inline int32_t hsum_i32_avx2(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
