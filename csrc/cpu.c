@@ -4,8 +4,6 @@
  * A built package must run on any CPU of its architecture, so the library is compiled for the baseline
  * and the AVX2 kernels carry their own target attributes; the choice happens here, at run time.
  */
-#include <stdlib.h>
-
 #include "kernels.h"
 
 int32_t llm_isa_best(void) {
@@ -43,35 +41,4 @@ int llm_type_traits_get(int32_t type, int32_t isa, llm_type_traits *out) {
     }
     out->matmul = llm_matmul_get(type, isa);
     return rc;
-}
-
-int llm_matmul(int32_t type, int32_t isa, const void *w, int64_t rows, int64_t cols, const float *x, int64_t n,
-               float *out) {
-    llm_type_traits traits;
-    if (isa == LLM_ISA_AUTO) isa = llm_isa_best();
-    if (!w || !x || !out || rows < 0 || cols < 0 || n < 1) return LLM_ERR_INVALID;
-    if (llm_type_traits_get(type, isa, &traits) != 0) return LLM_ERR_INVALID;
-    if (cols % traits.block_elems != 0) return LLM_ERR_INVALID;
-    const void *in = x;
-    size_t ldx = (size_t)cols * sizeof(float);
-    void *xq = NULL;
-    if (traits.quantize_x) { /* the tokens as the products read them */
-        ldx = q8_act_bytes(cols);
-        if ((size_t)n > SIZE_MAX / (ldx + 1) || !(xq = malloc((size_t)n * ldx + 1))) return LLM_ERR_NOMEM;
-        for (int64_t t = 0; t < n; t++) traits.quantize_x((char *)xq + (size_t)t * ldx, x + t * cols, cols);
-        in = xq;
-    }
-    if (n == 1) traits.matvec(out, w, in, 0, rows, cols);
-    else if (traits.matmul) {
-        void *scratch = malloc(llm_matmul_scratch_bytes(cols) + 1);
-        if (!scratch) {
-            free(xq);
-            return LLM_ERR_NOMEM;
-        }
-        traits.matmul(out, rows, w, in, ldx, n, 0, rows, cols, scratch);
-        free(scratch);
-    } else
-        for (int64_t t = 0; t < n; t++) traits.matvec(out + t * rows, w, (const char *)in + (size_t)t * ldx, 0, rows, cols);
-    free(xq);
-    return 0;
 }

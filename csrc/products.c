@@ -10,6 +10,7 @@
 #include "products.h"
 
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #define CHUNK_BYTES (1024 * 1024) /* weight bytes per chunk of a product (one token) */
@@ -170,4 +171,28 @@ void llm_products_free(llm_products *p) {
     free(p->xq);
     free(p->scratch);
     free(p);
+}
+
+/* The library's own product path (products above, on a pool of just the calling thread), so that tests and
+   benchmarks measure exactly what the forward pass runs. */
+int llm_matmul(int32_t type, int32_t isa, const void *w, int64_t rows, int64_t cols, const float *x, int64_t n,
+               float *out) {
+    llm_type_traits traits;
+    if (isa == LLM_ISA_AUTO) isa = llm_isa_best();
+    if (!w || !x || !out || rows < 0 || cols < 0 || n < 1 || n > INT32_MAX) return LLM_ERR_INVALID;
+    if (llm_type_traits_get(type, isa, &traits) != 0) return LLM_ERR_INVALID;
+    if (cols % traits.block_elems != 0) return LLM_ERR_INVALID;
+    if (rows == 0) return 0;
+    if ((size_t)n > SIZE_MAX / (q8_act_bytes(cols) + 1)) return LLM_ERR_NOMEM; /* the 8-bit copy of x */
+    llm_pool *pool;
+    llm_products *p;
+    int rc = llm_pool_create(1, &pool);
+    if (rc != 0) return rc;
+    if ((rc = llm_products_create(isa, pool, cols, (int32_t)n, &p)) == 0) {
+        llm_tensor weights = {w, type, rows, cols};
+        llm_products_run(p, n, x, cols, (llm_product){out, rows, &weights}, LLM_NO_PRODUCT, LLM_NO_PRODUCT);
+        llm_products_free(p);
+    }
+    llm_pool_free(pool);
+    return rc;
 }
