@@ -68,9 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "stops a reply; Ctrl-D (or /exit) quits.")
     add_model_args(chat)
     chat.add_argument("--system", default=None, metavar="TEXT", help="the system prompt")
-    chat.add_argument("--chat-format", default=None, choices=list(FORMATS),
-                      help="a built-in format instead of the model's template (default: the model's own "
-                           "template, else plain)")
+    add_chat_format_arg(chat)
     add_sampling_args(chat, max_tokens_default=-1)
     chat.set_defaults(run=run_chat)
 
@@ -112,9 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "LLMRUN_API_KEY environment variable, which keeps the key out of the process list)")
     serve.add_argument("--model-name", default=None, metavar="NAME",
                        help="the model's id in the API (default: the file or folder name without extension)")
-    serve.add_argument("--chat-format", default=None, choices=list(FORMATS),
-                       help="a built-in chat format instead of the model's template (default: the model's own "
-                            "template, else plain)")
+    add_chat_format_arg(serve)
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20,
                        help="larger request bodies get 413 (default: 1 MiB)")
     serve.add_argument("--max-queue", type=int, default=64,
@@ -152,6 +148,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="context size in tokens (default: the model's, at most 4096)")
     p.add_argument("-b", "--batch-size", type=int, default=DEFAULT_BATCH,
                    help=f"prompt tokens processed together; 1 = token by token (default: {DEFAULT_BATCH})")
+
+
+def add_chat_format_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chat-format", default=None, choices=list(FORMATS),
+                   help="a built-in chat format instead of the model's template (default: the model's own "
+                        "template, else plain)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_tokens_default: int) -> None:
