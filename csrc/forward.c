@@ -183,25 +183,23 @@ static void position_qk(llm_ctx *c, const llm_layer *L, const int32_t *tokens, i
     rope(c, k, p->n_kv_heads, pos + t);
 }
 
-/* x += the attention block's output; then the feed-forward block's normed input. */
-static void ffn_input(llm_ctx *c, const llm_layer *L, const int32_t *tokens, int32_t pos, int t) {
-    (void)tokens, (void)pos;
+/* x += a block's output (in xb2). */
+static void add_block_output(llm_ctx *c, const llm_layer *L, const int32_t *tokens, int32_t pos, int t) {
+    (void)L, (void)tokens, (void)pos;
     float *x = c->x + (size_t)t * c->cfg.dim, *out = c->xb2 + (size_t)t * c->cfg.dim;
     for (int i = 0; i < c->cfg.dim; i++) x[i] += out[i];
-    rmsnorm(c->xb + t * c->xb_width, x, L->ffn_norm.data, c->cfg.dim, c->cfg.norm_eps);
+}
+
+/* x += the attention block's output; then the feed-forward block's normed input. */
+static void ffn_input(llm_ctx *c, const llm_layer *L, const int32_t *tokens, int32_t pos, int t) {
+    add_block_output(c, L, tokens, pos, t);
+    rmsnorm(c->xb + t * c->xb_width, c->x + (size_t)t * c->cfg.dim, L->ffn_norm.data, c->cfg.dim, c->cfg.norm_eps);
 }
 
 static void swiglu(llm_ctx *c, const llm_layer *L, const int32_t *tokens, int32_t pos, int t) {
     (void)L, (void)tokens, (void)pos;
     size_t row = (size_t)t * c->cfg.hidden_dim;
     c->vec.swiglu(c->hb + row, c->hb2 + row, c->cfg.hidden_dim);
-}
-
-/* x += the feed-forward block's output. */
-static void ffn_output(llm_ctx *c, const llm_layer *L, const int32_t *tokens, int32_t pos, int t) {
-    (void)L, (void)tokens, (void)pos;
-    float *x = c->x + (size_t)t * c->cfg.dim, *out = c->xb2 + (size_t)t * c->cfg.dim;
-    for (int i = 0; i < c->cfg.dim; i++) x[i] += out[i];
 }
 
 static void output_norm(llm_ctx *c, const llm_layer *L, const int32_t *tokens, int32_t pos, int t) {
@@ -243,7 +241,7 @@ static void forward_batch(llm_ctx *c, const int32_t *tokens, int n, int32_t pos,
         matmul(c, n, c->xb, wide, PRODUCT(c->hb, hid, &L->w_gate), PRODUCT(c->hb2, hid, &L->w_up), NONE);
         for_each_token(c, L, tokens, pos, n, swiglu);
         matmul(c, n, c->hb, hid, PRODUCT(c->xb2, dim, &L->w_down), NONE, NONE);
-        for_each_token(c, L, tokens, pos, n, ffn_output);
+        for_each_token(c, L, tokens, pos, n, add_block_output); /* x += the feed-forward block's output */
     }
 
     if (!logits) return;
