@@ -24,12 +24,30 @@ const char *llm_isa_name(int32_t isa) {
     case LLM_ISA_SCALAR: return "scalar";
     case LLM_ISA_AVX2: return "avx2";
     case LLM_ISA_AVX512VNNI: return "avx512vnni";
-    default: return "unknown";
+    default: return NULL;
     }
 }
 
+int32_t llm_isa_supported(int32_t isa) {
+    int32_t best = llm_isa_best();
+    return isa == LLM_ISA_SCALAR || (isa >= LLM_ISA_SCALAR && isa < LLM_ISA_COUNT && isa <= best);
+}
+
+const char *llm_type_name(int32_t type) {
+    llm_type_traits t;
+    return llm_type_traits_get(type, LLM_ISA_SCALAR, &t) == 0 ? t.name : NULL;
+}
+
+int llm_type_layout(int32_t type, int64_t *block_elems, int64_t *block_bytes) {
+    llm_type_traits t;
+    if (llm_type_traits_get(type, LLM_ISA_SCALAR, &t) != 0) return LLM_ERR_INVALID;
+    if (block_elems) *block_elems = t.block_elems;
+    if (block_bytes) *block_bytes = (int64_t)t.block_bytes;
+    return 0;
+}
+
 int llm_type_traits_get(int32_t type, int32_t isa, llm_type_traits *out) {
-    if (isa < LLM_ISA_SCALAR || isa > llm_isa_best()) return LLM_ERR_INVALID;
+    if (!llm_isa_supported(isa)) return LLM_ERR_INVALID;
     int rc;
     switch (type) {
     case LLM_F32: rc = llm_f32_traits(isa, out); break;

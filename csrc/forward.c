@@ -17,8 +17,6 @@
 #include "products.h"
 #include "threadpool.h"
 
-#define MAX_THREADS 512
-
 struct llm_ctx {
     llm_config      cfg;
     llm_weights     w;
@@ -349,8 +347,8 @@ static int check_config(const llm_config *p, int32_t n_ctx, int32_t n_threads, c
                 return fail(err, errlen, LLM_ERR_INVALID, "rope_freqs[%d] is %g; frequencies must be finite and >= 0",
                             j, (double)p->rope_freqs[j]);
     if (n_ctx < 1) return fail(err, errlen, LLM_ERR_INVALID, "n_ctx must be >= 1, got %d", n_ctx);
-    if (n_threads < 1 || n_threads > MAX_THREADS)
-        return fail(err, errlen, LLM_ERR_INVALID, "n_threads must be in [1, %d], got %d", MAX_THREADS, n_threads);
+    if (n_threads < 1 || n_threads > LLM_MAX_THREADS)
+        return fail(err, errlen, LLM_ERR_INVALID, "n_threads must be in [1, %d], got %d", LLM_MAX_THREADS, n_threads);
     return 0;
 }
 
@@ -385,7 +383,7 @@ int llm_create(const llm_config *p, const llm_weights *w, int32_t n_ctx, int32_t
     if (n_batch > n_ctx) n_batch = n_ctx; /* a batch never holds more tokens than the context */
     if ((rc = check_weights(p, w, err, errlen)) != 0) return rc;
     if (isa == LLM_ISA_AUTO) isa = llm_isa_best();
-    if (isa < LLM_ISA_SCALAR || isa > llm_isa_best())
+    if (!llm_isa_supported(isa))
         return fail(err, errlen, LLM_ERR_INVALID, "instruction set %d is not available on this CPU", isa);
 
     llm_ctx *c = calloc(1, sizeof *c);

@@ -27,6 +27,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Limits. */
+enum {
+    LLM_MAX_THREADS = 512, /* threads one context may use (the caller included) */
+};
+
 /* Error codes (0 is success). */
 enum {
     LLM_ERR_INVALID = -1, /* an argument is out of range or inconsistent */
@@ -46,12 +51,20 @@ typedef enum {
     LLM_TYPE_COUNT
 } llm_type;
 
-/* Instruction sets a kernel can be built for; the best one is picked at run time. */
+/* A type's name ("q8_0"; NULL for an unknown type) and storage: a row is a whole number of blocks of
+   *block_elems values in *block_bytes bytes (1 value in 4 or 2 bytes for the float types). 0, or
+   LLM_ERR_INVALID for an unknown type. */
+const char *llm_type_name(int32_t type);
+int         llm_type_layout(int32_t type, int64_t *block_elems, int64_t *block_bytes);
+
+/* Instruction sets a kernel can be built for; the best one is picked at run time. The codes name levels,
+   they do not rank them: ask llm_isa_supported, never compare codes. */
 typedef enum {
-    LLM_ISA_AUTO   = -1, /* the best the CPU supports */
-    LLM_ISA_SCALAR = 0,  /* portable C, the reference every SIMD kernel is tested against */
-    LLM_ISA_AVX2   = 1,  /* x86-64 AVX2 + FMA + F16C */
-    LLM_ISA_AVX512VNNI = 2, /* ... and AVX-512 VNNI: 8-bit dot products in one instruction (Zen 4, Ice Lake+) */
+    LLM_ISA_AUTO       = -1, /* the best the CPU supports */
+    LLM_ISA_SCALAR     = 0,  /* portable C, the reference every SIMD kernel is tested against */
+    LLM_ISA_AVX2       = 1,  /* x86-64 AVX2 + FMA + F16C */
+    LLM_ISA_AVX512VNNI = 2,  /* ... and AVX-512 F/BW/VL + VNNI: 8-bit dot products in one instruction */
+    LLM_ISA_COUNT
 } llm_isa;
 
 /* How RoPE pairs up the dimensions of a head that it rotates together. */
@@ -135,8 +148,10 @@ int32_t llm_ctx_isa(const llm_ctx *ctx);
 
 void llm_free(llm_ctx *ctx);
 
-/* The best instruction set this CPU supports, and a name for any llm_isa value. */
+/* The best instruction set this CPU supports; whether this build and CPU can run `isa` (1) or not (0);
+   the name of an llm_isa value ("avx2"; NULL for an unknown one). */
 int32_t     llm_isa_best(void);
+int32_t     llm_isa_supported(int32_t isa);
 const char *llm_isa_name(int32_t isa);
 
 /*

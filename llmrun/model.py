@@ -123,6 +123,25 @@ class Model:
         self._check_fits(len(tokens), "tokens")
         return self._engine.evaluate_all(tokens)
 
+    # --- measurement: the engine's own steps, without sampling or text ----------------------------------
+
+    @property
+    def has_tokenizer(self) -> bool:
+        """Whether the model has a tokenizer (`tokenizer` raises TokenizerError when it has none)."""
+        return self._tokenizer is not None
+
+    def evaluate(self, tokens: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+        """Logits (vocab_size,) of the token that would follow `tokens`, computing only the positions the KV
+        cache does not hold yet: `evaluate(prompt)` is prompt processing from wherever the cache is,
+        `evaluate(history + [token])` one decode step. `out`, a float32 array of vocab_size, receives them
+        when given (a loop can reuse it). Benchmarks time these calls."""
+        self._check_fits(len(tokens), "tokens")
+        return self._engine.evaluate(tokens, out=out)
+
+    def reset(self) -> None:
+        """Empties the KV cache: the next call computes every token from the first."""
+        self._engine.reset()
+
     # --- generation ---------------------------------------------------------------------------------
 
     def stream(self, prompt: str | Sequence[int], max_tokens: int | None = 256, temperature: float = 0.8,

@@ -47,7 +47,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -105,15 +105,21 @@ class SamplingParams:
             ``[-2, 2]``; ``0.0`` = off.
     """
 
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
-    repeat_last_n: int = 64
-    seed: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    # metadata["help"] is what `llmrun --help` says of each field (the CLI builds its options from them)
+    temperature: float = field(default=0.8, metadata={"help": "softmax temperature; 0 = greedy"})
+    top_k: int = field(default=40, metadata={"help": "keep the K most likely tokens; 0 = off"})
+    top_p: float = field(default=0.95, metadata={"help": "keep the smallest set of tokens with this much "
+                                                          "probability; 1 = off"})
+    min_p: float = field(default=0.05, metadata={"help": "keep tokens at least this fraction as likely as the "
+                                                          "most likely one; 0 = off"})
+    repeat_penalty: float = field(default=1.0, metadata={"help": "penalize recently seen tokens; 1 = off"})
+    repeat_last_n: int = field(default=64, metadata={"help": "how many recent tokens the penalty looks at; "
+                                                              "-1 = all, 0 = off"})
+    seed: int | None = field(default=None, metadata={"help": "random seed, for reproducible runs"})
+    presence_penalty: float = field(default=0.0, metadata={"help": "subtracted from the logits of tokens "
+                                                                    "already generated, in [-2, 2]"})
+    frequency_penalty: float = field(default=0.0, metadata={"help": "subtracted once per earlier occurrence "
+                                                                     "in the generated text, in [-2, 2]"})
 
     def __post_init__(self) -> None:
         """Validate every field and normalise numpy scalars to Python ``float``/``int``."""
