@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
 
 class LLMError(Exception):
-    """Base class of every error llmrun raises on purpose."""
+    """Base class of every error llmrun raises on purpose. `param` names the API argument at fault, if one is
+    (the message names it too), so that a front end can speak of its own option instead (`for_flags`)."""
+
+    def __init__(self, message: str = "", *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+    def for_flags(self, flags: Mapping[str, str]) -> str:
+        """The message with the argument's name replaced by the front end's option for it (flags maps
+        argument names to options, e.g. {"n_ctx": "-c"}); the plain message where there is none."""
+        message = str(self)
+        flag = flags.get(self.param) if self.param else None
+        if flag is None:
+            return message
+        return re.sub(rf"(?<![\w-]){re.escape(self.param)}\b=?", flag, message)
 
 
 class ModelFormatError(LLMError, ValueError):
@@ -16,7 +33,13 @@ class TokenizerError(LLMError, ValueError):
 
 
 class ContextOverflowError(LLMError, ValueError):
-    """The tokens asked for do not fit in the model's context window."""
+    """The tokens asked for do not fit in the model's context window: `n_tokens` tokens in a context of `n_ctx`
+    positions, on a model trained for `max_ctx` (None where that is unknown or does not apply)."""
+
+    def __init__(self, message: str = "", *, param: str | None = None, n_tokens: int | None = None,
+                 n_ctx: int | None = None, max_ctx: int | None = None) -> None:
+        super().__init__(message, param=param)
+        self.n_tokens, self.n_ctx, self.max_ctx = n_tokens, n_ctx, max_ctx
 
 
 class InvalidArgumentError(LLMError, ValueError):
