@@ -16,12 +16,17 @@ class LLMError(Exception):
 
     def for_flags(self, flags: Mapping[str, str]) -> str:
         """The message with the argument's name replaced by the front end's option for it (flags maps
-        argument names to options, e.g. {"n_ctx": "-c"}); the plain message where there is none."""
+        argument names to options, e.g. {"n_ctx": "-c"}); the plain message where there is none. Where the
+        message spells the argument as in a call (`tokenizer=`) only those places change, else every
+        whole-word occurrence."""
         message = str(self)
         flag = flags.get(self.param) if self.param else None
         if flag is None:
             return message
-        return re.sub(rf"(?<![\w-]){re.escape(self.param)}\b=?", flag, message)
+        name = rf"(?<![\w-]){re.escape(self.param)}\b"
+        if re.search(name + "=", message):
+            return re.sub(name + "=", flag, message)
+        return re.sub(name, flag, message)
 
 
 class ModelFormatError(LLMError, ValueError):
