@@ -29,12 +29,12 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_decode_step_15m(benchmark, model_path: Path, n_threads: int) -> None:
     """One token through the model at position 64 (the KV cache holds 64 tokens): the per-token cost."""
     with llmrun.load(model_path, n_threads=n_threads) as model:
-        engine = model._engine
         tokens = list(np.random.default_rng(0).integers(3, 32000, size=65))
-        engine.evaluate(tokens[:64])
+        model.evaluate(tokens[:64])
+        logits = np.empty(model.info.vocab_size, dtype=np.float32)
 
         def step() -> None:
-            engine.evaluate(tokens)  # the 64-token prefix is cached: this runs exactly one token
+            model.evaluate(tokens, out=logits)  # the 64-token prefix is cached: this runs exactly one token
 
         benchmark(step)
         benchmark.extra_info["tokens_per_second"] = 1.0 / benchmark.stats.stats.mean
@@ -44,12 +44,11 @@ def test_decode_step_15m(benchmark, model_path: Path, n_threads: int) -> None:
 def test_prompt_128_15m(benchmark, model_path: Path, n_batch: int) -> None:
     """A 128-token prompt from an empty cache on one thread, as one batch and token by token (n_batch=1)."""
     with llmrun.load(model_path, n_threads=1, n_batch=n_batch) as model:
-        engine = model._engine
         tokens = list(np.random.default_rng(0).integers(3, 32000, size=128))
 
         def prompt() -> None:
-            engine.reset()
-            engine.evaluate(tokens)
+            model.reset()
+            model.evaluate(tokens)
 
         benchmark(prompt)
         benchmark.extra_info["tokens_per_second"] = 128 / benchmark.stats.stats.mean

@@ -12,13 +12,13 @@ GGUF files given with --models. Tests, in llama-bench's vocabulary (all ids are 
     unknown and padding ids; ppN uses the first N of them.
       llama.cpp: `Llama(path, n_ctx, n_batch=B, n_ubatch=B, n_threads=t, n_threads_batch=t)`, `reset()`,
       then `llm.eval(ids)` is timed (one llama_decode per B tokens, logits of the last token only).
-      llmrun: `llmrun.load(path, n_ctx, n_threads=t, n_batch=B)`, `_engine.reset()`, then
-      `_engine.evaluate(ids)` is timed (batches of B tokens, logits of the last token only).
+      llmrun: `llmrun.load(path, n_ctx, n_threads=t, n_batch=B)`, `model.reset()`, then
+      `model.evaluate(ids)` is timed (batches of B tokens, logits of the last token only).
       llmrun-b1 (--token-by-token): llmrun loaded with n_batch=1, i.e. the prompt processed one token
       at a time, to show what batching gains.
   - tgN (generation): after a short prompt (BOS "Once upon a time" in the Llama 2 vocabulary, else BOS
     and 4 of the random ids), evaluated untimed, N timed greedy decode steps, each "argmax of the last
-    logits, evaluate that one token" (llama.cpp: `llm.eval([token])`; llmrun: `_engine.evaluate(history)`,
+    logits, evaluate that one token" (llama.cpp: `llm.eval([token])`; llmrun: `model.evaluate(history)`,
     which computes only the new token: the KV cache holds the rest).
 Each (tool, model, threads) is measured by a fresh subprocess that loads the model once and runs every
 test on it: one untimed warm-up run of the test, then --reps timed runs (each from an empty cache).
@@ -153,7 +153,8 @@ class LlamaCppRunner:
 
 
 class LlmrunRunner:
-    """The tests on llmrun's engine (the C forward pass and KV cache, without the generation loop)."""
+    """The tests on llmrun's engine (the C forward pass and KV cache, without the generation loop), through
+    Model's measurement API (evaluate, reset)."""
 
     def __init__(self, path: str, threads: int, n_ctx: int, batch: int) -> None:
         import llmrun
@@ -164,24 +165,23 @@ class LlmrunRunner:
         elif batch == 1:
             raise RuntimeError("this llmrun.load has no n_batch argument")
         self.model = llmrun.load(path, **kwargs)
-        self.engine = self.model._engine
         self.info = dict(llmrun=llmrun.__file__, isa=self.model.info.isa, dtype=self.model.info.dtype,
                          n_batch=getattr(self.model.info, "n_batch", None))
 
     def pp(self, ids: list[int]) -> float:
-        self.engine.reset()
+        self.model.reset()
         start = time.perf_counter()
-        self.engine.evaluate(ids)
+        self.model.evaluate(ids)
         return time.perf_counter() - start
 
     def tg(self, prompt: list[int], n: int) -> tuple[float, list[int]]:
-        self.engine.reset()
+        self.model.reset()
         history = list(prompt)
-        logits = self.engine.evaluate(history)
+        logits = self.model.evaluate(history)
 
         def step(tok: int) -> np.ndarray:
             history.append(tok)
-            return self.engine.evaluate(history, out=logits)
+            return self.model.evaluate(history, out=logits)
 
         return greedy(step, logits, n)
 

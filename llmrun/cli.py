@@ -4,11 +4,13 @@ writes a model as GGUF with its weights in another type."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
 import time
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,14 +20,25 @@ from .chat import FORMATS
 from .engine import DEFAULT_BATCH
 from .errors import InvalidArgumentError, LLMError
 from .formats import read_model
-from .formats.gguf_writer import TensorPlan, write_model
+from .formats.gguf_writer import TensorPlan, plan_tensors, write_model
 from .generate import Generation
 from .model import Model, load, resolve_tokenizer
 from .repl import Repl, enable_line_editing
+from .sampling import SamplingParams
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 QUANT_TYPES = ("f16", "bf16", "q8_0", "q4_0")  # what `llmrun quantize --type` writes
+MODEL_HELP = ("model: a GGUF file, a llama2.c checkpoint (.bin) or a Hugging Face model folder (Llama, Mistral "
+              "and Qwen2 families)")
+RANDOM_SEED = -1  # -s -1: a fresh random seed, as llama.cpp
+# Where llama.cpp spells a sampling option differently, its spelling is accepted too.
+SAMPLING_ALIASES = {"temperature": ["--temp"], "seed": ["-s"]}
+SAMPLING_FIELDS = dataclasses.fields(SamplingParams)
+# The option that sets each API argument, so that an error speaks of what the user typed (LLMError.for_flags).
+FLAGS = {"n_ctx": "-c", "tokenizer": "-z/--tokenizer", "n_threads": "-t", "n_batch": "-b", "max_tokens": "-n",
+         "repetitions": "-r", "chat_format": "--chat-format",
+         **{f.name: "--" + f.name.replace("_", "-") for f in SAMPLING_FIELDS}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,7 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `llmrun generate ... | head`: the reader has gone, stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ERROR
-    except (LLMError, ValueError, TypeError, OSError) as e:
+    except LLMError as e:
+        print(f"llmrun: error: {e.for_flags(FLAGS)}", file=sys.stderr)
+        return EXIT_ERROR
+    except (ValueError, TypeError, OSError) as e:
         print(f"llmrun: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
@@ -52,9 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="continue a prompt, streaming the text to stdout",
                          description="Continue a prompt, streaming the text to stdout (the prompt is echoed "
-                                     "first, as llama2.c and llama.cpp do).")
+                                     "first, as llama2.c and llama.cpp do). The prompt is -p TEXT, else the "
+                                     "file -f FILE, else standard input when it is not a terminal.")
     add_model_args(gen)
-    gen.add_argument("-p", "--prompt", default="", help="the text to continue (default: empty, start from BOS)")
+    gen.add_argument("-p", "--prompt", default=None, help="the text to continue (default: -f, else standard input "
+                                                          "when it is piped, else empty: start from BOS)")
+    gen.add_argument("-f", "--file", default=None, metavar="FILE",
+                     help="read the prompt from FILE ('-': standard input); one trailing newline is dropped, "
+                          "as llama.cpp does")
     add_sampling_args(gen, max_tokens_default=-1)
     gen.add_argument("--no-echo", action="store_true", help="print only the generated text, not the prompt")
     gen.add_argument("--stats", action="store_true",
@@ -76,10 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Prompt processing (ppN: N tokens from an empty cache) and generation "
                                        "(tgN: N tokens one at a time) in tokens/s, mean and standard deviation "
                                        "over repetitions, after an untimed warm-up.")
-    bench.add_argument("model", help="model file: GGUF (llama architecture) or llama2.c .bin")
+    bench.add_argument("model", help=MODEL_HELP)
     bench.add_argument("-z", "--tokenizer", help="tokenizer file, for llama2.c models")
-    bench.add_argument("-p", "--n-prompt", default="128", help="prompt lengths, comma-separated (default: 128)")
-    bench.add_argument("-n", "--n-gen", default="64", help="generation lengths, comma-separated (default: 64)")
+    bench.add_argument("-p", "--n-prompt", default="128",
+                       help="prompt lengths, comma-separated; 0 skips the test (default: 128)")
+    bench.add_argument("-n", "--n-gen", default="64",
+                       help="generation lengths, comma-separated; 0 skips the test (default: 64)")
     bench.add_argument("-t", "--threads", default=None, help="thread counts, comma-separated (default: physical cores)")
     bench.add_argument("-b", "--batch-size", type=int, default=DEFAULT_BATCH,
                        help=f"prompt tokens processed together; 1 = token by token (default: {DEFAULT_BATCH})")
@@ -88,11 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(run=run_bench_command)
 
     ppl = sub.add_parser("perplexity", help="perplexity of a model on a text file",
-                         description="Cuts the text's tokens into chunks of --ctx tokens (each starting with "
-                                     "BOS) and scores every token from the ones before it in its chunk.")
-    add_model_args(ppl)
-    ppl.add_argument("textfile", help="UTF-8 text")
-    ppl.add_argument("--ctx", type=int, default=256, help="tokens per chunk (default: 256)")
+                         description="Cuts the text's tokens into chunks of -c tokens (each starting with BOS) "
+                                     "and scores every token of a chunk from the ones before it, so every token "
+                                     "of the text counts once. --llama-cpp-compatible scores as llama.cpp's "
+                                     "llama-perplexity instead, so that the figures compare with published "
+                                     "ones.")
+    add_model_args(ppl, ctx_help="tokens per chunk (default: the model's context, at most 4096)")
+    ppl.add_argument("textfile", help="UTF-8 text (one trailing newline is dropped, as llama.cpp's -f does)")
+    ppl.add_argument("--llama-cpp-compatible", action="store_true",
+                     help="llama-perplexity's scoring: the text tokenized as a whole, each chunk's first token "
+                          "replaced by BOS, only the second half of each chunk scored")
     ppl.set_defaults(run=run_perplexity)
 
     serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (needs: pip install 'llmrun[server]')",
@@ -108,8 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", default=os.environ.get("LLMRUN_API_KEY") or None, metavar="KEY",
                        help="require 'Authorization: Bearer KEY' on every endpoint but /health (default: the "
                             "LLMRUN_API_KEY environment variable, which keeps the key out of the process list)")
-    serve.add_argument("--model-name", default=None, metavar="NAME",
-                       help="the model's id in the API (default: the file or folder name without extension)")
+    serve.add_argument("-a", "--alias", "--model-name", dest="alias", default=None, metavar="NAME",
+                       help="the model's id in the API (default: the file or folder name without extension); "
+                            "requests may name any model, as with llama-server: there is only this one")
     add_chat_format_arg(serve)
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20,
                        help="larger request bodies get 413 (default: 1 MiB)")
@@ -124,13 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(run=run_info)
 
     quant = sub.add_parser("quantize", help="write a model as GGUF with its weights in another type",
-                           description="Write a model (llama2.c .bin or GGUF) as a GGUF file with its weight "
-                                       "matrices in TYPE. Norms stay f32; a matrix whose rows are not whole "
-                                       "32-value blocks falls back to f16 for q8_0 and q4_0, as llama.cpp's "
-                                       "quantizer does. A GGUF input keeps its metadata and vocabulary; "
-                                       "otherwise the tokenizer (the model's own, -z, or tokenizer.bin beside "
-                                       "the model) is written into the file.")
-    quant.add_argument("input", help="model file to read (llama2.c .bin or .gguf)")
+                           description="Write a model (a GGUF file, a llama2.c .bin or a Hugging Face folder) as "
+                                       "a GGUF file with its weight matrices in TYPE. Norms stay f32; a matrix "
+                                       "whose rows are not whole 32-value blocks falls back to f16 for q8_0 and "
+                                       "q4_0, as llama.cpp's quantizer does. A GGUF input keeps its metadata and "
+                                       "vocabulary; otherwise the tokenizer (the model's own, -z, or "
+                                       "tokenizer.bin beside the model) is written into the file.")
+    quant.add_argument("input", help="the model to read: a GGUF file, a llama2.c .bin or a Hugging Face folder")
     quant.add_argument("output", help="GGUF file to write")
     quant.add_argument("--type", required=True, choices=QUANT_TYPES, help="type of the weight matrices")
     quant.add_argument("-z", "--tokenizer", help="tokenizer file to embed (llama2.c tokenizer.bin); default: the "
@@ -139,13 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="model file: GGUF (llama architecture) or llama2.c .bin")
+def add_model_args(p: argparse.ArgumentParser,
+                   ctx_help: str = "context size in tokens (default: the model's, at most 4096)") -> None:
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("-z", "--tokenizer", help="tokenizer file (llama2.c tokenizer.bin); default: the model's "
                                              "own, else tokenizer.bin beside the model")
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
-    p.add_argument("-c", "--ctx-size", type=int, default=None,
-                   help="context size in tokens (default: the model's, at most 4096)")
+    p.add_argument("-c", "--ctx-size", type=int, default=None, help=ctx_help)
     p.add_argument("-b", "--batch-size", type=int, default=DEFAULT_BATCH,
                    help=f"prompt tokens processed together; 1 = token by token (default: {DEFAULT_BATCH})")
 
@@ -157,38 +186,67 @@ def add_chat_format_arg(p: argparse.ArgumentParser) -> None:
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_tokens_default: int) -> None:
+    """-n, --stop, and one option per SamplingParams field, with its default and help text."""
     p.add_argument("-n", "--max-tokens", type=int, default=max_tokens_default,
                    help=f"tokens to generate; -1 = until the end of text or a full context "
                         f"(default: {max_tokens_default})")
-    p.add_argument("--temperature", "--temp", type=float, default=0.8,
-                   help="0 = greedy (default: 0.8, as llama.cpp)")
-    p.add_argument("--top-k", type=int, default=40, help="0 = off (default: 40)")
-    p.add_argument("--top-p", type=float, default=0.95, help="1.0 = off (default: 0.95)")
-    p.add_argument("--min-p", type=float, default=0.05, help="0.0 = off (default: 0.05)")
-    p.add_argument("--repeat-penalty", type=float, default=1.0, help="1.0 = off (default: 1.0)")
-    p.add_argument("--repeat-last-n", type=int, default=64,
-                   help="how many recent tokens the penalty looks at; -1 = all (default: 64)")
-    p.add_argument("--presence-penalty", type=float, default=0.0,
-                   help="subtracted from the logits of tokens already generated, in [-2, 2] (default: 0.0)")
-    p.add_argument("--frequency-penalty", type=float, default=0.0,
-                   help="subtracted once per earlier occurrence in the generated text, in [-2, 2] (default: 0.0)")
-    p.add_argument("-s", "--seed", type=int, default=None, help="random seed, for reproducible runs")
+    hints = typing.get_type_hints(SamplingParams)
+    for f in SAMPLING_FIELDS:
+        kind = next(t for t in (hints[f.name], *typing.get_args(hints[f.name])) if t in (int, float))
+        if f.default is None:  # the seed: unset means a random one, spelled -1 on the command line
+            default, shown = RANDOM_SEED, f"{RANDOM_SEED}, random"
+        else:
+            default, shown = f.default, f.default
+        names = sorted([FLAGS[f.name], *SAMPLING_ALIASES.get(f.name, [])], key=lambda n: n.startswith("--"))
+        p.add_argument(*names, dest=f.name, type=kind, default=default, help=f"{f.metadata['help']} (default: {shown})")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop when this text appears (repeatable)")
 
 
-def open_model(args: argparse.Namespace) -> Model:
-    return load(args.model, tokenizer=args.tokenizer, n_ctx=args.ctx_size, n_threads=args.threads,
-                n_batch=args.batch_size)
+def open_model(args: argparse.Namespace, chat_format: str | None = None) -> Model:
+    """The model the command's options describe; a one-line warning where -c exceeds what it was trained for."""
+    model = load(args.model, tokenizer=args.tokenizer, n_ctx=args.ctx_size, n_threads=args.threads,
+                 n_batch=args.batch_size, chat_format=chat_format)
+    i = model.info
+    if i.n_ctx > i.context_length:
+        print(f"llmrun: warning: -c {i.n_ctx} is more than the {i.context_length} tokens the model was trained "
+              f"for; it may write nonsense past them", file=sys.stderr)
+    return model
+
+
+def require_tokenizer(model: Model) -> None:
+    """Fails now, not at the first message, where the model has no tokenizer (TokenizerError says why)."""
+    if not model.has_tokenizer:
+        model.tokenizer  # noqa: B018  (raises the model's own explanation)
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:
+    """The generation's keyword arguments from the options, checked now (SamplingError names the field)."""
     if args.max_tokens < -1:
-        raise ValueError(f"--max-tokens must be -1 (no limit) or >= 0, got {args.max_tokens}")
-    return dict(max_tokens=None if args.max_tokens == -1 else args.max_tokens, temperature=args.temperature,
-                top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, repeat_penalty=args.repeat_penalty,
-                seed=args.seed, stop=args.stop or None, repeat_last_n=args.repeat_last_n,
-                presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty)
+        raise InvalidArgumentError(f"max_tokens must be -1 (no limit) or >= 0, got {args.max_tokens}",
+                                   param="max_tokens")
+    sampling = {f.name: getattr(args, f.name) for f in SAMPLING_FIELDS}
+    if sampling["seed"] == RANDOM_SEED:
+        sampling["seed"] = None
+    SamplingParams(**sampling)
+    return dict(max_tokens=None if args.max_tokens == -1 else args.max_tokens, stop=args.stop or None, **sampling)
+
+
+def read_text(path: str) -> str:
+    """A text file ('-': standard input) as llama.cpp's -f reads it: one trailing newline dropped."""
+    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    return text[:-1] if text.endswith("\n") else text
+
+
+def read_prompt(args: argparse.Namespace) -> str:
+    """-p, else -f, else standard input when it is not a terminal (a pipe, a file), else empty."""
+    if args.prompt is not None and args.file is not None:
+        raise InvalidArgumentError("give the prompt with -p or with -f, not both")
+    if args.prompt is not None:
+        return args.prompt
+    if args.file is not None:
+        return read_text(args.file)
+    return "" if sys.stdin.isatty() else read_text("-")
 
 
 def print_stream(generation: Generation) -> None:
@@ -200,13 +258,16 @@ def print_stream(generation: Generation) -> None:
 # --- commands -------------------------------------------------------------------------------------------
 
 def run_generate(args: argparse.Namespace) -> int:
+    prompt = read_prompt(args)
+    kwargs = sampling_kwargs(args)
     with open_model(args) as model:
-        generation = model.stream(args.prompt, **sampling_kwargs(args))
+        generation = model.stream(prompt, **kwargs)
         if not args.no_echo:
-            sys.stdout.write(args.prompt)
+            sys.stdout.write(prompt)
         try:
             print_stream(generation)
         finally:
+            generation.close()  # after Ctrl-C: the generation ends as cancelled before its stats are shown
             sys.stdout.write("\n")
             sys.stdout.flush()
             if args.stats:
@@ -224,8 +285,8 @@ def print_stats(generation: Generation) -> None:
 
 def run_chat(args: argparse.Namespace) -> int:
     kwargs = sampling_kwargs(args)
-    with load(args.model, tokenizer=args.tokenizer, n_ctx=args.ctx_size, n_threads=args.threads,
-              n_batch=args.batch_size, chat_format=args.chat_format) as model:
+    with open_model(args, chat_format=args.chat_format) as model:
+        require_tokenizer(model)
         if sys.stdin.isatty():
             enable_line_editing()
         return Repl(model, chat_format=args.chat_format, system=args.system, sampling=kwargs).run()
@@ -245,11 +306,11 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.api_key is not None and not args.api_key.isprintable():
         raise InvalidArgumentError("the API key must be printable text")
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
-    name = args.model_name or Path(args.model).name.rsplit(".", 1)[0]
+    name = args.alias or Path(args.model).name.rsplit(".", 1)[0]
     config = ServerConfig(model_name=name, api_key=args.api_key, max_body_bytes=args.max_body_bytes,
                           max_queue=args.max_queue)
-    with load(args.model, tokenizer=args.tokenizer, n_ctx=args.ctx_size, n_threads=args.threads,
-              n_batch=args.batch_size, chat_format=args.chat_format) as model:
+    with open_model(args, chat_format=args.chat_format) as model:
+        require_tokenizer(model)
         serve(model, config, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
@@ -263,18 +324,23 @@ def status(message: str) -> None:
 
 
 def int_list(text: str, option: str) -> list[int]:
+    """Comma-separated counts; 0 skips that test, as with llama-bench."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise InvalidArgumentError(f"{option} takes comma-separated integers, got {text!r}") from None
-    if any(v < 1 for v in values):
-        raise InvalidArgumentError(f"{option} values must be >= 1, got {text!r}")
-    return values
+    if any(v < 0 for v in values):
+        raise InvalidArgumentError(f"{option} values must be >= 0 (0 skips the test), got {text!r}")
+    return [v for v in values if v > 0]
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
     prompts, gens = int_list(args.n_prompt, "-p"), int_list(args.n_gen, "-n")
+    if not prompts and not gens:
+        raise InvalidArgumentError("nothing to measure: every -p and -n length is 0")
     threads = int_list(args.threads, "-t") if args.threads else [None]
+    if not threads:
+        raise InvalidArgumentError(f"-t values must be >= 1, got {args.threads!r}")
     n_ctx = max(prompts + [n + 1 for n in gens])
     rows = []
     for t in threads:
@@ -298,19 +364,25 @@ def run_bench_command(args: argparse.Namespace) -> int:
 
 
 def run_perplexity(args: argparse.Namespace) -> int:
-    text = Path(args.textfile).read_text(encoding="utf-8")
-    with load(args.model, tokenizer=args.tokenizer, n_ctx=args.ctx, n_threads=args.threads,
-              n_batch=args.batch_size) as model:
+    text = read_text(args.textfile)
+    with open_model(args) as model:
+        ctx = model.info.n_ctx  # -c: the chunk size, as llama-perplexity's
+
         def progress(chunk: int, n_chunks: int, ppl: float) -> None:
             status(f"chunk {chunk}/{n_chunks}: perplexity {ppl:.4f}")
 
-        result = perplexity(model, text, args.ctx, progress)
+        result = perplexity(model, text, ctx, progress, llama_cpp=args.llama_cpp_compatible)
     status("")
-    print(f"perplexity {result.value:.4f} over {result.tokens} tokens ({result.chunks} chunks of {args.ctx})")
+    scoring = "the second half of each, as llama.cpp" if args.llama_cpp_compatible else "every token"
+    print(f"perplexity {result.value:.4f} over {result.tokens} tokens ({result.chunks} chunks of {ctx}, "
+          f"scoring {scoring})")
     return 0
 
 
 def run_info(args: argparse.Namespace) -> int:
+    def token(id: int | None) -> str:
+        return "none" if id is None else str(id)
+
     with open_model(args) as model:
         i = model.info
         rows = [
@@ -326,7 +398,7 @@ def run_info(args: argparse.Namespace) -> int:
         ]
         try:
             tok = model.tokenizer
-            rows.append(("tokenizer", f"{tok.vocab_size} tokens, bos {tok.bos_id}, eos {tok.eos_id}"))
+            rows.append(("tokenizer", f"{tok.vocab_size} tokens, bos {token(tok.bos_id)}, eos {token(tok.eos_id)}"))
         except LLMError as e:
             rows.append(("tokenizer", f"none ({e})"))
         width = max(len(k) for k, _ in rows)
@@ -339,12 +411,12 @@ def run_quantize(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     spec = read_model(args.input)
     tokenizer = None  # a GGUF input keeps its own vocabulary metadata as it is
-    if args.tokenizer or "tokenizer.ggml.model" not in spec.extra.get("metadata", {}):
+    if args.tokenizer or "tokenizer.ggml.model" not in spec.metadata:
         tokenizer, problem = resolve_tokenizer(spec, args.tokenizer)
         if tokenizer is None:  # still a valid GGUF (our reader takes -z), but llama.cpp needs a vocabulary
             print(f"llmrun: warning: the output will have no vocabulary; pass -z TOKENIZER to embed one "
                   f"({problem})", file=sys.stderr)
-    n_tensors = len(spec.tensors())
+    n_tensors = len(plan_tensors(spec, args.type))  # biases and RoPE factors are tensors of the file too
     n_width = len(str(n_tensors))
 
     def progress(i: int, plan: TensorPlan) -> None:

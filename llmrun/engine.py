@@ -18,7 +18,11 @@ from .spec import ROPE_STYLES, TENSOR_TYPES, ModelSpec, Tensor
 
 ffi, lib = _kernel.ffi, _kernel.lib
 
-ISA_NAMES = {"scalar": lib.LLM_ISA_SCALAR, "avx2": lib.LLM_ISA_AVX2, "avx512vnni": lib.LLM_ISA_AVX512VNNI}
+# Instruction set name -> the C library's code, as the library names them (csrc/llmrun.h). The codes are
+# names, not ranks: which ones this CPU runs is asked of the library (available_isas).
+ISA_NAMES = {ffi.string(lib.llm_isa_name(code)).decode(): code for code in range(lib.LLM_ISA_COUNT)}
+
+MAX_THREADS = lib.LLM_MAX_THREADS  # threads one context may use (the C library's limit)
 
 # Tokens per batch of prompt processing (and per C call, so that Ctrl-C, delivered between calls, is
 # prompt): each weight matrix is read once per batch.
@@ -35,7 +39,7 @@ def best_isa() -> str:
 
 def available_isas() -> list[str]:
     """Every instruction set this CPU can run the kernels with, the portable reference first."""
-    return [name for name, code in ISA_NAMES.items() if code <= lib.llm_isa_best()]
+    return [name for name, code in ISA_NAMES.items() if lib.llm_isa_supported(code)]
 
 
 class Engine:
@@ -82,9 +86,9 @@ class Engine:
             self._fill(weights.output, spec.output)
         weights.layers = layers
 
-        isa_code = lib.LLM_ISA_AUTO if isa is None else ISA_NAMES.get(isa, -2)
-        if isa_code == -2:
-            raise InvalidArgumentError(f"isa must be one of {sorted(ISA_NAMES)} or None, got {isa!r}")
+        isa_code = lib.LLM_ISA_AUTO if isa is None else ISA_NAMES.get(isa)
+        if isa_code is None:
+            raise InvalidArgumentError(f"isa must be one of {sorted(ISA_NAMES)} or None, got {isa!r}", param="isa")
         err = ffi.new("char[]", 512)
         out = ffi.new("llm_ctx **")
         rc = lib.llm_create(config, weights, n_ctx, n_batch, n_threads, isa_code, out, err, len(err))
@@ -127,7 +131,8 @@ class Engine:
         if out is None:
             out = np.empty(self.vocab_size, dtype=np.float32)
         elif out.shape != (self.vocab_size,) or out.dtype != np.float32 or not out.flags.c_contiguous:
-            raise InvalidArgumentError(f"out must be a contiguous float32 array of shape ({self.vocab_size},)")
+            raise InvalidArgumentError(f"out must be a contiguous float32 array of shape ({self.vocab_size},)",
+                                       param="out")
         with self._lock:
             keep = self.reusable_prefix(tokens)  # the last token always runs: we need its logits
             self.check_tokens(tokens, keep)
@@ -154,15 +159,18 @@ class Engine:
     def check_tokens(self, tokens: list[int], start: int = 0) -> None:
         """Validates tokens[start:] (evaluate() skips the ones the cache holds: they were checked)."""
         if not tokens:
-            raise InvalidArgumentError("no tokens to evaluate")
+            raise InvalidArgumentError("no tokens to evaluate", param="tokens")
         if len(tokens) > self.n_ctx:
-            raise ContextOverflowError(f"{len(tokens)} tokens do not fit in the context of {self.n_ctx}")
+            raise ContextOverflowError(f"{len(tokens)} tokens do not fit in the context of {self.n_ctx}",
+                                       n_tokens=len(tokens), n_ctx=self.n_ctx, max_ctx=self.spec.max_context)
         for i in range(start, len(tokens)):
             t = tokens[i]
-            if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
-                raise InvalidArgumentError(f"token at index {i} must be an int, got {type(t).__name__}")
+            if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)):
+                raise InvalidArgumentError(f"token at index {i} must be an int, got {type(t).__name__}",
+                                           param="tokens")
             if not 0 <= t < self.vocab_size:
-                raise InvalidArgumentError(f"token {t} at index {i} is outside the vocabulary [0, {self.vocab_size})")
+                raise InvalidArgumentError(f"token {t} at index {i} is outside the vocabulary [0, {self.vocab_size})",
+                                           param="tokens")
 
     def _run(self, tokens: list[int], start: int, logits: np.ndarray, all_logits: bool) -> None:
         """Runs tokens[start:] at positions start.. in chunks; the cache then holds tokens[:end]."""

@@ -69,13 +69,14 @@ def token_logprob(logits: np.ndarray, token: int, n_top: int) -> TokenLogprob:
 def check_max_tokens(max_tokens: int | None) -> None:
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
                                    or max_tokens < 0):
-        raise InvalidArgumentError(f"max_tokens must be None or an int >= 0, got {max_tokens!r}")
+        raise InvalidArgumentError(f"max_tokens must be None or an int >= 0, got {max_tokens!r}", param="max_tokens")
 
 
 def check_logprobs(logprobs: int | None) -> None:
     if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int)
                                  or not 0 <= logprobs <= MAX_TOP_LOGPROBS):
-        raise InvalidArgumentError(f"logprobs must be None or an int in [0, {MAX_TOP_LOGPROBS}], got {logprobs!r}")
+        raise InvalidArgumentError(f"logprobs must be None or an int in [0, {MAX_TOP_LOGPROBS}], got {logprobs!r}",
+                                   param="logprobs")
 
 
 def normalize_stop(stop: str | Iterable[str] | None) -> list[str]:
@@ -85,7 +86,7 @@ def normalize_stop(stop: str | Iterable[str] | None) -> list[str]:
     stops = [stop] if isinstance(stop, str) else list(stop)
     for s in stops:
         if not isinstance(s, str) or not s:
-            raise InvalidArgumentError(f"stop strings must be non-empty str, got {s!r}")
+            raise InvalidArgumentError(f"stop strings must be non-empty str, got {s!r}", param="stop")
     return stops
 
 
@@ -122,9 +123,11 @@ class StopStrings:
 
 class Generation(Iterator[str]):
     """One completion, streamed as text pieces. After iteration ends, `finish_reason` is "stop" (an
-    end-of-generation token or a stop string) or "length" (max_tokens, or the context is full), and
-    `tokens` holds the generated ids. With `logprobs` (the number of alternatives, 0-20), `token_logprobs`
-    holds a TokenLogprob for each generated token, filled as the tokens are generated."""
+    end-of-generation token or a stop string) or "length" (max_tokens, or the context is full); after
+    `close()` on a generation that had not ended (Ctrl-C, a closed connection) it is "cancelled". While the
+    generation runs it is None. `tokens` holds the generated ids. With `logprobs` (the number of
+    alternatives, 0-20), `token_logprobs` holds a TokenLogprob for each generated token, filled as the
+    tokens are generated."""
 
     def __init__(self, engine: Engine, tokenizer: Tokenizer, prompt: Sequence[int], params: SamplingParams,
                  max_tokens: int | None, stop: list[str], eog_ids: frozenset[int],
@@ -152,8 +155,11 @@ class Generation(Iterator[str]):
         return "".join(self)
 
     def close(self) -> None:
-        """Stops the generation early (what a consumer does on Ctrl-C or a closed connection)."""
+        """Stops the generation early (what a consumer does on Ctrl-C or a closed connection); an unfinished
+        generation's finish_reason becomes "cancelled". Closing an ended generation changes nothing."""
         self._steps.close()
+        if self.finish_reason is None:
+            self.finish_reason = "cancelled"
 
     def _run(self) -> Iterator[str]:
         engine, stats = self.engine, self.stats

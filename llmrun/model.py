@@ -5,25 +5,23 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .chat import FORMATS, ChatStream, ChatTemplate, end_of_turn, tokenize_chat
-from .engine import DEFAULT_BATCH, Engine
+from .engine import DEFAULT_BATCH, MAX_THREADS, Engine
 from .errors import ContextOverflowError, InvalidArgumentError, TokenizerError
-from .formats import read_model
-from .formats.hf import Progress, check_context
-from .formats.llama2c_tokenizer import load_llama2c_tokenizer
+from .formats import Progress, beside_tokenizer, read_model, read_tokenizer
 from .generate import Generation, check_max_tokens, normalize_stop
+from .openai_api import chat_logprobs
 from .sampling import SamplingParams
 from .spec import ModelSpec
-from .system import physical_cores
+from .system import physical_cores, physical_memory
 from .tokenizer import Tokenizer
-from .tokenizer.bpe import BPETokenizer
 
 DEFAULT_MAX_CTX = 4096  # default KV cache size cap; pass n_ctx to use more of a long-context model
-MAX_THREADS = 512
+DEFAULT_SAMPLING = SamplingParams()  # llama.cpp's defaults (see SamplingParams)
 
 
 @dataclass(frozen=True)
@@ -61,8 +59,7 @@ class Model:
 
     def __init__(self, spec: ModelSpec, tokenizer: Tokenizer | None, n_ctx: int, n_threads: int,
                  tokenizer_problem: str = "", n_batch: int = DEFAULT_BATCH, chat_format: str | None = None) -> None:
-        if chat_format is not None and chat_format not in FORMATS:
-            raise InvalidArgumentError(f"unknown chat format {chat_format!r}; choose one of {', '.join(FORMATS)}")
+        _check_chat_format(chat_format)
         self._chat_format = chat_format
         self._templates: dict[str | None, ChatTemplate] = {}
         self._spec = spec
@@ -76,12 +73,9 @@ class Model:
             vocab_size=cfg.vocab_size, context_length=cfg.max_seq_len, n_ctx=n_ctx, n_params=spec.n_params,
             dtype=spec.dtype, weight_bytes=spec.weight_bytes, file_size=spec.file_size, n_threads=n_threads,
             n_batch=self._engine.n_batch, isa=self._engine.isa)
-        eog = set()
+        eog = set(spec.eog_token_ids)  # e.g. Llama 3's <|eot_id|>, generation_config.json's eos_token_id list
         if tokenizer is not None and tokenizer.eos_id is not None:
             eog.add(tokenizer.eos_id)
-        if spec.extra.get("eot_token_id") is not None:  # e.g. Llama 3's <|eot_id|>: the end of a turn
-            eog.add(spec.extra["eot_token_id"])
-        eog.update(spec.extra.get("eog_token_ids") or ())  # generation_config.json's eos_token_id list
         # llama2.c's stories models end a story by starting the next one with BOS; run.c stops there.
         if spec.format.startswith("llama2.c") and tokenizer is not None and tokenizer.bos_id is not None:
             eog.add(tokenizer.bos_id)
@@ -91,27 +85,25 @@ class Model:
 
     @property
     def tokenizer(self) -> Tokenizer:
-        """The model's tokenizer; TokenizerError if it has none."""
+        """The model's tokenizer; TokenizerError (param "tokenizer") if it has none."""
         if self._tokenizer is None:
-            raise TokenizerError(self._tokenizer_problem or f"{self._spec.path}: the model has no tokenizer")
+            raise TokenizerError(self._tokenizer_problem or f"{self._spec.path}: the model has no tokenizer",
+                                 param="tokenizer")
         return self._tokenizer
 
     def tokenize(self, text: str, add_bos: bool | None = None, special: bool = False) -> list[int]:
         """Token ids of `text`, starting with BOS when `add_bos` (and the tokenizer has one). The default,
         None, does what the model file says (GGUF `tokenizer.ggml.add_bos_token`; True for Llama 2 models).
         With `special`, the text of control tokens ("</s>", "<|im_end|>") becomes those tokens; by default it
-        is plain text (never turn it on for text from users: they could forge turns)."""
+        is plain text (never turn it on for text from users: they could forge turns). InvalidArgumentError
+        (param "text") for anything but a str."""
         if add_bos is None:
-            add_bos = self._add_bos
-        return self.tokenizer.encode(text, add_bos=add_bos, add_eos=bool(self._spec.extra.get("add_eos_token")),
-                                     special=special)
-
-    @property
-    def _add_bos(self) -> bool:
-        return bool(self._spec.extra.get("add_bos_token", True))
+            add_bos = self._spec.add_bos_token
+        return self.tokenizer.encode(text, add_bos=add_bos, add_eos=self._spec.add_eos_token, special=special)
 
     def detokenize(self, ids: Iterable[int]) -> str:
-        """The text of token ids (control tokens such as BOS/EOS produce no text)."""
+        """The text of token ids (control tokens such as BOS/EOS produce no text). InvalidArgumentError (param
+        "ids") for anything but a sequence of ints."""
         return self.tokenizer.decode(ids)
 
     # --- scoring ------------------------------------------------------------------------------------
@@ -143,119 +135,125 @@ class Model:
         self._engine.reset()
 
     # --- generation ---------------------------------------------------------------------------------
+    #
+    # The sampling parameters have one definition, SamplingParams: each method takes one (`params`, default
+    # llama.cpp's) and keyword overrides of its fields (`temperature=0`), applied in one validated step.
 
-    def stream(self, prompt: str | Sequence[int], max_tokens: int | None = 256, temperature: float = 0.8,
-               top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
-               seed: int | None = None, stop: str | Iterable[str] | None = None,
-               repeat_last_n: int = 64, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
-               logprobs: int | None = None) -> Generation:
+    def stream(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *,
+               max_tokens: int | None = 256, stop: str | Iterable[str] | None = None, logprobs: int | None = None,
+               **sampling: Any) -> Generation:
         """Generates a continuation of `prompt` (text, or token ids), yielding text pieces as they are
-        complete (never half a UTF-8 character). Sampling defaults are llama.cpp's; temperature 0 is
-        greedy. Generation ends at an end-of-generation token, a stop string (not included in the text),
-        `max_tokens` new tokens (None: until the context is full) or a full context. The repetition
-        penalty looks at the last `repeat_last_n` tokens (-1: all). The returned Generation also reports
-        `finish_reason`, `tokens` and `stats` once it is exhausted. `presence_penalty` and `frequency_penalty`
-        (OpenAI's, in [-2, 2]) lower the logits of tokens this generation already produced. With `logprobs`
-        (0-20), `Generation.token_logprobs` reports each token's log-probability and that many alternatives."""
+        complete (never half a UTF-8 character). Sampling follows `params` with the fields named in
+        `sampling` replaced (SamplingParams' defaults are llama.cpp's; temperature 0 is greedy).
+        Generation ends at an end-of-generation token, a stop string (not included in the text),
+        `max_tokens` new tokens (None: until the context is full) or a full context. The returned Generation
+        also reports `finish_reason`, `tokens` and `stats` once it is exhausted. With `logprobs` (0-20),
+        `Generation.token_logprobs` reports each token's log-probability and that many alternatives.
+        InvalidArgumentError for an unknown keyword, SamplingError for a bad sampling value."""
         ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-        return self._start(ids, self.eog_ids, [], max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                           top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, stop=stop,
-                           repeat_last_n=repeat_last_n, presence_penalty=presence_penalty,
-                           frequency_penalty=frequency_penalty, logprobs=logprobs)
+        return self._start(ids, self.eog_ids, [], _sampling(params, sampling), max_tokens, stop, logprobs)
 
-    def _start(self, ids: list[int], eog_ids: frozenset[int], extra_stops: list[str], max_tokens: int | None,
-               temperature: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float,
-               seed: int | None, stop: str | Iterable[str] | None, repeat_last_n: int,
-               presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
-               logprobs: int | None = None) -> Generation:
-        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed,
-                                presence_penalty=presence_penalty, frequency_penalty=frequency_penalty)
+    def generate(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *,
+                 max_tokens: int | None = 256, stop: str | Iterable[str] | None = None, logprobs: int | None = None,
+                 **sampling: Any) -> str:
+        """Like `stream`, but returns the whole continuation as one string. It has nowhere to put
+        log-probabilities, so `logprobs` is refused (InvalidArgumentError): use `stream(..., logprobs=N)` and
+        read its `token_logprobs`."""
+        if logprobs is not None:
+            raise InvalidArgumentError("generate() returns text only; for log-probabilities use stream(..., "
+                                       "logprobs=N) and read Generation.token_logprobs", param="logprobs")
+        return self.stream(prompt, params, max_tokens=max_tokens, stop=stop, **sampling).text()
+
+    def _start(self, ids: list[int], eog_ids: frozenset[int], extra_stops: list[str], params: SamplingParams,
+               max_tokens: int | None, stop: str | Iterable[str] | None, logprobs: int | None) -> Generation:
         check_max_tokens(max_tokens)
         stops = normalize_stop(stop)
         stops += [s for s in extra_stops if s not in stops]
         if not ids:
-            raise InvalidArgumentError("the prompt has no tokens (empty text and no BOS token to start from)")
+            raise InvalidArgumentError("the prompt has no tokens (empty text and no BOS token to start from)",
+                                       param="prompt")
         self._check_fits(len(ids), "prompt")
         self._engine.check_tokens(ids)
         return Generation(self._engine, self.tokenizer, ids, params, max_tokens, stops, eog_ids, logprobs=logprobs)
-
-    def generate(self, prompt: str | Sequence[int], max_tokens: int | None = 256, temperature: float = 0.8,
-                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
-                 seed: int | None = None, stop: str | Iterable[str] | None = None,
-                 repeat_last_n: int = 64, presence_penalty: float = 0.0, frequency_penalty: float = 0.0) -> str:
-        """Like `stream`, but returns the whole continuation as one string."""
-        return self.stream(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                           min_p=min_p, repeat_penalty=repeat_penalty, seed=seed, stop=stop,
-                           repeat_last_n=repeat_last_n, presence_penalty=presence_penalty,
-                           frequency_penalty=frequency_penalty).text()
 
     # --- chat ---------------------------------------------------------------------------------------
 
     @property
     def has_chat_template(self) -> bool:
         """Whether the model file carries its own chat template (else chat uses `chat_format` or plain)."""
-        return isinstance(self._spec.extra.get("chat_template"), str)
+        return self._spec.chat_template is not None
 
     def chat_template(self, chat_format: str | None = None) -> ChatTemplate:
         """The template chat uses: the built-in format `chat_format` (see llmrun.chat.FORMATS), else the one
         chosen at load, else the model's own template, else "plain" (a base model continues the text).
         ChatTemplateError if the model's template does not compile; InvalidArgumentError for an unknown
         format name."""
+        _check_chat_format(chat_format)
         name = chat_format or self._chat_format
         if name not in self._templates:
             if name is not None:
                 self._templates[name] = ChatTemplate.builtin(name)
-            elif self.has_chat_template:
-                self._templates[name] = ChatTemplate(self._spec.extra["chat_template"], name="model")
+            elif self._spec.chat_template is not None:
+                self._templates[name] = ChatTemplate(self._spec.chat_template, name="model")
             else:
                 self._templates[name] = ChatTemplate.builtin("plain")
         return self._templates[name]
 
     def chat_prompt(self, messages: Sequence[dict], chat_format: str | None = None) -> list[int]:
         """The token ids `chat` would feed the model for `messages` (with the generation prompt)."""
-        return tokenize_chat(self.chat_template(chat_format), self.tokenizer, messages, add_bos=self._add_bos).ids
+        return tokenize_chat(self.chat_template(chat_format), self.tokenizer, messages,
+                             add_bos=self._spec.add_bos_token).ids
 
-    def chat_stream(self, messages: Sequence[dict], chat_format: str | None = None, max_tokens: int | None = None,
-                    temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
-                    repeat_penalty: float = 1.0, seed: int | None = None, stop: str | Iterable[str] | None = None,
-                    repeat_last_n: int = 64, presence_penalty: float = 0.0,
-                    frequency_penalty: float = 0.0, logprobs: int | None = None) -> ChatStream:
+    def chat_stream(self, messages: Sequence[dict], params: SamplingParams | None = None, *,
+                    chat_format: str | None = None, max_tokens: int | None = None,
+                    stop: str | Iterable[str] | None = None, logprobs: int | None = None,
+                    **sampling: Any) -> ChatStream:
         """Starts the assistant's reply to `messages` (a list of {"role": "system" | "user" | "assistant",
         "content": str}) and returns a ChatStream that yields its text as it is generated. The conversation is
         rendered with `chat_template(chat_format)`; message contents can never produce control tokens. The
         reply ends at an end-of-turn token (EOS, <|eot_id|>, <|im_end|> ... as the template uses them), a stop
         string (never part of the text), `max_tokens` (default None: no limit but the context) or a full
         context. The KV cache keeps the conversation, so the next turn only computes the new tokens.
-        Sampling arguments and `logprobs` as `stream`. ContextOverflowError if the conversation does not fit."""
+        Sampling (`params` and keyword overrides) and `logprobs` as `stream`. ContextOverflowError if the
+        conversation does not fit."""
+        params = _sampling(params, sampling)
         template = self.chat_template(chat_format)
-        prompt = tokenize_chat(template, self.tokenizer, messages, add_bos=self._add_bos)
+        prompt = tokenize_chat(template, self.tokenizer, messages, add_bos=self._spec.add_bos_token)
         eog, marker_stops = end_of_turn(template, self.tokenizer, self.eog_ids)
-        generation = self._start(prompt.ids, eog, marker_stops, max_tokens=max_tokens, temperature=temperature,
-                                 top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed,
-                                 stop=stop, repeat_last_n=repeat_last_n, presence_penalty=presence_penalty,
-                                 frequency_penalty=frequency_penalty, logprobs=logprobs)
+        generation = self._start(prompt.ids, eog, marker_stops, params, max_tokens, stop, logprobs)
         return ChatStream(generation, prompt, template)
 
-    def chat(self, messages: Sequence[dict], chat_format: str | None = None, max_tokens: int | None = None,
-             temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
-             repeat_penalty: float = 1.0, seed: int | None = None, stop: str | Iterable[str] | None = None,
-             repeat_last_n: int = 64, presence_penalty: float = 0.0, frequency_penalty: float = 0.0) -> dict:
-        """The assistant's reply to `messages`, as `chat_stream` generates it, in OpenAI's shape:
+    def chat(self, messages: Sequence[dict], params: SamplingParams | None = None, *,
+             chat_format: str | None = None, max_tokens: int | None = None, stop: str | Iterable[str] | None = None,
+             logprobs: int | None = None, **sampling: Any) -> dict[str, Any]:
+        """The assistant's reply to `messages`, as `chat_stream` generates it, in the shape of an OpenAI
+        chat completion's choice:
 
             {"message": {"role": "assistant", "content": "..."},
              "finish_reason": "stop" | "length",
-             "usage": {"prompt_tokens": ..., "completion_tokens": ..., "total_tokens": ...}}"""
-        return self.chat_stream(messages, chat_format=chat_format, max_tokens=max_tokens, temperature=temperature,
-                                top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed,
-                                stop=stop, repeat_last_n=repeat_last_n, presence_penalty=presence_penalty,
-                                frequency_penalty=frequency_penalty).result()
+             "usage": {"prompt_tokens": ..., "completion_tokens": ..., "total_tokens": ...}}
+
+        With `logprobs` (0-20 alternatives) it also has "logprobs": {"content": [{"token", "logprob", "bytes",
+        "top_logprobs": [...]}, ...]}, one entry per generated token."""
+        stream = self.chat_stream(messages, params, chat_format=chat_format, max_tokens=max_tokens, stop=stop,
+                                  logprobs=logprobs, **sampling)
+        reply = stream.result()
+        if logprobs is not None:
+            reply["logprobs"] = chat_logprobs(self.tokenizer, stream.generation.token_logprobs)
+        return reply
 
     def _check_fits(self, n_tokens: int, what: str) -> None:
-        if n_tokens > self.info.n_ctx:
-            raise ContextOverflowError(
-                f"the {what} is {n_tokens} tokens, more than the context of {self.info.n_ctx} "
-                f"(load with a larger n_ctx, up to the model's {self.info.context_length})")
+        """ContextOverflowError unless `n_tokens` fit in the context; it advises a larger n_ctx only where the
+        model could take one."""
+        n_ctx, max_ctx = self.info.n_ctx, self._spec.max_context
+        if n_tokens <= n_ctx:
+            return
+        message = f"the {what} is {n_tokens} tokens, more than the context of {n_ctx}"
+        if n_ctx < max_ctx:
+            raise ContextOverflowError(f"{message} (load with a larger n_ctx, up to the model's {max_ctx})",
+                                       param="n_ctx", n_tokens=n_tokens, n_ctx=n_ctx, max_ctx=max_ctx)
+        raise ContextOverflowError(f"{message}, which is already as long as the model's ({max_ctx})",
+                                   n_tokens=n_tokens, n_ctx=n_ctx, max_ctx=max_ctx)
 
     # --- lifetime -----------------------------------------------------------------------------------
 
@@ -275,7 +273,7 @@ class Model:
                 f"n_threads={i.n_threads})")
 
 
-def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | BPETokenizer | None = None,
+def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | None = None,
          n_ctx: int | None = None, n_threads: int | None = None, n_batch: int = DEFAULT_BATCH,
          chat_format: str | None = None, quantize: str | None = None, progress: Progress | None = None) -> Model:
     """Loads a model file or folder.
@@ -285,24 +283,30 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | BPE
     tokenizer: a llama2.c tokenizer.bin (or a Tokenizer). Default: the model's own tokenizer (GGUF,
                tokenizer.json), else a tokenizer.bin beside the model if its vocabulary matches.
     n_ctx:     positions the KV cache holds; default: the model's context length, at most 4096 (and at most
-               a sliding attention window).
+               a sliding attention window). More than the model was trained for is allowed (quietly: the
+               model may degrade past it; `info.context_length` says what it was trained for), more than a
+               sliding window is not, and the cache must fit in physical memory.
     n_threads: threads for the matrix products; default: the number of physical cores.
     n_batch:   prompt tokens processed together (matrix-matrix products, each weight read once per
                batch); longer prompts go in batches of this size. 1 processes prompts token by token.
     chat_format: the built-in chat format `chat` uses ("llama-2", "llama-3", "chatml", "zephyr", "mistral",
                "plain"); default: the model's own template, else "plain".
     quantize:  Hugging Face folders only: convert the weights at load time ("q8_0", "q4_0", "f16", ...);
-               `progress(done, total, name)` is called after each tensor."""
-    spec = read_model(path, quantize=quantize, progress=progress)
-    cfg = spec.config
-    if n_ctx is None:
-        n_ctx = min(cfg.max_seq_len, DEFAULT_MAX_CTX, spec.extra.get("sliding_window") or DEFAULT_MAX_CTX)
-    _check_int("n_ctx", n_ctx, 1, 1 << 24)
-    check_context(spec, n_ctx)
+               `progress(done, total, name)` is called after each tensor.
+
+    A bad argument raises an LLMError whose `param` names it (InvalidArgumentError for n_ctx, n_threads,
+    n_batch, chat_format; TokenizerError for tokenizer); a bad file ModelFormatError."""
+    _check_chat_format(chat_format)
     if n_threads is None:
         n_threads = min(physical_cores(), MAX_THREADS)
     _check_int("n_threads", n_threads, 1, MAX_THREADS)
     _check_int("n_batch", n_batch, 1, 1 << 16)
+    if n_ctx is not None:
+        _check_int("n_ctx", n_ctx, 1, 1 << 24)
+    spec = read_model(path, quantize=quantize, progress=progress)
+    if n_ctx is None:
+        n_ctx = min(spec.max_context, DEFAULT_MAX_CTX)
+    _check_context(spec, n_ctx, n_threads)
     tok, problem = resolve_tokenizer(spec, tokenizer)
     return Model(spec, tok, n_ctx=n_ctx, n_threads=n_threads, tokenizer_problem=problem, n_batch=n_batch,
                  chat_format=chat_format)
@@ -310,29 +314,64 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | BPE
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidArgumentError(f"{name} must be an int in [{low}, {high}], got {value!r}")
+        raise InvalidArgumentError(f"{name} must be an int in [{low}, {high}], got {value!r}", param=name)
 
 
-def resolve_tokenizer(spec: ModelSpec, tokenizer: str | os.PathLike | Tokenizer | BPETokenizer | None
-                       ) -> tuple[Tokenizer | BPETokenizer | None, str]:
-    """The tokenizer to use, or None and why there is none."""
+def _check_chat_format(name: str | None) -> None:
+    if name is not None and name not in FORMATS:
+        raise InvalidArgumentError(f"chat_format: unknown chat format {name!r}; choose one of {', '.join(FORMATS)}",
+                                   param="chat_format")
+
+
+def _sampling(params: SamplingParams | None, overrides: dict[str, Any]) -> SamplingParams:
+    """`params` (default: SamplingParams' defaults) with `overrides` applied; InvalidArgumentError naming an
+    unknown keyword."""
+    if params is not None and not isinstance(params, SamplingParams):
+        raise InvalidArgumentError(f"params must be a SamplingParams, got {type(params).__name__}", param="params")
+    return (params or DEFAULT_SAMPLING).with_overrides(**overrides)
+
+
+def context_bytes_per_position(spec: ModelSpec, n_threads: int) -> int:
+    """Bytes the C context allocates per position of its context (csrc/forward.c, llm_create): the keys and
+    values of every layer, one attention score per thread and the RoPE table's cos and sin."""
+    cfg = spec.config
+    return 4 * (2 * cfg.n_layers * cfg.kv_dim + n_threads + cfg.head_dim)
+
+
+def _check_context(spec: ModelSpec, n_ctx: int, n_threads: int) -> None:
+    """Refuses an n_ctx the model cannot attend over (beyond a sliding window) or whose KV cache would not fit
+    in physical memory, before anything is allocated, saying which n_ctx would do."""
+    window = spec.sliding_window
+    if window is not None and n_ctx > window:
+        raise InvalidArgumentError(f"{spec.path}: the model uses sliding-window attention over {window} positions; "
+                                   f"llmrun attends to the whole context, so n_ctx = {n_ctx} would compute "
+                                   f"something else: use n_ctx <= {window}", param="n_ctx")
+    memory = physical_memory()
+    per_position = context_bytes_per_position(spec, n_threads)
+    if memory is not None and n_ctx * per_position > memory:
+        raise InvalidArgumentError(
+            f"n_ctx = {n_ctx} needs {n_ctx * per_position / 2**30:.1f} GiB for the KV cache of {spec.path}, more "
+            f"than this machine's {memory / 2**30:.1f} GiB of physical memory: use n_ctx <= "
+            f"{memory // per_position}", param="n_ctx")
+
+
+def resolve_tokenizer(spec: ModelSpec, tokenizer: str | os.PathLike | Tokenizer | None
+                      ) -> tuple[Tokenizer | None, str]:
+    """The tokenizer to use (the one given, a file given, else the model's own), or None and why there is
+    none. TokenizerError (param "tokenizer") for a given tokenizer that does not fit the model."""
     vocab = spec.config.vocab_size
-    if isinstance(tokenizer, (Tokenizer, BPETokenizer)):
+    if isinstance(tokenizer, Tokenizer):
         if tokenizer.vocab_size != vocab:
             raise TokenizerError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model "
-                                 f"{spec.path} has a vocabulary of {vocab}")
+                                 f"{spec.path} has a vocabulary of {vocab}", param="tokenizer")
         return tokenizer, ""
+    if isinstance(tokenizer, (str, os.PathLike)):
+        return read_tokenizer(tokenizer, vocab), ""
     if tokenizer is not None:
-        return load_llama2c_tokenizer(tokenizer, vocab_size=vocab), ""
+        raise InvalidArgumentError(f"tokenizer must be a path, a Tokenizer or None, got {type(tokenizer).__name__}",
+                                   param="tokenizer")
     if spec.tokenizer is not None:
-        return spec.tokenizer, ""  # type: ignore[return-value]
-    if "tokenizer_problem" in spec.extra:  # the file has a tokenizer llmrun cannot use (yet)
-        return None, spec.extra["tokenizer_problem"]
-    beside = Path(spec.path).with_name("tokenizer.bin")
-    hint = f"{spec.path}: no tokenizer; pass tokenizer= (llama2.c models keep it in a separate .bin file)"
-    if beside.is_file():
-        try:
-            return load_llama2c_tokenizer(beside, vocab_size=vocab), ""
-        except TokenizerError as e:
-            return None, f"{hint}; {beside} does not fit this model: {e}"
-    return None, hint
+        return spec.tokenizer, ""
+    if spec.tokenizer_problem:  # the file has a tokenizer llmrun cannot use (yet)
+        return None, spec.tokenizer_problem
+    return beside_tokenizer(spec)

@@ -225,7 +225,8 @@ def _messages(value: object) -> list[dict[str, str]]:
         param = f"messages[{i}]"
         if not isinstance(message, dict):
             raise bad_request(f"{param} must be an object with role and content", param=param)
-        role = CHAT_ROLES.get(message.get("role"))  # type: ignore[arg-type]
+        role = message.get("role")
+        role = CHAT_ROLES.get(role) if isinstance(role, str) else None
         if role is None:
             raise bad_request(f"{param}.role must be one of {', '.join(CHAT_ROLES)}, got "
                               f"{_describe(message.get('role'))}", param=f"{param}.role")

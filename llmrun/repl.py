@@ -58,9 +58,8 @@ class Repl:
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.messages: list[dict[str, str]] = []  # user and assistant turns, oldest first
-        self.last: ChatStream | None = None
+        self.last: ChatStream | None = None  # the last reply of this conversation
         self.last_ttft: float | None = None
-        self.context_used = 0
         self.session_tokens = 0
 
     # --- the loop ---------------------------------------------------------------------------------------
@@ -111,6 +110,7 @@ class Repl:
             self.say(HELP)
         elif name == "/reset":
             self.messages.clear()
+            self.last = None
             self.notice("(conversation reset)")
         elif name == "/system":
             self.system = arg or None
@@ -147,11 +147,21 @@ class Repl:
         if messages and messages[0]["role"] == "system":
             self.system = messages.pop(0)["content"] or None
         self.messages = messages
+        self.last = None
         self.notice(f"(loaded {len(messages)} messages from {path})")
+
+    def context_used(self) -> int:
+        """Tokens the conversation takes in the context now (with the prompt for the next reply)."""
+        if not self.conversation():
+            return 0
+        try:
+            return len(self.model.chat_prompt(self.conversation(), chat_format=self.chat_format))
+        except LLMError:  # a template that refuses this conversation says so at the next turn
+            return 0
 
     def stats_text(self) -> str:
         n_ctx = self.model.info.n_ctx
-        head = f"context: {self.context_used} of {n_ctx} tokens used; {len(self.conversation())} messages; " \
+        head = f"context: {self.context_used()} of {n_ctx} tokens used; {len(self.conversation())} messages; " \
                f"{self.session_tokens} tokens generated this session"
         if self.last is None:
             return head
@@ -199,7 +209,6 @@ class Repl:
             return
         self.messages.append({"role": "assistant", "content": "".join(shown)})
         self.last = stream
-        self.context_used = stream.usage["total_tokens"]
         self.session_tokens += stream.usage["completion_tokens"]
 
     def make_room(self) -> bool:

@@ -44,6 +44,7 @@ the same tokens.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -51,7 +52,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from llmrun.errors import SamplingError
+from llmrun.errors import InvalidArgumentError, SamplingError
 
 __all__ = ["Sampler", "SamplingError", "SamplingParams"]
 
@@ -87,7 +88,10 @@ def _describe(value: object) -> str:
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Sampling settings; defaults are llama.cpp's. Every field is validated on construction.
+    """Sampling settings; defaults are llama.cpp's. Every field is validated on construction (SamplingError
+    naming the field in its message and `param`). This class is the one definition of the sampling
+    parameters and their defaults: `Model`'s generation methods take one plus keyword overrides of its
+    fields (`with_overrides`), and the CLI builds its options from the fields' metadata.
 
     Attributes:
         temperature: Softmax temperature, ``>= 0``; ``0`` means greedy (argmax).
@@ -134,6 +138,15 @@ class SamplingParams:
         if self.seed is not None:
             self._set_int("seed", "must be None or an int in [0, 2**64)", 0, _SEED_LIMIT)
 
+    def with_overrides(self, **overrides: object) -> SamplingParams:
+        """These parameters with the fields named in `overrides` replaced: one new, validated SamplingParams
+        (this one when there is nothing to override). An unknown name is an InvalidArgumentError naming it."""
+        unknown = [name for name in overrides if name not in _FIELDS]
+        if unknown:
+            raise InvalidArgumentError(f"unknown argument {unknown[0]!r}: not a sampling parameter "
+                                       f"({', '.join(_FIELDS)})", param=unknown[0])
+        return dataclasses.replace(self, **overrides) if overrides else self
+
     def _set_float(self, name: str, rule: str, in_range: Callable[[float], bool]) -> None:
         """Check a float field (finite, not bool, ``in_range``) and store it as ``float``."""
         value = getattr(self, name)
@@ -142,15 +155,18 @@ class SamplingParams:
         except OverflowError:  # an int too large for a float
             number = math.nan
         if not math.isfinite(number) or not in_range(number):
-            raise SamplingError(f"{name} {rule}, got {_describe(value)}")
+            raise SamplingError(f"{name} {rule}, got {_describe(value)}", param=name)
         object.__setattr__(self, name, number)
 
     def _set_int(self, name: str, rule: str, low: int, high: int | None) -> None:
         """Check an int field (not bool, ``low <= value < high``) and store it as ``int``."""
         value = getattr(self, name)
         if not _is_int(value) or int(value) < low or (high is not None and int(value) >= high):
-            raise SamplingError(f"{name} {rule}, got {_describe(value)}")
+            raise SamplingError(f"{name} {rule}, got {_describe(value)}", param=name)
         object.__setattr__(self, name, int(value))
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingParams))
 
 
 class Sampler:

@@ -29,7 +29,7 @@ import anyio
 import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -60,11 +60,13 @@ log = logging.getLogger("llmrun.server")
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_MAX_QUEUE = 64
 HOP_SECONDS = 0.1  # a non-streaming request checks for a vanished client this often
+CLIENT_CLOSED = 499  # nginx's status for a client that went away before its answer
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """model_name: what /v1/models lists and requests must name (or leave out). api_key: None = no auth."""
+    """model_name: what /v1/models lists and responses name (requests may name any model). api_key: None = no
+    auth."""
 
     model_name: str
     api_key: str | None = None
@@ -243,8 +245,10 @@ class ModelServer:
             raise APIError(401, "missing or incorrect API key: send the header 'Authorization: Bearer KEY'",
                            code="invalid_api_key")
 
-    def _check_model(self, name: str | None) -> None:
-        if name is not None and name != self.config.model_name:
+    def _check_model(self, name: str) -> None:
+        """For GET /v1/models/{id}. Generation requests may name any model: this server has only the one (as
+        llama-server, so that a client configured for another model's name works as it is)."""
+        if name != self.config.model_name:
             raise APIError(404, f"the model {name!r} does not exist; this server serves "
                                 f"{self.config.model_name!r}", param="model", code="model_not_found")
 
@@ -259,10 +263,14 @@ class ModelServer:
             if int(length) > limit:
                 raise too_large
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise too_large
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise too_large
+        except ClientDisconnect:
+            raise APIError(CLIENT_CLOSED, "the client closed the connection before sending the whole request") \
+                from None
         try:
             return json.loads(body, parse_constant=_reject_constant)
         except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -270,7 +278,6 @@ class ModelServer:
 
     async def _serve(self, request: Request, req: GenerationRequest) -> Response:
         """Admits a checked request: waits for the slot, starts and runs its generation, answers it."""
-        self._check_model(req.model)
         if req.max_tokens is not None:
             req.max_tokens = min(req.max_tokens, self.model.info.n_ctx)  # the context ends it anyway
         gen = await anyio.to_thread.run_sync(self._start, req)  # tokenizing can take a while
@@ -338,7 +345,7 @@ class ModelServer:
         parts = list(pieces)
         while not done:
             if await request.is_disconnected():
-                raise APIError(499, "the client closed the connection")  # nobody reads it: close the generation
+                raise APIError(CLIENT_CLOSED, "the client closed the connection")  # nobody reads it: stop
             pieces, done = await anyio.to_thread.run_sync(_pull, job.gen, HOP_SECONDS)
             parts += pieces
         return "".join(parts)
@@ -367,6 +374,8 @@ class ModelServer:
 
     async def _api_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, APIError)
+        if exc.status == CLIENT_CLOSED:  # nobody reads the answer; not a server error
+            log.info("%s %s: client disconnected (%d): %s", request.method, request.url.path, exc.status, exc.message)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
@@ -392,6 +401,10 @@ def serve(model: Model, config: ServerConfig, host: str = "127.0.0.1", port: int
     """Serves `model` over HTTP until interrupted (uvicorn)."""
     import uvicorn
 
+    i = model.info
+    log.info("serving %s as %r (%s, %.2fM parameters, %s): context %d tokens (trained for %d), threads %d, "
+             "batch %d, %s kernels", i.path, config.model_name, i.format, i.n_params / 1e6, i.dtype, i.n_ctx,
+             i.context_length, i.n_threads, i.n_batch, i.isa)
     if config.api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s without an API key: anyone who can reach this port can use the model "
                     "(set --api-key or LLMRUN_API_KEY)", host)

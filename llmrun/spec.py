@@ -1,16 +1,23 @@
 """ModelSpec: what every format reader returns and the engine consumes.
 
 A spec is the model's hyperparameters plus its named tensors, each a numpy array that is usually a
-memory map of the model file (no copy). The format readers (llmrun/formats/) fill it in and check it;
-the engine hands its arrays to C as borrowed pointers.
+memory map of the model file (no copy), plus what the file says about using the model (its tokenizer,
+special ids, chat template ...) as typed fields. The format readers (llmrun/formats/) fill it in and
+check it; the engine hands its arrays to C as borrowed pointers; nothing above reads a format module.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from ._kernel import ffi, lib
+
+if TYPE_CHECKING:
+    from .tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -28,15 +35,44 @@ class TensorType:
         return cols // self.block_elems * self.block_bytes
 
 
-TENSOR_TYPES: dict[str, TensorType] = {t.name: t for t in (
-    TensorType("f32", 0, 1, 4, np.dtype("<f4")),
-    TensorType("f16", 1, 1, 2, np.dtype("<f2")),
-    TensorType("bf16", 2, 1, 2, np.dtype("<u2")),  # numpy has no bfloat16: the raw 16-bit patterns
-    TensorType("q8_0", 3, 32, 34, np.dtype("u1")),  # fp16 scale d, 32 x int8 q: x = d * q
-    TensorType("q4_0", 4, 32, 18, np.dtype("u1")),  # fp16 scale d, 16 bytes of nibbles: x = d * (q - 8)
-)}
+# How numpy holds a row of each type: the one thing about a type the C library cannot say. numpy has no
+# bfloat16, so bf16 rows are their raw 16-bit patterns; block types are raw bytes.
+_STORAGE = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2"), "bf16": np.dtype("<u2"), "q8_0": np.dtype("u1"),
+            "q4_0": np.dtype("u1")}
+
+
+def _tensor_type(code: int) -> TensorType:
+    """The C library's description of weight type `code` (its name and block layout: csrc/llmrun.h)."""
+    elems, nbytes = ffi.new("int64_t *"), ffi.new("int64_t *")
+    if lib.llm_type_layout(code, elems, nbytes) != 0:
+        raise ImportError(f"the llmrun C library has no layout for its weight type {code}")
+    name = ffi.string(lib.llm_type_name(code)).decode()
+    if name not in _STORAGE:
+        raise ImportError(f"the llmrun C library has a weight type {name!r} that llmrun/spec.py cannot hold")
+    return TensorType(name, code, int(elems[0]), int(nbytes[0]), _STORAGE[name])
+
+
+# Built from the C library, which defines the codes and block layouts (one definition for C and Python).
+TENSOR_TYPES: dict[str, TensorType] = {t.name: t for t in map(_tensor_type, range(lib.LLM_TYPE_COUNT))}
 
 ROPE_STYLES = {"interleaved": 0, "halves": 1}
+
+# Bounds on the attention's shape, far beyond real models (Gemma 3 270M: width 640 in 4 heads of 256; Qwen3
+# 0.6B: 1024 in 16 x 128; Llama 3 8B: 4096 in 32 x 128; the widest heads in use are 256). A file beyond
+# them is not a model: its header would reserve a KV cache out of all proportion to its weights.
+MAX_HEAD_DIM = 1024
+MAX_QUERY_WIDTH_RATIO = 16  # n_heads * head_dim over dim
+
+
+def attention_shape_problem(dim: int, n_heads: int, head_dim: int) -> str | None:
+    """Why an attention of `n_heads` heads of `head_dim` in a model of width `dim` is not plausible, or None.
+    The readers refuse such a file (ModelFormatError naming it)."""
+    if head_dim > MAX_HEAD_DIM:
+        return f"head_dim = {head_dim} is larger than {MAX_HEAD_DIM}: not a plausible model"
+    if n_heads * head_dim > MAX_QUERY_WIDTH_RATIO * dim:
+        return (f"{n_heads} heads x {head_dim} = {n_heads * head_dim} query dimensions, more than "
+                f"{MAX_QUERY_WIDTH_RATIO} times the model width {dim}: not a plausible model")
+    return None
 
 
 @dataclass(frozen=True)
@@ -115,7 +151,7 @@ class LayerWeights:
 
 @dataclass
 class ModelSpec:
-    """A loaded model file: config, weights and (when the file has one) its tokenizer."""
+    """A loaded model file: config, weights and what the file says about using the model."""
 
     path: Path
     format: str  # e.g. "llama2.c v0"
@@ -125,11 +161,28 @@ class ModelSpec:
     output: Tensor | None  # None: the classifier is tied to token_embd
     layers: list[LayerWeights]
     file_size: int
-    tokenizer: object | None = None  # llmrun.tokenizer.Tokenizer when the file carries one
-    extra: dict = field(default_factory=dict)
     # (head_dim // 2,) float32: RoPE frequency of each dimension pair where the model rescales them
     # (rope_scaling "llama3" / "linear", GGUF rope_freqs); None: config.rope_theta ** (-2j / head_dim)
     rope_freqs: np.ndarray | None = None
+    architecture: str = "llama"  # "llama", "mistral", "qwen2" (GGUF general.architecture, HF architectures)
+    name: str | None = None  # the model's name (GGUF general.name, a Hugging Face folder's name)
+    tokenizer: Tokenizer | None = None  # the file's own tokenizer, when it has one llmrun can use
+    tokenizer_problem: str = ""  # why `tokenizer` is None, for the error a caller gets when it needs one
+    add_bos_token: bool = True  # whether encoding a prompt starts it with BOS (llama.cpp's default: True)
+    add_eos_token: bool = False
+    chat_template: str | None = None  # the model's own Jinja chat template
+    eog_token_ids: tuple[int, ...] = ()  # ids that end generation besides the tokenizer's EOS (end of turn ...)
+    sliding_window: int | None = None  # Mistral/Qwen2 attend to this many positions; llmrun's context stops there
+    group_size: int | None = None  # llama2.c v2: values per quantization group of the file's int8 weights
+    metadata: dict[str, Any] = field(default_factory=dict)  # GGUF: every metadata key and value, as read
+    metadata_types: dict[str, int] = field(default_factory=dict)  # GGUF: each key's stored value type
+
+    @property
+    def max_context(self) -> int:
+        """The longest context the model can attend over as it was trained: its trained context, or its
+        sliding window where that is shorter."""
+        window = self.sliding_window or self.config.max_seq_len
+        return min(self.config.max_seq_len, window)
 
     def tensors(self) -> list[Tensor]:
         out = [self.token_embd, self.output_norm]

@@ -21,3 +21,13 @@ def physical_cores() -> int:
         except OSError:
             return len(cpus) or 1
     return max(1, len(cores))
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory (RAM) of this machine, None where the system does not say. Not the memory
+    available now: the page cache (the model file itself, mapped) counts as used there, yet gives way."""
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows), or no such name
+        return None
+    return pages * page_size if pages > 0 and page_size > 0 else None

@@ -1,311 +1,187 @@
-"""A Jinja environment for chat templates taken from model files: sandboxed and with resource limits.
+"""Chat templates run in a child process with hard limits on time and memory.
 
 A chat template is a program inside a downloaded file (GGUF `tokenizer.chat_template`, a folder's
 tokenizer_config.json), so it is untrusted code. CVE-2024-34359 was exactly that: llama-cpp-python rendered
 such templates with a plain `jinja2.Environment`, and `{{ ''.__class__.__mro__[1].__subclasses__() }}` reached
-`os.system`. Here templates run in jinja2's `ImmutableSandboxedEnvironment` (what Hugging Face transformers
-uses), made stricter:
+`os.system`. Two layers keep a template in check:
 
-- reaching an unsafe attribute (`__class__`, `__globals__`, `mro`, ...) raises at once instead of quietly
-  rendering as an undefined value, so a probing template fails loudly;
-- a render has a wall-clock budget, checked on every template line (a trace hook on the template's own
-  code), on attribute/item access, calls and output, so nested loops cannot hang the caller;
-- `range()` is capped per call and per render, and strings and lists the template builds (`*`, `+`, `~`,
-  `%`, `format`, `center`, `join`, `replace`, ...) and its output are capped in size, checked before the
-  big value is made where the size is predictable and after every call otherwise.
+- Jinja's sandbox, made stricter (llmrun/template_worker.py): no unsafe attribute, and in-Jinja checks on time
+  and on the size of what a template builds, so that the usual runaway (a huge loop, `'x' * 10**9`) stops
+  early with a readable reason.
+- The process: every compile and render happens in one long-lived worker process (a fresh interpreter that
+  imports only jinja2), whose address space is limited to what it uses at start plus MEMORY_LIMIT_BYTES and
+  whose CPU time is limited per request; this process kills it when a request outlasts its budget (and starts
+  a new one for the next request). This is what holds for every filter and conversion, C-level ones included
+  (sorting or printing a huge list): no template can use more than MEMORY_LIMIT_BYTES, nor more than its
+  budget (TIME_LIMIT_S and KILL_GRACE_S) of wall-clock time, and a render left behind by a parent that died
+  is ended by its CPU limit.
 
-`render_sandboxed` turns every failure into `TemplateFailure` with a readable reason; chat.py wraps that in
-ChatTemplateError. What stays outside: the host's memory is only protected by the size caps above, not by
-an OS limit, and a single C-level operation already started (one huge regex, say) is not interrupted.
+A template's data cross as JSON (messages, tools: plain data) and its output comes back as a string, capped
+at MAX_OUTPUT_CHARS. Requests take turns on the one worker. A warm worker answers a render in well under a
+millisecond more than the render itself (benchmarks/bench_templates.py); starting one costs a Python start-up
+and the jinja2 import (about 0.1 s), paid once per process and again only after a kill. Where the platform has
+no `resource` module (Windows) the wall-clock kill is the only bound.
+
+`compile_template` and `render_sandboxed` turn every failure into `TemplateFailure` with a readable reason;
+chat.py wraps that in ChatTemplateError.
 """
 
 from __future__ import annotations
 
-import functools
+import atexit
 import json
-import re
+import os
+import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Mapping
-from datetime import datetime
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-import jinja2
-import jinja2.ext
-from jinja2 import nodes
-from jinja2.compiler import CodeGenerator, Frame
-from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+__all__ = ["MAX_OUTPUT_CHARS", "MEMORY_LIMIT_BYTES", "TIME_LIMIT_S", "SandboxedTemplate", "TemplateFailure",
+           "compile_template", "render_sandboxed"]
 
-__all__ = ["TemplateFailure", "compile_template", "render_sandboxed", "MAX_OUTPUT_CHARS", "TIME_LIMIT_S"]
-
-MAX_OUTPUT_CHARS = 16 << 20  # of one rendered prompt, and of any string or list a template builds
-MAX_RANGE = 10_000  # items of one range()
-MAX_RANGE_TOTAL = 1_000_000  # range() items in one render
-TIME_LIMIT_S = 5.0  # one render; real templates take milliseconds
-MAX_FORMAT_WIDTH = 10_000  # a width or precision in a format string
-MAX_INT_BITS = 1 << 16  # of an integer a template computes (real templates count messages)
-_TEMPLATE_FILE = "<chat template>"
-_WIDTH = re.compile(r"\d{5,}|%[-#0 +]*\*")  # a long number (a width of 10,000+) or a '*' width in a format
-_AMPLIFIERS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs", "replace", "join", "format",
-                         "format_map", "indent", "wordwrap", "truncate"})
+# A rendered prompt must fit the context: 128k tokens (the longest context of the model families llmrun runs)
+# is about half a million characters of text, so 4M characters (32 per token) leave room for long tokens and
+# whitespace runs, and stay small enough to copy around in milliseconds. Any string or list a template builds
+# is capped at this size too.
+MAX_OUTPUT_CHARS = 4 << 20
+MEMORY_LIMIT_BYTES = 512 << 20  # address space a template may use beyond the worker's own (about 25 MB)
+TIME_LIMIT_S = 5.0  # one compile or render; real templates take milliseconds
+KILL_GRACE_S = 0.5  # at most: the worker's own checks usually stop a slow render first, with a clearer reason
+START_TIMEOUT_S = 60.0  # a Python start-up and the jinja2 import, on a machine that may be busy
+_WORKER = Path(__file__).with_name("template_worker.py")
+# The worker runs the worker file by path with the parent's import path (where jinja2 is), without importing
+# llmrun itself (numpy, the C kernel: time, and address space its memory limit would count).
+_BOOT = ("import json, runpy, sys; path, sys.path[:] = sys.argv[1], json.loads(sys.argv[2]); del sys.argv[1:3]; "
+         "runpy.run_path(path, run_name='__main__')")
 
 
 class TemplateFailure(Exception):
     """Why a template could not be compiled or rendered (syntax, sandbox, limit, or its own raise_exception)."""
 
 
-class _Limits:
-    """The budget of one render."""
+class SandboxedTemplate:
+    """A template that compiled in the worker: its source (the worker keeps the compiled form)."""
 
-    def __init__(self, seconds: float, max_chars: int) -> None:
-        self.seconds = seconds
-        self.deadline = time.monotonic() + seconds
-        self.max_chars = max_chars
-        self.range_left = MAX_RANGE_TOTAL
-        self.ticks = 0
-
-    def tick(self) -> None:
-        self.ticks += 1
-        if not self.ticks & 255 and time.monotonic() > self.deadline:
-            raise TemplateFailure(f"rendering took longer than {self.seconds:g} s (an endless or huge loop?)")
-
-    def size(self, n: int, what: str = "a value") -> None:
-        if n > self.max_chars:
-            raise TemplateFailure(f"the template built {what} of {n:,} items, more than the limit of "
-                                  f"{self.max_chars:,}")
+    def __init__(self, source: str) -> None:
+        self.source = source
 
 
-_state = threading.local()
-
-
-def _limits() -> _Limits:
-    limits = getattr(_state, "limits", None)
-    if limits is None:  # rendered outside render_sandboxed (e.g. by jinja's own helpers): default budget
-        limits = _state.limits = _Limits(TIME_LIMIT_S, MAX_OUTPUT_CHARS)
-    return limits
-
-
-def _check_result(value: Any) -> Any:
-    if isinstance(value, (str, list, tuple, dict, bytes)):
-        _limits().size(len(value))
-    return value
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_format(fmt: object) -> None:
-    if isinstance(fmt, str) and _WIDTH.search(fmt):
-        raise TemplateFailure(f"format string {fmt[:40]!r} asks for a width above {MAX_FORMAT_WIDTH:,} characters")
-
-
-def _check_amplifier(name: str, target: Any, args: tuple, kwargs: Mapping[str, Any]) -> None:
-    """Refuses a str method / filter call whose result would exceed the size cap, before it is made."""
-    limits = _limits()
-    ints = [a for a in (*args, *kwargs.values()) if isinstance(a, int) and not isinstance(a, bool)]
-    if name in ("format", "format_map"):
-        _check_format(target)
-        for a in args:
-            _check_format(a)
-    if ints and max(ints) > MAX_FORMAT_WIDTH:
-        raise TemplateFailure(f"{name}() with {max(ints):,}: above the limit of {MAX_FORMAT_WIDTH:,}")
-    if name == "replace" and isinstance(target, str) and len(args) >= 2 and isinstance(args[1], str):
-        count = len(target) + 1 if args[0] == "" else target.count(str(args[0]))
-        limits.size(len(target) + count * len(args[1]), "a string")
-    if name == "join":  # str.join(items) on a separator, or the filter items | join(separator)
-        sep, items = (target, args[0] if args else ()) if isinstance(target, str) else \
-            (args[0] if args else kwargs.get("d", ""), target)
-        if isinstance(items, (list, tuple)):
-            sep_len = len(sep) if isinstance(sep, str) else 0
-            limits.size(sum(len(x) for x in items if isinstance(x, str)) + sep_len * max(len(items) - 1, 0),
-                        "a string")
-    if name == "indent" and isinstance(target, str):  # every line gains up to `width` characters
-        width = next((a for a in (*args, *kwargs.values()) if isinstance(a, (int, str))
-                      and not isinstance(a, bool)), 4)
-        limits.size(len(target) + (width if isinstance(width, int) else len(width)) * (target.count("\n") + 1),
-                    "an indented string")
-
-
-def _counted_range(*args: int) -> range:
-    rng = range(*args)
-    limits = _limits()
-    if len(rng) > MAX_RANGE:
-        raise TemplateFailure(f"range() of {len(rng):,} items, more than the limit of {MAX_RANGE:,}")
-    limits.range_left -= len(rng)
-    if limits.range_left < 0:
-        raise TemplateFailure(f"more than {MAX_RANGE_TOTAL:,} range() items in one render")
-    return rng
-
-
-def _raise_exception(message: str) -> None:
-    raise TemplateError(message)
-
-
-def _strftime_now(fmt: str) -> str:
-    _check_format(fmt)
-    return datetime.now().strftime(fmt)
-
-
-def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
-            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
-    """Hugging Face's tojson: json.dumps with its arguments (not jinja's HTML-escaping one)."""
-    if isinstance(indent, int) and indent > 64:
-        raise TemplateFailure(f"tojson indent {indent} is above 64")
-    return _check_result(json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                                    sort_keys=sort_keys))
-
-
-def _guard_filter(name: str, func: Callable) -> Callable:
-    @functools.wraps(func)  # keeps jinja's pass_context/pass_environment marks
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        _limits().tick()
-        plain = [a for a in args if not isinstance(a, (jinja2.runtime.Context, jinja2.Environment,
-                                                       jinja2.nodes.EvalContext))]
-        if name in _AMPLIFIERS and plain:
-            _check_amplifier(name, plain[0], tuple(plain[1:]), kwargs)
-        return _check_result(func(*args, **kwargs))
-    return guarded
-
-
-class _GenerationTag(jinja2.ext.Extension):
-    """`{% generation %}...{% endgeneration %}` (transformers' assistant-mask markers): renders its body."""
-
-    tags = {"generation"}
-
-    def parse(self, parser: Any) -> nodes.Node:
-        lineno = next(parser.stream).lineno
-        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-        return nodes.Scope(body, lineno=lineno)
-
-
-class _CodeGenerator(CodeGenerator):
-    """Routes `~` concatenation through a size check (jinja compiles it to a plain str join)."""
-
-    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
-        self.write("environment.checked_concat((")
-        for arg in node.nodes:
-            self.visit(arg, frame)
-            self.write(", ")
-        self.write("))")
-
-
-class ChatTemplateEnvironment(ImmutableSandboxedEnvironment):
-    """ImmutableSandboxedEnvironment with Hugging Face's chat-template helpers and the limits above."""
-
-    code_generator_class = _CodeGenerator
-    intercepted_binops = frozenset({"+", "*", "**", "%"})
+class _Worker:
+    """The child process and the pipe to it. One request at a time (the caller holds _lock)."""
 
     def __init__(self) -> None:
-        super().__init__(trim_blocks=True, lstrip_blocks=True, autoescape=False, keep_trailing_newline=False,
-                         extensions=[jinja2.ext.loopcontrols, _GenerationTag])
-        self.globals.pop("lipsum", None)  # generates text of any size on request
-        self.globals.update(range=_counted_range, raise_exception=_raise_exception, strftime_now=_strftime_now)
-        self.filters["tojson"] = _tojson
-        self.filters = {name: _guard_filter(name, f) for name, f in self.filters.items()}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _BOOT, str(_WORKER), json.dumps([p for p in sys.path if p]),
+             str(MEMORY_LIMIT_BYTES)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.killed = False
 
-    def unsafe_undefined(self, obj: Any, attribute: str) -> jinja2.Undefined:
-        raise SecurityError(f"access to attribute {attribute!r} of a {type(obj).__name__!r} object is unsafe")
+    def ask(self, request: bytes, seconds: float) -> dict[str, Any]:
+        """Sends `request` (a JSON line; b"" sends nothing and waits for the start-up line) and returns the
+        reply; the worker is killed if none comes within `seconds` and a grace (half of it, at most KILL_GRACE_S)."""
+        timer = threading.Timer(seconds + min(seconds / 2, KILL_GRACE_S), self.kill)
+        timer.start()
+        try:
+            if request:
+                self.proc.stdin.write(request)  # type: ignore[union-attr]
+                self.proc.stdin.flush()  # type: ignore[union-attr]
+            line = self.proc.stdout.readline()  # type: ignore[union-attr]
+        except OSError:  # the worker is gone (killed, crashed): its pipe broke
+            line = b""
+        except BaseException:  # Ctrl-C while waiting: the worker's answer would go to the next request
+            self.kill()
+            raise
+        finally:
+            timer.cancel()
+        if not line:
+            killed = self.killed
+            self.kill()
+            status = self.proc.wait()
+            if killed:
+                raise TemplateFailure(f"rendering took longer than {seconds:g} s (an endless or huge computation?)")
+            if status < 0:
+                raise TemplateFailure(f"the template's process was ended by signal {-status} (past its CPU time "
+                                      f"or its memory limit of {MEMORY_LIMIT_BYTES >> 20} MiB)")
+            raise TemplateFailure(f"the template's process exited with status {status}")
+        return json.loads(line)
 
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        _limits().tick()
-        if isinstance(obj, str) and attribute in ("format", "format_map"):  # jinja wraps these: check here
-            _check_format(obj)
-        return super().getattr(obj, attribute)
+    def kill(self) -> None:
+        self.killed = True
+        self.proc.kill()
 
-    def getitem(self, obj: Any, argument: Any) -> Any:
-        _limits().tick()
-        return super().getitem(obj, argument)
+    def alive(self) -> bool:
+        return not self.killed and self.proc.poll() is None
 
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
-        _limits().tick()
-        target = getattr(__obj, "__self__", None)
-        name = getattr(__obj, "__name__", "")
-        if isinstance(target, (str, list, tuple)) and name in _AMPLIFIERS:
-            _check_amplifier(name, target, args, kwargs)
-        return _check_result(super().call(__context, __obj, *args, **kwargs))
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        limits = _limits()
-        limits.tick()
-        sized = (str, list, tuple)
-        if operator == "*":
-            for seq, n in ((left, right), (right, left)):
-                if isinstance(seq, sized) and isinstance(n, int):
-                    limits.size(len(seq) * max(n, 0), "a repeated value")
-        if operator == "**" and isinstance(right, int) and right > 256 and left not in (0, 1, -1):
-            raise TemplateFailure(f"power with exponent {right}: above the limit of 256")
-        if _is_int(left) and _is_int(right):  # big-integer arithmetic is one uninterruptible C call: size it first
-            bits = {"*": left.bit_length() + right.bit_length(),
-                    "**": left.bit_length() * max(right, 0) if left not in (0, 1, -1) else 1}.get(operator, 0)
-            if bits > MAX_INT_BITS:
-                raise TemplateFailure(f"an integer {operator} of about {bits:,} bits: above the limit of "
-                                      f"{MAX_INT_BITS:,}")
-        if operator == "+" and isinstance(left, sized) and isinstance(right, sized):
-            limits.size(len(left) + len(right), "a concatenation")
-        elif operator == "%" and isinstance(left, str):
-            _check_format(left)
-        return _check_result(super().call_binop(context, operator, left, right))
-
-    def checked_concat(self, values: tuple) -> str:
-        text = "".join(str(v) for v in values)
-        _limits().size(len(text), "a string")
-        return text
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()  # type: ignore[union-attr]  # the worker ends at the end of its input
+            try:
+                self.proc.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
-def compile_template(source: str) -> jinja2.Template:
+_lock = threading.Lock()
+_worker: _Worker | None = None
+
+
+def _ask(request: dict[str, Any], seconds: float) -> str:
+    """The worker's text for `request`, started (or restarted) as needed; TemplateFailure otherwise."""
+    global _worker
+    try:
+        line = json.dumps(request).encode("ascii") + b"\n"
+    except (TypeError, ValueError) as e:
+        raise TemplateFailure(f"a template's variables must be plain JSON data: {e}") from None
+    with _lock:
+        if _worker is None or not _worker.alive():  # none yet, or killed last time
+            try:
+                worker = _Worker()
+                worker.ask(b"", START_TIMEOUT_S)
+            except (OSError, TemplateFailure) as e:
+                raise TemplateFailure(f"cannot start the chat template process ({sys.executable}): {e}") from None
+            _worker = worker
+        reply = _worker.ask(line, seconds)
+    if "error" in reply:
+        raise TemplateFailure(reply["error"])
+    return reply["text"]
+
+
+@atexit.register
+def _stop_worker() -> None:
+    if _worker is not None:
+        _worker.close()
+
+
+def _forget_worker() -> None:
+    """In a child made by fork: the parent's worker (and its lock, perhaps held mid-render) are the parent's;
+    the child closes its copies of the pipes (the worker ends when the parent closes its own) and starts anew."""
+    global _lock, _worker
+    if _worker is not None:
+        for pipe in (_worker.proc.stdin, _worker.proc.stdout):
+            pipe.close()  # type: ignore[union-attr]
+        _worker.proc.returncode = 0  # not this process's child: nothing to wait for
+    _lock, _worker = threading.Lock(), None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_worker)
+
+
+def compile_template(source: str) -> SandboxedTemplate:
     """Compiles a chat template in the sandbox; TemplateFailure for a syntax error."""
     if not isinstance(source, str):
         raise TemplateFailure(f"a chat template must be text, got {type(source).__name__}")
-    try:
-        env = ChatTemplateEnvironment()
-        code = env.compile(source, filename=_TEMPLATE_FILE)
-        return env.template_class.from_code(env, code, env.make_globals(None), None)
-    except TemplateSyntaxError as e:
-        raise TemplateFailure(f"syntax error on line {e.lineno}: {e.message}") from None
-    except (TemplateError, RecursionError, MemoryError, ValueError) as e:
-        raise TemplateFailure(f"cannot compile: {e}") from None
+    _ask({"source": source, "seconds": TIME_LIMIT_S, "max_chars": MAX_OUTPUT_CHARS}, TIME_LIMIT_S)
+    return SandboxedTemplate(source)
 
 
-def render_sandboxed(template: jinja2.Template, context: Mapping[str, Any], seconds: float = TIME_LIMIT_S,
+def render_sandboxed(template: SandboxedTemplate, context: Mapping[str, Any], seconds: float | None = None,
                      max_chars: int = MAX_OUTPUT_CHARS) -> str:
-    """Renders `template` with `context` inside the limits; TemplateFailure says what went wrong."""
-    limits = _Limits(seconds, max_chars)
-    previous_limits = getattr(_state, "limits", None)
-    _state.limits = limits
-    old_trace = sys.gettrace()
-
-    def trace_lines(frame: Any, event: str, arg: Any) -> Any:
-        limits.tick()
-        return trace_lines
-
-    def trace_calls(frame: Any, event: str, arg: Any) -> Any:  # only the template's own code is traced
-        return trace_lines if frame.f_code.co_filename == _TEMPLATE_FILE else None
-
-    parts: list[str] = []
-    total = 0
-    try:
-        sys.settrace(trace_calls)
-        for chunk in template.generate(**context):
-            total += len(chunk)
-            limits.size(total, "an output")
-            limits.tick()
-            parts.append(chunk)
-    except TemplateFailure:
-        raise
-    except SecurityError as e:
-        raise TemplateFailure(f"blocked by the sandbox: {e}") from None
-    except TemplateError as e:  # the template's own raise_exception(), or a jinja runtime error
-        raise TemplateFailure(str(e) or type(e).__name__) from None
-    except RecursionError:
-        raise TemplateFailure("recursion too deep") from None
-    except MemoryError:
-        raise TemplateFailure("out of memory") from None
-    except Exception as e:  # a template is a program: any of its errors is a broken template
-        raise TemplateFailure(f"{type(e).__name__}: {e}") from None
-    finally:
-        sys.settrace(old_trace)
-        _state.limits = previous_limits
-    return "".join(parts)
+    """Renders `template` with `context` (JSON-able data) within `seconds` (default TIME_LIMIT_S) and
+    `max_chars`; TemplateFailure says what went wrong."""
+    seconds = TIME_LIMIT_S if seconds is None else seconds
+    return _ask({"source": template.source, "seconds": seconds, "max_chars": max_chars, "context": dict(context)},
+                seconds)

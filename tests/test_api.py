@@ -3,17 +3,29 @@ strings, limits, KV-cache reuse, errors and lifetime."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import llmrun
+import llmrun.engine
+import llmrun.model
 from builders import make_config, random_tensors, write_model
-from llmrun import ContextOverflowError, LLMError, SamplingError, TokenizerError
+from llmrun import ContextOverflowError, InvalidArgumentError, LLMError, SamplingError, TokenizerError
 from llmrun.engine import best_isa
 from llmrun.formats import read_model
+from llmrun.spec import TENSOR_TYPES, ModelSpec
 from reference import forward as reference_forward
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "llama2c_greedy.json").read_text())
@@ -274,3 +286,226 @@ def test_logprobs_are_the_models_log_softmax(model: llmrun.Model) -> None:
     for bad in (-1, 21, 1.5, True):
         with pytest.raises(llmrun.InvalidArgumentError, match="logprobs"):
             model.stream(prompt, max_tokens=3, logprobs=bad)
+
+
+# --- issue 11 ---------------------------------------------------------------------------------------
+
+
+def test_sampling_params_with_keyword_overrides(model: llmrun.Model) -> None:
+    """Every generation method takes a SamplingParams and/or keyword overrides of its fields."""
+    greedy = model.generate("Tom", max_tokens=30, temperature=0)
+    params = llmrun.SamplingParams(temperature=0)
+    assert model.generate("Tom", params, max_tokens=30) == greedy
+    assert model.generate("Tom", llmrun.SamplingParams(temperature=1.5, top_k=1), max_tokens=30, seed=1) == greedy
+    assert model.generate("Tom", params, max_tokens=30, repeat_penalty=1.5) != greedy  # the override wins
+    assert model.stream("Tom", params, max_tokens=30).text() == greedy
+    chat = [{"role": "user", "content": "Tom"}]
+    reply = model.chat(chat, max_tokens=20, temperature=0)
+    assert model.chat(chat, params, max_tokens=20) == reply
+    assert model.chat_stream(chat, params, max_tokens=20).result() == reply
+
+
+def test_sampling_defaults_are_stated_once() -> None:
+    """No generation method repeats SamplingParams' fields (or their defaults) in its own signature."""
+    fields = {f.name for f in dataclasses.fields(llmrun.SamplingParams)}
+    for method in (llmrun.Model.generate, llmrun.Model.stream, llmrun.Model.chat, llmrun.Model.chat_stream):
+        named = set(inspect.signature(method).parameters)
+        assert not named & fields, f"{method.__name__} repeats {sorted(named & fields)}"
+
+
+def test_unknown_keyword_is_named(model: llmrun.Model) -> None:
+    for call in (lambda: model.generate("Hi", temprature=0), lambda: model.stream("Hi", temprature=0),
+                 lambda: model.chat([{"role": "user", "content": "Hi"}], temprature=0)):
+        with pytest.raises(InvalidArgumentError, match="'temprature'") as info:
+            call()
+        assert info.value.param == "temprature"
+
+
+def test_logprobs_through_every_method(model: llmrun.Model) -> None:
+    chat = [{"role": "user", "content": "Tom"}]
+    reply = model.chat(chat, max_tokens=6, temperature=0, logprobs=2)
+    content = reply["logprobs"]["content"]  # OpenAI's shape, as a chat completion's choice has it
+    assert len(content) == reply["usage"]["completion_tokens"] == 6
+    assert all(len(c["top_logprobs"]) == 2 and c["logprob"] <= 0 for c in content)
+    assert "".join(c["token"] for c in content).strip() == reply["message"]["content"].strip()
+    assert "logprobs" not in model.chat(chat, max_tokens=6, temperature=0)
+    stream = model.chat_stream(chat, max_tokens=6, temperature=0, logprobs=1)
+    stream.result()
+    assert len(stream.generation.token_logprobs) == 6
+    # generate() returns text only: logprobs are refused with a pointer to stream(), never silently dropped
+    with pytest.raises(InvalidArgumentError, match=r"stream\(") as info:
+        model.generate("Tom", max_tokens=6, logprobs=2)
+    assert info.value.param == "logprobs"
+
+
+def test_model_layer_reads_no_format_module() -> None:
+    """model.py reaches the formats through their entry points only, and reads typed ModelSpec fields."""
+    source = Path(llmrun.model.__file__).read_text()
+    assert re.findall(r"from \.formats\S* import", source) == ["from .formats import"]
+    assert "extra" not in {f.name for f in dataclasses.fields(ModelSpec)}
+
+
+def test_bad_argument_types_are_invalid_arguments(model: llmrun.Model) -> None:
+    for ids in ([1.5], [True], [None], [1, "2"], 5, None):
+        with pytest.raises(InvalidArgumentError, match="ids|token id") as info:
+            model.detokenize(ids)  # type: ignore[arg-type]
+        assert info.value.param == "ids"
+    for text in (b"x", None, 5, ["a"]):
+        with pytest.raises(InvalidArgumentError, match="text") as info:
+            model.tokenize(text)  # type: ignore[arg-type]
+        assert info.value.param == "text"
+
+
+def test_kv_cache_must_fit_in_physical_memory(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The KV cache (and the context's other per-position buffers) is checked against physical memory before
+    it is allocated; the error names the largest n_ctx that fits, and that n_ctx loads."""
+    paths = dict(path=models_dir / "stories260K.bin", tokenizer=models_dir / "tok512.bin", n_threads=1)
+    monkeypatch.setattr(llmrun.model, "physical_memory", lambda: 8 << 20)
+    with pytest.raises(InvalidArgumentError, match="physical memory") as info:
+        llmrun.load(**paths, n_ctx=100_000)
+    assert info.value.param == "n_ctx"
+    largest = int(re.search(r"n_ctx <= (\d+)", str(info.value)).group(1))
+    assert 1000 < largest < 100_000
+    with llmrun.load(**paths, n_ctx=largest) as m:
+        assert m.info.n_ctx == largest
+    with pytest.raises(InvalidArgumentError, match=f"n_ctx <= {largest}"):
+        llmrun.load(**paths, n_ctx=largest + 1)
+    assert "-c" in info.value.for_flags({"n_ctx": "-c"})
+
+
+def test_context_overflow_says_what_would_fit(models_dir: Path) -> None:
+    paths = dict(path=models_dir / "stories260K.bin", tokenizer=models_dir / "tok512.bin", n_threads=1)
+    long_text = "Once upon a time there was a dog. " * 80  # about 700 tokens; the model was trained for 512
+    with llmrun.load(**paths, n_ctx=16) as m:
+        with pytest.raises(ContextOverflowError, match="larger n_ctx, up to the model's 512") as info:
+            m.generate(long_text)
+        e = info.value
+        assert (e.n_ctx, e.max_ctx, e.param) == (16, 512, "n_ctx") and e.n_tokens == len(m.tokenize(long_text))
+    with llmrun.load(**paths, n_ctx=512) as m:  # already the model's maximum: no advice to raise it
+        with pytest.raises(ContextOverflowError) as info:
+            m.generate(long_text)
+        assert "n_ctx" not in str(info.value) and "512" in str(info.value)
+        assert (info.value.n_ctx, info.value.max_ctx) == (512, 512)
+        with pytest.raises(ContextOverflowError) as info:
+            m.logits(list(range(513)))
+        assert (info.value.n_tokens, info.value.n_ctx) == (513, 512)
+
+
+def test_n_ctx_beyond_the_trained_context_is_accepted(models_dir: Path) -> None:
+    with llmrun.load(models_dir / "stories260K.bin", tokenizer=models_dir / "tok512.bin", n_ctx=1024) as m:
+        assert (m.info.n_ctx, m.info.context_length) == (1024, 512)
+        assert m.logits([i % 512 for i in range(600)]).shape == (600, 512)
+
+
+@pytest.mark.parametrize("kwargs, param", [
+    (dict(n_ctx=0), "n_ctx"), (dict(n_ctx="512"), "n_ctx"), (dict(n_threads=0), "n_threads"),
+    (dict(n_threads=100_000), "n_threads"), (dict(n_batch=0), "n_batch"), (dict(chat_format="nope"), "chat_format"),
+    (dict(quantize="q4_0"), "quantize"),
+])
+def test_load_errors_name_their_argument(models_dir: Path, kwargs: dict, param: str) -> None:
+    with pytest.raises(LLMError, match=param) as info:
+        llmrun.load(models_dir / "stories260K.bin", tokenizer=models_dir / "tok512.bin", **kwargs)
+    assert info.value.param == param
+
+
+def test_tokenizer_errors_name_their_argument(models_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(TokenizerError) as info:  # the 32000-token Llama 2 vocabulary does not fit a 512-token model
+        llmrun.load(models_dir / "stories260K.bin", tokenizer=models_dir / "tokenizer.bin")
+    assert info.value.param == "tokenizer"
+    with pytest.raises(TokenizerError) as info:
+        llmrun.load(models_dir / "stories260K.bin", tokenizer=tmp_path / "missing.bin")
+    assert info.value.param == "tokenizer"
+    with pytest.raises(InvalidArgumentError, match="tokenizer must be a path") as info:
+        llmrun.load(models_dir / "stories260K.bin", tokenizer=5)  # type: ignore[arg-type]
+    assert info.value.param == "tokenizer"
+    cfg = make_config(vocab_size=40, max_seq_len=16)
+    with llmrun.load(write_model(tmp_path / "m.bin", cfg, random_tensors(cfg))) as m:
+        with pytest.raises(TokenizerError, match="tokenizer=") as info:
+            m.tokenize("hello")
+        assert info.value.param == "tokenizer"
+        assert "-z/--tokenizer" in info.value.for_flags({"tokenizer": "-z/--tokenizer"})
+
+
+def test_closing_an_unfinished_generation_says_cancelled(model: llmrun.Model) -> None:
+    gen = model.stream("Once upon a time", max_tokens=50, temperature=0)
+    next(gen)
+    gen.close()
+    assert gen.finish_reason == "cancelled"
+    untouched = model.stream("Once upon a time", max_tokens=5, temperature=0)
+    untouched.close()
+    assert untouched.finish_reason == "cancelled"
+    done = model.stream("Once upon a time", max_tokens=5, temperature=0)
+    done.text()
+    done.close()
+    assert done.finish_reason == "length"  # closing a finished generation changes nothing
+    reply = model.chat_stream([{"role": "user", "content": "Hi"}], max_tokens=50, temperature=0)
+    next(reply)
+    reply.close()
+    assert reply.finish_reason == "cancelled"
+
+
+def test_measurement_surface(models_dir: Path, tmp_path: Path) -> None:
+    """evaluate/reset/has_tokenizer: what benchmarks time, without reaching into the engine."""
+    with llmrun.load(models_dir / "stories260K.bin", tokenizer=models_dir / "tok512.bin", n_threads=1) as m:
+        assert m.has_tokenizer
+        prompt = m.tokenize("Once upon a time")
+        rows = m.logits(prompt)
+        m.reset()
+        first = m.evaluate(prompt)
+        np.testing.assert_allclose(first, rows[-1], rtol=1e-5, atol=1e-5)
+        history = prompt + [int(np.argmax(first))]
+        out = np.empty(512, dtype=np.float32)
+        step = m.evaluate(history, out=out)  # one decode step: the cache holds the prompt
+        assert step is out
+        np.testing.assert_allclose(step, m.logits(history)[-1], rtol=1e-5, atol=1e-5)
+        with pytest.raises(InvalidArgumentError, match="out") as info:
+            m.evaluate(prompt, out=np.empty(3, dtype=np.float32))
+        assert info.value.param == "out"
+    cfg = make_config(vocab_size=40, max_seq_len=16)
+    with llmrun.load(write_model(tmp_path / "m.bin", cfg, random_tensors(cfg))) as m:
+        assert not m.has_tokenizer
+
+
+def test_benchmarks_use_the_public_api() -> None:
+    root = Path(__file__).resolve().parents[1]
+    for path in (root / "benchmarks" / "compare.py", root / "benchmarks" / "bench_decode.py"):
+        source = path.read_text()
+        assert not re.search(r"\._(engine|tokenizer)\b", source), path
+
+
+def test_isa_support_is_asked_not_ordered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """available_isas asks the library which instruction sets run here; it never compares their codes."""
+    codes = llmrun.engine.ISA_NAMES
+    fake = types.SimpleNamespace(llm_isa_supported=lambda code: int(code != codes["avx2"]),
+                                 llm_isa_best=lambda: codes["avx512vnni"])
+    monkeypatch.setattr(llmrun.engine, "lib", fake)
+    assert llmrun.engine.available_isas() == ["scalar", "avx512vnni"]
+
+
+def test_constants_come_from_the_c_library() -> None:
+    from llmrun._kernel import ffi, lib
+    assert llmrun.engine.ISA_NAMES == {ffi.string(lib.llm_isa_name(i)).decode(): i for i in range(lib.LLM_ISA_COUNT)}
+    assert llmrun.engine.MAX_THREADS == lib.LLM_MAX_THREADS
+    assert len(TENSOR_TYPES) == lib.LLM_TYPE_COUNT
+    elems, nbytes = ffi.new("int64_t *"), ffi.new("int64_t *")
+    for t in TENSOR_TYPES.values():
+        assert ffi.string(lib.llm_type_name(t.code)).decode() == t.name
+        assert lib.llm_type_layout(t.code, elems, nbytes) == 0 and (elems[0], nbytes[0]) == (t.block_elems,
+                                                                                             t.block_bytes)
+    with pytest.raises(InvalidArgumentError, match="n_threads"):
+        llmrun.load(Path(__file__).parents[2] / "shared" / "models" / "stories260K.bin",
+                    n_threads=lib.LLM_MAX_THREADS + 1)
+
+
+def test_import_without_the_kernel_says_what_to_do(tmp_path: Path) -> None:
+    """A source checkout without the built extension (llmrun/_kernel*.so) shadowing the installed package:
+    one clear ImportError that names the fix, not a misleading "circular import"."""
+    package = tmp_path / "llmrun"
+    shutil.copytree(Path(llmrun.__file__).parent, package, ignore=shutil.ignore_patterns("_kernel*", "__pycache__"))
+    # -S: no site hooks (the editable install's finder would find the kernel in the real checkout)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), sysconfig.get_paths()["purelib"]])}
+    result = subprocess.run([sys.executable, "-S", "-c", "import llmrun"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError") and "pip install -e ." in last and "circular" not in result.stderr

@@ -12,6 +12,7 @@ from test_cli import llmrun as run_cli
 
 import llmrun
 from llmrun.bench import perplexity, run_bench
+from llmrun.cli import build_parser
 
 TEXT = (Path(__file__).parent / "data" / "stories.txt").read_text()
 
@@ -71,8 +72,68 @@ def test_bench_and_perplexity_commands(models_dir: Path, tmp_path: Path) -> None
     assert "pp16" in r.stdout and "tg8" in r.stdout
     text = tmp_path / "stories.txt"
     text.write_text(TEXT)
-    r = run_cli("perplexity", models_dir / "stories260K-f32.gguf", text, "--ctx", "128")
+    r = run_cli("perplexity", models_dir / "stories260K-f32.gguf", text, "-c", "128")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("perplexity 4.6") and "chunk 7/7" in r.stderr
     r = run_cli("bench", models_dir / "stories260K-f32.gguf", "-p", "x")
     assert r.returncode == 1 and "comma-separated integers" in r.stderr
+
+
+class PublicOnly:
+    """A Model seen through its public attributes only."""
+
+    def __init__(self, model: llmrun.Model) -> None:
+        self.model = model
+
+    def __getattr__(self, name: str) -> object:
+        if name.startswith("_"):
+            raise AttributeError(f"{name} is not part of Model's public API")
+        return getattr(self.model, name)
+
+
+def test_bench_and_perplexity_use_only_the_public_api(models_dir: Path) -> None:
+    with llmrun.load(models_dir / "stories260K-q8_0.gguf", n_ctx=64, n_threads=1) as m:
+        assert [r.test for r in run_bench(PublicOnly(m), prompts=[8], gens=[4], repetitions=1)] == ["pp8", "tg4"]
+        assert perplexity(PublicOnly(m), TEXT, ctx=64).value == perplexity(m, TEXT, ctx=64).value
+
+
+def test_llama_cpp_perplexity(models_dir: Path) -> None:
+    """llama-perplexity's scoring, computed here as tools/perplexity/perplexity.cpp does: the whole text
+    tokenized with BOS, chunks of ctx tokens whose first becomes BOS, the second half of each scored.
+    llama-perplexity (llama.cpp from llama-cpp-python 0.3.36) prints 3.7303 for this file and model with
+    `-c 128 -b 128 -fa off -ctk f32 -ctv f32` (3.7300 with its defaults: an f16 KV cache and flash attention);
+    benchmarks/perplexity_vs_llama_cpp.py runs the comparison."""
+    text = TEXT[:-1] if TEXT.endswith("\n") else TEXT  # llama.cpp's -f drops one trailing newline
+    with llmrun.load(models_dir / "stories260K-f32.gguf") as m:
+        result = perplexity(m, text, ctx=128, llama_cpp=True)
+        ids = m.tokenize(text)
+        assert ids[0] == m.tokenizer.bos_id
+        nll = []
+        for c in range(len(ids) // 128):
+            chunk = [m.tokenizer.bos_id] + ids[c * 128 + 1:(c + 1) * 128]
+            z = m.logits(chunk).astype(np.float64)
+            logp = z - z.max(1, keepdims=True) - np.log(np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True))
+            nll += [-logp[i, chunk[i + 1]] for i in range(64, 127)]
+        with pytest.raises(llmrun.InvalidArgumentError, match="2 \\* ctx"):
+            perplexity(m, text, ctx=512, llama_cpp=True)  # 928 tokens: fewer than llama.cpp's two chunks
+    assert result.tokens == len(nll) == 63 * (len(ids) // 128) and result.chunks == len(ids) // 128
+    assert math.isclose(result.value, math.exp(np.mean(nll)), rel_tol=1e-9)
+    assert round(result.value, 4) == 3.7303
+
+
+def test_perplexity_command_takes_c_as_the_chunk_size(models_dir: Path, tmp_path: Path) -> None:
+    text = tmp_path / "stories.txt"
+    text.write_text(TEXT)
+    r = run_cli("perplexity", models_dir / "stories260K-f32.gguf", text, "-c", "128", "--llama-cpp-compatible")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("perplexity 3.7303 over 441 tokens (7 chunks of 128")
+    assert not hasattr(build_parser().parse_args(["perplexity", "m.gguf", "t.txt"]), "ctx")  # -c is the one option
+
+
+def test_bench_zero_skips_a_test(models_dir: Path) -> None:
+    for args, tests in ((("-p", "0", "-n", "8"), ["tg8"]), (("-p", "16,0", "-n", "0"), ["pp16"])):
+        r = run_cli("bench", models_dir / "stories260K-f32.gguf", *args, "-r", "1", "-t", "1", "--json")
+        assert r.returncode == 0, r.stderr
+        assert [json.loads(line)["test"] for line in r.stdout.splitlines()] == tests
+    r = run_cli("bench", models_dir / "stories260K-f32.gguf", "-p", "0", "-n", "0")
+    assert r.returncode == 1 and "nothing to measure" in r.stderr

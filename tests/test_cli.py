@@ -2,21 +2,42 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from commands import LLMRUN
+from llmrun.cli import build_parser, main
+from llmrun.sampling import SamplingParams
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "llama2c_greedy.json").read_text())
 
 
-def llmrun(*args: object, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def llmrun(*args: object, input: str = "", timeout: float = 60) -> subprocess.CompletedProcess:
+    """Runs the command; its standard input is `input` (empty by default: `generate` reads a piped prompt)."""
     return subprocess.run([*LLMRUN, *map(str, args)], input=input, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def in_process(capsys: pytest.CaptureFixture[str], *args: object) -> subprocess.CompletedProcess:
+    """The command run by its entry point in this process (no interpreter start-up: for the many short runs),
+    with an empty standard input."""
+    stdin, sys.stdin = sys.stdin, io.StringIO("")
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse: --help, usage errors
+        code = e.code
+    finally:
+        sys.stdin = stdin
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
 
 
 def one_line_error(result: subprocess.CompletedProcess, text: str) -> None:
@@ -58,7 +79,7 @@ def test_errors_are_one_readable_line(tmp_path: Path, models_dir: Path) -> None:
     one_line_error(llmrun("generate", models_dir / "stories260K.bin", "-z", models_dir / "tok512.bin",
                           "--temperature", "-2"), "temperature")
     one_line_error(llmrun("generate", models_dir / "stories260K.bin", "-z", models_dir / "tok512.bin",
-                          "-t", "0"), "n_threads")
+                          "-t", "0"), "-t must be")
 
 
 def test_help() -> None:
@@ -76,3 +97,114 @@ def test_chat_continues_the_conversation(models_dir: Path) -> None:
     assert r.stdout.count("> ") == 3  # two turns, then the prompt that read end-of-input
 
 
+
+
+# --- the options and messages users compare with llama.cpp's ---------------------------------------------
+
+def stories(models_dir: Path) -> list[object]:
+    return [models_dir / "stories260K.bin", "-z", models_dir / "tok512.bin", "-t", "1"]
+
+
+def test_sampling_options_come_from_sampling_params(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each SamplingParams field is an option with the field's default and its help text (one definition)."""
+    args = build_parser().parse_args(["generate", "model.gguf"])
+    for f in dataclasses.fields(SamplingParams):
+        assert getattr(args, f.name) == (-1 if f.default is None else f.default), f.name  # -1: a random seed
+    help_text = " ".join(in_process(capsys, "generate", "--help").stdout.split())
+    for f in dataclasses.fields(SamplingParams):
+        assert " ".join(f.metadata["help"].split()) in help_text, f.name
+
+
+def test_errors_speak_of_the_cli_options(capsys: pytest.CaptureFixture[str], models_dir: Path, tmp_path: Path) -> None:
+    one_line_error(in_process(capsys, "generate", *stories(models_dir), "-c", "0"), "-c must be")
+    one_line_error(in_process(capsys, "generate", *stories(models_dir), "--top-p", "0"), "--top-p must be in (0, 1]")
+    one_line_error(in_process(capsys, "generate", *stories(models_dir), "-n", "-5"), "-n must be")
+    alone = tmp_path / "stories260K.bin"  # without the tokenizer.bin that sits beside it in models_dir
+    alone.write_bytes((models_dir / "stories260K.bin").read_bytes())
+    r = in_process(capsys, "generate", alone, "-p", "Once")
+    one_line_error(r, "pass -z/--tokenizer")
+    for name in ("n_ctx", "tokenizer=", "top_p", "max_tokens"):
+        assert name not in r.stderr
+
+
+def test_context_overflow_advice(capsys: pytest.CaptureFixture[str], models_dir: Path) -> None:
+    """A prompt too long for -c: raise -c up to the model's 512; too long for 512 itself: no such advice."""
+    long = "Lily and Tom went to the park. " * 100
+    r = in_process(capsys, "generate", *stories(models_dir), "-c", "64", "-p", long)
+    one_line_error(r, "more than the context of 64")
+    assert "-c" in r.stderr and "512" in r.stderr and "n_ctx" not in r.stderr
+    r = in_process(capsys, "generate", *stories(models_dir), "-p", long)
+    one_line_error(r, "more than the context of 512")
+    assert "-c" not in r.stderr and "n_ctx" not in r.stderr and "larger" not in r.stderr
+
+
+def test_seed_minus_one_is_random(capsys: pytest.CaptureFixture[str], models_dir: Path) -> None:
+    args = ("generate", *stories(models_dir), "-s", "-1", "--temperature", "1.5", "-n", "30", "--no-echo")
+    runs = [in_process(capsys, *args) for _ in range(3)]
+    assert all(r.returncode == 0 and r.stdout.strip() for r in runs), [r.stderr for r in runs]
+    assert len({r.stdout for r in runs}) > 1  # three identical 30-token samples at temperature 1.5: not random
+
+
+def test_ctx_above_the_trained_context_warns(capsys: pytest.CaptureFixture[str], models_dir: Path) -> None:
+    r = in_process(capsys, "generate", *stories(models_dir), "-c", "1024", "-p", "Once", "-n", "4",
+                   "--temperature", "0")
+    assert r.returncode == 0 and r.stdout.startswith("Once")
+    warnings = [line for line in r.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "-c 1024" in warnings[0] and "512" in warnings[0], r.stderr
+
+
+def test_a_file_of_no_known_format_says_so_in_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    one_line_error(in_process(capsys, "info", garbage), "not a GGUF / llama2.c / safetensors file")
+
+
+def test_chat_without_a_tokenizer_fails_at_start(models_dir: Path, tmp_path: Path) -> None:
+    alone = tmp_path / "stories260K.bin"
+    alone.write_bytes((models_dir / "stories260K.bin").read_bytes())
+    r = llmrun("chat", alone, input="Hello\n")
+    one_line_error(r, "-z/--tokenizer")
+    assert r.stdout == ""  # no prompt was shown: nothing was asked of the user
+
+
+def test_prompt_from_stdin_and_from_a_file(models_dir: Path, tmp_path: Path) -> None:
+    args = ("generate", *stories(models_dir), "--temperature", "0", "-n", "12")
+    expected = llmrun(*args, "-p", "Once upon a time").stdout
+    assert expected.startswith("Once upon a time") and len(expected) > len("Once upon a time") + 10
+    assert llmrun(*args, input="Once upon a time").stdout == expected
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("Once upon a time\n")  # the trailing newline is dropped, as llama.cpp's -f does
+    assert llmrun(*args, "-f", prompt).stdout == expected
+    assert llmrun(*args, "-f", "-", input="Once upon a time\n").stdout == expected
+    one_line_error(llmrun(*args, "-p", "x", "-f", prompt), "not both")
+
+
+def test_help_names_every_model_format(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("generate", "chat", "bench", "perplexity", "serve", "info", "quantize"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "Hugging Face" in text and "llama architecture" not in text, command
+
+
+def test_info_shows_a_missing_bos_as_none(capsys: pytest.CaptureFixture[str]) -> None:
+    r = in_process(capsys, "info", Path(__file__).parent / "data" / "hf" / "qwen2-bias")
+    assert r.returncode == 0, r.stderr
+    assert "bos none" in r.stdout and "None" not in r.stdout
+
+
+@pytest.mark.parametrize("folder", ["llama3-gqa", "llama-tied", "qwen2-bias"])
+def test_quantize_counts_every_tensor(capsys: pytest.CaptureFixture[str], tmp_path: Path, folder: str) -> None:
+    """Hugging Face folders: the progress counts what the file gets (RoPE factors, biases), [n/n] at the end."""
+    r = in_process(capsys, "quantize", Path(__file__).parent / "data" / "hf" / folder, tmp_path / "out.gguf",
+                   "--type", "q8_0")
+    assert r.returncode == 0, r.stderr
+    counts = [tuple(map(int, m.groups())) for m in re.finditer(r"^\[\s*(\d+)/(\d+)\]", r.stderr, re.MULTILINE)]
+    total = counts[0][1]
+    assert [i for i, _ in counts] == list(range(1, total + 1)) and {n for _, n in counts} == {total}
+
+
+def test_serve_alias_and_model_name_are_one_option() -> None:
+    assert build_parser().parse_args(["serve", "m.gguf", "--alias", "tiny"]).alias == "tiny"
+    assert build_parser().parse_args(["serve", "m.gguf", "-a", "tiny"]).alias == "tiny"
+    assert build_parser().parse_args(["serve", "m.gguf", "--model-name", "tiny"]).alias == "tiny"

@@ -100,3 +100,41 @@ def test_size_message_names_expected_and_actual(tmp_path: Path) -> None:
     path.write_bytes(good[:-4])
     with pytest.raises(ModelFormatError, match=rf"file size is {len(good) - 4} bytes .* implies {len(good)} bytes"):
         read_model(path)
+
+
+@pytest.mark.parametrize("data", [
+    b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4,  # an image
+    b"Once upon a time, there was a text file that somebody took for a model.\n" * 5,
+    b"\x7fELF\x02\x01\x01" + bytes(200),  # a program
+])
+def test_a_file_of_no_known_format_says_so(tmp_path: Path, data: bytes) -> None:
+    """Not a header-field error about bytes that were never a header."""
+    path = tmp_path / "model.bin"
+    path.write_bytes(data)
+    with pytest.raises(ModelFormatError, match="not a GGUF / llama2.c / safetensors file") as info:
+        read_model(path)
+    assert str(path) in str(info.value)
+
+
+def test_a_safetensors_file_points_to_its_folder(tmp_path: Path) -> None:
+    header = b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}'
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(4))
+    with pytest.raises(ModelFormatError, match="safetensors file: load the folder that holds it"):
+        read_model(path)
+
+
+def test_older_ggml_formats_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "old.bin"
+    path.write_bytes(struct.pack("<I", 0x67676A74) + bytes(100))  # "ggjt", llama.cpp's format before GGUF
+    with pytest.raises(ModelFormatError, match="GGML/GGJT"):
+        read_model(path)
+
+
+def test_implausible_attention_shape(tmp_path: Path) -> None:
+    """dim 64 in 2 heads of 32: allowed; llama2.c derives head_dim = dim / n_heads, so only a huge head can be
+    implausible there (dim 4096 in one head)."""
+    path = tmp_path / "wide.bin"
+    path.write_bytes(v0_header(dim=4096, hidden=48, layers=1, heads=1, kv=1, vocab=40, seq=16) + bytes(64))
+    with pytest.raises(ModelFormatError, match="head_dim = 4096 is larger than 1024"):
+        read_model(path)

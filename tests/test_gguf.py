@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import random
 import struct
-import time
 import tracemalloc
 from collections import Counter
 from collections.abc import Callable
@@ -41,7 +40,7 @@ from gguf_fixtures import (
 
 import llmrun
 from builders import make_config, random_tensors, spec_from_tensors
-from llmrun import KernelError, ModelFormatError
+from llmrun import ModelFormatError
 from llmrun.engine import Engine
 from llmrun.formats import read_model
 from llmrun.formats.gguf import StringArray, ValueType, load_gguf, read_gguf
@@ -70,11 +69,8 @@ def _is_file_view(a: np.ndarray) -> bool:
     return False
 
 
-def _logits_or_skip(spec: llmrun.spec.ModelSpec, tokens: list[int]) -> np.ndarray:
-    try:
-        engine = Engine(spec, n_ctx=32, n_threads=1)
-    except KernelError as e:  # the quantized kernels arrive separately; the reader is tested regardless
-        pytest.skip(f"the C kernels do not run this type yet: {e}")
+def _logits(spec: llmrun.spec.ModelSpec, tokens: list[int]) -> np.ndarray:
+    engine = Engine(spec, n_ctx=32, n_threads=1)
     try:
         return engine.evaluate_all(tokens)
     finally:
@@ -190,7 +186,7 @@ def test_logits_match_the_reference(tmp_path: Path, weights: dict[str, np.ndarra
     float types agree to rounding; block types within the error of quantizing the activations to 8 bits."""
     written = write_llama_gguf(tmp_path / "m.gguf", CFG, weights, ttype)
     spec = read_model(tmp_path / "m.gguf")
-    got = _logits_or_skip(spec, TOKENS)
+    got = _logits(spec, TOKENS)
     stored = {k: v.copy() for k, v in weights.items()}
     for name, array in written.items():
         kind = "f32" if "norm" in name else ttype
@@ -220,7 +216,7 @@ def test_version_2_reads_like_version_3(tmp_path: Path, weights: dict[str, np.nd
     write_llama_gguf(tmp_path / "v3.gguf", CFG, weights)
     write_llama_gguf(tmp_path / "v2.gguf", CFG, weights, version=2)
     v2, v3 = read_model(tmp_path / "v2.gguf"), read_model(tmp_path / "v3.gguf")
-    assert v2.format == "GGUF v2" and v2.extra["gguf_version"] == 2
+    assert v2.format == "GGUF v2"
     assert v2.config == v3.config
     assert all(np.array_equal(a.data, b.data) for a, b in zip(v2.tensors(), v3.tensors(), strict=True))
     assert v2.tokenizer.encode("the tea") == v3.tokenizer.encode("the tea")
@@ -257,7 +253,7 @@ def test_alignments_other_than_32(tmp_path: Path, weights: dict[str, np.ndarray]
     for x, y in zip(a.tensors(), ref.tensors(), strict=True):
         assert np.array_equal(x.data, y.data)
         assert x.data.ctypes.data % 4 == 0  # misaligned data (alignment 1) is copied into aligned memory
-    assert np.array_equal(_logits_or_skip(a, TOKENS), _logits_or_skip(ref, TOKENS))
+    assert np.array_equal(_logits(a, TOKENS), _logits(ref, TOKENS))
 
 
 def test_head_dim_from_key_length(tmp_path: Path) -> None:
@@ -268,7 +264,7 @@ def test_head_dim_from_key_length(tmp_path: Path) -> None:
     spec = read_model(tmp_path / "m.gguf")
     assert spec.config.head_dim == 32 and spec.layers[0].wq.shape == (128, 64)
     want = reference_forward(spec.config, t, TOKENS)
-    got = _logits_or_skip(spec, TOKENS)
+    got = _logits(spec, TOKENS)
     assert np.max(np.abs(got - want)) <= 1e-4 * np.max(np.abs(want))
 
 
@@ -287,10 +283,10 @@ def test_tokenizer_and_extras(tmp_path: Path, weights: dict[str, np.ndarray]) ->
     assert tok.vocab_size == CFG.vocab_size and (tok.bos_id, tok.eos_id, tok.unk_id) == (1, 2, 0)
     assert tok.encode("the tea") == [1, 38, 32, 4, 6]  # "▁the", "▁t", "e", "a"
     assert tok.decode(tok.encode("the tea")) == "the tea"
-    assert spec.extra["chat_template"] == template
-    assert spec.extra["add_bos_token"] is True and spec.extra["add_eos_token"] is False
-    assert spec.extra["pad_token_id"] == 0 and spec.extra["eot_token_id"] == 2
-    assert spec.extra["tokenizer_model"] == "llama" and "tokenizer_problem" not in spec.extra
+    assert spec.chat_template == template
+    assert spec.add_bos_token is True and spec.add_eos_token is False
+    assert spec.metadata["tokenizer.ggml.padding_token_id"] == 0 and spec.eog_token_ids == (2,)
+    assert spec.metadata["tokenizer.ggml.model"] == "llama" and spec.tokenizer_problem == ""
     with llmrun.load(tmp_path / "m.gguf", n_threads=1) as model:  # the file's own tokenizer
         assert model.tokenize("the tea") == [1, 38, 32, 4, 6]
 
@@ -301,21 +297,21 @@ def test_add_space_prefix_false(tmp_path: Path, weights: dict[str, np.ndarray]) 
                                "tokenizer.ggml.add_bos_token": (False, U.BOOL)})
     spec = read_model(tmp_path / "m.gguf")
     assert spec.tokenizer.encode("the tea") == [1, 5, 33, 32, 4, 6]  # "t", "he", "▁t", "e", "a"
-    assert spec.extra["add_bos_token"] is False
+    assert spec.add_bos_token is False
 
 
 def test_other_tokenizer_models_still_load_for_logits(tmp_path: Path, weights: dict[str, np.ndarray]) -> None:
     write_llama_gguf(tmp_path / "m.gguf", CFG, weights, tokenizer_model="t5")
     spec = read_model(tmp_path / "m.gguf")
     assert spec.tokenizer is None
-    assert "tokenizer model 't5' is not supported yet" in spec.extra["tokenizer_problem"]
+    assert "tokenizer model 't5' is not supported yet" in spec.tokenizer_problem
     assert spec.config.vocab_size == CFG.vocab_size
 
 
 def test_missing_tokenizer(tmp_path: Path, weights: dict[str, np.ndarray]) -> None:
     raw = with_kv(raw_llama(CFG, _tied(weights)), "tokenizer.ggml.model", None)
     spec = read_model(raw.write(tmp_path / "m.gguf"))
-    assert spec.tokenizer is None and "no tokenizer" in spec.extra["tokenizer_problem"]
+    assert spec.tokenizer is None and "no tokenizer" in spec.tokenizer_problem
 
 
 # ------------------------------------------------------------------------------------------------
@@ -333,7 +329,7 @@ def test_shared_models_types(models_dir: Path) -> None:
         assert spec.output is None  # tied to the embedding
         assert dataclasses.replace(spec.config, norm_eps=1e-5) == bin_config
         assert {layer.w_down.type for layer in spec.layers} == ({"f16"} if name != "f32" else {"f32"})
-        assert spec.extra["add_bos_token"] is True and spec.extra["name"] == "stories260K"
+        assert spec.add_bos_token is True and spec.name == "stories260K"
         # tensor placement agrees with the official reader's
         ours = read_gguf(models_dir / f"stories260K-{name}.gguf").tensors
         theirs = gguf.GGUFReader(models_dir / f"stories260K-{name}.gguf").tensors
@@ -406,11 +402,7 @@ def test_quantized_stories_generate(models_dir: Path, name: str, n_chars: int) -
     """Greedy text of the quantized files begins as the f32 model's (Q4_0 diverges sooner, as llama.cpp's)."""
     with llmrun.load(models_dir / "stories260K-f32.gguf", n_threads=1) as m:
         want = m.generate("Once upon a time", max_tokens=60, temperature=0)
-    try:
-        model = llmrun.load(models_dir / f"stories260K-{name}.gguf", n_threads=1)
-    except KernelError as e:
-        pytest.skip(f"the C kernels do not run {name} yet: {e}")
-    with model:
+    with llmrun.load(models_dir / f"stories260K-{name}.gguf", n_threads=1) as model:
         got = model.generate("Once upon a time", max_tokens=60, temperature=0)
     assert got[:n_chars] == want[:n_chars]
 
@@ -627,15 +619,14 @@ def test_corrupt_file_is_refused(tmp_path: Path, raw: RawGGUF, name: str,
     assert message in str(info.value)
 
 
-def test_corrupt_suite_is_fast_and_memory_bounded(tmp_path: Path, raw: RawGGUF) -> None:
-    """All corruptions together parse in well under a second, and no parse allocates more than the file's
-    size plus a small constant (tracemalloc sees numpy's allocations too)."""
+def test_corrupt_suite_is_memory_bounded(tmp_path: Path, raw: RawGGUF) -> None:
+    """No parse of a corrupt file allocates more than the file's size plus a small constant (tracemalloc sees
+    numpy's allocations too). How long the suite takes is measured by benchmarks/bench_formats.py."""
     files = []
     for i, (_, corrupt, _) in enumerate(CORRUPTIONS):
         path = tmp_path / f"bad{i}.gguf"
         path.write_bytes(_corrupt_bytes(raw, corrupt))
         files.append(path)
-    start = time.perf_counter()
     worst = 0
     for path in files:
         tracemalloc.start()
@@ -646,8 +637,6 @@ def test_corrupt_suite_is_fast_and_memory_bounded(tmp_path: Path, raw: RawGGUF) 
         finally:
             tracemalloc.stop()
         worst = max(worst, peak - path.stat().st_size)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 3.0, f"{len(files)} corrupt files took {elapsed:.2f} s"
     assert worst < 512 << 10, f"a parse allocated {worst} bytes more than its file's size"
 
 
@@ -658,12 +647,10 @@ def test_truncated_anywhere(tmp_path: Path, raw: RawGGUF) -> None:
     f = read_gguf(path)
     data_end = max(t.offset + t.nbytes for t in f.tensors.values())
     cuts = list(range(0, f.data_offset, 3)) + list(range(f.data_offset, data_end, 997)) + [data_end - 1]
-    start = time.perf_counter()
     for cut in cuts:
         path.write_bytes(data[:cut])
         with pytest.raises(ModelFormatError):
             load_gguf(path)
-    assert time.perf_counter() - start < 5.0
 
 
 def test_random_mutations_never_crash(tmp_path: Path, raw: RawGGUF) -> None:
@@ -731,5 +718,20 @@ def test_spec_from_tensors_matches_gguf(tmp_path: Path, weights: dict[str, np.nd
     write_llama_gguf(tmp_path / "m.gguf", CFG, weights)
     spec = read_model(tmp_path / "m.gguf")
     memory = spec_from_tensors(spec.config, weights)
-    assert np.array_equal(_logits_or_skip(spec, TOKENS), _logits_or_skip(memory, TOKENS))
+    assert np.array_equal(_logits(spec, TOKENS), _logits(memory, TOKENS))
 
+
+
+def test_small_file_with_a_huge_attention_is_refused(tmp_path: Path) -> None:
+    """dim 2 with 4 heads of 4096 (a 16.8 MB file asked for 33 GB of KV cache at load): refused while reading,
+    naming the shape, before any memory is reserved."""
+    cfg = dataclasses.replace(CFG, dim=2, hidden_dim=2, n_layers=2, n_heads=4, n_kv_heads=4, head_dim=4096)
+    write_llama_gguf(tmp_path / "m.gguf", cfg, random_tensors(cfg, seed=1), "f16")
+    with pytest.raises(ModelFormatError, match="head_dim = 4096 is larger than 1024") as info:
+        llmrun.load(tmp_path / "m.gguf")
+    assert str(tmp_path / "m.gguf") in str(info.value)
+    cfg = dataclasses.replace(cfg, n_heads=64, n_kv_heads=64, head_dim=8)
+    write_llama_gguf(tmp_path / "w.gguf", cfg, random_tensors(cfg, seed=1), "f16")
+    with pytest.raises(ModelFormatError, match="64 heads x 8 = 512 query dimensions, more than 16 times the model"
+                                               " width 2"):
+        read_model(tmp_path / "w.gguf")

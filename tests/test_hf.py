@@ -16,7 +16,7 @@ import pytest
 import llmrun
 from commands import LLMRUN
 from hf_builders import FIXTURES, HF, copy_fixture, edit_config, read_tensors, write_safetensors
-from llmrun.errors import ModelFormatError, TokenizerError
+from llmrun.errors import InvalidArgumentError, ModelFormatError, TokenizerError
 from llmrun.formats import read_model
 from llmrun.quantize import quantize
 
@@ -56,10 +56,10 @@ def test_spec_details() -> None:
     spec = read_model(HF / "llama3-gqa")
     assert spec.config.rope_style == "halves" and spec.config.n_kv_heads == 2 and spec.output is not None
     assert spec.rope_freqs is not None and spec.rope_freqs.dtype == np.float32
-    assert spec.extra["chat_template"].startswith("{% for m in messages %}")
-    assert spec.extra["add_bos_token"] is True
+    assert spec.chat_template.startswith("{% for m in messages %}")
+    assert spec.add_bos_token is True
     tok = spec.tokenizer
-    assert spec.extra["eog_token_ids"] == [tok.piece_to_id("<|eot_id|>"), tok.piece_to_id("<|end_of_text|>")]
+    assert spec.eog_token_ids == (tok.piece_to_id("<|eot_id|>"), tok.piece_to_id("<|end_of_text|>"))
     assert tok.encode("a<|eot_id|>", add_bos=False, special=True)[-1] == tok.piece_to_id("<|eot_id|>")
     assert tok.piece_to_id("<|eot_id|>") not in tok.encode("a<|eot_id|>", add_bos=False)  # no injection
 
@@ -68,8 +68,8 @@ def test_spec_details() -> None:
     qwen = read_model(HF / "qwen2-bias")
     assert qwen.layers[0].bq is not None and qwen.layers[0].bq.shape == (1, 64)
     assert qwen.config.vocab_size == qwen.tokenizer.vocab_size  # padded beyond the tokenizer's own ids
-    assert qwen.tokenizer.bos_id is None and qwen.extra["add_bos_token"] is False
-    assert qwen.extra["chat_template"].startswith("{% for m in messages %}<|im_start|>")
+    assert qwen.tokenizer.bos_id is None and qwen.add_bos_token is False
+    assert qwen.chat_template.startswith("{% for m in messages %}<|im_start|>")
     with llmrun.load(HF / "qwen2-bias", n_threads=1) as model:
         assert model.eog_ids == {qwen.tokenizer.piece_to_id("<|im_end|>"), qwen.tokenizer.piece_to_id("<|endoftext|>")}
 
@@ -139,8 +139,9 @@ def test_sliding_window(tmp_path: Path) -> None:
     edit_config(folder, sliding_window=64)
     with llmrun.load(folder, n_threads=1) as model:  # the default context stops at the window
         assert model.info.n_ctx == 64
-    with pytest.raises(ModelFormatError, match="sliding-window attention over 64 positions"):
-        llmrun.load(folder, n_ctx=128)
+    with pytest.raises(InvalidArgumentError, match="sliding-window attention over 64 positions") as info:
+        llmrun.load(folder, n_ctx=128)  # an argument the model cannot take, not a fault of its files
+    assert info.value.param == "n_ctx"
 
 
 def test_cli_generate() -> None:
@@ -189,7 +190,7 @@ def test_missing_files(tmp_path: Path) -> None:
     folder = copy_fixture("qwen2-bias", tmp_path)
     (folder / "tokenizer.json").unlink()
     spec = read_model(folder)
-    assert spec.tokenizer is None and "no tokenizer.json" in spec.extra["tokenizer_problem"]
+    assert spec.tokenizer is None and "no tokenizer.json" in spec.tokenizer_problem
 
 
 def test_mismatched_shapes(tmp_path: Path) -> None:
@@ -218,6 +219,20 @@ def test_absurd_numbers_in_config(tmp_path: Path, field: str, value: object, mat
     (folder / "config.json").write_text(text)
     with pytest.raises(ModelFormatError, match=match if value != "HUGE" else "config.json"):
         read_model(folder)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (dict(head_dim=2048), r"head_dim = 2048 is larger than 1024"),
+    (dict(head_dim=1024, num_attention_heads=64, num_key_value_heads=64),
+     r"64 heads x 1024 = 65536 query dimensions, more than 16 times the model width 64"),
+])
+def test_implausible_attention_shapes(tmp_path: Path, edit: dict, match: str) -> None:
+    """Attention far wider than the model: a small file that would reserve a huge KV cache."""
+    folder = copy_fixture("llama-tied", tmp_path)
+    edit_config(folder, **edit)
+    with pytest.raises(ModelFormatError, match=match) as info:
+        read_model(folder)
+    assert str(folder / "config.json") in str(info.value)
 
 
 def test_null_rope_theta_with_scaling_is_the_default(tmp_path: Path) -> None:
@@ -286,3 +301,7 @@ def test_corrupt_safetensors(tmp_path: Path) -> None:
         read_model(_corrupt(tmp_path / "size", header=bad))
     with pytest.raises(ModelFormatError, match="not valid JSON"):
         read_model(_corrupt(tmp_path / "json", header_len=3))
+    for dtype in (["F32"], {"F32": 1}, None, 32):  # once a TypeError (an unhashable dtype)
+        bad = {"a": {"dtype": dtype, "shape": [4], "data_offsets": [0, 16]}}
+        with pytest.raises(ModelFormatError, match=r"tensor 'a': unknown dtype"):
+            read_model(_corrupt(tmp_path / f"dtype{type(dtype).__name__}", header=bad))

@@ -6,6 +6,9 @@ parsing, BOS from the post-processor, decoding, streaming; GGUF "gpt2" vocabular
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import unicodedata
 from pathlib import Path
@@ -153,4 +156,113 @@ def test_bad_tokenizer_json(tmp_path: Path, broken: dict, match: str) -> None:
         load_tokenizer_json(path)
     path.write_text("{not json")
     with pytest.raises(TokenizerError, match="cannot read JSON"):
+        load_tokenizer_json(path)
+
+
+# --- hostile tokenizer.json: regular expressions, nesting, unencodable text ----------------------------------
+
+MINIMAL = {"model": {"type": "BPE", "vocab": {c: i for i, c in enumerate("abhi")}, "merges": []}}
+REFUSAL = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # a runaway allocation fails here, not the machine
+from llmrun.formats.hf_tokenizer import load_tokenizer_json
+try:
+    load_tokenizer_json(sys.argv[1]).encode(sys.argv[2])
+    print("encoded")
+except Exception as e:
+    print(type(e).__name__, e)
+"""
+
+
+def _encode_elsewhere(tmp_path: Path, data: dict, text: str) -> str:
+    """Loads `data` as a tokenizer.json and encodes `text` in a child process with 4 GiB of address space and
+    30 s (a limit that only catches hangs): returns the exception it ended with, or "encoded"."""
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(data))
+    result = subprocess.run([sys.executable, "-c", REFUSAL, str(path), text], capture_output=True, text=True,
+                            timeout=30, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    return result.stdout.strip() or result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("pattern", ["(?R)|h", "h(?R)?", "(?1)(a)", "(?P<x>a)(?&x)", "(?P<x>a)(?P>x)", "(?+1)(a)"])
+def test_recursive_patterns_are_refused_at_load(tmp_path: Path, pattern: str) -> None:
+    for field, node in (("pre_tokenizer", {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated"}),
+                        ("normalizer", {"type": "Replace", "pattern": {"Regex": pattern}, "content": "x"})):
+        path = tmp_path / "tokenizer.json"
+        path.write_text(json.dumps({**MINIMAL, field: node}))
+        with pytest.raises(TokenizerError, match="recursi"):
+            load_tokenizer_json(path)
+
+
+def test_a_left_recursive_split_ends_in_tokenizer_error(tmp_path: Path) -> None:
+    """`(?R)` used to make tokenize("hi") allocate until the process died."""
+    split = {"type": "Split", "pattern": {"Regex": "(?R)|h"}, "behavior": "Isolated"}
+    assert _encode_elsewhere(tmp_path, {**MINIMAL, "pre_tokenizer": split}, "hi").startswith("TokenizerError")
+
+
+@pytest.mark.parametrize("field", ["pre_tokenizer", "normalizer"])
+def test_catastrophic_backtracking_ends_in_tokenizer_error(tmp_path: Path, field: str) -> None:
+    """(a|aa)+$ is exponential: 32 characters took seconds, 40 take hours; matching time is bounded."""
+    node = ({"type": "Split", "pattern": {"Regex": "(a|aa)+$"}, "behavior": "Isolated"} if field == "pre_tokenizer"
+            else {"type": "Replace", "pattern": {"Regex": "(a|aa)+$"}, "content": "b"})
+    outcome = _encode_elsewhere(tmp_path, {**MINIMAL, field: node}, "a" * 40 + "b")
+    assert outcome.startswith("TokenizerError") and "time" in outcome
+
+
+def test_a_replace_that_multiplies_the_text_is_stopped(tmp_path: Path) -> None:
+    """An empty match at every position replaced by a long string, ten times over: the text would grow 1000-fold
+    per step; the growth is refused before it eats memory."""
+    replace = {"type": "Replace", "pattern": {"Regex": ""}, "content": "a" * 1000}
+    nested = {"type": "Sequence", "normalizers": [replace] * 10}
+    outcome = _encode_elsewhere(tmp_path, {**MINIMAL, "normalizer": nested}, "hi" * 100)
+    assert outcome.startswith("TokenizerError") and "longer" in outcome
+
+
+def test_real_patterns_are_not_slowed_by_the_time_limit() -> None:
+    """llmrun's own patterns (the ones real tokenizer.json files use) run without regex's timeout, which makes
+    matching about four times slower (benchmarks/bench_tokenizer.py measures it)."""
+    from llmrun.formats.hf_tokenizer import LLAMA3_PATTERN, QWEN2_PATTERN
+    from llmrun.tokenizer.pretokenize import GPT2_PATTERN, compile_pattern
+    for pattern in (LLAMA3_PATTERN, QWEN2_PATTERN, GPT2_PATTERN):
+        assert compile_pattern(pattern, "test").timed is False
+    assert compile_pattern(r"[a-z]+(?=x)", "test").timed is True
+
+
+def _with_nested(field: str, key: str, leaf: str, depth: int) -> str:
+    """A tokenizer.json (as text: json.dumps itself recurses) whose `field` is `leaf` inside `depth` Sequences."""
+    opening = '{"type": "Sequence", "' + key + '": ['
+    component = opening * depth + leaf + "]}" * depth
+    return '{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "' + field + '": ' + component + "}"
+
+
+@pytest.mark.parametrize("field, key, leaf", [
+    ("pre_tokenizer", "pretokenizers", '{"type": "Digits"}'), ("normalizer", "normalizers", '{"type": "NFC"}'),
+    ("decoder", "decoders", '{"type": "Fuse"}'), ("post_processor", "processors", '{"type": "ByteLevel"}'),
+])
+def test_deeply_nested_components_are_refused(tmp_path: Path, field: str, key: str, leaf: str) -> None:
+    """Components a few hundred Sequences deep used to raise RecursionError (at load or at the first encode)."""
+    path = tmp_path / "tokenizer.json"
+    path.write_text(_with_nested(field, key, leaf, 400))
+    with pytest.raises(TokenizerError, match="nested more than"):
+        load_tokenizer_json(path).encode("a")
+    path.write_text(_with_nested(field, key, leaf, 3))
+    assert load_tokenizer_json(path).encode("a", add_bos=False) == [0]
+
+
+@pytest.mark.parametrize("node", [
+    {"type": "Prepend", "prepend": "\ud800"}, {"type": "Replace", "pattern": {"String": "a"}, "content": "\udfff"},
+    {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "x\udc80"}]},
+])
+def test_unencodable_normalizer_text_is_refused_at_load(tmp_path: Path, node: dict) -> None:
+    """A lone surrogate in a normalizer used to make every tokenize() raise UnicodeEncodeError."""
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps({**MINIMAL, "normalizer": node}))
+    with pytest.raises(TokenizerError, match="surrogate"):
+        load_tokenizer_json(path)
+
+
+def test_unencodable_metaspace_replacement_is_refused_at_load(tmp_path: Path) -> None:
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps({**MINIMAL, "pre_tokenizer": {"type": "Metaspace", "replacement": "\ud800"}}))
+    with pytest.raises(TokenizerError, match="surrogate"):
         load_tokenizer_json(path)

@@ -192,3 +192,28 @@ def test_a_full_context_drops_the_oldest_turns(models_dir: Path) -> None:
         assert repl.system == "Stories." and repl.messages[-2] == {"role": "user", "content": "Last one"}
         assert len(repl.messages) < 18
         assert len(model.chat_prompt(repl.conversation())) <= 96
+
+
+def test_stats_after_ctrl_c_and_after_reset(stories: llmrun.Model) -> None:
+    out, err = InterruptAfter(4), io.StringIO()
+    repl = Repl(stories, sampling={"temperature": 0, "max_tokens": 50},
+                read_line=lines("Once upon a time", "/stats", "/reset", "/stats"), out=out, err=err)
+    assert repl.run() == 0
+    first, second = out.getvalue().split("context: ")[1:]
+    assert "finish cancelled" in first and "None" not in first  # the reply stopped by Ctrl-C
+    assert second.startswith("0 of ") and "last reply" not in second  # a fresh conversation holds nothing
+
+
+def test_generate_stats_after_ctrl_c(slow_model: Path, models_dir: Path) -> None:
+    proc = subprocess.Popen([*LLMRUN, "generate", str(slow_model), "-z", str(models_dir / "tokenizer.bin"), "-p",
+                             "Hello", "--temperature", "0", "-t", "1", "--stats"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        os.set_blocking(proc.stdout.fileno(), False)
+        read_until(proc, b"", lambda s: len(s) > 40)  # the prompt and some of the continuation
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert b"finish: cancelled" in stderr and b"None" not in stderr, stderr

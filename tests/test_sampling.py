@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from llmrun.errors import LLMError
+from llmrun.errors import InvalidArgumentError, LLMError
 from llmrun.sampling import Sampler, SamplingError, SamplingParams
 
 # Filters off: every finite token can be drawn, with probability softmax(logits / temperature).
@@ -124,6 +124,7 @@ def test_bad_parameter_raises_value_error_naming_it(name: str, value: object) ->
     assert isinstance(info.value, SamplingError)
     assert isinstance(info.value, LLMError)
     assert "got" in str(info.value)
+    assert info.value.param == name  # a front end can name its own option for it (LLMError.for_flags)
 
 
 def test_bad_parameter_message_names_value_and_range() -> None:
@@ -159,6 +160,20 @@ def test_parameters_are_normalised_and_frozen() -> None:
     assert p == SamplingParams(temperature=1.0, top_k=3, seed=7)
     with pytest.raises(AttributeError):
         p.top_k = 5  # type: ignore[misc]
+
+
+def test_with_overrides_is_one_validated_step() -> None:
+    base = SamplingParams(temperature=0.5, seed=1)
+    p = base.with_overrides(top_k=3, min_p=np.float32(0.25))
+    assert (p.temperature, p.top_k, p.min_p, p.seed) == (0.5, 3, 0.25, 1) and type(p.min_p) is float
+    assert base == SamplingParams(temperature=0.5, seed=1)  # frozen: a new object
+    assert base.with_overrides() == base
+    with pytest.raises(SamplingError, match="^top_k must be an int >= 0, got -1$") as info:
+        base.with_overrides(top_k=-1)
+    assert info.value.param == "top_k"
+    with pytest.raises(InvalidArgumentError, match="unknown argument 'tok_k'.*top_k") as unknown:
+        base.with_overrides(tok_k=3)
+    assert unknown.value.param == "tok_k"
 
 
 def test_sampler_requires_sampling_params() -> None:

@@ -3,8 +3,10 @@ against a server on a free loopback port, on stories260K."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import re
 import socket
@@ -24,9 +26,15 @@ uvicorn = pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
+import gguf  # noqa: E402
+from gguf_fixtures import write_llama_gguf  # noqa: E402
+from test_chat import HOSTILE, TOK, gguf_vocab  # noqa: E402
+
 import llmrun  # noqa: E402
 import llmrun.server  # noqa: E402
+from builders import make_config, random_tensors  # noqa: E402
 from commands import LLMRUN  # noqa: E402
+from llmrun import template_sandbox  # noqa: E402
 from llmrun.server import ModelServer, ServerConfig  # noqa: E402
 
 KEY = "test-key-0123"
@@ -52,13 +60,13 @@ class Running:
         return httpx.post(f"{self.url}{path}", headers=headers, **kwargs)  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="module")
-def running(models_dir: Path) -> Iterator[Running]:
-    model = llmrun.load(models_dir / "stories260K.bin", tokenizer=models_dir / "tok512.bin", n_threads=1)
-    app_server = ModelServer(model, ServerConfig(model_name=NAME, api_key=KEY, max_body_bytes=BODY_LIMIT))
+@contextlib.contextmanager
+def serving(model: llmrun.Model, config: ServerConfig) -> Iterator[Running]:
+    """`model` served on a free loopback port by uvicorn in a thread; its log records reach pytest's caplog."""
+    app_server = ModelServer(model, config)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app_server.app, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app_server.app, log_config=None, lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -71,7 +79,13 @@ def running(models_dir: Path) -> Iterator[Running]:
         server.should_exit = True
         thread.join(10)
         sock.close()
-        model.close()
+
+
+@pytest.fixture(scope="module")
+def running(models_dir: Path) -> Iterator[Running]:
+    with llmrun.load(models_dir / "stories260K.bin", tokenizer=models_dir / "tok512.bin", n_threads=1) as model:
+        with serving(model, ServerConfig(model_name=NAME, api_key=KEY, max_body_bytes=BODY_LIMIT)) as running:
+            yield running
 
 
 def test_health_and_models(running: Running) -> None:
@@ -226,7 +240,8 @@ BAD = [
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
                               "response_format": {"type": "json_object"}}, 400, "response_format"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi " * 600}]}, 400, "messages"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "model": "gpt-4"}, 404, "model"),
+    ("/v1/chat/completions", {"messages": [{"role": ["user"], "content": "hi"}]}, 400, "messages[0].role"),
+    ("/v1/chat/completions", {"messages": [{"role": {"name": "user"}, "content": "hi"}]}, 400, "messages[0].role"),
 ]
 
 
@@ -238,10 +253,48 @@ def test_bad_requests_get_openai_errors(running: Running, path: str, body: objec
     error = r.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
     assert error["param"] == param
-    if status == 404:
-        assert error["code"] == "model_not_found"
     if isinstance(body, dict) and "hi hi hi" in json.dumps(body):
         assert error["code"] == "context_length_exceeded"
+
+
+def test_any_model_name_is_served_by_the_one_model(running: Running) -> None:
+    """As llama-server: with one model, a request for any model name gets it (a client set up for another
+    server's model name works as it is); the response names the model that answered."""
+    client = running.client()
+    out = client.completions.create(model="gpt-4", prompt="Tom", max_tokens=5, temperature=0)
+    assert out.model == NAME and out.choices[0].text == running.model.generate("Tom", max_tokens=5, temperature=0)
+    chat = client.chat.completions.create(model="some-other-model", messages=CHAT, max_tokens=3)
+    assert chat.model == NAME and chat.usage.completion_tokens == 3
+
+
+def test_a_client_gone_mid_body_is_a_disconnect_not_an_error(running: Running,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    port = int(running.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
+                     + b"\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"prompt\": ")
+        time.sleep(0.2)  # the server is reading the body
+    assert wait_for(lambda: any("client disconnected (499)" in r.getMessage() for r in caplog.records))
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.text
+    assert running.client().completions.create(model=NAME, prompt="Tom", max_tokens=2).usage.completion_tokens == 2
+
+
+def test_a_runaway_chat_template_ends_and_the_server_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model whose template never finishes rendering (a C-level loop the sandbox's checks cannot see): the
+    render ends at its budget whether or not its client waits, and the server answers the next requests."""
+    monkeypatch.setattr(template_sandbox, "TIME_LIMIT_S", 0.25)
+    cfg = make_config(vocab_size=TOK.vocab_size)
+    path = tmp_path / "runaway.gguf"
+    write_llama_gguf(path, cfg, random_tensors(cfg), vocab=gguf_vocab(),
+                     extra_kv={"tokenizer.chat_template": (HOSTILE["wordwrap"], gguf.GGUFValueType.STRING)})
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    with llmrun.load(path, n_threads=1) as model, serving(model, ServerConfig(model_name="runaway")) as server:
+        with pytest.raises(httpx.ReadTimeout):  # a client that gives up while its template renders
+            server.post("/v1/chat/completions", body, key=None, timeout=0.05)
+        r = server.post("/v1/chat/completions", body, key=None, timeout=120)  # renders once the first has ended
+        assert r.status_code == 400 and "took longer than" in r.json()["error"]["message"], r.text
+        assert server.post("/v1/completions", {"prompt": "hi", "max_tokens": 2}, key=None).status_code == 200
 
 
 def test_unknown_routes_and_methods(running: Running) -> None:
@@ -357,18 +410,22 @@ def test_a_full_queue_gets_503(running: Running, slow_model: None, monkeypatch: 
 def test_cli_serve(models_dir: Path) -> None:
     env = {**os.environ, "LLMRUN_API_KEY": "cli-key", "PYTHONUNBUFFERED": "1"}
     cmd = [*LLMRUN, "serve", str(models_dir / "stories260K.bin"), "-z",
-           str(models_dir / "tok512.bin"), "--port", "0", "-t", "1", "--model-name", "tiny"]
+           str(models_dir / "tok512.bin"), "--port", "0", "-t", "1", "-c", "256", "--alias", "tiny"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
     try:
         url = None
+        lines = []
         deadline = time.monotonic() + 20
         while url is None and time.monotonic() < deadline:
             line = proc.stderr.readline()  # type: ignore[union-attr]
             if not line:
                 break
+            lines.append(line)
             match = re.search(r"running on (http://127\.0\.0\.1:\d+)", line)
             url = match.group(1) if match else None
         assert url, "no 'running on' line"
+        start = "".join(lines)  # what was served, with which context and threads, before the first request
+        assert "stories260K.bin" in start and "'tiny'" in start and "context 256" in start and "threads 1" in start
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="cli-key", max_retries=0, timeout=30)
         assert [m.id for m in client.models.list()] == ["tiny"]
         assert client.completions.create(model="tiny", prompt="Tom", max_tokens=4).usage.completion_tokens == 4

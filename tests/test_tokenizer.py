@@ -8,17 +8,16 @@ model proto itself, so sentencepiece is the oracle there too.
 
 from __future__ import annotations
 
+import inspect
 import random
-import statistics
 import struct
-import time
 from pathlib import Path
 
 import pytest
 
-from llmrun.errors import TokenizerError
+from llmrun.errors import InvalidArgumentError, TokenizerError
 from llmrun.formats.llama2c_tokenizer import load_llama2c_tokenizer
-from llmrun.tokenizer import StreamDecoder, Tokenizer, TokenType
+from llmrun.tokenizer import BPETokenizer, SentencePieceTokenizer, StreamDecoder, Tokenizer, TokenType
 
 MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "models"
 LLAMA_BIN = MODELS / "tokenizer.bin"
@@ -215,7 +214,7 @@ def test_decode_round_trips_like_sentencepiece(tok: Tokenizer, sp) -> None:
 
 def test_breaking_the_merge_order_is_detected(tok: Tokenizer, sp) -> None:
     """The parity test must be able to fail: reversed merge priorities must disagree somewhere."""
-    broken = Tokenizer(list(tok.pieces), -tok.scores, token_types=list(tok.token_types))
+    broken = SentencePieceTokenizer(list(tok.pieces), -tok.scores, token_types=list(tok.token_types))
     failures = parity_failures(broken, sp, CORPUS)
     assert len(failures) > len(CORPUS) // 4
 
@@ -266,7 +265,7 @@ def test_from_sentencepiece_pieces_equals_loader(tok: Tokenizer, sp) -> None:
     types = [_sp_type(sp, i) for i in range(sp.vocab_size())]
     pieces = [sp.id_to_piece(i) for i in range(sp.vocab_size())]
     scores = [sp.get_score(i) for i in range(sp.vocab_size())]
-    other = Tokenizer.from_sentencepiece_pieces(pieces, scores, types)
+    other = SentencePieceTokenizer.from_sentencepiece_pieces(pieces, scores, types)
     assert other.token_types == tok.token_types
     for text in CORPUS[:100]:
         assert other.encode(text) == tok.encode(text)
@@ -405,7 +404,7 @@ def test_user_defined_and_unused_pieces_match_sentencepiece(tok512: Tokenizer) -
         pieces.append(piece)
         scores.append(0.0)
         types.append(kind)
-    variant = Tokenizer(pieces, scores, token_types=types)
+    variant = SentencePieceTokenizer(pieces, scores, token_types=types)
     oracle = _oracle_for(variant)
     corpus = CORPUS + ["<tool>call foo bar the end", "foo barfoo bar", "中文字符", "<tool><tool>"]
     corpus += ["  the  ", "<to<tool", "a§b§"]
@@ -419,7 +418,7 @@ def test_user_defined_and_unused_pieces_match_sentencepiece(tok512: Tokenizer) -
 def test_without_byte_fallback_matches_sentencepiece(tok512: Tokenizer) -> None:
     """Without byte pieces, a run of unknown characters becomes a single <unk>."""
     keep = [i for i in range(tok512.vocab_size) if not tok512.is_byte(i)]
-    variant = Tokenizer(
+    variant = SentencePieceTokenizer(
         [tok512.pieces[i] for i in keep],
         [float(tok512.scores[i]) for i in keep],
         token_types=[tok512.token_types[i] for i in keep],
@@ -511,23 +510,6 @@ def test_stream_flush_replaces_unfinished_character(tok: Tokenizer) -> None:
     assert tok.decode([0xF0 + 3, 0x9F + 3]) == "\ufffd\ufffd"
     assert not decoder.pending
     assert decoder.feed(22172) == "hello"  # flushed: a new stream starts, leading space stripped again
-
-
-# --------------------------------------------------------------------------- speed
-
-
-def test_encode_speed_4000_chars(tok: Tokenizer) -> None:
-    rng = random.Random(3)
-    words = []
-    while sum(len(w) + 1 for w in words) < 4000:
-        words.append(rng.choice(ASCII_WORDS) + rng.choice(["", "", "", ",", "."]))
-    prompt = " ".join(words)[:4000]
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        tok.encode(prompt)
-        times.append(time.perf_counter() - start)
-    assert statistics.median(times) < 0.100, f"median encode time {statistics.median(times) * 1e3:.1f} ms"
 
 
 # --------------------------------------------------------------------------- errors
@@ -638,10 +620,30 @@ def test_out_of_range_ids_raise(tok: Tokenizer, call, bad: int) -> None:
         call(tok, bad)
 
 
+@pytest.mark.parametrize("bad", [True, 1.5, None, "3"])
+def test_ids_that_are_not_integers_are_invalid_arguments(tok: Tokenizer, bad: object) -> None:
+    for call in (lambda: tok.decode([1, bad]), lambda: tok.id_to_piece(bad), lambda: StreamDecoder(tok).feed(bad)):
+        with pytest.raises(InvalidArgumentError, match=f"token id must be an int, got {type(bad).__name__}"):
+            call()
+
+
+def test_the_tokenizer_interface() -> None:
+    """`llmrun.tokenizer.Tokenizer` is the abstract interface every tokenizer implements and every caller
+    annotates with; the SentencePiece class is named for what it is."""
+    assert inspect.isabstract(Tokenizer)
+    assert issubclass(SentencePieceTokenizer, Tokenizer) and issubclass(BPETokenizer, Tokenizer)
+    assert not inspect.isabstract(SentencePieceTokenizer) and not inspect.isabstract(BPETokenizer)
+    for name in ("encode", "decode", "surface", "vocab_size", "bos_id", "eos_id", "unk_id", "add_dummy_prefix",
+                 "is_control", "id_to_piece", "piece_to_id", "piece_bytes"):
+        assert hasattr(Tokenizer, name), name
+    with pytest.raises(TypeError):
+        Tokenizer()  # type: ignore[abstract]
+
+
 def test_bad_text_raises(tok: Tokenizer) -> None:
-    with pytest.raises(TypeError):
+    with pytest.raises(InvalidArgumentError, match="text must be a str, got bytes"):
         tok.encode(b"bytes")  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
+    with pytest.raises(InvalidArgumentError, match="text must be a str, got NoneType"):
         tok.encode(None)  # type: ignore[arg-type]
     with pytest.raises(TokenizerError, match="surrogate U\\+D800 at index 2"):
         tok.encode("ab\ud800c")
@@ -650,17 +652,17 @@ def test_bad_text_raises(tok: Tokenizer) -> None:
 def test_constructor_validation() -> None:
     pieces = [b"<unk>", b"<s>", b"</s>", b"a"]
     with pytest.raises(TokenizerError, match="expected 4 scores"):
-        Tokenizer(pieces, [0.0] * 3)
+        SentencePieceTokenizer(pieces, [0.0] * 3)
     with pytest.raises(TokenizerError, match="bos_id=9"):
-        Tokenizer(pieces, [0.0] * 4, bos_id=9)
+        SentencePieceTokenizer(pieces, [0.0] * 4, bos_id=9)
     with pytest.raises(TokenizerError, match="token_types\\[3\\]=7"):
-        Tokenizer(pieces, [0.0] * 4, token_types=[2, 3, 3, 7])
+        SentencePieceTokenizer(pieces, [0.0] * 4, token_types=[2, 3, 3, 7])
     with pytest.raises(TokenizerError, match="type BYTE"):
-        Tokenizer(pieces, [0.0] * 4, token_types=[2, 3, 3, 6])
-    no_specials = Tokenizer(pieces, [0.0] * 4, bos_id=None, eos_id=None)
+        SentencePieceTokenizer(pieces, [0.0] * 4, token_types=[2, 3, 3, 6])
+    no_specials = SentencePieceTokenizer(pieces, [0.0] * 4, bos_id=None, eos_id=None)
     assert no_specials.encode("", add_bos=True, add_eos=True) == []  # nothing to add
     with pytest.raises(TokenizerError, match="vocabulary is empty"):
-        Tokenizer([], [])
+        SentencePieceTokenizer([], [])
 
 
 def test_piece_bytes(tok: Tokenizer) -> None:
@@ -673,11 +675,12 @@ def test_piece_bytes(tok: Tokenizer) -> None:
 
 def test_many_user_defined_pieces_cannot_slow_encoding_down() -> None:
     """A hostile vocabulary with 200,000 user-defined pieces sharing a first character: matching costs one
-    lookup per distinct piece length, so encoding stays fast (it took seconds when every piece was tried)."""
+    lookup per distinct piece length, not one per piece (encoding took seconds when every piece was tried)."""
     pieces = [b"<unk>", b"<s>", b"</s>"] + [b"a" + str(i).encode() for i in range(200_000)] + [b"a", b" "]
     types = [2, 3, 3] + [4] * 200_000 + [1, 1]
-    tok = Tokenizer(pieces, [0.0] * len(pieces), token_types=types)
-    start = time.perf_counter()
+    tok = SentencePieceTokenizer(pieces, [0.0] * len(pieces), token_types=types)
+    # one candidate set per distinct length ("a0" .. "a199999": 2 to 7 characters) is all a position can cost
+    assert [length for length, _ in tok._user_defined["a"]] == [7, 6, 5, 4, 3, 2]
     ids = tok.encode("a" * 500 + "a17", add_bos=False)
-    assert time.perf_counter() - start < 0.5
     assert ids[-1] == 3 + 17  # the longest user-defined match wins: "a17", not "a1"
+    # the speed itself is measured by benchmarks/bench_tokenizer.py

@@ -34,14 +34,12 @@ What `load_gguf` accepts beyond the container:
 - the tokenizer when `tokenizer.ggml.model` is "llama" (SentencePiece BPE) or "gpt2" (byte-level BPE,
   hf_tokenizer.gguf_bpe_tokenizer, split rules by the `tokenizer.ggml.pre` name). Any other tokenizer
   model, or a gpt2 vocabulary llmrun cannot use (an unknown pre-tokenizer name), still loads the model
-  for `logits()`: spec.tokenizer is None and spec.extra["tokenizer_problem"] says why.
+  for `logits()`: spec.tokenizer is None and spec.tokenizer_problem says why.
 
-spec.extra holds: "gguf_version", "metadata" (every key, as `read_gguf` returns it), "value_types"
-(each key's stored value type), "name" (`general.name`), "add_bos_token" / "add_eos_token" (the file's
-defaults for encoding; llama.cpp's defaults for a SentencePiece vocabulary when absent: True / False),
-"chat_template" (when present),
-"tokenizer_model", "tokenizer_problem" (when spec.tokenizer is None), "eot_token_id" / "pad_token_id"
-(when present and valid).
+The spec also gets: `metadata` / `metadata_types` (every key, as `read_gguf` returns it, and its stored
+value type), `name` (`general.name`), `add_bos_token` / `add_eos_token` (the file's defaults for encoding;
+llama.cpp's defaults when absent: True / False for a SentencePiece vocabulary, False / False for gpt2),
+`chat_template` (`tokenizer.chat_template`) and `eog_token_ids` (`tokenizer.ggml.eot_token_id`, when valid).
 """
 
 from __future__ import annotations
@@ -60,9 +58,8 @@ from typing import Any, overload
 import numpy as np
 
 from ..errors import ModelFormatError, TokenizerError
-from ..spec import TENSOR_TYPES, LayerWeights, ModelConfig, ModelSpec, Tensor, TensorType
-from ..tokenizer import Tokenizer
-from ..tokenizer.bpe import BPETokenizer
+from ..spec import TENSOR_TYPES, LayerWeights, ModelConfig, ModelSpec, Tensor, TensorType, attention_shape_problem
+from ..tokenizer import BPETokenizer, SentencePieceTokenizer
 from .hf_tokenizer import gguf_bpe_tokenizer
 from .mapping import map_file
 
@@ -532,10 +529,8 @@ def load_gguf(path: str | os.PathLike) -> ModelSpec:
     config = _llama_config(f, meta)
     spec = _llama_weights(f, config, with_biases=arch == "qwen2")
     spec.rope_freqs = _rope_freqs(f, meta, config)
-    spec.extra["architecture"] = arch
-    tokenizer, extra = _llama_tokenizer(f, meta, config.vocab_size)
-    spec.tokenizer = tokenizer
-    spec.extra.update(extra)
+    spec.architecture = arch
+    _read_tokenizer(f, meta, spec)
     return spec
 
 
@@ -670,6 +665,9 @@ def _llama_config(f: GGUFFile, meta: _Metadata) -> ModelConfig:
                         f"{a}.attention.head_count_kv = {n_kv_heads}")
     if head_dim % 2:
         raise meta.fail(f"head size {head_dim} must be even for RoPE")
+    problem = attention_shape_problem(dim, n_heads, head_dim)
+    if problem is not None:
+        raise meta.fail(problem)
     rope_dims = key("rope.dimension_count", head_dim)
     if rope_dims != head_dim:
         raise meta.fail(f"{a}.rope.dimension_count = {rope_dims} differs from the head size {head_dim}: partial "
@@ -758,9 +756,8 @@ def _llama_weights(f: GGUFFile, c: ModelConfig, with_biases: bool = False) -> Mo
     return ModelSpec(path=f.path, format=f"GGUF v{f.version}", config=c, token_embd=tensor("token_embd.weight"),
                      output_norm=tensor("output_norm.weight"),
                      output=tensor("output.weight") if "output.weight" in f.tensors else None,
-                     layers=layers, file_size=f.file_size,
-                     extra={"gguf_version": f.version, "metadata": f.metadata, "value_types": f.value_types,
-                            "name": _name(f)})
+                     layers=layers, file_size=f.file_size, name=_name(f), metadata=f.metadata,
+                     metadata_types={key: int(vtype) for key, vtype in f.value_types.items()})
 
 
 def _name(f: GGUFFile) -> str | None:
@@ -783,25 +780,39 @@ _TOKEN_TYPE_KINDS = frozenset({ValueType.INT32, ValueType.UINT32, ValueType.INT8
 MAX_TOKEN_TYPE = 6  # 0 undefined (treated as normal), 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte
 
 
-def _llama_tokenizer(f: GGUFFile, meta: _Metadata, vocab: int) -> tuple[Tokenizer | None, dict[str, Any]]:
-    """The SentencePiece tokenizer of a `tokenizer.ggml.model == "llama"` file, and the extra entries.
-
-    Other tokenizer models give (None, {"tokenizer_problem": why}): the model still loads for logits()."""
-    extra: dict[str, Any] = {}
+def _read_tokenizer(f: GGUFFile, meta: _Metadata, spec: ModelSpec) -> None:
+    """Fills `spec`'s tokenizer fields: the vocabulary of a `tokenizer.ggml.model` "llama" (SentencePiece BPE)
+    or "gpt2" (byte-level BPE) file, its defaults and special ids, its chat template. Other tokenizer models
+    leave spec.tokenizer None and say why in spec.tokenizer_problem: the model still loads for logits()."""
+    vocab = spec.config.vocab_size
     if meta.has("tokenizer.chat_template"):
-        extra["chat_template"] = meta.string("tokenizer.chat_template")
+        spec.chat_template = meta.string("tokenizer.chat_template")
     if not meta.has("tokenizer.ggml.model"):
-        extra["tokenizer_problem"] = f"{f.path}: the GGUF file has no tokenizer (no tokenizer.ggml.model)"
-        return None, extra
+        spec.tokenizer_problem = f"{f.path}: the GGUF file has no tokenizer (no tokenizer.ggml.model)"
+        return
     model = meta.string("tokenizer.ggml.model")
-    extra["tokenizer_model"] = model
-    if model == "gpt2":
-        return _gpt2_tokenizer(f, meta, vocab, extra)
-    if model != "llama":
-        extra["tokenizer_problem"] = (f"{f.path}: tokenizer model {model!r} is not supported yet (llmrun reads "
-                                      "'llama', SentencePiece BPE); pass token ids to logits() instead")
-        return None, extra
+    if model not in ("llama", "gpt2"):
+        spec.tokenizer_problem = (f"{f.path}: tokenizer model {model!r} is not supported yet (llmrun reads "
+                                  "'llama', SentencePiece BPE, and 'gpt2'); pass token ids to logits() instead")
+        return
+    eot = f.metadata.get("tokenizer.ggml.eot_token_id")
+    # llmrun does not encode with the end-of-turn id, so a bad one is ignored (as llama.cpp does)
+    if f.value_types.get("tokenizer.ggml.eot_token_id") in _INT_TYPES and 0 <= eot < vocab:
+        spec.eog_token_ids = (eot,)
+    # llama.cpp's defaults: BOS for a SentencePiece vocabulary, only where the file asks for it for BPE
+    spec.add_bos_token = meta.boolean("tokenizer.ggml.add_bos_token", model == "llama")
+    spec.add_eos_token = meta.boolean("tokenizer.ggml.add_eos_token", False)
+    if model == "llama":
+        spec.tokenizer = _sentencepiece_tokenizer(f, meta, vocab)
+        return
+    try:
+        spec.tokenizer = _gpt2_tokenizer(f, meta, vocab)
+    except TokenizerError as e:  # the model still loads for logits() and requantizing; tokenizing says why not
+        spec.tokenizer_problem = f"{f.path}: {e}"
 
+
+def _sentencepiece_tokenizer(f: GGUFFile, meta: _Metadata, vocab: int) -> SentencePieceTokenizer:
+    """The SentencePiece tokenizer of a `tokenizer.ggml.model == "llama"` file."""
     tokens = meta.array("tokenizer.ggml.tokens", vocab, frozenset({ValueType.STRING}))
     scores = (meta.array("tokenizer.ggml.scores", vocab, _FLOAT_TYPES) if meta.has("tokenizer.ggml.scores")
               else np.zeros(vocab, dtype=np.float32))  # llama.cpp's default too
@@ -818,33 +829,18 @@ def _llama_tokenizer(f: GGUFFile, meta: _Metadata, vocab: int) -> tuple[Tokenize
 
     ids = {"bos_id": token_id("bos_token_id", 1), "eos_id": token_id("eos_token_id", 2),
            "unk_id": token_id("unknown_token_id", 0)}
-    _optional_token_ids(f, vocab, extra)
-    extra["add_bos_token"] = meta.boolean("tokenizer.ggml.add_bos_token", True)
-    extra["add_eos_token"] = meta.boolean("tokenizer.ggml.add_eos_token", False)
     pieces = [tokens.raw(i).replace(_SPM_SPACE, b" ") for i in range(vocab)]
     try:
-        tokenizer = Tokenizer(pieces, scores, token_types=types, byte_fallback=True,
-                              add_dummy_prefix=meta.boolean("tokenizer.ggml.add_space_prefix", True), **ids)
+        return SentencePieceTokenizer(pieces, scores, token_types=types, byte_fallback=True,
+                                      add_dummy_prefix=meta.boolean("tokenizer.ggml.add_space_prefix", True), **ids)
     except TokenizerError as e:
         raise ModelFormatError(f"{f.path}: bad tokenizer.ggml.* vocabulary: {e}") from None
-    return tokenizer, extra
 
 
-def _optional_token_ids(f: GGUFFile, vocab: int, extra: dict[str, Any]) -> None:
-    """The end-of-turn and padding ids into `extra`. llmrun does not encode with them, so they are kept only
-    when valid (llama.cpp, too, ignores bad ones)."""
-    for name, ours in (("eot_token_id", "eot_token_id"), ("padding_token_id", "pad_token_id")):
-        value = f.metadata.get(f"tokenizer.ggml.{name}")
-        if f.value_types.get(f"tokenizer.ggml.{name}") in _INT_TYPES and 0 <= value < vocab:
-            extra[ours] = value
-
-
-def _gpt2_tokenizer(f: GGUFFile, meta: _Metadata, vocab: int, extra: dict[str, Any]
-                    ) -> tuple[BPETokenizer | None, dict[str, Any]]:
+def _gpt2_tokenizer(f: GGUFFile, meta: _Metadata, vocab: int) -> BPETokenizer:
     """The byte-level BPE tokenizer of a `tokenizer.ggml.model == "gpt2"` file: tokens, merges, token types
-    and the pre-tokenizer named by tokenizer.ggml.pre. A vocabulary llmrun cannot use (an unknown pre-tokenizer
-    name: never guessed; merges of tokens not in the vocabulary) gives None and spec.extra["tokenizer_problem"],
-    which Model.tokenizer raises as TokenizerError."""
+    and the pre-tokenizer named by tokenizer.ggml.pre. TokenizerError for a vocabulary llmrun cannot use (an
+    unknown pre-tokenizer name: never guessed; merges of tokens not in the vocabulary)."""
     tokens = meta.array("tokenizer.ggml.tokens", vocab, frozenset({ValueType.STRING}))
     merges = f.metadata.get("tokenizer.ggml.merges")
     if not isinstance(merges, StringArray):
@@ -856,15 +852,5 @@ def _gpt2_tokenizer(f: GGUFFile, meta: _Metadata, vocab: int, extra: dict[str, A
     for name in ("bos_token_id", "eos_token_id", "unknown_token_id"):
         key = f"tokenizer.ggml.{name}"
         ids[name] = meta.integer(key, 0, vocab - 1) if meta.has(key) else None
-    _optional_token_ids(f, vocab, extra)
-    # llama.cpp's defaults for a BPE vocabulary: BOS only where the file asks for it
-    extra["add_bos_token"] = meta.boolean("tokenizer.ggml.add_bos_token", False)
-    extra["add_eos_token"] = meta.boolean("tokenizer.ggml.add_eos_token", False)
-    try:
-        tok = gguf_bpe_tokenizer(list(tokens), list(merges), types, meta.string("tokenizer.ggml.pre", "default"),
-                                 bos_id=ids["bos_token_id"], eos_id=ids["eos_token_id"],
-                                 unk_id=ids["unknown_token_id"])
-    except TokenizerError as e:  # the model still loads for logits() and requantizing; tokenizing says why not
-        extra["tokenizer_problem"] = f"{f.path}: {e}"
-        return None, extra
-    return tok, extra
+    return gguf_bpe_tokenizer(list(tokens), list(merges), types, meta.string("tokenizer.ggml.pre", "default"),
+                              bos_id=ids["bos_token_id"], eos_id=ids["eos_token_id"], unk_id=ids["unknown_token_id"])

@@ -26,8 +26,7 @@ import numpy as np
 
 from ..quantize import CHUNK_VALUES, can_store, convert_rows
 from ..spec import TENSOR_TYPES, ModelSpec, Tensor
-from ..tokenizer import Tokenizer, TokenType
-from ..tokenizer.bpe import BPETokenizer
+from ..tokenizer import BPETokenizer, SentencePieceTokenizer, Tokenizer, TokenType
 from .gguf import FIXED_DTYPES, LAYER_TENSORS, SUPPORTED_GGML_TYPES, StringArray, ValueType
 
 GGUF_MAGIC = b"GGUF"
@@ -249,7 +248,7 @@ BIAS_FIELDS = {"wq": "bq", "wk": "bk", "wv": "bv"}
 
 def gguf_architecture(spec: ModelSpec) -> str:
     """general.architecture for `spec`: "qwen2" for models with q/k/v biases, else "llama"."""
-    if spec.extra.get("architecture") == "qwen2" or any(layer.bq is not None for layer in spec.layers):
+    if spec.architecture == "qwen2" or any(layer.bq is not None for layer in spec.layers):
         if spec.config.rope_style != "halves":
             raise ValueError("a model with q/k/v biases is written as GGUF qwen2, which rotates halves")
         return "qwen2"
@@ -299,16 +298,16 @@ def model_metadata(spec: ModelSpec, wanted: str, tokenizer: Tokenizer | None, na
         items += bpe_tokenizer_metadata(tokenizer, spec)
     elif tokenizer is not None:
         items += tokenizer_metadata(tokenizer)
-    if tokenizer is not None and "metadata" not in spec.extra:  # a GGUF input carries its own (carried_metadata)
-        if spec.extra.get("chat_template") is not None:
-            items.append(Metadata("tokenizer.chat_template", ValueType.STRING, spec.extra["chat_template"]))
-        eot = [i for i in spec.extra.get("eog_token_ids", ()) if i != tokenizer.eos_id]
+    if tokenizer is not None and not spec.metadata:  # a GGUF input carries its own (carried_metadata)
+        if spec.chat_template is not None:
+            items.append(Metadata("tokenizer.chat_template", ValueType.STRING, spec.chat_template))
+        eot = [i for i in spec.eog_token_ids if i != tokenizer.eos_id]
         if eot:  # GGUF has no list of end-of-generation ids: the first other one is the end of a turn
             items.append(Metadata("tokenizer.ggml.eot_token_id", u32, eot[0]))
     return items
 
 
-def tokenizer_metadata(tok: Tokenizer) -> list[Metadata]:
+def tokenizer_metadata(tok: SentencePieceTokenizer) -> list[Metadata]:
     """A SentencePiece vocabulary as tokenizer.ggml.* (model "llama"): pieces in SentencePiece's spelling
     ('▁' for spaces, control tokens by their bare name), scores, token types and special ids."""
     arr, u32, b = ValueType.ARRAY, ValueType.UINT32, ValueType.BOOL
@@ -331,7 +330,7 @@ def tokenizer_metadata(tok: Tokenizer) -> list[Metadata]:
     return items
 
 
-def gguf_pieces(tok: Tokenizer) -> list[bytes]:
+def gguf_pieces(tok: SentencePieceTokenizer) -> list[bytes]:
     """The pieces as GGUF stores them. Ours keep llama2.c's spelling: b' ' for '▁', and BOS/EOS as
     "\\n<s>\\n" / "\\n</s>\\n" (control pieces are written bare, as sentencepiece names them). Pieces stay
     bytes: a vocabulary may hold pieces that are not valid UTF-8, and they must survive unchanged."""
@@ -370,13 +369,13 @@ def bpe_tokenizer_metadata(tok: BPETokenizer, spec: ModelSpec) -> list[Metadata]
     for key, value in (("bos_token_id", tok.bos_id), ("eos_token_id", tok.eos_id), ("unknown_token_id", tok.unk_id)):
         if value is not None:
             items.append(Metadata(f"tokenizer.ggml.{key}", u32, value))
-    items += [Metadata("tokenizer.ggml.add_bos_token", b, bool(spec.extra.get("add_bos_token", False))),
-              Metadata("tokenizer.ggml.add_eos_token", b, bool(spec.extra.get("add_eos_token", False)))]
+    items += [Metadata("tokenizer.ggml.add_bos_token", b, spec.add_bos_token),
+              Metadata("tokenizer.ggml.add_eos_token", b, spec.add_eos_token)]
     return items
 
 
-def sentencepiece_from_bpe(tok: BPETokenizer) -> Tokenizer:
-    """A SentencePiece-style BPE (tokenizer.json with '▁' and byte fallback) as a SentencePiece `Tokenizer`
+def sentencepiece_from_bpe(tok: BPETokenizer) -> SentencePieceTokenizer:
+    """A SentencePiece-style BPE (tokenizer.json with '▁' and byte fallback) as a `SentencePieceTokenizer`
     for GGUF model "llama". SentencePiece merges by piece score, not by pair rank: each piece scores minus the
     rank of the first merge that makes it (pieces no merge makes score below all), which encodes the same
     as the ranks whenever each piece's best merge is the only way to build it (true of vocabularies converted
@@ -401,7 +400,7 @@ def sentencepiece_from_bpe(tok: BPETokenizer) -> Tokenizer:
             types.append(TokenType.USER_DEFINED)
         else:
             types.append(TokenType.NORMAL)
-    return Tokenizer(pieces, scores, bos_id=tok.bos_id, eos_id=tok.eos_id,
+    return SentencePieceTokenizer(pieces, scores, bos_id=tok.bos_id, eos_id=tok.eos_id,
                      unk_id=tok.unk_id if tok.unk_id is not None else 0, byte_fallback=tok.byte_fallback,
                      add_dummy_prefix=tok.add_dummy_prefix, token_types=types)
 
@@ -415,16 +414,14 @@ def carried_metadata(spec: ModelSpec, generated: Iterable[str], keep_tokenizer: 
     itself (chat template, merges, pre-tokenizer, special ids, general.* facts ...), each with the value
     type it had (llama.cpp checks key types), except STALE_KEYS and, unless `keep_tokenizer`, tokenizer.*.
     Nested arrays are dropped: no Llama metadata uses them and their item types are not kept by the reader.
-    Nothing for other formats."""
-    if "metadata" not in spec.extra:
-        return []
-    value_types = spec.extra["value_types"]  # as the reader found them: no second parse of the input
+    Nothing for other formats (their spec has no metadata)."""
+    value_types = spec.metadata_types  # as the reader found them: no second parse of the input
     skip = set(generated) | STALE_KEYS
     items = []
-    for key, value in spec.extra["metadata"].items():
+    for key, value in spec.metadata.items():
         if key in skip or (key.startswith("tokenizer.") and not keep_tokenizer):
             continue
-        vtype = ValueType(int(value_types[key]))
+        vtype = ValueType(value_types[key])
         if vtype != ValueType.ARRAY:
             items.append(Metadata(key, vtype, value))
         elif isinstance(value, StringArray):
@@ -450,23 +447,23 @@ def write_model(path: str | os.PathLike, spec: ModelSpec, wanted: str, tokenizer
 
     The vocabulary: a GGUF input keeps its own tokenizer.* metadata verbatim (whatever its tokenizer
     model), unless `tokenizer` is given; otherwise `tokenizer` (default: the spec's own) is written as
-    tokenizer.ggml.*: a SentencePiece `Tokenizer` or a SentencePiece-style BPE as model "llama", a byte-level
+    tokenizer.ggml.*: a `SentencePieceTokenizer` or a SentencePiece-style BPE as model "llama", a byte-level
     BPE as model "gpt2"; None writes no vocabulary. A GGUF input's other metadata is kept too (see
     carried_metadata)."""
     tok = spec.tokenizer if tokenizer is None else tokenizer
-    source_has_vocab = "tokenizer.ggml.model" in spec.extra.get("metadata", {})
+    source_has_vocab = "tokenizer.ggml.model" in spec.metadata
     keep_source_vocab = tokenizer is None and source_has_vocab
     if keep_source_vocab:
         tok = None
     if isinstance(tok, BPETokenizer) and not tok.byte_level:
         tok = sentencepiece_from_bpe(tok)  # GGUF stores SentencePiece-style vocabularies as "llama"
-    if tok is not None and not isinstance(tok, (Tokenizer, BPETokenizer)):
+    if tok is not None and not isinstance(tok, (SentencePieceTokenizer, BPETokenizer)):
         raise ValueError(f"cannot write a {type(tok).__name__} vocabulary to GGUF")
     if tok is not None and tok.vocab_size != spec.config.vocab_size:
         raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model a vocabulary of "
                          f"{spec.config.vocab_size}")
     plans = plan_tensors(spec, wanted)
-    metadata = model_metadata(spec, wanted, tok, name or spec.extra.get("name") or Path(spec.path).stem)
+    metadata = model_metadata(spec, wanted, tok, name or spec.name or Path(spec.path).stem)
     metadata += carried_metadata(spec, (m.key for m in metadata), keep_tokenizer=keep_source_vocab)
     write_gguf(path, metadata, plans, on_tensor)
     return plans

@@ -10,8 +10,8 @@ is `rope_type` or the older `type`) and as 5.x does (`rope_parameters` holding b
 `_compute_llama3_parameters`: long wavelengths divided by `factor`, short ones kept, a smooth blend
 between) become `spec.rope_freqs`; any other kind is refused. Hugging Face checkpoints rotate the two halves
 of each head (rope_style "halves"); tied embeddings leave `spec.output` None. Mistral's and Qwen2's
-sliding-window attention is recorded as spec.extra["sliding_window"]: a context longer than the window is
-refused at load (`check_context`), since llmrun attends to the whole context.
+sliding-window attention is recorded as `spec.sliding_window`: `llmrun.load` refuses a context longer than
+the window, since llmrun attends to the whole context.
 
 Weights: f32, f16 and bf16 matrices are used in place (memory maps); norms and biases become f32. With
 `quantize` the matrices are converted at load time into GGUF block layouts (q8_0, q4_0; rows that are not
@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import ModelFormatError, TokenizerError
 from ..quantize import convert_rows, dequantize
-from ..spec import TENSOR_TYPES, LayerWeights, ModelConfig, ModelSpec, Tensor
+from ..spec import TENSOR_TYPES, LayerWeights, ModelConfig, ModelSpec, Tensor, attention_shape_problem
 from .hf_tokenizer import load_folder_tokenizer, read_json
 from .safetensors import SafetensorsSet
 
@@ -72,14 +72,12 @@ def load_hf(folder: str | os.PathLike, quantize: str | None = None, progress: Pr
         raise ModelFormatError(str(e)) from None
     if not isinstance(raw, dict):
         raise ModelFormatError(f"{config_path}: must be a JSON object")
-    arch, config, extra = parse_config(config_path, raw)
+    arch, config, window = parse_config(config_path, raw)
     weights = SafetensorsSet(folder)
     spec = _build(folder, weights, config, raw, arch, quantize, progress)
     spec.rope_freqs = rope_frequencies(config_path, raw, config.head_dim, config.rope_theta)
-    spec.extra.update(extra)
-    tokenizer, tok_extra = load_folder_tokenizer(folder, config.vocab_size)
-    spec.tokenizer = tokenizer
-    spec.extra.update(tok_extra)
+    spec.architecture, spec.name, spec.sliding_window = arch, folder.name, window
+    load_folder_tokenizer(folder, spec)
     return spec
 
 
@@ -87,8 +85,9 @@ def load_hf(folder: str | os.PathLike, quantize: str | None = None, progress: Pr
 # config.json
 # ------------------------------------------------------------------------------------------------
 
-def parse_config(path: Path, raw: dict[str, Any]) -> tuple[str, ModelConfig, dict[str, Any]]:
-    """The architecture, ModelConfig and extra entries of a config.json."""
+def parse_config(path: Path, raw: dict[str, Any]) -> tuple[str, ModelConfig, int | None]:
+    """The architecture, ModelConfig and sliding attention window (None: attention to the whole context) of
+    a config.json."""
     def fail(message: str) -> ModelFormatError:
         return ModelFormatError(f"{path}: {message}")
 
@@ -138,6 +137,9 @@ def parse_config(path: Path, raw: dict[str, Any]) -> tuple[str, ModelConfig, dic
         raise fail(f"num_attention_heads {n_heads} is not divisible by num_key_value_heads {n_kv_heads}")
     if head_dim % 2:
         raise fail(f"head size {head_dim} must be even for RoPE")
+    problem = attention_shape_problem(dim, n_heads, head_dim)
+    if problem is not None:
+        raise fail(problem)
     params = raw.get("rope_parameters")
     if params is not None and not isinstance(params, dict):
         raise fail(f"rope_parameters must be an object, got {params!r}")
@@ -149,14 +151,13 @@ def parse_config(path: Path, raw: dict[str, Any]) -> tuple[str, ModelConfig, dic
         n_kv_heads=n_kv_heads, head_dim=head_dim, vocab_size=integer("vocab_size"), max_seq_len=max_seq,
         rope_theta=number("rope_theta", 10000.0, params), norm_eps=number("rms_norm_eps", 1e-6),
         rope_style="halves")
-    extra: dict[str, Any] = {"architecture": arch, "hf_architecture": archs[0]}
     window = raw.get("sliding_window")
     uses_window = arch == "mistral" or (arch == "qwen2" and raw.get("use_sliding_window"))
-    if uses_window and window is not None:
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise fail(f"sliding_window = {window!r} must be a positive integer or null")
-        extra["sliding_window"] = window
-    return arch, config, extra
+    if not uses_window or window is None:
+        return arch, config, None
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise fail(f"sliding_window = {window!r} must be a positive integer or null")
+    return arch, config, window
 
 
 def _rope_scaling(path: Path, raw: dict[str, Any]) -> dict[str, Any] | None:
@@ -207,15 +208,6 @@ def rope_frequencies(path: Path, raw: dict[str, Any], head_dim: int, theta: floa
         return np.where(medium, smoothed, scaled).astype(np.float32)
     raise ModelFormatError(f"{path}: rope scaling type {kind!r} is not supported (llmrun knows default, linear "
                            "and llama3)")
-
-
-def check_context(spec: ModelSpec, n_ctx: int) -> None:
-    """Refuses a context longer than the model's sliding attention window (llmrun attends to all of it)."""
-    window = spec.extra.get("sliding_window")
-    if window is not None and n_ctx > window:
-        raise ModelFormatError(f"{spec.path}: the model uses sliding-window attention over {window} positions; "
-                               f"llmrun attends to the whole context, so n_ctx = {n_ctx} would compute something "
-                               f"else: use n_ctx <= {window}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -279,8 +271,7 @@ def _build(folder: Path, weights: SafetensorsSet, c: ModelConfig, raw: dict[str,
     output = None if tied else tensor("lm_head.weight")
     fmt = f"Hugging Face {raw['architectures'][0]}" + (f" ({quantize} at load)" if quantize else "")
     return ModelSpec(path=folder, format=fmt, config=c, token_embd=token_embd, output_norm=output_norm,
-                     output=output, layers=layers, file_size=weights.file_size,
-                     extra={"name": folder.name, "tied_embeddings": tied})
+                     output=output, layers=layers, file_size=weights.file_size)
 
 
 def _convert(t: Tensor, wanted: str) -> Tensor:

@@ -25,49 +25,38 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TokenizerError
+from ..spec import ModelSpec
 from ..tokenizer.bpe import AddedToken, BPETokenizer
 from ..tokenizer.pretokenize import (
-    GPT2_PATTERN,
+    LLAMA3_PATTERN,
+    PRE_TOKENIZERS,
+    QWEN2_PATTERN,
     ByteLevel,
     Chain,
     Digits,
     Metaspace,
     Normalizer,
+    Pattern,
     PreTokenizer,
     Split,
     compile_pattern,
+    literal_pattern,
+    lowercase_normalizer,
     prepend_normalizer,
     replace_normalizer,
     sequence_normalizer,
     unicode_normalizer,
 )
 
+__all__ = ["LLAMA3_PATTERN", "PRE_TOKENIZERS", "QWEN2_PATTERN", "gguf_bpe_tokenizer", "load_folder_tokenizer",
+           "load_tokenizer_json", "read_json"]
+
 MAX_JSON_BYTES = 256 * 1024 * 1024
-
-LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-_GPT2_NO_TAIL = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
-_DEEPSEEK_LETTERS = (  # escapes where a literal would be changed by Unicode normalization of this source
-    "A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝ"
-    "\u1f5f-\u1f7dᾀ-ᾴᾶ-ᾼ\u1fbeῂ-ῄῆ-ῌ\u1fd0-\u1fd3\u1fd6-\u1fdbῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤ\u2126ℨ\u212a-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄ"
-    "Ⰰ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃")
-
-# GGUF tokenizer.ggml.pre name -> the regexes llama.cpp splits with, in order (each cuts the pieces the
-# previous ones left, keeping matches and the text between them), and whether whole words in the
-# vocabulary skip the merges (Llama 3's `ignore_merges`).
-PRE_TOKENIZERS: dict[str, tuple[tuple[str, ...], bool]] = {
-    "default": ((r"[\p{P}\$\+<=>\^~\|]+", _GPT2_NO_TAIL, r"\p{N}+", "[0-9][0-9][0-9]"), False),
-    "gpt-2": ((GPT2_PATTERN,), False),
-    "llama-bpe": ((LLAMA3_PATTERN,), True),
-    "llama3": ((LLAMA3_PATTERN,), True),
-    "llama-v3": ((LLAMA3_PATTERN,), True),
-    "qwen2": ((QWEN2_PATTERN,), False),
-    "smollm": ((r"\p{N}", _GPT2_NO_TAIL), False),
-    "deepseek-llm": (("[\r\n]", rf"\s?[{_DEEPSEEK_LETTERS}]+", r"\s?[!-/:-~！-／：-～‘-‟　-。]+", r"\s+$",
-                      "[一-龥ࠀ-一가-퟿]+", r"\p{N}+"), False),
-}
+# The normalizer, pre-tokenizer, decoder and post-processor are trees of components (Sequences of Sequences),
+# under 10 levels of JSON in real files. Deeper ones are refused before anything recurses through them (a few
+# hundred levels exhausted Python's recursion limit).
+MAX_COMPONENT_DEPTH = 32
+COMPONENTS = ("normalizer", "pre_tokenizer", "decoder", "post_processor")
 
 # GGUF token types (llama.cpp's llama_token_type)
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
@@ -94,6 +83,9 @@ def load_tokenizer_json(path: str | Path, vocab_size: int | None = None,
     data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         raise TokenizerError(f"{path}: not a tokenizer.json (no 'model' object)")
+    for key in COMPONENTS:
+        if _depth(data.get(key)) > MAX_COMPONENT_DEPTH:
+            raise TokenizerError(f"{path}: {key} is nested more than {MAX_COMPONENT_DEPTH} levels deep")
     try:
         return _build(path, data, vocab_size, config or {})
     except TokenizerError as e:
@@ -205,13 +197,23 @@ def _strips_first_space(decoder: object) -> bool:
     return False
 
 
-def _pattern(node: dict[str, Any], what: str) -> Any:
+def _depth(node: object) -> int:
+    """How deep JSON values nest in `node` (a scalar: 0), found without recursion."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
+def _pattern(node: dict[str, Any], what: str) -> Pattern:
     pattern = node.get("pattern")
     if isinstance(pattern, dict) and isinstance(pattern.get("Regex"), str):
         return compile_pattern(pattern["Regex"], what)
     if isinstance(pattern, dict) and isinstance(pattern.get("String"), str):
-        import regex
-        return regex.compile(regex.escape(pattern["String"]))
+        return literal_pattern(pattern["String"])
     raise TokenizerError(f"{what}: pattern must be {{'Regex': ...}} or {{'String': ...}}, got {pattern!r}")
 
 
@@ -259,7 +261,7 @@ def _normalizer(node: object) -> Normalizer | None:
     if kind in ("NFC", "NFD", "NFKC", "NFKD"):
         return unicode_normalizer(kind)
     if kind == "Lowercase":
-        return str.lower
+        return lowercase_normalizer
     raise TokenizerError(f"normalizer {kind!r} is not supported (llmrun reads Replace, Prepend, NFC, NFD, NFKC, "
                          "NFKD, Lowercase and Sequence)")
 
@@ -321,37 +323,32 @@ def _pre_name(node: object) -> str | None:
 # A model folder
 # ------------------------------------------------------------------------------------------------
 
-def load_folder_tokenizer(folder: Path, vocab_size: int) -> tuple[BPETokenizer | None, dict[str, Any]]:
-    """The tokenizer of a Hugging Face folder and the spec.extra entries it gives: add_bos_token,
-    add_eos_token, chat_template, eog_token_ids; (None, {"tokenizer_problem": why}) without tokenizer.json."""
-    extra: dict[str, Any] = {}
+def load_folder_tokenizer(folder: Path, spec: ModelSpec) -> None:
+    """Fills `spec`'s tokenizer fields from a Hugging Face folder: the tokenizer (else why there is none),
+    add_bos_token, add_eos_token, chat_template and eog_token_ids."""
     config_path = folder / "tokenizer_config.json"
     config = read_json(config_path) if config_path.is_file() else {}
     if not isinstance(config, dict):
         raise TokenizerError(f"{config_path}: must be a JSON object")
-    template = _chat_template(folder, config)
-    if template is not None:
-        extra["chat_template"] = template
+    spec.chat_template = _chat_template(folder, config)
     path = folder / "tokenizer.json"
     if not path.is_file():
         hint = " (a tokenizer.model alone is not read yet)" if (folder / "tokenizer.model").is_file() else ""
-        extra["tokenizer_problem"] = f"{folder}: no tokenizer.json{hint}; pass token ids to logits() instead"
-        return None, extra
-    tok = load_tokenizer_json(path, vocab_size=vocab_size, config=config)
-    extra["add_bos_token"] = tok.add_bos_default
-    extra["add_eos_token"] = tok.add_eos_default
+        spec.tokenizer_problem = f"{folder}: no tokenizer.json{hint}; pass token ids to logits() instead"
+        return
+    tok = load_tokenizer_json(path, vocab_size=spec.config.vocab_size, config=config)
+    spec.tokenizer, spec.add_bos_token, spec.add_eos_token = tok, tok.add_bos_default, tok.add_eos_default
     eog = [] if tok.eos_id is None else [tok.eos_id]
     gen_path = folder / "generation_config.json"
     if gen_path.is_file():
         gen = read_json(gen_path)
         ids = gen.get("eos_token_id") if isinstance(gen, dict) else None
         for i in ids if isinstance(ids, list) else [ids] if ids is not None else []:
-            if not isinstance(i, int) or not 0 <= i < tok.vocab_size:
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < tok.vocab_size:
                 raise TokenizerError(f"{gen_path}: eos_token_id {i!r} is not a token id of the vocabulary")
             if i not in eog:
                 eog.append(i)
-    extra["eog_token_ids"] = eog
-    return tok, extra
+    spec.eog_token_ids = tuple(eog)
 
 
 def _chat_template(folder: Path, config: dict[str, Any]) -> str | None:

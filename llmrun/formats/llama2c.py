@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import ModelFormatError
 from ..quantize import QK
-from ..spec import LayerWeights, ModelConfig, ModelSpec, Tensor
+from ..spec import LayerWeights, ModelConfig, ModelSpec, Tensor, attention_shape_problem
 from .mapping import map_file
 
 MAGIC = 0x616B3432  # "ak42"
@@ -46,7 +46,9 @@ LIMITS = {"dim": 1 << 16, "hidden_dim": 1 << 20, "n_layers": 1 << 10, "n_heads":
 
 
 def load_llama2c(path: str | os.PathLike) -> ModelSpec:
-    """Reads a llama2.c checkpoint; raises ModelFormatError naming the file and field at fault."""
+    """Reads a llama2.c checkpoint; raises ModelFormatError naming the file and field at fault. A legacy (v0)
+    checkpoint has no magic number, so any file without one is read as v0: a header that cannot be one says
+    the file is of no known format."""
     path = Path(path)
     try:
         file_size = path.stat().st_size
@@ -69,6 +71,7 @@ def load_llama2c(path: str | os.PathLike) -> ModelSpec:
         if version == 2:
             group_size = struct.unpack_from("<i", head, 37)[0]  # packed right after the flag byte
             return _build_v2(path, file_size, fields, bool(shared), group_size)
+        _check_header(path, fields)
         return _build(path, file_size, fields, bool(shared), version=1, offset=VERSIONED_HEADER_BYTES)
 
     if len(head) < LEGACY_HEADER_BYTES:
@@ -76,27 +79,37 @@ def load_llama2c(path: str | os.PathLike) -> ModelSpec:
     fields = dict(zip(HEADER_FIELDS, struct.unpack_from("<7i", head), strict=True))
     shared = fields["vocab_size"] > 0  # a negative vocab_size flags a separate classifier
     fields["vocab_size"] = abs(fields["vocab_size"])
+    problem = header_problem(fields)
+    if problem is not None:
+        raise ModelFormatError(f"{path}: not a GGUF / llama2.c / safetensors file: it starts with none of their "
+                               f"magic numbers, and as a legacy llama2.c checkpoint (which has none) its {problem}")
     return _build(path, file_size, fields, shared, version=0, offset=LEGACY_HEADER_BYTES)
 
 
-def _check_header(path: Path, f: dict[str, int]) -> None:
+def header_problem(f: dict[str, int]) -> str | None:
+    """What is wrong with a llama2.c header's fields, or None."""
     for name in HEADER_FIELDS:
         value = f[name]
         if not 0 < value <= LIMITS[name]:
-            raise ModelFormatError(f"{path}: header field {name} = {value} is out of range "
-                                   f"(expected 1..{LIMITS[name]})")
+            return f"header field {name} = {value} is out of range (expected 1..{LIMITS[name]})"
     if f["dim"] % f["n_heads"]:
-        raise ModelFormatError(f"{path}: dim {f['dim']} is not divisible by n_heads {f['n_heads']}")
+        return f"header field dim {f['dim']} is not divisible by n_heads {f['n_heads']}"
     if f["n_heads"] % f["n_kv_heads"]:
-        raise ModelFormatError(
-            f"{path}: n_heads {f['n_heads']} is not divisible by n_kv_heads {f['n_kv_heads']}")
+        return f"header field n_heads {f['n_heads']} is not divisible by n_kv_heads {f['n_kv_heads']}"
     if (f["dim"] // f["n_heads"]) % 2:
-        raise ModelFormatError(f"{path}: head size {f['dim'] // f['n_heads']} (dim / n_heads) must be even")
+        return f"head size {f['dim'] // f['n_heads']} (dim / n_heads) must be even"
+    return attention_shape_problem(f["dim"], f["n_heads"], f["dim"] // f["n_heads"])
+
+
+def _check_header(path: Path, f: dict[str, int]) -> None:
+    problem = header_problem(f)
+    if problem is not None:
+        raise ModelFormatError(f"{path}: {problem}")
 
 
 def _build(path: Path, file_size: int, f: dict[str, int], shared: bool, version: int,
            offset: int) -> ModelSpec:
-    _check_header(path, f)
+    """A v0 or v1 checkpoint whose header fields are checked: its f32 tensors as views of the file."""
     dim, hidden, n_layers = f["dim"], f["hidden_dim"], f["n_layers"]
     vocab, seq_len = f["vocab_size"], f["seq_len"]
     head_dim = dim // f["n_heads"]
@@ -197,7 +210,7 @@ def _build_v2(path: Path, file_size: int, f: dict[str, int], shared: bool, group
             offset += n + 4 * (n // group_size)
         tensors[name] = converted if name in PER_LAYER else converted[0]
     spec = _make_spec(path, file_size, f, "llama2.c v2", tensors, shared)
-    spec.extra["group_size"] = group_size
+    spec.group_size = group_size
     return spec
 
 

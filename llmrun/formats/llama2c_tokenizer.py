@@ -19,7 +19,7 @@ import os
 import struct
 
 from llmrun.errors import TokenizerError
-from llmrun.tokenizer.spm import Tokenizer
+from llmrun.tokenizer.spm import SentencePieceTokenizer
 
 __all__ = ["load_llama2c_tokenizer", "parse_llama2c_tokenizer", "MAX_VOCAB_SIZE", "MAX_FILE_BYTES"]
 
@@ -39,8 +39,8 @@ MIN_VOCAB_SIZE = 3
 """<unk>, <s>, </s> sit at ids 0, 1, 2 in every llama2.c vocabulary."""
 
 
-def load_llama2c_tokenizer(path: str | os.PathLike[str], vocab_size: int | None = None) -> Tokenizer:
-    """Load a llama2.c ``tokenizer.bin`` as a `Tokenizer` (unk 0, BOS 1, EOS 2, byte fallback).
+def load_llama2c_tokenizer(path: str | os.PathLike[str], vocab_size: int | None = None) -> SentencePieceTokenizer:
+    """Load a llama2.c ``tokenizer.bin`` as a `SentencePieceTokenizer` (unk 0, BOS 1, EOS 2, byte fallback).
 
     ``vocab_size`` comes from the model header; the file must hold exactly that many entries.
     With None, entries are read until the end of the file.
@@ -50,7 +50,7 @@ def load_llama2c_tokenizer(path: str | os.PathLike[str], vocab_size: int | None 
     data = _read_limited(name)
     pieces, scores = parse_llama2c_tokenizer(data, name, expected)
     try:
-        return Tokenizer(pieces, scores, bos_id=1, eos_id=2, unk_id=0)
+        return SentencePieceTokenizer(pieces, scores, bos_id=1, eos_id=2, unk_id=0)
     except TokenizerError as exc:
         raise TokenizerError(f"{name}: {exc}") from None
 

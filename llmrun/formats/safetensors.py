@@ -136,6 +136,8 @@ def _entry(path: Path, name: str, info: object, data_start: int, data_size: int)
     if not isinstance(info, dict):
         raise fail("entry must be an object with dtype, shape and data_offsets")
     dtype = info.get("dtype")
+    if not isinstance(dtype, str):  # a list or object would not even be hashable
+        raise fail(f"unknown dtype {dtype!r}")
     if dtype not in DTYPES:
         if dtype in KNOWN_DTYPES:
             raise fail(f"dtype {dtype} is not supported (llmrun reads F32, F16 and BF16)")

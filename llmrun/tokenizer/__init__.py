@@ -1,9 +1,16 @@
-"""SentencePiece-compatible tokenization: `Tokenizer` and its streaming decoder.
+"""Tokenizers: the `Tokenizer` interface, its two implementations and the streaming decoder.
 
-Readers that build a Tokenizer from a file live with the file formats (llmrun.formats).
+- `Tokenizer` (base.py): what every caller uses (encode, decode, special ids, pieces).
+- `SentencePieceTokenizer` (spm.py): SentencePiece BPE with byte fallback (Llama 2, llama2.c, GGUF "llama").
+- `BPETokenizer` (bpe.py): merge-rank BPE as Hugging Face `tokenizers` runs it (tokenizer.json, GGUF "gpt2").
+- `StreamDecoder` (stream.py): token ids in, text out, never half a UTF-8 character.
+
+Readers that build a tokenizer from a file live with the file formats (llmrun.formats).
 """
 
-from llmrun.tokenizer.spm import Tokenizer, TokenType
+from llmrun.tokenizer.base import Tokenizer
+from llmrun.tokenizer.bpe import BPETokenizer
+from llmrun.tokenizer.spm import SentencePieceTokenizer, TokenType
 from llmrun.tokenizer.stream import StreamDecoder
 
-__all__ = ["Tokenizer", "TokenType", "StreamDecoder"]
+__all__ = ["BPETokenizer", "SentencePieceTokenizer", "StreamDecoder", "TokenType", "Tokenizer"]

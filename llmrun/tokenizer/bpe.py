@@ -17,8 +17,8 @@ Word encodings are cached (LRU), since text repeats words a lot.
 
 Decoding gives each id its bytes (`surface`): byte-level tokens map back through the byte table,
 SentencePiece-style tokens turn '▁' into spaces and `<0xNN>` into their byte, special tokens vanish, and
-with `add_dummy_prefix` the first token's leading space is dropped. The interface matches the
-SentencePiece `Tokenizer` (spm.py), so `StreamDecoder` and the generation loop take either.
+with `add_dummy_prefix` the first token's leading space is dropped. It implements the `Tokenizer` interface
+(base.py), as `SentencePieceTokenizer` does, so `StreamDecoder` and the generation loop take either.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import regex
 
 from ..errors import TokenizerError
-from .pretokenize import Identity, Normalizer, PreTokenizer
-from .spm import SurfaceDecoding
+from .base import Tokenizer, check_text
+from .pretokenize import Identity, Normalizer, PreTokenizer, match_deadline
 
 __all__ = ["AddedToken", "BPETokenizer", "bytes_to_unicode"]
 
@@ -68,7 +68,7 @@ class AddedToken:
     rstrip: bool = False
 
 
-class BPETokenizer(SurfaceDecoding):
+class BPETokenizer(Tokenizer):
     """A merge-rank BPE tokenizer (byte-level or SentencePiece-style), with added/special tokens."""
 
     def __init__(
@@ -224,13 +224,8 @@ class BPETokenizer(SurfaceDecoding):
     def encode(self, text: str, add_bos: bool = True, add_eos: bool = False, special: bool = False) -> list[int]:
         """Token ids of `text`, as `tokenizers` gives them; BOS/EOS added when asked and the vocabulary has
         them. Special-token text (e.g. "<|eot_id|>") becomes its token only with `special=True`."""
-        if not isinstance(text, str):
-            raise TypeError(f"encode() expects str, got {type(text).__name__}")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise TokenizerError(f"text cannot be encoded as UTF-8: lone surrogate U+{ord(text[e.start]):04X} at "
-                                 f"index {e.start}") from None
+        check_text(text)
+        deadline = match_deadline(len(text))  # what matching the file's own regular expressions may take
         ids: list[int] = []
         if add_bos and self._bos_id is not None:
             ids.append(self._bos_id)
@@ -239,21 +234,21 @@ class BPETokenizer(SurfaceDecoding):
         if pattern is not None:
             for m in pattern.finditer(text):
                 if m.start() > pos:
-                    self._encode_segment(text[pos:m.start()], pos == 0, ids)
+                    self._encode_segment(text[pos:m.start()], pos == 0, ids, deadline)
                 ids.append(self._added[m.group("t")])
                 pos = m.end()
         if pos < len(text):
-            self._encode_segment(text[pos:], pos == 0, ids)
+            self._encode_segment(text[pos:], pos == 0, ids, deadline)
         if add_eos and self._eos_id is not None:
             ids.append(self._eos_id)
         return ids
 
-    def _encode_segment(self, segment: str, first: bool, out: list[int]) -> None:
+    def _encode_segment(self, segment: str, first: bool, out: list[int], deadline: float) -> None:
         if self._normalizer is not None:
-            segment = self._normalizer(segment)
+            segment = self._normalizer(segment, deadline)
         if not segment:
             return
-        for word in self._pre_tokenizer([segment], first):
+        for word in self._pre_tokenizer([segment], first, deadline):
             if word:
                 out.extend(self._word_ids(word))
 
@@ -379,7 +374,6 @@ class BPETokenizer(SurfaceDecoding):
         if not 0 <= i < self._n:
             raise TokenizerError(f"{name}={i} out of range for a vocabulary of {self._n} tokens")
         return i
-
 
     def __repr__(self) -> str:
         kind = "byte-level" if self._byte_level else "sentencepiece-style"

@@ -19,46 +19,25 @@ byte that is not part of a valid UTF-8 character becomes one U+FFFD.
 
 from __future__ import annotations
 
-import abc
-import codecs
 import enum
 import heapq
 import math
 import operator
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from llmrun.errors import TokenizerError
+from llmrun.tokenizer.base import Tokenizer, check_text
 
-__all__ = ["Tokenizer", "TokenType", "SPM_SPACE", "UNK_SURFACE", "DECODE_ERRORS"]
+__all__ = ["SentencePieceTokenizer", "TokenType", "SPM_SPACE", "UNK_SURFACE"]
 
 SPM_SPACE = "\u2581"
 """SentencePiece's whitespace meta symbol '▁'; stored as a plain space in our pieces."""
 
 UNK_SURFACE = " \u2047 ".encode()
 """What sentencepiece's decoder prints for ``<unk>`` (its default ``unk_surface``, " ⁇ ")."""
-
-DECODE_ERRORS = "llmrun.replace_each_byte"
-"""Codec error handler that replaces each undecodable byte by one U+FFFD (see below)."""
-
-
-def _replace_each_byte(err: UnicodeError) -> tuple[str, int]:
-    """One U+FFFD per invalid byte, as sentencepiece's decoder does.
-
-    Python's own ``errors="replace"`` emits one U+FFFD per *maximal invalid subpart* (b"\\xe4\\xb8A" ->
-    "\\ufffdA"), sentencepiece one per byte ("\\ufffd\\ufffdA").  CPython's UTF-8 decoder reports
-    exactly the bytes of the maximal subpart, none of which can start a valid character, so replacing
-    each of them reproduces sentencepiece's output byte for byte.
-    """
-    if not isinstance(err, UnicodeDecodeError):
-        raise err
-    return "\ufffd" * (err.end - err.start), err.end
-
-
-codecs.register_error(DECODE_ERRORS, _replace_each_byte)
-
 
 class TokenType(enum.IntEnum):
     """Token types, numbered as in sentencepiece's ModelProto and GGUF's ``tokenizer.ggml.token_type``."""
@@ -80,43 +59,7 @@ _BYTE_PIECE = re.compile(rb"<0x([0-9A-F]{2})>\Z")
 _GGUF_UNDEFINED = 0
 
 
-class SurfaceDecoding(abc.ABC):
-    """What both tokenizers (this one and tokenizer/bpe.py's) share: decoding through the per-token
-    `surface` that StreamDecoder uses too, so the two can never disagree, and the check of a token id.
-    Subclasses provide `surface`, `vocab_size` and `add_dummy_prefix`."""
-
-    def decode(self, ids: Iterable[int]) -> str:
-        """Text of ``ids``: control tokens produce nothing, invalid UTF-8 one U+FFFD per byte (as
-        ``sentencepiece``'s ``decode``)."""
-        out = bytearray()
-        at_start = self.add_dummy_prefix
-        for token_id in ids:
-            chunk, at_start = self.surface(token_id, at_start)
-            out += chunk
-        return out.decode("utf-8", errors=DECODE_ERRORS)
-
-    @abc.abstractmethod
-    def surface(self, token_id: int, at_start: bool) -> tuple[bytes, bool]: ...
-
-    @property
-    @abc.abstractmethod
-    def vocab_size(self) -> int: ...
-
-    @property
-    @abc.abstractmethod
-    def add_dummy_prefix(self) -> bool: ...
-
-    def _check_token(self, token_id: int) -> int:
-        try:
-            i = operator.index(token_id)
-        except TypeError:
-            raise TypeError(f"token id must be an integer, got {type(token_id).__name__}") from None
-        if not 0 <= i < self.vocab_size:
-            raise TokenizerError(f"token id {i} out of range: valid ids are 0..{self.vocab_size - 1}")
-        return i
-
-
-class Tokenizer(SurfaceDecoding):
+class SentencePieceTokenizer(Tokenizer):
     """SentencePiece BPE tokenizer over a vocabulary of byte-string pieces (spaces as b' ')."""
 
     def __init__(
@@ -164,7 +107,7 @@ class Tokenizer(SurfaceDecoding):
         scores: Sequence[float] | np.ndarray,
         token_types: Sequence[int] | None = None,
         **kwargs: object,
-    ) -> Tokenizer:
+    ) -> SentencePieceTokenizer:
         """Build from pieces in SentencePiece's own spelling ('▁' for spaces), e.g. a GGUF vocabulary."""
         converted = []
         for i, piece in enumerate(pieces):
@@ -257,9 +200,7 @@ class Tokenizer(SurfaceDecoding):
         without it (the default) such text is ordinary text, so text from users cannot forge control
         tokens.  User-defined pieces are matched either way (sentencepiece's rule).
         """
-        if not isinstance(text, str):
-            raise TypeError(f"encode() expects str, got {type(text).__name__}")
-        _check_encodable(text)
+        check_text(text)
         ids: list[int] = []
         if add_bos and self._bos_id is not None:
             ids.append(self._bos_id)
@@ -541,8 +482,8 @@ class Tokenizer(SurfaceDecoding):
 
     def __repr__(self) -> str:
         return (
-            f"Tokenizer(vocab_size={self.vocab_size}, bos_id={self._bos_id}, eos_id={self._eos_id}, "
-            f"unk_id={self._unk_id}, byte_fallback={self._byte_fallback})"
+            f"SentencePieceTokenizer(vocab_size={self.vocab_size}, bos_id={self._bos_id}, "
+            f"eos_id={self._eos_id}, unk_id={self._unk_id}, byte_fallback={self._byte_fallback})"
         )
 
 
@@ -598,14 +539,3 @@ def _check_types(token_types: Sequence[int], n: int) -> list[int]:
     if len(types) != n:
         raise TokenizerError(f"expected {n} token types (one per piece), got {len(types)}")
     return types
-
-
-def _check_encodable(text: str) -> None:
-    """Reject text that has no UTF-8 form (lone surrogates), naming where the problem is."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        bad = text[exc.start]
-        raise TokenizerError(
-            f"text cannot be encoded as UTF-8: lone surrogate U+{ord(bad):04X} at index {exc.start}"
-        ) from None

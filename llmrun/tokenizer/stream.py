@@ -3,14 +3,15 @@
 Byte-fallback tokens split one character (an emoji, a CJK ideograph) over several ids, and a
 generation loop wants to print text after every token.  Decoding each token on its own would print
 U+FFFD garbage; `StreamDecoder` keeps the incomplete tail of a character back until its last byte
-arrives.  The joined output of `feed` + `flush` equals `Tokenizer.decode` of the same ids.
+arrives.  The joined output of `feed` + `flush` equals `Tokenizer.decode` of the same ids, for
+every tokenizer (both decode through the same `Tokenizer.surface`).
 """
 
 from __future__ import annotations
 
 import codecs
 
-from llmrun.tokenizer.spm import DECODE_ERRORS, Tokenizer
+from llmrun.tokenizer.base import DECODE_ERRORS, Tokenizer
 
 __all__ = ["StreamDecoder"]
 
