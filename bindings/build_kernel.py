@@ -54,6 +54,18 @@ def portable_sources() -> list[str]:
     return sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.c") if p.name not in X86_SOURCES)
 
 
+def targets_x86_64(compiler) -> bool:  # noqa: ANN001 (a distutils CCompiler)
+    """Whether `compiler` builds for x86-64 (not 32-bit x86, not ARM): one tiny test compile."""
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "probe.c"
+        probe.write_text("#if !defined(__x86_64__)\n#error not x86-64\n#endif\nint llm_probe;\n")
+        try:
+            compiler.compile([str(probe)], output_dir=tmp)
+        except CompileError:
+            return False
+    return True
+
+
 class BuildKernel(build_ext):
     """build_ext that also compiles the x86 kernels once per level, when the compiler targets x86-64."""
 
@@ -61,7 +73,7 @@ class BuildKernel(build_ext):
         if self.compiler.compiler_type == "msvc":
             raise PlatformError("llmrun's C library builds with gcc or clang (MinGW-w64 on Windows), not MSVC: "
                                 "its kernels are compiled with GCC-style instruction-set flags")
-        if self._targets_x86_64():
+        if targets_x86_64(self.compiler):
             cflags, _ = compile_args()
             for level, flags in X86_LEVELS.items():
                 ext.extra_objects += self.compiler.compile(
@@ -69,17 +81,6 @@ class BuildKernel(build_ext):
                     macros=[("LLM_X86_LEVEL", level)], include_dirs=[str(CSRC)], extra_postargs=cflags + flags)
             ext.define_macros.append(("LLM_X86_LEVELS", "1"))
         super().build_extension(ext)
-
-    def _targets_x86_64(self) -> bool:
-        """Whether the compiler builds for x86-64 (not 32-bit x86, not ARM): one tiny test compile."""
-        with tempfile.TemporaryDirectory() as tmp:
-            probe = Path(tmp) / "probe.c"
-            probe.write_text("#if !defined(__x86_64__)\n#error not x86-64\n#endif\nint llm_probe;\n")
-            try:
-                self.compiler.compile([str(probe)], output_dir=tmp)
-            except CompileError:
-                return False
-        return True
 
 
 ffibuilder = FFI()

@@ -295,12 +295,54 @@ static int check_config(const llm_config *p, int32_t n_ctx, int32_t n_threads, c
     return 0;
 }
 
-/* calloc(a * b * c floats), NULL on overflow or failure. */
-static float *alloc_floats(size_t a, size_t b, size_t c) {
-    if (b && a > SIZE_MAX / sizeof(float) / b) return NULL;
-    if (c && a * b > SIZE_MAX / sizeof(float) / c) return NULL;
-    size_t n = a * b * c;
-    return calloc(n > 0 ? n : 1, sizeof(float));
+/* The context's float buffers, each (rows, cols) floats: the one list that llm_create allocates and
+   llm_ctx_bytes counts. c may be a scratch struct when only the sizes are wanted. */
+enum { N_BUFFERS = 11 };
+typedef struct {
+    float **ptr;
+    size_t  rows, cols;
+} float_buffer;
+
+static void plan_buffers(llm_ctx *c, const llm_config *p, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
+                         float_buffer out[N_BUFFERS]) {
+    size_t nb = (size_t)n_batch, ctx = (size_t)n_ctx, dim = (size_t)p->dim, hidden = (size_t)p->hidden_dim;
+    size_t q_dim = (size_t)p->n_heads * (size_t)p->head_dim, kv_dim = (size_t)p->n_kv_heads * (size_t)p->head_dim;
+    size_t wide = dim > q_dim ? dim : q_dim, half = (size_t)p->head_dim / 2, layers = (size_t)p->n_layers;
+    float_buffer plan[N_BUFFERS] = {
+        {&c->x, nb, dim}, {&c->xb, nb, wide}, {&c->xb2, nb, dim}, {&c->hb, nb, hidden}, {&c->hb2, nb, hidden},
+        {&c->q, nb, q_dim}, {&c->att, (size_t)n_threads, ctx},
+        {&c->key_cache, layers * ctx, kv_dim}, {&c->value_cache, layers * ctx, kv_dim}, /* n_layers, n_ctx <= 2^31 */
+        {&c->rope_cos, ctx, half}, {&c->rope_sin, ctx, half},
+    };
+    memcpy(out, plan, sizeof plan);
+}
+
+/* Bytes of a (rows, cols) float buffer, or 0 if that overflows. */
+static size_t buffer_bytes(const float_buffer *b) {
+    if (b->cols && b->rows > SIZE_MAX / sizeof(float) / b->cols) return 0;
+    return b->rows * b->cols * sizeof(float);
+}
+
+/* The longest row a product reads: the normed input (dim or q_dim) or the FFN's hidden layer. */
+static int64_t widest_input(const llm_config *p) {
+    int64_t q_dim = (int64_t)p->n_heads * p->head_dim, wide = p->dim > q_dim ? p->dim : q_dim;
+    return wide > p->hidden_dim ? wide : p->hidden_dim;
+}
+
+int64_t llm_ctx_bytes(const llm_config *p, int32_t n_ctx, int32_t n_batch, int32_t n_threads) {
+    if (!p || check_config(p, n_ctx, n_threads, NULL, 0) != 0 || n_batch < 1) return LLM_ERR_INVALID;
+    if (n_batch > n_ctx) n_batch = n_ctx;
+    llm_ctx scratch;
+    float_buffer plan[N_BUFFERS];
+    plan_buffers(&scratch, p, n_ctx, n_batch, n_threads, plan);
+    size_t total = sizeof(llm_ctx) + (size_t)p->n_layers * sizeof(llm_layer);
+    size_t products = llm_products_bytes(llm_kernels_get(llm_isa_best()), n_threads, widest_input(p), n_batch);
+    for (int i = 0; i <= N_BUFFERS; i++) {
+        size_t bytes = i < N_BUFFERS ? buffer_bytes(&plan[i]) : products;
+        if (bytes == 0 || total > (size_t)INT64_MAX - bytes) return LLM_ERR_NOMEM; /* does not fit any memory */
+        total += bytes;
+    }
+    return (int64_t)total;
 }
 
 static void fill_rope_tables(llm_ctx *c, const float *freqs) {
@@ -338,23 +380,17 @@ int llm_create(const llm_config *p, const llm_weights *w, int32_t n_ctx, int32_t
     c->isa = isa;
     c->kernels = kernels;
 
-    size_t dim = p->dim, q_dim = (size_t)p->n_heads * p->head_dim, kv_dim = (size_t)p->n_kv_heads * p->head_dim;
-    c->layers = malloc((size_t)p->n_layers * sizeof *c->layers);
-    size_t nb = (size_t)n_batch;
+    size_t dim = (size_t)p->dim, q_dim = (size_t)p->n_heads * p->head_dim;
     c->xb_width = (int64_t)(dim > q_dim ? dim : q_dim);
-    c->x = alloc_floats(nb, dim, 1);
-    c->xb = alloc_floats(nb, (size_t)c->xb_width, 1);
-    c->xb2 = alloc_floats(nb, dim, 1);
-    c->hb = alloc_floats(nb, (size_t)p->hidden_dim, 1);
-    c->hb2 = alloc_floats(nb, (size_t)p->hidden_dim, 1);
-    c->q = alloc_floats(nb, q_dim, 1);
-    c->att = alloc_floats((size_t)n_threads, (size_t)n_ctx, 1);
-    c->key_cache = alloc_floats((size_t)p->n_layers, (size_t)n_ctx, kv_dim);
-    c->value_cache = alloc_floats((size_t)p->n_layers, (size_t)n_ctx, kv_dim);
-    c->rope_cos = alloc_floats((size_t)n_ctx, (size_t)p->head_dim / 2, 1);
-    c->rope_sin = alloc_floats((size_t)n_ctx, (size_t)p->head_dim / 2, 1);
-    if (!c->layers || !c->x || !c->xb || !c->xb2 || !c->hb || !c->hb2 || !c->q || !c->att || !c->key_cache ||
-        !c->value_cache || !c->rope_cos || !c->rope_sin) {
+    c->layers = malloc((size_t)p->n_layers * sizeof *c->layers);
+    int ok = c->layers != NULL;
+    float_buffer plan[N_BUFFERS];
+    plan_buffers(c, p, n_ctx, n_batch, n_threads, plan);
+    for (int i = 0; i < N_BUFFERS && ok; i++) {
+        size_t bytes = buffer_bytes(&plan[i]);
+        ok = bytes > 0 && (*plan[i].ptr = calloc(1, bytes)) != NULL;
+    }
+    if (!ok) {
         llm_free(c);
         return fail(err, errlen, LLM_ERR_NOMEM, "out of memory allocating the KV cache for %d positions", n_ctx);
     }
@@ -367,8 +403,7 @@ int llm_create(const llm_config *p, const llm_weights *w, int32_t n_ctx, int32_t
         return fail(err, errlen, rc, rc == LLM_ERR_NOMEM ? "out of memory" : "could not start %d threads",
                     n_threads);
     }
-    int64_t widest = c->xb_width > p->hidden_dim ? c->xb_width : p->hidden_dim; /* the longest input row */
-    if ((rc = llm_products_create(kernels, c->pool, widest, n_batch, &c->products)) != 0) {
+    if ((rc = llm_products_create(kernels, c->pool, widest_input(p), n_batch, &c->products)) != 0) {
         llm_free(c);
         return fail(err, errlen, rc, "out of memory");
     }

@@ -145,20 +145,42 @@ void llm_products_run(llm_products *c, int64_t n, const float *x, int64_t ldx, c
     llm_pool_run(c->pool, matmul_worker, &t); /* publishing the task orders the stores above */
 }
 
+/* The sizes of a products' buffers: one place for llm_products_create and llm_products_bytes. */
+typedef struct {
+    size_t chunk_runs, act[LLM_ACT_COUNT], scratch_per_thread, scratch;
+} products_sizes;
+
+static products_sizes sizes_of(const llm_kernels *kernels, int nth, int64_t max_cols, int32_t n_batch) {
+    products_sizes z = {.chunk_runs = (size_t)nth * sizeof(chunk_run)};
+    for (int32_t act = 0; act < LLM_ACT_COUNT; act++) /* f32 input is read where it is */
+        z.act[act] = act == LLM_ACT_F32 ? 0 : (size_t)n_batch * llm_act_bytes(act, max_cols);
+    z.scratch_per_thread = kernels->scratch_bytes ? (kernels->scratch_bytes(max_cols) + 63) / 64 * 64 : 0;
+    z.scratch = (size_t)nth * z.scratch_per_thread + 64;
+    return z; /* bounded by llm_create's checks (int32 sizes): no overflow on 64-bit size_t */
+}
+
+size_t llm_products_bytes(const llm_kernels *kernels, int n_threads, int64_t max_cols, int32_t n_batch) {
+    products_sizes z = sizes_of(kernels, n_threads, max_cols, n_batch);
+    size_t total = sizeof(llm_products) + z.chunk_runs + z.scratch;
+    for (int32_t act = 0; act < LLM_ACT_COUNT; act++) total += z.act[act];
+    return total;
+}
+
 int llm_products_create(const llm_kernels *kernels, llm_pool *pool, int64_t max_cols, int32_t n_batch,
                         llm_products **out) {
     int nth = llm_pool_size(pool);
+    products_sizes z = sizes_of(kernels, nth, max_cols, n_batch);
     llm_products *p = calloc(1, sizeof *p);
     *out = NULL;
     if (!p) return LLM_ERR_NOMEM;
     p->kernels = kernels;
     p->pool = pool;
-    p->chunk_runs = aligned_alloc(_Alignof(chunk_run), (size_t)nth * sizeof *p->chunk_runs);
+    p->chunk_runs = aligned_alloc(_Alignof(chunk_run), z.chunk_runs);
     int ok = p->chunk_runs != NULL;
-    for (int32_t act = 0; act < LLM_ACT_COUNT; act++) /* sizes bounded by llm_create's checks */
-        if (act != LLM_ACT_F32) ok = ok && (p->act[act] = malloc((size_t)n_batch * llm_act_bytes(act, max_cols))) != NULL;
-    p->scratch_bytes = kernels->scratch_bytes ? (kernels->scratch_bytes(max_cols) + 63) / 64 * 64 : 0;
-    p->scratch = aligned_alloc(64, (size_t)nth * p->scratch_bytes + 64);
+    for (int32_t act = 0; act < LLM_ACT_COUNT; act++)
+        if (z.act[act]) ok = ok && (p->act[act] = malloc(z.act[act])) != NULL;
+    p->scratch_bytes = z.scratch_per_thread;
+    p->scratch = aligned_alloc(64, z.scratch);
     if (!ok || !p->scratch) {
         llm_products_free(p);
         return LLM_ERR_NOMEM;

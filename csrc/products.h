@@ -29,6 +29,9 @@ int  llm_products_create(const llm_kernels *kernels, llm_pool *pool, int64_t max
                          llm_products **out);
 void llm_products_free(llm_products *p);
 
+/* The bytes llm_products_create allocates for these sizes (0 if they overflow). */
+size_t llm_products_bytes(const llm_kernels *kernels, int n_threads, int64_t max_cols, int32_t n_batch);
+
 /* The n_products (1 to LLM_MAX_PRODUCTS) products of the n tokens of x (rows ldx floats apart), which they
    share: q, k, v or gate, up. Sharing one call means one pass of quantizing x and one dispatch to the pool. */
 void llm_products_run(llm_products *p, int64_t n, const float *x, int64_t ldx, const llm_product *products,
