@@ -1,20 +1,34 @@
 """cffi builder (API mode, out-of-line): compiles csrc/ into the extension module `llmrun._kernel`.
 
-setup.py names this file in `cffi_modules`, so `pip install .` runs it. Build switches (environment):
+setup.py names this file in `cffi_modules` and uses its `BuildKernel` command, so `pip install .` runs both.
+The portable sources are compiled for the baseline of the target; on x86-64 the kernels in X86_SOURCES are
+compiled once more per instruction-set level with that level's flags (csrc/kernels_x86.h explains why), and
+the library picks a level at run time from the CPU's features. Build switches (environment):
 - LLMRUN_NATIVE=1   add -march=native (local experiments only: the result runs on this CPU alone)
 - LLMRUN_SANITIZE=1 build with -fsanitize=address,undefined (for the sanitizer test run)
+gcc and clang are supported; MSVC is refused with a message.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 from cffi import FFI
+from setuptools.command.build_ext import build_ext
+from setuptools.errors import CompileError, PlatformError
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
+
+# The x86-64 kernels and each level's flags; a level's name is its llm_isa_name (csrc/cpu.c).
+X86_SOURCES = ["kernels_x86.c", "kernels_x86_float.c", "kernels_x86_int8.c"]
+X86_LEVELS = {
+    "avx2": ["-mavx2", "-mfma", "-mf16c"],
+    "avx512vnni": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"],
+}
 
 
 def header_declarations(path: Path) -> str:
@@ -35,17 +49,48 @@ def compile_args() -> tuple[list[str], list[str]]:
     return cflags, ldflags
 
 
+def portable_sources() -> list[str]:
+    """Every csrc/*.c but the per-level x86 kernels, as paths relative to the project root."""
+    return sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.c") if p.name not in X86_SOURCES)
+
+
+def targets_x86_64(compiler) -> bool:  # noqa: ANN001 (a distutils CCompiler)
+    """Whether `compiler` builds for x86-64 (not 32-bit x86, not ARM): one tiny test compile."""
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "probe.c"
+        probe.write_text("#if !defined(__x86_64__)\n#error not x86-64\n#endif\nint llm_probe;\n")
+        try:
+            compiler.compile([str(probe)], output_dir=tmp)
+        except CompileError:
+            return False
+    return True
+
+
+class BuildKernel(build_ext):
+    """build_ext that also compiles the x86 kernels once per level, when the compiler targets x86-64."""
+
+    def build_extension(self, ext) -> None:  # noqa: ANN001 (setuptools' Extension)
+        if self.compiler.compiler_type == "msvc":
+            raise PlatformError("llmrun's C library builds with gcc or clang (MinGW-w64 on Windows), not MSVC: "
+                                "its kernels are compiled with GCC-style instruction-set flags")
+        if targets_x86_64(self.compiler):
+            cflags, _ = compile_args()
+            for level, flags in X86_LEVELS.items():
+                ext.extra_objects += self.compiler.compile(
+                    [str(CSRC / s) for s in X86_SOURCES], output_dir=os.path.join(self.build_temp, level),
+                    macros=[("LLM_X86_LEVEL", level)], include_dirs=[str(CSRC)], extra_postargs=cflags + flags)
+            ext.define_macros.append(("LLM_X86_LEVELS", "1"))
+        super().build_extension(ext)
+
+
 ffibuilder = FFI()
 ffibuilder.cdef(header_declarations(CSRC / "llmrun.h"))
 _cflags, _ldflags = compile_args()
 ffibuilder.set_source(
     "llmrun._kernel",
     '#include "llmrun.h"',
-    sources=sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.c")),
+    sources=portable_sources(),
     include_dirs=[str(CSRC.relative_to(ROOT))],
     extra_compile_args=_cflags,
     extra_link_args=_ldflags,
 )
-
-if __name__ == "__main__":
-    ffibuilder.compile(verbose=True)

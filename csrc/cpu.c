@@ -1,62 +1,79 @@
 /*
- * cpu.c: which instruction sets this CPU has, and the dispatch from (type, isa) to kernels.
+ * cpu.c: the instruction-set levels, which of them this CPU has, and the weight types' public description.
  *
- * A built package must run on any CPU of its architecture, so the library is compiled for the baseline
- * and the AVX2 kernels carry their own target attributes; the choice happens here, at run time.
+ * A built package must run on any CPU of its architecture, so this file is compiled for the baseline; each
+ * x86 level's kernels are compiled separately with that level's flags (kernels_x86.h) and are reached only
+ * through their table, here, once the CPU has been asked whether it has the level's instructions.
+ * LLM_X86_LEVELS is defined by the build where it compiled them (x86-64 with gcc or clang).
  */
+#include <stddef.h>
+
 #include "kernels.h"
 
-int32_t llm_isa_best(void) {
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+typedef struct {
+    const char        *name;    /* as llm_isa_name reports it */
+    const llm_kernels *kernels; /* NULL: not in this build */
+    int (*cpu_has)(void);       /* whether this CPU (and its OS) runs the level's instructions */
+} isa_level;
+
+static int always(void) { return 1; }
+
+#ifdef LLM_X86_LEVELS
+#include <cpuid.h>
+
+/* F16C from CPUID leaf 1 (clang's __builtin_cpu_supports does not know "f16c"). */
+static int has_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+
+static int has_avx2(void) {
     __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !__builtin_cpu_supports("f16c"))
-        return LLM_ISA_SCALAR;
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
-        return LLM_ISA_AVX512VNNI;
-    return LLM_ISA_AVX2;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c();
+}
+
+static int has_avx512vnni(void) {
+    return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+}
 #endif
+
+static const isa_level LEVELS[LLM_ISA_COUNT] = {
+    [LLM_ISA_SCALAR] = {"scalar", &llm_kernels_scalar, always},
+#ifdef LLM_X86_LEVELS
+    [LLM_ISA_AVX2] = {"avx2", &llm_kernels_avx2, has_avx2},
+    [LLM_ISA_AVX512VNNI] = {"avx512vnni", &llm_kernels_avx512vnni, has_avx512vnni},
+#else
+    [LLM_ISA_AVX2] = {"avx2", NULL, NULL},
+    [LLM_ISA_AVX512VNNI] = {"avx512vnni", NULL, NULL},
+#endif
+};
+
+/* The levels from the most to the least preferred: llm_isa_best takes the first this CPU has. */
+static const int32_t PREFERENCE[] = {LLM_ISA_AVX512VNNI, LLM_ISA_AVX2, LLM_ISA_SCALAR};
+_Static_assert(sizeof PREFERENCE / sizeof PREFERENCE[0] == LLM_ISA_COUNT, "every level has a rank");
+
+int32_t llm_isa_supported(int32_t isa) {
+    if (isa < 0 || isa >= LLM_ISA_COUNT) return 0;
+    const isa_level *level = &LEVELS[isa];
+    return level->kernels != NULL && level->cpu_has();
+}
+
+int32_t llm_isa_best(void) {
+    for (size_t i = 0; i < sizeof PREFERENCE / sizeof PREFERENCE[0]; i++)
+        if (llm_isa_supported(PREFERENCE[i])) return PREFERENCE[i];
     return LLM_ISA_SCALAR;
 }
 
-const char *llm_isa_name(int32_t isa) {
-    switch (isa) {
-    case LLM_ISA_SCALAR: return "scalar";
-    case LLM_ISA_AVX2: return "avx2";
-    case LLM_ISA_AVX512VNNI: return "avx512vnni";
-    default: return NULL;
-    }
-}
+const char *llm_isa_name(int32_t isa) { return isa >= 0 && isa < LLM_ISA_COUNT ? LEVELS[isa].name : NULL; }
 
-int32_t llm_isa_supported(int32_t isa) {
-    int32_t best = llm_isa_best();
-    return isa == LLM_ISA_SCALAR || (isa >= LLM_ISA_SCALAR && isa < LLM_ISA_COUNT && isa <= best);
-}
+const llm_kernels *llm_kernels_get(int32_t isa) { return llm_isa_supported(isa) ? LEVELS[isa].kernels : NULL; }
 
-const char *llm_type_name(int32_t type) {
-    llm_type_traits t;
-    return llm_type_traits_get(type, LLM_ISA_SCALAR, &t) == 0 ? t.name : NULL;
-}
+const char *llm_type_name(int32_t type) { return type >= 0 && type < LLM_TYPE_COUNT ? llm_types[type].name : NULL; }
 
 int llm_type_layout(int32_t type, int64_t *block_elems, int64_t *block_bytes) {
-    llm_type_traits t;
-    if (llm_type_traits_get(type, LLM_ISA_SCALAR, &t) != 0) return LLM_ERR_INVALID;
-    if (block_elems) *block_elems = t.block_elems;
-    if (block_bytes) *block_bytes = (int64_t)t.block_bytes;
+    if (type < 0 || type >= LLM_TYPE_COUNT) return LLM_ERR_INVALID;
+    if (block_elems) *block_elems = llm_types[type].block_elems;
+    if (block_bytes) *block_bytes = (int64_t)llm_types[type].block_bytes;
     return 0;
-}
-
-int llm_type_traits_get(int32_t type, int32_t isa, llm_type_traits *out) {
-    if (!llm_isa_supported(isa)) return LLM_ERR_INVALID;
-    int rc;
-    switch (type) {
-    case LLM_F32: rc = llm_f32_traits(isa, out); break;
-    case LLM_F16: rc = llm_f16_traits(isa, out); break;
-    case LLM_BF16: rc = llm_bf16_traits(isa, out); break;
-    case LLM_Q8_0: rc = llm_q8_0_traits(isa, out); break;
-    case LLM_Q4_0: rc = llm_q4_0_traits(isa, out); break;
-    default: return LLM_ERR_INVALID;
-    }
-    out->matmul = llm_matmul_get(type, isa);
-    return rc;
 }

@@ -3,8 +3,10 @@
  * (RMSNorm, rotary position embeddings, grouped-query attention over a KV cache, SwiGLU feed-forward)
  * and produce the logits of the next token. Weights are borrowed; everything else lives in llm_ctx.
  *
- * The matrix products go through the kernels of each tensor's type (kernels.h) and are split across
- * the thread pool by rows; this file only says *what* is computed, in the order the math does it.
+ * The matrix products go through the kernels of each tensor's type (kernels.h, products.h) and are
+ * split across the thread pool by rows; this file only says *what* is computed, in the order the math
+ * does it. A batch of n tokens goes through each layer together: every activation is a matrix with a row
+ * per token, and each weight matrix is read once per batch.
  */
 #include <math.h>
 #include <stdarg.h>
@@ -18,26 +20,25 @@
 #include "threadpool.h"
 
 struct llm_ctx {
-    llm_config      cfg;
-    llm_weights     w;
-    llm_layer      *layers;                 /* our copy of the caller's layer table */
-    int32_t         n_ctx;                  /* positions the KV cache holds */
-    int32_t         isa;
-    llm_type_traits traits[LLM_TYPE_COUNT]; /* kernels for each weight type, for `isa` */
-    llm_vec_ops     vec;
-    llm_pool       *pool;
-    llm_products   *products;               /* the matrix products, shared out among the pool's threads */
+    llm_config         cfg;
+    llm_weights        w;
+    llm_layer         *layers;   /* our copy of the caller's layer table */
+    int32_t            n_ctx;    /* positions the KV cache holds */
+    int32_t            isa;
+    const llm_kernels *kernels;  /* the kernels of `isa` */
+    llm_pool          *pool;
+    llm_products      *products; /* the matrix products, shared out among the pool's threads */
 
     /* activations of the current batch: a row per token */
-    int32_t n_batch;   /* the most tokens a batch holds */
-    int64_t xb_width;  /* max(dim, q_dim): the row length of xb */
-    float *x;    /* (n_batch, dim) residual stream */
-    float *xb;   /* (n_batch, xb_width) normed input / attention output */
-    float *xb2;  /* (n_batch, dim) output of a block before it is added to the residual */
-    float *hb;   /* (n_batch, hidden_dim) gate, then SwiGLU output */
-    float *hb2;  /* (n_batch, hidden_dim) up projection */
-    float *q;    /* (n_batch, q_dim) queries */
-    float *att;  /* (n_threads, n_ctx) attention scores, a row per thread */
+    int32_t n_batch;  /* the most tokens a batch holds */
+    int64_t xb_width; /* max(dim, q_dim): the row length of xb */
+    float *x;   /* (n_batch, dim) residual stream */
+    float *xb;  /* (n_batch, xb_width) normed input of a block; the attention's output */
+    float *xb2; /* (n_batch, dim) output of a block before it is added to the residual */
+    float *hb;  /* (n_batch, hidden_dim) gate, then SwiGLU output */
+    float *hb2; /* (n_batch, hidden_dim) up projection */
+    float *q;   /* (n_batch, q_dim) queries */
+    float *att; /* (n_threads, n_ctx) attention scores, a row per thread */
 
     float *key_cache;   /* (n_layers, n_ctx, kv_dim) */
     float *value_cache; /* (n_layers, n_ctx, kv_dim) */
@@ -92,162 +93,105 @@ static void add_bias(float *x, const llm_tensor *bias) {
         for (int64_t i = 0; i < bias->cols; i++) x[i] += b[i];
 }
 
+static void add(float *x, const float *y, int n) {
+    for (int i = 0; i < n; i++) x[i] += y[i];
+}
+
+/* Where layer l keeps the key (or value) of a position: the row of a (n_layers, n_ctx, kv_dim) cache. */
+static float *kv_row(const llm_ctx *c, float *cache, int layer, int32_t position) {
+    size_t kv_dim = (size_t)c->cfg.n_kv_heads * c->cfg.head_dim;
+    return cache + ((size_t)layer * c->n_ctx + (size_t)position) * kv_dim;
+}
+
 /* ---------------------------------------------------------------------------------------------------- */
-/* parallel tasks (the matrix products are in products.c) */
+/* attention, shared out among the threads */
 
 typedef struct {
     llm_ctx   *c;
     int        layer, pos, n;
-    atomic_int next;
+    atomic_int next; /* the next (token, head) pair to claim */
 } attention_task;
 
-/* Each (token, query head) pair attends over positions 0..pos+token of its key/value head; the pairs
-   are shared out among the threads, each with its own row of scores. */
+/* Each (token, query head) pair attends over positions 0..pos+token of its key/value head; the pairs are
+   shared out among the threads, each with its own row of scores. */
 static void attention_worker(void *arg, int ith, int nth) {
     (void)nth;
     attention_task *t = arg;
     llm_ctx *c = t->c;
     const llm_config *p = &c->cfg;
     int hd = p->head_dim, q_dim = p->n_heads * hd, kv_dim = p->n_kv_heads * hd, group = p->n_heads / p->n_kv_heads;
-    size_t layer_off = (size_t)t->layer * c->n_ctx * kv_dim;
     float scale = 1.0f / sqrtf((float)hd);
     float *att = c->att + (size_t)ith * c->n_ctx;
+    const float *keys = kv_row(c, c->key_cache, t->layer, 0), *values = kv_row(c, c->value_cache, t->layer, 0);
     for (int i; (i = atomic_fetch_add_explicit(&t->next, 1, memory_order_relaxed)) < t->n * p->n_heads;) {
         int token = i / p->n_heads, h = i % p->n_heads, last = t->pos + token;
         const float *q = c->q + (size_t)token * q_dim + (size_t)h * hd;
-        size_t kv_off = layer_off + (size_t)(h / group) * hd;
-        c->vec.scores(att, q, c->key_cache + kv_off, kv_dim, last + 1, hd, scale);
-        c->vec.softmax(att, last + 1);
+        size_t kv_head = (size_t)(h / group) * hd;
+        c->kernels->vec.scores(att, q, keys + kv_head, kv_dim, last + 1, hd, scale);
+        c->kernels->vec.softmax(att, last + 1);
         float *out = c->xb + (size_t)token * c->xb_width + (size_t)h * hd;
-        c->vec.weighted_sum(out, att, c->value_cache + kv_off, kv_dim, last + 1, hd);
+        c->kernels->vec.weighted_sum(out, att, values + kv_head, kv_dim, last + 1, hd);
     }
+}
+
+/* xb = softmax(q k^T / sqrt(head_dim)) v for each query head of the n tokens at positions pos.., over the
+   keys and values of layer l's cache up to each token's own position (causal). */
+static void attention(llm_ctx *c, int layer, int32_t pos, int n) {
+    attention_task task = {c, layer, pos, n, 0};
+    llm_pool_run(c->pool, attention_worker, &task);
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
 /* the forward pass */
-
-/* The steps between the products work on each token's row alone; a batch's rows are shared out among
-   the threads (one token runs on the calling thread: waking the pool would cost more than the work). */
-typedef struct {
-    llm_ctx         *c;
-    const llm_layer *L;
-    const int32_t   *tokens;
-    int32_t          pos; /* of token 0 */
-    int              n;
-    void (*step)(llm_ctx *c, const llm_layer *L, const int32_t *tokens, int32_t pos, int t);
-    atomic_int       next; /* the next token to claim */
-} token_task;
-
-static void token_worker(void *arg, int ith, int nth) {
-    (void)ith, (void)nth;
-    token_task *t = arg;
-    for (int i; (i = atomic_fetch_add_explicit(&t->next, 1, memory_order_relaxed)) < t->n;)
-        t->step(t->c, t->L, t->tokens, t->pos, i);
-}
-
-static void for_each_token(llm_ctx *c, const llm_layer *L, const int32_t *tokens, int32_t pos, int n,
-                           void (*step)(llm_ctx *, const llm_layer *, const int32_t *, int32_t, int)) {
-    token_task task = {c, L, tokens, pos, n, step, 0};
-    if (n == 1) step(c, L, tokens, pos, 0);
-    else llm_pool_run(c->pool, token_worker, &task);
-}
-
-static size_t kv_slot(const llm_ctx *c, const llm_layer *L, int32_t position) {
-    size_t kv_dim = (size_t)c->cfg.n_kv_heads * c->cfg.head_dim;
-    return ((size_t)(L - c->layers) * c->n_ctx + (size_t)position) * kv_dim;
-}
-
-static void embed(llm_ctx *c, const llm_layer *L, const int32_t *tokens, int32_t pos, int t) {
-    (void)L, (void)pos;
-    const llm_tensor *emb = &c->w.token_embd;
-    c->traits[emb->type].get_row(c->x + (size_t)t * c->cfg.dim, emb->data, tokens[t], c->cfg.dim);
-}
-
-static void attention_input(llm_ctx *c, const llm_layer *L, const int32_t *tokens, int32_t pos, int t) {
-    (void)tokens, (void)pos;
-    rmsnorm(c->xb + t * c->xb_width, c->x + (size_t)t * c->cfg.dim, L->attn_norm.data, c->cfg.dim, c->cfg.norm_eps);
-}
-
-/* The projections' biases (Qwen2), then the queries' and keys' rotation by their positions. */
-static void position_qk(llm_ctx *c, const llm_layer *L, const int32_t *tokens, int32_t pos, int t) {
-    (void)tokens;
-    const llm_config *p = &c->cfg;
-    float *q = c->q + (size_t)t * p->n_heads * p->head_dim;
-    float *k = c->key_cache + kv_slot(c, L, pos + t), *v = c->value_cache + kv_slot(c, L, pos + t);
-    add_bias(q, &L->bq);
-    add_bias(k, &L->bk);
-    add_bias(v, &L->bv);
-    rope(c, q, p->n_heads, pos + t);
-    rope(c, k, p->n_kv_heads, pos + t);
-}
-
-/* x += a block's output (in xb2). */
-static void add_block_output(llm_ctx *c, const llm_layer *L, const int32_t *tokens, int32_t pos, int t) {
-    (void)L, (void)tokens, (void)pos;
-    float *x = c->x + (size_t)t * c->cfg.dim, *out = c->xb2 + (size_t)t * c->cfg.dim;
-    for (int i = 0; i < c->cfg.dim; i++) x[i] += out[i];
-}
-
-/* x += the attention block's output; then the feed-forward block's normed input. */
-static void ffn_input(llm_ctx *c, const llm_layer *L, const int32_t *tokens, int32_t pos, int t) {
-    add_block_output(c, L, tokens, pos, t);
-    rmsnorm(c->xb + t * c->xb_width, c->x + (size_t)t * c->cfg.dim, L->ffn_norm.data, c->cfg.dim, c->cfg.norm_eps);
-}
-
-static void swiglu(llm_ctx *c, const llm_layer *L, const int32_t *tokens, int32_t pos, int t) {
-    (void)L, (void)tokens, (void)pos;
-    size_t row = (size_t)t * c->cfg.hidden_dim;
-    c->vec.swiglu(c->hb + row, c->hb2 + row, c->cfg.hidden_dim);
-}
-
-static void output_norm(llm_ctx *c, const llm_layer *L, const int32_t *tokens, int32_t pos, int t) {
-    (void)L, (void)tokens, (void)pos;
-    float *x = c->x + (size_t)t * c->cfg.dim;
-    rmsnorm(x, x, c->w.output_norm.data, c->cfg.dim, c->cfg.norm_eps);
-}
-
-/* out = x @ w^T for up to three products that share x (n rows, ldx floats apart), see products.h */
-#define PRODUCT(out, ldo, w) ((llm_product){(out), (ldo), (w)})
-#define NONE LLM_NO_PRODUCT
-
-static void matmul(llm_ctx *c, int n, const float *x, int64_t ldx, llm_product a, llm_product b, llm_product d) {
-    llm_products_run(c->products, n, x, ldx, a, b, d);
-}
 
 /* n <= n_batch tokens at positions pos.. through every layer together; logits for the last token, for
    all of them (all_logits), or none (logits == NULL). */
 static void forward_batch(llm_ctx *c, const int32_t *tokens, int n, int32_t pos, float *logits, int all_logits) {
     const llm_config *p = &c->cfg;
     int64_t dim = p->dim, q_dim = (int64_t)p->n_heads * p->head_dim, kv_dim = (int64_t)p->n_kv_heads * p->head_dim;
-    int64_t hid = p->hidden_dim, wide = c->xb_width;
+    int64_t hidden = p->hidden_dim, wide = c->xb_width;
+    float *x = c->x, *xb = c->xb, *xb2 = c->xb2, *hb = c->hb, *hb2 = c->hb2, *q = c->q;
 
-    for_each_token(c, NULL, tokens, pos, n, embed);
+    const llm_tensor *embedding = &c->w.token_embd;
+    for (int t = 0; t < n; t++) /* x (n, dim) = the tokens' rows of the embedding */
+        llm_types[embedding->type].get_row(x + t * dim, embedding->data, tokens[t], dim);
+
     for (int l = 0; l < p->n_layers; l++) {
         const llm_layer *L = &c->layers[l];
+        /* this batch's keys and values go straight into their positions' rows of the cache */
+        float *k = kv_row(c, c->key_cache, l, pos), *v = kv_row(c, c->value_cache, l, pos); /* (n, kv_dim) */
 
-        /* attention: the new keys and values go straight into their positions' cache slots */
-        for_each_token(c, L, tokens, pos, n, attention_input);
-        float *k = c->key_cache + kv_slot(c, L, pos), *v = c->value_cache + kv_slot(c, L, pos);
-        matmul(c, n, c->xb, wide, PRODUCT(c->q, q_dim, &L->wq), PRODUCT(k, kv_dim, &L->wk), PRODUCT(v, kv_dim, &L->wv));
-        for_each_token(c, L, tokens, pos, n, position_qk);
-        attention_task at = {c, l, pos, n, 0};
-        llm_pool_run(c->pool, attention_worker, &at);
-        matmul(c, n, c->xb, wide, PRODUCT(c->xb2, dim, &L->wo), NONE, NONE);
+        /* attention block: x += attention(rmsnorm(x)) Wo */
+        for (int t = 0; t < n; t++) /* xb (n, dim) */
+            rmsnorm(xb + t * wide, x + t * dim, L->attn_norm.data, p->dim, p->norm_eps);
+        llm_product qkv[] = {{q, q_dim, &L->wq}, {k, kv_dim, &L->wk}, {v, kv_dim, &L->wv}};
+        llm_products_run(c->products, n, xb, wide, qkv, 3); /* q (n, q_dim), k and v (n, kv_dim) */
+        for (int t = 0; t < n; t++) {
+            add_bias(q + t * q_dim, &L->bq); /* Qwen2 */
+            add_bias(k + t * kv_dim, &L->bk);
+            add_bias(v + t * kv_dim, &L->bv);
+            rope(c, q + t * q_dim, p->n_heads, pos + t);
+            rope(c, k + t * kv_dim, p->n_kv_heads, pos + t);
+        }
+        attention(c, l, pos, n);                                                /* xb (n, q_dim) */
+        llm_products_run(c->products, n, xb, wide, &(llm_product){xb2, dim, &L->wo}, 1); /* xb2 (n, dim) */
+        for (int t = 0; t < n; t++) add(x + t * dim, xb2 + t * dim, p->dim);
 
-        /* feed-forward: w_down(silu(w_gate(x)) * w_up(x)) */
-        for_each_token(c, L, tokens, pos, n, ffn_input);
-        matmul(c, n, c->xb, wide, PRODUCT(c->hb, hid, &L->w_gate), PRODUCT(c->hb2, hid, &L->w_up), NONE);
-        for_each_token(c, L, tokens, pos, n, swiglu);
-        matmul(c, n, c->hb, hid, PRODUCT(c->xb2, dim, &L->w_down), NONE, NONE);
-        for_each_token(c, L, tokens, pos, n, add_block_output); /* x += the feed-forward block's output */
+        /* feed-forward block: x += (silu(xb W_gate) * xb W_up) W_down, xb = rmsnorm(x) */
+        for (int t = 0; t < n; t++) /* xb (n, dim) */
+            rmsnorm(xb + t * wide, x + t * dim, L->ffn_norm.data, p->dim, p->norm_eps);
+        llm_product gate_up[] = {{hb, hidden, &L->w_gate}, {hb2, hidden, &L->w_up}};
+        llm_products_run(c->products, n, xb, wide, gate_up, 2);                /* hb, hb2 (n, hidden) */
+        for (int t = 0; t < n; t++) c->kernels->vec.swiglu(hb + t * hidden, hb2 + t * hidden, hidden);
+        llm_products_run(c->products, n, hb, hidden, &(llm_product){xb2, dim, &L->w_down}, 1); /* xb2 (n, dim) */
+        for (int t = 0; t < n; t++) add(x + t * dim, xb2 + t * dim, p->dim);
     }
 
     if (!logits) return;
-    int first = all_logits ? 0 : n - 1; /* the classifier only runs where logits are wanted */
-    if (all_logits) for_each_token(c, NULL, tokens, pos, n, output_norm);
-    else output_norm(c, NULL, tokens, pos, first);
-    const llm_tensor *cls = c->w.output.data ? &c->w.output : &c->w.token_embd;
-    matmul(c, n - first, c->x + first * dim, dim, PRODUCT(logits, p->vocab_size, cls), NONE, NONE);
+    int first = all_logits ? 0 : n - 1; /* the final norm and the classifier only run where logits are wanted */
+    for (int t = first; t < n; t++) rmsnorm(x + t * dim, x + t * dim, c->w.output_norm.data, p->dim, p->norm_eps);
+    const llm_tensor *classifier = c->w.output.data ? &c->w.output : &c->w.token_embd;
+    llm_products_run(c->products, n - first, x + first * dim, dim, &(llm_product){logits, p->vocab_size, classifier}, 1);
 }
 
 int llm_forward(llm_ctx *c, const int32_t *tokens, int32_t n_tokens, int32_t pos, float *logits,
@@ -287,11 +231,10 @@ static int check_tensor(const llm_tensor *t, const char *name, int layer, int64_
     if (t->rows != rows || t->cols != cols)
         return fail(err, errlen, LLM_ERR_INVALID, "%s: shape (%lld, %lld), expected (%lld, %lld)", where,
                     (long long)t->rows, (long long)t->cols, (long long)rows, (long long)cols);
-    llm_type_traits traits;
-    llm_type_traits_get(t->type, LLM_ISA_SCALAR, &traits);
-    if (cols % traits.block_elems != 0)
+    const llm_type_info *type = &llm_types[t->type];
+    if (cols % type->block_elems != 0)
         return fail(err, errlen, LLM_ERR_INVALID, "%s: %lld columns is not a whole number of %s blocks of %lld",
-                    where, (long long)cols, traits.name, (long long)traits.block_elems);
+                    where, (long long)cols, type->name, (long long)type->block_elems);
     return 0;
 }
 
@@ -352,12 +295,54 @@ static int check_config(const llm_config *p, int32_t n_ctx, int32_t n_threads, c
     return 0;
 }
 
-/* calloc(a * b * c floats), NULL on overflow or failure. */
-static float *alloc_floats(size_t a, size_t b, size_t c) {
-    if (b && a > SIZE_MAX / sizeof(float) / b) return NULL;
-    if (c && a * b > SIZE_MAX / sizeof(float) / c) return NULL;
-    size_t n = a * b * c;
-    return calloc(n > 0 ? n : 1, sizeof(float));
+/* The context's float buffers, each (rows, cols) floats: the one list that llm_create allocates and
+   llm_ctx_bytes counts. c may be a scratch struct when only the sizes are wanted. */
+enum { N_BUFFERS = 11 };
+typedef struct {
+    float **ptr;
+    size_t  rows, cols;
+} float_buffer;
+
+static void plan_buffers(llm_ctx *c, const llm_config *p, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
+                         float_buffer out[N_BUFFERS]) {
+    size_t nb = (size_t)n_batch, ctx = (size_t)n_ctx, dim = (size_t)p->dim, hidden = (size_t)p->hidden_dim;
+    size_t q_dim = (size_t)p->n_heads * (size_t)p->head_dim, kv_dim = (size_t)p->n_kv_heads * (size_t)p->head_dim;
+    size_t wide = dim > q_dim ? dim : q_dim, half = (size_t)p->head_dim / 2, layers = (size_t)p->n_layers;
+    float_buffer plan[N_BUFFERS] = {
+        {&c->x, nb, dim}, {&c->xb, nb, wide}, {&c->xb2, nb, dim}, {&c->hb, nb, hidden}, {&c->hb2, nb, hidden},
+        {&c->q, nb, q_dim}, {&c->att, (size_t)n_threads, ctx},
+        {&c->key_cache, layers * ctx, kv_dim}, {&c->value_cache, layers * ctx, kv_dim}, /* n_layers, n_ctx <= 2^31 */
+        {&c->rope_cos, ctx, half}, {&c->rope_sin, ctx, half},
+    };
+    memcpy(out, plan, sizeof plan);
+}
+
+/* Bytes of a (rows, cols) float buffer, or 0 if that overflows. */
+static size_t buffer_bytes(const float_buffer *b) {
+    if (b->cols && b->rows > SIZE_MAX / sizeof(float) / b->cols) return 0;
+    return b->rows * b->cols * sizeof(float);
+}
+
+/* The longest row a product reads: the normed input (dim or q_dim) or the FFN's hidden layer. */
+static int64_t widest_input(const llm_config *p) {
+    int64_t q_dim = (int64_t)p->n_heads * p->head_dim, wide = p->dim > q_dim ? p->dim : q_dim;
+    return wide > p->hidden_dim ? wide : p->hidden_dim;
+}
+
+int64_t llm_ctx_bytes(const llm_config *p, int32_t n_ctx, int32_t n_batch, int32_t n_threads) {
+    if (!p || check_config(p, n_ctx, n_threads, NULL, 0) != 0 || n_batch < 1) return LLM_ERR_INVALID;
+    if (n_batch > n_ctx) n_batch = n_ctx;
+    llm_ctx scratch;
+    float_buffer plan[N_BUFFERS];
+    plan_buffers(&scratch, p, n_ctx, n_batch, n_threads, plan);
+    size_t total = sizeof(llm_ctx) + (size_t)p->n_layers * sizeof(llm_layer);
+    size_t products = llm_products_bytes(llm_kernels_get(llm_isa_best()), n_threads, widest_input(p), n_batch);
+    for (int i = 0; i <= N_BUFFERS; i++) {
+        size_t bytes = i < N_BUFFERS ? buffer_bytes(&plan[i]) : products;
+        if (bytes == 0 || total > (size_t)INT64_MAX - bytes) return LLM_ERR_NOMEM; /* does not fit any memory */
+        total += bytes;
+    }
+    return (int64_t)total;
 }
 
 static void fill_rope_tables(llm_ctx *c, const float *freqs) {
@@ -383,8 +368,8 @@ int llm_create(const llm_config *p, const llm_weights *w, int32_t n_ctx, int32_t
     if (n_batch > n_ctx) n_batch = n_ctx; /* a batch never holds more tokens than the context */
     if ((rc = check_weights(p, w, err, errlen)) != 0) return rc;
     if (isa == LLM_ISA_AUTO) isa = llm_isa_best();
-    if (!llm_isa_supported(isa))
-        return fail(err, errlen, LLM_ERR_INVALID, "instruction set %d is not available on this CPU", isa);
+    const llm_kernels *kernels = llm_kernels_get(isa);
+    if (!kernels) return fail(err, errlen, LLM_ERR_INVALID, "instruction set %d is not available on this CPU", isa);
 
     llm_ctx *c = calloc(1, sizeof *c);
     if (!c) return fail(err, errlen, LLM_ERR_NOMEM, "out of memory");
@@ -393,26 +378,19 @@ int llm_create(const llm_config *p, const llm_weights *w, int32_t n_ctx, int32_t
     c->n_ctx = n_ctx;
     c->n_batch = n_batch;
     c->isa = isa;
-    for (int t = 0; t < LLM_TYPE_COUNT; t++) llm_type_traits_get(t, isa, &c->traits[t]);
-    llm_vec_ops_get(isa, &c->vec);
+    c->kernels = kernels;
 
-    size_t dim = p->dim, q_dim = (size_t)p->n_heads * p->head_dim, kv_dim = (size_t)p->n_kv_heads * p->head_dim;
-    c->layers = malloc((size_t)p->n_layers * sizeof *c->layers);
-    size_t nb = (size_t)n_batch;
+    size_t dim = (size_t)p->dim, q_dim = (size_t)p->n_heads * p->head_dim;
     c->xb_width = (int64_t)(dim > q_dim ? dim : q_dim);
-    c->x = alloc_floats(nb, dim, 1);
-    c->xb = alloc_floats(nb, (size_t)c->xb_width, 1);
-    c->xb2 = alloc_floats(nb, dim, 1);
-    c->hb = alloc_floats(nb, (size_t)p->hidden_dim, 1);
-    c->hb2 = alloc_floats(nb, (size_t)p->hidden_dim, 1);
-    c->q = alloc_floats(nb, q_dim, 1);
-    c->att = alloc_floats((size_t)n_threads, (size_t)n_ctx, 1);
-    c->key_cache = alloc_floats((size_t)p->n_layers, (size_t)n_ctx, kv_dim);
-    c->value_cache = alloc_floats((size_t)p->n_layers, (size_t)n_ctx, kv_dim);
-    c->rope_cos = alloc_floats((size_t)n_ctx, (size_t)p->head_dim / 2, 1);
-    c->rope_sin = alloc_floats((size_t)n_ctx, (size_t)p->head_dim / 2, 1);
-    if (!c->layers || !c->x || !c->xb || !c->xb2 || !c->hb || !c->hb2 || !c->q || !c->att || !c->key_cache ||
-        !c->value_cache || !c->rope_cos || !c->rope_sin) {
+    c->layers = malloc((size_t)p->n_layers * sizeof *c->layers);
+    int ok = c->layers != NULL;
+    float_buffer plan[N_BUFFERS];
+    plan_buffers(c, p, n_ctx, n_batch, n_threads, plan);
+    for (int i = 0; i < N_BUFFERS && ok; i++) {
+        size_t bytes = buffer_bytes(&plan[i]);
+        ok = bytes > 0 && (*plan[i].ptr = calloc(1, bytes)) != NULL;
+    }
+    if (!ok) {
         llm_free(c);
         return fail(err, errlen, LLM_ERR_NOMEM, "out of memory allocating the KV cache for %d positions", n_ctx);
     }
@@ -425,8 +403,7 @@ int llm_create(const llm_config *p, const llm_weights *w, int32_t n_ctx, int32_t
         return fail(err, errlen, rc, rc == LLM_ERR_NOMEM ? "out of memory" : "could not start %d threads",
                     n_threads);
     }
-    int64_t widest = c->xb_width > p->hidden_dim ? c->xb_width : p->hidden_dim; /* the longest input row */
-    if ((rc = llm_products_create(isa, c->pool, widest, n_batch, &c->products)) != 0) {
+    if ((rc = llm_products_create(kernels, c->pool, widest_input(p), n_batch, &c->products)) != 0) {
         llm_free(c);
         return fail(err, errlen, rc, "out of memory");
     }

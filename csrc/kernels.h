@@ -1,9 +1,15 @@
 /*
- * kernels.h: the per-weight-type kernels behind the forward pass (internal to the library).
+ * kernels.h: the kernels behind the forward pass, and the tables that find them (internal to the library).
  *
- * Each weight type has a trait table: how its rows are laid out and the functions that compute with
- * them, chosen once for the instruction set picked at run time. forward.c only ever calls through a
- * table, so adding a type (F16, Q8_0, ...) means adding a table, not editing the transformer.
+ * Two kinds of table, after ggml's type_traits and type_traits_cpu:
+ * - llm_types[type] says what a weight type is, whatever the CPU: its block layout, the form its products
+ *   want the input vector in (the activation format), and how to turn one of its rows back into floats.
+ * - each instruction-set level declares one constant llm_kernels: for every weight type its products (one
+ *   token: matvec; a batch: matmul), the quantizer of every activation format, and the vector helpers of
+ *   attention and the feed-forward layer. forward.c and products.c call only through the table of the level
+ *   picked at run time (llm_kernels_get).
+ * Adding a weight type means one row in llm_types, one entry in each level's table, and its kernels, the
+ * scalar reference first (kernels_scalar.c).
  */
 #ifndef LLMRUN_KERNELS_H
 #define LLMRUN_KERNELS_H
@@ -12,35 +18,49 @@
 
 #include "llmrun.h"
 
-/* out[r - row_begin] = dot(row r of w, x) for r in [row_begin, row_end); w is (rows, cols). */
-typedef void (*llm_matvec_fn)(float *out, const void *w, const void *x, int64_t row_begin,
-                              int64_t row_end, int64_t cols);
+/* How a product wants its input: the f32 values as they are, or quantized once per product to 8-bit
+   blocks (q8_act below), which lets block weights multiply in integer dot products. */
+typedef enum {
+    LLM_ACT_F32 = 0,
+    LLM_ACT_Q8  = 1,
+    LLM_ACT_COUNT
+} llm_act_format;
+
+/* out[r - row_begin] = dot(row r of w, x) for r in [row_begin, row_end); w is (rows, cols), x is one token
+   in its type's activation format. */
+typedef void (*llm_matvec_fn)(float *out, const void *w, const void *x, int64_t row_begin, int64_t row_end,
+                              int64_t cols);
 
 /* The same for a batch of n tokens: out[t * ldo + r - row_begin] = dot(row r of w, token t of x), where
-   token t of x starts t * ldx bytes in (f32 values, or what quantize_x made of them). scratch is the
-   calling thread's own llm_matmul_scratch_bytes(cols) bytes, for weights repacked on the way. */
+   token t of x starts t * ldx bytes in. scratch is the calling thread's own scratch_bytes(cols) bytes. */
 typedef void (*llm_matmul_fn)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
                               int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
 
-/* out = row `row` of w as floats (cols values): the embedding lookup. */
+/* out (cols) = row `row` of w as floats: the embedding lookup. */
 typedef void (*llm_get_row_fn)(float *out, const void *w, int64_t row, int64_t cols);
 
-/* Turns an f32 vector (cols values, a multiple of 32) into the form a product's matvec reads. */
+/* out = x (cols f32 values, a multiple of the format's block) in an activation format. */
 typedef void (*llm_quantize_fn)(void *out, const float *x, int64_t cols);
 
+/* What a weight type is, on any CPU. */
 typedef struct {
-    const char     *name;
-    int64_t         block_elems; /* values per storage block (1 for plain float types) */
-    size_t          block_bytes; /* bytes per storage block */
-    llm_matvec_fn   matvec;      /* x is f32, or what quantize_x made of it */
-    llm_get_row_fn  get_row;
-    llm_quantize_fn quantize_x;  /* NULL: matvec reads f32 x. Block types all take block_q8_act blocks of
-                                    x, so one quantized copy of x serves every block type in a product. */
-    llm_matmul_fn   matmul;      /* NULL: a batch goes through matvec one token at a time */
-} llm_type_traits;
+    const char    *name;
+    int64_t        block_elems; /* values per storage block (1 for the float types) */
+    size_t         block_bytes; /* bytes per storage block */
+    int32_t        act;         /* llm_act_format: the input its products read */
+    llm_get_row_fn get_row;
+} llm_type_info;
 
-/* Vector helpers of the attention and the feed-forward layer, picked for the same instruction set. rows
-   are `dim` floats each, `stride` floats apart (the KV cache's rows of one head). */
+extern const llm_type_info llm_types[LLM_TYPE_COUNT]; /* kernels_scalar.c */
+
+/* How one instruction set computes with a weight type. */
+typedef struct {
+    llm_matvec_fn matvec; /* one token: decoding */
+    llm_matmul_fn matmul; /* a batch of tokens: prompt processing; NULL: matvec one token at a time */
+} llm_type_kernels;
+
+/* Vector helpers of the attention and the feed-forward layer. rows are `dim` floats each, `stride` floats
+   apart (the KV cache's rows of one head). */
 typedef struct {
     /* out[s] = scale * dot(q, row s) for s < n_rows: a query's attention scores */
     void (*scores)(float *out, const float *q, const float *rows, int64_t stride, int64_t n_rows, int64_t dim,
@@ -48,24 +68,24 @@ typedef struct {
     /* out = sum over s < n_rows of weights[s] * row s: the attention's weighted sum of values */
     void (*weighted_sum)(float *out, const float *weights, const float *rows, int64_t stride, int64_t n_rows,
                          int64_t dim);
-    void (*softmax)(float *x, int64_t n);                              /* in place */
-    void (*swiglu)(float *gate, const float *up, int64_t n);          /* gate = silu(gate) * up */
+    void (*softmax)(float *x, int64_t n);                     /* in place */
+    void (*swiglu)(float *gate, const float *up, int64_t n); /* gate = silu(gate) * up */
 } llm_vec_ops;
 
-/* Fill in the traits of `type` for instruction set `isa`; 0, or LLM_ERR_INVALID if either is unknown. */
-int llm_type_traits_get(int32_t type, int32_t isa, llm_type_traits *out);
-void llm_vec_ops_get(int32_t isa, llm_vec_ops *out);
+/* Everything one instruction-set level provides. */
+typedef struct {
+    llm_type_kernels type[LLM_TYPE_COUNT];
+    llm_quantize_fn  quantize[LLM_ACT_COUNT]; /* NULL for LLM_ACT_F32 */
+    llm_vec_ops      vec;
+    size_t (*scratch_bytes)(int64_t cols);    /* per thread, for the matmul kernels; NULL: none */
+} llm_kernels;
 
-/* The matrix-matrix kernel of a type for an instruction set, or NULL (kernels_matmul.c). */
-llm_matmul_fn llm_matmul_get(int32_t type, int32_t isa);
-size_t llm_matmul_scratch_bytes(int64_t cols);
+/* The levels' tables: kernels_scalar.c, and kernels_x86*.c compiled once per x86 level. */
+extern const llm_kernels llm_kernels_scalar;
+extern const llm_kernels llm_kernels_avx2, llm_kernels_avx512vnni;
 
-/* Per-type entry points (kernels_<type>.c). */
-int llm_f32_traits(int32_t isa, llm_type_traits *out);
-int llm_f16_traits(int32_t isa, llm_type_traits *out);
-int llm_bf16_traits(int32_t isa, llm_type_traits *out);
-int llm_q8_0_traits(int32_t isa, llm_type_traits *out);
-int llm_q4_0_traits(int32_t isa, llm_type_traits *out);
+/* The table of a level this build and CPU can run, else NULL (cpu.c). */
+const llm_kernels *llm_kernels_get(int32_t isa);
 
 /* ---------------------------------------------------------------------------------------------------- */
 /* GGUF's block layouts (ggml-common.h) */
@@ -82,10 +102,12 @@ typedef struct {
     uint8_t  qs[QK / 2]; /* value j in the low nibble of qs[j], value j + 16 in the high one: x = d * (q - 8) */
 } block_q4_0;
 
-/* Activations quantized to 8 bits per 32-value block, for the Q8_0 and Q4_0 products. They never leave
-   the library, so they are laid out for the products: all the values, then the blocks' f32 scales, then
-   per block d * (sum of q), which lets a product with unsigned weights q_w - offset take the offset off
-   once per block. q8_act_bytes(cols) bytes in all. */
+_Static_assert(sizeof(block_q8_0) == 34, "Q8_0 blocks are 34 bytes");
+_Static_assert(sizeof(block_q4_0) == 18, "Q4_0 blocks are 18 bytes");
+
+/* LLM_ACT_Q8: activations quantized to 8 bits per 32-value block. They never leave the library, so they are
+   laid out for the products: all the values, then the blocks' f32 scales, then per block d * (sum of q),
+   which lets a product with unsigned weights q_w - offset take the offset off once per block. */
 typedef struct {
     int8_t *qs;   /* (cols) x = d * q */
     float  *d;    /* (cols / 32) */
@@ -100,12 +122,14 @@ static inline q8_act q8_act_view(const void *buf, int64_t cols) {
     return (q8_act){qs, d, d + cols / QK};
 }
 
-_Static_assert(sizeof(block_q8_0) == 34, "Q8_0 blocks are 34 bytes");
-_Static_assert(sizeof(block_q4_0) == 18, "Q4_0 blocks are 18 bytes");
+/* Bytes of one token's input of `cols` values in an activation format. */
+static inline size_t llm_act_bytes(int32_t act, int64_t cols) {
+    return act == LLM_ACT_Q8 ? q8_act_bytes(cols) : (size_t)cols * sizeof(float);
+}
 
-
-
+/* ---------------------------------------------------------------------------------------------------- */
 /* Half and bfloat16 to float, exactly (portable bit manipulation). */
+
 static inline float llm_fp16_to_fp32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
     if (exp == 0x1f) bits = sign | 0x7f800000 | (mant << 13); /* inf, nan */

@@ -140,6 +140,11 @@ int llm_create(const llm_config *config, const llm_weights *weights, int32_t n_c
 int llm_forward(llm_ctx *ctx, const int32_t *tokens, int32_t n_tokens, int32_t pos, float *logits,
                 int32_t all_logits);
 
+/* The bytes llm_create would allocate for this config and these sizes (the KV cache, activations, buffers),
+   without allocating anything: front ends check it against the machine's memory first. It grows with n_ctx.
+   LLM_ERR_INVALID for a bad config or size, LLM_ERR_NOMEM for sizes no memory could hold. */
+int64_t llm_ctx_bytes(const llm_config *config, int32_t n_ctx, int32_t n_batch, int32_t n_threads);
+
 /* The message of the last failed call on ctx ("" if none). */
 const char *llm_last_error(const llm_ctx *ctx);
 

@@ -21,28 +21,27 @@ typedef struct {
 } chunk_run;
 
 struct llm_products {
-    llm_type_traits traits[LLM_TYPE_COUNT]; /* kernels for each weight type */
-    llm_pool       *pool;
-    chunk_run      *chunk_runs;   /* (n_threads) */
-    void           *xq;           /* the input of the current product as 8-bit blocks: n_batch rows */
-    char           *scratch;      /* (n_threads) buffers of the matrix-matrix kernels, scratch_bytes apart */
-    size_t          scratch_bytes;
+    const llm_kernels *kernels;
+    llm_pool          *pool;
+    chunk_run         *chunk_runs;             /* (n_threads) */
+    void              *act[LLM_ACT_COUNT];     /* the input of the current products in each quantized
+                                                  activation format: n_batch rows (NULL for f32) */
+    char              *scratch;                /* (n_threads) buffers of the matmul kernels, scratch_bytes apart */
+    size_t             scratch_bytes;
 };
 
 typedef struct {
     const llm_products *p;
-    int64_t        n;        /* tokens */
-    const float   *x;        /* their input rows, ldx floats apart */
-    int64_t        ldx;
-    const void    *xq;       /* ... as 8-bit blocks (q8_act), ldxq bytes apart, where a product wants that */
-    size_t         ldxq;
+    int64_t        n;                   /* tokens */
+    const void    *x[LLM_ACT_COUNT];    /* their input in each activation format the products read */
+    size_t         ldx[LLM_ACT_COUNT];  /* ... its rows this many bytes apart */
     int            n_jobs;
     struct {
         float            *out; /* (n, w->rows), rows ldo floats apart */
         int64_t           ldo;
         const llm_tensor *w;
         int64_t           chunk_rows, n_chunks;
-    } job[3];
+    } job[LLM_MAX_PRODUCTS];
 } matmul_task;
 
 static int64_t claim_chunk(chunk_run *runs, int ith, int nth) {
@@ -68,19 +67,19 @@ static void matmul_worker(void *arg, int ith, int nth) {
         int j = 0;
         while (chunk >= t->job[j].n_chunks) chunk -= t->job[j++].n_chunks;
         const llm_tensor *w = t->job[j].w;
-        const llm_type_traits *tr = &t->p->traits[w->type];
+        const llm_type_kernels *k = &t->p->kernels->type[w->type];
+        int32_t act = llm_types[w->type].act;
         int64_t begin = chunk * t->job[j].chunk_rows;
         int64_t end = begin + t->job[j].chunk_rows < w->rows ? begin + t->job[j].chunk_rows : w->rows;
         float *out = t->job[j].out + begin;
-        const void *x = tr->quantize_x ? t->xq : (const void *)t->x;
-        size_t ldx = tr->quantize_x ? t->ldxq : (size_t)t->ldx * sizeof(float);
-        if (t->n == 1) tr->matvec(out, w->data, x, begin, end, w->cols);
-        else if (tr->matmul)
-            tr->matmul(out, t->job[j].ldo, w->data, x, ldx, t->n, begin, end, w->cols,
-                       t->p->scratch + (size_t)ith * t->p->scratch_bytes);
+        if (t->n == 1) k->matvec(out, w->data, t->x[act], begin, end, w->cols);
+        else if (k->matmul)
+            k->matmul(out, t->job[j].ldo, w->data, t->x[act], t->ldx[act], t->n, begin, end, w->cols,
+                      t->p->scratch + (size_t)ith * t->p->scratch_bytes);
         else /* no batched kernel (the portable reference): token by token */
-            for (int64_t k = 0; k < t->n; k++)
-                tr->matvec(out + k * t->job[j].ldo, w->data, (const char *)x + k * ldx, begin, end, w->cols);
+            for (int64_t i = 0; i < t->n; i++)
+                k->matvec(out + i * t->job[j].ldo, w->data, (const char *)t->x[act] + i * t->ldx[act], begin, end,
+                          w->cols);
     }
 }
 
@@ -88,8 +87,9 @@ static void matmul_worker(void *arg, int ith, int nth) {
    straggler's work), at least four chunks per thread. A batch does n times the arithmetic per weight,
    so its chunks are smaller: about a quarter of CHUNK_BYTES, which stays in the core's cache while the
    batch's tokens go past it. Whole multiples of 16 rows either way. */
-static int64_t chunk_rows(const llm_type_traits *tr, const llm_tensor *w, int64_t n, int nth) {
-    int64_t row_bytes = (w->cols / tr->block_elems) * (int64_t)tr->block_bytes;
+static int64_t chunk_rows(const llm_tensor *w, int64_t n, int nth) {
+    const llm_type_info *type = &llm_types[w->type];
+    int64_t row_bytes = (w->cols / type->block_elems) * (int64_t)type->block_bytes;
     int64_t target = n == 1 ? CHUNK_BYTES : CHUNK_BYTES / 4;
     int64_t n_chunks = w->rows * row_bytes / target;
     if (n_chunks < 4 * nth) n_chunks = 4 * nth;
@@ -97,14 +97,14 @@ static int64_t chunk_rows(const llm_type_traits *tr, const llm_tensor *w, int64_
     return (rows + 15) / 16 * 16;
 }
 
-/* The 8-bit form of the tokens' rows that the block products read, the rows shared out among threads. */
+/* The tokens' rows in a quantized activation format, the rows shared out among threads. */
 typedef struct {
     llm_quantize_fn quantize;
     const float    *x;
     int64_t         ldx;
     void           *xq;
     size_t          ldxq;
-    int             cols, n;
+    int64_t         cols, n;
     atomic_int      next; /* the next row to claim: tasks share out their work dynamically (threadpool.h) */
 } quantize_task;
 
@@ -115,25 +115,26 @@ static void quantize_worker(void *arg, int ith, int nth) {
         q->quantize((char *)q->xq + t * q->ldxq, q->x + t * q->ldx, q->cols);
 }
 
-void llm_products_run(llm_products *c, int64_t n, const float *x, int64_t ldx, llm_product p0, llm_product p1,
-                      llm_product p2) {
-    matmul_task t = {c, n, x, ldx, c->xq, 0, p2.w ? 3 : p1.w ? 2 : 1, {{0}}};
-    llm_product products[3] = {p0, p1, p2};
+void llm_products_run(llm_products *c, int64_t n, const float *x, int64_t ldx, const llm_product *products,
+                      int n_products) {
+    matmul_task t = {.p = c, .n = n, .x = {[LLM_ACT_F32] = x}, .ldx = {[LLM_ACT_F32] = (size_t)ldx * sizeof(float)},
+                     .n_jobs = n_products};
     int nth = llm_pool_size(c->pool);
     int64_t total = 0;
-    for (int j = 0; j < t.n_jobs; j++) {
+    for (int j = 0; j < n_products; j++) {
         const llm_tensor *w = products[j].w;
-        const llm_type_traits *tr = &c->traits[w->type];
-        if (tr->quantize_x && !t.ldxq) { /* once for all the products that read 8-bit x */
-            t.ldxq = q8_act_bytes(w->cols);
-            quantize_task q = {tr->quantize_x, x, ldx, c->xq, t.ldxq, (int)w->cols, (int)n, 0};
+        int32_t act = llm_types[w->type].act;
+        if (!t.x[act]) { /* once per format, for all the products that read it */
+            t.x[act] = c->act[act];
+            t.ldx[act] = llm_act_bytes(act, w->cols);
+            quantize_task q = {c->kernels->quantize[act], x, ldx, c->act[act], t.ldx[act], w->cols, n, 0};
             if (n == 1) quantize_worker(&q, 0, 1);
             else llm_pool_run(c->pool, quantize_worker, &q);
         }
         t.job[j].out = products[j].out;
         t.job[j].ldo = products[j].ldo;
         t.job[j].w = w;
-        t.job[j].chunk_rows = chunk_rows(tr, w, n, nth);
+        t.job[j].chunk_rows = chunk_rows(w, n, nth);
         t.job[j].n_chunks = (w->rows + t.job[j].chunk_rows - 1) / t.job[j].chunk_rows;
         total += t.job[j].n_chunks;
     }
@@ -144,19 +145,43 @@ void llm_products_run(llm_products *c, int64_t n, const float *x, int64_t ldx, l
     llm_pool_run(c->pool, matmul_worker, &t); /* publishing the task orders the stores above */
 }
 
+/* The sizes of a products' buffers: one place for llm_products_create and llm_products_bytes. */
+typedef struct {
+    size_t chunk_runs, act[LLM_ACT_COUNT], scratch_per_thread, scratch;
+} products_sizes;
 
-int llm_products_create(int32_t isa, llm_pool *pool, int64_t max_cols, int32_t n_batch, llm_products **out) {
+static products_sizes sizes_of(const llm_kernels *kernels, int nth, int64_t max_cols, int32_t n_batch) {
+    products_sizes z = {.chunk_runs = (size_t)nth * sizeof(chunk_run)};
+    for (int32_t act = 0; act < LLM_ACT_COUNT; act++) /* f32 input is read where it is */
+        z.act[act] = act == LLM_ACT_F32 ? 0 : (size_t)n_batch * llm_act_bytes(act, max_cols);
+    z.scratch_per_thread = kernels->scratch_bytes ? (kernels->scratch_bytes(max_cols) + 63) / 64 * 64 : 0;
+    z.scratch = (size_t)nth * z.scratch_per_thread + 64;
+    return z; /* bounded by llm_create's checks (int32 sizes): no overflow on 64-bit size_t */
+}
+
+size_t llm_products_bytes(const llm_kernels *kernels, int n_threads, int64_t max_cols, int32_t n_batch) {
+    products_sizes z = sizes_of(kernels, n_threads, max_cols, n_batch);
+    size_t total = sizeof(llm_products) + z.chunk_runs + z.scratch;
+    for (int32_t act = 0; act < LLM_ACT_COUNT; act++) total += z.act[act];
+    return total;
+}
+
+int llm_products_create(const llm_kernels *kernels, llm_pool *pool, int64_t max_cols, int32_t n_batch,
+                        llm_products **out) {
     int nth = llm_pool_size(pool);
+    products_sizes z = sizes_of(kernels, nth, max_cols, n_batch);
     llm_products *p = calloc(1, sizeof *p);
     *out = NULL;
     if (!p) return LLM_ERR_NOMEM;
-    for (int t = 0; t < LLM_TYPE_COUNT; t++) llm_type_traits_get(t, isa, &p->traits[t]);
+    p->kernels = kernels;
     p->pool = pool;
-    p->chunk_runs = aligned_alloc(_Alignof(chunk_run), (size_t)nth * sizeof *p->chunk_runs);
-    p->xq = malloc((size_t)n_batch * q8_act_bytes(max_cols) + 1); /* sizes bounded by llm_create's checks */
-    p->scratch_bytes = (llm_matmul_scratch_bytes(max_cols) + 63) / 64 * 64;
-    p->scratch = aligned_alloc(64, (size_t)nth * p->scratch_bytes + 64);
-    if (!p->chunk_runs || !p->xq || !p->scratch) {
+    p->chunk_runs = aligned_alloc(_Alignof(chunk_run), z.chunk_runs);
+    int ok = p->chunk_runs != NULL;
+    for (int32_t act = 0; act < LLM_ACT_COUNT; act++)
+        if (z.act[act]) ok = ok && (p->act[act] = malloc(z.act[act])) != NULL;
+    p->scratch_bytes = z.scratch_per_thread;
+    p->scratch = aligned_alloc(64, z.scratch);
+    if (!ok || !p->scratch) {
         llm_products_free(p);
         return LLM_ERR_NOMEM;
     }
@@ -168,7 +193,7 @@ int llm_products_create(int32_t isa, llm_pool *pool, int64_t max_cols, int32_t n
 void llm_products_free(llm_products *p) {
     if (!p) return;
     free(p->chunk_runs);
-    free(p->xq);
+    for (int32_t act = 0; act < LLM_ACT_COUNT; act++) free(p->act[act]);
     free(p->scratch);
     free(p);
 }
@@ -177,20 +202,21 @@ void llm_products_free(llm_products *p) {
    benchmarks measure exactly what the forward pass runs. */
 int llm_matmul(int32_t type, int32_t isa, const void *w, int64_t rows, int64_t cols, const float *x, int64_t n,
                float *out) {
-    llm_type_traits traits;
     if (isa == LLM_ISA_AUTO) isa = llm_isa_best();
+    const llm_kernels *kernels = llm_kernels_get(isa);
+    if (!kernels || type < 0 || type >= LLM_TYPE_COUNT) return LLM_ERR_INVALID;
     if (!w || !x || !out || rows < 0 || cols < 0 || n < 1 || n > INT32_MAX) return LLM_ERR_INVALID;
-    if (llm_type_traits_get(type, isa, &traits) != 0) return LLM_ERR_INVALID;
-    if (cols % traits.block_elems != 0) return LLM_ERR_INVALID;
+    if (cols % llm_types[type].block_elems != 0) return LLM_ERR_INVALID;
     if (rows == 0) return 0;
-    if ((size_t)n > SIZE_MAX / (q8_act_bytes(cols) + 1)) return LLM_ERR_NOMEM; /* the 8-bit copy of x */
+    for (int32_t act = 0; act < LLM_ACT_COUNT; act++) /* the quantized copies of x must be addressable */
+        if ((size_t)n > SIZE_MAX / (llm_act_bytes(act, cols) + 1)) return LLM_ERR_NOMEM;
     llm_pool *pool;
     llm_products *p;
     int rc = llm_pool_create(1, &pool);
     if (rc != 0) return rc;
-    if ((rc = llm_products_create(isa, pool, cols, (int32_t)n, &p)) == 0) {
+    if ((rc = llm_products_create(kernels, pool, cols, (int32_t)n, &p)) == 0) {
         llm_tensor weights = {w, type, rows, cols};
-        llm_products_run(p, n, x, cols, (llm_product){out, rows, &weights}, LLM_NO_PRODUCT, LLM_NO_PRODUCT);
+        llm_products_run(p, n, x, cols, &(llm_product){out, rows, &weights}, 1);
         llm_products_free(p);
     }
     llm_pool_free(pool);

@@ -1,0 +1,205 @@
+/*
+ * kernels_scalar.c: the portable reference of every kernel, the table of weight types (llm_types) and the
+ * scalar level's table.
+ *
+ * Plain C that any compiler vectorizes a little. These versions are the oracle the SIMD kernels are tested
+ * against (tests/test_kernels.py), so they stay simple: one row, one block, one value at a time.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "kernels.h"
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* f32 */
+
+static float dot_f32(const float *a, const float *b, int64_t n) {
+    /* Eight partial sums: independent chains the compiler can keep in one vector register. */
+    float s[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) s[j] += a[i + j] * b[i + j];
+    float sum = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+    for (; i < n; i++) sum += a[i] * b[i];
+    return sum;
+}
+
+static void matvec_f32(float *out, const void *w, const void *x, int64_t row_begin, int64_t row_end, int64_t cols) {
+    for (int64_t r = row_begin; r < row_end; r++) out[r - row_begin] = dot_f32((const float *)w + r * cols, x, cols);
+}
+
+static void get_row_f32(float *out, const void *w, int64_t row, int64_t cols) {
+    memcpy(out, (const float *)w + row * cols, (size_t)cols * sizeof(float));
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* F16 and BF16: each weight widened to f32 and multiplied in f32. The two differ only in the widening, so
+   each function takes `bf16` as a flag that the compiler folds away in the small wrappers. */
+
+static inline float widen(uint16_t h, int bf16) { return bf16 ? llm_bf16_to_fp32(h) : llm_fp16_to_fp32(h); }
+
+static inline void matvec_16(float *out, const void *w, const float *x, int64_t row_begin, int64_t row_end,
+                             int64_t cols, int bf16) {
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const uint16_t *row = (const uint16_t *)w + r * cols;
+        float sum = 0.0f;
+        for (int64_t i = 0; i < cols; i++) sum += widen(row[i], bf16) * x[i];
+        out[r - row_begin] = sum;
+    }
+}
+
+static inline void get_row_16(float *out, const void *w, int64_t row, int64_t cols, int bf16) {
+    const uint16_t *src = (const uint16_t *)w + row * cols;
+    for (int64_t i = 0; i < cols; i++) out[i] = widen(src[i], bf16);
+}
+
+static void matvec_f16(float *out, const void *w, const void *x, int64_t b, int64_t e, int64_t n) {
+    matvec_16(out, w, x, b, e, n, 0);
+}
+
+static void matvec_bf16(float *out, const void *w, const void *x, int64_t b, int64_t e, int64_t n) {
+    matvec_16(out, w, x, b, e, n, 1);
+}
+
+static void get_row_f16(float *out, const void *w, int64_t row, int64_t cols) { get_row_16(out, w, row, cols, 0); }
+
+static void get_row_bf16(float *out, const void *w, int64_t row, int64_t cols) { get_row_16(out, w, row, cols, 1); }
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* 8-bit activations (LLM_ACT_Q8) */
+
+/* Per block: d = max|x| / 127, q = round(x / d), to nearest even as the SIMD versions round. */
+static void quantize_q8_act(void *out, const float *x, int64_t cols) {
+    q8_act y = q8_act_view(out, cols);
+    for (int64_t b = 0; b < cols / QK; b++, x += QK) {
+        int8_t *q = y.qs + b * QK;
+        float amax = 0.0f;
+        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+        if (!isfinite(amax)) { /* inf or NaN in x: let it reach the logits (the sampler rejects them) */
+            memset(q, 0, QK);
+            y.d[b] = y.dsum[b] = NAN;
+            continue;
+        }
+        float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        int32_t sum = 0;
+        for (int j = 0; j < QK; j++) {
+            q[j] = (int8_t)nearbyintf(x[j] * id);
+            sum += q[j];
+        }
+        y.d[b] = d;
+        y.dsum[b] = d * (float)sum;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* Q8_0 and Q4_0 against 8-bit activations: per block an integer dot product, scaled by d_w * d_x */
+
+static void matvec_q8_0(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
+                        int64_t cols) {
+    q8_act x = q8_act_view(xq, cols);
+    int64_t nb = cols / QK;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const block_q8_0 *row = (const block_q8_0 *)w + r * nb;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            int32_t sumi = 0;
+            for (int j = 0; j < QK; j++) sumi += row[b].qs[j] * x.qs[b * QK + j];
+            sum += (float)sumi * (llm_fp16_to_fp32(row[b].d) * x.d[b]);
+        }
+        out[r - row_begin] = sum;
+    }
+}
+
+static void matvec_q4_0(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
+                        int64_t cols) {
+    q8_act x = q8_act_view(xq, cols);
+    int64_t nb = cols / QK;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const block_q4_0 *row = (const block_q4_0 *)w + r * nb;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const int8_t *xb = x.qs + b * QK;
+            int32_t sumi = 0;
+            for (int j = 0; j < QK / 2; j++) {
+                sumi += ((row[b].qs[j] & 0x0f) - 8) * xb[j];
+                sumi += ((row[b].qs[j] >> 4) - 8) * xb[j + QK / 2];
+            }
+            sum += (float)sumi * (llm_fp16_to_fp32(row[b].d) * x.d[b]);
+        }
+        out[r - row_begin] = sum;
+    }
+}
+
+static void get_row_q8_0(float *out, const void *w, int64_t row, int64_t cols) {
+    const block_q8_0 *src = (const block_q8_0 *)w + row * (cols / QK);
+    for (int64_t b = 0; b < cols / QK; b++) {
+        float d = llm_fp16_to_fp32(src[b].d);
+        for (int j = 0; j < QK; j++) out[b * QK + j] = d * src[b].qs[j];
+    }
+}
+
+static void get_row_q4_0(float *out, const void *w, int64_t row, int64_t cols) {
+    const block_q4_0 *src = (const block_q4_0 *)w + row * (cols / QK);
+    for (int64_t b = 0; b < cols / QK; b++) {
+        float d = llm_fp16_to_fp32(src[b].d);
+        for (int j = 0; j < QK / 2; j++) {
+            out[b * QK + j] = d * ((src[b].qs[j] & 0x0f) - 8);
+            out[b * QK + j + QK / 2] = d * ((src[b].qs[j] >> 4) - 8);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* attention and feed-forward helpers */
+
+static void scores(float *out, const float *q, const float *rows, int64_t stride, int64_t n_rows, int64_t dim,
+                   float scale) {
+    for (int64_t s = 0; s < n_rows; s++) out[s] = scale * dot_f32(q, rows + s * stride, dim);
+}
+
+static void weighted_sum(float *out, const float *weights, const float *rows, int64_t stride, int64_t n_rows,
+                         int64_t dim) {
+    memset(out, 0, (size_t)dim * sizeof(float));
+    for (int64_t s = 0; s < n_rows; s++)
+        for (int64_t i = 0; i < dim; i++) out[i] += weights[s] * rows[s * stride + i];
+}
+
+static void softmax(float *x, int64_t n) {
+    float max = x[0];
+    for (int64_t i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n; i++) {
+        x[i] = expf(x[i] - max);
+        sum += x[i];
+    }
+    for (int64_t i = 0; i < n; i++) x[i] /= sum;
+}
+
+static void swiglu(float *gate, const float *up, int64_t n) {
+    for (int64_t i = 0; i < n; i++) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* the tables */
+
+const llm_type_info llm_types[LLM_TYPE_COUNT] = {
+    [LLM_F32]  = {"f32", 1, sizeof(float), LLM_ACT_F32, get_row_f32},
+    [LLM_F16]  = {"f16", 1, sizeof(uint16_t), LLM_ACT_F32, get_row_f16},
+    [LLM_BF16] = {"bf16", 1, sizeof(uint16_t), LLM_ACT_F32, get_row_bf16},
+    [LLM_Q8_0] = {"q8_0", QK, sizeof(block_q8_0), LLM_ACT_Q8, get_row_q8_0},
+    [LLM_Q4_0] = {"q4_0", QK, sizeof(block_q4_0), LLM_ACT_Q8, get_row_q4_0},
+};
+
+/* No matmul kernels: a batch runs through the matrix-vector products one token at a time. */
+const llm_kernels llm_kernels_scalar = {
+    .type = {
+        [LLM_F32]  = {matvec_f32, NULL},
+        [LLM_F16]  = {matvec_f16, NULL},
+        [LLM_BF16] = {matvec_bf16, NULL},
+        [LLM_Q8_0] = {matvec_q8_0, NULL},
+        [LLM_Q4_0] = {matvec_q4_0, NULL},
+    },
+    .quantize = {[LLM_ACT_Q8] = quantize_q8_act},
+    .vec = {scores, weighted_sum, softmax, swiglu},
+    .scratch_bytes = NULL,
+};

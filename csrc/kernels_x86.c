@@ -1,0 +1,19 @@
+/*
+ * kernels_x86.c: the table of one x86 level (kernels.h), compiled once per level like the kernels it lists
+ * (kernels_x86.h). The embedding lookup and the weight types' layouts are the same on every level
+ * (llm_types, kernels_scalar.c).
+ */
+#include "kernels_x86.h"
+
+const llm_kernels X86(llm_kernels) = {
+    .type = {
+        [LLM_F32]  = {X86(matvec_f32), X86(matmul_f32)},
+        [LLM_F16]  = {X86(matvec_f16), X86(matmul_f16)},
+        [LLM_BF16] = {X86(matvec_bf16), X86(matmul_bf16)},
+        [LLM_Q8_0] = {X86(matvec_q8_0), X86(matmul_q8_0)},
+        [LLM_Q4_0] = {X86(matvec_q4_0), X86(matmul_q4_0)},
+    },
+    .quantize = {[LLM_ACT_Q8] = X86(quantize_q8_act)},
+    .vec = {X86(scores), X86(weighted_sum), X86(softmax), X86(swiglu)},
+    .scratch_bytes = X86(matmul_scratch_bytes),
+};

@@ -1,0 +1,259 @@
+/*
+ * kernels_x86_float.c: products of float weights (F32, F16, BF16) with f32 tokens, and the vector helpers
+ * of attention and the feed-forward layer, for one x86 level (kernels_x86.h).
+ *
+ * F16 and BF16 weights are widened to f32 (F16C's conversion; bfloat16 by moving its bits up 16 places)
+ * and multiplied in f32 with fused multiply-adds.
+ */
+#include <math.h>
+
+#include "kernels_x86.h"
+
+typedef enum { KIND_F32, KIND_F16, KIND_BF16 } float_kind;
+
+/* Eight weights from w + k as f32. */
+INLINE __m256 load8(const void *w, int64_t k, float_kind kind) {
+    if (kind == KIND_F32) return _mm256_loadu_ps((const float *)w + k);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + k));
+    if (kind == KIND_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+/* One weight w[k] as f32 (the tail of a row that is not a multiple of 8). */
+INLINE float load1(const void *w, int64_t k, float_kind kind) {
+    if (kind == KIND_F32) return ((const float *)w)[k];
+    uint16_t h = ((const uint16_t *)w)[k];
+    return kind == KIND_F16 ? llm_fp16_to_fp32(h) : llm_bf16_to_fp32(h);
+}
+
+static size_t element_bytes(float_kind kind) { return kind == KIND_F32 ? sizeof(float) : sizeof(uint16_t); }
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* one token: out[r] = dot(row r, x), four independent accumulators (32 values per step) to hide the latency
+   of the fused multiply-adds */
+
+INLINE float dot(const void *w, const float *x, int64_t n, float_kind kind) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        acc0 = _mm256_fmadd_ps(load8(w, i, kind), _mm256_loadu_ps(x + i), acc0);
+        acc1 = _mm256_fmadd_ps(load8(w, i + 8, kind), _mm256_loadu_ps(x + i + 8), acc1);
+        acc2 = _mm256_fmadd_ps(load8(w, i + 16, kind), _mm256_loadu_ps(x + i + 16), acc2);
+        acc3 = _mm256_fmadd_ps(load8(w, i + 24, kind), _mm256_loadu_ps(x + i + 24), acc3);
+    }
+    for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(load8(w, i, kind), _mm256_loadu_ps(x + i), acc0);
+    float sum = hsum_f32x8(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
+    for (; i < n; i++) sum += load1(w, i, kind) * x[i];
+    return sum;
+}
+
+INLINE void matvec(float *out, const void *w, const float *x, int64_t row_begin, int64_t row_end, int64_t cols,
+                   float_kind kind) {
+    size_t row_bytes = (size_t)cols * element_bytes(kind);
+    for (int64_t r = row_begin; r < row_end; r++) out[r - row_begin] = dot((const char *)w + r * row_bytes, x, cols, kind);
+}
+
+void X86(matvec_f32)(float *out, const void *w, const void *x, int64_t row_begin, int64_t row_end, int64_t cols) {
+    matvec(out, w, x, row_begin, row_end, cols, KIND_F32);
+}
+
+void X86(matvec_f16)(float *out, const void *w, const void *x, int64_t row_begin, int64_t row_end, int64_t cols) {
+    matvec(out, w, x, row_begin, row_end, cols, KIND_F16);
+}
+
+void X86(matvec_bf16)(float *out, const void *w, const void *x, int64_t row_begin, int64_t row_end, int64_t cols) {
+    matvec(out, w, x, row_begin, row_end, cols, KIND_BF16);
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* a batch: tiles of RM weight rows x RN tokens, RM x RN accumulators in registers
+ *
+ * With a batch each weight is read once and used n times, so the work is bound by arithmetic, and what
+ * matters is how many multiply-adds each load feeds: a weight vector loaded once serves RN tokens and a
+ * token vector serves RM rows. acc[i][j] += w_i[k..k+8] * x_j[k..k+8], summed across lanes at the end.
+ * AVX-512 gives 32 vector registers instead of 16: taller tiles.
+ */
+
+#ifdef __AVX512F__
+enum { RM = 4, RN = 6 };
+#else
+enum { RM = 2, RN = 6 };
+#endif
+
+/* Tokens per pass over a chunk of weight rows: the pass's tokens stay in the cache while every row tile of
+   the chunk uses them. */
+static int64_t token_tile(size_t token_bytes) {
+    int64_t t = (int64_t)((256 * 1024) / (token_bytes ? token_bytes : 1));
+    t = t / RN * RN;
+    return t > RN ? t : RN;
+}
+
+/* out[token + j][row + i - row_begin] for i < rm, j < rn. Always inlined with constant rm, rn: each call
+   site becomes a kernel with its accumulators in registers. */
+INLINE void tile(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t row, int64_t token,
+                 int64_t row_begin, int64_t cols, float_kind kind, int rm, int rn) {
+    size_t row_bytes = (size_t)cols * element_bytes(kind);
+    const void *wr[RM];
+    const float *xr[RN];
+    for (int i = 0; i < rm; i++) wr[i] = (const char *)w + (size_t)(row + i) * row_bytes;
+    for (int j = 0; j < rn; j++) xr[j] = (const float *)((const char *)x + (size_t)(token + j) * ldx);
+    __m256 acc[RM][RN];
+    for (int i = 0; i < rm; i++)
+        for (int j = 0; j < rn; j++) acc[i][j] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= cols; k += 8) {
+        __m256 wv[RM];
+        for (int i = 0; i < rm; i++) wv[i] = load8(wr[i], k, kind);
+        for (int j = 0; j < rn; j++) {
+            __m256 xv = _mm256_loadu_ps(xr[j] + k);
+            for (int i = 0; i < rm; i++) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
+        }
+    }
+    for (int i = 0; i < rm; i++)
+        for (int j = 0; j < rn; j++) {
+            float sum = hsum_f32x8(acc[i][j]);
+            for (int64_t kk = k; kk < cols; kk++) sum += load1(wr[i], kk, kind) * xr[j][kk];
+            out[(token + j) * ldo + (row + i - row_begin)] = sum;
+        }
+}
+
+/* Rows [row_begin, row_end) x tokens [0, n) in RM x RN tiles, with tails of RM x 1 and 1 x 1. */
+INLINE void matmul(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n, int64_t row_begin,
+                   int64_t row_end, int64_t cols, float_kind kind) {
+    int64_t tile_n = token_tile(ldx);
+    for (int64_t t0 = 0; t0 < n; t0 += tile_n) {
+        int64_t t1 = t0 + tile_n < n ? t0 + tile_n : n;
+        int64_t r = row_begin;
+        for (; r + RM <= row_end; r += RM) {
+            int64_t t = t0;
+            for (; t + RN <= t1; t += RN) tile(out, ldo, w, x, ldx, r, t, row_begin, cols, kind, RM, RN);
+            for (; t < t1; t++) tile(out, ldo, w, x, ldx, r, t, row_begin, cols, kind, RM, 1);
+        }
+        for (; r < row_end; r++)
+            for (int64_t t = t0; t < t1; t++) tile(out, ldo, w, x, ldx, r, t, row_begin, cols, kind, 1, 1);
+    }
+}
+
+void X86(matmul_f32)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                     int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
+    (void)scratch;
+    matmul(out, ldo, w, x, ldx, n, row_begin, row_end, cols, KIND_F32);
+}
+
+void X86(matmul_f16)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                     int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
+    (void)scratch;
+    matmul(out, ldo, w, x, ldx, n, row_begin, row_end, cols, KIND_F16);
+}
+
+void X86(matmul_bf16)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
+    (void)scratch;
+    matmul(out, ldo, w, x, ldx, n, row_begin, row_end, cols, KIND_BF16);
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* attention and feed-forward helpers */
+
+/* Eight rows at a time: eight independent accumulators keep both FMA units busy, and their eight sums are
+   reduced together (a few horizontal adds for all eight instead of five per row). */
+void X86(scores)(float *out, const float *q, const float *rows, int64_t stride, int64_t n_rows, int64_t dim,
+                 float scale) {
+    int64_t s = 0, vec_dim = dim / 8 * 8;
+    for (; s + 8 <= n_rows; s += 8) {
+        const float *r = rows + s * stride;
+        __m256 a[8];
+        for (int k = 0; k < 8; k++) a[k] = _mm256_setzero_ps();
+        for (int64_t i = 0; i < vec_dim; i += 8) {
+            __m256 qv = _mm256_loadu_ps(q + i);
+            for (int k = 0; k < 8; k++) a[k] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(r + k * stride + i), a[k]);
+        }
+        /* lo = [rows 0-3 low halves | rows 0-3 high halves], hi likewise for rows 4-7 */
+        __m256 lo = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+        __m256 hi = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+        __m256 sums = _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20), _mm256_permute2f128_ps(lo, hi, 0x31));
+        _mm256_storeu_ps(out + s, _mm256_mul_ps(sums, _mm256_set1_ps(scale)));
+        for (int64_t i = vec_dim; i < dim; i++) /* head sizes that are not a multiple of 8 */
+            for (int k = 0; k < 8; k++) out[s + k] += scale * q[i] * r[k * stride + i];
+    }
+    for (; s < n_rows; s++) out[s] = scale * dot(rows + s * stride, q, dim, KIND_F32);
+}
+
+/* The output is built 64 values (eight registers: eight independent FMA chains) at a time over all rows,
+   so it never leaves the registers until it is finished; then 8 at a time, then one. */
+void X86(weighted_sum)(float *out, const float *weights, const float *rows, int64_t stride, int64_t n_rows,
+                       int64_t dim) {
+    int64_t i = 0;
+    for (; i + 64 <= dim; i += 64) {
+        __m256 a[8];
+        for (int k = 0; k < 8; k++) a[k] = _mm256_setzero_ps();
+        for (int64_t s = 0; s < n_rows; s++) {
+            const float *r = rows + s * stride + i;
+            __m256 w = _mm256_set1_ps(weights[s]);
+            for (int k = 0; k < 8; k++) a[k] = _mm256_fmadd_ps(w, _mm256_loadu_ps(r + 8 * k), a[k]);
+        }
+        for (int k = 0; k < 8; k++) _mm256_storeu_ps(out + i + 8 * k, a[k]);
+    }
+    for (; i + 8 <= dim; i += 8) {
+        __m256 a = _mm256_setzero_ps();
+        for (int64_t s = 0; s < n_rows; s++)
+            a = _mm256_fmadd_ps(_mm256_set1_ps(weights[s]), _mm256_loadu_ps(rows + s * stride + i), a);
+        _mm256_storeu_ps(out + i, a);
+    }
+    for (; i < dim; i++) {
+        float sum = 0.0f;
+        for (int64_t s = 0; s < n_rows; s++) sum += weights[s] * rows[s * stride + i];
+        out[i] = sum;
+    }
+}
+
+/* e^x for eight floats (Cephes' expf: x = n ln2 + r, e^r by a degree-6 polynomial, 2^n in the exponent
+   bits); relative error about 2e-7. The clamps keep n within [-126, 127], so 2^n is a normal float (e^x
+   saturates at about 1.7e38 and 1.2e-38); NaN passes through. */
+INLINE __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_max_ps(_mm256_set1_ps(-87.3365478515625f), x));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    __m256 y = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+void X86(softmax)(float *x, int64_t n) {
+    float max = x[0];
+    for (int64_t i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
+    __m256 vmax = _mm256_set1_ps(max), vsum = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmax));
+        _mm256_storeu_ps(x + i, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    float sum = hsum_f32x8(vsum);
+    for (; i < n; i++) {
+        x[i] = expf(x[i] - max);
+        sum += x[i];
+    }
+    __m256 inv = _mm256_set1_ps(1.0f / sum);
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
+    for (; i < n; i++) x[i] /= sum;
+}
+
+void X86(swiglu)(float *gate, const float *up, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 g = _mm256_loadu_ps(gate + i);
+        __m256 silu = _mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+        _mm256_storeu_ps(gate + i, _mm256_mul_ps(silu, _mm256_loadu_ps(up + i)));
+    }
+    for (; i < n; i++) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}

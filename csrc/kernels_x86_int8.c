@@ -1,0 +1,278 @@
+/*
+ * kernels_x86_int8.c: block weights (Q8_0, Q4_0) against 8-bit activations (LLM_ACT_Q8), for one x86 level
+ * (kernels_x86.h).
+ *
+ * A product quantizes its input once (quantize_q8_act); then every block pair is a 32-term integer dot
+ * product scaled by d_w * d_x: integer multiply-adds do four times the work of f32 FMAs per instruction, and
+ * the weights are read as they are stored. Q4_0's nibbles are multiplied as they are, unsigned 0..15, and
+ * the offset comes off once per block: sum (q - 8) x = sum q x - 8 sum x, where the activations carry
+ * d_x * sum q_x. With VNNI one instruction (vpdpbusd) does a block's multiply-adds; without it two do.
+ */
+#include "kernels_x86.h"
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* the activations */
+
+void X86(quantize_q8_act)(void *out, const float *x, int64_t cols) {
+    q8_act y = q8_act_view(out, cols);
+    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+    for (int64_t b = 0; b < cols / QK; b++, x += QK) {
+        __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
+        __m256 v2 = _mm256_loadu_ps(x + 16), v3 = _mm256_loadu_ps(x + 24);
+        __m256 amax = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign_bit, v0), _mm256_andnot_ps(sign_bit, v1)),
+                                    _mm256_max_ps(_mm256_andnot_ps(sign_bit, v2), _mm256_andnot_ps(sign_bit, v3)));
+        __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(amax, 1), _mm256_castps256_ps128(amax));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float max = _mm_cvtss_f32(m4);
+        __m256 id = _mm256_set1_ps(max > 0.0f ? 127.0f / max : 0.0f);
+        /* scale, round to nearest even, narrow 32 -> 16 -> 8 bits; the packs interleave 128-bit lanes,
+           which the final permutation undoes */
+        __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, id), _MM_FROUND_TO_NEAREST_INT));
+        __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, id), _MM_FROUND_TO_NEAREST_INT));
+        __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v2, id), _MM_FROUND_TO_NEAREST_INT));
+        __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v3, id), _MM_FROUND_TO_NEAREST_INT));
+        __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+        packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)(y.qs + b * QK), packed);
+        y.d[b] = max / 127.0f;
+        y.dsum[b] = y.d[b] * (float)hsum_i32x8(_mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3)));
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* the blocks */
+
+typedef enum { KIND_Q8_0, KIND_Q4_0 } block_kind;
+
+static size_t block_bytes(block_kind kind) { return kind == KIND_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q8_0); }
+
+/* The values of a block as bytes: Q8_0's as stored (signed), Q4_0's nibbles as stored (unsigned 0..15). */
+INLINE __m256i block_values(const void *block, block_kind kind) {
+    const uint8_t *qs = (const uint8_t *)block + sizeof(uint16_t); /* after the fp16 scale */
+    return kind == KIND_Q4_0 ? unpack_q4_0(qs) : _mm256_loadu_si256((const __m256i *)qs);
+}
+
+/* sum q_w q_x of one block as eight int32 lanes (for Q4_0 q_w is the stored nibble, offset included). */
+INLINE __m256i block_dot(const void *block, const int8_t *x, block_kind kind) {
+    __m256i xv = _mm256_loadu_si256((const __m256i *)x);
+    if (kind == KIND_Q4_0) return dot4_u8i8(_mm256_setzero_si256(), block_values(block, kind), xv);
+    return dot_i8(block_values(block, kind), xv);
+}
+
+INLINE float block_scale(const void *block) {
+    uint16_t d;
+    memcpy(&d, block, sizeof d);
+    return _cvtsh_ss(d);
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* one token: out[r] = sum over blocks b of d_w[b] * (d_x[b] * sum(q_w q_x) - offset * d_x[b] * sum(q_x)),
+   eight blocks at a time so that their scales cost one vector multiply */
+
+INLINE void matvec(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols,
+                   block_kind kind) {
+    q8_act x = q8_act_view(xq, cols);
+    int64_t nb = cols / QK;
+    size_t bb = block_bytes(kind);
+    float offset = kind == KIND_Q4_0 ? 8.0f : 0.0f; /* what the stored values exceed the real ones by */
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const char *row = (const char *)w + (size_t)r * nb * bb;
+        __m256 acc = _mm256_setzero_ps(), acc_offset = _mm256_setzero_ps();
+        int64_t b = 0;
+        for (; b + 8 <= nb; b += 8) {
+            __m256i s[8];
+            for (int k = 0; k < 8; k++) s[k] = block_dot(row + (b + k) * bb, x.qs + (b + k) * QK, kind);
+            __m256 dw = scales8(row + b * bb, bb);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum8x8(s)), _mm256_mul_ps(dw, _mm256_loadu_ps(x.d + b)), acc);
+            if (kind == KIND_Q4_0) acc_offset = _mm256_fmadd_ps(dw, _mm256_loadu_ps(x.dsum + b), acc_offset);
+        }
+        float sum = hsum_f32x8(acc) - (kind == KIND_Q4_0 ? offset * hsum_f32x8(acc_offset) : 0.0f);
+        for (; b < nb; b++) { /* the last nb % 8 blocks, one at a time */
+            const char *block = row + b * bb;
+            float dot = x.d[b] * (float)hsum_i32x8(block_dot(block, x.qs + b * QK, kind));
+            sum += block_scale(block) * (dot - offset * x.dsum[b]);
+        }
+        out[r - row_begin] = sum;
+    }
+}
+
+void X86(matvec_q8_0)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols) {
+    matvec(out, w, xq, row_begin, row_end, cols, KIND_Q8_0);
+}
+
+void X86(matvec_q4_0)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols) {
+    matvec(out, w, xq, row_begin, row_end, cols, KIND_Q4_0);
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* a batch, one row at a time: tiles of RM rows x RN tokens, 32 values of a row in a vector (Q8_0 without
+   VNNI, and the last rows % 8 of the eight-row kernels below) */
+
+enum { RM = 2, RN = 4 };
+
+INLINE void row_tile(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t row, int64_t token,
+                     int64_t row_begin, int64_t cols, block_kind kind, int rm, int rn) {
+    int64_t nb = cols / QK;
+    size_t bb = block_bytes(kind);
+    const char *wr[RM];
+    q8_act xa[RN];
+    for (int i = 0; i < rm; i++) wr[i] = (const char *)w + (size_t)(row + i) * nb * bb;
+    for (int j = 0; j < rn; j++) xa[j] = q8_act_view((const char *)x + (size_t)(token + j) * ldx, cols);
+    __m256 acc[RM][RN];
+    for (int i = 0; i < rm; i++)
+        for (int j = 0; j < rn; j++) acc[i][j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i wv[RM];
+        __m256 dw[RM];
+        for (int i = 0; i < rm; i++) {
+            wv[i] = block_values(wr[i] + b * bb, kind);
+            if (kind == KIND_Q4_0) wv[i] = _mm256_sub_epi8(wv[i], _mm256_set1_epi8(8)); /* signed values */
+            dw[i] = _mm256_set1_ps(block_scale(wr[i] + b * bb));
+        }
+        for (int j = 0; j < rn; j++) {
+            __m256i xq = _mm256_loadu_si256((const __m256i *)(xa[j].qs + b * QK));
+            __m256 dx = _mm256_set1_ps(xa[j].d[b]);
+            for (int i = 0; i < rm; i++)
+                acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_i8(wv[i], xq)), _mm256_mul_ps(dw[i], dx), acc[i][j]);
+        }
+    }
+    for (int i = 0; i < rm; i++)
+        for (int j = 0; j < rn; j++) out[(token + j) * ldo + (row + i - row_begin)] = hsum_f32x8(acc[i][j]);
+}
+
+INLINE void matmul_by_rows(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                           int64_t row_begin, int64_t row_end, int64_t cols, block_kind kind) {
+    int64_t r = row_begin;
+    for (; r + RM <= row_end; r += RM) {
+        int64_t t = 0;
+        for (; t + RN <= n; t += RN) row_tile(out, ldo, w, x, ldx, r, t, row_begin, cols, kind, RM, RN);
+        for (; t < n; t++) row_tile(out, ldo, w, x, ldx, r, t, row_begin, cols, kind, RM, 1);
+    }
+    for (; r < row_end; r++)
+        for (int64_t t = 0; t < n; t++) row_tile(out, ldo, w, x, ldx, r, t, row_begin, cols, kind, 1, 1);
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* a batch, eight rows at a time: the rows in the vector lanes
+ *
+ * The row tiles above put 32 values of one row in a vector, so every block costs a scale multiply and a sum
+ * across lanes per row and token. Here a group of eight rows is first repacked (into the caller's scratch
+ * buffer, once for all the tokens) so that a vector holds four consecutive values of each of the eight rows,
+ * one row per 32-bit lane. A dot-product step against four bytes of a token, broadcast to all lanes, then
+ * adds to all eight rows' sums at once; after the block's eight such steps the eight rows' scales apply with
+ * one vector multiply. The weights are repacked as unsigned bytes, value + offset (8 for Q4_0, whose nibbles
+ * are stored that way; 128 for Q8_0), since the step multiplies unsigned by signed bytes; offset * (the token
+ * block's sum) comes off once per block. Without VNNI the step's 16-bit pair sums would overflow for Q8_0's
+ * 0..255: there, Q8_0 batches take the row tiles.
+ */
+
+#ifdef __AVX512VNNI__
+enum { RN8 = 12 }; /* tokens per pass over a packed group */
+#else
+enum { RN8 = 4 };
+#endif
+
+/* Per block of a packed group: eight groups of 32 bytes (four values x eight rows), then the eight rows'
+   scales as f32. */
+#define PACKED_BLOCK_BYTES (8 * QK + 8 * sizeof(float))
+
+size_t X86(matmul_scratch_bytes)(int64_t cols) { return (size_t)(cols / QK) * PACKED_BLOCK_BYTES; }
+
+/* Transposes eight vectors of eight 32-bit lanes: v[i] lane j <-> v[j] lane i. */
+INLINE void transpose8x8_epi32(__m256i v[8]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(_mm256_castsi256_ps(v[2 * i]), _mm256_castsi256_ps(v[2 * i + 1]));
+        t[2 * i + 1] = _mm256_unpackhi_ps(_mm256_castsi256_ps(v[2 * i]), _mm256_castsi256_ps(v[2 * i + 1]));
+    }
+    for (int i = 0; i < 2; i++) {
+        u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 4; i++) {
+        v[i] = _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+        v[i + 4] = _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+    }
+}
+
+/* Rows [row, row + 8) of w into the packed layout at dst. */
+INLINE void repack8(uint8_t *dst, const void *w, int64_t row, int64_t nb, block_kind kind) {
+    size_t bb = block_bytes(kind), row_bytes = (size_t)nb * bb;
+    for (int64_t b = 0; b < nb; b++, dst += PACKED_BLOCK_BYTES) {
+        __m256i v[8];
+        float d[8];
+        for (int r = 0; r < 8; r++) {
+            const char *block = (const char *)w + (size_t)(row + r) * row_bytes + (size_t)b * bb;
+            d[r] = block_scale(block);
+            v[r] = block_values(block, kind);
+            if (kind == KIND_Q8_0) v[r] = _mm256_xor_si256(v[r], _mm256_set1_epi8((char)0x80)); /* + 128 */
+        }
+        transpose8x8_epi32(v);
+        for (int g = 0; g < 8; g++) _mm256_storeu_si256((__m256i *)(dst + g * 32), v[g]);
+        memcpy(dst + 8 * QK, d, sizeof d);
+    }
+}
+
+/* out[token + j][row_out .. row_out + 8) for j < rn from a packed eight-row group. */
+INLINE void tile8(float *out, int64_t ldo, const uint8_t *packed, const void *x, size_t ldx, int64_t token,
+                  int64_t row_out, int64_t nb, float offset, int rn) {
+    q8_act xa[RN8];
+    __m256 acc[RN8];
+    for (int j = 0; j < rn; j++) {
+        xa[j] = q8_act_view((const char *)x + (size_t)(token + j) * ldx, nb * QK);
+        acc[j] = _mm256_setzero_ps();
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = packed + b * PACKED_BLOCK_BYTES;
+        __m256i s[RN8];
+        for (int j = 0; j < rn; j++) s[j] = _mm256_setzero_si256();
+        for (int g = 0; g < 8; g++) {
+            __m256i wv = _mm256_loadu_si256((const __m256i *)(p + g * 32));
+            for (int j = 0; j < rn; j++) {
+                int32_t four;
+                memcpy(&four, xa[j].qs + b * QK + g * 4, sizeof four);
+                s[j] = dot4_u8i8(s[j], wv, _mm256_set1_epi32(four));
+            }
+        }
+        __m256 dw = _mm256_loadu_ps((const float *)(p + 8 * QK));
+        for (int j = 0; j < rn; j++) {
+            __m256 dot = _mm256_fmsub_ps(_mm256_set1_ps(xa[j].d[b]), _mm256_cvtepi32_ps(s[j]),
+                                         _mm256_set1_ps(offset * xa[j].dsum[b]));
+            acc[j] = _mm256_fmadd_ps(dw, dot, acc[j]);
+        }
+    }
+    for (int j = 0; j < rn; j++) _mm256_storeu_ps(out + (token + j) * ldo + row_out, acc[j]);
+}
+
+/* Eight rows at a time (repacked once, then run past all n tokens, RN8 at a time); the last rows % 8 by
+   the row tiles. */
+INLINE void matmul_by_eight_rows(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                                 int64_t row_begin, int64_t row_end, int64_t cols, void *scratch, block_kind kind) {
+    int64_t nb = cols / QK, r = row_begin;
+    float offset = kind == KIND_Q4_0 ? 8.0f : 128.0f;
+    for (; r + 8 <= row_end; r += 8) {
+        repack8(scratch, w, r, nb, kind);
+        int64_t t = 0;
+        for (; t + RN8 <= n; t += RN8) tile8(out, ldo, scratch, x, ldx, t, r - row_begin, nb, offset, RN8);
+        for (; t < n; t++) tile8(out, ldo, scratch, x, ldx, t, r - row_begin, nb, offset, 1);
+    }
+    matmul_by_rows(out + (r - row_begin), ldo, w, x, ldx, n, r, row_end, cols, kind);
+}
+
+void X86(matmul_q8_0)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
+#ifdef __AVX512VNNI__
+    matmul_by_eight_rows(out, ldo, w, x, ldx, n, row_begin, row_end, cols, scratch, KIND_Q8_0);
+#else
+    (void)scratch;
+    matmul_by_rows(out, ldo, w, x, ldx, n, row_begin, row_end, cols, KIND_Q8_0);
+#endif
+}
+
+void X86(matmul_q4_0)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
+    matmul_by_eight_rows(out, ldo, w, x, ldx, n, row_begin, row_end, cols, scratch, KIND_Q4_0);
+}
