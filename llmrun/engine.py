@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _kernel
 from .errors import ContextOverflowError, InvalidArgumentError, KernelError
-from .spec import ROPE_STYLES, TENSOR_TYPES, ModelSpec, Tensor
+from .spec import ROPE_STYLES, TENSOR_TYPES, ModelConfig, ModelSpec, Tensor
 
 ffi, lib = _kernel.ffi, _kernel.lib
 
@@ -42,6 +42,25 @@ def available_isas() -> list[str]:
     return [name for name, code in ISA_NAMES.items() if lib.llm_isa_supported(code)]
 
 
+def _c_config(cfg: ModelConfig) -> object:
+    """The C library's llm_config for a model's hyperparameters (without RoPE frequencies)."""
+    return ffi.new("llm_config *", {
+        "dim": cfg.dim, "hidden_dim": cfg.hidden_dim, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
+        "n_kv_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "vocab_size": cfg.vocab_size,
+        "rope_theta": cfg.rope_theta, "norm_eps": cfg.norm_eps, "rope_style": ROPE_STYLES[cfg.rope_style],
+    })
+
+
+def context_bytes(cfg: ModelConfig, n_ctx: int, n_batch: int, n_threads: int) -> int | None:
+    """The memory an Engine with these sizes allocates besides the weights (KV cache, activations, buffers), as
+    the C library counts it before allocating anything; None where it cannot tell (a config it would refuse:
+    creating the engine then says why)."""
+    n = lib.llm_ctx_bytes(_c_config(cfg), n_ctx, n_batch, n_threads)
+    if n == lib.LLM_ERR_NOMEM:
+        return 1 << 62  # more than any memory
+    return n if n >= 0 else None
+
+
 class Engine:
     """One model instance: weights (borrowed), KV cache for `n_ctx` positions, `n_threads` threads,
     prompts processed in batches of up to `n_batch` tokens."""
@@ -61,11 +80,7 @@ class Engine:
         self.tokens_computed = 0  # positions run through the model so far (what the cache saved is not)
         self._ctx = ffi.NULL
 
-        config = ffi.new("llm_config *", {
-            "dim": cfg.dim, "hidden_dim": cfg.hidden_dim, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
-            "n_kv_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "vocab_size": cfg.vocab_size,
-            "rope_theta": cfg.rope_theta, "norm_eps": cfg.norm_eps, "rope_style": ROPE_STYLES[cfg.rope_style],
-        })
+        config = _c_config(cfg)
         if spec.rope_freqs is not None:
             freqs = np.ascontiguousarray(spec.rope_freqs, dtype=np.float32)
             if freqs.shape != (cfg.head_dim // 2,):

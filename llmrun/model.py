@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .chat import FORMATS, ChatStream, ChatTemplate, end_of_turn, tokenize_chat
-from .engine import DEFAULT_BATCH, MAX_THREADS, Engine
+from .engine import DEFAULT_BATCH, MAX_THREADS, Engine, context_bytes
 from .errors import ContextOverflowError, InvalidArgumentError, TokenizerError
 from .formats import Progress, beside_tokenizer, read_model, read_tokenizer
 from .generate import Generation, check_max_tokens, normalize_stop
@@ -306,7 +306,7 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
     spec = read_model(path, quantize=quantize, progress=progress)
     if n_ctx is None:
         n_ctx = min(spec.max_context, DEFAULT_MAX_CTX)
-    _check_context(spec, n_ctx, n_threads)
+    _check_context(spec, n_ctx, n_batch, n_threads)
     tok, problem = resolve_tokenizer(spec, tokenizer)
     return Model(spec, tok, n_ctx=n_ctx, n_threads=n_threads, tokenizer_problem=problem, n_batch=n_batch,
                  chat_format=chat_format)
@@ -331,14 +331,7 @@ def _sampling(params: SamplingParams | None, overrides: dict[str, Any]) -> Sampl
     return (params or DEFAULT_SAMPLING).with_overrides(**overrides)
 
 
-def context_bytes_per_position(spec: ModelSpec, n_threads: int) -> int:
-    """Bytes the C context allocates per position of its context (csrc/forward.c, llm_create): the keys and
-    values of every layer, one attention score per thread and the RoPE table's cos and sin."""
-    cfg = spec.config
-    return 4 * (2 * cfg.n_layers * cfg.kv_dim + n_threads + cfg.head_dim)
-
-
-def _check_context(spec: ModelSpec, n_ctx: int, n_threads: int) -> None:
+def _check_context(spec: ModelSpec, n_ctx: int, n_batch: int, n_threads: int) -> None:
     """Refuses an n_ctx the model cannot attend over (beyond a sliding window) or whose KV cache would not fit
     in physical memory, before anything is allocated, saying which n_ctx would do."""
     window = spec.sliding_window
@@ -347,12 +340,17 @@ def _check_context(spec: ModelSpec, n_ctx: int, n_threads: int) -> None:
                                    f"llmrun attends to the whole context, so n_ctx = {n_ctx} would compute "
                                    f"something else: use n_ctx <= {window}", param="n_ctx")
     memory = physical_memory()
-    per_position = context_bytes_per_position(spec, n_threads)
-    if memory is not None and n_ctx * per_position > memory:
-        raise InvalidArgumentError(
-            f"n_ctx = {n_ctx} needs {n_ctx * per_position / 2**30:.1f} GiB for the KV cache of {spec.path}, more "
-            f"than this machine's {memory / 2**30:.1f} GiB of physical memory: use n_ctx <= "
-            f"{memory // per_position}", param="n_ctx")
+    needed = context_bytes(spec.config, n_ctx, n_batch, n_threads)
+    if memory is None or needed is None or needed <= memory:
+        return
+    low, high = 0, n_ctx  # the largest n_ctx that fits, by bisection (the size grows with n_ctx)
+    while low < high:
+        mid = (low + high + 1) // 2
+        fits = context_bytes(spec.config, mid, n_batch, n_threads)
+        low, high = (mid, high) if fits is not None and fits <= memory else (low, mid - 1)
+    raise InvalidArgumentError(
+        f"n_ctx = {n_ctx} needs {needed / 2**30:.1f} GiB for the KV cache and buffers of {spec.path}, more than "
+        f"this machine's {memory / 2**30:.1f} GiB of physical memory: use n_ctx <= {low}", param="n_ctx")
 
 
 def resolve_tokenizer(spec: ModelSpec, tokenizer: str | os.PathLike | Tokenizer | None

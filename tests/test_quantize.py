@@ -280,7 +280,7 @@ def test_gguf_input_keeps_its_metadata(capsys: pytest.CaptureFixture, tmp_path: 
         assert after[key].types == before[key].types, key
         assert after[key].contents() == before[key].contents(), key
     assert "general.alignment" not in after and after["general.file_type"].contents() == 7
-    assert read_model(tmp_path / "out.gguf").extra["metadata"]["tokenizer.chat_template"] == "{{ messages }}"
+    assert read_model(tmp_path / "out.gguf").metadata["tokenizer.chat_template"] == "{{ messages }}"
 
 
 # --- llama2.c version 2 ---------------------------------------------------------------------------------
@@ -299,7 +299,7 @@ def test_v2_with_whole_blocks_loads_as_q8_0(tmp_path: Path, group_size: int, tie
     """Groups of 32k values: every block keeps the file's int8 values, with its group's scale in fp16."""
     t = random_tensors(CFG, seed=3, tied=tied)
     spec = read_model(write_v2(tmp_path / "m.bin", CFG, t, group_size))
-    assert spec.format == "llama2.c v2" and spec.extra["group_size"] == group_size and spec.config == CFG
+    assert spec.format == "llama2.c v2" and spec.group_size == group_size and spec.config == CFG
     assert spec.dtype == "q8_0" and (spec.output is None) == tied
     assert spec.layers[0].attn_norm.type == "f32" and np.array_equal(spec.layers[1].ffn_norm.data, t["ffn_norm"][1])
     for tensor, original in ((spec.token_embd, t["token_embd"]), (spec.layers[1].w_down, t["w_down"][1]),
@@ -374,7 +374,7 @@ def test_stories260k_q80_loads_and_follows_runq(models_dir: Path) -> None:
     greedy decoding follows runq for a while and then may part: measured, 2 of the 8 recorded prompts
     give runq's output exactly, the others agree for their first 82 to 244 tokens."""
     spec = read_model(models_dir / "stories260K_q80.bin")
-    assert spec.format == "llama2.c v2" and spec.extra["group_size"] == 4 and spec.dtype == "f32"
+    assert spec.format == "llama2.c v2" and spec.group_size == 4 and spec.dtype == "f32"
     assert spec.output is None and spec.config.hidden_dim == 172
     fp32 = read_model(models_dir / "stories260K.bin")
     assert np.max(np.abs(spec.token_embd.data - fp32.token_embd.data)) < 0.005
