@@ -39,8 +39,8 @@ RUNAWAY = {
 
 def test_render_in_the_worker(benchmark) -> None:
     template = compile_template(FORMATS["chatml"])
-    assert render_sandboxed(template, CONTEXT).startswith("<|im_start|>system")
-    benchmark(render_sandboxed, template, CONTEXT)
+    assert render_sandboxed(template, [CONTEXT])[0].startswith("<|im_start|>system")
+    benchmark(render_sandboxed, template, [CONTEXT])
 
 
 def test_render_in_this_process(benchmark) -> None:
@@ -52,20 +52,20 @@ def test_render_in_this_process(benchmark) -> None:
                                                           template_sandbox.MAX_OUTPUT_CHARS)
         return template_worker.render(compiled, CONTEXT)
 
-    assert render() == render_sandboxed(compile_template(FORMATS["chatml"]), CONTEXT)
+    assert render() == render_sandboxed(compile_template(FORMATS["chatml"]), [CONTEXT])[0]
     benchmark(render)
 
 
 def test_render_in_a_new_worker(benchmark) -> None:
     """Start a worker, render once, stop it: a process per render, or the first render after a kill."""
     request = {"source": FORMATS["chatml"], "seconds": 5.0, "max_chars": template_sandbox.MAX_OUTPUT_CHARS,
-               "context": CONTEXT}
+               "contexts": [CONTEXT]}
     line = template_sandbox.json.dumps(request).encode() + b"\n"
 
     def cold() -> None:
         worker = template_sandbox._Worker()
         worker.ask(b"", template_sandbox.START_TIMEOUT_S)
-        assert "text" in worker.ask(line, 5.0)
+        assert "texts" in worker.ask(line, 5.0)
         worker.close()
 
     benchmark.pedantic(cold, rounds=10)
@@ -98,15 +98,14 @@ def test_render_in_a_forked_child(benchmark) -> None:
 def test_stop_by_the_sandbox_checks(benchmark, source: str) -> None:
     def run() -> None:
         with pytest.raises(TemplateFailure):
-            render_sandboxed(compile_template(source), {}, seconds=1.0, max_chars=1 << 20)
+            render_sandboxed(compile_template(source), [{}], seconds=1.0, max_chars=1 << 20)
 
     benchmark.pedantic(run, rounds=3)
 
 
 @pytest.mark.parametrize("source", HOSTILE.values(), ids=HOSTILE)
 def test_stop_by_the_process_limits(benchmark, source: str) -> None:
-    """At the default budget (TIME_LIMIT_S): each ends within it and the kill grace, failing at a limit or (on a
-    fast enough machine, for the merely slow ones: sort, title, slice) rendering."""
+    """At the default budget (TIME_LIMIT_S): each ends within it and the kill grace, failing at a limit."""
     def run() -> str:
         try:
             ChatTemplate(source).render(MESSAGES)

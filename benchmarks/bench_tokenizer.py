@@ -83,4 +83,4 @@ def test_encode_10000_chars_llama3_style(benchmark, monkeypatch: pytest.MonkeyPa
 
 def test_match_deadline_cost(benchmark) -> None:
     """What setting the deadline costs an encode call: one clock read."""
-    benchmark(match_deadline, 4000)
+    benchmark(match_deadline)

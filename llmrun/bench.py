@@ -100,8 +100,10 @@ def perplexity(model: Model, text: str, ctx: int, progress: Callable[[int, int, 
     sees at least ctx / 2 tokens); the text must have 2 * ctx tokens. Its figures compare with published
     llama.cpp perplexities; they are lower than the default's (more context per prediction) from half the
     predictions. progress(chunk, n_chunks, running_ppl) is called after each chunk."""
-    if ctx < 2 or ctx > model.info.n_ctx:
-        raise InvalidArgumentError(f"ctx must be in [2, {model.info.n_ctx}] (the loaded context), got {ctx}",
+    if ctx < 2:  # a chunk is BOS and at least one token to score
+        raise InvalidArgumentError(f"ctx must be at least 2, got {ctx}", param="ctx")
+    if ctx > model.info.n_ctx:
+        raise InvalidArgumentError(f"ctx must be at most the loaded context ({model.info.n_ctx}), got {ctx}",
                                    param="ctx")
     chunks, first = _llama_cpp_chunks(model, text, ctx) if llama_cpp else (_chunks(model, text, ctx), 0)
     nll, count = 0.0, 0
@@ -128,15 +130,13 @@ def _llama_cpp_chunks(model: Model, text: str, ctx: int) -> tuple[list[list[int]
     scores from: the whole text tokenized with the model's special tokens, cut every ctx tokens, the first of
     each chunk replaced by BOS when the model adds one; predictions from position ctx / 2 on."""
     ids = model.tokenize(text)
-    bos = model.tokenizer.bos_id
-    adds_bos = bos is not None and ids[:1] == [bos]  # the text itself cannot encode to BOS (special=False)
     if len(ids) < 2 * ctx:
         raise InvalidArgumentError(f"the text has {len(ids)} tokens; llama.cpp's scoring needs at least 2 * ctx "
-                                   f"= {2 * ctx}")
+                                   f"= {2 * ctx}", param="ctx")
     chunks = [ids[c * ctx:(c + 1) * ctx] for c in range(len(ids) // ctx)]
-    if adds_bos:
+    if model.add_bos_token:
         for chunk in chunks:
-            chunk[0] = bos
+            chunk[0] = model.tokenizer.bos_id
     return chunks, ctx // 2
 
 

@@ -6,18 +6,20 @@
   Hugging Face provides: messages, add_generation_prompt, bos_token, eos_token, raise_exception,
   strftime_now, tojson(indent, separators, ensure_ascii, sort_keys).
 - Special-token safety: only the template's own markup may produce control tokens. `tokenize_chat` renders
-  the conversation twice, once as is and once with every message's content replaced by a random sentinel;
-  the second rendering is the template's markup alone. It then lines the markup up with the real rendering
-  (a template may `trim` or `strip` contents); control-token text is recognised only in the markup, and
-  every message's text is tokenized as plain text, so a user who types `<|im_end|>` gets the characters,
-  not the token. Where a template changes contents in a way that cannot be lined up, the markup is used
-  with the contents as given (still safe; `ChatPrompt.exact` is then False).
+  the conversation twice (in one request to the sandbox, under one time budget), once as is and once with
+  every message's content replaced by a random sentinel; the second rendering is the template's markup
+  alone. It then lines the markup up with the real rendering (a template may `trim` or `strip` contents);
+  control-token text is recognised only in the markup, and every message's text is tokenized as plain
+  text, so a user who types `<|im_end|>` gets the characters, not the token. Where a template changes
+  contents in a way that cannot be lined up, the markup is used with the contents as given (still safe;
+  `ChatPrompt.exact` is then False).
 - `end_of_turn` finds what ends a reply: the tokenizer's EOS and end-of-turn tokens the template uses
   (`<|eot_id|>`, `<|im_end|>`, ...); a marker the vocabulary lacks becomes a stop string.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -107,6 +109,9 @@ class ChatTemplate:
             raise ChatTemplateError(f"chat template {name!r}: {e}") from None
         self.source = source
         self.name = name
+        # tokenize_chat's last prompt, by what it was made from: a chat front end asks for the same prompt
+        # more than once (the REPL measures it, then generates from it), and each rendering costs a budget
+        self._last_prompt: tuple[tuple, ChatPrompt] | None = None
 
     @classmethod
     def builtin(cls, name: str) -> ChatTemplate:
@@ -118,10 +123,16 @@ class ChatTemplate:
                add_generation_prompt: bool = True) -> str:
         """The conversation as text. ChatTemplateError when the template fails, refuses the conversation
         (its raise_exception) or breaks a sandbox rule or limit."""
-        context = {"messages": [dict(m) for m in messages], "bos_token": bos_token, "eos_token": eos_token,
-                   "add_generation_prompt": add_generation_prompt}
+        return self.render_all([messages], bos_token, eos_token, add_generation_prompt)[0]
+
+    def render_all(self, conversations: Sequence[Sequence[Mapping[str, Any]]], bos_token: str = "",
+                   eos_token: str = "", add_generation_prompt: bool = True) -> list[str]:
+        """Each conversation as text, all rendered within one time budget (TIME_LIMIT_S of the sandbox);
+        errors as `render`."""
+        contexts = [{"messages": [dict(m) for m in messages], "bos_token": bos_token, "eos_token": eos_token,
+                     "add_generation_prompt": add_generation_prompt} for messages in conversations]
         try:
-            return render_sandboxed(self._template, context)
+            return render_sandboxed(self._template, contexts)
         except TemplateFailure as e:
             raise ChatTemplateError(f"chat template {self.name!r}: {e}") from None
 
@@ -169,14 +180,23 @@ class ChatPrompt:
 def tokenize_chat(template: ChatTemplate, tokenizer: Tokenizer, messages: object, add_bos: bool = True,
                   add_generation_prompt: bool = True) -> ChatPrompt:
     """Renders and tokenizes a conversation; control tokens come only from the template's markup. BOS is
-    added at the start when `add_bos` and the template did not write it (never twice)."""
+    added at the start when `add_bos` and the template did not write it (never twice). Asked for the same
+    prompt again (same template, tokenizer, messages and flags), it returns it without rendering anew."""
     msgs = validate_messages(messages)
+    key = (tokenizer, json.dumps(msgs), add_bos, add_generation_prompt)
+    last = template._last_prompt
+    if last is None or last[0] != key:
+        last = template._last_prompt = (key, _tokenize_chat(template, tokenizer, msgs, add_bos, add_generation_prompt))
+    return dataclasses.replace(last[1], ids=list(last[1].ids))  # the caller's own list of ids
+
+
+def _tokenize_chat(template: ChatTemplate, tokenizer: Tokenizer, msgs: list[dict[str, str]], add_bos: bool,
+                   add_generation_prompt: bool) -> ChatPrompt:
     bos = tokenizer.id_to_piece(tokenizer.bos_id) if tokenizer.bos_id is not None else ""
     eos = tokenizer.id_to_piece(tokenizer.eos_id) if tokenizer.eos_id is not None else ""
-    text = template.render(msgs, bos, eos, add_generation_prompt)
     nonce = secrets.token_hex(8).upper()  # letters and digits: survives trim, tojson, escaping, upper/lower
     masked = [{**m, "content": f"LLMRUN{nonce}M{i}X" if m["content"] else ""} for i, m in enumerate(msgs)]
-    skeleton = template.render(masked, bos, eos, add_generation_prompt)
+    text, skeleton = template.render_all([msgs, masked], bos, eos, add_generation_prompt)
     parts = re.split(f"LLMRUN{nonce}M(\\d+)X", skeleton, flags=re.IGNORECASE)
     if any("llmrun" in p.lower() for p in parts[::2]):  # a sentinel was cut or rewritten: contents are lost
         raise ChatTemplateError(f"chat template {template.name!r} rewrites message contents (slices or replaces "
@@ -306,7 +326,8 @@ def load_template_from_folder(path: str | os.PathLike) -> str | None:
 
 class ChatStream(Iterator[str]):
     """A reply being generated: iterate for text deltas. Once exhausted (or closed), `finish_reason`
-    ("stop": an end-of-turn token or stop string; "length": max_tokens or a full context), `usage`, `message`
+    ("stop": an end-of-turn token or stop string; "length": max_tokens or a full context; "cancelled": closed
+    before it ended, e.g. by Ctrl-C or a client that went away), `usage`, `message`
     and `stats` describe it; `result()` runs it to the end and returns the dict `Model.chat` returns."""
 
     def __init__(self, generation: Generation, prompt: ChatPrompt, template: ChatTemplate) -> None:

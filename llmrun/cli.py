@@ -32,12 +32,13 @@ QUANT_TYPES = ("f16", "bf16", "q8_0", "q4_0")  # what `llmrun quantize --type` w
 MODEL_HELP = ("model: a GGUF file, a llama2.c checkpoint (.bin) or a Hugging Face model folder (Llama, Mistral "
               "and Qwen2 families)")
 RANDOM_SEED = -1  # -s -1: a fresh random seed, as llama.cpp
+MODEL_SUFFIXES = (".gguf", ".bin")  # what the server's default model name drops from a file's name
 # Where llama.cpp spells a sampling option differently, its spelling is accepted too.
 SAMPLING_ALIASES = {"temperature": ["--temp"], "seed": ["-s"]}
 SAMPLING_FIELDS = dataclasses.fields(SamplingParams)
 # The option that sets each API argument, so that an error speaks of what the user typed (LLMError.for_flags).
-FLAGS = {"n_ctx": "-c", "tokenizer": "-z/--tokenizer", "n_threads": "-t", "n_batch": "-b", "max_tokens": "-n",
-         "repetitions": "-r", "chat_format": "--chat-format",
+FLAGS = {"n_ctx": "-c", "ctx": "-c", "tokenizer": "-z/--tokenizer", "n_threads": "-t", "n_batch": "-b",
+         "max_tokens": "-n", "repetitions": "-r", "chat_format": "--chat-format",
          **{f.name: "--" + f.name.replace("_", "-") for f in SAMPLING_FIELDS}}
 
 
@@ -61,42 +62,49 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # allow_abbrev=False: an option is spelled in full (`--ctx` is not --ctx-size), so that no spelling that
+    # works today breaks when an option is added
     parser = argparse.ArgumentParser(
-        prog="llmrun", description="Run Llama-family language models locally, offline, on the CPU.")
+        prog="llmrun", description="Run Llama-family language models locally, offline, on the CPU.",
+        allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"llmrun {__version__}")
-    sub = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
-    gen = sub.add_parser("generate", help="continue a prompt, streaming the text to stdout",
-                         description="Continue a prompt, streaming the text to stdout (the prompt is echoed "
-                                     "first, as llama2.c and llama.cpp do). The prompt is -p TEXT, else the "
-                                     "file -f FILE, else standard input when it is not a terminal.")
+    def command(name: str, **kwargs: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, allow_abbrev=False, **kwargs)
+
+    gen = command("generate", help="continue a prompt, streaming the text to stdout",
+                  description="Continue a prompt, streaming the text to stdout (the prompt is echoed first, as "
+                              "llama2.c and llama.cpp do). The prompt is -p TEXT or the file -f FILE (-f - or "
+                              "-f /dev/stdin: standard input); standard input is not read otherwise, as with "
+                              "llama.cpp's llama-cli, so that a shell loop keeps its lines.")
     add_model_args(gen)
-    gen.add_argument("-p", "--prompt", default=None, help="the text to continue (default: -f, else standard input "
-                                                          "when it is piped, else empty: start from BOS)")
+    gen.add_argument("-p", "--prompt", default=None, help="the text to continue (default: -f, else empty: start "
+                                                          "from BOS)")
     gen.add_argument("-f", "--file", default=None, metavar="FILE",
-                     help="read the prompt from FILE ('-': standard input); one trailing newline is dropped, "
-                          "as llama.cpp does")
+                     help="read the prompt from FILE, UTF-8 ('-' or /dev/stdin: standard input); one trailing "
+                          "newline is dropped, as llama.cpp does")
     add_sampling_args(gen, max_tokens_default=-1)
     gen.add_argument("--no-echo", action="store_true", help="print only the generated text, not the prompt")
     gen.add_argument("--stats", action="store_true",
                      help="print token counts and prefill/decode speed to stderr at the end")
     gen.set_defaults(run=run_generate)
 
-    chat = sub.add_parser("chat", help="an interactive chat in the terminal",
-                          description="An interactive chat: the conversation is rendered with the model's own "
-                                      "chat template (or --chat-format) and each reply is streamed. Type /help "
-                                      "for commands; a line ending in \\ continues on the next line; Ctrl-C "
-                                      "stops a reply; Ctrl-D (or /exit) quits.")
+    chat = command("chat", help="an interactive chat in the terminal",
+                   description="An interactive chat: the conversation is rendered with the model's own "
+                               "chat template (or --chat-format) and each reply is streamed. Type /help "
+                               "for commands; a line ending in \\ continues on the next line; Ctrl-C "
+                               "stops a reply; Ctrl-D (or /exit) quits.")
     add_model_args(chat)
     chat.add_argument("--system", default=None, metavar="TEXT", help="the system prompt")
     add_chat_format_arg(chat)
     add_sampling_args(chat, max_tokens_default=-1)
     chat.set_defaults(run=run_chat)
 
-    bench = sub.add_parser("bench", help="measure prompt processing and generation speed, as llama-bench",
-                           description="Prompt processing (ppN: N tokens from an empty cache) and generation "
-                                       "(tgN: N tokens one at a time) in tokens/s, mean and standard deviation "
-                                       "over repetitions, after an untimed warm-up.")
+    bench = command("bench", help="measure prompt processing and generation speed, as llama-bench",
+                    description="Prompt processing (ppN: N tokens from an empty cache) and generation "
+                                "(tgN: N tokens one at a time) in tokens/s, mean and standard deviation "
+                                "over repetitions, after an untimed warm-up.")
     bench.add_argument("model", help=MODEL_HELP)
     bench.add_argument("-z", "--tokenizer", help="tokenizer file, for llama2.c models")
     bench.add_argument("-p", "--n-prompt", default="128",
@@ -110,24 +118,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print JSON lines instead of a markdown table")
     bench.set_defaults(run=run_bench_command)
 
-    ppl = sub.add_parser("perplexity", help="perplexity of a model on a text file",
-                         description="Cuts the text's tokens into chunks of -c tokens (each starting with BOS) "
-                                     "and scores every token of a chunk from the ones before it, so every token "
-                                     "of the text counts once. --llama-cpp-compatible scores as llama.cpp's "
-                                     "llama-perplexity instead, so that the figures compare with published "
-                                     "ones.")
+    ppl = command("perplexity", help="perplexity of a model on a text file",
+                  description="Cuts the text's tokens into chunks of -c tokens (each starting with BOS) "
+                              "and scores every token of a chunk from the ones before it, so every token "
+                              "of the text counts once. --llama-cpp-compatible scores as llama.cpp's "
+                              "llama-perplexity instead, so that the figures compare with published "
+                              "ones.")
     add_model_args(ppl, ctx_help="tokens per chunk (default: the model's context, at most 4096)")
-    ppl.add_argument("textfile", help="UTF-8 text (one trailing newline is dropped, as llama.cpp's -f does)")
+    ppl.add_argument("textfile", help="UTF-8 text ('-': standard input; one trailing newline is dropped, as "
+                                      "llama.cpp's -f does)")
     ppl.add_argument("--llama-cpp-compatible", action="store_true",
                      help="llama-perplexity's scoring: the text tokenized as a whole, each chunk's first token "
                           "replaced by BOS, only the second half of each chunk scored")
     ppl.set_defaults(run=run_perplexity)
 
-    serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (needs: pip install 'llmrun[server]')",
-                           description="Serve the model over HTTP with the OpenAI API: GET /v1/models, POST "
-                                       "/v1/completions, POST /v1/chat/completions (streaming or not), GET "
-                                       "/health. Requests take turns on the one model; the KV cache carries a "
-                                       "shared prefix from one request to the next.")
+    serve = command("serve", help="an OpenAI-compatible HTTP server (needs: pip install 'llmrun[server]')",
+                    description="Serve the model over HTTP with the OpenAI API: GET /v1/models, POST "
+                                "/v1/completions, POST /v1/chat/completions (streaming or not), GET "
+                                "/health. Requests take turns on the one model; the KV cache carries a "
+                                "shared prefix from one request to the next.")
     add_model_args(serve)
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 exposes "
@@ -148,17 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="server log level (default: info)")
     serve.set_defaults(run=run_serve)
 
-    info = sub.add_parser("info", help="show a model's shape, parameters, type and size")
+    info = command("info", help="show a model's shape, parameters, type and size")
     add_model_args(info)
     info.set_defaults(run=run_info)
 
-    quant = sub.add_parser("quantize", help="write a model as GGUF with its weights in another type",
-                           description="Write a model (a GGUF file, a llama2.c .bin or a Hugging Face folder) as "
-                                       "a GGUF file with its weight matrices in TYPE. Norms stay f32; a matrix "
-                                       "whose rows are not whole 32-value blocks falls back to f16 for q8_0 and "
-                                       "q4_0, as llama.cpp's quantizer does. A GGUF input keeps its metadata and "
-                                       "vocabulary; otherwise the tokenizer (the model's own, -z, or "
-                                       "tokenizer.bin beside the model) is written into the file.")
+    quant = command("quantize", help="write a model as GGUF with its weights in another type",
+                    description="Write a model (a GGUF file, a llama2.c .bin or a Hugging Face folder) as "
+                                "a GGUF file with its weight matrices in TYPE. Norms stay f32; a matrix "
+                                "whose rows are not whole 32-value blocks falls back to f16 for q8_0 and "
+                                "q4_0, as llama.cpp's quantizer does. A GGUF input keeps its metadata and "
+                                "vocabulary; otherwise the tokenizer (the model's own, -z, or "
+                                "tokenizer.bin beside the model) is written into the file.")
     quant.add_argument("input", help="the model to read: a GGUF file, a llama2.c .bin or a Hugging Face folder")
     quant.add_argument("output", help="GGUF file to write")
     quant.add_argument("--type", required=True, choices=QUANT_TYPES, help="type of the weight matrices")
@@ -228,25 +237,33 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
     sampling = {f.name: getattr(args, f.name) for f in SAMPLING_FIELDS}
     if sampling["seed"] == RANDOM_SEED:
         sampling["seed"] = None
+    elif not 0 <= sampling["seed"] < 2**64:  # SamplingParams would speak of None, which -s cannot say
+        raise InvalidArgumentError(f"-s must be {RANDOM_SEED} (random) or an int in [0, 2**64), got {sampling['seed']}")
     SamplingParams(**sampling)
     return dict(max_tokens=None if args.max_tokens == -1 else args.max_tokens, stop=args.stop or None, **sampling)
 
 
 def read_text(path: str) -> str:
-    """A text file ('-': standard input) as llama.cpp's -f reads it: one trailing newline dropped."""
-    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    """A UTF-8 text file ('-': standard input) as llama.cpp's -f reads it: one trailing newline dropped."""
+    data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        name = "standard input" if path == "-" else path
+        raise InvalidArgumentError(f"{name}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") \
+            from None
     return text[:-1] if text.endswith("\n") else text
 
 
 def read_prompt(args: argparse.Namespace) -> str:
-    """-p, else -f, else standard input when it is not a terminal (a pipe, a file), else empty."""
+    """-p, else -f, else empty. Standard input is read only as -f - (or -f /dev/stdin), as llama.cpp's
+    llama-cli reads it: reading it whenever it is a pipe took the lines of a shell loop (`... | while read f;
+    do llmrun generate ...; done`) and waited forever on a pipe that stays open."""
     if args.prompt is not None and args.file is not None:
         raise InvalidArgumentError("give the prompt with -p or with -f, not both")
     if args.prompt is not None:
         return args.prompt
-    if args.file is not None:
-        return read_text(args.file)
-    return "" if sys.stdin.isatty() else read_text("-")
+    return "" if args.file is None else read_text(args.file)
 
 
 def print_stream(generation: Generation) -> None:
@@ -306,13 +323,20 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.api_key is not None and not args.api_key.isprintable():
         raise InvalidArgumentError("the API key must be printable text")
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
-    name = args.alias or Path(args.model).name.rsplit(".", 1)[0]
+    name = args.alias or model_name(args.model)
     config = ServerConfig(model_name=name, api_key=args.api_key, max_body_bytes=args.max_body_bytes,
                           max_queue=args.max_queue)
     with open_model(args, chat_format=args.chat_format) as model:
         require_tokenizer(model)
         serve(model, config, host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+def model_name(path: str) -> str:
+    """The server's default model id: a file's name without .gguf / .bin, a folder's name as it is (dots and
+    all: Qwen2.5-0.5B-Instruct)."""
+    p = Path(path)
+    return p.stem if p.suffix.lower() in MODEL_SUFFIXES and not p.is_dir() else p.name
 
 
 def status(message: str) -> None:
@@ -323,24 +347,26 @@ def status(message: str) -> None:
         print(message, file=sys.stderr)
 
 
-def int_list(text: str, option: str) -> list[int]:
-    """Comma-separated counts; 0 skips that test, as with llama-bench."""
+def int_list(text: str, option: str, minimum: int) -> list[int]:
+    """Comma-separated integers, each at least `minimum`."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise InvalidArgumentError(f"{option} takes comma-separated integers, got {text!r}") from None
-    if any(v < 0 for v in values):
-        raise InvalidArgumentError(f"{option} values must be >= 0 (0 skips the test), got {text!r}")
-    return [v for v in values if v > 0]
+        values = []
+    if not values:
+        raise InvalidArgumentError(f"{option} takes comma-separated integers, got {text!r}")
+    if any(v < minimum for v in values):
+        raise InvalidArgumentError(f"{option} values must be >= {minimum}, got {text!r}")
+    return values
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
-    prompts, gens = int_list(args.n_prompt, "-p"), int_list(args.n_gen, "-n")
+    # a length of 0 skips that test, as with llama-bench; a thread count has no such meaning
+    prompts = [n for n in int_list(args.n_prompt, "-p", 0) if n]
+    gens = [n for n in int_list(args.n_gen, "-n", 0) if n]
     if not prompts and not gens:
         raise InvalidArgumentError("nothing to measure: every -p and -n length is 0")
-    threads = int_list(args.threads, "-t") if args.threads else [None]
-    if not threads:
-        raise InvalidArgumentError(f"-t values must be >= 1, got {args.threads!r}")
+    threads = int_list(args.threads, "-t", 1) if args.threads else [None]
     n_ctx = max(prompts + [n + 1 for n in gens])
     rows = []
     for t in threads:
@@ -400,7 +426,7 @@ def run_info(args: argparse.Namespace) -> int:
             tok = model.tokenizer
             rows.append(("tokenizer", f"{tok.vocab_size} tokens, bos {token(tok.bos_id)}, eos {token(tok.eos_id)}"))
         except LLMError as e:
-            rows.append(("tokenizer", f"none ({e})"))
+            rows.append(("tokenizer", f"none ({e.for_flags(FLAGS)})"))
         width = max(len(k) for k, _ in rows)
         for key, value in rows:
             print(f"{key:<{width}}  {value}")

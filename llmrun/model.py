@@ -101,6 +101,12 @@ class Model:
             add_bos = self._spec.add_bos_token
         return self.tokenizer.encode(text, add_bos=add_bos, add_eos=self._spec.add_eos_token, special=special)
 
+    @property
+    def add_bos_token(self) -> bool:
+        """Whether `tokenize` starts a text with BOS by default: the model file says so and the tokenizer has a
+        BOS token (False without a tokenizer)."""
+        return self._spec.add_bos_token and self._tokenizer is not None and self._tokenizer.bos_id is not None
+
     def detokenize(self, ids: Iterable[int]) -> str:
         """The text of token ids (control tokens such as BOS/EOS produce no text). InvalidArgumentError (param
         "ids") for anything but a sequence of ints."""
@@ -252,8 +258,9 @@ class Model:
         if n_ctx < max_ctx:
             raise ContextOverflowError(f"{message} (load with a larger n_ctx, up to the model's {max_ctx})",
                                        param="n_ctx", n_tokens=n_tokens, n_ctx=n_ctx, max_ctx=max_ctx)
-        raise ContextOverflowError(f"{message}, which is already as long as the model's ({max_ctx})",
-                                   n_tokens=n_tokens, n_ctx=n_ctx, max_ctx=max_ctx)
+        if n_ctx == max_ctx:
+            message += ", which is already the model's maximum"
+        raise ContextOverflowError(message, n_tokens=n_tokens, n_ctx=n_ctx, max_ctx=max_ctx)
 
     # --- lifetime -----------------------------------------------------------------------------------
 

@@ -59,6 +59,7 @@ class Repl:
         self.err = err or sys.stderr
         self.messages: list[dict[str, str]] = []  # user and assistant turns, oldest first
         self.last: ChatStream | None = None  # the last reply of this conversation
+        self.last_conversation: list[dict[str, str]] = []  # the conversation that reply ended
         self.last_ttft: float | None = None
         self.session_tokens = 0
 
@@ -151,11 +152,16 @@ class Repl:
         self.notice(f"(loaded {len(messages)} messages from {path})")
 
     def context_used(self) -> int:
-        """Tokens the conversation takes in the context now (with the prompt for the next reply)."""
-        if not self.conversation():
+        """Tokens the conversation takes in the context. Right after a reply: its prompt and the reply, what
+        the KV cache holds (known: nothing is rendered). After /load or /system: the conversation rendered as
+        the next prompt (once: the chat template keeps its last prompt)."""
+        conversation = self.conversation()
+        if not conversation:
             return 0
+        if self.last is not None and conversation == self.last_conversation:
+            return self.last.usage["total_tokens"]
         try:
-            return len(self.model.chat_prompt(self.conversation(), chat_format=self.chat_format))
+            return len(self.model.chat_prompt(conversation, chat_format=self.chat_format))
         except LLMError:  # a template that refuses this conversation says so at the next turn
             return 0
 
@@ -208,7 +214,7 @@ class Repl:
             self.messages.pop()
             return
         self.messages.append({"role": "assistant", "content": "".join(shown)})
-        self.last = stream
+        self.last, self.last_conversation = stream, self.conversation()
         self.session_tokens += stream.usage["completion_tokens"]
 
     def make_room(self) -> bool:

@@ -18,8 +18,11 @@ died mid-render), and the parent kills it when a render outlasts its budget. Thi
 standard library and jinja2 (the parent runs it by path, without importing the llmrun package).
 
 Protocol: one JSON object per line on stdin, one per line on stdout. The first line out is {"ready": true}.
-Requests: {"source", "seconds", "max_chars"} compiles (and caches) a template; with "context" as well it also
-renders it. Replies: {"text": ...} (the rendering, or "" for a compile) or {"error": ...}.
+Requests: {"source", "seconds", "max_chars"} compiles (and caches) a template; with "contexts" (a list of
+variable mappings) as well it also renders it once with each, all within one deadline of "seconds" (each
+rendering with its own size and range() counts). Replies: {"texts": [...]} (one rendering per context; none
+for a compile) or {"error": ...}. Every line gets exactly one reply, a malformed one an error, so that the
+parent's next read is the answer to its next request.
 """
 
 from __future__ import annotations
@@ -59,9 +62,9 @@ class RenderFailure(Exception):
 class _Limits:
     """The budget of one render."""
 
-    def __init__(self, seconds: float, max_chars: int) -> None:
+    def __init__(self, seconds: float, max_chars: int, deadline: float | None = None) -> None:
         self.seconds = seconds
-        self.deadline = time.monotonic() + seconds
+        self.deadline = time.monotonic() + seconds if deadline is None else deadline
         self.max_chars = max_chars
         self.range_left = MAX_RANGE_TOTAL
         self.ticks = 0
@@ -339,16 +342,19 @@ def _limit_cpu(seconds: float) -> None:
 
 def _handle(request: Mapping[str, Any], cache: dict[str, jinja2.Template]) -> dict[str, Any]:
     global _budget
-    source, seconds = request["source"], float(request["seconds"])
-    _budget = _Limits(seconds, int(request["max_chars"]))
+    source, seconds, max_chars = request["source"], float(request["seconds"]), int(request["max_chars"])
+    _budget = _Limits(seconds, max_chars)  # the request's one deadline, for the compile and every rendering
+    deadline = _budget.deadline
     _limit_cpu(seconds)
     if source not in cache:
         if len(cache) >= CACHED_TEMPLATES:
             del cache[next(iter(cache))]
         cache[source] = compile_template(source)
-    if "context" not in request:
-        return {"text": ""}
-    return {"text": render(cache[source], request["context"])}
+    texts = []
+    for context in request.get("contexts", []):
+        _budget = _Limits(seconds, max_chars, deadline)
+        texts.append(render(cache[source], context))
+    return {"texts": texts}
 
 
 def serve(memory_budget: int) -> None:
@@ -365,11 +371,15 @@ def serve(memory_budget: int) -> None:
     reply({"ready": True})
     for line in stdin:
         try:
-            reply(_handle(json.loads(line), cache))
+            answer = _handle(json.loads(line), cache)
         except RenderFailure as e:
-            reply({"error": str(e)})
+            answer = {"error": str(e)}
         except MemoryError:
-            reply({"error": "out of memory: the template needs more than its memory limit"})
+            answer = {"error": "out of memory: the template needs more than its memory limit"}
+        except Exception as e:  # noqa: BLE001 - a malformed request (not JSON, a field missing or of the wrong
+            # kind) still gets its one reply: dying here would fail the parent's request and every later one
+            answer = {"error": f"cannot handle the request: {type(e).__name__}: {e}"}
+        reply(answer)
 
 
 if __name__ == "__main__":

@@ -391,6 +391,29 @@ def test_context_overflow_says_what_would_fit(models_dir: Path) -> None:
         assert (info.value.n_tokens, info.value.n_ctx) == (513, 512)
 
 
+def test_context_overflow_claims_nothing_false_about_the_models_maximum(models_dir: Path) -> None:
+    """With -c 600 on a model trained for 512, a too long prompt was said to overflow "the context of 600,
+    which is already as long as the model's (512)"."""
+    paths = dict(path=models_dir / "stories260K.bin", tokenizer=models_dir / "tok512.bin", n_threads=1)
+    long_text = "Once upon a time there was a dog. " * 80  # about 700 tokens
+    with llmrun.load(**paths, n_ctx=600) as m:
+        with pytest.raises(ContextOverflowError) as info:
+            m.generate(long_text)
+        e = info.value
+        assert str(e) == f"the prompt is {e.n_tokens} tokens, more than the context of 600"
+        assert (e.n_ctx, e.max_ctx, e.param) == (600, 512, None)
+    with llmrun.load(**paths, n_ctx=512) as m:
+        with pytest.raises(ContextOverflowError, match=r"context of 512, which is already the model's maximum$"):
+            m.generate(long_text)
+
+
+def test_add_bos_token_says_whether_tokenize_adds_bos(models_dir: Path) -> None:
+    with llmrun.load(models_dir / "stories260K.bin", tokenizer=models_dir / "tok512.bin", n_threads=1) as m:
+        assert m.add_bos_token is True and m.tokenize("a")[0] == m.tokenizer.bos_id
+    with llmrun.load(Path(__file__).parent / "data" / "hf" / "qwen2-bias", n_threads=1) as m:  # no BOS token
+        assert m.add_bos_token is False and m.tokenize("a") == m.tokenizer.encode("a", add_bos=False)
+
+
 def test_n_ctx_beyond_the_trained_context_is_accepted(models_dir: Path) -> None:
     with llmrun.load(models_dir / "stories260K.bin", tokenizer=models_dir / "tok512.bin", n_ctx=1024) as m:
         assert (m.info.n_ctx, m.info.context_length) == (1024, 512)

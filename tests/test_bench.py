@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +129,8 @@ def test_perplexity_command_takes_c_as_the_chunk_size(models_dir: Path, tmp_path
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("perplexity 3.7303 over 441 tokens (7 chunks of 128")
     assert not hasattr(build_parser().parse_args(["perplexity", "m.gguf", "t.txt"]), "ctx")  # -c is the one option
+    with pytest.raises(SystemExit):  # and --ctx is gone: not even taken as an abbreviation of --ctx-size
+        build_parser().parse_args(["perplexity", "m.gguf", "t.txt", "--ctx", "128"])
 
 
 def test_bench_zero_skips_a_test(models_dir: Path) -> None:
@@ -137,3 +140,23 @@ def test_bench_zero_skips_a_test(models_dir: Path) -> None:
         assert [json.loads(line)["test"] for line in r.stdout.splitlines()] == tests
     r = run_cli("bench", models_dir / "stories260K-f32.gguf", "-p", "0", "-n", "0")
     assert r.returncode == 1 and "nothing to measure" in r.stderr
+
+
+def test_perplexity_errors_speak_of_the_cli_options(models_dir: Path, tmp_path: Path) -> None:
+    text = tmp_path / "stories.txt"
+    text.write_text(TEXT)
+    model = (models_dir / "stories260K.bin", "-z", models_dir / "tok512.bin", "-t", "1")
+    r = run_cli("perplexity", *model, text, "-c", "1")
+    assert r.returncode == 1 and "-c must be at least 2, got 1" in r.stderr, r.stderr
+    r = run_cli("perplexity", *model, text, "-c", "512", "--llama-cpp-compatible")
+    assert r.returncode == 1 and "needs at least 2 * -c = 1024" in r.stderr, r.stderr
+    for result in (r, run_cli("perplexity", *model, text, "-c", "1")):
+        assert not re.search(r"\bctx\b", result.stderr), result.stderr
+
+
+def test_bench_refuses_zero_threads(models_dir: Path) -> None:
+    """0 skips a -p or -n test (llama-bench's rule), but 0 threads is no thread count: refused, not skipped."""
+    r = run_cli("bench", models_dir / "stories260K-f32.gguf", "-p", "8", "-n", "0", "-r", "1", "-t", "0,1")
+    assert r.returncode == 1 and "-t values must be >= 1" in r.stderr and r.stdout == "", (r.stdout, r.stderr)
+    r = run_cli("bench", models_dir / "stories260K-f32.gguf", "-p", "8", "-n", "0", "-r", "1", "-t", ",")
+    assert r.returncode == 1 and "-t takes comma-separated integers" in r.stderr and r.stdout == ""

@@ -4,8 +4,11 @@ Hugging Face folders, special-token safety, the sandbox, and Model.chat / chat_s
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -331,7 +334,7 @@ def test_sandbox_escapes_raise(source: str) -> None:
 ])
 def test_runaway_templates_stop(source: str, match: str) -> None:
     """The sandbox's own checks stop these with a reason (how fast: benchmarks/bench_templates.py)."""
-    error = ends(lambda: render_sandboxed(compile_template(source), {}, seconds=1.0, max_chars=1 << 20))
+    error = ends(lambda: render_sandboxed(compile_template(source), [{}], seconds=1.0, max_chars=1 << 20))
     assert isinstance(error, TemplateFailure) and re.search(match, str(error)), error
 
 
@@ -355,18 +358,25 @@ def ends(call: Callable[[], object], timeout: float = 120) -> BaseException | No
 
 
 NESTED = "{% set a = [0] * 4000 %}{% set b = [a] * 4000 %}{% set c = [b] * 4000 %}"  # each step passes the size check
-# Each passes the sandbox's size checks, then one operation that those checks do not see runs away: a C-level
-# conversion or a filter's own loop. Before renders ran in a process with limits, the first two ran until
-# memory ran out, the others took from seconds to minutes at up to gigabytes, and the last was allowed.
+# Each passes the sandbox's size checks, then works where those checks do not see it: inside a C-level
+# conversion, a sort or a filter's own loop. What each asks for cannot finish on any machine, whatever its
+# speed: 64 billion list items to print, 2 million comparisons of 16 million items each, a thousand filter
+# calls over millions of items (one call takes seconds here), or more output than the limit (wordwrap(1)
+# doubles its 4M characters). Before renders ran in a process with limits, the first two ran until memory ran
+# out, the others took from seconds to minutes at up to gigabytes, and the last was allowed.
 HOSTILE = {
     "nested list printed": NESTED + "{{ c }}",
     "nested list through tojson": NESTED + "{{ c | tojson }}",
-    "sort": "{% set a = [0] * 4000 %}{{ ([a, a] * 1000000) | sort | first | length }}",
-    "unique": "{% set s = 'x' * 4000 %}{{ ([s] * 4000000) | unique | list | length }}",
+    # [a] * 4000 and [b] * 4000 are equal but not the same list: each comparison walks 4000 x 4000 items
+    "sort": "{% set a = [0] * 4000 %}{% set b = [0] * 4000 %}"
+            "{{ ([[a] * 4000, [b] * 4000] * 1000000) | sort | first | length }}",
+    "unique": "{% set s = 'x' * 4000 %}{{ ([[s] * 4000000] * 1000) | map('unique') | map('list') | map('length') "
+              "| sum }}",
     "wordwrap": "{{ ('x' * 4000000) | wordwrap(1) | length }}",
-    "title": "{{ ('a ' * 2000000) | title | title | title | length }}",
-    "slice": "{{ (['a'] * 4000000) | slice(2000000) | list | length }}",
-    "urlize": "{{ ('a.b ' * 1000000) | urlize | length }}",
+    "title": "{{ (['a ' * 2000000] * 1000) | map('title') | map('length') | sum }}",
+    "slice": "{% set a = ['a'] * 4000000 %}{{ ([a] * 1000) | map('slice', 2000000) | map('list') | map('length') "
+             "| sum }}",
+    "urlize": "{{ (['a.b ' * 1000000] * 1000) | map('urlize') | map('length') | sum }}",
     "15M characters of output": "{% for i in range(5) %}{{ 'x' * 3000000 }}{% endfor %}",
 }
 
@@ -388,6 +398,71 @@ def test_ctrl_c_during_a_render_leaves_the_next_one_right() -> None:
     with pytest.raises(KeyboardInterrupt):
         endless.render([{"role": "user", "content": "x"}])
     assert ChatTemplate("{{ messages[0].content }}").render([{"role": "user", "content": "next"}]) == "next"
+
+
+def test_the_template_process_runs_no_code_from_the_working_directory(tmp_path: Path) -> None:
+    """Python files where the user runs llmrun (a download folder) or on PYTHONPATH are not imported by the
+    template process: it starts isolated and is told where jinja2 is. (It used to start as `python -c`, which
+    puts the working directory first on the import path, and imported json and runpy from there.)"""
+    for name in ("json", "runpy", "jinja2", "markupsafe", "re"):
+        (tmp_path / f"{name}.py").write_text(f"open({str(tmp_path / (name + '.ran'))!r}, 'w').close()\n")
+    code = ("import llmrun; print(llmrun.ChatTemplate('{{ messages[0].content }}!').render("
+            "[{'role': 'user', 'content': 'hi'}]))")
+    # -I: this parent imports nothing from there itself (as the installed `llmrun` script); PYTHONPATH is the
+    # child's to ignore.
+    r = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout == "hi!\n", r.stderr
+    assert sorted(p.name for p in tmp_path.glob("*.ran")) == []
+
+
+def test_the_template_process_answers_every_line() -> None:
+    """One line in, one reply out, whatever the line: a malformed request gets an error, and the process
+    goes on to answer the next (a dead worker would fail every render until it is restarted)."""
+    good = json.dumps({"source": "{{ 6 * 7 }}", "seconds": 5, "max_chars": 100, "contexts": [{}]}).encode()
+    lines = [b"not json", b"[1]", b'{"source": 1}', b'{"source": "x", "seconds": "soon", "max_chars": 1}',
+             b"\xff\xfe", b"{}", good]
+    r = subprocess.run([sys.executable, "-I", str(Path(template_sandbox.__file__).with_name("template_worker.py")),
+                        str(256 << 20)], input=b"\n".join(lines) + b"\n", capture_output=True, timeout=120)
+    replies = [json.loads(line) for line in r.stdout.splitlines()]
+    assert replies[0] == {"ready": True} and len(replies) == len(lines) + 1, (replies, r.stderr)
+    assert all(set(reply) == {"error"} for reply in replies[1:-1]), replies
+    assert replies[-1] == {"texts": ["42"]} and r.returncode == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork: POSIX only")
+def test_a_fork_during_a_request_leaves_the_pipe_to_the_parent() -> None:
+    """A child forked while a request is written but not yet flushed (another thread, mid-`ask`) drops its
+    copies of the pipes without flushing them: the worker gets the request once and the parent its one reply."""
+    assert ChatTemplate("{{ messages[0].content }}").render([{"role": "user", "content": "warm"}]) == "warm"
+    worker = template_sandbox._worker
+    request = json.dumps({"source": "{{ 1 }}", "seconds": 5, "max_chars": 100}).encode() + b"\n"
+    with template_sandbox._lock:
+        worker.proc.stdin.write(request)  # buffered: what the fork interrupts
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)  # the child's at-fork handler has run
+        os.waitpid(pid, 0)
+        worker.proc.stdin.flush()
+        assert json.loads(worker.proc.stdout.readline()) == {"texts": []}
+    # a second copy of that request would have left a reply behind, taken as the answer to this render
+    assert ChatTemplate("{{ messages[0].content }}?").render([{"role": "user", "content": "next"}]) == "next?"
+
+
+def test_a_chat_prompt_is_one_template_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tokenize_chat renders the conversation and its markup in one request, under one time budget (it took
+    two, so a slow template had twice the budget); the same conversation again renders nothing."""
+    requests: list[dict] = []
+    ask = template_sandbox._ask
+    monkeypatch.setattr(template_sandbox, "_ask",
+                        lambda request, seconds: requests.append(request) or ask(request, seconds))
+    template = ChatTemplate.builtin("chatml")
+    requests.clear()
+    first = tokenize_chat(template, TOK, CONVERSATION)
+    assert len(requests) == 1 and first.text == EXPECTED["chatml"]
+    assert tokenize_chat(template, TOK, CONVERSATION) == first and len(requests) == 1
+    tokenize_chat(template, TOK, CONVERSATION[:2])
+    assert len(requests) == 2
 
 
 def test_a_template_cannot_use_more_than_its_memory() -> None:

@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ GOLDEN = json.loads((Path(__file__).parent / "data" / "llama2c_greedy.json").rea
 
 
 def llmrun(*args: object, input: str = "", timeout: float = 60) -> subprocess.CompletedProcess:
-    """Runs the command; its standard input is `input` (empty by default: `generate` reads a piped prompt)."""
+    """Runs the command; its standard input is `input` (a pipe: chat reads its lines, generate -f - its text)."""
     return subprocess.run([*LLMRUN, *map(str, args)], input=input, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -171,7 +172,7 @@ def test_prompt_from_stdin_and_from_a_file(models_dir: Path, tmp_path: Path) -> 
     args = ("generate", *stories(models_dir), "--temperature", "0", "-n", "12")
     expected = llmrun(*args, "-p", "Once upon a time").stdout
     assert expected.startswith("Once upon a time") and len(expected) > len("Once upon a time") + 10
-    assert llmrun(*args, input="Once upon a time").stdout == expected
+    assert llmrun(*args, "-f", "/dev/stdin", input="Once upon a time").stdout == expected
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("Once upon a time\n")  # the trailing newline is dropped, as llama.cpp's -f does
     assert llmrun(*args, "-f", prompt).stdout == expected
@@ -208,3 +209,65 @@ def test_serve_alias_and_model_name_are_one_option() -> None:
     assert build_parser().parse_args(["serve", "m.gguf", "--alias", "tiny"]).alias == "tiny"
     assert build_parser().parse_args(["serve", "m.gguf", "-a", "tiny"]).alias == "tiny"
     assert build_parser().parse_args(["serve", "m.gguf", "--model-name", "tiny"]).alias == "tiny"
+
+
+def test_standard_input_is_a_prompt_only_when_asked(models_dir: Path) -> None:
+    """As llama.cpp's llama-cli and llama-completion, which take a prompt from -p or -f only: a piped standard
+    input is read with -f - (or -f /dev/stdin), else left alone. So a shell loop keeps the lines it feeds
+    itself, and a pipe that never closes does not hold the command up."""
+    args = ("generate", *stories(models_dir), "--temperature", "0", "-n", "6")
+    from_bos = llmrun(*args).stdout
+    assert llmrun(*args, input="Lily and Tom\n").stdout == from_bos
+    assert llmrun(*args, "-f", "-", input="Lily and Tom\n").stdout.startswith("Lily and Tom")
+    loop = (f'printf "one\\ntwo\\n" | while read word; do {shlex.join(LLMRUN)} {shlex.join(map(str, args))} '
+            f'> /dev/null || echo failed; echo "[$word]"; done')
+    r = subprocess.run(["bash", "-c", loop], capture_output=True, text=True, timeout=120)
+    assert r.stdout == "[one]\n[two]\n", r.stderr
+    proc = subprocess.Popen([*LLMRUN, *map(str, args)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        assert proc.wait(timeout=60) == 0  # a hang guard: with standard input still open, it ends
+    finally:
+        proc.kill()
+        proc.stdin.close()
+
+
+def test_generate_help_says_where_the_prompt_comes_from(capsys: pytest.CaptureFixture[str]) -> None:
+    text = " ".join(in_process(capsys, "generate", "--help").stdout.split())
+    assert "-f - " in text and "/dev/stdin" in text and "not read otherwise" in text
+
+
+def test_seed_errors_speak_of_minus_one(capsys: pytest.CaptureFixture[str], models_dir: Path) -> None:
+    for seed in ("-2", str(2**64)):
+        one_line_error(in_process(capsys, "generate", *stories(models_dir), "-s", seed),
+                       f"-s must be -1 (random) or an int in [0, 2**64), got {seed}")
+
+
+def test_a_file_that_is_not_utf8_is_named(capsys: pytest.CaptureFixture[str], models_dir: Path,
+                                          tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("Once upon a time in a caf\u00e9\n".encode("latin-1"))
+    for r in (in_process(capsys, "generate", *stories(models_dir), "-f", latin1),
+              in_process(capsys, "perplexity", *stories(models_dir), latin1)):
+        one_line_error(r, f"{latin1}: not UTF-8 text")
+        assert "byte 0xe9 at offset 25" in r.stderr and "codec" not in r.stderr
+
+
+def test_info_speaks_of_the_tokenizer_option(capsys: pytest.CaptureFixture[str], models_dir: Path,
+                                             tmp_path: Path) -> None:
+    alone = tmp_path / "stories260K.bin"  # without the tokenizer.bin that sits beside it in models_dir
+    alone.write_bytes((models_dir / "stories260K.bin").read_bytes())
+    r = in_process(capsys, "info", alone)
+    assert r.returncode == 0, r.stderr
+    row = next(line for line in r.stdout.splitlines() if line.startswith("tokenizer"))
+    assert "pass -z/--tokenizer" in row and "tokenizer=" not in row
+
+
+def test_options_are_never_abbreviated() -> None:
+    """`--ctx` is gone (-c / --ctx-size): argparse must not take it, nor any prefix, for an option."""
+    for argv in (["generate", "m.gguf", "--ctx", "128"], ["generate", "m.gguf", "--max", "5"],
+                 ["bench", "m.gguf", "--rep", "2"], ["serve", "m.gguf", "--api", "k"]):
+        with pytest.raises(SystemExit) as exit_info:
+            build_parser().parse_args(argv)
+        assert exit_info.value.code == 2, argv
+    assert build_parser().parse_args(["generate", "m.gguf", "--ctx-size", "128"]).ctx_size == 128

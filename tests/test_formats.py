@@ -3,6 +3,7 @@ that names the file and the field at fault (never a crash, a hang or a huge allo
 
 from __future__ import annotations
 
+import re
 import struct
 from pathlib import Path
 
@@ -114,6 +115,16 @@ def test_a_file_of_no_known_format_says_so(tmp_path: Path, data: bytes) -> None:
     with pytest.raises(ModelFormatError, match="not a GGUF / llama2.c / safetensors file") as info:
         read_model(path)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("data", [b"hello\n", b"", b"GGU"])
+def test_a_file_too_short_for_any_format_says_so(tmp_path: Path, data: bytes) -> None:
+    """`echo hello > x; llmrun info x` said "truncated header: 6 bytes, expected 28"."""
+    path = tmp_path / "x"
+    path.write_bytes(data)
+    with pytest.raises(ModelFormatError, match=rf"^{re.escape(str(path))}: not a GGUF / llama2\.c / safetensors "
+                                                rf"file: {len(data)} bytes"):
+        read_model(path)
 
 
 def test_a_safetensors_file_points_to_its_folder(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+import regex
 
 pytest.importorskip("tokenizers")
 
@@ -167,7 +168,9 @@ import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # a runaway allocation fails here, not the machine
 from llmrun.formats.hf_tokenizer import load_tokenizer_json
 try:
-    load_tokenizer_json(sys.argv[1]).encode(sys.argv[2])
+    tokenizer = load_tokenizer_json(sys.argv[1])
+    with open(sys.argv[2], encoding="utf-8") as f:
+        tokenizer.encode(f.read())
     print("encoded")
 except Exception as e:
     print(type(e).__name__, e)
@@ -177,9 +180,10 @@ except Exception as e:
 def _encode_elsewhere(tmp_path: Path, data: dict, text: str) -> str:
     """Loads `data` as a tokenizer.json and encodes `text` in a child process with 4 GiB of address space and
     30 s (a limit that only catches hangs): returns the exception it ended with, or "encoded"."""
-    path = tmp_path / "tokenizer.json"
+    path, text_path = tmp_path / "tokenizer.json", tmp_path / "text.txt"
     path.write_text(json.dumps(data))
-    result = subprocess.run([sys.executable, "-c", REFUSAL, str(path), text], capture_output=True, text=True,
+    text_path.write_text(text, encoding="utf-8")
+    result = subprocess.run([sys.executable, "-c", REFUSAL, str(path), str(text_path)], capture_output=True, text=True,
                             timeout=30, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
     return result.stdout.strip() or result.stderr.strip().splitlines()[-1]
 
@@ -207,6 +211,77 @@ def test_catastrophic_backtracking_ends_in_tokenizer_error(tmp_path: Path, field
             else {"type": "Replace", "pattern": {"Regex": "(a|aa)+$"}, "content": "b"})
     outcome = _encode_elsewhere(tmp_path, {**MINIMAL, field: node}, "a" * 40 + "b")
     assert outcome.startswith("TokenizerError") and "time" in outcome
+
+
+def test_a_catastrophic_pattern_on_a_long_text_ends_in_tokenizer_error(tmp_path: Path) -> None:
+    """The time allowed for a file's patterns used to grow with the text (20 us a character): 2 million
+    characters gave (a|aa)+$ 40 s. It is a fixed allowance per encode() now, whatever the length."""
+    split = {"type": "Split", "pattern": {"Regex": "(a|aa)+$"}, "behavior": "Isolated"}
+    outcome = _encode_elsewhere(tmp_path, {**MINIMAL, "pre_tokenizer": split}, "a" * 2_000_000 + "b")
+    assert outcome.startswith("TokenizerError") and "time" in outcome
+
+
+@pytest.mark.parametrize("pattern", [
+    "a{10000000}",  # took 3.2 s and 2.6 GB to compile
+    "(?:ab){100000000}",  # the process was killed for memory
+    "a{1000000000}",  # a bare MemoryError under an address-space limit
+])
+@pytest.mark.parametrize("field", ["pre_tokenizer", "normalizer"])
+def test_huge_counted_repeats_are_refused_at_load(tmp_path: Path, field: str, pattern: str) -> None:
+    """regex writes out counted repeats when it compiles a pattern: a{n} takes memory for n copies of a."""
+    node = ({"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated"} if field == "pre_tokenizer"
+            else {"type": "Replace", "pattern": {"Regex": pattern}, "content": "b"})
+    outcome = _encode_elsewhere(tmp_path, {**MINIMAL, field: node}, "hi")
+    assert outcome.startswith("TokenizerError") and "repeat" in outcome and pattern in outcome, outcome
+
+
+@pytest.mark.parametrize("pattern", [
+    "b{1,5000}",  # a bound above the limit, even where regex would not write it out
+    "(?:a{1000}){1000}",  # bounds within the limit that nest to a million copies (274 MB) ...
+    "(?:(?:a{50}b){50}c){50}|h",
+    "x" + "a{900}" * 200,  # ... or follow each other to 180,000
+    "(?:[)]a{1000}){1000}", r"(?:\)a{1000}){1000}",  # a parenthesis in a set or escaped closes no group
+    "(?x)a{1 000 000}", "(?V1)(?:[[)]]a{1000}){1000}",  # flags that change where repeats and sets are
+])
+def test_counted_repeats_that_multiply_are_refused_at_load(tmp_path: Path, pattern: str) -> None:
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps({**MINIMAL, "pre_tokenizer": {"type": "Split", "pattern": {"Regex": pattern}}}))
+    with pytest.raises(TokenizerError, match="repeat") as info:
+        load_tokenizer_json(path)
+    assert repr(pattern[:40])[1:-1] in str(info.value)  # the message shows the pattern's repr
+
+
+@pytest.mark.parametrize("pattern", [
+    r"\p{N}{1,3}", "a{1000}", "(?:ab){3}(?:a{2}){3}", "[{5000}]", r"a\{5000}", "(?#{5000})h", r"\N{DIGIT ONE}{3}",
+])
+def test_small_counted_repeats_load(tmp_path: Path, pattern: str) -> None:
+    """Real tokenizers count to three (Llama 3's \\p{N}{1,3}); braces that are no repeat count for nothing."""
+    path = tmp_path / "tokenizer.json"
+    split = {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated"}
+    path.write_text(json.dumps({**MINIMAL, "pre_tokenizer": split}))
+    assert load_tokenizer_json(path).encode("hi", add_bos=False) == [2, 3]
+
+
+def test_failures_to_compile_a_files_pattern_are_tokenizer_errors(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nesting 1000 groups deep exhausted regex's recursion (RecursionError); a MemoryError while compiling
+    became a bare MemoryError too."""
+    path = tmp_path / "tokenizer.json"
+    for pattern in ("(" * 1000 + "h" + ")" * 1000, "(?:" * 1000 + "h" + ")" * 1000):
+        path.write_text(json.dumps({**MINIMAL, "normalizer": {"type": "Replace", "pattern": {"Regex": pattern},
+                                                              "content": "x"}}))
+        with pytest.raises(TokenizerError, match="Replace normalizer"):
+            load_tokenizer_json(path)
+    compile_pattern = regex.compile
+
+    def out_of_memory(source: str, *args: object, **kwargs: object) -> regex.Pattern:
+        if source == "h+":
+            raise MemoryError
+        return compile_pattern(source, *args, **kwargs)
+    monkeypatch.setattr(regex, "compile", out_of_memory)
+    path.write_text(json.dumps({**MINIMAL, "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "h+"}}}))
+    with pytest.raises(TokenizerError, match="'h\\+'.*MemoryError"):
+        load_tokenizer_json(path)
 
 
 def test_a_replace_that_multiplies_the_text_is_stopped(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ import pytest
 import llmrun
 from builders import make_config, random_tensors, write_model
 from commands import LLMRUN
+from llmrun import template_sandbox
 from llmrun.repl import Repl
 
 STORY = ", there was a little girl named Lily"
@@ -202,6 +203,38 @@ def test_stats_after_ctrl_c_and_after_reset(stories: llmrun.Model) -> None:
     first, second = out.getvalue().split("context: ")[1:]
     assert "finish cancelled" in first and "None" not in first  # the reply stopped by Ctrl-C
     assert second.startswith("0 of ") and "last reply" not in second  # a fresh conversation holds nothing
+
+
+def test_a_turn_renders_its_prompt_once_and_stats_renders_nothing(stories: llmrun.Model,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each rendering request to the template process has a time budget: a turn makes one (measuring the
+    conversation, then generating from it, used to make two), /stats after a turn none (it made two each time),
+    and /stats after /load one however often it is asked."""
+    requests: list[str] = []
+    ask = template_sandbox._ask
+    monkeypatch.setattr(template_sandbox, "_ask",
+                        lambda request, seconds: requests.append(request) or ask(request, seconds))
+    counts: dict[str, list[int]] = {}
+    repl = Repl(stories, chat_format="chatml", sampling={"temperature": 0, "max_tokens": 8},
+                read_line=lines("Once upon a time", "/stats", "/stats", "/system Be brief.", "/stats", "/stats"),
+                out=io.StringIO(), err=io.StringIO())
+    real_turn, real_command = repl.turn, repl.command
+
+    def counted(name: str, run: Callable[[str], object]) -> Callable[[str], object]:
+        def call(text: str) -> object:
+            before = len(requests)
+            result = run(text)
+            counts.setdefault(name, []).append(len(requests) - before)
+            return result
+        return call
+
+    repl.turn, repl.command = counted("turn", real_turn), counted("command", real_command)
+    stories.chat_template("chatml")  # compiled before counting
+    assert repl.run() == 0
+    assert counts == {"turn": [1], "command": [0, 0, 0, 1, 0]}, counts
+    first, _, third, _ = repl.out.getvalue().split("context: ")[1:]
+    assert int(first.split()[0]) == repl.last.usage["total_tokens"]  # the last prompt and its reply
+    assert int(third.split()[0]) == len(stories.chat_prompt(repl.conversation(), chat_format="chatml"))
 
 
 def test_generate_stats_after_ctrl_c(slow_model: Path, models_dir: Path) -> None:

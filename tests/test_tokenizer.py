@@ -18,6 +18,7 @@ import pytest
 from llmrun.errors import InvalidArgumentError, TokenizerError
 from llmrun.formats.llama2c_tokenizer import load_llama2c_tokenizer
 from llmrun.tokenizer import BPETokenizer, SentencePieceTokenizer, StreamDecoder, Tokenizer, TokenType
+from llmrun.tokenizer.bpe import AddedToken
 
 MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "models"
 LLAMA_BIN = MODELS / "tokenizer.bin"
@@ -638,6 +639,79 @@ def test_the_tokenizer_interface() -> None:
         assert hasattr(Tokenizer, name), name
     with pytest.raises(TypeError):
         Tokenizer()  # type: ignore[abstract]
+
+
+def _small_tokenizers() -> list[Tokenizer]:
+    """One tokenizer of each implementation over the same four tokens."""
+    spm = SentencePieceTokenizer([b"<unk>", b"<s>", b"</s>", b"a"], [0.0] * 4, add_dummy_prefix=False)
+    bpe = BPETokenizer({"<unk>": 0, "a": 3}, [], byte_level=False, bos_id=1, eos_id=2, unk_id=0,
+                       added_tokens=[AddedToken(1, "<s>"), AddedToken(2, "</s>")])
+    return [spm, bpe]
+
+
+INTERFACE = ("encode", "decode", "surface", "is_control", "id_to_piece", "piece_to_id", "piece_bytes")
+
+
+@pytest.mark.parametrize("tokenizer", _small_tokenizers(), ids=["sentencepiece", "bpe"])
+def test_implementations_take_the_interfaces_arguments(tokenizer: Tokenizer) -> None:
+    """SentencePieceTokenizer.piece_to_id(text) used to differ from the interface's piece_to_id(piece)."""
+    for name in INTERFACE:
+        assert inspect.signature(getattr(tokenizer, name)) == inspect.signature(getattr(Tokenizer, name).__get__(
+            tokenizer)), name
+    assert tokenizer.piece_to_id(piece="<s>") == 1
+    assert tokenizer.id_to_piece(token_id=3) == "a" and tokenizer.is_control(token_id=1)
+    assert tokenizer.encode(text="a", add_bos=True, add_eos=True, special=False) == [1, 3, 2]
+
+
+@pytest.mark.parametrize("tokenizer", _small_tokenizers(), ids=["sentencepiece", "bpe"])
+@pytest.mark.parametrize("call, param", [
+    (lambda t: t.piece_to_id(5), "piece"),  # AttributeError from SentencePieceTokenizer
+    (lambda t: t.piece_to_id([1]), "piece"),  # TypeError (unhashable) from BPETokenizer
+    (lambda t: t.piece_to_id(None), "piece"),
+    (lambda t: t.id_to_piece(True), "token_id"),
+    (lambda t: t.id_to_piece("1"), "token_id"),
+    (lambda t: t.is_control("x"), "token_id"),
+    (lambda t: t.piece_bytes(2.0), "token_id"),
+    (lambda t: t.surface(None, False), "token_id"),
+    (lambda t: t.surface(1, "yes"), "at_start"),
+    (lambda t: t.encode("a", add_bos="no"), "add_bos"),  # was taken as true
+    (lambda t: t.encode("a", add_eos=None), "add_eos"),
+    (lambda t: t.encode("a", special=1), "special"),
+    (lambda t: t.encode(b"a"), "text"),
+    (lambda t: t.decode(5), "ids"),
+    (lambda t: t.decode(["a"]), "ids"),
+    (lambda t: StreamDecoder(t).feed("a"), "token_id"),
+    (lambda t: StreamDecoder("not a tokenizer"), "tokenizer"),  # AttributeError
+])
+def test_bad_arguments_are_invalid_argument_errors(tokenizer: Tokenizer, call, param: str) -> None:  # noqa: ANN001
+    """Each public method of the interface, in both implementations: InvalidArgumentError naming the argument,
+    never a TypeError or AttributeError from inside."""
+    with pytest.raises(InvalidArgumentError) as info:
+        call(tokenizer)
+    assert info.value.param == param
+
+
+@pytest.mark.parametrize("tokenizer", _small_tokenizers(), ids=["sentencepiece", "bpe"])
+@pytest.mark.parametrize("bad", [-1, 4, 10**30])
+def test_ids_out_of_range_are_tokenizer_errors_in_both(tokenizer: Tokenizer, bad: int) -> None:
+    for call in (tokenizer.id_to_piece, tokenizer.is_control, tokenizer.piece_bytes,
+                 lambda i: tokenizer.surface(i, False), lambda i: tokenizer.decode([i])):
+        with pytest.raises(TokenizerError, match=rf"token id {bad} out of range: valid ids are 0\.\.3"):
+            call(bad)
+
+
+def test_common_properties_live_in_the_interface() -> None:
+    """bos_id, eos_id, unk_id, add_dummy_prefix, byte_fallback and vocab_size used to be written out in both
+    implementations; the interface holds them, over what each implementation's constructor gives it."""
+    common = ("vocab_size", "bos_id", "eos_id", "unk_id", "add_dummy_prefix", "byte_fallback")
+    for name in common:
+        assert isinstance(vars(Tokenizer).get(name), property), name
+        assert not getattr(vars(Tokenizer)[name].fget, "__isabstractmethod__", False), name
+        for implementation in (SentencePieceTokenizer, BPETokenizer):
+            assert name not in vars(implementation), f"{implementation.__name__}.{name}"
+    for tokenizer in _small_tokenizers():
+        assert [getattr(tokenizer, name) for name in common] == [4, 1, 2, 0, tokenizer.add_dummy_prefix,
+                                                                 tokenizer.byte_fallback]
 
 
 def test_bad_text_raises(tok: Tokenizer) -> None:

@@ -74,8 +74,9 @@ def load_llama2c(path: str | os.PathLike) -> ModelSpec:
         _check_header(path, fields)
         return _build(path, file_size, fields, bool(shared), version=1, offset=VERSIONED_HEADER_BYTES)
 
-    if len(head) < LEGACY_HEADER_BYTES:
-        raise ModelFormatError(f"{path}: truncated header: {len(head)} bytes, expected {LEGACY_HEADER_BYTES}")
+    if len(head) < LEGACY_HEADER_BYTES:  # the shortest header of any format
+        raise ModelFormatError(f"{path}: not a GGUF / llama2.c / safetensors file: {len(head)} bytes, too short for "
+                               "any of their headers (a truncated header, if it was a model)")
     fields = dict(zip(HEADER_FIELDS, struct.unpack_from("<7i", head), strict=True))
     shared = fields["vocab_size"] > 0  # a negative vocab_size flags a separate classifier
     fields["vocab_size"] = abs(fields["vocab_size"])

@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import functools
 import heapq
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import regex
 
 from ..errors import TokenizerError
-from .base import Tokenizer, check_text
+from .base import Tokenizer
 from .pretokenize import Identity, Normalizer, PreTokenizer, match_deadline
 
 __all__ = ["AddedToken", "BPETokenizer", "bytes_to_unicode"]
@@ -96,10 +95,8 @@ class BPETokenizer(Tokenizer):
         self._byte_level = byte_level
         self._pre_tokenizer = pre_tokenizer or Identity()
         self._normalizer = normalizer
-        self._byte_fallback = byte_fallback
         self._fuse_unk = fuse_unk
         self._ignore_merges = ignore_merges
-        self._add_dummy_prefix = add_dummy_prefix
 
         for text, i in vocab.items():
             if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < MAX_VOCAB:
@@ -113,9 +110,8 @@ class BPETokenizer(Tokenizer):
                 raise TokenizerError(f"the tokenizer has ids up to {n - 1}, more than the model's vocabulary of "
                                      f"{vocab_size}")
             n = vocab_size
-        if n == 0:
-            raise TokenizerError("vocabulary is empty")
-        self._n = n
+        super().__init__(n, bos_id=bos_id, eos_id=eos_id, unk_id=unk_id, add_dummy_prefix=add_dummy_prefix,
+                         byte_fallback=byte_fallback)
         pieces: list[str | None] = [None] * n
         for text, i in vocab.items():
             pieces[i] = text
@@ -130,9 +126,6 @@ class BPETokenizer(Tokenizer):
             if t.special:
                 self._special.add(t.id)
         self._pieces = pieces
-        self._bos_id = None if bos_id is None else self._check_id("bos_id", bos_id)
-        self._eos_id = None if eos_id is None else self._check_id("eos_id", eos_id)
-        self._unk_id = None if unk_id is None else self._check_id("unk_id", unk_id)
 
         self._ranks: dict[tuple[str, str], int] = {}
         for rank, (left, right) in enumerate(merges):
@@ -153,34 +146,9 @@ class BPETokenizer(Tokenizer):
     # ------------------------------------------------------------------ properties
 
     @property
-    def vocab_size(self) -> int:
-        """Number of ids (0 .. vocab_size-1), padding included."""
-        return self._n
-
-    @property
-    def bos_id(self) -> int | None:
-        return self._bos_id
-
-    @property
-    def eos_id(self) -> int | None:
-        return self._eos_id
-
-    @property
-    def unk_id(self) -> int | None:
-        return self._unk_id
-
-    @property
-    def add_dummy_prefix(self) -> bool:
-        """Whether decoding drops the first token's leading space (the prefix encoding added)."""
-        return self._add_dummy_prefix
-
-    @property
     def byte_level(self) -> bool:
+        """Whether tokens spell bytes in GPT-2's printable characters (Llama 3, Qwen2) rather than text."""
         return self._byte_level
-
-    @property
-    def byte_fallback(self) -> bool:
-        return self._byte_fallback
 
     @property
     def vocab(self) -> dict[str, int]:
@@ -199,36 +167,31 @@ class BPETokenizer(Tokenizer):
 
     # ------------------------------------------------------------------ per-token queries
 
-    def id_to_piece(self, token_id: int) -> str:
+    def _id_to_piece(self, i: int) -> str:
         """The token as the vocabulary spells it (e.g. 'Ġhello', '▁hello', '<|eot_id|>'); "" for padding."""
-        piece = self._pieces[self._check_token(token_id)]
+        piece = self._pieces[i]
         return "" if piece is None else piece
 
-    def piece_to_id(self, piece: str) -> int | None:
+    def _piece_to_id(self, piece: str) -> int | None:
         """The id of a vocabulary entry or added token spelled `piece`, or None."""
         if piece in self._added:
             return self._added[piece]
         return self._vocab.get(piece)
 
-    def is_control(self, token_id: int) -> bool:
+    def _is_control(self, i: int) -> bool:
         """Special added tokens (BOS, EOS, <|im_end|> ...) and padding ids: they decode to nothing."""
-        i = self._check_token(token_id)
         return i in self._special or self._pieces[i] is None
 
-    def piece_bytes(self, token_id: int) -> bytes:
-        """The bytes the token contributes to decoded text (before the first-token space strip)."""
-        return self._surfaces[self._check_token(token_id)]
+    def _drops_prefix_space(self, i: int) -> bool:
+        return True  # with add_dummy_prefix, whatever the first token is (the Strip decoder of tokenizer.json)
 
     # ------------------------------------------------------------------ encode
 
-    def encode(self, text: str, add_bos: bool = True, add_eos: bool = False, special: bool = False) -> list[int]:
-        """Token ids of `text`, as `tokenizers` gives them; BOS/EOS added when asked and the vocabulary has
-        them. Special-token text (e.g. "<|eot_id|>") becomes its token only with `special=True`."""
-        check_text(text)
-        deadline = match_deadline(len(text))  # what matching the file's own regular expressions may take
+    def _encode(self, text: str, special: bool) -> list[int]:
+        """Token ids of `text`, as `tokenizers` gives them. Special-token text (e.g. "<|eot_id|>") becomes its
+        token only with `special`."""
+        deadline = match_deadline()  # what matching the file's own regular expressions may take
         ids: list[int] = []
-        if add_bos and self._bos_id is not None:
-            ids.append(self._bos_id)
         pattern = self._added_all if special else self._added_plain
         pos = 0
         if pattern is not None:
@@ -239,8 +202,6 @@ class BPETokenizer(Tokenizer):
                 pos = m.end()
         if pos < len(text):
             self._encode_segment(text[pos:], pos == 0, ids, deadline)
-        if add_eos and self._eos_id is not None:
-            ids.append(self._eos_id)
         return ids
 
     def _encode_segment(self, segment: str, first: bool, out: list[int], deadline: float) -> None:
@@ -320,20 +281,6 @@ class BPETokenizer(Tokenizer):
                     heapq.heappush(heap, (rank, left, after, symbols[left], symbols[after]))
         return [None if unknown[i] else symbols[i] for i in range(n) if alive[i]]
 
-    # ------------------------------------------------------------------ decode
-
-    def surface(self, token_id: int, at_start: bool) -> tuple[bytes, bool]:
-        """Bytes of one token in decoded text, and whether the next token is still "at start" (control
-        tokens are invisible and keep it; any other token ends it, losing its leading space with
-        `add_dummy_prefix`). Shared by `decode` and `StreamDecoder`."""
-        i = self._check_token(token_id)
-        if i in self._special or self._pieces[i] is None:
-            return b"", at_start
-        chunk = self._surfaces[i]
-        if at_start and self._add_dummy_prefix and chunk.startswith(b" "):
-            chunk = chunk[1:]
-        return chunk, False
-
     # ------------------------------------------------------------------ construction helpers
 
     def _find_byte_tokens(self) -> dict[int, str]:
@@ -369,13 +316,7 @@ class BPETokenizer(Tokenizer):
                          + (r"\s*" if t.rstrip else ""))
         return regex.compile("|".join(f"(?:{p})" for p in parts))
 
-    def _check_id(self, name: str, value: int) -> int:
-        i = operator.index(value)
-        if not 0 <= i < self._n:
-            raise TokenizerError(f"{name}={i} out of range for a vocabulary of {self._n} tokens")
-        return i
-
     def __repr__(self) -> str:
         kind = "byte-level" if self._byte_level else "sentencepiece-style"
-        return (f"BPETokenizer({kind}, vocab_size={self._n}, merges={len(self._ranks)}, bos_id={self._bos_id}, "
-                f"eos_id={self._eos_id})")
+        return (f"BPETokenizer({kind}, vocab_size={self._vocab_size}, merges={len(self._ranks)}, "
+                f"bos_id={self._bos_id}, eos_id={self._eos_id})")

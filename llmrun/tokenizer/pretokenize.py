@@ -15,12 +15,14 @@ Patterns use the `regex` package (needed for \\p{L} classes and possessive-free 
 reads them). Normalizers (`Replace`, `Prepend`, Unicode normal forms, `Lowercase`, `Sequence`) are
 str -> str functions applied to each segment before pre-tokenization.
 
-Regular expressions from a tokenizer.json are untrusted: a recursive one can allocate without bound and a
-backtracking one take exponential time. Recursion is refused when the pattern is compiled; every other
-pattern from a file matches against a deadline that `BPETokenizer.encode` sets for the whole text
-(`match_deadline`), and running out of it is a TokenizerError. llmrun's own patterns (OWN_PATTERNS, which
-real tokenizer.json files use) are linear-time and run without that bound, because regex's `timeout=`
-makes matching about four times slower (benchmarks/bench_tokenizer.py measures it).
+Regular expressions from a tokenizer.json are untrusted: a recursive one can allocate without bound, a
+counted repeat (a{n}) is written out n times when regex compiles it, and a backtracking one takes
+exponential time. Recursion and large counted repeats are refused before the pattern is compiled (anything
+else compiling raises becomes a TokenizerError too); every pattern from a file matches against a deadline
+that `BPETokenizer.encode` sets for the whole text (`match_deadline`: a fixed allowance, whatever the text's
+length), and running out of it is a TokenizerError. llmrun's own patterns (OWN_PATTERNS, which real
+tokenizer.json files use) are linear-time and run without that bound, because regex's `timeout=` makes
+matching about four times slower (benchmarks/bench_tokenizer.py measures it).
 """
 
 from __future__ import annotations
@@ -65,11 +67,16 @@ OWN_PATTERNS = frozenset({GPT2_PATTERN, *(p for patterns, _ in PRE_TOKENIZERS.va
 
 BEHAVIORS = ("Isolated", "Removed", "MergedWithPrevious", "MergedWithNext", "Contiguous")
 
-# What matching a file's own patterns may take for one encode() call: a fixed allowance plus an amount per
-# character of the text. Real patterns need well under a microsecond a character even with the timeout on;
-# a backtracking one needs seconds for a few dozen characters, so it ends in TokenizerError within a second.
-MATCH_SECONDS = 0.5
-MATCH_SECONDS_PER_CHAR = 20e-6
+# What matching a file's own patterns may take for one encode() call, whatever the text's length: a
+# backtracking pattern ends in TokenizerError within it, and a server request cannot buy more CPU time with a
+# longer text. (A linear-time pattern of a file, under regex's timeout, matches a few MB of text in that time.)
+MATCH_SECONDS = 1.0
+# regex writes a counted repeat out when it compiles: a{n} becomes n copies of a, (?:a{m}){n} m * n. Real
+# tokenizers count to three (\p{N}{1,3}); a bound above MAX_REPEAT, or a pattern that regex would write out
+# to more than MAX_COMPILED_ITEMS items (about 270 bytes each: a{1000000} took 274 MB), is refused before
+# regex compiles it.
+MAX_REPEAT = 1000
+MAX_COMPILED_ITEMS = 100_000
 # A Replace normalizer may make a segment at most this many times longer (plus MAX_GROWTH_SLACK characters):
 # real ones swap a character for another; an empty match replaced by a long string would grow the text
 # without bound, step after step of a Sequence.
@@ -78,13 +85,26 @@ MAX_GROWTH_SLACK = 1024
 
 # (?R), (?0), (?1), (?+1), (?-1), (?&name), (?P>name): a call of a group or of the whole pattern, unescaped
 _RECURSION = regex.compile(r"(?<!\\)(?:\\\\)*\(\?(?:R|[+-]?\d+|&\w+|P>\w+)\)")
+# The pieces of a pattern that decide what a counted repeat applies to, as regex (version 0) reads them.
+_SYNTAX = regex.compile(r"""
+    (?P<escape> \\ (?: [pPN]\{[^}]*\} | . ) )                # \p{L}, \N{DIGIT ONE}, \( ...: one item
+  | (?P<set> \[ \^? \]? (?: \\. | \[:\^?\w*:\] | [^]\\] )*+ \] )  # [...]: one item, whatever it holds
+  | (?P<comment> \(\?\# [^)]* \) )
+  | (?P<open> \( )
+  | (?P<close> \) )
+  | (?P<repeat> \{ (?P<low>\d*) (?P<comma>,?) (?P<high>\d*) \} )
+  | (?P<item> . )
+""", regex.VERBOSE | regex.DOTALL)
+# Flags that change how the rest is read: verbose mode (x) lets a{1 000 000} count a million; version 1 nests
+# sets. Real tokenizer patterns use neither.
+_SYNTAX_FLAGS = regex.compile(r"\?[A-Za-z0-9]*(?:x|V1)")
 
 Normalizer = Callable[[str, float], str]  # (text, deadline) -> text
 
 
-def match_deadline(n_chars: int) -> float:
-    """The time.monotonic() by which matching the patterns of a file for a text of `n_chars` must end."""
-    return time.monotonic() + MATCH_SECONDS + n_chars * MATCH_SECONDS_PER_CHAR
+def match_deadline() -> float:
+    """The time.monotonic() by which matching the patterns of a file for one encode() call must end."""
+    return time.monotonic() + MATCH_SECONDS
 
 
 class Pattern:
@@ -92,13 +112,12 @@ class Pattern:
     by the caller's deadline."""
 
     def __init__(self, source: str, what: str, timed: bool) -> None:
-        if timed and _RECURSION.search(source):
-            raise TokenizerError(f"{what}: regular expression {source!r} is recursive ((?R), (?1), (?&name) ...): "
-                                 "refused, since matching it can take unbounded memory")
+        if timed:
+            _refuse_unbounded(source, what)
         try:
             self.compiled = regex.compile(source)
-        except (regex.error, TypeError, ValueError, OverflowError) as e:
-            raise TokenizerError(f"{what}: bad regular expression {source!r}: {e}") from None
+        except (regex.error, TypeError, ValueError, OverflowError, MemoryError, RecursionError) as e:
+            raise TokenizerError(f"{what}: bad regular expression {_shown(source)}: {type(e).__name__}: {e}") from None
         self.source = source
         self.what = what
         self.timed = timed
@@ -113,13 +132,74 @@ class Pattern:
                 raise TimeoutError
             return [m.span() for m in self.compiled.finditer(text, timeout=left)]
         except TimeoutError:
-            raise TokenizerError(f"{self.what}: matching {self.source!r} against a text of {len(text)} characters "
-                                 "ran out of the time allowed (the expression backtracks catastrophically)") from None
+            raise TokenizerError(f"{self.what}: matching {_shown(self.source)} against a text of {len(text)} "
+                                 "characters ran out of the time allowed (the expression backtracks "
+                                 "catastrophically)") from None
+
+
+def _shown(source: str, limit: int = 200) -> str:
+    """`source` for an error message: its first `limit` characters."""
+    return repr(source) if len(source) <= limit else repr(source[:limit]) + f" ... ({len(source)} characters)"
+
+
+def _refuse_unbounded(source: str, what: str) -> None:
+    """TokenizerError for a pattern of a file whose compiling or matching could take unbounded memory: a
+    recursive one, or one regex would write out to more than MAX_COMPILED_ITEMS items (_repeat_problem)."""
+    if _RECURSION.search(source):
+        raise TokenizerError(f"{what}: regular expression {_shown(source)} is recursive ((?R), (?1), (?&name) "
+                             "...): refused, since matching it can take unbounded memory")
+    problem = _repeat_problem(source)
+    if problem is not None:
+        raise TokenizerError(f"{what}: regular expression {_shown(source)}: {problem}: refused, since regex "
+                             "takes memory for every copy of a counted repeat when it compiles it")
+
+
+def _repeat_problem(source: str) -> str | None:
+    """What makes the counted repeats of `source` too large, or None. Items are counted as regex writes them
+    out: a group's items times the repeat's lower bound (its copies), nested repeats multiplying."""
+    outer: list[int] = []  # items of each enclosing group before the open one
+    items = last = 0  # items of the open group so far; items of its last element (what a repeat applies to)
+    total = 0  # items of the whole pattern so far
+    for m in _SYNTAX.finditer(source):
+        kind = m.lastgroup
+        if kind == "comment":
+            continue
+        if kind == "open":
+            flags = _SYNTAX_FLAGS.match(source, m.end())
+            if flags:
+                return (f"its flags ({flags[0]}...) turn on verbose mode or version 1, which change where counted "
+                        "repeats and sets are: not accepted")
+            outer.append(items)
+            items = last = 0
+            continue
+        if kind == "close" and outer:
+            last = items
+            items = outer.pop() + last
+            continue
+        if kind == "repeat" and (m["low"] or m["comma"] or m["high"]):
+            low = _count(m["low"])
+            if max(low, _count(m["high"])) > MAX_REPEAT:
+                return f"the counted repeat {_shown(m[0], 40)} is above {MAX_REPEAT}"
+            added = last * (max(low, 1) - 1)
+            last += added
+        else:
+            added = last = 1
+        items += added
+        total += added
+        if total > MAX_COMPILED_ITEMS:
+            return f"it compiles to more than {MAX_COMPILED_ITEMS} items, each copy of a counted repeat's included"
+    return None
+
+
+def _count(digits: str) -> int:
+    """A repeat bound as written ("" for none); a number too long to convert is above any limit."""
+    digits = digits.lstrip("0")
+    return int(digits or "0") if len(digits) <= 18 else 10**18
 
 
 def compile_pattern(source: str, what: str) -> Pattern:
-    """A pattern from a file (`what` names it in errors): refused if recursive, bounded in time unless it is
-    one of llmrun's own."""
+    """A pattern from a file (`what` names it in errors): unless it is one of llmrun's own, refused if
+    recursive or too large once regex writes its counted repeats out, and bounded in time."""
     if not isinstance(source, str):
         raise TokenizerError(f"{what}: a regular expression must be a string, got {source!r}")
     return Pattern(source, what, timed=source not in OWN_PATTERNS)

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from llmrun.errors import TokenizerError
-from llmrun.tokenizer.base import Tokenizer, check_text
+from llmrun.tokenizer.base import Tokenizer
 
 __all__ = ["SentencePieceTokenizer", "TokenType", "SPM_SPACE", "UNK_SURFACE"]
 
@@ -84,12 +84,11 @@ class SentencePieceTokenizer(Tokenizer):
         """
         self._pieces = _check_pieces(pieces)
         n = len(self._pieces)
+        super().__init__(n, bos_id=bos_id, eos_id=eos_id, unk_id=unk_id, add_dummy_prefix=add_dummy_prefix,
+                         byte_fallback=byte_fallback)
+        if self._unk_id is None:
+            raise TokenizerError("a SentencePiece vocabulary needs an unknown token (unk_id)")
         self._scores = _check_scores(scores, n)
-        self._unk_id = _check_id("unk_id", unk_id, n)
-        self._bos_id = None if bos_id is None else _check_id("bos_id", bos_id, n)
-        self._eos_id = None if eos_id is None else _check_id("eos_id", eos_id, n)
-        self._byte_fallback = bool(byte_fallback)
-        self._add_dummy_prefix = bool(add_dummy_prefix)
         if token_types is None:
             self._types = self._infer_types()
         else:
@@ -98,7 +97,7 @@ class SentencePieceTokenizer(Tokenizer):
         self._surfaces = self._build_surfaces()
         self._build_encoder_tables()
         self._build_special_tables()
-        self._piece_to_id: dict[str, int] | None = None  # built on first use
+        self._piece_ids: dict[str, int] | None = None  # id_to_piece's spelling -> id, built on first use
 
     @classmethod
     def from_sentencepiece_pieces(
@@ -122,31 +121,6 @@ class SentencePieceTokenizer(Tokenizer):
     # ------------------------------------------------------------------ properties
 
     @property
-    def vocab_size(self) -> int:
-        """Number of tokens (ids are 0 .. vocab_size-1)."""
-        return len(self._pieces)
-
-    @property
-    def bos_id(self) -> int | None:
-        return self._bos_id
-
-    @property
-    def eos_id(self) -> int | None:
-        return self._eos_id
-
-    @property
-    def unk_id(self) -> int:
-        return self._unk_id
-
-    @property
-    def add_dummy_prefix(self) -> bool:
-        return self._add_dummy_prefix
-
-    @property
-    def byte_fallback(self) -> bool:
-        return self._byte_fallback
-
-    @property
     def pieces(self) -> tuple[bytes, ...]:
         """The raw pieces as given (spaces as b' ')."""
         return self._pieces
@@ -166,23 +140,14 @@ class SentencePieceTokenizer(Tokenizer):
     def token_type(self, token_id: int) -> TokenType:
         return TokenType(self._types[self._check_token(token_id)])
 
-    def is_control(self, token_id: int) -> bool:
-        return self._types[self._check_token(token_id)] == _CONTROL
-
     def is_byte(self, token_id: int) -> bool:
         return self._types[self._check_token(token_id)] == _BYTE
 
-    def piece_bytes(self, token_id: int) -> bytes:
-        """The bytes this token contributes to decoded text (before the first-token space strip).
+    def _is_control(self, i: int) -> bool:
+        return self._types[i] == _CONTROL
 
-        Byte tokens give their one byte, control tokens nothing, the unknown token " ⁇ " (as
-        sentencepiece's decoder), every other token its piece text.
-        """
-        return self._surfaces[self._check_token(token_id)]
-
-    def id_to_piece(self, token_id: int) -> str:
+    def _id_to_piece(self, i: int) -> str:
         """The piece as sentencepiece spells it ('▁' for spaces, "<s>", "<0x0A>"), for display."""
-        i = self._check_token(token_id)
         text = self._pieces[i].decode("utf-8", errors="replace")
         if self._types[i] == _CONTROL:
             # llama2.c stores BOS/EOS as "\n<s>\n" / "\n</s>\n"; show the bare name.
@@ -191,29 +156,22 @@ class SentencePieceTokenizer(Tokenizer):
 
     # ------------------------------------------------------------------ encode
 
-    def encode(self, text: str, add_bos: bool = True, add_eos: bool = False, special: bool = False) -> list[int]:
-        """Token ids of ``text``, identical to ``sentencepiece``'s ``encode`` (plus optional BOS/EOS).
+    def _encode(self, text: str, special: bool) -> list[int]:
+        """Token ids of ``text``, identical to ``sentencepiece``'s ``encode``.
 
-        ``add_bos`` / ``add_eos`` add nothing when the vocabulary has no such token.  With ``special``
-        the text of a control token (``<s>``, ``</s>``, ``<|im_end|>`` ...) becomes that token, and each
-        run of text between them is encoded on its own (with the dummy-prefix space, as llama.cpp does);
-        without it (the default) such text is ordinary text, so text from users cannot forge control
-        tokens.  User-defined pieces are matched either way (sentencepiece's rule).
+        With ``special`` the text of a control token (``<s>``, ``</s>``, ``<|im_end|>`` ...) becomes that
+        token, and each run of text between them is encoded on its own (with the dummy-prefix space, as
+        llama.cpp does); without it such text is ordinary text.  User-defined pieces are matched either
+        way (sentencepiece's rule).
         """
-        check_text(text)
+        if not (special and self._special_pattern is not None):
+            return self._encode_text(text)
         ids: list[int] = []
-        if add_bos and self._bos_id is not None:
-            ids.append(self._bos_id)
-        if special and self._special_pattern is not None:
-            for i, fragment in enumerate(self._special_pattern.split(text)):
-                if i % 2:
-                    ids.append(self._special_ids[fragment])
-                else:
-                    ids.extend(self._encode_text(fragment))
-        else:
-            ids.extend(self._encode_text(text))
-        if add_eos and self._eos_id is not None:
-            ids.append(self._eos_id)
+        for i, fragment in enumerate(self._special_pattern.split(text)):
+            if i % 2:
+                ids.append(self._special_ids[fragment])
+            else:
+                ids.extend(self._encode_text(fragment))
         return ids
 
     def _encode_text(self, text: str) -> list[int]:
@@ -224,15 +182,15 @@ class SentencePieceTokenizer(Tokenizer):
             normalized = " " + normalized
         return self._encode_normalized(normalized)
 
-    def piece_to_id(self, text: str) -> int | None:
-        """The token whose piece is exactly ``text`` as `id_to_piece` spells it ("<|im_end|>", "</s>",
+    def _piece_to_id(self, piece: str) -> int | None:
+        """The token whose piece is exactly ``piece`` as `id_to_piece` spells it ("<|im_end|>", "</s>",
         "▁the", "<0x0A>"; a plain space is taken as '▁'), or None. The lowest id wins on duplicates."""
-        if self._piece_to_id is None:
+        if self._piece_ids is None:
             table: dict[str, int] = {}
             for i in range(len(self._pieces)):
-                table.setdefault(self.id_to_piece(i), i)
-            self._piece_to_id = table
-        return self._piece_to_id.get(text.replace(" ", SPM_SPACE))
+                table.setdefault(self._id_to_piece(i), i)
+            self._piece_ids = table
+        return self._piece_ids.get(piece.replace(" ", SPM_SPACE))
 
     def _encode_normalized(self, text: str) -> list[int]:
         symbols, frozen = self._split(text)
@@ -366,22 +324,10 @@ class SentencePieceTokenizer(Tokenizer):
 
     # ------------------------------------------------------------------ decode
 
-    def surface(self, token_id: int, at_start: bool) -> tuple[bytes, bool]:
-        """Bytes of one token in decoded text, and whether the *next* token is still "at start".
-
-        sentencepiece drops the leading space (the dummy prefix) of the first non-control token when
-        it is an ordinary piece; control tokens (BOS/EOS) are invisible and do not end the start,
-        any other token (bytes, <unk>, pieces) does.  Shared by `decode` and the stream decoder so
-        the two can never disagree.
-        """
-        i = self._check_token(token_id)
-        kind = self._types[i]
-        if kind == _CONTROL:
-            return b"", at_start
-        chunk = self._surfaces[i]
-        if at_start and kind in _MERGEABLE_TYPES and chunk.startswith(b" "):
-            chunk = chunk[1:]
-        return chunk, False
+    def _drops_prefix_space(self, i: int) -> bool:
+        """sentencepiece drops the leading space (the dummy prefix) of the first non-control token only when
+        it is an ordinary piece; a byte token or <unk> keeps it."""
+        return self._types[i] in _MERGEABLE_TYPES
 
     # ------------------------------------------------------------------ construction helpers
 
@@ -413,6 +359,8 @@ class SentencePieceTokenizer(Tokenizer):
         return [self._unk_id if t < 0 else t for t in table]
 
     def _build_surfaces(self) -> list[bytes]:
+        """Each token's bytes in decoded text: a byte token its one byte, a control token nothing, the unknown
+        token " ⁇ " (as sentencepiece's decoder), every other token its piece text."""
         surfaces = []
         for piece, kind in zip(self._pieces, self._types, strict=True):
             if kind == _CONTROL:
@@ -512,16 +460,6 @@ def _check_scores(scores: Sequence[float] | np.ndarray, n: int) -> np.ndarray:
         raise TokenizerError(f"expected {n} scores (one per piece), got shape {arr.shape}")
     arr.setflags(write=False)
     return arr
-
-
-def _check_id(name: str, value: int, n: int) -> int:
-    try:
-        i = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
-    if not 0 <= i < n:
-        raise TokenizerError(f"{name}={i} out of range for a vocabulary of {n} tokens")
-    return i
 
 
 def _check_types(token_types: Sequence[int], n: int) -> list[int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 
+from llmrun.errors import InvalidArgumentError
 from llmrun.tokenizer.base import DECODE_ERRORS, Tokenizer
 
 __all__ = ["StreamDecoder"]
@@ -26,6 +27,9 @@ class StreamDecoder:
         like `Tokenizer.decode`: the dummy-prefix space of the first non-control token is dropped.
         Pass False when continuing text that was already shown, so that its spaces are kept.
         """
+        if not isinstance(tokenizer, Tokenizer):
+            raise InvalidArgumentError(f"tokenizer must be a Tokenizer, got {type(tokenizer).__name__}",
+                                       param="tokenizer")
         self._tokenizer = tokenizer
         self._strip_leading_space = strip_leading_space and tokenizer.add_dummy_prefix
         self._at_start = self._strip_leading_space
