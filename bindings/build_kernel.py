@@ -5,7 +5,7 @@ The portable sources are compiled for the baseline of the target; on x86-64 the 
 compiled once more per instruction-set level with that level's flags (csrc/kernels_x86.h explains why), and
 the library picks a level at run time from the CPU's features. Build switches (environment):
 - LLMRUN_NATIVE=1   add -march=native (local experiments only: the result runs on this CPU alone)
-- LLMRUN_SANITIZE=1 build with -fsanitize=address,undefined (for the sanitizer test run)
+- LLMRUN_SANITIZE=1 build with -fsanitize=address,undefined,float-cast-overflow (for the sanitizer test run)
 gcc and clang are supported; MSVC is refused with a message.
 """
 
@@ -44,8 +44,9 @@ def compile_args() -> tuple[list[str], list[str]]:
         cflags.append("-march=native")
     if os.environ.get("LLMRUN_SANITIZE") == "1":
         cflags = [f for f in cflags if f != "-O3"] + ["-O1", "-g", "-fno-omit-frame-pointer",
-                                                     "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
-        ldflags.append("-fsanitize=address,undefined")
+                                                     "-fsanitize=address,undefined,float-cast-overflow",
+                                                     "-fno-sanitize-recover=all"]
+        ldflags.append("-fsanitize=address,undefined,float-cast-overflow")
     return cflags, ldflags
 
 

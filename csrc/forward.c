@@ -332,14 +332,15 @@ static int64_t widest_input(const llm_config *p) {
 int64_t llm_ctx_bytes(const llm_config *p, int32_t n_ctx, int32_t n_batch, int32_t n_threads) {
     if (!p || check_config(p, n_ctx, n_threads, NULL, 0) != 0 || n_batch < 1) return LLM_ERR_INVALID;
     if (n_batch > n_ctx) n_batch = n_ctx;
-    llm_ctx scratch;
+    llm_ctx sizes_only; /* plan_buffers wants somewhere to point; nothing is allocated */
     float_buffer plan[N_BUFFERS];
-    plan_buffers(&scratch, p, n_ctx, n_batch, n_threads, plan);
-    size_t total = sizeof(llm_ctx) + (size_t)p->n_layers * sizeof(llm_layer);
-    size_t products = llm_products_bytes(llm_kernels_get(llm_isa_best()), n_threads, widest_input(p), n_batch);
-    for (int i = 0; i <= N_BUFFERS; i++) {
-        size_t bytes = i < N_BUFFERS ? buffer_bytes(&plan[i]) : products;
-        if (bytes == 0 || total > (size_t)INT64_MAX - bytes) return LLM_ERR_NOMEM; /* does not fit any memory */
+    plan_buffers(&sizes_only, p, n_ctx, n_batch, n_threads, plan);
+    /* The products' scratch is sized for the best level: a context on a forced lower level needs no more. */
+    size_t total = sizeof(llm_ctx) + (size_t)p->n_layers * sizeof(llm_layer) +
+                   llm_products_bytes(llm_kernels_get(llm_isa_best()), n_threads, widest_input(p), n_batch);
+    for (int i = 0; i < N_BUFFERS; i++) {
+        size_t bytes = buffer_bytes(&plan[i]);
+        if (bytes == 0 || total > (size_t)INT64_MAX - bytes) return LLM_ERR_NOMEM; /* more than any memory */
         total += bytes;
     }
     return (int64_t)total;

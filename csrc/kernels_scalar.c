@@ -74,8 +74,12 @@ static void quantize_q8_act(void *out, const float *x, int64_t cols) {
     for (int64_t b = 0; b < cols / QK; b++, x += QK) {
         int8_t *q = y.qs + b * QK;
         float amax = 0.0f;
-        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
-        if (!isfinite(amax)) { /* inf or NaN in x: let it reach the logits (the sampler rejects them) */
+        int finite = 1; /* fmaxf passes NaN over, so NaN is looked for value by value */
+        for (int j = 0; j < QK; j++) {
+            amax = fmaxf(amax, fabsf(x[j]));
+            finite &= isfinite(x[j]) != 0;
+        }
+        if (!finite) { /* inf or NaN in x: let it reach the logits (the sampler rejects them) */
             memset(q, 0, QK);
             y.d[b] = y.dsum[b] = NAN;
             continue;

@@ -8,10 +8,21 @@
  * the offset comes off once per block: sum (q - 8) x = sum q x - 8 sum x, where the activations carry
  * d_x * sum q_x. With VNNI one instruction (vpdpbusd) does a block's multiply-adds; without it two do.
  */
+#include <math.h>
+
 #include "kernels_x86.h"
 
 /* ---------------------------------------------------------------------------------------------------- */
 /* the activations */
+
+/* Whether 32 values are all finite: v * 0 is 0 for a finite v and NaN for inf or NaN, and a sum with a NaN
+   is NaN (max, which the scale comes from, passes NaN over). */
+INLINE int all_finite(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
+    __m256 zero = _mm256_setzero_ps();
+    __m256 z = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(v0, zero), _mm256_mul_ps(v1, zero)),
+                             _mm256_add_ps(_mm256_mul_ps(v2, zero), _mm256_mul_ps(v3, zero)));
+    return _mm256_movemask_ps(_mm256_cmp_ps(z, z, _CMP_UNORD_Q)) == 0;
+}
 
 void X86(quantize_q8_act)(void *out, const float *x, int64_t cols) {
     q8_act y = q8_act_view(out, cols);
@@ -25,6 +36,11 @@ void X86(quantize_q8_act)(void *out, const float *x, int64_t cols) {
         m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
         float max = _mm_cvtss_f32(m4);
+        if (!all_finite(v0, v1, v2, v3)) { /* inf or NaN in x: let it reach the logits, as the reference does */
+            memset(y.qs + b * QK, 0, QK);
+            y.d[b] = y.dsum[b] = NAN;
+            continue;
+        }
         __m256 id = _mm256_set1_ps(max > 0.0f ? 127.0f / max : 0.0f);
         /* scale, round to nearest even, narrow 32 -> 16 -> 8 bits; the packs interleave 128-bit lanes,
            which the final permutation undoes */

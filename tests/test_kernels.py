@@ -126,6 +126,24 @@ def test_special_values_in_blocks() -> None:
             np.testing.assert_allclose(c_matvec(t, x, isa), want, rtol=1e-5, atol=1e-6, err_msg=f"{type} {isa}")
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_input_reaches_the_output_on_every_level(bad: float) -> None:
+    """A NaN or inf in a token's input makes that token's products NaN or inf (so the sampler rejects the logits)
+    on every instruction set, one token or a batch; the other tokens of the batch are untouched. The 8-bit
+    activation quantizer once passed NaN over (max ignores it) and turned it into garbage."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((5, 96)).astype(np.float32)
+    x[2, 40] = bad  # token 2, its second block
+    for type in TYPES:
+        t = encode(rng.standard_normal((24, 96)), type)
+        clean = [c_matvec(t, x[i], "scalar") for i in (0, 1, 3, 4)]
+        for isa in ISAS:
+            for got in (c_matvec(t, x[2], isa), c_matmul(t, x, isa)[2]):
+                assert not np.isfinite(got).any(), f"{type} {isa}: {got}"
+            batch = c_matmul(t, x, isa)[[0, 1, 3, 4]]
+            np.testing.assert_allclose(batch, clean, rtol=1e-5, atol=1e-4, err_msg=f"{type} {isa}")
+
+
 def test_matmul_rejects_bad_arguments() -> None:
     w = np.zeros((2, 64), dtype=np.uint8)
     x = np.zeros(64, dtype=np.float32)
