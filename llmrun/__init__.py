@@ -6,19 +6,7 @@
             print(piece, end="", flush=True)
 """
 
-from pathlib import Path as _Path
-
-try:
-    from . import _kernel  # noqa: F401  (the C library, built by cffi: llmrun/_kernel*.so)
-except ImportError:
-    # Run from a source checkout without the built extension, this folder shadows an installed llmrun and
-    # the import would otherwise fail deep inside the package with a misleading "circular import".
-    if not any(_Path(__file__).parent.glob("_kernel*")):
-        raise ImportError(f"llmrun's C library (llmrun/_kernel*.so) is not built in {_Path(__file__).parent}: run "
-                          "`pip install -e .` in the repository to build it in place, or run from another directory "
-                          "to use the installed llmrun") from None
-    raise
-
+from . import _library  # noqa: F401  (first: a missing or foreign C library fails here, clearly)
 from .chat import ChatStream, ChatTemplate, load_template_from_folder
 from .errors import (
     ChatTemplateError,

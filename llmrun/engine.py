@@ -12,11 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import _kernel
+from ._library import ffi, lib
 from .errors import ContextOverflowError, InvalidArgumentError, KernelError
 from .spec import ROPE_STYLES, TENSOR_TYPES, ModelConfig, ModelSpec, Tensor
-
-ffi, lib = _kernel.ffi, _kernel.lib
 
 # Instruction set name -> the C library's code, as the library names them (csrc/llmrun.h). The codes are
 # names, not ranks: which ones this CPU runs is asked of the library (available_isas).

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._kernel import ffi, lib
+from ._library import ffi, lib
 
 if TYPE_CHECKING:
     from .tokenizer import Tokenizer
