@@ -183,8 +183,9 @@ def _encode_elsewhere(tmp_path: Path, data: dict, text: str) -> str:
     path, text_path = tmp_path / "tokenizer.json", tmp_path / "text.txt"
     path.write_text(json.dumps(data))
     text_path.write_text(text, encoding="utf-8")
+    # cwd: the installed llmrun, not a source folder that `python -c` would put first on the path
     result = subprocess.run([sys.executable, "-c", REFUSAL, str(path), str(text_path)], capture_output=True, text=True,
-                            timeout=30, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+                            timeout=30, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"}, cwd=tmp_path)
     return result.stdout.strip() or result.stderr.strip().splitlines()[-1]
 
 
