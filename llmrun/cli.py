@@ -20,7 +20,7 @@ from .chat import FORMATS
 from .engine import DEFAULT_BATCH
 from .errors import InvalidArgumentError, LLMError
 from .formats import read_model
-from .formats.gguf_writer import TensorPlan, plan_tensors, write_model
+from .formats.gguf_writer import TensorPlan, write_model
 from .generate import Generation
 from .model import Model, load, resolve_tokenizer
 from .repl import Repl, enable_line_editing
@@ -442,12 +442,9 @@ def run_quantize(args: argparse.Namespace) -> int:
         if tokenizer is None:  # still a valid GGUF (our reader takes -z), but llama.cpp needs a vocabulary
             print(f"llmrun: warning: the output will have no vocabulary; pass -z TOKENIZER to embed one "
                   f"({problem})", file=sys.stderr)
-    n_tensors = len(plan_tensors(spec, args.type))  # biases and RoPE factors are tensors of the file too
-    n_width = len(str(n_tensors))
-
-    def progress(i: int, plan: TensorPlan) -> None:
+    def progress(i: int, n_tensors: int, plan: TensorPlan) -> None:  # n_tensors: what the file gets
         shape = f"{plan.rows} x {plan.cols}" if not plan.is_vector else f"{plan.cols}"
-        print(f"[{i + 1:>{n_width}}/{n_tensors}] {plan.name:<28} {shape:>13}  {plan.source.type:>4} -> "
+        print(f"[{i + 1:>{len(str(n_tensors))}}/{n_tensors}] {plan.name:<28} {shape:>13}  {plan.source.type:>4} -> "
               f"{plan.type:<4} {plan.nbytes:>12,} bytes", file=sys.stderr)
 
     block_types = ("q8_0", "q4_0")

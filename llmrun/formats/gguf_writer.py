@@ -146,9 +146,9 @@ def _pad(n: int, alignment: int = ALIGNMENT) -> int:
 
 
 def write_gguf(path: str | os.PathLike, metadata: Sequence[Metadata], tensors: Sequence[TensorPlan],
-               on_tensor: Callable[[int, TensorPlan], None] | None = None) -> int:
-    """Writes a GGUF v3 file; assigns each plan its offset. `on_tensor(i, plan)` is called after tensor i
-    is written (for progress reports). Returns the file size in bytes."""
+               on_tensor: Callable[[int, int, TensorPlan], None] | None = None) -> int:
+    """Writes a GGUF v3 file; assigns each plan its offset. `on_tensor(i, n, plan)` is called after tensor i
+    of n is written (for progress reports). Returns the file size in bytes."""
     offset = 0
     for plan in tensors:
         plan.offset = offset
@@ -168,7 +168,7 @@ def write_gguf(path: str | os.PathLike, metadata: Sequence[Metadata], tensors: S
             for i, plan in enumerate(tensors):
                 _write_tensor(f, plan)
                 if on_tensor is not None:
-                    on_tensor(i, plan)
+                    on_tensor(i, len(tensors), plan)
             size = f.tell()
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual permissions
         os.replace(tmp, path)
@@ -439,7 +439,7 @@ _ITEM_TYPES = {"u1": ValueType.UINT8, "i1": ValueType.INT8, "u2": ValueType.UINT
 
 
 def write_model(path: str | os.PathLike, spec: ModelSpec, wanted: str, tokenizer: object | None = None,
-                name: str | None = None, on_tensor: Callable[[int, TensorPlan], None] | None = None
+                name: str | None = None, on_tensor: Callable[[int, int, TensorPlan], None] | None = None
                 ) -> list[TensorPlan]:
     """Writes `spec` as a `llama` (or, with q/k/v biases, `qwen2`) GGUF with its big matrices in type `wanted`
     (f32, f16, bf16, q8_0, q4_0; see choose_type for the exceptions). Returns the tensor plans (names, types,
