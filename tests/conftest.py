@@ -1,4 +1,5 @@
-"""Shared test fixtures. tests/ is on sys.path, so tests import builders and reference directly."""
+"""Shared test fixtures. tests/ is on sys.path, so tests import builders and reference directly; so is
+bindings/, so the build tests read build_kernel (which sources are compiled with which flags) as setup.py does."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bindings"))
 
 MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
 

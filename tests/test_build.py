@@ -4,7 +4,6 @@ licence and the typing marker ship."""
 
 from __future__ import annotations
 
-import importlib.util
 import platform
 import shutil
 import subprocess
@@ -16,17 +15,11 @@ import pytest
 from setuptools._distutils.ccompiler import new_compiler
 from setuptools._distutils.sysconfig import customize_compiler
 
+import build_kernel
 import llmrun
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
-
-
-def builder():
-    spec = importlib.util.spec_from_file_location("build_kernel", ROOT / "bindings" / "build_kernel.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def c_compiler():
@@ -36,11 +29,10 @@ def c_compiler():
 
 
 def test_x86_kernels_are_built_for_x86_64_only() -> None:
-    b = builder()
     cc = c_compiler()
-    assert b.targets_x86_64(cc) == (platform.machine() in ("x86_64", "AMD64"))
+    assert build_kernel.targets_x86_64(cc) == (platform.machine() in ("x86_64", "AMD64"))
     cc.compiler_so = [*cc.compiler_so, "-m32"]  # 32-bit x86 has AVX2 CPUs too, but not these kernels
-    assert not b.targets_x86_64(cc)
+    assert not build_kernel.targets_x86_64(cc)
 
 
 def test_a_build_without_x86_kernels_runs_the_portable_ones(tmp_path: Path) -> None:
@@ -59,8 +51,7 @@ def test_a_build_without_x86_kernels_runs_the_portable_ones(tmp_path: Path) -> N
 
 
 def test_msvc_is_refused_with_a_reason() -> None:
-    b = builder()
-    command = b.BuildKernel.__new__(b.BuildKernel)
+    command = build_kernel.BuildKernel.__new__(build_kernel.BuildKernel)
     command.compiler = SimpleNamespace(compiler_type="msvc")
     with pytest.raises(Exception, match="gcc or clang"):
         command.build_extension(SimpleNamespace(extra_objects=[], define_macros=[]))

@@ -3,7 +3,6 @@ ruff clean."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -11,25 +10,18 @@ from pathlib import Path
 
 import pytest
 
+import build_kernel
+
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 COMPILERS = [c for c in ("gcc", "clang") if shutil.which(c)]
 
 
-def builder():
-    """bindings/build_kernel.py, which says which sources are compiled with which flags."""
-    spec = importlib.util.spec_from_file_location("build_kernel", ROOT / "bindings" / "build_kernel.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def compile_units() -> list[tuple[str, list[str]]]:
     """Every C file as the build compiles it: (file, extra flags), the x86 kernels once per level."""
-    b = builder()
-    units = [(Path(s).name, ["-DLLM_X86_LEVELS"]) for s in b.portable_sources()]
-    for level, flags in b.X86_LEVELS.items():
-        units += [(s, [*flags, f"-DLLM_X86_LEVEL={level}"]) for s in b.X86_SOURCES]
+    units = [(Path(s).name, ["-DLLM_X86_LEVELS"]) for s in build_kernel.portable_sources()]
+    for level, flags in build_kernel.X86_LEVELS.items():
+        units += [(s, [*flags, f"-DLLM_X86_LEVEL={level}"]) for s in build_kernel.X86_SOURCES]
     return units
 
 
