@@ -95,6 +95,34 @@ static void quantize_q8_act(void *out, const float *x, int64_t cols) {
     }
 }
 
+/* Per 256-value block the same rule, plus the sums of q over each 16 values (LLM_ACT_Q8K). */
+static void quantize_q8k_act(void *out, const float *x, int64_t cols) {
+    q8k_act y = q8k_act_view(out, cols);
+    for (int64_t b = 0; b < cols / QK_K; b++, x += QK_K) {
+        int8_t *q = y.qs + b * QK_K;
+        float amax = 0.0f;
+        int finite = 1;
+        for (int j = 0; j < QK_K; j++) {
+            amax = fmaxf(amax, fabsf(x[j]));
+            finite &= isfinite(x[j]) != 0;
+        }
+        if (!finite) { /* as quantize_q8_act: inf or NaN reaches the logits */
+            memset(q, 0, QK_K);
+            memset(y.bsums + b * (QK_K / 16), 0, QK_K / 16 * sizeof(int16_t));
+            y.d[b] = NAN;
+            continue;
+        }
+        float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        for (int j = 0; j < QK_K; j++) q[j] = (int8_t)nearbyintf(x[j] * id);
+        for (int i = 0; i < QK_K / 16; i++) {
+            int sum = 0;
+            for (int j = 0; j < 16; j++) sum += q[16 * i + j];
+            y.bsums[b * (QK_K / 16) + i] = (int16_t)sum;
+        }
+        y.d[b] = amax / 127.0f;
+    }
+}
+
 /* ---------------------------------------------------------------------------------------------------- */
 /* Q8_0 and Q4_0 against 8-bit activations: per block an integer dot product, scaled by d_w * d_x */
 
@@ -192,6 +220,16 @@ const llm_type_info llm_types[LLM_TYPE_COUNT] = {
     [LLM_BF16] = {"bf16", 1, sizeof(uint16_t), LLM_ACT_F32, get_row_bf16},
     [LLM_Q8_0] = {"q8_0", QK, sizeof(block_q8_0), LLM_ACT_Q8, get_row_q8_0},
     [LLM_Q4_0] = {"q4_0", QK, sizeof(block_q4_0), LLM_ACT_Q8, get_row_q4_0},
+    [LLM_Q4_1] = {"q4_1", QK, sizeof(block_q4_1), LLM_ACT_Q8, NULL},
+    [LLM_Q5_0] = {"q5_0", QK, sizeof(block_q5_0), LLM_ACT_Q8, NULL},
+    [LLM_Q5_1] = {"q5_1", QK, sizeof(block_q5_1), LLM_ACT_Q8, NULL},
+    [LLM_IQ4_NL] = {"iq4_nl", QK, sizeof(block_iq4_nl), LLM_ACT_Q8, NULL},
+    [LLM_Q2_K] = {"q2_k", QK_K, sizeof(block_q2_K), LLM_ACT_Q8K, NULL},
+    [LLM_Q3_K] = {"q3_k", QK_K, sizeof(block_q3_K), LLM_ACT_Q8K, NULL},
+    [LLM_Q4_K] = {"q4_k", QK_K, sizeof(block_q4_K), LLM_ACT_Q8K, NULL},
+    [LLM_Q5_K] = {"q5_k", QK_K, sizeof(block_q5_K), LLM_ACT_Q8K, NULL},
+    [LLM_Q6_K] = {"q6_k", QK_K, sizeof(block_q6_K), LLM_ACT_Q8K, NULL},
+    [LLM_IQ4_XS] = {"iq4_xs", QK_K, sizeof(block_iq4_xs), LLM_ACT_Q8K, NULL},
 };
 
 /* No matmul kernels: a batch runs through the matrix-vector products one token at a time. */
@@ -203,7 +241,7 @@ const llm_kernels llm_kernels_scalar = {
         [LLM_Q8_0] = {matvec_q8_0, NULL},
         [LLM_Q4_0] = {matvec_q4_0, NULL},
     },
-    .quantize = {[LLM_ACT_Q8] = quantize_q8_act},
+    .quantize = {[LLM_ACT_Q8] = quantize_q8_act, [LLM_ACT_Q8K] = quantize_q8k_act},
     .vec = {scores, weighted_sum, softmax, swiglu},
     .scratch_bytes = NULL,
 };

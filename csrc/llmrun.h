@@ -39,15 +39,25 @@ enum {
     LLM_ERR_THREAD  = -3, /* a worker thread could not be started */
 };
 
-/* Weight storage types. The block types use GGUF's layouts, so GGUF files are used in place:
-   Q8_0 blocks are { fp16 d; int8 q[32]; } (x = d * q), Q4_0 blocks are { fp16 d; uint8 q[16]; } holding
-   32 4-bit values, the low nibbles first (x = d * (q - 8)). A row is a whole number of blocks. */
+/* Weight storage types. The block types use GGUF's layouts (ggml-common.h), so GGUF files are used in
+   place; csrc/kernels.h spells each block out. A row is a whole number of blocks: 32 values for Q8_0 to
+   IQ4_NL, 256 for the K-quants and IQ4_XS. */
 typedef enum {
     LLM_F32  = 0,
     LLM_F16  = 1,
     LLM_BF16 = 2,
     LLM_Q8_0 = 3,
     LLM_Q4_0 = 4,
+    LLM_Q4_1 = 5,
+    LLM_Q5_0 = 6,
+    LLM_Q5_1 = 7,
+    LLM_IQ4_NL = 8,
+    LLM_Q2_K = 9,
+    LLM_Q3_K = 10,
+    LLM_Q4_K = 11,
+    LLM_Q5_K = 12,
+    LLM_Q6_K = 13,
+    LLM_IQ4_XS = 14,
     LLM_TYPE_COUNT
 } llm_type;
 

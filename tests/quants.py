@@ -1,5 +1,5 @@
 """Reference encodings of the weight types for tests, via the official `gguf` package (the format's own
-reference implementation), plus the Q8_0 quantization of activations the C products use."""
+reference implementation), plus the 8-bit quantization of activations the C products use."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import numpy as np
 from llmrun.spec import TENSOR_TYPES, Tensor
 
 QT = gguf.GGMLQuantizationType
-GGUF_TYPES = {"f32": QT.F32, "f16": QT.F16, "bf16": QT.BF16, "q8_0": QT.Q8_0, "q4_0": QT.Q4_0}
+GGUF_TYPES = {"f32": QT.F32, "f16": QT.F16, "bf16": QT.BF16, "q8_0": QT.Q8_0, "q4_0": QT.Q4_0, "q4_1": QT.Q4_1,
+              "q5_0": QT.Q5_0, "q5_1": QT.Q5_1, "iq4_nl": QT.IQ4_NL, "q2_k": QT.Q2_K, "q3_k": QT.Q3_K,
+              "q4_k": QT.Q4_K, "q5_k": QT.Q5_K, "q6_k": QT.Q6_K, "iq4_xs": QT.IQ4_XS}
 
 
 def encode(a: np.ndarray, type: str) -> Tensor:
@@ -29,10 +31,11 @@ def decode(t: Tensor) -> np.ndarray:
     return gguf.quants.dequantize(raw, GGUF_TYPES[t.type]).astype(np.float64).reshape(t.data.shape[:-1] + (-1,))
 
 
-def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """x (cols,) as the C library quantizes it for Q8_0/Q4_0 products: per block of 32, d = max|x| / 127
-    (kept in float32) and q = x * (127 / max|x|) rounded to nearest even. Returns (d, q as int8)."""
-    blocks = x.astype(np.float32).reshape(-1, 32)
+def quantize_activations(x: np.ndarray, block: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """x (cols,) as the C library quantizes it for the products of block weights: per block of 32 (Q8_0 to
+    IQ4_NL weights) or 256 (the K-quants, IQ4_XS), d = max|x| / 127 (kept in float32) and
+    q = x * (127 / max|x|) rounded to nearest even. Returns (d, q as int8)."""
+    blocks = x.astype(np.float32).reshape(-1, block)
     amax = np.abs(blocks).max(axis=1)
     d = amax / np.float32(127)
     with np.errstate(divide="ignore"):
@@ -45,7 +48,8 @@ def product_reference(t: Tensor, x: np.ndarray) -> np.ndarray:
     """What the C product of weights `t` and vector `x` computes, in float64: float types multiply the
     stored values by x; block types multiply them by x's Q8_0 quantization (as the C code does)."""
     w = decode(t).reshape(t.shape)
-    if t.type in ("q8_0", "q4_0"):
-        d, q = quantize_activations(x)
+    block = TENSOR_TYPES[t.type].block_elems
+    if block > 1:
+        d, q = quantize_activations(x, block)
         return w @ (d[:, None] * q).reshape(-1).astype(np.float64)
     return w @ x.astype(np.float64)
