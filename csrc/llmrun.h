@@ -177,4 +177,9 @@ const char *llm_isa_name(int32_t isa);
 int llm_matmul(int32_t type, int32_t isa, const void *w, int64_t rows, int64_t cols, const float *x, int64_t n,
                float *out);
 
+/* out (rows, cols) = the values that rows of w (of the given type) hold, as floats: the row lookup of the
+   embedding, for tests and for tools that read weights back. 0, or LLM_ERR_INVALID for an unknown type or
+   a cols that is not a whole number of the type's blocks. */
+int llm_dequantize(int32_t type, const void *w, int64_t rows, int64_t cols, float *out);
+
 #endif /* LLMRUN_H */
