@@ -182,6 +182,121 @@ static void get_row_q4_0(float *out, const void *w, int64_t row, int64_t cols) {
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
+/* Q4_1, Q5_0, Q5_1 and IQ4_NL: the other 32-value blocks (kernels.h has their layouts). One value at a time
+   through two accessors: a block's 16 nibble bytes hold value j < 16 in the low nibble of byte j and value
+   j >= 16 in the high nibble of byte j - 16; the Q5 types' fifth bit of value j is bit j of qh (little
+   endian). Against 8-bit activations, per block with sumi = sum q_w q_x:
+     Q4_1, Q5_1: sum (d q_w + m) d_x q_x = d d_x sumi + m (d_x sum q_x) = d d_x sumi + m dsum
+     Q5_0:       sum d (q_w - 16) d_x q_x, the offset taken off value by value as Q4_0 does
+     IQ4_NL:     sum d values[q_w] d_x q_x
+   Rows dequantize as gguf.quants and ggml do, x = d * q + m: d * q is exact in f32 (11 by 5 significant bits),
+   so the one rounding of the sum gives the same bits whether or not a compiler fuses it into an FMA. */
+
+static inline int nibble(const uint8_t *qs, int j) { return j < QK / 2 ? qs[j] & 0x0f : qs[j - QK / 2] >> 4; }
+
+static inline int fifth_bit(const uint8_t *qh, int j) { return (qh[j / 8] >> (j % 8)) & 1; }
+
+static inline int q5_value(const uint8_t *qh, const uint8_t *qs, int j) {
+    return nibble(qs, j) | fifth_bit(qh, j) << 4;
+}
+
+static void get_row_q4_1(float *out, const void *w, int64_t row, int64_t cols) {
+    const block_q4_1 *src = (const block_q4_1 *)w + row * (cols / QK);
+    for (int64_t b = 0; b < cols / QK; b++) {
+        float d = llm_fp16_to_fp32(src[b].d), m = llm_fp16_to_fp32(src[b].m);
+        for (int j = 0; j < QK; j++) out[b * QK + j] = d * (float)nibble(src[b].qs, j) + m;
+    }
+}
+
+static void get_row_q5_0(float *out, const void *w, int64_t row, int64_t cols) {
+    const block_q5_0 *src = (const block_q5_0 *)w + row * (cols / QK);
+    for (int64_t b = 0; b < cols / QK; b++) {
+        float d = llm_fp16_to_fp32(src[b].d);
+        for (int j = 0; j < QK; j++) out[b * QK + j] = d * (float)(q5_value(src[b].qh, src[b].qs, j) - 16);
+    }
+}
+
+static void get_row_q5_1(float *out, const void *w, int64_t row, int64_t cols) {
+    const block_q5_1 *src = (const block_q5_1 *)w + row * (cols / QK);
+    for (int64_t b = 0; b < cols / QK; b++) {
+        float d = llm_fp16_to_fp32(src[b].d), m = llm_fp16_to_fp32(src[b].m);
+        for (int j = 0; j < QK; j++) out[b * QK + j] = d * (float)q5_value(src[b].qh, src[b].qs, j) + m;
+    }
+}
+
+static void get_row_iq4_nl(float *out, const void *w, int64_t row, int64_t cols) {
+    const block_iq4_nl *src = (const block_iq4_nl *)w + row * (cols / QK);
+    for (int64_t b = 0; b < cols / QK; b++) {
+        float d = llm_fp16_to_fp32(src[b].d);
+        for (int j = 0; j < QK; j++) out[b * QK + j] = d * (float)llm_iq4nl_values[nibble(src[b].qs, j)];
+    }
+}
+
+static void matvec_q4_1(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
+                        int64_t cols) {
+    q8_act x = q8_act_view(xq, cols);
+    int64_t nb = cols / QK;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const block_q4_1 *row = (const block_q4_1 *)w + r * nb;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            int32_t sumi = 0;
+            for (int j = 0; j < QK; j++) sumi += nibble(row[b].qs, j) * x.qs[b * QK + j];
+            sum += (float)sumi * (llm_fp16_to_fp32(row[b].d) * x.d[b]) + llm_fp16_to_fp32(row[b].m) * x.dsum[b];
+        }
+        out[r - row_begin] = sum;
+    }
+}
+
+static void matvec_q5_0(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
+                        int64_t cols) {
+    q8_act x = q8_act_view(xq, cols);
+    int64_t nb = cols / QK;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const block_q5_0 *row = (const block_q5_0 *)w + r * nb;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            int32_t sumi = 0;
+            for (int j = 0; j < QK; j++) sumi += (q5_value(row[b].qh, row[b].qs, j) - 16) * x.qs[b * QK + j];
+            sum += (float)sumi * (llm_fp16_to_fp32(row[b].d) * x.d[b]);
+        }
+        out[r - row_begin] = sum;
+    }
+}
+
+static void matvec_q5_1(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
+                        int64_t cols) {
+    q8_act x = q8_act_view(xq, cols);
+    int64_t nb = cols / QK;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const block_q5_1 *row = (const block_q5_1 *)w + r * nb;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            int32_t sumi = 0;
+            for (int j = 0; j < QK; j++) sumi += q5_value(row[b].qh, row[b].qs, j) * x.qs[b * QK + j];
+            sum += (float)sumi * (llm_fp16_to_fp32(row[b].d) * x.d[b]) + llm_fp16_to_fp32(row[b].m) * x.dsum[b];
+        }
+        out[r - row_begin] = sum;
+    }
+}
+
+static void matvec_iq4_nl(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
+                          int64_t cols) {
+    q8_act x = q8_act_view(xq, cols);
+    int64_t nb = cols / QK;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const block_iq4_nl *row = (const block_iq4_nl *)w + r * nb;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            int32_t sumi = 0;
+            for (int j = 0; j < QK; j++) sumi += llm_iq4nl_values[nibble(row[b].qs, j)] * x.qs[b * QK + j];
+            sum += (float)sumi * (llm_fp16_to_fp32(row[b].d) * x.d[b]);
+        }
+        out[r - row_begin] = sum;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
 /* attention and feed-forward helpers */
 
 static void scores(float *out, const float *q, const float *rows, int64_t stride, int64_t n_rows, int64_t dim,
@@ -220,10 +335,10 @@ const llm_type_info llm_types[LLM_TYPE_COUNT] = {
     [LLM_BF16] = {"bf16", 1, sizeof(uint16_t), LLM_ACT_F32, get_row_bf16},
     [LLM_Q8_0] = {"q8_0", QK, sizeof(block_q8_0), LLM_ACT_Q8, get_row_q8_0},
     [LLM_Q4_0] = {"q4_0", QK, sizeof(block_q4_0), LLM_ACT_Q8, get_row_q4_0},
-    [LLM_Q4_1] = {"q4_1", QK, sizeof(block_q4_1), LLM_ACT_Q8, NULL},
-    [LLM_Q5_0] = {"q5_0", QK, sizeof(block_q5_0), LLM_ACT_Q8, NULL},
-    [LLM_Q5_1] = {"q5_1", QK, sizeof(block_q5_1), LLM_ACT_Q8, NULL},
-    [LLM_IQ4_NL] = {"iq4_nl", QK, sizeof(block_iq4_nl), LLM_ACT_Q8, NULL},
+    [LLM_Q4_1] = {"q4_1", QK, sizeof(block_q4_1), LLM_ACT_Q8, get_row_q4_1},
+    [LLM_Q5_0] = {"q5_0", QK, sizeof(block_q5_0), LLM_ACT_Q8, get_row_q5_0},
+    [LLM_Q5_1] = {"q5_1", QK, sizeof(block_q5_1), LLM_ACT_Q8, get_row_q5_1},
+    [LLM_IQ4_NL] = {"iq4_nl", QK, sizeof(block_iq4_nl), LLM_ACT_Q8, get_row_iq4_nl},
     [LLM_Q2_K] = {"q2_k", QK_K, sizeof(block_q2_K), LLM_ACT_Q8K, NULL},
     [LLM_Q3_K] = {"q3_k", QK_K, sizeof(block_q3_K), LLM_ACT_Q8K, NULL},
     [LLM_Q4_K] = {"q4_k", QK_K, sizeof(block_q4_K), LLM_ACT_Q8K, NULL},
@@ -240,6 +355,10 @@ const llm_kernels llm_kernels_scalar = {
         [LLM_BF16] = {matvec_bf16, NULL},
         [LLM_Q8_0] = {matvec_q8_0, NULL},
         [LLM_Q4_0] = {matvec_q4_0, NULL},
+        [LLM_Q4_1] = {matvec_q4_1, NULL},
+        [LLM_Q5_0] = {matvec_q5_0, NULL},
+        [LLM_Q5_1] = {matvec_q5_1, NULL},
+        [LLM_IQ4_NL] = {matvec_iq4_nl, NULL},
     },
     .quantize = {[LLM_ACT_Q8] = quantize_q8_act, [LLM_ACT_Q8K] = quantize_q8k_act},
     .vec = {scores, weighted_sum, softmax, swiglu},
