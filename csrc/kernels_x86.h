@@ -103,10 +103,11 @@ INLINE __m256i dot_i8(__m256i a, __m256i b) {
 }
 
 /* The 32 values of a Q4_0 block's 16 bytes as unsigned bytes 0..15, in order: the low nibbles (values
-   0-15), then the high ones. */
+   0-15), then the high ones. The bytes are loaded into both halves and the upper half shifted down by four:
+   no lane insert, which the decode loops feel (shuffles are their scarcest resource). */
 INLINE __m256i unpack_q4_0(const uint8_t *qs) {
-    __m128i packed = _mm_loadu_si128((const __m128i *)qs);
-    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0x0f));
+    __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    return _mm256_and_si256(_mm256_srlv_epi64(both, _mm256_setr_epi64x(0, 0, 4, 4)), _mm256_set1_epi8(0x0f));
 }
 
 /* Lane k = the sum of the eight lanes of s[k]: eight blocks' dot products in one vector, so that their
@@ -124,6 +125,21 @@ INLINE __m256 scales8(const void *first_block, size_t block_bytes) {
     uint16_t d[8];
     for (int k = 0; k < 8; k++) memcpy(&d[k], p + k * block_bytes, sizeof d[k]);
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)d));
+}
+
+/* The fp16 scales d and mins m of eight consecutive blocks of `block_bytes` bytes each that start with d, m
+   (Q4_1, Q5_1), as f32: one 32-bit load per block, the halves sorted apart by a byte shuffle. */
+INLINE void scales_mins8(const void *first_block, size_t block_bytes, __m256 *d, __m256 *m) {
+    const uint8_t *p = first_block;
+    uint32_t dm[8];
+    for (int k = 0; k < 8; k++) memcpy(&dm[k], p + k * block_bytes, sizeof dm[k]);
+    __m256i v = _mm256_loadu_si256((const __m256i *)dm);
+    /* per 128-bit half: its four d (bytes 0-1 of each 32 bits) to the low 8 bytes, its four m to the high 8 */
+    v = _mm256_shuffle_epi8(v, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+                                                0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
+    v = _mm256_permute4x64_epi64(v, 0xd8); /* 64-bit quarters 0, 2, 1, 3: the eight d, then the eight m */
+    *d = _mm256_cvtph_ps(_mm256_castsi256_si128(v));
+    *m = _mm256_cvtph_ps(_mm256_extracti128_si256(v, 1));
 }
 
 #endif /* LLMRUN_KERNELS_X86_H */

@@ -109,19 +109,20 @@ INLINE int value_offset(block_kind kind) {
     }
 }
 
-/* 0x10 in byte j where bit j of the little-endian 32 bits at qh is set, else 0: the Q5 types' fifth bits. */
-INLINE __m256i fifth_bits(const uint8_t *qh) {
+/* v (32 nibbles in value order) with 16 added to byte j where bit j of the little-endian 32 bits at qh is set:
+   the Q5 types' fifth bits, spread with vector ops. */
+INLINE __m256i with_fifth_bits(__m256i v, const uint8_t *qh) {
     uint32_t bits;
     memcpy(&bits, qh, sizeof bits);
 #ifdef __AVX512BW__
-    return _mm256_maskz_mov_epi8((__mmask32)bits, _mm256_set1_epi8(0x10)); /* the bits are a byte mask */
+    return _mm256_mask_add_epi8(v, (__mmask32)bits, v, _mm256_set1_epi8(0x10)); /* the bits are a byte mask */
 #else
     /* byte j takes byte j / 8 of the bits, then is all ones iff bit j % 8 is set: every other bit is set
        by the OR, whose byte k within each eight is ~(1 << k) */
-    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int32_t)bits),
+    __m256i m = _mm256_shuffle_epi8(_mm256_set1_epi32((int32_t)bits),
                                     _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303));
-    v = _mm256_cmpeq_epi8(_mm256_or_si256(v, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)), _mm256_set1_epi8(-1));
-    return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
+    m = _mm256_cmpeq_epi8(_mm256_or_si256(m, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)), _mm256_set1_epi8(-1));
+    return _mm256_or_si256(v, _mm256_and_si256(m, _mm256_set1_epi8(0x10)));
 #endif
 }
 
@@ -138,8 +139,8 @@ INLINE __m256i block_values(const void *block, block_kind kind) {
     case KIND_Q8_0: return _mm256_loadu_si256((const __m256i *)(p + 2));
     case KIND_Q4_0: return unpack_q4_0(p + 2);
     case KIND_Q4_1: return unpack_q4_0(p + 4);
-    case KIND_Q5_0: return _mm256_or_si256(unpack_q4_0(p + 6), fifth_bits(p + 2));
-    case KIND_Q5_1: return _mm256_or_si256(unpack_q4_0(p + 8), fifth_bits(p + 4));
+    case KIND_Q5_0: return with_fifth_bits(unpack_q4_0(p + 6), p + 2);
+    case KIND_Q5_1: return with_fifth_bits(unpack_q4_0(p + 8), p + 4);
     case KIND_IQ4_NL: return _mm256_shuffle_epi8(iq4nl_table(), unpack_q4_0(p + 2));
     }
     return _mm256_setzero_si256();
@@ -178,10 +179,12 @@ INLINE void matvec(float *out, const void *w, const void *xq, int64_t row_begin,
         for (; b + 8 <= nb; b += 8) {
             __m256i s[8];
             for (int k = 0; k < 8; k++) s[k] = block_dot(row + (b + k) * bb, x.qs + (b + k) * QK, kind);
-            __m256 dw = scales8(row + b * bb, bb), dsum = _mm256_loadu_ps(x.dsum + b);
+            __m256 dw, m, dsum = _mm256_loadu_ps(x.dsum + b);
+            if (has_min(kind)) scales_mins8(row + b * bb, bb, &dw, &m);
+            else dw = scales8(row + b * bb, bb);
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum8x8(s)), _mm256_mul_ps(dw, _mm256_loadu_ps(x.d + b)), acc);
             if (value_offset(kind)) acc_offset = _mm256_fmadd_ps(dw, dsum, acc_offset);
-            if (has_min(kind)) acc_min = _mm256_fmadd_ps(scales8(row + b * bb + sizeof(uint16_t), bb), dsum, acc_min);
+            if (has_min(kind)) acc_min = _mm256_fmadd_ps(m, dsum, acc_min);
         }
         float sum = hsum_f32x8(acc);
         if (value_offset(kind)) sum -= offset * hsum_f32x8(acc_offset);
