@@ -221,68 +221,101 @@ void X86(matvec_q6_K)(float *out, const void *w, const void *xq, int64_t row_beg
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
-/* a batch: eight rows in the vector lanes
+/* a batch: rows in the vector lanes
  *
- * As Q4_0's batched kernel (kernels_x86_int8.c): eight rows' super-blocks are unpacked once and repacked
- * so that a vector holds four consecutive values of each of the eight rows, one row per 32-bit lane; a
- * dot-product step against four bytes of a token, broadcast to all lanes, adds to all eight rows' sums at
- * once. After each sub-block the eight rows' d * sc apply with one vector multiply-add, and dmin * mn
- * times the token's sum over the sub-block with another. The repacked super-blocks of a few columns live
- * on the stack (KCHUNK of them, about 12 KiB: in L1 while the tokens go past), so the kernel needs no
- * scratch buffer; each chunk adds its part to the outputs.
+ * As Q4_0's batched kernel (kernels_x86_int8.c): a group of rows' super-blocks is unpacked once and repacked
+ * so that a vector holds four consecutive values of each row of the group, one row per 32-bit lane; a
+ * dot-product step against four bytes of a token, broadcast to all lanes, adds to all the rows' sums at
+ * once. After each sub-block the rows' d * sc apply with one vector multiply-add, and dmin * m times the
+ * token's sum over the sub-block with another (Q6_K's offset comes off in integers first). The repacked
+ * super-blocks of a few columns live on the stack (KCHUNK of them, about 11 KiB: in L1 while the tokens go
+ * past), so the kernel needs no scratch buffer; each chunk adds its part to the outputs.
+ *
+ * A group is eight rows (a 256-bit vector) on AVX2 and sixteen (a 512-bit vector) with AVX-512: there one
+ * broadcast of four activation bytes feeds twice the rows, and the scale steps cost half as much per row.
+ * The few vector operations the tile needs are named below once per width.
  */
 
 #ifdef __AVX512VNNI__
-enum { KN = 8 }; /* tokens per pass over a repacked chunk: three accumulators each, in 32 vector registers */
+enum { ROWS = 16, KN = 8, KCHUNK = 2 }; /* KN tokens per pass: three accumulators each, in 32 registers */
+typedef __m512i rows_i32;
+typedef __m512 rows_f32;
+INLINE rows_i32 ri_zero(void) { return _mm512_setzero_si512(); }
+INLINE rows_i32 ri_load(const uint8_t *p) { return _mm512_loadu_si512(p); }
+INLINE rows_i32 ri_dot4(rows_i32 acc, rows_i32 w, int32_t four) {
+    return _mm512_dpbusd_epi32(acc, w, _mm512_set1_epi32(four));
+}
+INLINE rows_i32 ri_sub(rows_i32 a, int32_t b) { return _mm512_sub_epi32(a, _mm512_set1_epi32(b)); }
+INLINE rows_f32 rf_cvt(rows_i32 a) { return _mm512_cvtepi32_ps(a); }
+INLINE rows_f32 rf_zero(void) { return _mm512_setzero_ps(); }
+INLINE rows_f32 rf_set1(float a) { return _mm512_set1_ps(a); }
+INLINE rows_f32 rf_load(const float *p) { return _mm512_loadu_ps(p); }
+INLINE void rf_store(float *p, rows_f32 v) { _mm512_storeu_ps(p, v); }
+INLINE rows_f32 rf_fmadd(rows_f32 a, rows_f32 b, rows_f32 c) { return _mm512_fmadd_ps(a, b, c); }
+INLINE rows_f32 rf_fnmadd(rows_f32 a, rows_f32 b, rows_f32 c) { return _mm512_fnmadd_ps(a, b, c); }
 #else
-enum { KN = 4 };
+enum { ROWS = 8, KN = 4, KCHUNK = 4 };
+typedef __m256i rows_i32;
+typedef __m256 rows_f32;
+INLINE rows_i32 ri_zero(void) { return _mm256_setzero_si256(); }
+INLINE rows_i32 ri_load(const uint8_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
+INLINE rows_i32 ri_dot4(rows_i32 acc, rows_i32 w, int32_t four) { return dot4_u8i8(acc, w, _mm256_set1_epi32(four)); }
+INLINE rows_i32 ri_sub(rows_i32 a, int32_t b) { return _mm256_sub_epi32(a, _mm256_set1_epi32(b)); }
+INLINE rows_f32 rf_cvt(rows_i32 a) { return _mm256_cvtepi32_ps(a); }
+INLINE rows_f32 rf_zero(void) { return _mm256_setzero_ps(); }
+INLINE rows_f32 rf_set1(float a) { return _mm256_set1_ps(a); }
+INLINE rows_f32 rf_load(const float *p) { return _mm256_loadu_ps(p); }
+INLINE void rf_store(float *p, rows_f32 v) { _mm256_storeu_ps(p, v); }
+INLINE rows_f32 rf_fmadd(rows_f32 a, rows_f32 b, rows_f32 c) { return _mm256_fmadd_ps(a, b, c); }
+INLINE rows_f32 rf_fnmadd(rows_f32 a, rows_f32 b, rows_f32 c) { return _mm256_fnmadd_ps(a, b, c); }
 #endif
-enum { KCHUNK = 4 }; /* super-blocks per repacked chunk */
 
 typedef struct {
-    uint8_t q[QK_K / 4][32]; /* four values of each of the eight rows per 32 bytes */
-    float   dsc[16][8];      /* per sub-block, per row: d * sc */
-    float   dmn[8][8];       /* per sub-block, per row: dmin * m (Q4_K, Q5_K) */
-} packed8;
+    uint8_t q[QK_K / 4][4 * ROWS]; /* four values of each row of the group per 4 * ROWS bytes */
+    float   dsc[16][ROWS];         /* per sub-block, per row: d * sc */
+    float   dmn[8][ROWS];          /* per sub-block, per row: dmin * m (Q4_K, Q5_K) */
+} packed_rows;
 
 /* Sub-blocks per super-block in the batched kernel: Q6_K's scales change every 16 values, the others' every 32. */
 INLINE int subs_of(kquant_kind kind) { return kind == KIND_Q6_K ? 16 : 8; }
 
-/* Super-block b of rows [row, row + 8) into dst. */
-INLINE void repack8(packed8 *dst, const void *w, int64_t row, int64_t nb, int64_t b, kquant_kind kind) {
+/* Super-block b of rows [row, row + ROWS) into dst, eight rows at a time. */
+INLINE void repack(packed_rows *dst, const void *w, int64_t row, int64_t nb, int64_t b, kquant_kind kind) {
     size_t bb = kquant_block_bytes(kind);
     int subs = subs_of(kind), step = 16 / subs;
-    __m256i v[8][8]; /* [row][32 values] */
-    for (int r = 0; r < 8; r++) {
-        ksuper s = unpack((const char *)w + ((size_t)(row + r) * nb + b) * bb, kind);
-        int16_t sc[16], mn[16];
-        _mm256_storeu_si256((__m256i *)sc, s.sc);
-        _mm256_storeu_si256((__m256i *)mn, s.mn);
-        for (int j = 0; j < subs; j++) {
-            dst->dsc[j][r] = s.d * (float)sc[j * step];
-            if (kind != KIND_Q6_K) dst->dmn[j][r] = s.dmin * (float)mn[j * step];
+    for (int h = 0; h < ROWS; h += 8) {
+        __m256i v[8][8]; /* [32 values][row] */
+        for (int r = 0; r < 8; r++) {
+            ksuper s = unpack((const char *)w + ((size_t)(row + h + r) * nb + b) * bb, kind);
+            int16_t sc[16], mn[16];
+            _mm256_storeu_si256((__m256i *)sc, s.sc);
+            _mm256_storeu_si256((__m256i *)mn, s.mn);
+            for (int j = 0; j < subs; j++) {
+                dst->dsc[j][h + r] = s.d * (float)sc[j * step];
+                if (kind != KIND_Q6_K) dst->dmn[j][h + r] = s.dmin * (float)mn[j * step];
+            }
+            for (int k = 0; k < 8; k++) v[k][r] = s.q[k];
         }
-        for (int k = 0; k < 8; k++) v[k][r] = s.q[k];
-    }
-    for (int k = 0; k < 8; k++) { /* values 32 k .. 32 k + 31 of the eight rows: eight groups of four */
-        transpose8x8_i32(v[k]);
-        for (int g = 0; g < 8; g++) _mm256_storeu_si256((__m256i *)dst->q[8 * k + g], v[k][g]);
+        for (int k = 0; k < 8; k++) { /* values 32 k .. 32 k + 31 of the eight rows: eight groups of four */
+            transpose8x8_i32(v[k]);
+            for (int g = 0; g < 8; g++) _mm256_storeu_si256((__m256i *)(dst->q[8 * k + g] + 4 * h), v[k][g]);
+        }
     }
 }
 
-/* out[token + j][row_out .. row_out + 8) (+)= the products of super-blocks [b0, b0 + nsb) repacked in
+/* out[token + j][row_out .. row_out + ROWS) (+)= the products of super-blocks [b0, b0 + nsb) repacked in
    `packed` with tokens token .. token + rn - 1; `first`: store instead of add. */
-INLINE void tile8(float *out, int64_t ldo, const packed8 *packed, int64_t b0, int64_t nsb, const void *x,
-                  size_t ldx, int64_t token, int64_t row_out, int64_t cols, int first, kquant_kind kind, int rn) {
+INLINE void tile(float *out, int64_t ldo, const packed_rows *packed, int64_t b0, int64_t nsb, const void *x,
+                 size_t ldx, int64_t token, int64_t row_out, int64_t cols, int first, kquant_kind kind, int rn) {
     int subs = subs_of(kind), groups = QK_K / 4 / subs;
     q8k_act xa[KN];
-    __m256 acc[KN];
+    rows_f32 acc[KN];
     for (int j = 0; j < rn; j++) {
         xa[j] = q8k_act_view((const char *)x + (size_t)(token + j) * ldx, cols);
-        acc[j] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(out + (token + j) * ldo + row_out);
+        acc[j] = first ? rf_zero() : rf_load(out + (token + j) * ldo + row_out);
     }
     for (int64_t c = 0; c < nsb; c++) {
-        const packed8 *p = packed + c;
+        const packed_rows *p = packed + c;
         int64_t b = b0 + c;
         /* per token, the sum of its q over each sub-block: Q4_K's and Q5_K's as floats, for their dmin * m;
            Q6_K's times 32 as integers, its offset taken off in integers (the stored values' dot product is
@@ -292,56 +325,56 @@ INLINE void tile8(float *out, int64_t ldo, const packed8 *packed, int64_t b0, in
         for (int j = 0; j < rn; j++) {
             __m256i bs = _mm256_loadu_si256((const __m256i *)(xa[j].bsums + b * (QK_K / 16)));
             if (kind == KIND_Q6_K) {
-                _mm256_storeu_si256((__m256i *)xsum32[j], _mm256_slli_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(bs)), 5));
-                _mm256_storeu_si256((__m256i *)(xsum32[j] + 8),
-                                    _mm256_slli_epi32(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(bs, 1)), 5));
+                __m256i lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(bs));
+                __m256i hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(bs, 1));
+                _mm256_storeu_si256((__m256i *)xsum32[j], _mm256_slli_epi32(lo, 5));
+                _mm256_storeu_si256((__m256i *)(xsum32[j] + 8), _mm256_slli_epi32(hi, 5));
             } else {
                 _mm256_storeu_ps(xsum[j], _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, _mm256_set1_epi16(1))));
             }
         }
-        __m256 sum[KN];
-        for (int j = 0; j < rn; j++) sum[j] = _mm256_setzero_ps();
+        rows_f32 sum[KN];
+        for (int j = 0; j < rn; j++) sum[j] = rf_zero();
         for (int s = 0; s < subs; s++) {
-            __m256i dot[KN];
-            for (int j = 0; j < rn; j++) dot[j] = _mm256_setzero_si256();
+            rows_i32 dot[KN];
+            for (int j = 0; j < rn; j++) dot[j] = ri_zero();
             for (int g = s * groups; g < (s + 1) * groups; g++) {
-                __m256i wv = _mm256_loadu_si256((const __m256i *)p->q[g]);
+                rows_i32 wv = ri_load(p->q[g]);
                 for (int j = 0; j < rn; j++) {
                     int32_t four;
                     memcpy(&four, xa[j].qs + b * QK_K + 4 * g, sizeof four);
-                    dot[j] = dot4_u8i8(dot[j], wv, _mm256_set1_epi32(four));
+                    dot[j] = ri_dot4(dot[j], wv, four);
                 }
             }
-            __m256 dsc = _mm256_loadu_ps(p->dsc[s]);
+            rows_f32 dsc = rf_load(p->dsc[s]);
             for (int j = 0; j < rn; j++) {
                 if (kind == KIND_Q6_K) {
-                    dot[j] = _mm256_sub_epi32(dot[j], _mm256_set1_epi32(xsum32[j][s]));
-                    sum[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[j]), dsc, sum[j]);
+                    sum[j] = rf_fmadd(rf_cvt(ri_sub(dot[j], xsum32[j][s])), dsc, sum[j]);
                 } else {
-                    sum[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[j]), dsc, sum[j]);
-                    sum[j] = _mm256_fnmadd_ps(_mm256_loadu_ps(p->dmn[s]), _mm256_set1_ps(xsum[j][s]), sum[j]);
+                    sum[j] = rf_fmadd(rf_cvt(dot[j]), dsc, sum[j]);
+                    sum[j] = rf_fnmadd(rf_load(p->dmn[s]), rf_set1(xsum[j][s]), sum[j]);
                 }
             }
         }
-        for (int j = 0; j < rn; j++) acc[j] = _mm256_fmadd_ps(sum[j], _mm256_set1_ps(xa[j].d[b]), acc[j]);
+        for (int j = 0; j < rn; j++) acc[j] = rf_fmadd(sum[j], rf_set1(xa[j].d[b]), acc[j]);
     }
-    for (int j = 0; j < rn; j++) _mm256_storeu_ps(out + (token + j) * ldo + row_out, acc[j]);
+    for (int j = 0; j < rn; j++) rf_store(out + (token + j) * ldo + row_out, acc[j]);
 }
 
-/* Eight rows at a time, KCHUNK super-blocks at a time (repacked once, then run past all n tokens, KN at a
-   time); the last rows % 8 token by token through the matrix-vector kernel. */
+/* ROWS rows at a time, KCHUNK super-blocks at a time (repacked once, then run past all n tokens, KN at a
+   time); the last rows % ROWS token by token through the matrix-vector kernel. */
 INLINE void matmul(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n, int64_t row_begin,
                    int64_t row_end, int64_t cols, kquant_kind kind) {
     int64_t nb = cols / QK_K, r = row_begin;
-    packed8 packed[KCHUNK];
-    for (; r + 8 <= row_end; r += 8)
+    packed_rows packed[KCHUNK];
+    for (; r + ROWS <= row_end; r += ROWS)
         for (int64_t b0 = 0; b0 < nb; b0 += KCHUNK) {
             int64_t nsb = nb - b0 < KCHUNK ? nb - b0 : KCHUNK;
-            for (int64_t c = 0; c < nsb; c++) repack8(&packed[c], w, r, nb, b0 + c, kind);
+            for (int64_t c = 0; c < nsb; c++) repack(&packed[c], w, r, nb, b0 + c, kind);
             int64_t t = 0;
             for (; t + KN <= n; t += KN)
-                tile8(out, ldo, packed, b0, nsb, x, ldx, t, r - row_begin, cols, b0 == 0, kind, KN);
-            for (; t < n; t++) tile8(out, ldo, packed, b0, nsb, x, ldx, t, r - row_begin, cols, b0 == 0, kind, 1);
+                tile(out, ldo, packed, b0, nsb, x, ldx, t, r - row_begin, cols, b0 == 0, kind, KN);
+            for (; t < n; t++) tile(out, ldo, packed, b0, nsb, x, ldx, t, r - row_begin, cols, b0 == 0, kind, 1);
         }
     for (int64_t t = 0; r < row_end && t < n; t++)
         matvec(out + t * ldo + (r - row_begin), w, (const char *)x + (size_t)t * ldx, r, row_end, cols, kind);
