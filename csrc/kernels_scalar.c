@@ -297,6 +297,151 @@ static void matvec_iq4_nl(float *out, const void *w, const void *xq, int64_t row
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
+/* Q4_K, Q5_K, Q6_K against 256-value 8-bit activations (LLM_ACT_Q8K): per sub-block an integer dot
+   product times the sub-block's integer scale, the super-block's sum times d_w * d_x. The mins (Q4_K, Q5_K)
+   and Q6_K's offset of 32 multiply the activation's sums per 16 values (bsums), not every value. */
+
+/* Sub-block j's (0..7) 6-bit scale and min, from Q4_K's and Q5_K's 12 packed bytes: sub-blocks 0-3 keep
+   theirs in the low six bits of bytes 0-3 (scales) and 4-7 (mins); 4-7 have their low four bits in the
+   nibbles of bytes 8-11 and their top two bits in the spare top bits of bytes 0-3 and 4-7. */
+static inline void k4_scale_min(const uint8_t *scales, int j, int *sc, int *m) {
+    if (j < 4) {
+        *sc = scales[j] & 63;
+        *m = scales[j + 4] & 63;
+    } else {
+        *sc = (scales[j + 4] & 0x0f) | ((scales[j - 4] >> 6) << 4);
+        *m = (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4);
+    }
+}
+
+/* Value l (0..31) of sub-block j (0..7) of a Q4_K or Q5_K super-block, without the fifth bit: sub-blocks
+   2i and 2i + 1 share the 32 bytes qs[32 i ..], in their low and high nibbles. */
+static inline int k4_nibble(const uint8_t *qs, int j, int l) { return (qs[32 * (j / 2) + l] >> (4 * (j % 2))) & 0x0f; }
+
+/* Value v (0..255) of a Q6_K super-block, 0..63 (the stored q, 32 above the real one): each 128 values take
+   64 bytes of ql and 32 of qh; their four quarters are ql's low nibbles of bytes 0-31 and 32-63, then the
+   high nibbles, each with two bits of qh (bits 0-1, 2-3, 4-5, 6-7 of the quarter's byte l). */
+static inline int q6_K_value(const block_q6_K *b, int v) {
+    int half = v / 128, quarter = (v % 128) / 32, l = v % 32;
+    int low = (b->ql[64 * half + 32 * (quarter & 1) + l] >> (4 * (quarter >> 1))) & 0x0f;
+    int high = (b->qh[32 * half + l] >> (2 * quarter)) & 3;
+    return low | (high << 4);
+}
+
+/* The float expressions are gguf's (and ggml's) to the bit: (d * scale) * q, then minus dmin * min, as two
+   statements so that no compiler fuses them into one rounding. */
+static void get_row_q4_K(float *out, const void *w, int64_t row, int64_t cols) {
+    const block_q4_K *src = (const block_q4_K *)w + row * (cols / QK_K);
+    for (int64_t b = 0; b < cols / QK_K; b++, out += QK_K) {
+        float d = llm_fp16_to_fp32(src[b].d), dmin = llm_fp16_to_fp32(src[b].dmin);
+        for (int j = 0; j < 8; j++) {
+            int sc, m;
+            k4_scale_min(src[b].scales, j, &sc, &m);
+            float dj = d * (float)sc, mj = dmin * (float)m;
+            for (int l = 0; l < 32; l++) {
+                float v = dj * (float)k4_nibble(src[b].qs, j, l);
+                out[32 * j + l] = v - mj;
+            }
+        }
+    }
+}
+
+static void get_row_q5_K(float *out, const void *w, int64_t row, int64_t cols) {
+    const block_q5_K *src = (const block_q5_K *)w + row * (cols / QK_K);
+    for (int64_t b = 0; b < cols / QK_K; b++, out += QK_K) {
+        float d = llm_fp16_to_fp32(src[b].d), dmin = llm_fp16_to_fp32(src[b].dmin);
+        for (int j = 0; j < 8; j++) {
+            int sc, m;
+            k4_scale_min(src[b].scales, j, &sc, &m);
+            float dj = d * (float)sc, mj = dmin * (float)m;
+            for (int l = 0; l < 32; l++) {
+                int q = k4_nibble(src[b].qs, j, l) | (((src[b].qh[l] >> j) & 1) << 4); /* bit j: sub-block j */
+                float v = dj * (float)q;
+                out[32 * j + l] = v - mj;
+            }
+        }
+    }
+}
+
+static void get_row_q6_K(float *out, const void *w, int64_t row, int64_t cols) {
+    const block_q6_K *src = (const block_q6_K *)w + row * (cols / QK_K);
+    for (int64_t b = 0; b < cols / QK_K; b++, out += QK_K) {
+        float d = llm_fp16_to_fp32(src[b].d);
+        for (int v = 0; v < QK_K; v++) out[v] = d * (float)src[b].scales[v / 16] * (float)(q6_K_value(&src[b], v) - 32);
+    }
+}
+
+/* One super-block of Q4_K (qh NULL) or Q5_K against 256 activations: d_x * (d * sum_j sc_j dot_j - dmin *
+   sum_j m_j sum_j(x)), where the sums of sub-block j's x are its two bsums. */
+static float dot_k4(const uint8_t *scales, const uint8_t *qs, const uint8_t *qh, uint16_t d, uint16_t dmin,
+                    const int8_t *x, const int16_t *bsums, float dx) {
+    int32_t sumi = 0, summ = 0;
+    for (int j = 0; j < 8; j++) {
+        int sc, m;
+        k4_scale_min(scales, j, &sc, &m);
+        int32_t dot = 0;
+        for (int l = 0; l < 32; l++) {
+            int q = k4_nibble(qs, j, l) | (qh ? ((qh[l] >> j) & 1) << 4 : 0);
+            dot += q * x[32 * j + l];
+        }
+        sumi += sc * dot;
+        summ += m * (bsums[2 * j] + bsums[2 * j + 1]);
+    }
+    return dx * (llm_fp16_to_fp32(d) * (float)sumi - llm_fp16_to_fp32(dmin) * (float)summ);
+}
+
+static void matvec_q4_K(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
+                        int64_t cols) {
+    q8k_act x = q8k_act_view(xq, cols);
+    int64_t nb = cols / QK_K;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const block_q4_K *row = (const block_q4_K *)w + r * nb;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++)
+            sum += dot_k4(row[b].scales, row[b].qs, NULL, row[b].d, row[b].dmin, x.qs + b * QK_K,
+                          x.bsums + b * (QK_K / 16), x.d[b]);
+        out[r - row_begin] = sum;
+    }
+}
+
+static void matvec_q5_K(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
+                        int64_t cols) {
+    q8k_act x = q8k_act_view(xq, cols);
+    int64_t nb = cols / QK_K;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const block_q5_K *row = (const block_q5_K *)w + r * nb;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++)
+            sum += dot_k4(row[b].scales, row[b].qs, row[b].qh, row[b].d, row[b].dmin, x.qs + b * QK_K,
+                          x.bsums + b * (QK_K / 16), x.d[b]);
+        out[r - row_begin] = sum;
+    }
+}
+
+/* Q6_K: 16 sub-blocks of 16, sum_i sc_i * (dot_i - 32 * bsum_i) with the stored q = real q + 32. */
+static void matvec_q6_K(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
+                        int64_t cols) {
+    q8k_act x = q8k_act_view(xq, cols);
+    int64_t nb = cols / QK_K;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const block_q6_K *row = (const block_q6_K *)w + r * nb;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const int8_t *xb = x.qs + b * QK_K;
+            const int16_t *bsums = x.bsums + b * (QK_K / 16);
+            int32_t sumi = 0;
+            for (int i = 0; i < QK_K / 16; i++) {
+                int32_t dot = 0;
+                for (int l = 0; l < 16; l++) dot += q6_K_value(&row[b], 16 * i + l) * xb[16 * i + l];
+                sumi += row[b].scales[i] * (dot - 32 * bsums[i]);
+            }
+            sum += x.d[b] * (llm_fp16_to_fp32(row[b].d) * (float)sumi);
+        }
+        out[r - row_begin] = sum;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
 /* attention and feed-forward helpers */
 
 static void scores(float *out, const float *q, const float *rows, int64_t stride, int64_t n_rows, int64_t dim,
@@ -341,9 +486,9 @@ const llm_type_info llm_types[LLM_TYPE_COUNT] = {
     [LLM_IQ4_NL] = {"iq4_nl", QK, sizeof(block_iq4_nl), LLM_ACT_Q8, get_row_iq4_nl},
     [LLM_Q2_K] = {"q2_k", QK_K, sizeof(block_q2_K), LLM_ACT_Q8K, NULL},
     [LLM_Q3_K] = {"q3_k", QK_K, sizeof(block_q3_K), LLM_ACT_Q8K, NULL},
-    [LLM_Q4_K] = {"q4_k", QK_K, sizeof(block_q4_K), LLM_ACT_Q8K, NULL},
-    [LLM_Q5_K] = {"q5_k", QK_K, sizeof(block_q5_K), LLM_ACT_Q8K, NULL},
-    [LLM_Q6_K] = {"q6_k", QK_K, sizeof(block_q6_K), LLM_ACT_Q8K, NULL},
+    [LLM_Q4_K] = {"q4_k", QK_K, sizeof(block_q4_K), LLM_ACT_Q8K, get_row_q4_K},
+    [LLM_Q5_K] = {"q5_k", QK_K, sizeof(block_q5_K), LLM_ACT_Q8K, get_row_q5_K},
+    [LLM_Q6_K] = {"q6_k", QK_K, sizeof(block_q6_K), LLM_ACT_Q8K, get_row_q6_K},
     [LLM_IQ4_XS] = {"iq4_xs", QK_K, sizeof(block_iq4_xs), LLM_ACT_Q8K, NULL},
 };
 
@@ -359,6 +504,9 @@ const llm_kernels llm_kernels_scalar = {
         [LLM_Q5_0] = {matvec_q5_0, NULL},
         [LLM_Q5_1] = {matvec_q5_1, NULL},
         [LLM_IQ4_NL] = {matvec_iq4_nl, NULL},
+        [LLM_Q4_K] = {matvec_q4_K, NULL},
+        [LLM_Q5_K] = {matvec_q5_K, NULL},
+        [LLM_Q6_K] = {matvec_q6_K, NULL},
     },
     .quantize = {[LLM_ACT_Q8] = quantize_q8_act, [LLM_ACT_Q8K] = quantize_q8k_act},
     .vec = {scores, weighted_sum, softmax, swiglu},

@@ -16,8 +16,11 @@ const llm_kernels X86(llm_kernels) = {
         [LLM_Q5_0] = {X86(matvec_q5_0), X86(matmul_q5_0)},
         [LLM_Q5_1] = {X86(matvec_q5_1), X86(matmul_q5_1)},
         [LLM_IQ4_NL] = {X86(matvec_iq4_nl), X86(matmul_iq4_nl)},
+        [LLM_Q4_K] = {X86(matvec_q4_K), X86(matmul_q4_K)},
+        [LLM_Q5_K] = {X86(matvec_q5_K), X86(matmul_q5_K)},
+        [LLM_Q6_K] = {X86(matvec_q6_K), X86(matmul_q6_K)},
     },
-    .quantize = {[LLM_ACT_Q8] = X86(quantize_q8_act)},
+    .quantize = {[LLM_ACT_Q8] = X86(quantize_q8_act), [LLM_ACT_Q8K] = X86(quantize_q8k_act)},
     .vec = {X86(scores), X86(weighted_sum), X86(softmax), X86(swiglu)},
     .scratch_bytes = X86(matmul_scratch_bytes),
 };

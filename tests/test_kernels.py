@@ -9,18 +9,50 @@ room for the accumulation order and nothing more: a wrong nibble order or scale 
 
 from __future__ import annotations
 
-import gguf
+import zlib
+
 import numpy as np
 import pytest
-from quants import GGUF_TYPES, decode, encode, product_reference
+from quants import decode, product_reference
+from quants import encode as gguf_encode
 
 from llmrun.engine import ISA_NAMES, available_isas, best_isa, ffi, lib
 from llmrun.spec import TENSOR_TYPES, Tensor
 
 ISAS = available_isas()
-TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0"]
-LEGACY_TYPES = ["q4_1", "q5_0", "q5_1", "iq4_nl"]  # the other 32-value blocks: tests at the end of this file
-TYPES += LEGACY_TYPES
+LEGACY_TYPES = ["q4_1", "q5_0", "q5_1", "iq4_nl"]  # the other 32-value blocks: more in test_kernels_q32.py
+K_QUANTS = ["q4_k", "q5_k", "q6_k"]  # more in test_kernels_kquants.py
+TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", *LEGACY_TYPES, *K_QUANTS]
+
+# Where each K-quant super-block keeps its fp16 d (and dmin): csrc/kernels.h, ggml-common.h.
+K_FP16_FIELDS = {"q4_k": (0, 2), "q5_k": (0, 2), "q6_k": (208,)}
+
+
+def random_super_blocks(rng: np.random.Generator, rows: int, cols: int, type: str,
+                        d_scale: float = 2e-3) -> Tensor:
+    """Random K-quant super-blocks: every bit random (all scale, min, and high-bit patterns occur) except the
+    fp16 d and dmin, which are finite, of either sign, and about d_scale, so that the values stay O(1)."""
+    tt = TENSOR_TYPES[type]
+    raw = rng.integers(0, 256, size=(rows, cols // tt.block_elems, tt.block_bytes), dtype=np.uint8)
+    for offset in K_FP16_FIELDS[type]:
+        d = (rng.uniform(0.5, 1.0, raw.shape[:2]) * rng.choice([-d_scale, d_scale], raw.shape[:2]))
+        raw[:, :, offset:offset + 2] = d.astype(np.float16).view(np.uint8).reshape(raw.shape[:2] + (2,))
+    return Tensor(raw.reshape(rows, -1), type)
+
+
+def encode(a: np.ndarray, type: str) -> Tensor:
+    """`a` (rows, cols) stored as `type` through the gguf package's encoder; the package cannot encode the
+    K-quants, so theirs are random super-blocks of the same shape (seeded by `a`: reproducible)."""
+    if type not in K_QUANTS:
+        return gguf_encode(a, type)
+    rng = np.random.default_rng(zlib.crc32(np.ascontiguousarray(a, dtype=np.float32).tobytes()))
+    return random_super_blocks(rng, *a.shape, type)
+
+
+def block_cols(type: str, cols: int) -> int:
+    """cols rounded up to whole blocks of `type`."""
+    block = TENSOR_TYPES[type].block_elems
+    return -(-cols // block) * block
 
 
 def c_matmul(t, x: np.ndarray, isa: str) -> np.ndarray:
@@ -41,6 +73,8 @@ def c_matvec(t, x: np.ndarray, isa: str) -> np.ndarray:
 def shapes_for(type: str) -> list[tuple[int, int]]:
     if TENSOR_TYPES[type].block_elems == 32:
         return [(1, 32), (3, 64), (17, 96), (64, 288), (5, 1024)]
+    if TENSOR_TYPES[type].block_elems == 256:  # 1280: a batch kernel's chunks of four super-blocks and one more
+        return [(1, 256), (3, 512), (17, 768), (64, 256), (9, 1280), (5, 2048)]
     return [(1, 1), (3, 7), (4, 8), (17, 33), (64, 288), (5, 1000)]
 
 
@@ -89,7 +123,7 @@ def test_matmul_large_batch_crosses_token_tiles() -> None:
             np.testing.assert_allclose(c_matmul(t, x, isa), want, rtol=1e-5, atol=1e-3, err_msg=f"{type} {isa}")
 
 
-@pytest.mark.parametrize("type", ["q8_0", "q4_0", *LEGACY_TYPES])
+@pytest.mark.parametrize("type", ["q8_0", "q4_0", *LEGACY_TYPES, *K_QUANTS])
 def test_quantized_products_are_close_to_exact(type: str) -> None:
     """Quantizing the input to 8 bits costs little: the product stays within 1% (of the result's scale)
     of the exact product of the stored weights with the unquantized input."""
@@ -106,8 +140,9 @@ def test_instruction_sets_agree() -> None:
         pytest.skip("only the scalar kernels exist on this CPU")
     rng = np.random.default_rng(3)
     for type in TYPES:
-        t = encode(rng.standard_normal((48, 320)), type)
-        x = rng.standard_normal(320).astype(np.float32)
+        cols = block_cols(type, 320)
+        t = encode(rng.standard_normal((48, cols)), type)
+        x = rng.standard_normal(cols).astype(np.float32)
         for isa in ISAS[1:]:
             np.testing.assert_allclose(c_matvec(t, x, isa), c_matvec(t, x, "scalar"), rtol=1e-5, atol=1e-4,
                                        err_msg=f"{type} {isa}")
@@ -123,6 +158,8 @@ def test_special_values_in_blocks() -> None:
     x = np.linspace(-1, 1, cols).astype(np.float32)
     x[:32] = 0.0  # an all-zero input block
     for type in TYPES:
+        if type in K_QUANTS:  # they cannot be encoded from values: test_k_quant_extreme_super_blocks
+            continue
         t = encode(w, type)
         want = product_reference(t, x)
         for isa in ISAS:
@@ -135,10 +172,11 @@ def test_non_finite_input_reaches_the_output_on_every_level(bad: float) -> None:
     on every instruction set, one token or a batch; the other tokens of the batch are untouched. The 8-bit
     activation quantizer once passed NaN over (max ignores it) and turned it into garbage."""
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((5, 96)).astype(np.float32)
-    x[2, 40] = bad  # token 2, its second block
     for type in TYPES:
-        t = encode(rng.standard_normal((24, 96)), type)
+        cols = block_cols(type, 96)
+        x = rng.standard_normal((5, cols)).astype(np.float32)
+        x[2, cols - 56] = bad  # token 2, its last block
+        t = encode(rng.standard_normal((24, cols)), type)
         clean = [c_matvec(t, x[i], "scalar") for i in (0, 1, 3, 4)]
         for isa in ISAS:
             for got in (c_matvec(t, x[2], isa), c_matmul(t, x, isa)[2]):
@@ -160,164 +198,3 @@ def test_matmul_rejects_bad_arguments() -> None:
     assert lib.llm_matmul(lib.LLM_F32, lib.LLM_ISA_SCALAR, *args[:4], 0, args[5]) == lib.LLM_ERR_INVALID
 
 
-# ------------------------------------------------------------------------------------------------------------
-# Q4_1, Q5_0, Q5_1, IQ4_NL: their rows through llm_dequantize against gguf's dequantizer bit for bit, and their
-# products on raw blocks (every nibble, every fifth bit, negative scales and mins), where gguf's quantizer
-# would only ever write the blocks of smooth data.
-
-def kernel_tolerance(want: np.ndarray, cols: int) -> dict[str, float]:
-    """The tolerance of the product tests above (the module docstring derives it)."""
-    return {"rtol": 1e-5, "atol": 1e-5 * np.sqrt(cols) * max(1.0, float(np.abs(want).max()))}
-
-
-def has_min(type: str) -> bool:
-    return type in ("q4_1", "q5_1")
-
-
-def random_blocks(rng: np.random.Generator, type: str, rows: int, cols: int, scale: float = 0.05) -> np.ndarray:
-    """Raw blocks (rows, row_bytes) of random bytes, their fp16 scale (and min) random normal * scale."""
-    t = TENSOR_TYPES[type]
-    raw = rng.integers(0, 256, (rows, cols // 32, t.block_bytes), dtype=np.uint8)
-    for field in range(2 if has_min(type) else 1):  # d, then m: the first two or four bytes
-        raw[:, :, 2 * field:2 * field + 2] = (rng.standard_normal((rows, cols // 32, 1)) * scale).astype("<f2").view(
-            np.uint8)
-    return raw.reshape(rows, -1)
-
-
-def fp16_field(raw: np.ndarray, type: str, field: int) -> np.ndarray:
-    """The fp16 scale (field 0) or min (field 1) of every block of raw (rows, row_bytes), writable in place."""
-    return raw.reshape(raw.shape[0], -1, TENSOR_TYPES[type].block_bytes)[:, :, 2 * field:2 * field + 2].view("<f2")[
-        ..., 0]
-
-
-def qh_field(raw: np.ndarray, type: str) -> np.ndarray:
-    """The 32 fifth bits (qh, a little-endian uint32) of every block of a Q5 type's raw rows, writable in place."""
-    start = 4 if has_min(type) else 2
-    return raw.reshape(raw.shape[0], -1, TENSOR_TYPES[type].block_bytes)[:, :, start:start + 4].view("<u4")[..., 0]
-
-
-def qs_field(raw: np.ndarray, type: str) -> np.ndarray:
-    """The 16 nibble bytes of every block of raw rows, writable in place."""
-    return raw.reshape(raw.shape[0], -1, TENSOR_TYPES[type].block_bytes)[:, :, -16:]
-
-
-def c_dequantize(raw: np.ndarray, type: str) -> np.ndarray:
-    rows = raw.shape[0]
-    cols = raw.shape[1] // TENSOR_TYPES[type].block_bytes * 32
-    out = np.empty((rows, cols), dtype=np.float32)
-    assert lib.llm_dequantize(TENSOR_TYPES[type].code, ffi.from_buffer(raw), rows, cols,
-                              ffi.from_buffer("float[]", out)) == 0
-    return out
-
-
-def gguf_dequantize(raw: np.ndarray, type: str) -> np.ndarray:
-    return gguf.quants.dequantize(raw, GGUF_TYPES[type]).astype(np.float32).reshape(raw.shape[0], -1)
-
-
-def extreme_blocks(type: str) -> np.ndarray:
-    """One row per extreme: all zero; the largest fp16 scales (and mins) of both signs with every value; the
-    smallest subnormal scale; negative mins; each single fifth bit, all of them, none."""
-    rows, cols = 8, 32 * 32
-    raw = np.zeros((rows, cols // 32 * TENSOR_TYPES[type].block_bytes), dtype=np.uint8)  # row 0: all zero
-    every_nibble = np.arange(16, dtype=np.uint8)
-    qs = qs_field(raw, type)
-    qs[1:] = every_nibble | (every_nibble[::-1] << 4)  # values 0..15, then 15..0
-    fp16_field(raw, type, 0)[1] = np.float16(65504.0)
-    fp16_field(raw, type, 0)[2] = np.float16(-65504.0)
-    fp16_field(raw, type, 0)[3] = np.float16(2.0**-24)  # the smallest subnormal
-    fp16_field(raw, type, 0)[4:] = np.float16(0.37)
-    if has_min(type):
-        fp16_field(raw, type, 1)[1] = np.float16(65504.0)
-        fp16_field(raw, type, 1)[2] = np.float16(-65504.0)
-        fp16_field(raw, type, 1)[4:] = -np.linspace(0.01, 1000, 32).astype(np.float16)  # negative mins
-    if type in ("q5_0", "q5_1"):
-        qh = qh_field(raw, type)
-        qh[4] = np.uint32(1) << np.arange(32, dtype=np.uint32)  # block j: bit j alone
-        qh[5] = 0xffffffff
-        qh[6] = 0x55555555
-        qh[7] = 0xaaaaaaaa
-    return raw
-
-
-@pytest.mark.parametrize("type", LEGACY_TYPES)
-def test_legacy_dequantize_matches_gguf_bit_for_bit(type: str) -> None:
-    """Rows of random blocks (scales over the whole finite fp16 range: subnormals, huge, negative) and of
-    extreme blocks equal gguf.quants.dequantize in every bit: the same fp16 conversion (subnormals included),
-    the same values in the same places, the same float operations."""
-    rng = np.random.default_rng(12)
-    raw = random_blocks(rng, type, 16, 256)
-    for field in range(2 if has_min(type) else 1):
-        bits = rng.integers(0, 1 << 16, fp16_field(raw, type, field).shape, dtype=np.uint16)
-        bits[(bits & 0x7c00) == 0x7c00] &= 0xbfff  # no inf or NaN: clear the exponent's top bit
-        fp16_field(raw, type, field)[...] = bits.view("<f2")
-    for blocks in (raw, extreme_blocks(type)):
-        got, want = c_dequantize(blocks, type), gguf_dequantize(blocks, type)
-        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), f"{type}: {np.argwhere(got != want)[:5]}"
-
-
-@pytest.mark.parametrize("type", ["q5_0", "q5_1"])
-def test_legacy_fifth_bits_land_on_their_own_values(type: str) -> None:
-    """The extreme blocks hold what they claim (else the bit-for-bit test compares little): in the row whose
-    block j has bit j of qh alone, clearing qh lowers value j of block j by 16 d and nothing else."""
-    raw = extreme_blocks(type)[4:5]
-    cleared = raw.copy()
-    qh_field(cleared, type)[...] = 0
-    raised = (c_dequantize(raw, type) - c_dequantize(cleared, type)).reshape(32, 32)
-    d = float(np.float16(0.37))
-    np.testing.assert_allclose(raised, 16 * d * np.eye(32), atol=1e-3)  # the mins (to -1000) round the difference
-
-
-@pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("type", LEGACY_TYPES)
-def test_legacy_products_on_raw_blocks(type: str, isa: str) -> None:
-    """Matrix-vector and matrix-matrix products of random raw blocks (every nibble and fifth-bit pattern, scales
-    and mins of both signs) and of the extreme blocks, against the numpy reference, on every level."""
-    rng = np.random.default_rng(121)
-    for raw in (random_blocks(rng, type, 37, 1024), extreme_blocks(type)):
-        t = Tensor(raw, type)
-        cols = raw.shape[1] // TENSOR_TYPES[type].block_bytes * 32
-        x = rng.standard_normal((13, cols)).astype(np.float32)
-        want = np.stack([product_reference(t, row) for row in x])
-        got, got_one = c_matmul(t, x, isa), c_matvec(t, x[0], isa)
-        for r in range(len(raw)):  # row by row: the extreme rows' scales are 10^5 times the others'
-            np.testing.assert_allclose(got[:, r], want[:, r], **kernel_tolerance(want[:, r], cols),
-                                       err_msg=f"{type} {isa} row {r}")
-            np.testing.assert_allclose(got_one[r], want[0, r], **kernel_tolerance(want[:, r], cols),
-                                       err_msg=f"{type} {isa} row {r}, one token")
-
-
-def mutated(raw: np.ndarray, type: str, bug: str) -> np.ndarray:
-    """Blocks whose correct product is what a kernel with `bug` computes on raw: reading bit j + 1 of qh for
-    value j is the correct product of qh >> 1; a kernel that drops the min is correct on m = 0; one that swaps
-    the nibble halves (values j and j + 16) is correct on swapped nibbles."""
-    raw = raw.copy()
-    if bug == "qh bit off by one":
-        qh_field(raw, type)[...] >>= 1
-    elif bug == "min dropped":
-        fp16_field(raw, type, 1)[...] = 0
-    elif bug == "nibble halves swapped":
-        qs = qs_field(raw, type)
-        qs[...] = (qs >> 4) | (qs << 4)
-    return raw
-
-
-LEGACY_BUGS = [("q4_1", "min dropped"), ("q4_1", "nibble halves swapped"), ("q5_0", "qh bit off by one"),
-               ("q5_1", "qh bit off by one"), ("q5_1", "min dropped"), ("iq4_nl", "nibble halves swapped")]
-
-
-@pytest.mark.parametrize(("type", "bug"), LEGACY_BUGS)
-def test_legacy_tolerance_catches_a_wrong_kernel(type: str, bug: str) -> None:
-    """The tolerance of the product tests is tight enough to fail a kernel with a plausible bug: the product such
-    a kernel computes (the correct product of mutated blocks, see mutated) lies outside it on the data of
-    test_legacy_products_on_raw_blocks and of the gguf-encoded tests, while the real kernels lie inside."""
-    rng = np.random.default_rng(5)
-    encoded = encode(rng.standard_normal((64, 288)), type).data
-    for raw in (random_blocks(rng, type, 37, 1024), encoded):
-        cols = raw.shape[1] // TENSOR_TYPES[type].block_bytes * 32
-        x = rng.standard_normal(cols).astype(np.float32)
-        want = product_reference(Tensor(raw, type), x)
-        wrong = product_reference(Tensor(mutated(raw, type, bug), type), x)
-        tol = kernel_tolerance(want, cols)
-        assert np.any(np.abs(wrong - want) > tol["atol"] + tol["rtol"] * np.abs(want)), f"{type}: {bug} passes"
-        for isa in ISAS:
-            np.testing.assert_allclose(c_matvec(Tensor(raw, type), x, isa), want, **tol, err_msg=f"{type} {isa}")
