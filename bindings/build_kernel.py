@@ -6,6 +6,9 @@ compiled once more per instruction-set level with that level's flags (csrc/kerne
 the library picks a level at run time from the CPU's features. Build switches (environment):
 - LLMRUN_NATIVE=1   add -march=native (local experiments only: the result runs on this CPU alone)
 - LLMRUN_SANITIZE=1 build with -fsanitize=address,undefined,float-cast-overflow (for the sanitizer test run)
+The portable sources are compiled with -ffp-contract=off: csrc/quantize.c reproduces ggml's quantizers bit for
+bit only if every a * b + c is rounded twice, as written, never fused into one FMA (which -march=native, or a
+compiler's default contraction, would otherwise allow).
 gcc and clang are supported; MSVC is refused with a message.
 """
 
@@ -50,6 +53,11 @@ def compile_args() -> tuple[list[str], list[str]]:
     return cflags, ldflags
 
 
+def portable_compile_args() -> list[str]:
+    """The portable sources' flags: compile_args() and no FMA contraction (csrc/quantize.c's arithmetic)."""
+    return compile_args()[0] + ["-ffp-contract=off"]
+
+
 def portable_sources() -> list[str]:
     """Every csrc/*.c but the per-level x86 kernels, as paths relative to the project root."""
     return sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.c") if p.name not in X86_SOURCES)
@@ -86,12 +94,12 @@ class BuildKernel(build_ext):
 
 ffibuilder = FFI()
 ffibuilder.cdef(header_declarations(CSRC / "llmrun.h"))
-_cflags, _ldflags = compile_args()
+_ldflags = compile_args()[1]
 ffibuilder.set_source(
     "llmrun._kernel",
     '#include "llmrun.h"',
     sources=portable_sources(),
     include_dirs=[str(CSRC.relative_to(ROOT))],
-    extra_compile_args=_cflags,
+    extra_compile_args=portable_compile_args(),
     extra_link_args=_ldflags,
 )

@@ -182,4 +182,11 @@ int llm_matmul(int32_t type, int32_t isa, const void *w, int64_t rows, int64_t c
    a cols that is not a whole number of the type's blocks. */
 int llm_dequantize(int32_t type, const void *w, int64_t rows, int64_t cols, float *out);
 
+/* out = rows of x (rows, cols) stored as `type`, one of the block types (Q8_0 to IQ4_XS): the bytes ggml's
+   reference quantizers (what llama-quantize uses without an importance matrix) write for the same values.
+   out holds rows * cols / block_elems * block_bytes bytes (llm_type_layout). Rows are independent, so callers
+   may split them among threads. 0, or LLM_ERR_INVALID for a float or unknown type, a cols that is not a
+   whole number of the type's blocks, or NULL buffers. Inputs must be finite. */
+int llm_quantize(int32_t type, const float *x, int64_t rows, int64_t cols, void *out);
+
 #endif /* LLMRUN_H */

@@ -23,12 +23,13 @@ from .formats import read_model
 from .formats.gguf_writer import TensorPlan, write_model
 from .generate import Generation
 from .model import Model, load, resolve_tokenizer
+from .presets import PRESETS, find_preset
 from .repl import Repl, enable_line_editing
 from .sampling import SamplingParams
+from .spec import TENSOR_TYPES, ModelSpec
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
-QUANT_TYPES = ("f16", "bf16", "q8_0", "q4_0")  # what `llmrun quantize --type` writes
 MODEL_HELP = ("model: a GGUF file, a llama2.c checkpoint (.bin) or a Hugging Face model folder (Llama, Mistral "
               "and Qwen2 families)")
 RANDOM_SEED = -1  # -s -1: a fresh random seed, as llama.cpp
@@ -163,18 +164,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     quant = command("quantize", help="write a model as GGUF with its weights in another type",
                     description="Write a model (a GGUF file, a llama2.c .bin or a Hugging Face folder) as "
-                                "a GGUF file with its weight matrices in TYPE. Norms stay f32; a matrix "
-                                "whose rows are not whole 32-value blocks falls back to f16 for q8_0 and "
-                                "q4_0, as llama.cpp's quantizer does. A GGUF input keeps its metadata and "
-                                "vocabulary; otherwise the tokenizer (the model's own, -z, or "
+                                "a GGUF file with its weight matrices in TYPE, one of llama-quantize's presets, "
+                                "with the same bytes as llama-quantize writes (without an importance matrix): "
+                                "norms stay f32; the _S/_M/_L mixtures give some matrices more bits, the "
+                                "classifier gets Q6_K, and rows that are not whole blocks fall back to a "
+                                "32-value type or f16, as llama.cpp decides. A GGUF input keeps its metadata "
+                                "and vocabulary; otherwise the tokenizer (the model's own, -z, or "
                                 "tokenizer.bin beside the model) is written into the file.")
     quant.add_argument("input", help="the model to read: a GGUF file, a llama2.c .bin or a Hugging Face folder")
     quant.add_argument("output", help="GGUF file to write")
-    quant.add_argument("--type", required=True, choices=QUANT_TYPES, help="type of the weight matrices")
+    quant.add_argument("--type", required=True, type=preset_name, metavar="TYPE",
+                       help=f"the weights' type (any case): {', '.join(PRESETS)}")
     quant.add_argument("-z", "--tokenizer", help="tokenizer file to embed (llama2.c tokenizer.bin); default: the "
                                                  "model's own, else tokenizer.bin beside the model")
     quant.set_defaults(run=run_quantize)
     return parser
+
+
+def preset_name(text: str) -> str:
+    """--type's value: the name of a quantization preset; argparse reports the ValueError's reason."""
+    try:
+        return find_preset(text).name
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_model_args(p: argparse.ArgumentParser,
@@ -409,6 +421,7 @@ def run_info(args: argparse.Namespace) -> int:
     def token(id: int | None) -> str:
         return "none" if id is None else str(id)
 
+    types = tensor_type_rows(read_model(args.model))
     with open_model(args) as model:
         i = model.info
         rows = [
@@ -421,6 +434,7 @@ def run_info(args: argparse.Namespace) -> int:
             ("vocabulary", str(i.vocab_size)),
             ("context", f"{i.context_length} trained, {i.n_ctx} allocated"),
             ("runtime", f"{i.n_threads} threads, {i.isa} kernels"),
+            *types,
         ]
         try:
             tok = model.tokenizer
@@ -431,6 +445,27 @@ def run_info(args: argparse.Namespace) -> int:
         for key, value in rows:
             print(f"{key:<{width}}  {value}")
     return 0
+
+
+def tensor_type_rows(spec: ModelSpec) -> list[tuple[str, str]]:
+    """`info`'s rows about storage: bits per weight over all tensors, then each type's tensor count, values
+    and bits per weight (most values first)."""
+    count: dict[str, int] = {}
+    values: dict[str, int] = {}
+    for t in spec.tensors():
+        count[t.type] = count.get(t.type, 0) + 1
+        values[t.type] = values.get(t.type, 0) + t.n_elements
+    def bits(type: str) -> float:
+        t = TENSOR_TYPES[type]
+        return 8 * t.block_bytes / t.block_elems
+    total = sum(values.values())
+    overall = sum(bits(k) * v for k, v in values.items()) / max(total, 1)
+    rows = [("bits/weight", f"{overall:.2f} over {total:,} values")]
+    for type in sorted(values, key=lambda k: -values[k]):
+        noun = "tensor " if count[type] == 1 else "tensors"
+        rows.append(("tensors" if len(rows) == 1 else "", f"{type:<6} {count[type]:>4} {noun} "
+                     f"{values[type]:>15,} values {bits(type):6.2f} bits/weight"))
+    return rows
 
 
 def run_quantize(args: argparse.Namespace) -> int:
@@ -444,12 +479,13 @@ def run_quantize(args: argparse.Namespace) -> int:
                   f"({problem})", file=sys.stderr)
     def progress(i: int, n_tensors: int, plan: TensorPlan) -> None:  # n_tensors: what the file gets
         shape = f"{plan.rows} x {plan.cols}" if not plan.is_vector else f"{plan.cols}"
-        print(f"[{i + 1:>{len(str(n_tensors))}}/{n_tensors}] {plan.name:<28} {shape:>13}  {plan.source.type:>4} -> "
-              f"{plan.type:<4} {plan.nbytes:>12,} bytes", file=sys.stderr)
+        print(f"[{i + 1:>{len(str(n_tensors))}}/{n_tensors}] {plan.name:<28} {shape:>13}  {plan.source.type:>6} -> "
+              f"{plan.type:<6} {plan.nbytes:>12,} bytes", file=sys.stderr)
 
-    block_types = ("q8_0", "q4_0")
-    requantized = sorted({t.type for t in spec.tensors() if t.type in block_types and t.type != args.type})
-    if requantized and args.type in block_types:  # llama.cpp refuses this without --allow-requantize
+    base = find_preset(args.type).base
+    block_types = {name for name, t in TENSOR_TYPES.items() if t.block_elems > 1}
+    requantized = sorted({t.type for t in spec.tensors() if t.type in block_types and t.type != base})
+    if requantized and base in block_types:  # llama.cpp refuses this without --allow-requantize
         print(f"llmrun: warning: the input is already {'/'.join(requantized)}; quantizing it again adds the "
               f"errors of both steps (start from an f32, f16 or bf16 file if you can)", file=sys.stderr)
 

@@ -125,13 +125,17 @@ GGML_TYPE_NAMES = {
     0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1", 10: "Q2_K",
     11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS",
     19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32",
-    27: "I64", 28: "F64", 29: "IQ1_M", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4",
+    27: "I64", 28: "F64", 29: "IQ1_M", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4", 40: "NVFP4",
+    41: "Q1_0", 42: "Q2_0",
 }
 # ggml type code -> llmrun's type name (spec.TENSOR_TYPES, whose block layouts are GGUF's).
-SUPPORTED_GGML_TYPES = {0: "f32", 1: "f16", 2: "q4_0", 8: "q8_0", 30: "bf16"}
+SUPPORTED_GGML_TYPES = {0: "f32", 1: "f16", 2: "q4_0", 3: "q4_1", 6: "q5_0", 7: "q5_1", 8: "q8_0", 10: "q2_k",
+                        11: "q3_k", 12: "q4_k", 13: "q5_k", 14: "q6_k", 20: "iq4_nl", 23: "iq4_xs", 30: "bf16"}
+_SUPPORTED_NAMES = ", ".join(GGML_TYPE_NAMES[code] for code in sorted(SUPPORTED_GGML_TYPES))
 
-# Element alignment each storage type needs in memory (block types start with an fp16 scale).
-_MEMORY_ALIGNMENT = {"f32": 4, "f16": 2, "bf16": 2, "q8_0": 2, "q4_0": 2}
+# Element alignment each storage type needs in memory: f32 4 bytes; f16, bf16 and every block type 2 (their
+# blocks are built of fp16 scales and bytes).
+_MEMORY_ALIGNMENT = {name: 4 if name == "f32" else 2 for name in SUPPORTED_GGML_TYPES.values()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -461,8 +465,8 @@ class _Parser:
             return TENSOR_TYPES[SUPPORTED_GGML_TYPES[code]]
         if code in GGML_TYPE_NAMES:
             raise self.fail(f"{what} has type {GGML_TYPE_NAMES[code]} ({code}), not supported yet (supported: "
-                            "F32, F16, BF16, Q8_0, Q4_0)")
-        raise self.fail(f"{what} has unknown ggml type {code}")
+                            f"{_SUPPORTED_NAMES})")
+        raise self.fail(f"{what} has unknown ggml type {code} (not a type of ggml.h; supported: {_SUPPORTED_NAMES})")
 
     def place_tensors(self, infos: list[TensorInfo], data_offset: int) -> dict[str, TensorInfo]:
         """Turns offsets into absolute file positions; every tensor inside the file, none overlapping."""
