@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_cli import llmrun as run_cli
 
 import llmrun
 from llmrun.bench import perplexity, run_bench
 from llmrun.cli import build_parser
-from test_cli import llmrun as run_cli
 
 TEXT = (Path(__file__).parent / "data" / "stories.txt").read_text()
 

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_cli import in_process
 
 import llmrun
 from llmrun.hub import DEMO_HINT, DEMO_MODEL
-from test_cli import in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = json.loads((Path(__file__).parent / "data" / "llama2c_greedy.json").read_text())

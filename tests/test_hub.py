@@ -19,6 +19,7 @@ import huggingface_hub
 import huggingface_hub.constants
 import numpy as np
 import pytest
+from test_cli import in_process, one_line_error
 
 import llmrun
 from commands import LLMRUN
@@ -26,7 +27,6 @@ from gguf_split import split_gguf
 from hub_server import TOKEN, FakeHub, serve
 from llmrun.cli import model_name
 from llmrun.hub import Reference, cached_models, choose, find_cached, parse_reference, pull
-from test_cli import in_process, one_line_error
 
 HF_FOLDER = Path(__file__).parent / "data" / "hf" / "llama-tied"
 REPO = "test/stories260K-GGUF"
