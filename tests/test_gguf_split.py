@@ -79,8 +79,8 @@ def test_renamed_part(parts: list[Path]) -> None:
     """The parts are found by name, as llama.cpp finds them: a renamed first part cannot lead to the others."""
     renamed = parts[0].with_name("model.gguf")
     parts[0].rename(renamed)
-    with pytest.raises(llmrun.ModelFormatError, match=r"model.gguf: part of a split GGUF model of 3 files .* "
-                                                      r"NAME-00001-of-00003.gguf"):
+    with pytest.raises(llmrun.ModelFormatError, match=r"model.gguf: part of a split GGUF model \(3 files\) by its "
+                                                      r"split.count, .* NAME-00001-of-00003.gguf"):
         llmrun.load(renamed)
 
 

@@ -563,7 +563,7 @@ def split_part_paths(path: Path, count: int) -> list[Path]:
     finds the parts by name too: the files hold no other link between them)."""
     m = SPLIT_NAME.fullmatch(path.name)
     if m is None or int(m["count"]) != count:
-        raise ModelFormatError(f"{path}: part of a split GGUF model of {count} files (split.count), but its name "
+        raise ModelFormatError(f"{path}: part of a split GGUF model ({count} files) by its split.count, but its name "
                                f"does not follow llama.cpp's NAME-00001-of-{count:05d}.gguf, so the other parts "
                                "cannot be found: give the parts their original names")
     return [path.with_name(f"{m['prefix']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
