@@ -32,7 +32,7 @@ from .sampling import SamplingParams
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 QUANT_TYPES = ("f16", "bf16", "q8_0", "q4_0")  # what `llmrun quantize --type` writes
-MODEL_HELP = ("model: a GGUF file (a split model by its first part), a llama2.c checkpoint (.bin), a Hugging Face "
+MODEL_HELP = ("model: a GGUF file (a split model by any part), a llama2.c checkpoint (.bin), a Hugging Face "
               "model folder (Llama, Mistral and Qwen2 families) or a model of the Hugging Face Hub, OWNER/REPO[:QUANT] "
               "(downloaded the first time); default: the built-in demo model, a tiny story writer")
 REFERENCE_HELP = ("a model of the Hugging Face Hub: OWNER/REPO[:QUANT] (QUANT, e.g. Q4_K_M, picks the GGUF file whose "
@@ -184,10 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     pull_cmd = command("pull", help="download a model from the Hugging Face Hub into its cache",
                        description="Download a model of the Hugging Face Hub into the Hugging Face cache "
-                                   "(HF_HUB_CACHE, default ~/.cache/huggingface/hub), shared with other tools: a GGUF "
-                                   "file (with "
-                                   "every part of a split model) or a Hugging Face model's config, tokenizer and "
-                                   "weights. An interrupted download resumes; each file is checked against the "
+                                   "(HF_HUB_CACHE, default ~/.cache/huggingface/hub), shared with other tools: a "
+                                   "GGUF file (with every part of a split model) or a Hugging Face model's config, "
+                                   "tokenizer and weights. An interrupted download resumes; each file is checked "
+                                   "against the "
                                    "Hub's hash. HF_TOKEN: an access token, for gated and private models; "
                                    "HF_ENDPOINT: another Hub; HF_HUB_OFFLINE=1: never use the network. Prints the "
                                    "model's local path.")
@@ -418,9 +418,10 @@ def run_list(args: argparse.Namespace) -> int:
     rows = [("REFERENCE", "FILE", "QUANT", "ARCHITECTURE", "PARAMETERS", "SIZE", "LAST USED")]
     for m in models:
         arch, params = describe(m)
-        file = m.path.name if m.path.is_dir() else m.files[0].file_name
-        if len(m.files) > 1 and not m.path.is_dir():
-            file += f" (+{len(m.files) - 1} parts)"
+        if m.path.is_dir():
+            file = f"folder of {len(m.files)} files"
+        else:
+            file = m.files[0].file_name + (f" (+{len(m.files) - 1} parts)" if len(m.files) > 1 else "")
         rows.append((str(m.reference), file, m.quant or "-", arch, "?" if params is None else human(params, ""),
                      human(m.size, "B"), time.strftime("%Y-%m-%d %H:%M", time.localtime(m.last_used))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -100,22 +100,20 @@ def parse_reference(text: str, file: str | None = None) -> Reference | None:
     return Reference(m["repo"], m["quant"], file)
 
 
-def find_model(name: str, file: str | None = None, announce: Announce | None = None) -> Path:
+def find_model(name: str, announce: Announce | None = None) -> Path:
     """The local path of the model `name` names: the path itself where it exists, the demo model for "demo"
     (`announce` is told so), else the Hub reference's files in the cache, downloaded first when they are
     missing (`announce` is told that too). A name that is neither keeps its path, whose reader says it is
     missing."""
     path = Path(name)
-    if path.exists() and file is None:
+    if path.exists():
         return path
-    if name == DEMO_NAME and file is None:
+    if name == DEMO_NAME:
         if announce is not None:
             announce(DEMO_HINT)
         return DEMO_MODEL
-    ref = parse_reference(name, file)
+    ref = parse_reference(name)
     if ref is None:
-        if file is not None:
-            raise InvalidArgumentError(f"--file/file= needs a Hub reference OWNER/REPO, got {name!r}", param="model")
         return path
     cached = find_cached(ref)
     if cached is not None:

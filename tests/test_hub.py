@@ -295,7 +295,7 @@ def test_cli_pull_list_rm(gguf_repo: FakeHub, models_dir: Path, capsys: pytest.C
     assert set(by_ref) == {f"{REPO}:Q4_K_M", f"{REPO}:Q8_0", "test/llama-tied"}
     assert by_ref[f"{REPO}:Q8_0"][1:5] == ["stories260K-Q8_0.gguf", "Q8_0", "llama", f"{params / 1000:.1f}K"]
     assert by_ref[f"{REPO}:Q8_0"][5] == f"{q8.stat().st_size / 1000:.1f}KB"
-    assert by_ref["test/llama-tied"][2:4] == ["-", "LlamaForCausalLM"]
+    assert by_ref["test/llama-tied"][1:7] == ["folder", "of", "5", "files", "-", "LlamaForCausalLM"]
 
     r = in_process(capsys, "rm", f"{REPO}:q8_0")
     assert r.returncode == 0 and r.stdout == f"removed {REPO}:q8_0 from the cache: 1 files, " \
@@ -349,3 +349,14 @@ def test_import_does_not_import_huggingface_hub(tmp_path: Path) -> None:
     code = "import sys, llmrun; llmrun.load('demo').close(); assert 'huggingface_hub' not in sys.modules, 'imported'"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+
+
+def test_without_huggingface_hub(tmp_path: Path) -> None:
+    """Installed without its dependencies (`pip install --no-deps`): the demo and local files run, and a Hub
+    reference says what to install."""
+    code = ("import sys; sys.modules['huggingface_hub'] = None; import llmrun; llmrun.load('demo').close()\n"
+            "try: llmrun.load('owner/repo:Q8_0')\n"
+            "except llmrun.HubError as e: print(e)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0 and "need the huggingface_hub package" in r.stdout and \
+        r.stdout.rstrip().endswith("pip install huggingface_hub"), r.stdout + r.stderr
