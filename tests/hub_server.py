@@ -4,8 +4,11 @@ and utils/_http.py):
 
 - GET /api/models/{repo}[/revision/{rev}]: the repository's info as JSON: `sha` (the commit) and `siblings`,
   with `size`, `blobId` (git's object id) and, for large files (LFS), `lfs.sha256`;
-- HEAD and GET /{repo}/resolve/{rev}/{path}: `X-Repo-Commit`, `ETag` (an LFS file's sha256, else its git
-  object id), `Content-Length`, and for GET the bytes, a `Range: bytes=N-` request getting 206 and the rest;
+- HEAD and GET /{repo}/resolve/{rev}/{path}: for a small file `X-Repo-Commit`, `ETag` (its git object id),
+  `Content-Length` and the bytes; for a large (LFS) file a 302 to the CDN, another host (here `localhost`
+  instead of 127.0.0.1, so that huggingface_hub neither follows it for metadata nor sends the token there),
+  with `X-Linked-Etag` (its sha256) and `X-Linked-Size`; the CDN (/cdn/...) serves the bytes, a `Range:
+  bytes=N-` request getting 206 and the rest;
 - errors with the headers huggingface_hub turns into its exceptions: 404 + `X-Error-Code: RepoNotFound` or
   `EntryNotFound`, 401 + `X-Error-Code: GatedRepo` for a gated repository's files without a valid token.
 
@@ -72,8 +75,9 @@ class FakeHub:
         return self.repos[repo]
 
     def downloads(self, path_end: str) -> list[Request]:
-        """The GET requests of a file's bytes whose path ends with `path_end`."""
-        return [r for r in self.requests if r.method == "GET" and "/resolve/" in r.path and r.path.endswith(path_end)]
+        """The GET requests of a file's bytes (from the Hub or its CDN) whose path ends with `path_end`."""
+        return [r for r in self.requests if r.method == "GET" and r.path.endswith(path_end)
+                and ("/resolve/" in r.path or r.path.startswith("/cdn/"))]
 
 
 def serve(hub: FakeHub) -> tuple[ThreadingHTTPServer, str]:
@@ -101,6 +105,9 @@ def serve(hub: FakeHub) -> tuple[ThreadingHTTPServer, str]:
                 repo_id, _, rest = path[1:].partition("/resolve/")
                 _, _, name = rest.partition("/")  # the revision: main or the commit, both mean the one commit
                 return self.resolve(repo_id, name, body)
+            if path.startswith("/cdn/"):
+                owner, repo_name, name = path[len("/cdn/"):].split("/", 2)
+                return self.content(f"{owner}/{repo_name}", name)
             self.send(404, b"not found")
 
         def model_info(self, rest: str) -> None:
@@ -124,10 +131,20 @@ def serve(hub: FakeHub) -> tuple[ThreadingHTTPServer, str]:
                 return self.send(404, b"Entry not found", {"X-Error-Code": "EntryNotFound",
                                                           "X-Repo-Commit": repo.commit}, body)
             data = repo.files[name]
-            headers = {"X-Repo-Commit": repo.commit, "ETag": f'"{repo.etag(name)}"', "Accept-Ranges": "bytes"}
-            key = f"{repo_id}/{name}"
+            headers = {"X-Repo-Commit": repo.commit, "ETag": f'"{repo.etag(name)}"'}
+            if name.endswith(LFS_SUFFIXES):
+                cdn = f"http://localhost:{self.server.server_address[1]}/cdn/{repo_id}/{name}"
+                return self.send(302, b"", {**headers, "Location": cdn, "X-Linked-Etag": f'"{repo.etag(name)}"',
+                                            "X-Linked-Size": str(len(data))}, body)
             if not body:
                 return self.send(200, data, headers, body=False)
+            self.content(repo_id, name, headers)
+
+        def content(self, repo_id: str, name: str, headers: dict[str, str] | None = None) -> None:
+            """A file's bytes (from the Hub or the CDN), whole or from a Range on, with the faults asked for."""
+            data = hub.repos[repo_id].files[name]
+            headers = {**(headers or {}), "Accept-Ranges": "bytes"}
+            key = f"{repo_id}/{name}"
             start = 0
             if self.headers.get("Range", "").startswith("bytes="):
                 start = int(self.headers["Range"][len("bytes="):].split("-")[0])

@@ -109,8 +109,9 @@ def test_pull_by_exact_tag(gguf_repo: FakeHub, models_dir: Path) -> None:
     path = pull(Reference(REPO, "Q8_0"))
     assert path.name == "stories260K-Q8_0.gguf"
     assert path.read_bytes() == (models_dir / "stories260K-q8_0.gguf").read_bytes()
-    assert [r.path.rsplit("/", 1)[1] for r in gguf_repo.requests if "/resolve/" in r.path] == \
-        ["stories260K-Q8_0.gguf", "stories260K-Q8_0.gguf"]  # HEAD, GET: that file and nothing else
+    # that file and nothing else: its metadata from the Hub (a redirect to the CDN), its bytes from the CDN
+    assert [(r.method, r.path) for r in gguf_repo.requests if r.path.endswith(".gguf")] == \
+        [("HEAD", f"/{REPO}/resolve/main/stories260K-Q8_0.gguf"), ("GET", f"/cdn/{REPO}/stories260K-Q8_0.gguf")]
     assert str(path).startswith(huggingface_hub.constants.HF_HUB_CACHE)  # the standard cache layout
     assert path.parent.parent.parent.name == "models--test--stories260K-GGUF"
     with llmrun.load(path) as model:
@@ -224,7 +225,9 @@ def test_gated_repo_needs_a_token(hub: FakeHub, models_dir: Path, monkeypatch: p
         pull(Reference("meta/gated-GGUF"))
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     assert pull(Reference("meta/gated-GGUF")).is_file()
-    assert hub.downloads("m-Q8_0.gguf")[-1].authorization == f"Bearer {TOKEN}"
+    head = [r for r in hub.requests if r.method == "HEAD" and r.path.endswith("m-Q8_0.gguf")][-1]
+    assert head.authorization == f"Bearer {TOKEN}"  # to the Hub, and not on to the CDN:
+    assert hub.downloads("m-Q8_0.gguf")[-1].authorization is None
 
 
 def test_unknown_repo_and_no_model(hub: FakeHub) -> None:
