@@ -36,8 +36,8 @@ MODEL_HELP = ("model: a GGUF file (a split model by any part), a llama2.c checkp
               "model folder (Llama, Mistral and Qwen2 families) or a model of the Hugging Face Hub, OWNER/REPO[:QUANT] "
               "(downloaded the first time); default: the built-in demo model, a tiny story writer")
 REFERENCE_HELP = ("a model of the Hugging Face Hub: OWNER/REPO[:QUANT] (QUANT, e.g. Q4_K_M, picks the GGUF file whose "
-                  "name carries it, case-insensitive; default: the only one, else Q4_K_M, else Q8_0); an hf.co/ "
-                  "prefix is accepted")
+                  "name carries it, case-insensitive; default: the only one, else Q4_K_M, else Q8_0), or "
+                  "OWNER/REPO:FILE.gguf for one exact file; an hf.co/ prefix is accepted")
 RANDOM_SEED = -1  # -s -1: a fresh random seed, as llama.cpp
 MODEL_SUFFIXES = (".gguf", ".bin")  # what the server's default model name drops from a file's name
 # Where llama.cpp spells a sampling option differently, its spelling is accepted too.
@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rm_cmd = command("rm", help="remove a model from the Hugging Face cache",
                      description="Remove a model from the Hugging Face cache: REPO removes every file of the "
-                                 "repository, REPO:QUANT (or REPO --file NAME) only that model's files.")
+                                 "repository, REPO:QUANT (or REPO:FILE.gguf) only that model's files.")
     rm_cmd.add_argument("reference", metavar="REPO[:QUANT]", help="what `llmrun list` shows as the reference")
     rm_cmd.add_argument("--file", default=None, metavar="NAME", help="this file of the repository")
     rm_cmd.set_defaults(run=run_rm)

@@ -4,13 +4,14 @@ What a MODEL argument (`llmrun.load`, every command) names, in this order:
 1. a local file or folder: a path that exists always wins;
 2. "demo": stories260K, the 260K-parameter model in llmrun/demo/ (with its 512-token tokenizer);
 3. a Hub reference REPO[:QUANT] in llama.cpp's `-hf` spelling (`bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M`;
-   an `hf.co/` or `huggingface.co/` prefix, as ollama writes it, is accepted).
+   an `hf.co/` or `huggingface.co/` prefix, as ollama writes it, is accepted), or REPO:FILE.gguf for one
+   exact file.
 
 A reference picks files of its repository (`choose`):
 - in a repository of GGUF files, the model whose file name carries the quantization tag (case-insensitive;
   without a tag the only model, else Q4_K_M, else Q8_0, as llama.cpp does), with every part of a split
   model; or one exact file (`file`). A tag that matches several models, or none, is an error that lists
-  the quantizations the repository has;
+  the quantizations the repository has (REPO:FILE.gguf then picks one);
 - in a Hugging Face model repository (config.json + *.safetensors): the config, generation config,
   tokenizer files and weights, nothing else.
 
@@ -45,7 +46,8 @@ DEMO_NAME = "demo"
 DEMO_MODEL = Path(__file__).resolve().parent / "demo" / "stories260K.bin"  # its tokenizer.bin lies beside it
 HUB_PREFIXES = ("https://huggingface.co/", "huggingface.co/", "https://hf.co/", "hf.co/")
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"  # an owner or repository name on the Hub
-REFERENCE = re.compile(rf"(?P<repo>{_NAME}/{_NAME})(?::(?P<quant>[A-Za-z0-9._-]+))?")
+# REPO[:QUANT], or REPO:FILE.gguf for one exact file (what `llmrun list` shows where no tag names it alone)
+REFERENCE = re.compile(rf"(?P<repo>{_NAME}/{_NAME})(?::(?P<quant>[A-Za-z0-9._/-]+))?")
 # A name ending so is a model file that is not there, not a repository.
 FILE_SUFFIXES = (".gguf", ".bin", ".safetensors", ".pt", ".pth")
 NOT_MODELS = ("mmproj", "imatrix")  # GGUF files of model repositories that are not language models
@@ -71,7 +73,7 @@ class Reference:
     file: str | None = None
 
     def __str__(self) -> str:
-        return self.repo + (f":{self.quant}" if self.quant else "") + (f" --file {self.file}" if self.file else "")
+        return self.repo + (f":{self.quant}" if self.quant else "") + (f":{self.file}" if self.file else "")
 
 
 @dataclass(frozen=True)
@@ -95,9 +97,18 @@ def parse_reference(text: str, file: str | None = None) -> Reference | None:
             raise InvalidArgumentError(f"{text!r} is not a Hub reference: expected {prefixed}OWNER/REPO[:QUANT]",
                                        param="model")
         return None
-    if m["quant"] and file:
+    quant = m["quant"]
+    if quant and quant.lower().endswith(".gguf"):  # REPO:FILE.gguf
+        if file is not None and file != quant:
+            raise InvalidArgumentError(f"{text} names the file {quant}, --file another: {file}", param="model")
+        quant, file = None, quant
+    elif quant and "/" in quant:
+        raise InvalidArgumentError(f"{text!r}: a quantization tag has no '/' (a file is named REPO:PATH.gguf)",
+                                   param="model")
+    if quant and file:
         raise InvalidArgumentError(f"{text}: give a quantization tag or a file name (--file), not both", param="model")
-    return Reference(m["repo"], m["quant"], file)
+    return Reference(m["repo"], quant, file)
+
 
 
 def find_model(name: str, announce: Announce | None = None) -> Path:
@@ -192,7 +203,7 @@ def choose(ref: Reference, files: Sequence[str]) -> Choice:
         found = [parts for first, parts in models.items() if _has_tag(first, tag)]
         if len(found) > 1:
             raise HubError(f"{ref.repo}: the quantization {tag} matches {len(found)} files ("
-                           f"{', '.join(p[0] for p in found)}); choose one with --file NAME")
+                           f"{', '.join(p[0] for p in found)}); choose one as {ref.repo}:FILE.gguf")
         if found:
             return Choice(found[0], quant_of(found[0][0]) or tag.upper(), is_folder=False)
     if ref.quant:
@@ -430,6 +441,6 @@ def remove(ref: Reference) -> tuple[int, int]:
 
 
 def _same_model(asked: Reference, model: CachedModel, snapshot: Path) -> bool:
-    """Whether a cached model is the one REPO:QUANT or a --file NAME asks for."""
+    """Whether a cached model is the one REPO:QUANT or REPO:FILE.gguf asks for."""
     names = [f.file_path.relative_to(snapshot).as_posix() for f in model.files]
     return asked.file in names if asked.file is not None else _has_tag(names[0], asked.quant or "")

@@ -73,6 +73,9 @@ def test_parse_reference() -> None:
     assert parse_reference("hf.co/owner/repo:q8_0") == Reference("owner/repo", "q8_0")
     assert parse_reference("https://huggingface.co/owner/Qwen2.5-0.5B") == Reference("owner/Qwen2.5-0.5B")
     assert parse_reference("owner/repo", file="x.gguf") == Reference("owner/repo", file="x.gguf")
+    assert parse_reference("owner/repo:Q8_0/x-Q8_0.GGUF") == Reference("owner/repo", file="Q8_0/x-Q8_0.GGUF")
+    with pytest.raises(llmrun.InvalidArgumentError, match="a quantization tag has no '/'"):
+        parse_reference("owner/repo:Q8_0/x")
     for path in ["models/stories260K.gguf", "a/b/c", "./repo", "/abs/x", "repo", "owner/", "dir/model.bin"]:
         assert parse_reference(path) is None, path
     with pytest.raises(llmrun.InvalidArgumentError, match="not a Hub reference"):
@@ -129,9 +132,12 @@ def test_pull_missing_and_ambiguous_tags(gguf_repo: FakeHub, models_dir: Path) -
         pull(Reference(REPO, "Q5_K_S"))
     gguf_repo.repos[REPO].files["stories260K-instruct-Q8_0.gguf"] = gguf_repo.repos[REPO].files["stories260K-Q8_0.gguf"]
     with pytest.raises(llmrun.HubError, match=r"the quantization Q8_0 matches 2 files \(stories260K-Q8_0.gguf, "
-                                              r"stories260K-instruct-Q8_0.gguf\); choose one with --file NAME"):
+                                              r"stories260K-instruct-Q8_0.gguf\); choose one as "
+                                              r"test/stories260K-GGUF:FILE.gguf"):
         pull(Reference(REPO, "Q8_0"))
     assert pull(Reference(REPO, file="stories260K-instruct-Q8_0.gguf")).name == "stories260K-instruct-Q8_0.gguf"
+    with llmrun.load(f"{REPO}:stories260K-instruct-Q8_0.gguf") as model:  # REPO:FILE, as `llmrun list` shows it
+        assert model.info.path.endswith("stories260K-instruct-Q8_0.gguf")
     with pytest.raises(llmrun.HubError, match="README.md is not a GGUF model file"):
         pull(Reference(REPO, file="README.md"))
     assert not gguf_repo.downloads("stories260K-Q8_0.gguf")  # nothing downloaded for the failed ones
