@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Download a model of the Hugging Face Hub into the Hugging Face cache "
                                    "(HF_HUB_CACHE, default ~/.cache/huggingface/hub), shared with other tools: a "
                                    "GGUF file (with every part of a split model) or a Hugging Face model's config, "
-                                   "tokenizer and weights. An interrupted download resumes; each file is checked "
+                                   "tokenizer and weights. A dropped connection resumes; each file is checked "
                                    "against the "
                                    "Hub's hash. HF_TOKEN: an access token, for gated and private models; "
                                    "HF_ENDPOINT: another Hub; HF_HUB_OFFLINE=1: never use the network. Prints the "

@@ -16,7 +16,7 @@ A reference picks files of its repository (`choose`):
   tokenizer files and weights, nothing else.
 
 Files live in the standard Hugging Face cache (HF_HUB_CACHE, by default ~/.cache/huggingface/hub), shared
-with every tool built on huggingface_hub, which does the downloading (resuming an interrupted transfer,
+with every tool built on huggingface_hub, which does the downloading (resuming a dropped connection,
 HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE, its progress bars). `find_model` looks in the cache first, without
 the network, and downloads only what is missing. Every file downloaded is checked against the size and
 hash the Hub lists for it (sha256 for LFS files, the git blob id for the others); a file that does not
