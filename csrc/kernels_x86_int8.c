@@ -109,13 +109,13 @@ INLINE int value_offset(block_kind kind) {
     }
 }
 
-/* v (32 nibbles in value order) with 16 added to byte j where bit j of the little-endian 32 bits at qh is set:
+/* v (32 nibbles in value order) with bit 4 set in byte j where bit j of the little-endian 32 bits at qh is set:
    the Q5 types' fifth bits, spread with vector ops. */
 INLINE __m256i with_fifth_bits(__m256i v, const uint8_t *qh) {
     uint32_t bits;
     memcpy(&bits, qh, sizeof bits);
 #ifdef __AVX512BW__
-    return _mm256_mask_add_epi8(v, (__mmask32)bits, v, _mm256_set1_epi8(0x10)); /* the bits are a byte mask */
+    return _mm256_or_si256(v, _mm256_maskz_mov_epi8((__mmask32)bits, _mm256_set1_epi8(0x10))); /* a byte mask */
 #else
     /* byte j takes byte j / 8 of the bits, then is all ones iff bit j % 8 is set: every other bit is set
        by the OR, whose byte k within each eight is ~(1 << k) */

@@ -138,20 +138,27 @@ def test_legacy_products_on_raw_blocks(type: str, isa: str) -> None:
 def mutated(raw: np.ndarray, type: str, bug: str) -> np.ndarray:
     """Blocks whose correct product is what a kernel with `bug` computes on raw: reading bit j + 1 of qh for
     value j is the correct product of qh >> 1; a kernel that drops the min is correct on m = 0; one that swaps
-    the nibble halves (values j and j + 16) is correct on swapped nibbles."""
+    the nibble halves (values j and j + 16) is correct on swapped nibbles; one that takes block b's scale from
+    block b + 1 is correct on scales moved one block down."""
     raw = raw.copy()
-    if bug == "qh bit off by one":
+    if bug == "scale index off by one":
+        d = fp16_field(raw, type, 0)
+        d[:, :-1] = d[:, 1:].copy()
+    elif bug == "qh bit off by one":
         qh_field(raw, type)[...] >>= 1
     elif bug == "min dropped":
         fp16_field(raw, type, 1)[...] = 0
     elif bug == "nibble halves swapped":
         qs = qs_field(raw, type)
         qs[...] = (qs >> 4) | (qs << 4)
+    else:
+        raise ValueError(f"no such bug: {bug}")
     return raw
 
 
-LEGACY_BUGS = [("q4_1", "min dropped"), ("q4_1", "nibble halves swapped"), ("q5_0", "qh bit off by one"),
-               ("q5_1", "qh bit off by one"), ("q5_1", "min dropped"), ("iq4_nl", "nibble halves swapped")]
+LEGACY_BUGS = [("q4_1", "min dropped"), ("q4_1", "nibble halves swapped"), ("q4_1", "scale index off by one"),
+               ("q5_0", "qh bit off by one"), ("q5_0", "scale index off by one"), ("q5_1", "qh bit off by one"),
+               ("q5_1", "min dropped"), ("iq4_nl", "nibble halves swapped"), ("iq4_nl", "scale index off by one")]
 
 
 @pytest.mark.parametrize(("type", "bug"), LEGACY_BUGS)
