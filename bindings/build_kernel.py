@@ -99,6 +99,9 @@ ffibuilder.set_source(
     "llmrun._kernel",
     '#include "llmrun.h"',
     sources=portable_sources(),
+    # build_ext rebuilds only when a file it knows of is newer than the library: the x86 kernels it does not
+    # compile itself, and the headers, are named here so that a change to them is never left out of the build
+    depends=sorted(str(p.relative_to(ROOT)) for p in [*CSRC.glob("*.h"), *(CSRC / s for s in X86_SOURCES)]),
     include_dirs=[str(CSRC.relative_to(ROOT))],
     extra_compile_args=portable_compile_args(),
     extra_link_args=_ldflags,
