@@ -12,8 +12,12 @@ const llm_kernels X86(llm_kernels) = {
         [LLM_BF16] = {X86(matvec_bf16), X86(matmul_bf16)},
         [LLM_Q8_0] = {X86(matvec_q8_0), X86(matmul_q8_0)},
         [LLM_Q4_0] = {X86(matvec_q4_0), X86(matmul_q4_0)},
+        [LLM_Q2_K] = {X86(matvec_q2_K), X86(matmul_q2_K)},
+        [LLM_Q3_K] = {X86(matvec_q3_K), X86(matmul_q3_K)},
+        [LLM_IQ4_XS] = {X86(matvec_iq4_xs), X86(matmul_iq4_xs)},
     },
-    .quantize = {[LLM_ACT_Q8] = X86(quantize_q8_act)},
+    .quantize = {[LLM_ACT_Q8] = X86(quantize_q8_act),
+                 [LLM_ACT_Q8K] = X86(quantize_q8k_act_low)}, /* temporary until the kq456 branch merges */
     .vec = {X86(scores), X86(weighted_sum), X86(softmax), X86(swiglu)},
     .scratch_bytes = X86(matmul_scratch_bytes),
 };

@@ -114,4 +114,16 @@ INLINE __m256 scales8(const void *first_block, size_t block_bytes) {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)d));
 }
 
+/* kernels_x86_kquants_low.c */
+void X86(matvec_q2_K)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);
+void X86(matvec_q3_K)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);
+void X86(matvec_iq4_xs)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);
+void X86(matmul_q2_K)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
+void X86(matmul_q3_K)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
+void X86(matmul_iq4_xs)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                        int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
+void X86(quantize_q8k_act_low)(void *out, const float *x, int64_t cols); /* temporary until the kq456 branch merges */
+
 #endif /* LLMRUN_KERNELS_X86_H */

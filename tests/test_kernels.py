@@ -9,15 +9,19 @@ room for the accumulation order and nothing more: a wrong nibble order or scale 
 
 from __future__ import annotations
 
+import gguf
 import numpy as np
 import pytest
-from quants import decode, encode, product_reference
+import quants_low
+from quants import GGUF_TYPES, decode, encode, product_reference
 
 from llmrun.engine import ISA_NAMES, available_isas, best_isa, ffi, lib
-from llmrun.spec import TENSOR_TYPES
+from llmrun.spec import TENSOR_TYPES, Tensor
 
 ISAS = available_isas()
 TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0"]
+LOW_K_TYPES = ["q2_k", "q3_k", "iq4_xs"]  # 256-value super-blocks, 8-bit activations with sums per 16
+TYPES += LOW_K_TYPES
 
 
 def c_matmul(t, x: np.ndarray, isa: str) -> np.ndarray:
@@ -35,7 +39,15 @@ def c_matvec(t, x: np.ndarray, isa: str) -> np.ndarray:
     return c_matmul(t, x[None, :], isa)[0]
 
 
+def input_block(type: str) -> int:
+    """Values per block of the type's quantized input: 32 for the float types too, so that tests of special
+    inputs keep their shapes."""
+    return max(32, TENSOR_TYPES[type].block_elems)
+
+
 def shapes_for(type: str) -> list[tuple[int, int]]:
+    if TENSOR_TYPES[type].block_elems == 256:
+        return [(1, 256), (3, 512), (17, 768), (64, 1280), (5, 2048)]
     if TENSOR_TYPES[type].block_elems == 32:
         return [(1, 32), (3, 64), (17, 96), (64, 288), (5, 1024)]
     return [(1, 1), (3, 7), (4, 8), (17, 33), (64, 288), (5, 1000)]
@@ -103,8 +115,9 @@ def test_instruction_sets_agree() -> None:
         pytest.skip("only the scalar kernels exist on this CPU")
     rng = np.random.default_rng(3)
     for type in TYPES:
-        t = encode(rng.standard_normal((48, 320)), type)
-        x = rng.standard_normal(320).astype(np.float32)
+        cols = 10 * input_block(type)
+        t = encode(rng.standard_normal((48, cols)), type)
+        x = rng.standard_normal(cols).astype(np.float32)
         for isa in ISAS[1:]:
             np.testing.assert_allclose(c_matvec(t, x, isa), c_matvec(t, x, "scalar"), rtol=1e-5, atol=1e-4,
                                        err_msg=f"{type} {isa}")
@@ -112,14 +125,15 @@ def test_instruction_sets_agree() -> None:
 
 def test_special_values_in_blocks() -> None:
     """All-zero blocks (scale 0), a block of one large value, and fp16 subnormal scales."""
-    cols = 96
-    w = np.zeros((4, cols), dtype=np.float32)
-    w[1, 40] = 1000.0
-    w[2, :] = 1e-6  # scale 1e-6 / 127: an fp16 subnormal
-    w[3, ::2] = -3.0
-    x = np.linspace(-1, 1, cols).astype(np.float32)
-    x[:32] = 0.0  # an all-zero input block
     for type in TYPES:
+        block = input_block(type)
+        cols = 3 * block
+        w = np.zeros((4, cols), dtype=np.float32)
+        w[1, block + 8] = 1000.0
+        w[2, :] = 1e-6  # scale 1e-6 / 127: an fp16 subnormal
+        w[3, ::2] = -3.0
+        x = np.linspace(-1, 1, cols).astype(np.float32)
+        x[:block] = 0.0  # an all-zero input block
         t = encode(w, type)
         want = product_reference(t, x)
         for isa in ISAS:
@@ -132,10 +146,11 @@ def test_non_finite_input_reaches_the_output_on_every_level(bad: float) -> None:
     on every instruction set, one token or a batch; the other tokens of the batch are untouched. The 8-bit
     activation quantizer once passed NaN over (max ignores it) and turned it into garbage."""
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((5, 96)).astype(np.float32)
-    x[2, 40] = bad  # token 2, its second block
     for type in TYPES:
-        t = encode(rng.standard_normal((24, 96)), type)
+        block = input_block(type)
+        x = rng.standard_normal((5, 3 * block)).astype(np.float32)
+        x[2, block + 8] = bad  # token 2, its second block
+        t = encode(rng.standard_normal((24, 3 * block)), type)
         clean = [c_matvec(t, x[i], "scalar") for i in (0, 1, 3, 4)]
         for isa in ISAS:
             for got in (c_matvec(t, x[2], isa), c_matmul(t, x, isa)[2]):
@@ -155,3 +170,104 @@ def test_matmul_rejects_bad_arguments() -> None:
     assert lib.llm_matmul(lib.LLM_Q8_0, lib.LLM_ISA_SCALAR, ffi.from_buffer(w), 2, 48,
                           ffi.from_buffer("float[]", x), 1, ffi.from_buffer("float[]", out)) == lib.LLM_ERR_INVALID
     assert lib.llm_matmul(lib.LLM_F32, lib.LLM_ISA_SCALAR, *args[:4], 0, args[5]) == lib.LLM_ERR_INVALID
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Q2_K, Q3_K, IQ4_XS: their row lookup against gguf's decoder bit for bit, and the tolerance above against a
+# wrong kernel
+
+FP16_LARGEST, FP16_NEG_LARGEST = 0x7BFF, 0xFBFF  # +-65504
+SCALE_FIELDS = {"q2_k": (0, 16), "q3_k": (96, 108), "iq4_xs": (2, 8)}  # byte range of each block's scales
+D_FIELDS = {"q2_k": [80, 82], "q3_k": [108], "iq4_xs": [0]}  # byte offsets of the fp16 d (and dmin)
+
+
+def c_dequantize(raw: np.ndarray, type: str) -> np.ndarray:
+    """(rows, row_bytes) uint8 blocks of `type` as floats through lib.llm_dequantize (the type's get_row)."""
+    rows, cols = len(raw), raw.shape[1] // TENSOR_TYPES[type].block_bytes * 256
+    out = np.empty((rows, cols), dtype=np.float32)
+    raw = np.ascontiguousarray(raw)
+    assert lib.llm_dequantize(TENSOR_TYPES[type].code, ffi.from_buffer(raw), rows, cols,
+                              ffi.from_buffer("float[]", out)) == 0
+    return out
+
+
+def extreme_blocks(type: str, rng: np.random.Generator) -> np.ndarray:
+    """(n, block_bytes) super-blocks: random bytes (every bit pattern of values, hmask and scales), an
+    all-zero block, the largest fp16 d and dmin of either sign, every value of a scale field in every
+    sub-block, hmask all set and all clear, and a nan/inf scale."""
+    bb = TENSOR_TYPES[type].block_bytes
+    blocks = [rng.integers(0, 256, (64, bb), dtype=np.uint8), np.zeros((1, bb), dtype=np.uint8)]
+    big = rng.integers(0, 256, (5, bb), dtype=np.uint8)
+    for i, (a, b) in enumerate([(FP16_LARGEST, FP16_LARGEST), (FP16_NEG_LARGEST, FP16_NEG_LARGEST),
+                                (FP16_LARGEST, FP16_NEG_LARGEST), (0x7C00, 0), (0x7E00, 0x7E00)]):  # inf, nan
+        for off, h in zip(D_FIELDS[type], (a, b)[: len(D_FIELDS[type])], strict=True):
+            big[i, off:off + 2] = np.array([h], dtype="<u2").view(np.uint8)
+    blocks.append(big)
+    every = rng.integers(0, 256, (64, bb), dtype=np.uint8)  # scale field value k in block k, every sub-block
+    lo, hi = SCALE_FIELDS[type]
+    k = np.arange(64, dtype=np.uint8)
+    if type == "q2_k":  # scale k % 16, min k // 4
+        every[:, lo:hi] = ((k % 16) | (k // 4) << 4)[:, None]
+    elif type == "q3_k":
+        every[:, lo:hi] = quants_low.pack_q3_k_scales(np.repeat(k[:, None], 16, axis=1))
+    else:
+        every[:, lo:hi] = quants_low.pack_iq4_xs_scales(np.repeat(k[:, None], 8, axis=1))
+    blocks.append(every)
+    if type == "q3_k":
+        hmask = rng.integers(0, 256, (2, bb), dtype=np.uint8)
+        hmask[0, :32], hmask[1, :32] = 0xFF, 0x00
+        blocks.append(hmask)
+    for off in D_FIELDS[type]:  # finite, moderate scales in the random blocks
+        blocks[0][:, off:off + 2] = rng.uniform(-2, 2, (64, 1)).astype("<f2").view(np.uint8)
+    return np.concatenate(blocks)
+
+
+@pytest.mark.parametrize("type", LOW_K_TYPES)
+def test_low_k_row_lookup_equals_gguf_bit_for_bit(type: str) -> None:
+    """get_row (through llm_dequantize) gives exactly gguf.quants.dequantize's float32 bits, nan where it
+    has nan: the same expressions in the same order, for every field's every value."""
+    rng = np.random.default_rng(17)
+    blocks = extreme_blocks(type, rng)
+    raw = blocks[: len(blocks) // 4 * 4].reshape(-1, 4 * blocks.shape[1])  # rows of four super-blocks
+    got = c_dequantize(raw, type)
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = gguf.quants.dequantize(raw, GGUF_TYPES[type]).astype(np.float32).reshape(got.shape)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    np.testing.assert_array_equal(got[ok].view(np.uint32), want[ok].view(np.uint32))
+    assert np.isnan(want).any() and np.isinf(want).any() and (want == 0).any()  # the extremes are in
+
+
+def shifted_scales(raw: np.ndarray, type: str) -> np.ndarray:
+    """The blocks with each sub-block's scale taken from the next sub-block (the last from the first): what
+    a kernel with an off-by-one in its scale index reads."""
+    lo, hi = SCALE_FIELDS[type]
+    blocks = raw.reshape(-1, TENSOR_TYPES[type].block_bytes).copy()
+    if type == "q2_k":
+        blocks[:, lo:hi] = np.roll(blocks[:, lo:hi], -1, axis=1)
+    elif type == "q3_k":
+        blocks[:, lo:hi] = quants_low.pack_q3_k_scales(np.roll(quants_low.unpack_q3_k_scales(blocks[:, lo:hi]), -1, 1))
+    else:
+        blocks[:, lo:hi] = quants_low.pack_iq4_xs_scales(
+            np.roll(quants_low.unpack_iq4_xs_scales(blocks[:, lo:hi]), -1, 1))
+    return blocks.reshape(raw.shape)
+
+
+@pytest.mark.parametrize("type", LOW_K_TYPES)
+def test_low_k_tolerance_catches_a_wrong_scale_index(type: str) -> None:
+    """The kernels agree with the reference within the tolerance of test_matvec_matches_reference, and a
+    reference that reads each sub-block's scale one sub-block off lies far outside it on every level: the
+    tolerance is tight enough to see the mistake a kernel is most likely to make."""
+    rng = np.random.default_rng(23)
+    rows, cols = 32, 1024
+    t = encode(rng.standard_normal((rows, cols)), type)
+    x = rng.standard_normal(cols).astype(np.float32)
+    want = product_reference(t, x)
+    wrong = product_reference(Tensor(shifted_scales(t.data, type), type), x)
+    scale = max(1.0, float(np.abs(want).max()))
+    atol = 1e-5 * np.sqrt(cols) * scale
+    for isa in ISAS:
+        got = c_matvec(t, x, isa)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=atol, err_msg=f"{type} {isa}")
+        outside = np.abs(got - wrong) > atol + 1e-5 * np.abs(wrong)
+        assert outside.mean() > 0.9, f"{type} {isa}: only {outside.mean():.0%} of the rows tell the two apart"

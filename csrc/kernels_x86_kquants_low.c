@@ -1,0 +1,273 @@
+/*
+ * kernels_x86_kquants_low.c: Q2_K, Q3_K and IQ4_XS against 256-value activations (LLM_ACT_Q8K), for one x86
+ * level (kernels_x86.h). The scalar references and the layouts' story are in kernels_scalar.c.
+ *
+ * Every product first spells a weight super-block out into vectors (unpack below): its 256 values as bytes,
+ * eight vectors of 32, and its sub-block scales as 16-bit lanes lined up with the pair sums of those bytes.
+ * The dot product with a token is then, per 32 values, one multiply-add of bytes into 16-bit pair sums
+ * (maddubs: unsigned weight bytes times the token's signed bytes) and one multiply-add of those pair sums by
+ * the scales into 32-bit sums (madd; with VNNI, vpdpwssd does it and the accumulation in one). The unsigned
+ * bytes are the stored values: Q2_K's 0..3, Q3_K's 0..7 (value + 4). What the stored values add (Q2_K's
+ * mins, Q3_K's 4) comes off once per super-block through the token's sums per 16 values (bsums). IQ4_XS's
+ * values are signed (the table), so its signs move onto the token's bytes as in dot_i8.
+ *
+ * The batch kernel unpacks a super-block once for several tokens (a row at a time, RN tokens at a time),
+ * so that the unpacking, the larger part of one token's work, is shared.
+ */
+#include <math.h>
+
+#include "kernels_x86.h"
+
+typedef enum { KIND_Q2_K, KIND_Q3_K, KIND_IQ4_XS } low_kind;
+
+static size_t block_bytes(low_kind kind) {
+    return kind == KIND_Q2_K ? sizeof(block_q2_K) : kind == KIND_Q3_K ? sizeof(block_q3_K) : sizeof(block_iq4_xs);
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* the activations: temporary until the kq456 branch merges */
+
+/* A plain copy of the scalar quantize_q8k_act (the same bytes, which the tests compare), so that this
+   branch's x86 tables have an LLM_ACT_Q8K quantizer. temporary until the kq456 branch merges */
+void X86(quantize_q8k_act_low)(void *out, const float *x, int64_t cols) {
+    q8k_act y = q8k_act_view(out, cols);
+    for (int64_t b = 0; b < cols / QK_K; b++, x += QK_K) {
+        int8_t *q = y.qs + b * QK_K;
+        float amax = 0.0f;
+        int finite = 1;
+        for (int j = 0; j < QK_K; j++) {
+            amax = fmaxf(amax, fabsf(x[j]));
+            finite &= isfinite(x[j]) != 0;
+        }
+        if (!finite) {
+            memset(q, 0, QK_K);
+            memset(y.bsums + b * (QK_K / 16), 0, QK_K / 16 * sizeof(int16_t));
+            y.d[b] = NAN;
+            continue;
+        }
+        float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        for (int j = 0; j < QK_K; j++) q[j] = (int8_t)nearbyintf(x[j] * id);
+        for (int i = 0; i < QK_K / 16; i++) {
+            int sum = 0;
+            for (int j = 0; j < 16; j++) sum += q[16 * i + j];
+            y.bsums[b * (QK_K / 16) + i] = (int16_t)sum;
+        }
+        y.d[b] = amax / 127.0f;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* a super-block spelled out */
+
+typedef struct {
+    __m256i q[8];  /* values 32 k .. 32 k + 31 as bytes: Q2_K 0..3, Q3_K 0..7 (value + 4), IQ4_XS signed */
+    __m256i sc[8]; /* int16 scales for the 16 pair sums of q[k]: lanes 0-7 (values 32 k .. 32 k + 15) carry
+                      the scale of sub-block 2 k, lanes 8-15 that of sub-block 2 k + 1 */
+    __m256i bsum_weights; /* int16 per 16 values, what the token's bsums are multiplied by and taken off:
+                             Q2_K's mins (times dmin), Q3_K's scales times 4 (times d); IQ4_XS: unused */
+    float d, dmin;
+} superblock;
+
+/* sc[k] from the 16 int16 sub-block scales of `scales` in order (s0..s7 | s8..s15): each 128-bit lane picks
+   its scale with a byte shuffle, from a copy of the scales' half that holds it. */
+INLINE void spread_scales(__m256i scales, __m256i sc[8]) {
+    __m256i halves[2] = {_mm256_permute4x64_epi64(scales, 0x44), _mm256_permute4x64_epi64(scales, 0xee)};
+    for (int k = 0; k < 8; k++) {
+        int s = 4 * (k % 4); /* byte offset of scale 2 k within its half; 2 k + 1 follows */
+        __m256i pick = _mm256_setr_epi8(s, s + 1, s, s + 1, s, s + 1, s, s + 1, s, s + 1, s, s + 1, s, s + 1, s, s + 1,
+                                        s + 2, s + 3, s + 2, s + 3, s + 2, s + 3, s + 2, s + 3, s + 2, s + 3, s + 2,
+                                        s + 3, s + 2, s + 3, s + 2, s + 3);
+        sc[k] = _mm256_shuffle_epi8(halves[k / 4], pick);
+    }
+}
+
+INLINE float fp16(uint16_t h) { return _cvtsh_ss(h); }
+
+/* Q2_K: value 128 n + 32 j + l is bits 2 j, 2 j + 1 of qs[32 n + l]; scale and min in the nibbles of
+   scales[i]. */
+INLINE void unpack_q2_K(const block_q2_K *b, superblock *u) {
+    const __m256i three = _mm256_set1_epi8(3);
+    for (int n = 0; n < 2; n++) {
+        __m256i bits = _mm256_loadu_si256((const __m256i *)(b->qs + 32 * n));
+        for (int j = 0; j < 4; j++) u->q[4 * n + j] = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * j), three);
+    }
+    __m128i packed = _mm_loadu_si128((const __m128i *)b->scales), low4 = _mm_set1_epi8(15);
+    spread_scales(_mm256_cvtepu8_epi16(_mm_and_si128(packed, low4)), u->sc);
+    u->bsum_weights = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(packed, 4), low4));
+    u->d = fp16(b->d);
+    u->dmin = fp16(b->dmin);
+}
+
+/* Q3_K: the low two bits as Q2_K's, the third (stored value + 4 has it set when the value is >= 0) is bit
+   4 n + j of hmask[l], moved to bit 2. The 16 six-bit scales: the four bytes of scales i .. i + 3 are built
+   at once in a 32-bit word (low nibbles from scales[0..7], top bits from scales[8..11]). */
+INLINE void unpack_q3_K(const block_q3_K *b, superblock *u) {
+    const __m256i three = _mm256_set1_epi8(3), four = _mm256_set1_epi8(4);
+    __m256i high = _mm256_loadu_si256((const __m256i *)b->hmask);
+    for (int n = 0; n < 2; n++) {
+        __m256i bits = _mm256_loadu_si256((const __m256i *)(b->qs + 32 * n));
+        for (int j = 0; j < 4; j++) {
+            int bit = 4 * n + j; /* to bit 2 of each byte: a 16-bit shift, masked, moves each byte's own bit */
+            __m256i h = bit >= 2 ? _mm256_srli_epi16(high, bit - 2) : _mm256_slli_epi16(high, 2 - bit);
+            u->q[4 * n + j] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 2 * j), three),
+                                              _mm256_and_si256(h, four));
+        }
+    }
+    uint32_t a[3], s[4];
+    memcpy(a, b->scales, sizeof a);
+    for (int g = 0; g < 4; g++) /* scales 4 g .. 4 g + 3: nibble g / 2 of a[g % 2], top bits at 2 g of a[2] */
+        s[g] = ((a[g % 2] >> (4 * (g / 2))) & 0x0f0f0f0f) | ((a[2] >> (2 * g)) & 0x03030303) << 4;
+    __m128i stored = _mm_setr_epi32((int)s[0], (int)s[1], (int)s[2], (int)s[3]);
+    __m256i scales = _mm256_cvtepi8_epi16(_mm_sub_epi8(stored, _mm_set1_epi8(32)));
+    spread_scales(scales, u->sc);
+    u->bsum_weights = _mm256_slli_epi16(scales, 2);
+    u->d = fp16(b->d);
+    u->dmin = 0.0f;
+}
+
+/* IQ4_XS: sub-block i is an IQ4_NL block over qs[16 i ..], its nibbles looked up in the table with a byte
+   shuffle; one six-bit scale per 32 values, so both halves of sc[i] carry scale i. */
+INLINE void unpack_iq4_xs(const block_iq4_xs *b, superblock *u) {
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)llm_iq4nl_values));
+    for (int i = 0; i < 8; i++) {
+        u->q[i] = _mm256_shuffle_epi8(table, unpack_q4_0(b->qs + 16 * i));
+        int low = (b->scales_l[i / 2] >> (4 * (i % 2))) & 15, high = (b->scales_h >> (2 * i)) & 3;
+        u->sc[i] = _mm256_set1_epi16((int16_t)((low | high << 4) - 32));
+    }
+    u->bsum_weights = _mm256_setzero_si256();
+    u->d = fp16(b->d);
+    u->dmin = 0.0f;
+}
+
+INLINE void unpack(const void *block, superblock *u, low_kind kind) {
+    if (kind == KIND_Q2_K) unpack_q2_K(block, u);
+    else if (kind == KIND_Q3_K) unpack_q3_K(block, u);
+    else unpack_iq4_xs(block, u);
+}
+
+/* acc + the products of adjacent int16 lanes, summed in pairs into int32 lanes */
+INLINE __m256i madd16(__m256i acc, __m256i a, __m256i b) {
+#ifdef __AVX512VNNI__
+    return _mm256_dpwssd_epi32(acc, a, b);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+#endif
+}
+
+/* sum over sub-blocks of scale * sum(stored q_w * q_x), less for Q3_K 4 * scale * sum(q_x): eight int32
+   lanes. Bounds: a pair sum is at most 2 * 127 * 127 (IQ4_XS), under the 16 bits maddubs saturates at. */
+INLINE __m256i superblock_dot(const superblock *u, const int8_t *x, const int16_t *bsums, low_kind kind) {
+    __m256i acc[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()}; /* two chains: half the latency */
+    for (int k = 0; k < 8; k++) {
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(x + 32 * k)), pairs;
+        if (kind == KIND_IQ4_XS) pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(u->q[k], u->q[k]), _mm256_sign_epi8(xv, u->q[k]));
+        else pairs = _mm256_maddubs_epi16(u->q[k], xv);
+        acc[k % 2] = madd16(acc[k % 2], pairs, u->sc[k]);
+    }
+    __m256i sum = _mm256_add_epi32(acc[0], acc[1]);
+    if (kind == KIND_Q3_K)
+        sum = _mm256_sub_epi32(sum, _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)bsums), u->bsum_weights));
+    return sum;
+}
+
+/* acc + d_x * (the super-block's dot product with one token), in eight float lanes */
+INLINE __m256 superblock_acc(__m256 acc, const superblock *u, const int8_t *x, const int16_t *bsums, float dx,
+                             low_kind kind) {
+    __m256i dot = superblock_dot(u, x, bsums, kind);
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(u->d * dx), acc);
+    if (kind == KIND_Q2_K) { /* - dmin * sum of min * bsum */
+        __m256i mins = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)bsums), u->bsum_weights);
+        acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins), _mm256_set1_ps(u->dmin * dx), acc);
+    }
+    return acc;
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* one token */
+
+INLINE void matvec(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols,
+                   low_kind kind) {
+    q8k_act x = q8k_act_view(xq, cols);
+    int64_t nb = cols / QK_K;
+    size_t bb = block_bytes(kind);
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const char *row = (const char *)w + (size_t)r * nb * bb;
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            superblock u;
+            unpack(row + b * bb, &u, kind);
+            acc = superblock_acc(acc, &u, x.qs + b * QK_K, x.bsums + b * 16, x.d[b], kind);
+        }
+        out[r - row_begin] = hsum_f32x8(acc);
+    }
+}
+
+void X86(matvec_q2_K)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols) {
+    matvec(out, w, xq, row_begin, row_end, cols, KIND_Q2_K);
+}
+
+void X86(matvec_q3_K)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols) {
+    matvec(out, w, xq, row_begin, row_end, cols, KIND_Q3_K);
+}
+
+void X86(matvec_iq4_xs)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
+                        int64_t cols) {
+    matvec(out, w, xq, row_begin, row_end, cols, KIND_IQ4_XS);
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* a batch: a row's super-block is unpacked once for RN tokens */
+
+#ifdef __AVX512VNNI__
+enum { RN = 8 }; /* 32 vector registers: the unpacked super-block and eight accumulators stay in them */
+#else
+enum { RN = 4 };
+#endif
+
+/* out[token + j][row - row_begin] for j < rn */
+INLINE void row_tile(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t row, int64_t token,
+                     int64_t row_begin, int64_t cols, low_kind kind, int rn) {
+    int64_t nb = cols / QK_K;
+    size_t bb = block_bytes(kind);
+    const char *wr = (const char *)w + (size_t)row * nb * bb;
+    q8k_act xa[RN];
+    __m256 acc[RN];
+    for (int j = 0; j < rn; j++) {
+        xa[j] = q8k_act_view((const char *)x + (size_t)(token + j) * ldx, cols);
+        acc[j] = _mm256_setzero_ps();
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        superblock u;
+        unpack(wr + b * bb, &u, kind);
+        for (int j = 0; j < rn; j++)
+            acc[j] = superblock_acc(acc[j], &u, xa[j].qs + b * QK_K, xa[j].bsums + b * 16, xa[j].d[b], kind);
+    }
+    for (int j = 0; j < rn; j++) out[(token + j) * ldo + (row - row_begin)] = hsum_f32x8(acc[j]);
+}
+
+INLINE void matmul(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n, int64_t row_begin,
+                   int64_t row_end, int64_t cols, low_kind kind) {
+    for (int64_t r = row_begin; r < row_end; r++) {
+        int64_t t = 0;
+        for (; t + RN <= n; t += RN) row_tile(out, ldo, w, x, ldx, r, t, row_begin, cols, kind, RN);
+        for (; t < n; t++) row_tile(out, ldo, w, x, ldx, r, t, row_begin, cols, kind, 1);
+    }
+}
+
+void X86(matmul_q2_K)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
+    (void)scratch;
+    matmul(out, ldo, w, x, ldx, n, row_begin, row_end, cols, KIND_Q2_K);
+}
+
+void X86(matmul_q3_K)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
+    (void)scratch;
+    matmul(out, ldo, w, x, ldx, n, row_begin, row_end, cols, KIND_Q3_K);
+}
+
+void X86(matmul_iq4_xs)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                        int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
+    (void)scratch;
+    matmul(out, ldo, w, x, ldx, n, row_begin, row_end, cols, KIND_IQ4_XS);
+}
