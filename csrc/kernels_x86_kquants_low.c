@@ -216,13 +216,10 @@ void X86(matvec_iq4_xs)(float *out, const void *w, const void *xq, int64_t row_b
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
-/* a batch: a row's super-block is unpacked once for RN tokens */
+/* a batch, one row at a time: a row's super-block is unpacked once for RN tokens (without VNNI, and the
+   last rows % 8 of the eight-row kernel below) */
 
-#ifdef __AVX512VNNI__
-enum { RN = 8 }; /* 32 vector registers: the unpacked super-block and eight accumulators stay in them */
-#else
 enum { RN = 4 };
-#endif
 
 /* out[token + j][row - row_begin] for j < rn */
 INLINE void row_tile(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t row, int64_t token,
@@ -245,14 +242,195 @@ INLINE void row_tile(float *out, int64_t ldo, const void *w, const void *x, size
     for (int j = 0; j < rn; j++) out[(token + j) * ldo + (row - row_begin)] = hsum_f32x8(acc[j]);
 }
 
-INLINE void matmul(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n, int64_t row_begin,
-                   int64_t row_end, int64_t cols, low_kind kind) {
+INLINE void matmul_by_rows(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                           int64_t row_begin, int64_t row_end, int64_t cols, low_kind kind) {
     for (int64_t r = row_begin; r < row_end; r++) {
         int64_t t = 0;
         for (; t + RN <= n; t += RN) row_tile(out, ldo, w, x, ldx, r, t, row_begin, cols, kind, RN);
         for (; t < n; t++) row_tile(out, ldo, w, x, ldx, r, t, row_begin, cols, kind, 1);
     }
 }
+
+#ifdef __AVX512VNNI__
+/* ---------------------------------------------------------------------------------------------------- */
+/* a batch, eight rows at a time (VNNI): the rows in the vector lanes
+ *
+ * As Q4_0's eight-row kernel (kernels_x86_int8.c): the same super-block of eight rows is laid out (on the
+ * stack) so that a vector holds four consecutive values of each row, one row per 32-bit lane, and one
+ * vpdpbusd against four bytes of a token, broadcast, adds to all eight rows' sums. The bytes must be
+ * unsigned, and the sub-block scales should not cost a multiply per sub-block, so where they fit the
+ * values are stored already multiplied by their scale:
+ *   Q2_K:   scale * q, 0..45;
+ *   Q3_K:   scale * value + 124, 0..252 (scale -32..31 times value -4..3 is -124..128), and 124 times the
+ *           sum of the token's 256 values comes off once;
+ *   IQ4_XS: value + 128, 1..241 (scale times value needs 13 bits): per sub-block of 32 values the sum
+ *           starts at -128 times the token's sum over it, and is multiplied by the eight rows' scales.
+ * Q2_K's mins multiply the token's bsums, two sub-blocks at a time (vpdpwssd). The super-block's sums then
+ * scale by d_w d_x into the output, which accumulates over the super-blocks: nothing needs the scratch
+ * buffer, and a row group's eight rows are read from memory once for all the tokens.
+ * Without VNNI the 16-bit pair sums of maddubs would overflow for Q3_K's and IQ4_XS's bytes and save
+ * nothing for Q2_K's, so that level takes the row tiles.
+ */
+
+enum { RN8 = 8 }; /* tokens per pass over a packed super-block: 8 accumulators, of 32 vector registers */
+
+typedef struct {
+    __m256i v[64];   /* group g: values 4 g .. 4 g + 3 of each row, row r in 32-bit lane r (bytes as above) */
+    __m256i mins[8]; /* Q2_K: lane r = the int16 pair (min 2 k, min 2 k + 1) of row r */
+    __m256i ls[8];   /* IQ4_XS: lane r = scale of sub-block i of row r (int32) */
+    __m256  d, dmin; /* lane r: row r's */
+} packed8;
+
+/* Transposes eight vectors of eight 32-bit lanes: v[i] lane j <-> v[j] lane i. */
+INLINE void transpose8x8(__m256i v[8]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(_mm256_castsi256_ps(v[2 * i]), _mm256_castsi256_ps(v[2 * i + 1]));
+        t[2 * i + 1] = _mm256_unpackhi_ps(_mm256_castsi256_ps(v[2 * i]), _mm256_castsi256_ps(v[2 * i + 1]));
+    }
+    for (int i = 0; i < 2; i++) {
+        u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 4; i++) {
+        v[i] = _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+        v[i + 4] = _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+    }
+}
+
+/* The bytes q times the 16-bit lanes of sc (each lane's scale for both its bytes), modulo 256. */
+INLINE __m256i mul_bytes(__m256i q, __m256i sc) {
+    __m256i even = _mm256_mullo_epi16(q, sc), odd = _mm256_mullo_epi16(_mm256_srli_epi16(q, 8), sc);
+    return _mm256_or_si256(_mm256_and_si256(even, _mm256_set1_epi16(0xff)), _mm256_slli_epi16(odd, 8));
+}
+
+/* Super-block b of rows [row, row + 8) into p. */
+INLINE void pack8(packed8 *p, const void *w, int64_t row, int64_t b, int64_t nb, low_kind kind) {
+    size_t bb = block_bytes(kind);
+    __m256i bytes[8][8], mins[8]; /* [k][r]: values 32 k .. 32 k + 31 of row r */
+    float d[8], dmin[8];
+    int32_t ls[8][8];
+    for (int r = 0; r < 8; r++) {
+        superblock u;
+        unpack((const char *)w + ((size_t)(row + r) * nb + b) * bb, &u, kind);
+        for (int k = 0; k < 8; k++) {
+            if (kind == KIND_Q2_K) bytes[k][r] = mul_bytes(u.q[k], u.sc[k]);
+            else if (kind == KIND_Q3_K)
+                bytes[k][r] = _mm256_add_epi8(mul_bytes(_mm256_sub_epi8(u.q[k], _mm256_set1_epi8(4)), u.sc[k]),
+                                              _mm256_set1_epi8(124));
+            else {
+                bytes[k][r] = _mm256_xor_si256(u.q[k], _mm256_set1_epi8((char)0x80)); /* + 128 */
+                ls[k][r] = (int16_t)_mm256_extract_epi16(u.sc[k], 0);
+            }
+        }
+        mins[r] = u.bsum_weights;
+        d[r] = u.d;
+        dmin[r] = u.dmin;
+    }
+    for (int k = 0; k < 8; k++) {
+        transpose8x8(bytes[k]);
+        for (int g = 0; g < 8; g++) p->v[8 * k + g] = bytes[k][g];
+    }
+    if (kind == KIND_Q2_K) {
+        transpose8x8(mins);
+        for (int k = 0; k < 8; k++) p->mins[k] = mins[k];
+    }
+    if (kind == KIND_IQ4_XS)
+        for (int i = 0; i < 8; i++) p->ls[i] = _mm256_loadu_si256((const __m256i *)ls[i]);
+    p->d = _mm256_loadu_ps(d);
+    p->dmin = _mm256_loadu_ps(dmin);
+}
+
+INLINE __m256i bcast4(const void *p) {
+    int32_t four;
+    memcpy(&four, p, sizeof four);
+    return _mm256_set1_epi32(four);
+}
+
+/* sums[j] (eight rows) += the products of the packed super-block b with tokens token + j, j < rn */
+INLINE void tile8(__m256 *sums, const packed8 *p, const void *x, size_t ldx, int64_t token, int64_t b, int64_t cols,
+                  low_kind kind, int rn) {
+    q8k_act xa[RN8];
+    /* the tokens' values of super-block b, copied side by side: one base address for all the broadcasts
+       below (eight pointers would not stay in registers) */
+    _Alignas(32) int8_t xq[RN8][QK_K];
+    __m256i acc[RN8];
+    for (int j = 0; j < rn; j++) {
+        xa[j] = q8k_act_view((const char *)x + (size_t)(token + j) * ldx, cols);
+        memcpy(xq[j], xa[j].qs + b * QK_K, QK_K);
+    }
+    if (kind == KIND_IQ4_XS) {
+        __m256i sum[RN8];
+        for (int j = 0; j < rn; j++) sum[j] = _mm256_setzero_si256();
+        for (int i = 0; i < 8; i++) {
+            for (int j = 0; j < rn; j++) {
+                const int16_t *bs = xa[j].bsums + b * 16 + 2 * i;
+                acc[j] = _mm256_set1_epi32(-128 * (bs[0] + bs[1]));
+            }
+#pragma GCC unroll 8
+            for (int g = 8 * i; g < 8 * i + 8; g++) {
+                __m256i wv = p->v[g];
+                for (int j = 0; j < rn; j++) acc[j] = _mm256_dpbusd_epi32(acc[j], wv, bcast4(xq[j] + 4 * g));
+            }
+            for (int j = 0; j < rn; j++) sum[j] = _mm256_add_epi32(sum[j], _mm256_mullo_epi32(acc[j], p->ls[i]));
+        }
+        for (int j = 0; j < rn; j++) acc[j] = sum[j];
+    } else {
+        for (int j = 0; j < rn; j++) {
+            int32_t start = 0;
+            if (kind == KIND_Q3_K) { /* the 124 offset: 124 times the sum of the token's 256 values */
+                __m256i bs = _mm256_loadu_si256((const __m256i *)(xa[j].bsums + b * 16));
+                start = -124 * hsum_i32x8(_mm256_madd_epi16(bs, _mm256_set1_epi16(1)));
+            }
+            acc[j] = _mm256_set1_epi32(start);
+        }
+#pragma GCC unroll 4
+        for (int g = 0; g < 64; g++) {
+            __m256i wv = p->v[g];
+            for (int j = 0; j < rn; j++) acc[j] = _mm256_dpbusd_epi32(acc[j], wv, bcast4(xq[j] + 4 * g));
+        }
+    }
+    for (int j = 0; j < rn; j++) {
+        __m256 dx = _mm256_set1_ps(xa[j].d[b]);
+        __m256 sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[j]), _mm256_mul_ps(p->d, dx), sums[j]);
+        if (kind == KIND_Q2_K) {
+            __m256i m = _mm256_setzero_si256();
+            for (int k = 0; k < 8; k++) m = _mm256_dpwssd_epi32(m, p->mins[k], bcast4(xa[j].bsums + b * 16 + 2 * k));
+            sum = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(m), _mm256_mul_ps(p->dmin, dx), sum);
+        }
+        sums[j] = sum;
+    }
+}
+
+enum { TOKEN_BLOCK = 256 }; /* tokens whose sums a row group keeps (8 KiB on the stack) */
+
+/* Eight rows at a time, super-block by super-block, each packed once and run past up to TOKEN_BLOCK tokens,
+   whose sums stay in a small buffer: the output's rows, ldo floats apart, would all fall in the same few
+   sets of the L1 cache. The last rows % 8 by the row tiles. */
+INLINE void matmul(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n, int64_t row_begin,
+                   int64_t row_end, int64_t cols, low_kind kind) {
+    int64_t nb = cols / QK_K, r = row_begin;
+    __m256 sums[TOKEN_BLOCK];
+    for (; r + 8 <= row_end; r += 8)
+        for (int64_t t0 = 0; t0 < n; t0 += TOKEN_BLOCK) {
+            int64_t nt = n - t0 < TOKEN_BLOCK ? n - t0 : TOKEN_BLOCK;
+            for (int64_t t = 0; t < nt; t++) sums[t] = _mm256_setzero_ps();
+            for (int64_t b = 0; b < nb; b++) {
+                packed8 p;
+                pack8(&p, w, r, b, nb, kind);
+                int64_t t = 0;
+                for (; t + RN8 <= nt; t += RN8) tile8(sums + t, &p, x, ldx, t0 + t, b, cols, kind, RN8);
+                for (; t < nt; t++) tile8(sums + t, &p, x, ldx, t0 + t, b, cols, kind, 1);
+            }
+            for (int64_t t = 0; t < nt; t++) _mm256_storeu_ps(out + (t0 + t) * ldo + (r - row_begin), sums[t]);
+        }
+    matmul_by_rows(out + (r - row_begin), ldo, w, x, ldx, n, r, row_end, cols, kind);
+}
+#else
+#define matmul matmul_by_rows
+#endif
 
 void X86(matmul_q2_K)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
                       int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
