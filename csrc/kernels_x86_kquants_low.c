@@ -27,32 +27,43 @@ static size_t block_bytes(low_kind kind) {
 /* ---------------------------------------------------------------------------------------------------- */
 /* the activations: temporary until the kq456 branch merges */
 
-/* A plain copy of the scalar quantize_q8k_act (the same bytes, which the tests compare), so that this
+/* The scalar quantize_q8k_act's rule with vectors (the same bytes, which the tests compare), so that this
    branch's x86 tables have an LLM_ACT_Q8K quantizer. temporary until the kq456 branch merges */
 void X86(quantize_q8k_act_low)(void *out, const float *x, int64_t cols) {
     q8k_act y = q8k_act_view(out, cols);
+    const __m256 sign_bit = _mm256_set1_ps(-0.0f), zero = _mm256_setzero_ps();
     for (int64_t b = 0; b < cols / QK_K; b++, x += QK_K) {
-        int8_t *q = y.qs + b * QK_K;
-        float amax = 0.0f;
-        int finite = 1;
-        for (int j = 0; j < QK_K; j++) {
-            amax = fmaxf(amax, fabsf(x[j]));
-            finite &= isfinite(x[j]) != 0;
+        __m256 amax = zero, nan_probe = zero; /* v * 0 is NaN for inf or NaN v */
+        for (int i = 0; i < QK_K; i += 8) {
+            __m256 v = _mm256_loadu_ps(x + i);
+            amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign_bit, v));
+            nan_probe = _mm256_add_ps(nan_probe, _mm256_mul_ps(v, zero));
         }
-        if (!finite) {
+        int8_t *q = y.qs + b * QK_K;
+        int16_t *bsums = y.bsums + b * (QK_K / 16);
+        if (_mm256_movemask_ps(_mm256_cmp_ps(nan_probe, nan_probe, _CMP_UNORD_Q))) {
             memset(q, 0, QK_K);
-            memset(y.bsums + b * (QK_K / 16), 0, QK_K / 16 * sizeof(int16_t));
+            memset(bsums, 0, QK_K / 16 * sizeof(int16_t));
             y.d[b] = NAN;
             continue;
         }
-        float id = amax > 0.0f ? 127.0f / amax : 0.0f;
-        for (int j = 0; j < QK_K; j++) q[j] = (int8_t)nearbyintf(x[j] * id);
-        for (int i = 0; i < QK_K / 16; i++) {
-            int sum = 0;
-            for (int j = 0; j < 16; j++) sum += q[16 * i + j];
-            y.bsums[b * (QK_K / 16) + i] = (int16_t)sum;
+        __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(amax, 1), _mm256_castps256_ps128(amax));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        float max = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        __m256 id = _mm256_set1_ps(max > 0.0f ? 127.0f / max : 0.0f);
+        for (int i = 0; i < QK_K; i += 32) { /* as quantize_q8_act: round to nearest even, narrow, reorder */
+            __m256i v[4];
+            for (int k = 0; k < 4; k++)
+                v[k] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * k), id),
+                                                          _MM_FROUND_TO_NEAREST_INT));
+            __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+            packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256((__m256i *)(q + i), packed);
+            __m256i s01 = _mm256_add_epi32(v[0], v[1]), s23 = _mm256_add_epi32(v[2], v[3]); /* 16 values each */
+            bsums[i / 16] = (int16_t)hsum_i32x8(s01);
+            bsums[i / 16 + 1] = (int16_t)hsum_i32x8(s23);
         }
-        y.d[b] = amax / 127.0f;
+        y.d[b] = max / 127.0f;
     }
 }
 

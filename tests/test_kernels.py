@@ -13,7 +13,7 @@ import gguf
 import numpy as np
 import pytest
 import quants_low
-from quants import GGUF_TYPES, decode, encode, product_reference
+from quants import GGUF_TYPES, decode, encode, product_reference, quantize_activations
 
 from llmrun.engine import ISA_NAMES, available_isas, best_isa, ffi, lib
 from llmrun.spec import TENSOR_TYPES, Tensor
@@ -271,3 +271,38 @@ def test_low_k_tolerance_catches_a_wrong_scale_index(type: str) -> None:
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=atol, err_msg=f"{type} {isa}")
         outside = np.abs(got - wrong) > atol + 1e-5 * np.abs(wrong)
         assert outside.mean() > 0.9, f"{type} {isa}: only {outside.mean():.0%} of the rows tell the two apart"
+
+
+def probe_q2_k_rows(cols: int) -> np.ndarray:
+    """Q2_K rows that read one byte of the quantized input each: row p (p < cols) is 1 at column p and 0
+    elsewhere (d = 1, scale 1, q = 1), so its product is d_x * q_x[p] exactly; then, per 16 columns i, a row
+    with min 1 over those 16 columns only (d = 0, dmin = 1, q = 0), whose product is -d_x * bsums[i]."""
+    nb = cols // 256
+    blocks = np.zeros((cols + cols // 16, nb, 84), dtype=np.uint8)
+    one = np.array([1.0], dtype="<f2").view(np.uint8)
+    for p in range(cols):
+        sb, j = divmod(p, 256)
+        n, jj, lane = j // 128, j % 128 // 32, j % 32
+        blocks[p, sb, 16 + 32 * n + lane] = 1 << (2 * jj)  # qs
+        blocks[p, sb, j // 16] = 1  # scale 1, min 0
+        blocks[p, sb, 80:82] = one  # d
+    for i in range(cols // 16):
+        sb, sub = divmod(i, 16)
+        blocks[cols + i, sb, sub] = 0x10  # scale 0, min 1
+        blocks[cols + i, sb, 82:84] = one  # dmin
+    return blocks.reshape(len(blocks), -1)
+
+
+def test_q8k_activations_are_the_same_bytes_on_every_level() -> None:
+    """The 256-value activation quantizer of every level writes the scalar one's bytes (values, scales, sums
+    per 16), read back exactly through Q2_K rows that each pick one of them, and they are the numpy rule's
+    (quants.quantize_activations): the kernels' tolerance assumes that one quantization."""
+    cols = 512
+    rng = np.random.default_rng(31)
+    t = Tensor(probe_q2_k_rows(cols), "q2_k")
+    x = (rng.standard_normal(cols) * np.repeat([1.0, 1e-3], 256)).astype(np.float32)
+    x[7] = 0.5 * (x[7] + x[8])  # some ties and a large value, where rounding differs most easily
+    d, q = quantize_activations(x, 256)
+    want = np.concatenate([np.repeat(d, 256) * q.reshape(-1), -np.repeat(d, 16) * q.reshape(-1, 16).sum(axis=1)])
+    for isa in ISAS:
+        np.testing.assert_array_equal(c_matvec(t, x, isa), want.astype(np.float32), err_msg=isa)
