@@ -264,33 +264,34 @@ INLINE void matmul_by_rows(float *out, int64_t ldo, const void *w, const void *x
 
 #ifdef __AVX512VNNI__
 /* ---------------------------------------------------------------------------------------------------- */
-/* a batch, eight rows at a time (VNNI): the rows in the vector lanes
+/* a batch, sixteen rows at a time (VNNI): the rows in the lanes of 512-bit vectors
  *
- * As Q4_0's eight-row kernel (kernels_x86_int8.c): the same super-block of eight rows is laid out (on the
+ * As Q4_0's eight-row kernel (kernels_x86_int8.c): the same super-block of sixteen rows is laid out (on the
  * stack) so that a vector holds four consecutive values of each row, one row per 32-bit lane, and one
- * vpdpbusd against four bytes of a token, broadcast, adds to all eight rows' sums. The bytes must be
+ * vpdpbusd against four bytes of a token, broadcast, adds to all sixteen rows' sums. The bytes must be
  * unsigned, and the sub-block scales should not cost a multiply per sub-block, so where they fit the
  * values are stored already multiplied by their scale:
  *   Q2_K:   scale * q, 0..45;
  *   Q3_K:   scale * value + 124, 0..252 (scale -32..31 times value -4..3 is -124..128), and 124 times the
  *           sum of the token's 256 values comes off once;
  *   IQ4_XS: value + 128, 1..241 (scale times value needs 13 bits): per sub-block of 32 values the sum
- *           starts at -128 times the token's sum over it, and is multiplied by the eight rows' scales.
+ *           starts at -128 times the token's sum over it, and is multiplied by the rows' scales.
  * Q2_K's mins multiply the token's bsums, two sub-blocks at a time (vpdpwssd). The super-block's sums then
- * scale by d_w d_x into the output, which accumulates over the super-blocks: nothing needs the scratch
- * buffer, and a row group's eight rows are read from memory once for all the tokens.
+ * scale by d_w d_x into per-token sums over the super-blocks: nothing needs the scratch buffer, and a row
+ * group is read from memory once for all the tokens. 512-bit vectors do the work of two 256-bit ones in
+ * one instruction, which halves the broadcasts and the instructions the core must decode.
  * Without VNNI the 16-bit pair sums of maddubs would overflow for Q3_K's and IQ4_XS's bytes and save
  * nothing for Q2_K's, so that level takes the row tiles.
  */
 
-enum { RN8 = 8 }; /* tokens per pass over a packed super-block: 8 accumulators, of 32 vector registers */
+enum { RN16 = 8 }; /* tokens per pass over a packed super-block: 8 accumulators, of 32 vector registers */
 
 typedef struct {
-    __m256i v[64];   /* group g: values 4 g .. 4 g + 3 of each row, row r in 32-bit lane r (bytes as above) */
-    __m256i mins[8]; /* Q2_K: lane r = the int16 pair (min 2 k, min 2 k + 1) of row r */
-    __m256i ls[8];   /* IQ4_XS: lane r = scale of sub-block i of row r (int32) */
-    __m256  d, dmin; /* lane r: row r's */
-} packed8;
+    __m512i v[64];   /* group g: values 4 g .. 4 g + 3 of each row, row r in 32-bit lane r (bytes as above) */
+    __m512i mins[8]; /* Q2_K: lane r = the int16 pair (min 2 k, min 2 k + 1) of row r */
+    __m512i ls[8];   /* IQ4_XS: lane r = scale of sub-block i of row r (int32) */
+    __m512  d, dmin; /* lane r: row r's */
+} packed16;
 
 /* Transposes eight vectors of eight 32-bit lanes: v[i] lane j <-> v[j] lane i. */
 INLINE void transpose8x8(__m256i v[8]) {
@@ -317,75 +318,83 @@ INLINE __m256i mul_bytes(__m256i q, __m256i sc) {
     return _mm256_or_si256(_mm256_and_si256(even, _mm256_set1_epi16(0xff)), _mm256_slli_epi16(odd, 8));
 }
 
-/* Super-block b of rows [row, row + 8) into p. */
-INLINE void pack8(packed8 *p, const void *w, int64_t row, int64_t b, int64_t nb, low_kind kind) {
+INLINE __m512i join(__m256i low, __m256i high) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+}
+
+/* Super-block b of rows [row, row + 16) into p: each half of eight rows transposed as 256-bit vectors,
+   the halves joined. */
+INLINE void pack16(packed16 *p, const void *w, int64_t row, int64_t b, int64_t nb, low_kind kind) {
     size_t bb = block_bytes(kind);
-    __m256i bytes[8][8], mins[8]; /* [k][r]: values 32 k .. 32 k + 31 of row r */
-    float d[8], dmin[8];
-    int32_t ls[8][8];
-    for (int r = 0; r < 8; r++) {
+    __m256i bytes[2][8][8], mins[2][8]; /* [half][k][r]: values 32 k .. 32 k + 31 of row 8 half + r */
+    float d[16], dmin[16];
+    int32_t ls[8][16];
+    for (int r = 0; r < 16; r++) {
         superblock u;
         unpack((const char *)w + ((size_t)(row + r) * nb + b) * bb, &u, kind);
         for (int k = 0; k < 8; k++) {
-            if (kind == KIND_Q2_K) bytes[k][r] = mul_bytes(u.q[k], u.sc[k]);
+            __m256i *out = &bytes[r / 8][k][r % 8];
+            if (kind == KIND_Q2_K) *out = mul_bytes(u.q[k], u.sc[k]);
             else if (kind == KIND_Q3_K)
-                bytes[k][r] = _mm256_add_epi8(mul_bytes(_mm256_sub_epi8(u.q[k], _mm256_set1_epi8(4)), u.sc[k]),
-                                              _mm256_set1_epi8(124));
+                *out = _mm256_add_epi8(mul_bytes(_mm256_sub_epi8(u.q[k], _mm256_set1_epi8(4)), u.sc[k]),
+                                       _mm256_set1_epi8(124));
             else {
-                bytes[k][r] = _mm256_xor_si256(u.q[k], _mm256_set1_epi8((char)0x80)); /* + 128 */
+                *out = _mm256_xor_si256(u.q[k], _mm256_set1_epi8((char)0x80)); /* + 128 */
                 ls[k][r] = (int16_t)_mm256_extract_epi16(u.sc[k], 0);
             }
         }
-        mins[r] = u.bsum_weights;
+        mins[r / 8][r % 8] = u.bsum_weights;
         d[r] = u.d;
         dmin[r] = u.dmin;
     }
     for (int k = 0; k < 8; k++) {
-        transpose8x8(bytes[k]);
-        for (int g = 0; g < 8; g++) p->v[8 * k + g] = bytes[k][g];
+        transpose8x8(bytes[0][k]);
+        transpose8x8(bytes[1][k]);
+        for (int g = 0; g < 8; g++) p->v[8 * k + g] = join(bytes[0][k][g], bytes[1][k][g]);
     }
     if (kind == KIND_Q2_K) {
-        transpose8x8(mins);
-        for (int k = 0; k < 8; k++) p->mins[k] = mins[k];
+        transpose8x8(mins[0]);
+        transpose8x8(mins[1]);
+        for (int k = 0; k < 8; k++) p->mins[k] = join(mins[0][k], mins[1][k]);
     }
     if (kind == KIND_IQ4_XS)
-        for (int i = 0; i < 8; i++) p->ls[i] = _mm256_loadu_si256((const __m256i *)ls[i]);
-    p->d = _mm256_loadu_ps(d);
-    p->dmin = _mm256_loadu_ps(dmin);
+        for (int i = 0; i < 8; i++) p->ls[i] = _mm512_loadu_si512(ls[i]);
+    p->d = _mm512_loadu_ps(d);
+    p->dmin = _mm512_loadu_ps(dmin);
 }
 
-INLINE __m256i bcast4(const void *p) {
+INLINE __m512i bcast4(const void *p) {
     int32_t four;
     memcpy(&four, p, sizeof four);
-    return _mm256_set1_epi32(four);
+    return _mm512_set1_epi32(four);
 }
 
-/* sums[j] (eight rows) += the products of the packed super-block b with tokens token + j, j < rn */
-INLINE void tile8(__m256 *sums, const packed8 *p, const void *x, size_t ldx, int64_t token, int64_t b, int64_t cols,
-                  low_kind kind, int rn) {
-    q8k_act xa[RN8];
+/* sums[j] (sixteen rows) += the products of the packed super-block b with tokens token + j, j < rn */
+INLINE void tile16(__m512 *sums, const packed16 *p, const void *x, size_t ldx, int64_t token, int64_t b,
+                   int64_t cols, low_kind kind, int rn) {
+    q8k_act xa[RN16];
     /* the tokens' values of super-block b, copied side by side: one base address for all the broadcasts
        below (eight pointers would not stay in registers) */
-    _Alignas(32) int8_t xq[RN8][QK_K];
-    __m256i acc[RN8];
+    _Alignas(64) int8_t xq[RN16][QK_K];
+    __m512i acc[RN16];
     for (int j = 0; j < rn; j++) {
         xa[j] = q8k_act_view((const char *)x + (size_t)(token + j) * ldx, cols);
         memcpy(xq[j], xa[j].qs + b * QK_K, QK_K);
     }
     if (kind == KIND_IQ4_XS) {
-        __m256i sum[RN8];
-        for (int j = 0; j < rn; j++) sum[j] = _mm256_setzero_si256();
+        __m512i sum[RN16];
+        for (int j = 0; j < rn; j++) sum[j] = _mm512_setzero_si512();
         for (int i = 0; i < 8; i++) {
             for (int j = 0; j < rn; j++) {
                 const int16_t *bs = xa[j].bsums + b * 16 + 2 * i;
-                acc[j] = _mm256_set1_epi32(-128 * (bs[0] + bs[1]));
+                acc[j] = _mm512_set1_epi32(-128 * (bs[0] + bs[1]));
             }
 #pragma GCC unroll 8
             for (int g = 8 * i; g < 8 * i + 8; g++) {
-                __m256i wv = p->v[g];
-                for (int j = 0; j < rn; j++) acc[j] = _mm256_dpbusd_epi32(acc[j], wv, bcast4(xq[j] + 4 * g));
+                __m512i wv = p->v[g];
+                for (int j = 0; j < rn; j++) acc[j] = _mm512_dpbusd_epi32(acc[j], wv, bcast4(xq[j] + 4 * g));
             }
-            for (int j = 0; j < rn; j++) sum[j] = _mm256_add_epi32(sum[j], _mm256_mullo_epi32(acc[j], p->ls[i]));
+            for (int j = 0; j < rn; j++) sum[j] = _mm512_add_epi32(sum[j], _mm512_mullo_epi32(acc[j], p->ls[i]));
         }
         for (int j = 0; j < rn; j++) acc[j] = sum[j];
     } else {
@@ -395,47 +404,47 @@ INLINE void tile8(__m256 *sums, const packed8 *p, const void *x, size_t ldx, int
                 __m256i bs = _mm256_loadu_si256((const __m256i *)(xa[j].bsums + b * 16));
                 start = -124 * hsum_i32x8(_mm256_madd_epi16(bs, _mm256_set1_epi16(1)));
             }
-            acc[j] = _mm256_set1_epi32(start);
+            acc[j] = _mm512_set1_epi32(start);
         }
 #pragma GCC unroll 4
         for (int g = 0; g < 64; g++) {
-            __m256i wv = p->v[g];
-            for (int j = 0; j < rn; j++) acc[j] = _mm256_dpbusd_epi32(acc[j], wv, bcast4(xq[j] + 4 * g));
+            __m512i wv = p->v[g];
+            for (int j = 0; j < rn; j++) acc[j] = _mm512_dpbusd_epi32(acc[j], wv, bcast4(xq[j] + 4 * g));
         }
     }
     for (int j = 0; j < rn; j++) {
-        __m256 dx = _mm256_set1_ps(xa[j].d[b]);
-        __m256 sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[j]), _mm256_mul_ps(p->d, dx), sums[j]);
+        __m512 dx = _mm512_set1_ps(xa[j].d[b]);
+        __m512 sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[j]), _mm512_mul_ps(p->d, dx), sums[j]);
         if (kind == KIND_Q2_K) {
-            __m256i m = _mm256_setzero_si256();
-            for (int k = 0; k < 8; k++) m = _mm256_dpwssd_epi32(m, p->mins[k], bcast4(xa[j].bsums + b * 16 + 2 * k));
-            sum = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(m), _mm256_mul_ps(p->dmin, dx), sum);
+            __m512i m = _mm512_setzero_si512();
+            for (int k = 0; k < 8; k++) m = _mm512_dpwssd_epi32(m, p->mins[k], bcast4(xa[j].bsums + b * 16 + 2 * k));
+            sum = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(m), _mm512_mul_ps(p->dmin, dx), sum);
         }
         sums[j] = sum;
     }
 }
 
-enum { TOKEN_BLOCK = 256 }; /* tokens whose sums a row group keeps (8 KiB on the stack) */
+enum { TOKEN_BLOCK = 128 }; /* tokens whose sums a row group keeps (8 KiB on the stack) */
 
-/* Eight rows at a time, super-block by super-block, each packed once and run past up to TOKEN_BLOCK tokens,
-   whose sums stay in a small buffer: the output's rows, ldo floats apart, would all fall in the same few
-   sets of the L1 cache. The last rows % 8 by the row tiles. */
+/* Sixteen rows at a time, super-block by super-block, each packed once and run past up to TOKEN_BLOCK
+   tokens, whose sums stay in a small buffer: the output's rows, ldo floats apart, would all fall in the
+   same few sets of the L1 cache. The last rows % 16 by the row tiles. */
 INLINE void matmul(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n, int64_t row_begin,
                    int64_t row_end, int64_t cols, low_kind kind) {
     int64_t nb = cols / QK_K, r = row_begin;
-    __m256 sums[TOKEN_BLOCK];
-    for (; r + 8 <= row_end; r += 8)
+    __m512 sums[TOKEN_BLOCK];
+    for (; r + 16 <= row_end; r += 16)
         for (int64_t t0 = 0; t0 < n; t0 += TOKEN_BLOCK) {
             int64_t nt = n - t0 < TOKEN_BLOCK ? n - t0 : TOKEN_BLOCK;
-            for (int64_t t = 0; t < nt; t++) sums[t] = _mm256_setzero_ps();
+            for (int64_t t = 0; t < nt; t++) sums[t] = _mm512_setzero_ps();
             for (int64_t b = 0; b < nb; b++) {
-                packed8 p;
-                pack8(&p, w, r, b, nb, kind);
+                packed16 p;
+                pack16(&p, w, r, b, nb, kind);
                 int64_t t = 0;
-                for (; t + RN8 <= nt; t += RN8) tile8(sums + t, &p, x, ldx, t0 + t, b, cols, kind, RN8);
-                for (; t < nt; t++) tile8(sums + t, &p, x, ldx, t0 + t, b, cols, kind, 1);
+                for (; t + RN16 <= nt; t += RN16) tile16(sums + t, &p, x, ldx, t0 + t, b, cols, kind, RN16);
+                for (; t < nt; t++) tile16(sums + t, &p, x, ldx, t0 + t, b, cols, kind, 1);
             }
-            for (int64_t t = 0; t < nt; t++) _mm256_storeu_ps(out + (t0 + t) * ldo + (r - row_begin), sums[t]);
+            for (int64_t t = 0; t < nt; t++) _mm512_storeu_ps(out + (t0 + t) * ldo + (r - row_begin), sums[t]);
         }
     matmul_by_rows(out + (r - row_begin), ldo, w, x, ldx, n, r, row_end, cols, kind);
 }
