@@ -11,8 +11,10 @@
  * mins, Q3_K's 4) comes off once per super-block through the token's sums per 16 values (bsums). IQ4_XS's
  * values are signed (the table), so its signs move onto the token's bytes as in dot_i8.
  *
- * The batch kernel unpacks a super-block once for several tokens (a row at a time, RN tokens at a time),
- * so that the unpacking, the larger part of one token's work, is shared.
+ * A batch shares the unpacking among tokens: with VNNI sixteen rows' super-blocks are laid out with the
+ * rows in the lanes of 512-bit vectors and their scales folded into the bytes where they fit (pack16), then
+ * run past all the tokens (tile16); without VNNI (and for the last rows % 16) a row's super-block is
+ * unpacked once for RN tokens (row_tile). The products one token at a time (matvec) read the blocks in place.
  */
 #include <math.h>
 
@@ -228,9 +230,9 @@ void X86(matvec_iq4_xs)(float *out, const void *w, const void *xq, int64_t row_b
 
 /* ---------------------------------------------------------------------------------------------------- */
 /* a batch, one row at a time: a row's super-block is unpacked once for RN tokens (without VNNI, and the
-   last rows % 8 of the eight-row kernel below) */
+   last rows % 16 of the sixteen-row kernel below) */
 
-enum { RN = 4 };
+enum { RN = 8 };
 
 /* out[token + j][row - row_begin] for j < rn */
 INLINE void row_tile(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t row, int64_t token,
