@@ -442,6 +442,169 @@ static void matvec_q6_K(float *out, const void *w, const void *xq, int64_t row_b
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
+/* Q2_K, Q3_K and IQ4_XS against 256-value activations (LLM_ACT_Q8K)
+ *
+ * Each super-block is first spelled out as its 256 integer values and its 16 sub-block scales (one per 16
+ * values; IQ4_XS's 8 scales of 32 values are repeated), so that dequantizing and the dot product read the
+ * layout in one place. The floats follow ggml's dequantize_row_q2_K / q3_K / iq4_xs expression by
+ * expression: dl = d * scale, then dl * q (- ml), which makes get_row equal gguf.quants.dequantize bit for
+ * bit (tests/test_kernels.py). The dot product sums q_w q_x per sub-block in integers, weights each sub-block
+ * sum by its scale, and scales the super-block once by d_w d_x; Q2_K's mins multiply the activations' sums
+ * per 16 values (bsums) instead of every value. */
+
+/* Q2_K: value 128 n + 32 j + l (n < 2, j < 4, l < 32) is bits 2j, 2j+1 of qs[32 n + l], 0..3; sub-block i
+   has scale scales[i] & 15 and min scales[i] >> 4. */
+static void q2_K_values(const block_q2_K *b, int8_t q[QK_K]) {
+    for (int n = 0; n < 2; n++)
+        for (int j = 0; j < 4; j++)
+            for (int l = 0; l < 32; l++) q[128 * n + 32 * j + l] = (int8_t)((b->qs[32 * n + l] >> (2 * j)) & 3);
+}
+
+/* Q3_K: the low two bits as Q2_K's; the third is bit 4 n + j of hmask[l], and a clear bit means q - 4
+   (the stored 3 bits are q + 4): values -4..3. */
+static void q3_K_values(const block_q3_K *b, int8_t q[QK_K]) {
+    for (int n = 0; n < 2; n++)
+        for (int j = 0; j < 4; j++)
+            for (int l = 0; l < 32; l++) {
+                int low = (b->qs[32 * n + l] >> (2 * j)) & 3, high = (b->hmask[l] >> (4 * n + j)) & 1;
+                q[128 * n + 32 * j + l] = (int8_t)(low - (high ? 0 : 4));
+            }
+}
+
+/* Q3_K's 16 six-bit scales, stored + 32: the low four bits of scale i are the low (i < 8) or high (i >= 8)
+   nibble of scales[i % 8], its top two bits are bits 2 (i / 4), 2 (i / 4) + 1 of scales[8 + i % 4]. */
+static void q3_K_scales(const block_q3_K *b, int8_t sc[16]) {
+    for (int i = 0; i < 16; i++) {
+        int low = (b->scales[i % 8] >> (4 * (i / 8))) & 15, high = (b->scales[8 + i % 4] >> (2 * (i / 4))) & 3;
+        sc[i] = (int8_t)((low | high << 4) - 32);
+    }
+}
+
+/* IQ4_XS: sub-block i (32 values) is IQ4_NL's block layout over qs[16 i .. 16 i + 15] (value l in the low
+   nibble of byte l, value l + 16 in the high one), each nibble an index into llm_iq4nl_values. */
+static void iq4_xs_values(const block_iq4_xs *b, int8_t q[QK_K]) {
+    for (int i = 0; i < QK_K / 32; i++)
+        for (int l = 0; l < 16; l++) {
+            q[32 * i + l] = llm_iq4nl_values[b->qs[16 * i + l] & 15];
+            q[32 * i + l + 16] = llm_iq4nl_values[b->qs[16 * i + l] >> 4];
+        }
+}
+
+/* IQ4_XS's 8 six-bit scales, stored + 32: the low nibble of scale i in scales_l[i / 2] (low nibble for even
+   i), its top two bits at bits 2 i, 2 i + 1 of scales_h. */
+static int iq4_xs_scale(const block_iq4_xs *b, int i) {
+    int low = (b->scales_l[i / 2] >> (4 * (i % 2))) & 15, high = (b->scales_h >> (2 * i)) & 3;
+    return (low | high << 4) - 32;
+}
+
+static void get_row_q2_K(float *out, const void *w, int64_t row, int64_t cols) {
+    const block_q2_K *src = (const block_q2_K *)w + row * (cols / QK_K);
+    for (int64_t b = 0; b < cols / QK_K; b++, out += QK_K) {
+        int8_t q[QK_K];
+        q2_K_values(&src[b], q);
+        float d = llm_fp16_to_fp32(src[b].d), dmin = llm_fp16_to_fp32(src[b].dmin);
+        for (int i = 0; i < 16; i++) {
+            float dl = d * (float)(src[b].scales[i] & 15), ml = dmin * (float)(src[b].scales[i] >> 4);
+            for (int l = 0; l < 16; l++) out[16 * i + l] = dl * (float)q[16 * i + l] - ml;
+        }
+    }
+}
+
+static void get_row_q3_K(float *out, const void *w, int64_t row, int64_t cols) {
+    const block_q3_K *src = (const block_q3_K *)w + row * (cols / QK_K);
+    for (int64_t b = 0; b < cols / QK_K; b++, out += QK_K) {
+        int8_t q[QK_K], sc[16];
+        q3_K_values(&src[b], q);
+        q3_K_scales(&src[b], sc);
+        float d = llm_fp16_to_fp32(src[b].d);
+        for (int i = 0; i < 16; i++) {
+            float dl = d * (float)sc[i];
+            for (int l = 0; l < 16; l++) out[16 * i + l] = dl * (float)q[16 * i + l];
+        }
+    }
+}
+
+static void get_row_iq4_xs(float *out, const void *w, int64_t row, int64_t cols) {
+    const block_iq4_xs *src = (const block_iq4_xs *)w + row * (cols / QK_K);
+    for (int64_t b = 0; b < cols / QK_K; b++, out += QK_K) {
+        int8_t q[QK_K];
+        iq4_xs_values(&src[b], q);
+        float d = llm_fp16_to_fp32(src[b].d);
+        for (int i = 0; i < QK_K / 32; i++) {
+            float dl = d * (float)iq4_xs_scale(&src[b], i);
+            for (int l = 0; l < 32; l++) out[32 * i + l] = dl * (float)q[32 * i + l];
+        }
+    }
+}
+
+/* sum over sub-blocks i of sc[i] * (sum of q[l] x[l] over its 16 values) */
+static int32_t scaled_dot_256(const int8_t q[QK_K], const int8_t sc[16], const int8_t *x) {
+    int32_t sum = 0;
+    for (int i = 0; i < 16; i++) {
+        int32_t sub = 0;
+        for (int l = 0; l < 16; l++) sub += q[16 * i + l] * x[16 * i + l];
+        sum += sc[i] * sub;
+    }
+    return sum;
+}
+
+static void matvec_q2_K(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
+                        int64_t cols) {
+    q8k_act x = q8k_act_view(xq, cols);
+    int64_t nb = cols / QK_K;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const block_q2_K *row = (const block_q2_K *)w + r * nb;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            int8_t q[QK_K], sc[16];
+            q2_K_values(&row[b], q);
+            int32_t mins = 0; /* sum of min_i * (sum of q_x over sub-block i) */
+            for (int i = 0; i < 16; i++) {
+                sc[i] = (int8_t)(row[b].scales[i] & 15);
+                mins += (row[b].scales[i] >> 4) * x.bsums[b * 16 + i];
+            }
+            int32_t dot = scaled_dot_256(q, sc, x.qs + b * QK_K);
+            sum += x.d[b] * (llm_fp16_to_fp32(row[b].d) * (float)dot - llm_fp16_to_fp32(row[b].dmin) * (float)mins);
+        }
+        out[r - row_begin] = sum;
+    }
+}
+
+static void matvec_q3_K(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
+                        int64_t cols) {
+    q8k_act x = q8k_act_view(xq, cols);
+    int64_t nb = cols / QK_K;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const block_q3_K *row = (const block_q3_K *)w + r * nb;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            int8_t q[QK_K], sc[16];
+            q3_K_values(&row[b], q);
+            q3_K_scales(&row[b], sc);
+            sum += x.d[b] * llm_fp16_to_fp32(row[b].d) * (float)scaled_dot_256(q, sc, x.qs + b * QK_K);
+        }
+        out[r - row_begin] = sum;
+    }
+}
+
+static void matvec_iq4_xs(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
+                          int64_t cols) {
+    q8k_act x = q8k_act_view(xq, cols);
+    int64_t nb = cols / QK_K;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const block_iq4_xs *row = (const block_iq4_xs *)w + r * nb;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            int8_t q[QK_K], sc[16];
+            iq4_xs_values(&row[b], q);
+            for (int i = 0; i < 16; i++) sc[i] = (int8_t)iq4_xs_scale(&row[b], i / 2);
+            sum += x.d[b] * llm_fp16_to_fp32(row[b].d) * (float)scaled_dot_256(q, sc, x.qs + b * QK_K);
+        }
+        out[r - row_begin] = sum;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
 /* attention and feed-forward helpers */
 
 static void scores(float *out, const float *q, const float *rows, int64_t stride, int64_t n_rows, int64_t dim,
@@ -484,12 +647,12 @@ const llm_type_info llm_types[LLM_TYPE_COUNT] = {
     [LLM_Q5_0] = {"q5_0", QK, sizeof(block_q5_0), LLM_ACT_Q8, get_row_q5_0},
     [LLM_Q5_1] = {"q5_1", QK, sizeof(block_q5_1), LLM_ACT_Q8, get_row_q5_1},
     [LLM_IQ4_NL] = {"iq4_nl", QK, sizeof(block_iq4_nl), LLM_ACT_Q8, get_row_iq4_nl},
-    [LLM_Q2_K] = {"q2_k", QK_K, sizeof(block_q2_K), LLM_ACT_Q8K, NULL},
-    [LLM_Q3_K] = {"q3_k", QK_K, sizeof(block_q3_K), LLM_ACT_Q8K, NULL},
+    [LLM_Q2_K] = {"q2_k", QK_K, sizeof(block_q2_K), LLM_ACT_Q8K, get_row_q2_K},
+    [LLM_Q3_K] = {"q3_k", QK_K, sizeof(block_q3_K), LLM_ACT_Q8K, get_row_q3_K},
     [LLM_Q4_K] = {"q4_k", QK_K, sizeof(block_q4_K), LLM_ACT_Q8K, get_row_q4_K},
     [LLM_Q5_K] = {"q5_k", QK_K, sizeof(block_q5_K), LLM_ACT_Q8K, get_row_q5_K},
     [LLM_Q6_K] = {"q6_k", QK_K, sizeof(block_q6_K), LLM_ACT_Q8K, get_row_q6_K},
-    [LLM_IQ4_XS] = {"iq4_xs", QK_K, sizeof(block_iq4_xs), LLM_ACT_Q8K, NULL},
+    [LLM_IQ4_XS] = {"iq4_xs", QK_K, sizeof(block_iq4_xs), LLM_ACT_Q8K, get_row_iq4_xs},
 };
 
 /* No matmul kernels: a batch runs through the matrix-vector products one token at a time. */
@@ -507,6 +670,9 @@ const llm_kernels llm_kernels_scalar = {
         [LLM_Q4_K] = {matvec_q4_K, NULL},
         [LLM_Q5_K] = {matvec_q5_K, NULL},
         [LLM_Q6_K] = {matvec_q6_K, NULL},
+        [LLM_Q2_K] = {matvec_q2_K, NULL},
+        [LLM_Q3_K] = {matvec_q3_K, NULL},
+        [LLM_IQ4_XS] = {matvec_iq4_xs, NULL},
     },
     .quantize = {[LLM_ACT_Q8] = quantize_q8_act, [LLM_ACT_Q8K] = quantize_q8k_act},
     .vec = {scores, weighted_sum, softmax, swiglu},

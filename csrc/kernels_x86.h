@@ -185,4 +185,15 @@ INLINE __m256i dot_scaled_u8i8(__m256i acc, __m256i u, __m256i s, __m256i scale)
 #endif
 }
 
+/* kernels_x86_kquants_low.c */
+void X86(matvec_q2_K)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);
+void X86(matvec_q3_K)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);
+void X86(matvec_iq4_xs)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);
+void X86(matmul_q2_K)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
+void X86(matmul_q3_K)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
+void X86(matmul_iq4_xs)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                        int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
+
 #endif /* LLMRUN_KERNELS_X86_H */

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gguf
 import numpy as np
+from quants_low import ENCODERS as LOW_ENCODERS
 
 from llmrun.spec import TENSOR_TYPES, Tensor
 
@@ -19,7 +20,12 @@ def encode(a: np.ndarray, type: str) -> Tensor:
     a = np.ascontiguousarray(a, dtype=np.float32)
     if type == "f32":
         return Tensor(a, "f32")
-    raw = encode_iq4_nl(a) if type == "iq4_nl" else gguf.quants.quantize(a, GGUF_TYPES[type])  # (rows, row_bytes)
+    if type in LOW_ENCODERS:  # gguf cannot encode these (tests/quants_low.py)
+        raw = LOW_ENCODERS[type](np.atleast_2d(a)).reshape(a.shape[:-1] + (-1,))
+    elif type == "iq4_nl":
+        raw = encode_iq4_nl(a)
+    else:
+        raw = gguf.quants.quantize(a, GGUF_TYPES[type])  # uint8 (rows, row_bytes)
     return Tensor(np.ascontiguousarray(raw.view(TENSOR_TYPES[type].dtype)), type)
 
 

@@ -22,7 +22,8 @@ from llmrun.spec import TENSOR_TYPES, Tensor
 ISAS = available_isas()
 LEGACY_TYPES = ["q4_1", "q5_0", "q5_1", "iq4_nl"]  # the other 32-value blocks: more in test_kernels_q32.py
 K_QUANTS = ["q4_k", "q5_k", "q6_k"]  # more in test_kernels_kquants.py
-TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", *LEGACY_TYPES, *K_QUANTS]
+LOW_K_TYPES = ["q2_k", "q3_k", "iq4_xs"]  # more in test_kernels_kquants_low.py
+TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", *LEGACY_TYPES, *K_QUANTS, *LOW_K_TYPES]
 
 # Where each K-quant super-block keeps its fp16 d (and dmin): csrc/kernels.h, ggml-common.h.
 K_FP16_FIELDS = {"q4_k": (0, 2), "q5_k": (0, 2), "q6_k": (208,)}
@@ -70,11 +71,17 @@ def c_matvec(t, x: np.ndarray, isa: str) -> np.ndarray:
     return c_matmul(t, x[None, :], isa)[0]
 
 
+def input_block(type: str) -> int:
+    """Values per block of the type's quantized input: 32 for the float types too, so that tests of special
+    inputs keep their shapes."""
+    return max(32, TENSOR_TYPES[type].block_elems)
+
+
 def shapes_for(type: str) -> list[tuple[int, int]]:
     if TENSOR_TYPES[type].block_elems == 32:
         return [(1, 32), (3, 64), (17, 96), (64, 288), (5, 1024)]
     if TENSOR_TYPES[type].block_elems == 256:  # 1280: a batch kernel's chunks of four super-blocks and one more
-        return [(1, 256), (3, 512), (17, 768), (64, 256), (9, 1280), (5, 2048)]
+        return [(1, 256), (3, 512), (17, 768), (64, 256), (64, 1280), (9, 1280), (5, 2048)]
     return [(1, 1), (3, 7), (4, 8), (17, 33), (64, 288), (5, 1000)]
 
 
@@ -140,7 +147,7 @@ def test_instruction_sets_agree() -> None:
         pytest.skip("only the scalar kernels exist on this CPU")
     rng = np.random.default_rng(3)
     for type in TYPES:
-        cols = block_cols(type, 320)
+        cols = 10 * input_block(type)
         t = encode(rng.standard_normal((48, cols)), type)
         x = rng.standard_normal(cols).astype(np.float32)
         for isa in ISAS[1:]:
@@ -150,16 +157,17 @@ def test_instruction_sets_agree() -> None:
 
 def test_special_values_in_blocks() -> None:
     """All-zero blocks (scale 0), a block of one large value, and fp16 subnormal scales."""
-    cols = 96
-    w = np.zeros((4, cols), dtype=np.float32)
-    w[1, 40] = 1000.0
-    w[2, :] = 1e-6  # scale 1e-6 / 127: an fp16 subnormal
-    w[3, ::2] = -3.0
-    x = np.linspace(-1, 1, cols).astype(np.float32)
-    x[:32] = 0.0  # an all-zero input block
     for type in TYPES:
         if type in K_QUANTS:  # they cannot be encoded from values: test_k_quant_extreme_super_blocks
             continue
+        block = input_block(type)
+        cols = 3 * block
+        w = np.zeros((4, cols), dtype=np.float32)
+        w[1, block + 8] = 1000.0
+        w[2, :] = 1e-6  # scale 1e-6 / 127: an fp16 subnormal
+        w[3, ::2] = -3.0
+        x = np.linspace(-1, 1, cols).astype(np.float32)
+        x[:block] = 0.0  # an all-zero input block
         t = encode(w, type)
         want = product_reference(t, x)
         for isa in ISAS:
@@ -173,10 +181,10 @@ def test_non_finite_input_reaches_the_output_on_every_level(bad: float) -> None:
     activation quantizer once passed NaN over (max ignores it) and turned it into garbage."""
     rng = np.random.default_rng(5)
     for type in TYPES:
-        cols = block_cols(type, 96)
-        x = rng.standard_normal((5, cols)).astype(np.float32)
-        x[2, cols - 56] = bad  # token 2, its last block
-        t = encode(rng.standard_normal((24, cols)), type)
+        block = input_block(type)
+        x = rng.standard_normal((5, 3 * block)).astype(np.float32)
+        x[2, block + 8] = bad  # token 2, its second block
+        t = encode(rng.standard_normal((24, 3 * block)), type)
         clean = [c_matvec(t, x[i], "scalar") for i in (0, 1, 3, 4)]
         for isa in ISAS:
             for got in (c_matvec(t, x[2], isa), c_matmul(t, x, isa)[2]):
@@ -196,5 +204,3 @@ def test_matmul_rejects_bad_arguments() -> None:
     assert lib.llm_matmul(lib.LLM_Q8_0, lib.LLM_ISA_SCALAR, ffi.from_buffer(w), 2, 48,
                           ffi.from_buffer("float[]", x), 1, ffi.from_buffer("float[]", out)) == lib.LLM_ERR_INVALID
     assert lib.llm_matmul(lib.LLM_F32, lib.LLM_ISA_SCALAR, *args[:4], 0, args[5]) == lib.LLM_ERR_INVALID
-
-
