@@ -10,7 +10,8 @@
  *   sum over values of x_w * x_a = d_a * (d * sum_v sc_v q_v q_a,v - dmin * sum_i mn_i bsum_i),
  * where bsum_i is the activation's sum of q over values 16 i .. 16 i + 15, computed once by the quantizer.
  * Both sums are exact integer arithmetic (unsigned weights times signed activations, the multiply-add
- * instructions' native form); floats enter once per super-block.
+ * instructions' native form); floats enter once per super-block (one token: matvec) or once per sub-block
+ * (a batch: matmul, where a vector holds many rows and their scales differ).
  */
 #include <math.h>
 
