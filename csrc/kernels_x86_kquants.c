@@ -190,9 +190,13 @@ INLINE void matvec(float *out, const void *w, const void *xq, int64_t row_begin,
             ksuper s = unpack(row + b * bb, kind);
             const int8_t *xb = x.qs + b * QK_K;
             __m256i dot = _mm256_setzero_si256();
-            for (int k = 0; k < 8; k++)
-                dot = dot_scaled_u8i8(dot, s.q[k], _mm256_loadu_si256((const __m256i *)(xb + 32 * k)),
-                                      scales_of_32(s.sc, k));
+            int16_t sc[16];
+            _mm256_storeu_si256((__m256i *)sc, s.sc);
+            for (int k = 0; k < 8; k++) {
+                /* Q4_K's and Q5_K's scale is the same for all 32 values: a broadcast from memory is cheapest */
+                __m256i scale = kind == KIND_Q6_K ? scales_of_32(s.sc, k) : _mm256_set1_epi16(sc[2 * k]);
+                dot = dot_scaled_u8i8(dot, s.q[k], _mm256_loadu_si256((const __m256i *)(xb + 32 * k)), scale);
+            }
             __m256i mins = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(x.bsums + b * (QK_K / 16))), s.mn);
             if (kind == KIND_Q6_K) {
                 /* The offset comes off in integers, summed over the lanes first (the lanes of dot and mins
