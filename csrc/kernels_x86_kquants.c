@@ -10,7 +10,8 @@
  *   sum over values of x_w * x_a = d_a * (d * sum_v sc_v q_v q_a,v - dmin * sum_i mn_i bsum_i),
  * where bsum_i is the activation's sum of q over values 16 i .. 16 i + 15, computed once by the quantizer.
  * Both sums are exact integer arithmetic (unsigned weights times signed activations, the multiply-add
- * instructions' native form); floats enter once per super-block.
+ * instructions' native form); floats enter once per super-block (one token: matvec) or once per sub-block
+ * (a batch: matmul, where a vector holds many rows and their scales differ).
  */
 #include <math.h>
 
@@ -176,6 +177,20 @@ INLINE __m256i scales_of_32(__m256i sc, int k) {
 /* ---------------------------------------------------------------------------------------------------- */
 /* one token: a row's super-blocks one after the other, as stored */
 
+/* sum over a super-block's values of sc * q_w * q_x, in eight int32 lanes. Two accumulators, so that two
+   chains of multiply-adds are in flight. (512-bit steps of 64 values were slower on Zen 4.) */
+INLINE __m256i superblock_dot(const ksuper *s, const int8_t *xb, kquant_kind kind) {
+    __m256i acc[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+    int16_t sc[16];
+    _mm256_storeu_si256((__m256i *)sc, s->sc);
+    for (int k = 0; k < 8; k++) {
+        /* Q4_K's and Q5_K's scale is the same for all 32 values: a broadcast from memory is cheapest */
+        __m256i scale = kind == KIND_Q6_K ? scales_of_32(s->sc, k) : _mm256_set1_epi16(sc[2 * k]);
+        acc[k % 2] = dot_scaled_u8i8(acc[k % 2], s->q[k], _mm256_loadu_si256((const __m256i *)(xb + 32 * k)), scale);
+    }
+    return _mm256_add_epi32(acc[0], acc[1]);
+}
+
 INLINE void matvec(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols,
                    kquant_kind kind) {
     q8k_act x = q8k_act_view(xq, cols);
@@ -188,10 +203,7 @@ INLINE void matvec(float *out, const void *w, const void *xq, int64_t row_begin,
         for (int64_t b = 0; b < nb; b++) {
             ksuper s = unpack(row + b * bb, kind);
             const int8_t *xb = x.qs + b * QK_K;
-            __m256i dot = _mm256_setzero_si256();
-            for (int k = 0; k < 8; k++)
-                dot = dot_scaled_u8i8(dot, s.q[k], _mm256_loadu_si256((const __m256i *)(xb + 32 * k)),
-                                      scales_of_32(s.sc, k));
+            __m256i dot = superblock_dot(&s, xb, kind);
             __m256i mins = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(x.bsums + b * (QK_K / 16))), s.mn);
             if (kind == KIND_Q6_K) {
                 /* The offset comes off in integers, summed over the lanes first (the lanes of dot and mins

@@ -1,10 +1,13 @@
 """The C kernels of every weight type against numpy references, and the instruction sets against each
-other. Stored weights come from the official `gguf` package's encoders (tests/quants.py).
+other. Stored weights come from the official `gguf` package's encoders (tests/quants.py); it has none for
+the K-quants, whose weights are random super-blocks, decoded by the same package.
 
 Tolerances: the reference reproduces exactly what the C product computes (the stored weights; for block
-types also the Q8_0 quantization of the input), in float64. The C code accumulates in float32, so the
-results agree to ~1e-6 of the result's scale; rtol 1e-5 plus atol 1e-5 * sqrt(cols) * scale leaves
-room for the accumulation order and nothing more: a wrong nibble order or scale is off by O(1).
+types also the 8-bit quantization of the input, per 32 values or per 256 for the K-quants), in float64.
+The C code accumulates in float32, so the results agree to ~1e-6 of the result's scale; rtol 1e-5 plus
+atol 1e-5 * sqrt(cols) * scale leaves room for the accumulation order and nothing more: a wrong nibble
+order or scale is off by O(1) (test_product_tolerance_catches_an_off_by_one_scale shows it for one sub-block
+taking its neighbour's scale).
 """
 
 from __future__ import annotations
