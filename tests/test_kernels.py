@@ -6,7 +6,7 @@ Tolerances: the reference reproduces exactly what the C product computes (the st
 types also the 8-bit quantization of the input, per 32 values or per 256 for the K-quants), in float64.
 The C code accumulates in float32, so the results agree to ~1e-6 of the result's scale; rtol 1e-5 plus
 atol 1e-5 * sqrt(cols) * scale leaves room for the accumulation order and nothing more: a wrong nibble
-order or scale is off by O(1) (test_product_tolerance_catches_an_off_by_one_scale shows it for one sub-block
+order or scale is off by O(1) (test_kernels_kquants.py shows it for one sub-block
 taking its neighbour's scale).
 """
 
