@@ -14,6 +14,7 @@
 #ifndef LLMRUN_KERNELS_H
 #define LLMRUN_KERNELS_H
 
+#include <math.h>
 #include <string.h>
 
 #include "llmrun.h"
@@ -227,6 +228,14 @@ static inline q8k_act q8k_act_view(const void *buf, int64_t cols) {
     int8_t *qs = (int8_t *)buf;
     float *d = (float *)(qs + cols); /* cols is a multiple of 256: the floats stay aligned */
     return (q8k_act){qs, d, (int16_t *)(d + cols / QK_K)};
+}
+
+/* 127 / amax, the factor that takes a block of activations whose largest magnitude is amax to 8 bits; 0 for a
+   block so small (amax below ~3.7e-37) that the factor overflows: such a block quantizes to zeros on every
+   level, instead of inf times x meeting the conversion to int8 (undefined in C, INT_MIN in SIMD). */
+static inline float llm_act_inv_scale(float amax) {
+    float id = 127.0f / amax;
+    return amax > 0.0f && isfinite(id) ? id : 0.0f;
 }
 
 /* Bytes of one token's input of `cols` values in an activation format. */

@@ -84,7 +84,7 @@ static void quantize_q8_act(void *out, const float *x, int64_t cols) {
             y.d[b] = y.dsum[b] = NAN;
             continue;
         }
-        float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        float d = amax / 127.0f, id = llm_act_inv_scale(amax);
         int32_t sum = 0;
         for (int j = 0; j < QK; j++) {
             q[j] = (int8_t)nearbyintf(x[j] * id);
@@ -112,7 +112,7 @@ static void quantize_q8k_act(void *out, const float *x, int64_t cols) {
             y.d[b] = NAN;
             continue;
         }
-        float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        float id = llm_act_inv_scale(amax);
         for (int j = 0; j < QK_K; j++) q[j] = (int8_t)nearbyintf(x[j] * id);
         for (int i = 0; i < QK_K / 16; i++) {
             int sum = 0;

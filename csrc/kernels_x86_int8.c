@@ -42,7 +42,7 @@ void X86(quantize_q8_act)(void *out, const float *x, int64_t cols) {
             y.d[b] = y.dsum[b] = NAN;
             continue;
         }
-        __m256 id = _mm256_set1_ps(max > 0.0f ? 127.0f / max : 0.0f);
+        __m256 id = _mm256_set1_ps(llm_act_inv_scale(max));
         /* scale, round to nearest even, narrow 32 -> 16 -> 8 bits; the packs interleave 128-bit lanes,
            which the final permutation undoes */
         __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, id), _MM_FROUND_TO_NEAREST_INT));

@@ -43,7 +43,7 @@ void X86(quantize_q8k_act)(void *out, const float *x, int64_t cols) {
         __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(amax, 1), _mm256_castps256_ps128(amax));
         m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         float max = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
-        __m256 id = _mm256_set1_ps(max > 0.0f ? 127.0f / max : 0.0f);
+        __m256 id = _mm256_set1_ps(llm_act_inv_scale(max));
         for (int c = 0; c < QK_K; c += 32) {
             __m256i i[4];
             for (int k = 0; k < 4; k++)

@@ -177,6 +177,21 @@ def test_special_values_in_blocks() -> None:
             np.testing.assert_allclose(c_matvec(t, x, isa), want, rtol=1e-5, atol=1e-6, err_msg=f"{type} {isa}")
 
 
+def test_vanishing_input_blocks_give_zero_on_every_level() -> None:
+    """An input block whose largest magnitude is below ~3.7e-37 has no finite 127 / max: it quantizes to
+    zeros on every level, so its products are exactly 0 (the SIMD levels once turned inf * x into -128 for
+    every value, a product of the wrong sign, and the scalar one converted inf to int8, undefined in C)."""
+    rng = np.random.default_rng(9)
+    for type in (t for t in TYPES if TENSOR_TYPES[t].block_elems > 1):
+        block = input_block(type)
+        x = np.zeros((2, 2 * block), dtype=np.float32)
+        x[:, : block // 2] = 1e-37  # half of the first block tiny, the rest zero
+        t = encode(rng.standard_normal((9, 2 * block)), type)
+        for isa in ISAS:
+            for got in (c_matvec(t, x[0], isa), c_matmul(t, x, isa)):
+                assert not got.any(), f"{type} {isa}: {got}"
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_input_reaches_the_output_on_every_level(bad: float) -> None:
     """A NaN or inf in a token's input makes that token's products NaN or inf (so the sampler rejects the logits)
