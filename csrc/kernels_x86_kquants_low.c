@@ -377,7 +377,7 @@ INLINE void tile16(__m512 *sums, const packed16 *p, const void *x, size_t ldx, i
     q8k_act xa[RN16];
     /* the tokens' values of super-block b, copied side by side: one base address for all the broadcasts
        below (eight pointers would not stay in registers) */
-    _Alignas(64) int8_t xq[RN16][QK_K];
+    _Alignas(64) int32_t xq[RN16][QK_K / 4]; /* four bytes a word: the broadcasts' operands */
     __m512i acc[RN16];
     for (int j = 0; j < rn; j++) {
         xa[j] = q8k_act_view((const char *)x + (size_t)(token + j) * ldx, cols);
@@ -394,7 +394,7 @@ INLINE void tile16(__m512 *sums, const packed16 *p, const void *x, size_t ldx, i
 #pragma GCC unroll 8
             for (int g = 8 * i; g < 8 * i + 8; g++) {
                 __m512i wv = p->v[g];
-                for (int j = 0; j < rn; j++) acc[j] = _mm512_dpbusd_epi32(acc[j], wv, bcast4(xq[j] + 4 * g));
+                for (int j = 0; j < rn; j++) acc[j] = _mm512_dpbusd_epi32(acc[j], wv, _mm512_set1_epi32(xq[j][g]));
             }
             for (int j = 0; j < rn; j++) sum[j] = _mm512_add_epi32(sum[j], _mm512_mullo_epi32(acc[j], p->ls[i]));
         }
@@ -411,7 +411,7 @@ INLINE void tile16(__m512 *sums, const packed16 *p, const void *x, size_t ldx, i
 #pragma GCC unroll 4
         for (int g = 0; g < 64; g++) {
             __m512i wv = p->v[g];
-            for (int j = 0; j < rn; j++) acc[j] = _mm512_dpbusd_epi32(acc[j], wv, bcast4(xq[j] + 4 * g));
+            for (int j = 0; j < rn; j++) acc[j] = _mm512_dpbusd_epi32(acc[j], wv, _mm512_set1_epi32(xq[j][g]));
         }
     }
     for (int j = 0; j < rn; j++) {
