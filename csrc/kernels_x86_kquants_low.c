@@ -426,7 +426,7 @@ INLINE void tile16(__m512 *sums, const packed16 *p, const void *x, size_t ldx, i
     }
 }
 
-enum { TOKEN_BLOCK = 128 }; /* tokens whose sums a row group keeps (8 KiB on the stack) */
+enum { TOKEN_BLOCK = 512 }; /* tokens whose sums a row group keeps (32 KiB on the stack) */
 
 /* Sixteen rows at a time, super-block by super-block, each packed once and run past up to TOKEN_BLOCK
    tokens, whose sums stay in a small buffer: the output's rows, ldo floats apart, would all fall in the
