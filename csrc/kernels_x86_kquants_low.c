@@ -371,9 +371,10 @@ INLINE __m512i bcast4(const void *p) {
     return _mm512_set1_epi32(four);
 }
 
-/* sums[j] (sixteen rows) += the products of the packed super-block b with tokens token + j, j < rn */
+/* sums[j] (sixteen rows) += the products of the packed super-block b with tokens token + j, j < rn; the
+   next n_next tokens' values are fetched meanwhile (a prompt's activations are more than the L2 cache holds) */
 INLINE void tile16(__m512 *sums, const packed16 *p, const void *x, size_t ldx, int64_t token, int64_t b,
-                   int64_t cols, low_kind kind, int rn) {
+                   int64_t cols, low_kind kind, int rn, int64_t n_next) {
     q8k_act xa[RN16];
     /* the tokens' values of super-block b, copied side by side: one base address for all the broadcasts
        below (eight pointers would not stay in registers) */
@@ -382,6 +383,10 @@ INLINE void tile16(__m512 *sums, const packed16 *p, const void *x, size_t ldx, i
     for (int j = 0; j < rn; j++) {
         xa[j] = q8k_act_view((const char *)x + (size_t)(token + j) * ldx, cols);
         memcpy(xq[j], xa[j].qs + b * QK_K, QK_K);
+    }
+    for (int64_t j = 0; j < n_next; j++) {
+        const char *next = (const char *)x + (size_t)(token + rn + j) * ldx + b * QK_K;
+        for (int line = 0; line < QK_K; line += 64) _mm_prefetch(next + line, _MM_HINT_T0);
     }
     if (kind == KIND_IQ4_XS) {
         __m512i sum[RN16];
@@ -443,8 +448,11 @@ INLINE void matmul(float *out, int64_t ldo, const void *w, const void *x, size_t
                 packed16 p;
                 pack16(&p, w, r, b, nb, kind);
                 int64_t t = 0;
-                for (; t + RN16 <= nt; t += RN16) tile16(sums + t, &p, x, ldx, t0 + t, b, cols, kind, RN16);
-                for (; t < nt; t++) tile16(sums + t, &p, x, ldx, t0 + t, b, cols, kind, 1);
+                for (; t + RN16 <= nt; t += RN16) {
+                    int64_t n_next = nt - (t + RN16) < RN16 ? nt - (t + RN16) : RN16;
+                    tile16(sums + t, &p, x, ldx, t0 + t, b, cols, kind, RN16, n_next);
+                }
+                for (; t < nt; t++) tile16(sums + t, &p, x, ldx, t0 + t, b, cols, kind, 1, 0);
             }
             for (int64_t t = 0; t < nt; t++) _mm512_storeu_ps(out + (t0 + t) * ldo + (r - row_begin), sums[t]);
         }
