@@ -328,17 +328,22 @@ INLINE __m512i bcast4(const void *p) {
     return _mm512_set1_epi32(four);
 }
 
-/* sums[j] (sixteen rows) += the products of the packed super-block b with tokens token + j, j < rn */
+/* sums[j] (sixteen rows) += the products of the packed super-block b with tokens token + j, j < rn; the
+   next n_next tokens' values are fetched meanwhile (a prompt's activations are more than the L2 cache holds) */
 INLINE void tile16(__m512 *sums, const packed16 *p, const void *x, size_t ldx, int64_t token, int64_t b,
-                   int64_t cols, low_kind kind, int rn) {
+                   int64_t cols, low_kind kind, int rn, int64_t n_next) {
     q8k_act xa[RN16];
     /* the tokens' values of super-block b, copied side by side: one base address for all the broadcasts
        below (eight pointers would not stay in registers) */
-    _Alignas(64) int8_t xq[RN16][QK_K];
+    _Alignas(64) int32_t xq[RN16][QK_K / 4]; /* four bytes a word: the broadcasts' operands */
     __m512i acc[RN16];
     for (int j = 0; j < rn; j++) {
         xa[j] = q8k_act_view((const char *)x + (size_t)(token + j) * ldx, cols);
         memcpy(xq[j], xa[j].qs + b * QK_K, QK_K);
+    }
+    for (int64_t j = 0; j < n_next; j++) {
+        const char *next = (const char *)x + (size_t)(token + rn + j) * ldx + b * QK_K;
+        for (int line = 0; line < QK_K; line += 64) _mm_prefetch(next + line, _MM_HINT_T0);
     }
     if (kind == KIND_IQ4_XS) {
         __m512i sum[RN16];
@@ -351,7 +356,7 @@ INLINE void tile16(__m512 *sums, const packed16 *p, const void *x, size_t ldx, i
 #pragma GCC unroll 8
             for (int g = 8 * i; g < 8 * i + 8; g++) {
                 __m512i wv = p->v[g];
-                for (int j = 0; j < rn; j++) acc[j] = _mm512_dpbusd_epi32(acc[j], wv, bcast4(xq[j] + 4 * g));
+                for (int j = 0; j < rn; j++) acc[j] = _mm512_dpbusd_epi32(acc[j], wv, _mm512_set1_epi32(xq[j][g]));
             }
             for (int j = 0; j < rn; j++) sum[j] = _mm512_add_epi32(sum[j], _mm512_mullo_epi32(acc[j], p->ls[i]));
         }
@@ -368,7 +373,7 @@ INLINE void tile16(__m512 *sums, const packed16 *p, const void *x, size_t ldx, i
 #pragma GCC unroll 4
         for (int g = 0; g < 64; g++) {
             __m512i wv = p->v[g];
-            for (int j = 0; j < rn; j++) acc[j] = _mm512_dpbusd_epi32(acc[j], wv, bcast4(xq[j] + 4 * g));
+            for (int j = 0; j < rn; j++) acc[j] = _mm512_dpbusd_epi32(acc[j], wv, _mm512_set1_epi32(xq[j][g]));
         }
     }
     for (int j = 0; j < rn; j++) {
@@ -383,7 +388,7 @@ INLINE void tile16(__m512 *sums, const packed16 *p, const void *x, size_t ldx, i
     }
 }
 
-enum { TOKEN_BLOCK = 128 }; /* tokens whose sums a row group keeps (8 KiB on the stack) */
+enum { TOKEN_BLOCK = 512 }; /* tokens whose sums a row group keeps (32 KiB on the stack) */
 
 /* Sixteen rows at a time, super-block by super-block, each packed once and run past up to TOKEN_BLOCK
    tokens, whose sums stay in a small buffer: the output's rows, ldo floats apart, would all fall in the
@@ -400,8 +405,11 @@ INLINE void matmul(float *out, int64_t ldo, const void *w, const void *x, size_t
                 packed16 p;
                 pack16(&p, w, r, b, nb, kind);
                 int64_t t = 0;
-                for (; t + RN16 <= nt; t += RN16) tile16(sums + t, &p, x, ldx, t0 + t, b, cols, kind, RN16);
-                for (; t < nt; t++) tile16(sums + t, &p, x, ldx, t0 + t, b, cols, kind, 1);
+                for (; t + RN16 <= nt; t += RN16) {
+                    int64_t n_next = nt - (t + RN16) < RN16 ? nt - (t + RN16) : RN16;
+                    tile16(sums + t, &p, x, ldx, t0 + t, b, cols, kind, RN16, n_next);
+                }
+                for (; t < nt; t++) tile16(sums + t, &p, x, ldx, t0 + t, b, cols, kind, 1, 0);
             }
             for (int64_t t = 0; t < nt; t++) _mm512_storeu_ps(out + (t0 + t) * ldo + (r - row_begin), sums[t]);
         }
