@@ -130,7 +130,8 @@ INLINE __m256i superblock_dot(const superblock *u, const int8_t *x, const int16_
     __m256i acc[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()}; /* two chains: half the latency */
     for (int k = 0; k < 8; k++) {
         __m256i xv = _mm256_loadu_si256((const __m256i *)(x + 32 * k)), pairs;
-        if (kind == KIND_IQ4_XS) pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(u->q[k], u->q[k]), _mm256_sign_epi8(xv, u->q[k]));
+        if (kind == KIND_IQ4_XS) /* |q_w| times q_x with q_w's sign */
+            pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(u->q[k]), _mm256_sign_epi8(xv, u->q[k]));
         else pairs = _mm256_maddubs_epi16(u->q[k], xv);
         acc[k % 2] = madd16(acc[k % 2], pairs, u->sc[k]);
     }

@@ -65,14 +65,16 @@ def test_low_k_row_lookup_equals_gguf_bit_for_bit(type: str) -> None:
     has nan: the same expressions in the same order, for every field's every value."""
     rng = np.random.default_rng(17)
     blocks = extreme_blocks(type, rng)
-    raw = blocks[: len(blocks) // 4 * 4].reshape(-1, 4 * blocks.shape[1])  # rows of four super-blocks
-    got = c_dequantize(raw, type)
-    with np.errstate(invalid="ignore", over="ignore"):
-        want = gguf.quants.dequantize(raw, GGUF_TYPES[type]).astype(np.float32).reshape(got.shape)
-    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
-    ok = ~np.isnan(want)
-    np.testing.assert_array_equal(got[ok].view(np.uint32), want[ok].view(np.uint32))
-    assert np.isnan(want).any() and np.isinf(want).any() and (want == 0).any()  # the extremes are in
+    # rows of one super-block each, and the random ones also as rows of four (row and block offsets)
+    for raw in (blocks, blocks[:64].reshape(16, -1)):
+        got = c_dequantize(raw, type)
+        with np.errstate(invalid="ignore", over="ignore"):
+            want = gguf.quants.dequantize(raw, GGUF_TYPES[type]).astype(np.float32).reshape(got.shape)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        ok = ~np.isnan(want)
+        np.testing.assert_array_equal(got[ok].view(np.uint32), want[ok].view(np.uint32))
+        if raw is blocks:  # the extremes are in
+            assert np.isnan(want).any() and np.isinf(want).any() and (want == 0).any()
 
 
 def shifted_scales(raw: np.ndarray, type: str) -> np.ndarray:
