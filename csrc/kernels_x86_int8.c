@@ -306,25 +306,6 @@ size_t X86(matmul_scratch_bytes)(int64_t cols) { return (size_t)(cols / QK) * pa
 /* What the packed values exceed the real ones by. */
 INLINE int packed_offset(block_kind kind) { return kind == KIND_Q8_0 ? 128 : value_offset(kind); }
 
-/* Transposes eight vectors of eight 32-bit lanes: v[i] lane j <-> v[j] lane i. */
-INLINE void transpose8x8_epi32(__m256i v[8]) {
-    __m256 t[8], u[8];
-    for (int i = 0; i < 4; i++) {
-        t[2 * i] = _mm256_unpacklo_ps(_mm256_castsi256_ps(v[2 * i]), _mm256_castsi256_ps(v[2 * i + 1]));
-        t[2 * i + 1] = _mm256_unpackhi_ps(_mm256_castsi256_ps(v[2 * i]), _mm256_castsi256_ps(v[2 * i + 1]));
-    }
-    for (int i = 0; i < 2; i++) {
-        u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-    }
-    for (int i = 0; i < 4; i++) {
-        v[i] = _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
-        v[i + 4] = _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
-    }
-}
-
 /* Rows [row, row + 8) of w into the packed layout at dst. */
 INLINE void repack8(uint8_t *dst, const void *w, int64_t row, int64_t nb, block_kind kind) {
     size_t bb = block_bytes(kind), row_bytes = (size_t)nb * bb;
@@ -338,7 +319,7 @@ INLINE void repack8(uint8_t *dst, const void *w, int64_t row, int64_t nb, block_
             v[r] = block_values(block, kind);
             if (kind == KIND_Q8_0) v[r] = _mm256_xor_si256(v[r], _mm256_set1_epi8((char)0x80)); /* + 128 */
         }
-        transpose8x8_epi32(v);
+        transpose8x8_i32(v);
         for (int g = 0; g < 8; g++) _mm256_storeu_si256((__m256i *)(dst + g * 32), v[g]);
         memcpy(dst + 8 * QK, d, sizeof d);
         if (has_min(kind)) memcpy(dst + 8 * QK + sizeof d, m, sizeof m);

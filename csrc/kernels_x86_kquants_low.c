@@ -253,25 +253,6 @@ typedef struct {
     __m512  d, dmin; /* lane r: row r's */
 } packed16;
 
-/* Transposes eight vectors of eight 32-bit lanes: v[i] lane j <-> v[j] lane i. */
-INLINE void transpose8x8(__m256i v[8]) {
-    __m256 t[8], u[8];
-    for (int i = 0; i < 4; i++) {
-        t[2 * i] = _mm256_unpacklo_ps(_mm256_castsi256_ps(v[2 * i]), _mm256_castsi256_ps(v[2 * i + 1]));
-        t[2 * i + 1] = _mm256_unpackhi_ps(_mm256_castsi256_ps(v[2 * i]), _mm256_castsi256_ps(v[2 * i + 1]));
-    }
-    for (int i = 0; i < 2; i++) {
-        u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-    }
-    for (int i = 0; i < 4; i++) {
-        v[i] = _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
-        v[i + 4] = _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
-    }
-}
-
 /* The bytes q times the 16-bit lanes of sc (each lane's scale for both its bytes), modulo 256. */
 INLINE __m256i mul_bytes(__m256i q, __m256i sc) {
     __m256i even = _mm256_mullo_epi16(q, sc), odd = _mm256_mullo_epi16(_mm256_srli_epi16(q, 8), sc);
@@ -308,13 +289,13 @@ INLINE void pack16(packed16 *p, const void *w, int64_t row, int64_t b, int64_t n
         dmin[r] = u.dmin;
     }
     for (int k = 0; k < 8; k++) {
-        transpose8x8(bytes[0][k]);
-        transpose8x8(bytes[1][k]);
+        transpose8x8_i32(bytes[0][k]);
+        transpose8x8_i32(bytes[1][k]);
         for (int g = 0; g < 8; g++) p->v[8 * k + g] = join(bytes[0][k][g], bytes[1][k][g]);
     }
     if (kind == KIND_Q2_K) {
-        transpose8x8(mins[0]);
-        transpose8x8(mins[1]);
+        transpose8x8_i32(mins[0]);
+        transpose8x8_i32(mins[1]);
         for (int k = 0; k < 8; k++) p->mins[k] = join(mins[0][k], mins[1][k]);
     }
     if (kind == KIND_IQ4_XS)
