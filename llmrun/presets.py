@@ -42,11 +42,12 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
 ]}
 
 # llama-quantize's presets that llmrun does not write, and why.
-NEEDS_IMATRIX = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M",
-                 "Q2_K_S")
+NEEDS_IMATRIX = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "Q2_K_S")
 NOT_WRITTEN = {"TQ1_0": "ternary models only", "TQ2_0": "ternary models only",
-               "MXFP4_MOE": "mixture-of-experts models only", "Q4_K": "use Q4_K_M or Q4_K_S",
-               "Q5_K": "use Q5_K_M or Q5_K_S", "Q3_K": "use Q3_K_M, Q3_K_S or Q3_K_L"}
+               "MXFP4_MOE": "mixture-of-experts models only", **{
+                   name: "its IQ3_S blocks are not a type llmrun has" for name in ("IQ3_XS", "IQ3_S", "IQ3_M")}}
+# llama-quantize's short names for the _M mixtures
+ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
 
 # A matrix whose rows are not whole blocks of its type gets this one (llama.cpp's tensor_type_fallback).
 FALLBACK = {"iq4_xs": "iq4_nl", "q2_k": "q4_0", "q3_k": "q4_0", "q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0"}
@@ -55,11 +56,12 @@ FALLBACK = {"iq4_xs": "iq4_nl", "q2_k": "q4_0", "q3_k": "q4_0", "q4_k": "q5_0", 
 def find_preset(name: str) -> Preset:
     """The preset called `name` (any case), or a ValueError that says what is offered and why not `name`."""
     key = name.upper()
+    key = ALIASES.get(key, key)
     if key in PRESETS:
         return PRESETS[key]
     if key in NEEDS_IMATRIX:
         raise ValueError(f"{key} needs an importance matrix, which llmrun does not compute: llama.cpp makes the "
-                         f"IQ1, IQ2 and IQ3 types and Q2_K_S from one (llama-imatrix, then llama-quantize "
+                         f"IQ1 and IQ2 types, IQ3_XXS and Q2_K_S from one (llama-imatrix, then llama-quantize "
                          f"--imatrix); llmrun writes {', '.join(PRESETS)}")
     why = f" ({NOT_WRITTEN[key]})" if key in NOT_WRITTEN else ""
     raise ValueError(f"unknown quantization type {name!r}{why}: llmrun writes {', '.join(PRESETS)}")

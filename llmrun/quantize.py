@@ -92,6 +92,10 @@ def quantize_blocks(x: np.ndarray, type: str) -> np.ndarray:
     cols = shape[-1]
     rows = x.size // cols if cols else 0
     x2 = x.reshape(rows, cols)
+    if not np.isfinite(x2).all():  # ggml's quantizers convert inf and NaN to integers: undefined behaviour
+        row, col = (int(i[0]) for i in np.nonzero(~np.isfinite(x2)))
+        raise ValueError(f"cannot quantize to {type}: row {row} holds {x2[row, col]} at column {col} (the "
+                         f"quantizers need finite weights)")
     out = np.empty((rows, t.row_bytes(cols)), dtype=np.uint8)
 
     def run(start: int, stop: int) -> None:

@@ -129,7 +129,14 @@ class TensorPlan:
                 + struct.pack("<IQ", GGML_TYPES[self.type], self.offset))
 
     def chunks(self) -> Iterable[np.ndarray]:
-        """The tensor's data in the output type, as consecutive chunks of rows."""
+        """The tensor's data in the output type, as consecutive chunks of rows; a conversion error names the
+        tensor."""
+        try:
+            yield from self._chunks()
+        except ValueError as e:
+            raise ValueError(f"tensor {self.name}: {e}") from None
+
+    def _chunks(self) -> Iterable[np.ndarray]:
         if self.row_order is None:
             yield from convert_rows(self.source, self.type)
             return
