@@ -286,7 +286,8 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
          chat_format: str | None = None, quantize: str | None = None, progress: Progress | None = None) -> Model:
     """Loads a model file or folder, the demo model, or a model of the Hugging Face Hub.
 
-    path:      a GGUF file (llama / qwen2 architecture; F32, F16, BF16, Q8_0, Q4_0 tensors; a split model by
+    path:      a GGUF file (llama / qwen2 architecture; F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL,
+               the K-quants Q2_K to Q6_K and IQ4_XS tensors, in any mix; a split model by
                any of its parts), a llama2.c checkpoint (.bin) or a Hugging Face model folder (config.json,
                *.safetensors, tokenizer.json); as a str also "demo" (the tiny stories260K model the package
                ships) or a Hub reference "OWNER/REPO[:QUANT]" (llmrun/hub.py: taken from the Hugging Face

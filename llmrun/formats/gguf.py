@@ -31,7 +31,8 @@ What `load_gguf` accepts beyond the container:
   keys, which describe the files, not the model.
 - exactly the tensors a Llama model uses (`token_embd`, `output_norm`, optional `output` -- absent means
   tied to the embedding --, nine per block, qwen2's q/k/v biases, optional `rope_freqs`) in F32, F16,
-  BF16, Q8_0 or Q4_0, norms and biases in F32. Any other tensor is refused rather than ignored: other
+  BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K or IQ4_XS (each tensor its own:
+  what llama-quantize's presets write), norms and biases in F32. Any other tensor is refused rather than ignored: other
   biases or expert tensors change the model's math, so running without them would compute something else.
 - RoPE: GGUF `llama` files pair adjacent dimensions (llama.cpp's converter permutes Hugging Face's Q/K
   rows into that order), exactly like llama2.c, so the config says rope_style="interleaved"; `qwen2`
