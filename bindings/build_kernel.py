@@ -6,6 +6,9 @@ compiled once more per instruction-set level with that level's flags (csrc/kerne
 the library picks a level at run time from the CPU's features. Build switches (environment):
 - LLMRUN_NATIVE=1   add -march=native (local experiments only: the result runs on this CPU alone)
 - LLMRUN_SANITIZE=1 build with -fsanitize=address,undefined,float-cast-overflow (for the sanitizer test run)
+The portable sources are compiled with -ffp-contract=off: csrc/quantize.c reproduces ggml's quantizers bit for
+bit only if every a * b + c is rounded twice, as written, never fused into one FMA (which -march=native, or a
+compiler's default contraction, would otherwise allow).
 gcc and clang are supported; MSVC is refused with a message.
 """
 
@@ -24,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
 
 # The x86-64 kernels and each level's flags; a level's name is its llm_isa_name (csrc/cpu.c).
-X86_SOURCES = ["kernels_x86.c", "kernels_x86_float.c", "kernels_x86_int8.c"]
+X86_SOURCES = ["kernels_x86.c", "kernels_x86_float.c", "kernels_x86_int8.c", "kernels_x86_kquants.c",
+               "kernels_x86_kquants_low.c"]
 X86_LEVELS = {
     "avx2": ["-mavx2", "-mfma", "-mf16c"],
     "avx512vnni": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"],
@@ -48,6 +52,11 @@ def compile_args() -> tuple[list[str], list[str]]:
                                                      "-fno-sanitize-recover=all"]
         ldflags.append("-fsanitize=address,undefined,float-cast-overflow")
     return cflags, ldflags
+
+
+def portable_compile_args() -> list[str]:
+    """The portable sources' flags: compile_args() and no FMA contraction (csrc/quantize.c's arithmetic)."""
+    return compile_args()[0] + ["-ffp-contract=off"]
 
 
 def portable_sources() -> list[str]:
@@ -86,12 +95,15 @@ class BuildKernel(build_ext):
 
 ffibuilder = FFI()
 ffibuilder.cdef(header_declarations(CSRC / "llmrun.h"))
-_cflags, _ldflags = compile_args()
+_ldflags = compile_args()[1]
 ffibuilder.set_source(
     "llmrun._kernel",
     '#include "llmrun.h"',
     sources=portable_sources(),
+    # build_ext rebuilds only when a file it knows of is newer than the library: the x86 kernels it does not
+    # compile itself, and the headers, are named here so that a change to them is never left out of the build
+    depends=sorted(str(p.relative_to(ROOT)) for p in [*CSRC.glob("*.h"), *(CSRC / s for s in X86_SOURCES)]),
     include_dirs=[str(CSRC.relative_to(ROOT))],
-    extra_compile_args=_cflags,
+    extra_compile_args=portable_compile_args(),
     extra_link_args=_ldflags,
 )

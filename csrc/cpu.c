@@ -77,3 +77,11 @@ int llm_type_layout(int32_t type, int64_t *block_elems, int64_t *block_bytes) {
     if (block_bytes) *block_bytes = (int64_t)llm_types[type].block_bytes;
     return 0;
 }
+
+int llm_dequantize(int32_t type, const void *w, int64_t rows, int64_t cols, float *out) {
+    if (type < 0 || type >= LLM_TYPE_COUNT || !llm_types[type].get_row || !w || !out || rows < 0 || cols < 0 ||
+        cols % llm_types[type].block_elems != 0)
+        return LLM_ERR_INVALID;
+    for (int64_t r = 0; r < rows; r++) llm_types[type].get_row(out + r * cols, w, r, cols);
+    return 0;
+}

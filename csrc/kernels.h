@@ -14,6 +14,7 @@
 #ifndef LLMRUN_KERNELS_H
 #define LLMRUN_KERNELS_H
 
+#include <math.h>
 #include <string.h>
 
 #include "llmrun.h"
@@ -22,7 +23,8 @@
    blocks (q8_act below), which lets block weights multiply in integer dot products. */
 typedef enum {
     LLM_ACT_F32 = 0,
-    LLM_ACT_Q8  = 1,
+    LLM_ACT_Q8  = 1, /* 32-value blocks (q8_act): the products of the 32-value weight blocks */
+    LLM_ACT_Q8K = 2, /* 256-value blocks with sums per 16 (q8k_act): the K-quants' and IQ4_XS's products */
     LLM_ACT_COUNT
 } llm_act_format;
 
@@ -90,20 +92,107 @@ const llm_kernels *llm_kernels_get(int32_t isa);
 /* ---------------------------------------------------------------------------------------------------- */
 /* GGUF's block layouts (ggml-common.h) */
 
-#define QK 32 /* values per Q8_0 / Q4_0 block */
+#define QK 32   /* values per block of Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL */
+#define QK_K 256 /* values per super-block of the K-quants and IQ4_XS */
+#define K_SCALE_SIZE 12 /* bytes of Q4_K's and Q5_K's packed 6-bit sub-block scales and mins */
+
+/* In every layout below, d (and dmin, m) are IEEE half precision. */
 
 typedef struct {
-    uint16_t d;      /* scale, IEEE half precision */
+    uint16_t d;
     int8_t   qs[QK]; /* x = d * q */
 } block_q8_0;
 
 typedef struct {
-    uint16_t d;          /* scale, IEEE half precision */
+    uint16_t d;
     uint8_t  qs[QK / 2]; /* value j in the low nibble of qs[j], value j + 16 in the high one: x = d * (q - 8) */
 } block_q4_0;
 
+typedef struct {
+    uint16_t d, m;
+    uint8_t  qs[QK / 2]; /* nibbles as Q4_0: x = d * q + m */
+} block_q4_1;
+
+typedef struct {
+    uint16_t d;
+    uint8_t  qh[4];      /* bit j of the little-endian uint32: the fifth (high) bit of value j */
+    uint8_t  qs[QK / 2]; /* the low four bits, as Q4_0's nibbles: x = d * (q - 16) */
+} block_q5_0;
+
+typedef struct {
+    uint16_t d, m;
+    uint8_t  qh[4];
+    uint8_t  qs[QK / 2]; /* as Q5_0: x = d * q + m */
+} block_q5_1;
+
+typedef struct {
+    uint16_t d;
+    uint8_t  qs[QK / 2]; /* nibbles as Q4_0, each an index into llm_iq4nl_values: x = d * values[q] */
+} block_iq4_nl;
+
+/* The 16 levels of IQ4_NL and IQ4_XS: a non-uniform grid, denser near zero where weights are. */
+static const int8_t llm_iq4nl_values[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                            1,    13,   25,  38,  53,  69,  89,  113};
+
+/* Q2_K: 16 sub-blocks of 16 values, x = d * scale * q - dmin * min with 4-bit scale and min per sub-block. */
+typedef struct {
+    uint8_t  scales[QK_K / 16]; /* low nibble: scale, high nibble: min */
+    uint8_t  qs[QK_K / 4];      /* 2-bit values, four per byte */
+    uint16_t d, dmin;
+} block_q2_K;
+
+/* Q3_K: 16 sub-blocks of 16 values, x = d * (scale - 32) * (q - 4 * !hbit), 6-bit scales packed in 12 bytes. */
+typedef struct {
+    uint8_t  hmask[QK_K / 8]; /* the high bit of each 3-bit value */
+    uint8_t  qs[QK_K / 4];    /* the low 2 bits, four per byte */
+    uint8_t  scales[12];
+    uint16_t d;
+} block_q3_K;
+
+/* Q4_K: 8 sub-blocks of 32 values, x = d * scale * q - dmin * min, 6-bit scales and mins packed in 12 bytes. */
+typedef struct {
+    uint16_t d, dmin;
+    uint8_t  scales[K_SCALE_SIZE];
+    uint8_t  qs[QK_K / 2];
+} block_q4_K;
+
+/* Q5_K: as Q4_K with a fifth bit per value in qh. */
+typedef struct {
+    uint16_t d, dmin;
+    uint8_t  scales[K_SCALE_SIZE];
+    uint8_t  qh[QK_K / 8];
+    uint8_t  qs[QK_K / 2];
+} block_q5_K;
+
+/* Q6_K: 16 sub-blocks of 16 values, x = d * scale * (q - 32) with signed 8-bit scales. */
+typedef struct {
+    uint8_t  ql[QK_K / 2]; /* low 4 bits */
+    uint8_t  qh[QK_K / 4]; /* high 2 bits */
+    int8_t   scales[QK_K / 16];
+    uint16_t d;
+} block_q6_K;
+
+/* IQ4_XS: 8 sub-blocks of 32 IQ4_NL-style values, x = d * (scale - 32) * values[q], 6-bit scales split into
+   low nibbles (scales_l) and high 2-bit pairs (scales_h). */
+typedef struct {
+    uint16_t d;
+    uint16_t scales_h;
+    uint8_t  scales_l[QK_K / 64];
+    uint8_t  qs[QK_K / 2];
+} block_iq4_xs;
+
 _Static_assert(sizeof(block_q8_0) == 34, "Q8_0 blocks are 34 bytes");
 _Static_assert(sizeof(block_q4_0) == 18, "Q4_0 blocks are 18 bytes");
+_Static_assert(sizeof(block_q4_1) == 20, "Q4_1 blocks are 20 bytes");
+_Static_assert(sizeof(block_q5_0) == 22, "Q5_0 blocks are 22 bytes");
+_Static_assert(sizeof(block_q5_1) == 24, "Q5_1 blocks are 24 bytes");
+_Static_assert(sizeof(block_iq4_nl) == 18, "IQ4_NL blocks are 18 bytes");
+_Static_assert(sizeof(block_q2_K) == 84, "Q2_K blocks are 84 bytes");
+_Static_assert(sizeof(block_q3_K) == 110, "Q3_K blocks are 110 bytes");
+_Static_assert(sizeof(block_q4_K) == 144, "Q4_K blocks are 144 bytes");
+_Static_assert(sizeof(block_q5_K) == 176, "Q5_K blocks are 176 bytes");
+_Static_assert(sizeof(block_q6_K) == 210, "Q6_K blocks are 210 bytes");
+_Static_assert(sizeof(block_iq4_xs) == 136, "IQ4_XS blocks are 136 bytes");
 
 /* LLM_ACT_Q8: activations quantized to 8 bits per 32-value block. They never leave the library, so they are
    laid out for the products: all the values, then the blocks' f32 scales, then per block d * (sum of q),
@@ -122,9 +211,38 @@ static inline q8_act q8_act_view(const void *buf, int64_t cols) {
     return (q8_act){qs, d, d + cols / QK};
 }
 
+/* LLM_ACT_Q8K: activations quantized to 8 bits per 256-value block, for the products of 256-value weight
+   blocks, whose sub-block mins and offsets need the sums of the activation's q over each 16 values. Laid
+   out as q8_act: all the values, then the blocks' f32 scales, then the int16 sums per 16 values. */
+typedef struct {
+    int8_t  *qs;    /* (cols) x = d * q */
+    float   *d;     /* (cols / 256) */
+    int16_t *bsums; /* (cols / 16) bsums[i] = sum of qs[16 i .. 16 i + 15] */
+} q8k_act;
+
+static inline size_t q8k_act_bytes(int64_t cols) {
+    return (size_t)cols + sizeof(float) * (size_t)((cols + QK_K - 1) / QK_K) + sizeof(int16_t) * (size_t)((cols + 15) / 16);
+}
+
+static inline q8k_act q8k_act_view(const void *buf, int64_t cols) {
+    int8_t *qs = (int8_t *)buf;
+    float *d = (float *)(qs + cols); /* cols is a multiple of 256: the floats stay aligned */
+    return (q8k_act){qs, d, (int16_t *)(d + cols / QK_K)};
+}
+
+/* 127 / amax, the factor that takes a block of activations whose largest magnitude is amax to 8 bits; 0 for a
+   block so small (amax below ~3.7e-37) that the factor overflows: such a block quantizes to zeros on every
+   level, instead of inf times x meeting the conversion to int8 (undefined in C, INT_MIN in SIMD). */
+static inline float llm_act_inv_scale(float amax) {
+    float id = 127.0f / amax;
+    return amax > 0.0f && isfinite(id) ? id : 0.0f;
+}
+
 /* Bytes of one token's input of `cols` values in an activation format. */
 static inline size_t llm_act_bytes(int32_t act, int64_t cols) {
-    return act == LLM_ACT_Q8 ? q8_act_bytes(cols) : (size_t)cols * sizeof(float);
+    if (act == LLM_ACT_Q8) return q8_act_bytes(cols);
+    if (act == LLM_ACT_Q8K) return q8k_act_bytes(cols);
+    return (size_t)cols * sizeof(float);
 }
 
 /* ---------------------------------------------------------------------------------------------------- */

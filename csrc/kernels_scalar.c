@@ -84,7 +84,7 @@ static void quantize_q8_act(void *out, const float *x, int64_t cols) {
             y.d[b] = y.dsum[b] = NAN;
             continue;
         }
-        float d = amax / 127.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        float d = amax / 127.0f, id = llm_act_inv_scale(amax);
         int32_t sum = 0;
         for (int j = 0; j < QK; j++) {
             q[j] = (int8_t)nearbyintf(x[j] * id);
@@ -92,6 +92,34 @@ static void quantize_q8_act(void *out, const float *x, int64_t cols) {
         }
         y.d[b] = d;
         y.dsum[b] = d * (float)sum;
+    }
+}
+
+/* Per 256-value block the same rule, plus the sums of q over each 16 values (LLM_ACT_Q8K). */
+static void quantize_q8k_act(void *out, const float *x, int64_t cols) {
+    q8k_act y = q8k_act_view(out, cols);
+    for (int64_t b = 0; b < cols / QK_K; b++, x += QK_K) {
+        int8_t *q = y.qs + b * QK_K;
+        float amax = 0.0f;
+        int finite = 1;
+        for (int j = 0; j < QK_K; j++) {
+            amax = fmaxf(amax, fabsf(x[j]));
+            finite &= isfinite(x[j]) != 0;
+        }
+        if (!finite) { /* as quantize_q8_act: inf or NaN reaches the logits */
+            memset(q, 0, QK_K);
+            memset(y.bsums + b * (QK_K / 16), 0, QK_K / 16 * sizeof(int16_t));
+            y.d[b] = NAN;
+            continue;
+        }
+        float id = llm_act_inv_scale(amax);
+        for (int j = 0; j < QK_K; j++) q[j] = (int8_t)nearbyintf(x[j] * id);
+        for (int i = 0; i < QK_K / 16; i++) {
+            int sum = 0;
+            for (int j = 0; j < 16; j++) sum += q[16 * i + j];
+            y.bsums[b * (QK_K / 16) + i] = (int16_t)sum;
+        }
+        y.d[b] = amax / 127.0f;
     }
 }
 
@@ -154,6 +182,429 @@ static void get_row_q4_0(float *out, const void *w, int64_t row, int64_t cols) {
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
+/* Q4_1, Q5_0, Q5_1 and IQ4_NL: the other 32-value blocks (kernels.h has their layouts). One value at a time
+   through two accessors: a block's 16 nibble bytes hold value j < 16 in the low nibble of byte j and value
+   j >= 16 in the high nibble of byte j - 16; the Q5 types' fifth bit of value j is bit j of qh (little
+   endian). Against 8-bit activations, per block with sumi = sum q_w q_x:
+     Q4_1, Q5_1: sum (d q_w + m) d_x q_x = d d_x sumi + m (d_x sum q_x) = d d_x sumi + m dsum
+     Q5_0:       sum d (q_w - 16) d_x q_x, the offset taken off value by value as Q4_0 does
+     IQ4_NL:     sum d values[q_w] d_x q_x
+   Rows dequantize as gguf.quants and ggml do, x = d * q + m: d * q is exact in f32 (11 by 5 significant bits),
+   so the one rounding of the sum gives the same bits whether or not a compiler fuses it into an FMA. */
+
+static inline int nibble(const uint8_t *qs, int j) { return j < QK / 2 ? qs[j] & 0x0f : qs[j - QK / 2] >> 4; }
+
+static inline int fifth_bit(const uint8_t *qh, int j) { return (qh[j / 8] >> (j % 8)) & 1; }
+
+static inline int q5_value(const uint8_t *qh, const uint8_t *qs, int j) {
+    return nibble(qs, j) | fifth_bit(qh, j) << 4;
+}
+
+static void get_row_q4_1(float *out, const void *w, int64_t row, int64_t cols) {
+    const block_q4_1 *src = (const block_q4_1 *)w + row * (cols / QK);
+    for (int64_t b = 0; b < cols / QK; b++) {
+        float d = llm_fp16_to_fp32(src[b].d), m = llm_fp16_to_fp32(src[b].m);
+        for (int j = 0; j < QK; j++) out[b * QK + j] = d * (float)nibble(src[b].qs, j) + m;
+    }
+}
+
+static void get_row_q5_0(float *out, const void *w, int64_t row, int64_t cols) {
+    const block_q5_0 *src = (const block_q5_0 *)w + row * (cols / QK);
+    for (int64_t b = 0; b < cols / QK; b++) {
+        float d = llm_fp16_to_fp32(src[b].d);
+        for (int j = 0; j < QK; j++) out[b * QK + j] = d * (float)(q5_value(src[b].qh, src[b].qs, j) - 16);
+    }
+}
+
+static void get_row_q5_1(float *out, const void *w, int64_t row, int64_t cols) {
+    const block_q5_1 *src = (const block_q5_1 *)w + row * (cols / QK);
+    for (int64_t b = 0; b < cols / QK; b++) {
+        float d = llm_fp16_to_fp32(src[b].d), m = llm_fp16_to_fp32(src[b].m);
+        for (int j = 0; j < QK; j++) out[b * QK + j] = d * (float)q5_value(src[b].qh, src[b].qs, j) + m;
+    }
+}
+
+static void get_row_iq4_nl(float *out, const void *w, int64_t row, int64_t cols) {
+    const block_iq4_nl *src = (const block_iq4_nl *)w + row * (cols / QK);
+    for (int64_t b = 0; b < cols / QK; b++) {
+        float d = llm_fp16_to_fp32(src[b].d);
+        for (int j = 0; j < QK; j++) out[b * QK + j] = d * (float)llm_iq4nl_values[nibble(src[b].qs, j)];
+    }
+}
+
+static void matvec_q4_1(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
+                        int64_t cols) {
+    q8_act x = q8_act_view(xq, cols);
+    int64_t nb = cols / QK;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const block_q4_1 *row = (const block_q4_1 *)w + r * nb;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            int32_t sumi = 0;
+            for (int j = 0; j < QK; j++) sumi += nibble(row[b].qs, j) * x.qs[b * QK + j];
+            sum += (float)sumi * (llm_fp16_to_fp32(row[b].d) * x.d[b]) + llm_fp16_to_fp32(row[b].m) * x.dsum[b];
+        }
+        out[r - row_begin] = sum;
+    }
+}
+
+static void matvec_q5_0(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
+                        int64_t cols) {
+    q8_act x = q8_act_view(xq, cols);
+    int64_t nb = cols / QK;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const block_q5_0 *row = (const block_q5_0 *)w + r * nb;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            int32_t sumi = 0;
+            for (int j = 0; j < QK; j++) sumi += (q5_value(row[b].qh, row[b].qs, j) - 16) * x.qs[b * QK + j];
+            sum += (float)sumi * (llm_fp16_to_fp32(row[b].d) * x.d[b]);
+        }
+        out[r - row_begin] = sum;
+    }
+}
+
+static void matvec_q5_1(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
+                        int64_t cols) {
+    q8_act x = q8_act_view(xq, cols);
+    int64_t nb = cols / QK;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const block_q5_1 *row = (const block_q5_1 *)w + r * nb;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            int32_t sumi = 0;
+            for (int j = 0; j < QK; j++) sumi += q5_value(row[b].qh, row[b].qs, j) * x.qs[b * QK + j];
+            sum += (float)sumi * (llm_fp16_to_fp32(row[b].d) * x.d[b]) + llm_fp16_to_fp32(row[b].m) * x.dsum[b];
+        }
+        out[r - row_begin] = sum;
+    }
+}
+
+static void matvec_iq4_nl(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
+                          int64_t cols) {
+    q8_act x = q8_act_view(xq, cols);
+    int64_t nb = cols / QK;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const block_iq4_nl *row = (const block_iq4_nl *)w + r * nb;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            int32_t sumi = 0;
+            for (int j = 0; j < QK; j++) sumi += llm_iq4nl_values[nibble(row[b].qs, j)] * x.qs[b * QK + j];
+            sum += (float)sumi * (llm_fp16_to_fp32(row[b].d) * x.d[b]);
+        }
+        out[r - row_begin] = sum;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* Q4_K, Q5_K, Q6_K against 256-value 8-bit activations (LLM_ACT_Q8K): per sub-block an integer dot
+   product times the sub-block's integer scale, the super-block's sum times d_w * d_x. The mins (Q4_K, Q5_K)
+   and Q6_K's offset of 32 multiply the activation's sums per 16 values (bsums), not every value. */
+
+/* Sub-block j's (0..7) 6-bit scale and min, from Q4_K's and Q5_K's 12 packed bytes: sub-blocks 0-3 keep
+   theirs in the low six bits of bytes 0-3 (scales) and 4-7 (mins); 4-7 have their low four bits in the
+   nibbles of bytes 8-11 and their top two bits in the spare top bits of bytes 0-3 and 4-7. */
+static inline void k4_scale_min(const uint8_t *scales, int j, int *sc, int *m) {
+    if (j < 4) {
+        *sc = scales[j] & 63;
+        *m = scales[j + 4] & 63;
+    } else {
+        *sc = (scales[j + 4] & 0x0f) | ((scales[j - 4] >> 6) << 4);
+        *m = (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4);
+    }
+}
+
+/* Value l (0..31) of sub-block j (0..7) of a Q4_K or Q5_K super-block, without the fifth bit: sub-blocks
+   2i and 2i + 1 share the 32 bytes qs[32 i ..], in their low and high nibbles. */
+static inline int k4_nibble(const uint8_t *qs, int j, int l) { return (qs[32 * (j / 2) + l] >> (4 * (j % 2))) & 0x0f; }
+
+/* Value v (0..255) of a Q6_K super-block, 0..63 (the stored q, 32 above the real one): each 128 values take
+   64 bytes of ql and 32 of qh; their four quarters are ql's low nibbles of bytes 0-31 and 32-63, then the
+   high nibbles, each with two bits of qh (bits 0-1, 2-3, 4-5, 6-7 of the quarter's byte l). */
+static inline int q6_K_value(const block_q6_K *b, int v) {
+    int half = v / 128, quarter = (v % 128) / 32, l = v % 32;
+    int low = (b->ql[64 * half + 32 * (quarter & 1) + l] >> (4 * (quarter >> 1))) & 0x0f;
+    int high = (b->qh[32 * half + l] >> (2 * quarter)) & 3;
+    return low | (high << 4);
+}
+
+/* The float expressions are gguf's (and ggml's) to the bit: (d * scale) * q, then minus dmin * min, as two
+   statements so that no compiler fuses them into one rounding. */
+static void get_row_q4_K(float *out, const void *w, int64_t row, int64_t cols) {
+    const block_q4_K *src = (const block_q4_K *)w + row * (cols / QK_K);
+    for (int64_t b = 0; b < cols / QK_K; b++, out += QK_K) {
+        float d = llm_fp16_to_fp32(src[b].d), dmin = llm_fp16_to_fp32(src[b].dmin);
+        for (int j = 0; j < 8; j++) {
+            int sc, m;
+            k4_scale_min(src[b].scales, j, &sc, &m);
+            float dj = d * (float)sc, mj = dmin * (float)m;
+            for (int l = 0; l < 32; l++) {
+                float v = dj * (float)k4_nibble(src[b].qs, j, l);
+                out[32 * j + l] = v - mj;
+            }
+        }
+    }
+}
+
+static void get_row_q5_K(float *out, const void *w, int64_t row, int64_t cols) {
+    const block_q5_K *src = (const block_q5_K *)w + row * (cols / QK_K);
+    for (int64_t b = 0; b < cols / QK_K; b++, out += QK_K) {
+        float d = llm_fp16_to_fp32(src[b].d), dmin = llm_fp16_to_fp32(src[b].dmin);
+        for (int j = 0; j < 8; j++) {
+            int sc, m;
+            k4_scale_min(src[b].scales, j, &sc, &m);
+            float dj = d * (float)sc, mj = dmin * (float)m;
+            for (int l = 0; l < 32; l++) {
+                int q = k4_nibble(src[b].qs, j, l) | (((src[b].qh[l] >> j) & 1) << 4); /* bit j: sub-block j */
+                float v = dj * (float)q;
+                out[32 * j + l] = v - mj;
+            }
+        }
+    }
+}
+
+static void get_row_q6_K(float *out, const void *w, int64_t row, int64_t cols) {
+    const block_q6_K *src = (const block_q6_K *)w + row * (cols / QK_K);
+    for (int64_t b = 0; b < cols / QK_K; b++, out += QK_K) {
+        float d = llm_fp16_to_fp32(src[b].d);
+        for (int v = 0; v < QK_K; v++) out[v] = d * (float)src[b].scales[v / 16] * (float)(q6_K_value(&src[b], v) - 32);
+    }
+}
+
+/* One super-block of Q4_K (qh NULL) or Q5_K against 256 activations: d_x * (d * sum_j sc_j dot_j - dmin *
+   sum_j m_j sum_j(x)), where the sums of sub-block j's x are its two bsums. */
+static float dot_k4(const uint8_t *scales, const uint8_t *qs, const uint8_t *qh, uint16_t d, uint16_t dmin,
+                    const int8_t *x, const int16_t *bsums, float dx) {
+    int32_t sumi = 0, summ = 0;
+    for (int j = 0; j < 8; j++) {
+        int sc, m;
+        k4_scale_min(scales, j, &sc, &m);
+        int32_t dot = 0;
+        for (int l = 0; l < 32; l++) {
+            int q = k4_nibble(qs, j, l) | (qh ? ((qh[l] >> j) & 1) << 4 : 0);
+            dot += q * x[32 * j + l];
+        }
+        sumi += sc * dot;
+        summ += m * (bsums[2 * j] + bsums[2 * j + 1]);
+    }
+    return dx * (llm_fp16_to_fp32(d) * (float)sumi - llm_fp16_to_fp32(dmin) * (float)summ);
+}
+
+static void matvec_q4_K(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
+                        int64_t cols) {
+    q8k_act x = q8k_act_view(xq, cols);
+    int64_t nb = cols / QK_K;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const block_q4_K *row = (const block_q4_K *)w + r * nb;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++)
+            sum += dot_k4(row[b].scales, row[b].qs, NULL, row[b].d, row[b].dmin, x.qs + b * QK_K,
+                          x.bsums + b * (QK_K / 16), x.d[b]);
+        out[r - row_begin] = sum;
+    }
+}
+
+static void matvec_q5_K(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
+                        int64_t cols) {
+    q8k_act x = q8k_act_view(xq, cols);
+    int64_t nb = cols / QK_K;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const block_q5_K *row = (const block_q5_K *)w + r * nb;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++)
+            sum += dot_k4(row[b].scales, row[b].qs, row[b].qh, row[b].d, row[b].dmin, x.qs + b * QK_K,
+                          x.bsums + b * (QK_K / 16), x.d[b]);
+        out[r - row_begin] = sum;
+    }
+}
+
+/* Q6_K: 16 sub-blocks of 16, sum_i sc_i * (dot_i - 32 * bsum_i) with the stored q = real q + 32. */
+static void matvec_q6_K(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
+                        int64_t cols) {
+    q8k_act x = q8k_act_view(xq, cols);
+    int64_t nb = cols / QK_K;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const block_q6_K *row = (const block_q6_K *)w + r * nb;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const int8_t *xb = x.qs + b * QK_K;
+            const int16_t *bsums = x.bsums + b * (QK_K / 16);
+            int32_t sumi = 0;
+            for (int i = 0; i < QK_K / 16; i++) {
+                int32_t dot = 0;
+                for (int l = 0; l < 16; l++) dot += q6_K_value(&row[b], 16 * i + l) * xb[16 * i + l];
+                sumi += row[b].scales[i] * (dot - 32 * bsums[i]);
+            }
+            sum += x.d[b] * (llm_fp16_to_fp32(row[b].d) * (float)sumi);
+        }
+        out[r - row_begin] = sum;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* Q2_K, Q3_K and IQ4_XS against 256-value activations (LLM_ACT_Q8K)
+ *
+ * Each super-block is first spelled out as its 256 integer values and its 16 sub-block scales (one per 16
+ * values; IQ4_XS's 8 scales of 32 values are repeated), so that dequantizing and the dot product read the
+ * layout in one place. The floats follow ggml's dequantize_row_q2_K / q3_K / iq4_xs expression by
+ * expression: dl = d * scale, then dl * q (- ml), which makes get_row equal gguf.quants.dequantize bit for
+ * bit (tests/test_kernels.py). The dot product sums q_w q_x per sub-block in integers, weights each sub-block
+ * sum by its scale, and scales the super-block once by d_w d_x; Q2_K's mins multiply the activations' sums
+ * per 16 values (bsums) instead of every value. */
+
+/* Q2_K: value 128 n + 32 j + l (n < 2, j < 4, l < 32) is bits 2j, 2j+1 of qs[32 n + l], 0..3; sub-block i
+   has scale scales[i] & 15 and min scales[i] >> 4. */
+static void q2_K_values(const block_q2_K *b, int8_t q[QK_K]) {
+    for (int n = 0; n < 2; n++)
+        for (int j = 0; j < 4; j++)
+            for (int l = 0; l < 32; l++) q[128 * n + 32 * j + l] = (int8_t)((b->qs[32 * n + l] >> (2 * j)) & 3);
+}
+
+/* Q3_K: the low two bits as Q2_K's; the third is bit 4 n + j of hmask[l], and a clear bit means q - 4
+   (the stored 3 bits are q + 4): values -4..3. */
+static void q3_K_values(const block_q3_K *b, int8_t q[QK_K]) {
+    for (int n = 0; n < 2; n++)
+        for (int j = 0; j < 4; j++)
+            for (int l = 0; l < 32; l++) {
+                int low = (b->qs[32 * n + l] >> (2 * j)) & 3, high = (b->hmask[l] >> (4 * n + j)) & 1;
+                q[128 * n + 32 * j + l] = (int8_t)(low - (high ? 0 : 4));
+            }
+}
+
+/* Q3_K's 16 six-bit scales, stored + 32: the low four bits of scale i are the low (i < 8) or high (i >= 8)
+   nibble of scales[i % 8], its top two bits are bits 2 (i / 4), 2 (i / 4) + 1 of scales[8 + i % 4]. */
+static void q3_K_scales(const block_q3_K *b, int8_t sc[16]) {
+    for (int i = 0; i < 16; i++) {
+        int low = (b->scales[i % 8] >> (4 * (i / 8))) & 15, high = (b->scales[8 + i % 4] >> (2 * (i / 4))) & 3;
+        sc[i] = (int8_t)((low | high << 4) - 32);
+    }
+}
+
+/* IQ4_XS: sub-block i (32 values) is IQ4_NL's block layout over qs[16 i .. 16 i + 15] (value l in the low
+   nibble of byte l, value l + 16 in the high one), each nibble an index into llm_iq4nl_values. */
+static void iq4_xs_values(const block_iq4_xs *b, int8_t q[QK_K]) {
+    for (int i = 0; i < QK_K / 32; i++)
+        for (int l = 0; l < 16; l++) {
+            q[32 * i + l] = llm_iq4nl_values[b->qs[16 * i + l] & 15];
+            q[32 * i + l + 16] = llm_iq4nl_values[b->qs[16 * i + l] >> 4];
+        }
+}
+
+/* IQ4_XS's 8 six-bit scales, stored + 32: the low nibble of scale i in scales_l[i / 2] (low nibble for even
+   i), its top two bits at bits 2 i, 2 i + 1 of scales_h. */
+static int iq4_xs_scale(const block_iq4_xs *b, int i) {
+    int low = (b->scales_l[i / 2] >> (4 * (i % 2))) & 15, high = (b->scales_h >> (2 * i)) & 3;
+    return (low | high << 4) - 32;
+}
+
+static void get_row_q2_K(float *out, const void *w, int64_t row, int64_t cols) {
+    const block_q2_K *src = (const block_q2_K *)w + row * (cols / QK_K);
+    for (int64_t b = 0; b < cols / QK_K; b++, out += QK_K) {
+        int8_t q[QK_K];
+        q2_K_values(&src[b], q);
+        float d = llm_fp16_to_fp32(src[b].d), dmin = llm_fp16_to_fp32(src[b].dmin);
+        for (int i = 0; i < 16; i++) {
+            float dl = d * (float)(src[b].scales[i] & 15), ml = dmin * (float)(src[b].scales[i] >> 4);
+            for (int l = 0; l < 16; l++) out[16 * i + l] = dl * (float)q[16 * i + l] - ml;
+        }
+    }
+}
+
+static void get_row_q3_K(float *out, const void *w, int64_t row, int64_t cols) {
+    const block_q3_K *src = (const block_q3_K *)w + row * (cols / QK_K);
+    for (int64_t b = 0; b < cols / QK_K; b++, out += QK_K) {
+        int8_t q[QK_K], sc[16];
+        q3_K_values(&src[b], q);
+        q3_K_scales(&src[b], sc);
+        float d = llm_fp16_to_fp32(src[b].d);
+        for (int i = 0; i < 16; i++) {
+            float dl = d * (float)sc[i];
+            for (int l = 0; l < 16; l++) out[16 * i + l] = dl * (float)q[16 * i + l];
+        }
+    }
+}
+
+static void get_row_iq4_xs(float *out, const void *w, int64_t row, int64_t cols) {
+    const block_iq4_xs *src = (const block_iq4_xs *)w + row * (cols / QK_K);
+    for (int64_t b = 0; b < cols / QK_K; b++, out += QK_K) {
+        int8_t q[QK_K];
+        iq4_xs_values(&src[b], q);
+        float d = llm_fp16_to_fp32(src[b].d);
+        for (int i = 0; i < QK_K / 32; i++) {
+            float dl = d * (float)iq4_xs_scale(&src[b], i);
+            for (int l = 0; l < 32; l++) out[32 * i + l] = dl * (float)q[32 * i + l];
+        }
+    }
+}
+
+/* sum over sub-blocks i of sc[i] * (sum of q[l] x[l] over its 16 values) */
+static int32_t scaled_dot_256(const int8_t q[QK_K], const int8_t sc[16], const int8_t *x) {
+    int32_t sum = 0;
+    for (int i = 0; i < 16; i++) {
+        int32_t sub = 0;
+        for (int l = 0; l < 16; l++) sub += q[16 * i + l] * x[16 * i + l];
+        sum += sc[i] * sub;
+    }
+    return sum;
+}
+
+static void matvec_q2_K(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
+                        int64_t cols) {
+    q8k_act x = q8k_act_view(xq, cols);
+    int64_t nb = cols / QK_K;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const block_q2_K *row = (const block_q2_K *)w + r * nb;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            int8_t q[QK_K], sc[16];
+            q2_K_values(&row[b], q);
+            int32_t mins = 0; /* sum of min_i * (sum of q_x over sub-block i) */
+            for (int i = 0; i < 16; i++) {
+                sc[i] = (int8_t)(row[b].scales[i] & 15);
+                mins += (row[b].scales[i] >> 4) * x.bsums[b * 16 + i];
+            }
+            int32_t dot = scaled_dot_256(q, sc, x.qs + b * QK_K);
+            sum += x.d[b] * (llm_fp16_to_fp32(row[b].d) * (float)dot - llm_fp16_to_fp32(row[b].dmin) * (float)mins);
+        }
+        out[r - row_begin] = sum;
+    }
+}
+
+static void matvec_q3_K(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
+                        int64_t cols) {
+    q8k_act x = q8k_act_view(xq, cols);
+    int64_t nb = cols / QK_K;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const block_q3_K *row = (const block_q3_K *)w + r * nb;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            int8_t q[QK_K], sc[16];
+            q3_K_values(&row[b], q);
+            q3_K_scales(&row[b], sc);
+            sum += x.d[b] * llm_fp16_to_fp32(row[b].d) * (float)scaled_dot_256(q, sc, x.qs + b * QK_K);
+        }
+        out[r - row_begin] = sum;
+    }
+}
+
+static void matvec_iq4_xs(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
+                          int64_t cols) {
+    q8k_act x = q8k_act_view(xq, cols);
+    int64_t nb = cols / QK_K;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const block_iq4_xs *row = (const block_iq4_xs *)w + r * nb;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            int8_t q[QK_K], sc[16];
+            iq4_xs_values(&row[b], q);
+            for (int i = 0; i < 16; i++) sc[i] = (int8_t)iq4_xs_scale(&row[b], i / 2);
+            sum += x.d[b] * llm_fp16_to_fp32(row[b].d) * (float)scaled_dot_256(q, sc, x.qs + b * QK_K);
+        }
+        out[r - row_begin] = sum;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
 /* attention and feed-forward helpers */
 
 static void scores(float *out, const float *q, const float *rows, int64_t stride, int64_t n_rows, int64_t dim,
@@ -192,6 +643,16 @@ const llm_type_info llm_types[LLM_TYPE_COUNT] = {
     [LLM_BF16] = {"bf16", 1, sizeof(uint16_t), LLM_ACT_F32, get_row_bf16},
     [LLM_Q8_0] = {"q8_0", QK, sizeof(block_q8_0), LLM_ACT_Q8, get_row_q8_0},
     [LLM_Q4_0] = {"q4_0", QK, sizeof(block_q4_0), LLM_ACT_Q8, get_row_q4_0},
+    [LLM_Q4_1] = {"q4_1", QK, sizeof(block_q4_1), LLM_ACT_Q8, get_row_q4_1},
+    [LLM_Q5_0] = {"q5_0", QK, sizeof(block_q5_0), LLM_ACT_Q8, get_row_q5_0},
+    [LLM_Q5_1] = {"q5_1", QK, sizeof(block_q5_1), LLM_ACT_Q8, get_row_q5_1},
+    [LLM_IQ4_NL] = {"iq4_nl", QK, sizeof(block_iq4_nl), LLM_ACT_Q8, get_row_iq4_nl},
+    [LLM_Q2_K] = {"q2_k", QK_K, sizeof(block_q2_K), LLM_ACT_Q8K, get_row_q2_K},
+    [LLM_Q3_K] = {"q3_k", QK_K, sizeof(block_q3_K), LLM_ACT_Q8K, get_row_q3_K},
+    [LLM_Q4_K] = {"q4_k", QK_K, sizeof(block_q4_K), LLM_ACT_Q8K, get_row_q4_K},
+    [LLM_Q5_K] = {"q5_k", QK_K, sizeof(block_q5_K), LLM_ACT_Q8K, get_row_q5_K},
+    [LLM_Q6_K] = {"q6_k", QK_K, sizeof(block_q6_K), LLM_ACT_Q8K, get_row_q6_K},
+    [LLM_IQ4_XS] = {"iq4_xs", QK_K, sizeof(block_iq4_xs), LLM_ACT_Q8K, get_row_iq4_xs},
 };
 
 /* No matmul kernels: a batch runs through the matrix-vector products one token at a time. */
@@ -202,8 +663,18 @@ const llm_kernels llm_kernels_scalar = {
         [LLM_BF16] = {matvec_bf16, NULL},
         [LLM_Q8_0] = {matvec_q8_0, NULL},
         [LLM_Q4_0] = {matvec_q4_0, NULL},
+        [LLM_Q4_1] = {matvec_q4_1, NULL},
+        [LLM_Q5_0] = {matvec_q5_0, NULL},
+        [LLM_Q5_1] = {matvec_q5_1, NULL},
+        [LLM_IQ4_NL] = {matvec_iq4_nl, NULL},
+        [LLM_Q4_K] = {matvec_q4_K, NULL},
+        [LLM_Q5_K] = {matvec_q5_K, NULL},
+        [LLM_Q6_K] = {matvec_q6_K, NULL},
+        [LLM_Q2_K] = {matvec_q2_K, NULL},
+        [LLM_Q3_K] = {matvec_q3_K, NULL},
+        [LLM_IQ4_XS] = {matvec_iq4_xs, NULL},
     },
-    .quantize = {[LLM_ACT_Q8] = quantize_q8_act},
+    .quantize = {[LLM_ACT_Q8] = quantize_q8_act, [LLM_ACT_Q8K] = quantize_q8k_act},
     .vec = {scores, weighted_sum, softmax, swiglu},
     .scratch_bytes = NULL,
 };

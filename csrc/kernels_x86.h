@@ -52,7 +52,31 @@ void X86(matmul_q8_0)(float *out, int64_t ldo, const void *w, const void *x, siz
                       int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
 void X86(matmul_q4_0)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
                       int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
+void X86(matvec_q4_1)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);
+void X86(matvec_q5_0)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);
+void X86(matvec_q5_1)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);
+void X86(matvec_iq4_nl)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);
+void X86(matmul_q4_1)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
+void X86(matmul_q5_0)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
+void X86(matmul_q5_1)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
+void X86(matmul_iq4_nl)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                        int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
 size_t X86(matmul_scratch_bytes)(int64_t cols);
+
+/* kernels_x86_kquants.c */
+void X86(quantize_q8k_act)(void *out, const float *x, int64_t cols);
+void X86(matvec_q4_K)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);
+void X86(matvec_q5_K)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);
+void X86(matvec_q6_K)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);
+void X86(matmul_q4_K)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
+void X86(matmul_q5_K)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
+void X86(matmul_q6_K)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
 
 /* ---------------------------------------------------------------------------------------------------- */
 /* helpers */
@@ -91,10 +115,11 @@ INLINE __m256i dot_i8(__m256i a, __m256i b) {
 }
 
 /* The 32 values of a Q4_0 block's 16 bytes as unsigned bytes 0..15, in order: the low nibbles (values
-   0-15), then the high ones. */
+   0-15), then the high ones. The bytes are loaded into both halves and the upper half shifted down by four:
+   no lane insert, which the decode loops feel (shuffles are their scarcest resource). */
 INLINE __m256i unpack_q4_0(const uint8_t *qs) {
-    __m128i packed = _mm_loadu_si128((const __m128i *)qs);
-    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(0x0f));
+    __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    return _mm256_and_si256(_mm256_srlv_epi64(both, _mm256_setr_epi64x(0, 0, 4, 4)), _mm256_set1_epi8(0x0f));
 }
 
 /* Lane k = the sum of the eight lanes of s[k]: eight blocks' dot products in one vector, so that their
@@ -113,5 +138,62 @@ INLINE __m256 scales8(const void *first_block, size_t block_bytes) {
     for (int k = 0; k < 8; k++) memcpy(&d[k], p + k * block_bytes, sizeof d[k]);
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)d));
 }
+
+/* The fp16 scales d and mins m of eight consecutive blocks of `block_bytes` bytes each that start with d, m
+   (Q4_1, Q5_1), as f32: one 32-bit load per block, the halves sorted apart by a byte shuffle. */
+INLINE void scales_mins8(const void *first_block, size_t block_bytes, __m256 *d, __m256 *m) {
+    const uint8_t *p = first_block;
+    uint32_t dm[8];
+    for (int k = 0; k < 8; k++) memcpy(&dm[k], p + k * block_bytes, sizeof dm[k]);
+    __m256i v = _mm256_loadu_si256((const __m256i *)dm);
+    /* per 128-bit half: its four d (bytes 0-1 of each 32 bits) to the low 8 bytes, its four m to the high 8 */
+    v = _mm256_shuffle_epi8(v, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+                                                0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
+    v = _mm256_permute4x64_epi64(v, 0xd8); /* 64-bit quarters 0, 2, 1, 3: the eight d, then the eight m */
+    *d = _mm256_cvtph_ps(_mm256_castsi256_si128(v));
+    *m = _mm256_cvtph_ps(_mm256_extracti128_si256(v, 1));
+}
+
+/* Transposes eight vectors of eight 32-bit lanes: v[i] lane j <-> v[j] lane i (the eight-row repacking of
+   the batched products: eight rows' vectors in, per four values one vector of all eight rows out). */
+INLINE void transpose8x8_i32(__m256i v[8]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(_mm256_castsi256_ps(v[2 * i]), _mm256_castsi256_ps(v[2 * i + 1]));
+        t[2 * i + 1] = _mm256_unpackhi_ps(_mm256_castsi256_ps(v[2 * i]), _mm256_castsi256_ps(v[2 * i + 1]));
+    }
+    for (int i = 0; i < 2; i++) {
+        u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 4; i++) {
+        v[i] = _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+        v[i + 4] = _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+    }
+}
+
+/* acc + the products of unsigned bytes u (at most 63) and signed bytes s, pairs summed into 16 bits, then
+   each pair sum times the int16 lane of `scale` and summed in twos into int32 lanes: the dot product of a
+   K-quant sub-block with its integer scale applied on the way. */
+INLINE __m256i dot_scaled_u8i8(__m256i acc, __m256i u, __m256i s, __m256i scale) {
+#ifdef __AVX512VNNI__
+    return _mm256_dpwssd_epi32(acc, _mm256_maddubs_epi16(u, s), scale);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scale));
+#endif
+}
+
+/* kernels_x86_kquants_low.c */
+void X86(matvec_q2_K)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);
+void X86(matvec_q3_K)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);
+void X86(matvec_iq4_xs)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);
+void X86(matmul_q2_K)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
+void X86(matmul_q3_K)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
+void X86(matmul_iq4_xs)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                        int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
 
 #endif /* LLMRUN_KERNELS_X86_H */

@@ -1,12 +1,13 @@
 /*
- * kernels_x86_int8.c: block weights (Q8_0, Q4_0) against 8-bit activations (LLM_ACT_Q8), for one x86 level
- * (kernels_x86.h).
+ * kernels_x86_int8.c: the 32-value block weights (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL) against 8-bit
+ * activations (LLM_ACT_Q8), for one x86 level (kernels_x86.h).
  *
  * A product quantizes its input once (quantize_q8_act); then every block pair is a 32-term integer dot
  * product scaled by d_w * d_x: integer multiply-adds do four times the work of f32 FMAs per instruction, and
- * the weights are read as they are stored. Q4_0's nibbles are multiplied as they are, unsigned 0..15, and
- * the offset comes off once per block: sum (q - 8) x = sum q x - 8 sum x, where the activations carry
- * d_x * sum q_x. With VNNI one instruction (vpdpbusd) does a block's multiply-adds; without it two do.
+ * the weights are read as they are stored. Unsigned weight values are multiplied as they are and their
+ * offset comes off once per block: sum (q - 8) x = sum q x - 8 sum x for Q4_0, where the activations carry
+ * d_x * sum q_x; a min (Q4_1, Q5_1) adds on the same sum. With VNNI one instruction (vpdpbusd) does a
+ * block's multiply-adds; without it two do.
  */
 #include <math.h>
 
@@ -41,7 +42,7 @@ void X86(quantize_q8_act)(void *out, const float *x, int64_t cols) {
             y.d[b] = y.dsum[b] = NAN;
             continue;
         }
-        __m256 id = _mm256_set1_ps(max > 0.0f ? 127.0f / max : 0.0f);
+        __m256 id = _mm256_set1_ps(llm_act_inv_scale(max));
         /* scale, round to nearest even, narrow 32 -> 16 -> 8 bits; the packs interleave 128-bit lanes,
            which the final permutation undoes */
         __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, id), _MM_FROUND_TO_NEAREST_INT));
@@ -57,33 +58,112 @@ void X86(quantize_q8_act)(void *out, const float *x, int64_t cols) {
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
-/* the blocks */
+/* the blocks
+ *
+ * Every kernel below is written once over a block_kind, which the compiler folds away in each type's
+ * wrapper. A block's 32 values come out of block_values as 32 bytes in value order, in the form the
+ * integer dot products want:
+ * - Q8_0: signed, as stored;
+ * - Q4_0, Q4_1: the nibbles, unsigned 0..15; Q5_0, Q5_1: unsigned 0..31, the fifth bits (qh) spread onto
+ *   the bytes with vector ops;
+ * - IQ4_NL: the nibbles looked up in the 16 levels by a byte shuffle (one pshufb for 32 values). With VNNI
+ *   the table holds the levels + 128 (unsigned 1..241, multiplied by vpdpbusd as they are); without it the
+ *   levels themselves, signed, since the 16-bit pair sums of maddubs would saturate on 241 * 127 * 2.
+ * value_offset says what the unsigned forms exceed the real values by (Q4_0 8, Q5_0 16, IQ4_NL + 128); it
+ * comes off once per block against the activations' dsum = d_x * sum q_x. Q4_1 and Q5_1 add their min the
+ * same way: sum (d q + m) d_x q_x = d d_x sum q q_x + m dsum.
+ */
 
-typedef enum { KIND_Q8_0, KIND_Q4_0 } block_kind;
+typedef enum { KIND_Q8_0, KIND_Q4_0, KIND_Q4_1, KIND_Q5_0, KIND_Q5_1, KIND_IQ4_NL } block_kind;
 
-static size_t block_bytes(block_kind kind) { return kind == KIND_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q8_0); }
-
-/* The values of a block as bytes: Q8_0's as stored (signed), Q4_0's nibbles as stored (unsigned 0..15). */
-INLINE __m256i block_values(const void *block, block_kind kind) {
-    const uint8_t *qs = (const uint8_t *)block + sizeof(uint16_t); /* after the fp16 scale */
-    return kind == KIND_Q4_0 ? unpack_q4_0(qs) : _mm256_loadu_si256((const __m256i *)qs);
+static size_t block_bytes(block_kind kind) {
+    switch (kind) {
+    case KIND_Q8_0: return sizeof(block_q8_0);
+    case KIND_Q4_0: return sizeof(block_q4_0);
+    case KIND_Q4_1: return sizeof(block_q4_1);
+    case KIND_Q5_0: return sizeof(block_q5_0);
+    case KIND_Q5_1: return sizeof(block_q5_1);
+    case KIND_IQ4_NL: return sizeof(block_iq4_nl);
+    }
+    return 0;
 }
 
-/* sum q_w q_x of one block as eight int32 lanes (for Q4_0 q_w is the stored nibble, offset included). */
+/* Whether a block carries a min m after its scale d (x = d q + m). */
+INLINE int has_min(block_kind kind) { return kind == KIND_Q4_1 || kind == KIND_Q5_1; }
+
+/* Whether block_values are signed bytes (else unsigned, value_offset above the real values). */
+INLINE int signed_values(block_kind kind) {
+#ifdef __AVX512VNNI__
+    return kind == KIND_Q8_0;
+#else
+    return kind == KIND_Q8_0 || kind == KIND_IQ4_NL;
+#endif
+}
+
+INLINE int value_offset(block_kind kind) {
+    switch (kind) {
+    case KIND_Q4_0: return 8;
+    case KIND_Q5_0: return 16;
+    case KIND_IQ4_NL: return signed_values(kind) ? 0 : 128;
+    default: return 0;
+    }
+}
+
+/* v (32 nibbles in value order) with bit 4 set in byte j where bit j of the little-endian 32 bits at qh is set:
+   the Q5 types' fifth bits, spread with vector ops. */
+INLINE __m256i with_fifth_bits(__m256i v, const uint8_t *qh) {
+    uint32_t bits;
+    memcpy(&bits, qh, sizeof bits);
+#ifdef __AVX512BW__
+    return _mm256_or_si256(v, _mm256_maskz_mov_epi8((__mmask32)bits, _mm256_set1_epi8(0x10))); /* a byte mask */
+#else
+    /* byte j takes byte j / 8 of the bits, then is all ones iff bit j % 8 is set: every other bit is set
+       by the OR, whose byte k within each eight is ~(1 << k) */
+    __m256i m = _mm256_shuffle_epi8(_mm256_set1_epi32((int32_t)bits),
+                                    _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303));
+    m = _mm256_cmpeq_epi8(_mm256_or_si256(m, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)), _mm256_set1_epi8(-1));
+    return _mm256_or_si256(v, _mm256_and_si256(m, _mm256_set1_epi8(0x10)));
+#endif
+}
+
+/* The IQ4_NL levels (+ 128 where they are used unsigned) in both 128-bit lanes, for the byte shuffle. */
+INLINE __m256i iq4nl_table(void) {
+    __m256i levels = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)llm_iq4nl_values));
+    return signed_values(KIND_IQ4_NL) ? levels : _mm256_xor_si256(levels, _mm256_set1_epi8((char)0x80));
+}
+
+/* The values of a block as bytes (see above). */
+INLINE __m256i block_values(const void *block, block_kind kind) {
+    const uint8_t *p = block;
+    switch (kind) {
+    case KIND_Q8_0: return _mm256_loadu_si256((const __m256i *)(p + 2));
+    case KIND_Q4_0: return unpack_q4_0(p + 2);
+    case KIND_Q4_1: return unpack_q4_0(p + 4);
+    case KIND_Q5_0: return with_fifth_bits(unpack_q4_0(p + 6), p + 2);
+    case KIND_Q5_1: return with_fifth_bits(unpack_q4_0(p + 8), p + 4);
+    case KIND_IQ4_NL: return _mm256_shuffle_epi8(iq4nl_table(), unpack_q4_0(p + 2));
+    }
+    return _mm256_setzero_si256();
+}
+
+/* sum q_w q_x of one block as eight int32 lanes (q_w in block_values' form, offset included). */
 INLINE __m256i block_dot(const void *block, const int8_t *x, block_kind kind) {
     __m256i xv = _mm256_loadu_si256((const __m256i *)x);
-    if (kind == KIND_Q4_0) return dot4_u8i8(_mm256_setzero_si256(), block_values(block, kind), xv);
-    return dot_i8(block_values(block, kind), xv);
+    if (signed_values(kind)) return dot_i8(block_values(block, kind), xv);
+    return dot4_u8i8(_mm256_setzero_si256(), block_values(block, kind), xv);
 }
 
+/* A block's scale d, and for Q4_1 and Q5_1 its min m (the fp16 after d). */
 INLINE float block_scale(const void *block) {
     uint16_t d;
     memcpy(&d, block, sizeof d);
     return _cvtsh_ss(d);
 }
 
+INLINE float block_min(const void *block) { return block_scale((const uint8_t *)block + sizeof(uint16_t)); }
+
 /* ---------------------------------------------------------------------------------------------------- */
-/* one token: out[r] = sum over blocks b of d_w[b] * (d_x[b] * sum(q_w q_x) - offset * d_x[b] * sum(q_x)),
+/* one token: out[r] = sum over blocks b of d_w[b] * (d_x[b] * sum(q_w q_x) - offset * dsum[b]) + m[b] * dsum[b],
    eight blocks at a time so that their scales cost one vector multiply */
 
 INLINE void matvec(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols,
@@ -91,23 +171,29 @@ INLINE void matvec(float *out, const void *w, const void *xq, int64_t row_begin,
     q8_act x = q8_act_view(xq, cols);
     int64_t nb = cols / QK;
     size_t bb = block_bytes(kind);
-    float offset = kind == KIND_Q4_0 ? 8.0f : 0.0f; /* what the stored values exceed the real ones by */
+    float offset = (float)value_offset(kind);
     for (int64_t r = row_begin; r < row_end; r++) {
         const char *row = (const char *)w + (size_t)r * nb * bb;
-        __m256 acc = _mm256_setzero_ps(), acc_offset = _mm256_setzero_ps();
+        __m256 acc = _mm256_setzero_ps(), acc_offset = _mm256_setzero_ps(), acc_min = _mm256_setzero_ps();
         int64_t b = 0;
         for (; b + 8 <= nb; b += 8) {
             __m256i s[8];
             for (int k = 0; k < 8; k++) s[k] = block_dot(row + (b + k) * bb, x.qs + (b + k) * QK, kind);
-            __m256 dw = scales8(row + b * bb, bb);
+            __m256 dw, m, dsum = _mm256_loadu_ps(x.dsum + b);
+            if (has_min(kind)) scales_mins8(row + b * bb, bb, &dw, &m);
+            else dw = scales8(row + b * bb, bb);
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum8x8(s)), _mm256_mul_ps(dw, _mm256_loadu_ps(x.d + b)), acc);
-            if (kind == KIND_Q4_0) acc_offset = _mm256_fmadd_ps(dw, _mm256_loadu_ps(x.dsum + b), acc_offset);
+            if (value_offset(kind)) acc_offset = _mm256_fmadd_ps(dw, dsum, acc_offset);
+            if (has_min(kind)) acc_min = _mm256_fmadd_ps(m, dsum, acc_min);
         }
-        float sum = hsum_f32x8(acc) - (kind == KIND_Q4_0 ? offset * hsum_f32x8(acc_offset) : 0.0f);
+        float sum = hsum_f32x8(acc);
+        if (value_offset(kind)) sum -= offset * hsum_f32x8(acc_offset);
+        if (has_min(kind)) sum += hsum_f32x8(acc_min);
         for (; b < nb; b++) { /* the last nb % 8 blocks, one at a time */
             const char *block = row + b * bb;
             float dot = x.d[b] * (float)hsum_i32x8(block_dot(block, x.qs + b * QK, kind));
             sum += block_scale(block) * (dot - offset * x.dsum[b]);
+            if (has_min(kind)) sum += block_min(block) * x.dsum[b];
         }
         out[r - row_begin] = sum;
     }
@@ -121,9 +207,27 @@ void X86(matvec_q4_0)(float *out, const void *w, const void *xq, int64_t row_beg
     matvec(out, w, xq, row_begin, row_end, cols, KIND_Q4_0);
 }
 
+void X86(matvec_q4_1)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols) {
+    matvec(out, w, xq, row_begin, row_end, cols, KIND_Q4_1);
+}
+
+void X86(matvec_q5_0)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols) {
+    matvec(out, w, xq, row_begin, row_end, cols, KIND_Q5_0);
+}
+
+void X86(matvec_q5_1)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols) {
+    matvec(out, w, xq, row_begin, row_end, cols, KIND_Q5_1);
+}
+
+void X86(matvec_iq4_nl)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
+                        int64_t cols) {
+    matvec(out, w, xq, row_begin, row_end, cols, KIND_IQ4_NL);
+}
+
 /* ---------------------------------------------------------------------------------------------------- */
 /* a batch, one row at a time: tiles of RM rows x RN tokens, 32 values of a row in a vector (Q8_0 without
-   VNNI, and the last rows % 8 of the eight-row kernels below) */
+   VNNI, and the last rows % 8 of the eight-row kernels below). The values are made signed (offset off) and
+   multiplied by dot_i8; a min adds m * dsum per block beside the vector sums. */
 
 enum { RM = 2, RN = 4 };
 
@@ -136,25 +240,28 @@ INLINE void row_tile(float *out, int64_t ldo, const void *w, const void *x, size
     for (int i = 0; i < rm; i++) wr[i] = (const char *)w + (size_t)(row + i) * nb * bb;
     for (int j = 0; j < rn; j++) xa[j] = q8_act_view((const char *)x + (size_t)(token + j) * ldx, cols);
     __m256 acc[RM][RN];
+    float acc_min[RM][RN];
     for (int i = 0; i < rm; i++)
-        for (int j = 0; j < rn; j++) acc[i][j] = _mm256_setzero_ps();
+        for (int j = 0; j < rn; j++) acc[i][j] = _mm256_setzero_ps(), acc_min[i][j] = 0.0f;
     for (int64_t b = 0; b < nb; b++) {
         __m256i wv[RM];
         __m256 dw[RM];
         for (int i = 0; i < rm; i++) {
-            wv[i] = block_values(wr[i] + b * bb, kind);
-            if (kind == KIND_Q4_0) wv[i] = _mm256_sub_epi8(wv[i], _mm256_set1_epi8(8)); /* signed values */
+            wv[i] = _mm256_sub_epi8(block_values(wr[i] + b * bb, kind), _mm256_set1_epi8((char)value_offset(kind)));
             dw[i] = _mm256_set1_ps(block_scale(wr[i] + b * bb));
         }
         for (int j = 0; j < rn; j++) {
             __m256i xq = _mm256_loadu_si256((const __m256i *)(xa[j].qs + b * QK));
             __m256 dx = _mm256_set1_ps(xa[j].d[b]);
-            for (int i = 0; i < rm; i++)
+            for (int i = 0; i < rm; i++) {
                 acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_i8(wv[i], xq)), _mm256_mul_ps(dw[i], dx), acc[i][j]);
+                if (has_min(kind)) acc_min[i][j] += block_min(wr[i] + b * bb) * xa[j].dsum[b];
+            }
         }
     }
     for (int i = 0; i < rm; i++)
-        for (int j = 0; j < rn; j++) out[(token + j) * ldo + (row + i - row_begin)] = hsum_f32x8(acc[i][j]);
+        for (int j = 0; j < rn; j++)
+            out[(token + j) * ldo + (row + i - row_begin)] = hsum_f32x8(acc[i][j]) + acc_min[i][j];
 }
 
 INLINE void matmul_by_rows(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
@@ -176,11 +283,12 @@ INLINE void matmul_by_rows(float *out, int64_t ldo, const void *w, const void *x
  * across lanes per row and token. Here a group of eight rows is first repacked (into the caller's scratch
  * buffer, once for all the tokens) so that a vector holds four consecutive values of each of the eight rows,
  * one row per 32-bit lane. A dot-product step against four bytes of a token, broadcast to all lanes, then
- * adds to all eight rows' sums at once; after the block's eight such steps the eight rows' scales apply with
- * one vector multiply. The weights are repacked as unsigned bytes, value + offset (8 for Q4_0, whose nibbles
- * are stored that way; 128 for Q8_0), since the step multiplies unsigned by signed bytes; offset * (the token
- * block's sum) comes off once per block. Without VNNI the step's 16-bit pair sums would overflow for Q8_0's
- * 0..255: there, Q8_0 batches take the row tiles.
+ * adds to all eight rows' sums at once; after the block's eight such steps the eight rows' scales (and mins)
+ * apply with one vector multiply. The weights are repacked in block_values' form, Q8_0's as unsigned bytes
+ * value + 128, since the step multiplies unsigned by signed bytes; offset * (the token block's sum) comes off
+ * once per block. Without VNNI the step's 16-bit pair sums would overflow for Q8_0's 0..255: there, Q8_0
+ * batches take the row tiles; IQ4_NL's signed levels there move their signs onto the token's bytes (dot_i8's
+ * trick, the absolute values taken once per group for all the tokens).
  */
 
 #ifdef __AVX512VNNI__
@@ -190,51 +298,40 @@ enum { RN8 = 4 };
 #endif
 
 /* Per block of a packed group: eight groups of 32 bytes (four values x eight rows), then the eight rows'
-   scales as f32. */
-#define PACKED_BLOCK_BYTES (8 * QK + 8 * sizeof(float))
+   scales as f32, then (Q4_1, Q5_1) their mins. */
+INLINE size_t packed_block_bytes(block_kind kind) { return 8 * QK + (has_min(kind) ? 16 : 8) * sizeof(float); }
 
-size_t X86(matmul_scratch_bytes)(int64_t cols) { return (size_t)(cols / QK) * PACKED_BLOCK_BYTES; }
+size_t X86(matmul_scratch_bytes)(int64_t cols) { return (size_t)(cols / QK) * packed_block_bytes(KIND_Q4_1); }
 
-/* Transposes eight vectors of eight 32-bit lanes: v[i] lane j <-> v[j] lane i. */
-INLINE void transpose8x8_epi32(__m256i v[8]) {
-    __m256 t[8], u[8];
-    for (int i = 0; i < 4; i++) {
-        t[2 * i] = _mm256_unpacklo_ps(_mm256_castsi256_ps(v[2 * i]), _mm256_castsi256_ps(v[2 * i + 1]));
-        t[2 * i + 1] = _mm256_unpackhi_ps(_mm256_castsi256_ps(v[2 * i]), _mm256_castsi256_ps(v[2 * i + 1]));
-    }
-    for (int i = 0; i < 2; i++) {
-        u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-    }
-    for (int i = 0; i < 4; i++) {
-        v[i] = _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
-        v[i + 4] = _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
-    }
-}
+/* What the packed values exceed the real ones by. */
+INLINE int packed_offset(block_kind kind) { return kind == KIND_Q8_0 ? 128 : value_offset(kind); }
 
 /* Rows [row, row + 8) of w into the packed layout at dst. */
 INLINE void repack8(uint8_t *dst, const void *w, int64_t row, int64_t nb, block_kind kind) {
     size_t bb = block_bytes(kind), row_bytes = (size_t)nb * bb;
-    for (int64_t b = 0; b < nb; b++, dst += PACKED_BLOCK_BYTES) {
+    for (int64_t b = 0; b < nb; b++, dst += packed_block_bytes(kind)) {
         __m256i v[8];
-        float d[8];
+        float d[8], m[8];
         for (int r = 0; r < 8; r++) {
             const char *block = (const char *)w + (size_t)(row + r) * row_bytes + (size_t)b * bb;
             d[r] = block_scale(block);
+            if (has_min(kind)) m[r] = block_min(block);
             v[r] = block_values(block, kind);
             if (kind == KIND_Q8_0) v[r] = _mm256_xor_si256(v[r], _mm256_set1_epi8((char)0x80)); /* + 128 */
         }
-        transpose8x8_epi32(v);
+        transpose8x8_i32(v);
         for (int g = 0; g < 8; g++) _mm256_storeu_si256((__m256i *)(dst + g * 32), v[g]);
         memcpy(dst + 8 * QK, d, sizeof d);
+        if (has_min(kind)) memcpy(dst + 8 * QK + sizeof d, m, sizeof m);
     }
 }
 
 /* out[token + j][row_out .. row_out + 8) for j < rn from a packed eight-row group. */
 INLINE void tile8(float *out, int64_t ldo, const uint8_t *packed, const void *x, size_t ldx, int64_t token,
-                  int64_t row_out, int64_t nb, float offset, int rn) {
+                  int64_t row_out, int64_t nb, block_kind kind, int rn) {
+    /* signed packed values: IQ4_NL without VNNI (Q8_0 without VNNI takes the row tiles) */
+    const int is_signed = kind != KIND_Q8_0 && signed_values(kind);
+    const float offset = (float)packed_offset(kind);
     q8_act xa[RN8];
     __m256 acc[RN8];
     for (int j = 0; j < rn; j++) {
@@ -242,22 +339,27 @@ INLINE void tile8(float *out, int64_t ldo, const uint8_t *packed, const void *x,
         acc[j] = _mm256_setzero_ps();
     }
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *p = packed + b * PACKED_BLOCK_BYTES;
+        const uint8_t *p = packed + b * packed_block_bytes(kind);
         __m256i s[RN8];
         for (int j = 0; j < rn; j++) s[j] = _mm256_setzero_si256();
         for (int g = 0; g < 8; g++) {
             __m256i wv = _mm256_loadu_si256((const __m256i *)(p + g * 32));
+            __m256i wabs = is_signed ? _mm256_abs_epi8(wv) : wv;
             for (int j = 0; j < rn; j++) {
                 int32_t four;
                 memcpy(&four, xa[j].qs + b * QK + g * 4, sizeof four);
-                s[j] = dot4_u8i8(s[j], wv, _mm256_set1_epi32(four));
+                __m256i xv = _mm256_set1_epi32(four);
+                s[j] = dot4_u8i8(s[j], wabs, is_signed ? _mm256_sign_epi8(xv, wv) : xv);
             }
         }
-        __m256 dw = _mm256_loadu_ps((const float *)(p + 8 * QK));
+        const float *dw_m = (const float *)(p + 8 * QK); /* the eight scales, then the eight mins */
+        __m256 dw = _mm256_loadu_ps(dw_m);
         for (int j = 0; j < rn; j++) {
-            __m256 dot = _mm256_fmsub_ps(_mm256_set1_ps(xa[j].d[b]), _mm256_cvtepi32_ps(s[j]),
-                                         _mm256_set1_ps(offset * xa[j].dsum[b]));
+            __m256 dot = _mm256_mul_ps(_mm256_set1_ps(xa[j].d[b]), _mm256_cvtepi32_ps(s[j]));
+            if (offset != 0.0f) dot = _mm256_sub_ps(dot, _mm256_set1_ps(offset * xa[j].dsum[b]));
             acc[j] = _mm256_fmadd_ps(dw, dot, acc[j]);
+            if (has_min(kind)) /* + m * dsum */
+                acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(dw_m + 8), _mm256_set1_ps(xa[j].dsum[b]), acc[j]);
         }
     }
     for (int j = 0; j < rn; j++) _mm256_storeu_ps(out + (token + j) * ldo + row_out, acc[j]);
@@ -268,12 +370,11 @@ INLINE void tile8(float *out, int64_t ldo, const uint8_t *packed, const void *x,
 INLINE void matmul_by_eight_rows(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
                                  int64_t row_begin, int64_t row_end, int64_t cols, void *scratch, block_kind kind) {
     int64_t nb = cols / QK, r = row_begin;
-    float offset = kind == KIND_Q4_0 ? 8.0f : 128.0f;
     for (; r + 8 <= row_end; r += 8) {
         repack8(scratch, w, r, nb, kind);
         int64_t t = 0;
-        for (; t + RN8 <= n; t += RN8) tile8(out, ldo, scratch, x, ldx, t, r - row_begin, nb, offset, RN8);
-        for (; t < n; t++) tile8(out, ldo, scratch, x, ldx, t, r - row_begin, nb, offset, 1);
+        for (; t + RN8 <= n; t += RN8) tile8(out, ldo, scratch, x, ldx, t, r - row_begin, nb, kind, RN8);
+        for (; t < n; t++) tile8(out, ldo, scratch, x, ldx, t, r - row_begin, nb, kind, 1);
     }
     matmul_by_rows(out + (r - row_begin), ldo, w, x, ldx, n, r, row_end, cols, kind);
 }
@@ -291,4 +392,24 @@ void X86(matmul_q8_0)(float *out, int64_t ldo, const void *w, const void *x, siz
 void X86(matmul_q4_0)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
                       int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
     matmul_by_eight_rows(out, ldo, w, x, ldx, n, row_begin, row_end, cols, scratch, KIND_Q4_0);
+}
+
+void X86(matmul_q4_1)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
+    matmul_by_eight_rows(out, ldo, w, x, ldx, n, row_begin, row_end, cols, scratch, KIND_Q4_1);
+}
+
+void X86(matmul_q5_0)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
+    matmul_by_eight_rows(out, ldo, w, x, ldx, n, row_begin, row_end, cols, scratch, KIND_Q5_0);
+}
+
+void X86(matmul_q5_1)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
+    matmul_by_eight_rows(out, ldo, w, x, ldx, n, row_begin, row_end, cols, scratch, KIND_Q5_1);
+}
+
+void X86(matmul_iq4_nl)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                        int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
+    matmul_by_eight_rows(out, ldo, w, x, ldx, n, row_begin, row_end, cols, scratch, KIND_IQ4_NL);
 }

@@ -39,15 +39,25 @@ enum {
     LLM_ERR_THREAD  = -3, /* a worker thread could not be started */
 };
 
-/* Weight storage types. The block types use GGUF's layouts, so GGUF files are used in place:
-   Q8_0 blocks are { fp16 d; int8 q[32]; } (x = d * q), Q4_0 blocks are { fp16 d; uint8 q[16]; } holding
-   32 4-bit values, the low nibbles first (x = d * (q - 8)). A row is a whole number of blocks. */
+/* Weight storage types. The block types use GGUF's layouts (ggml-common.h), so GGUF files are used in
+   place; csrc/kernels.h spells each block out. A row is a whole number of blocks: 32 values for Q8_0 to
+   IQ4_NL, 256 for the K-quants and IQ4_XS. */
 typedef enum {
     LLM_F32  = 0,
     LLM_F16  = 1,
     LLM_BF16 = 2,
     LLM_Q8_0 = 3,
     LLM_Q4_0 = 4,
+    LLM_Q4_1 = 5,
+    LLM_Q5_0 = 6,
+    LLM_Q5_1 = 7,
+    LLM_IQ4_NL = 8,
+    LLM_Q2_K = 9,
+    LLM_Q3_K = 10,
+    LLM_Q4_K = 11,
+    LLM_Q5_K = 12,
+    LLM_Q6_K = 13,
+    LLM_IQ4_XS = 14,
     LLM_TYPE_COUNT
 } llm_type;
 
@@ -166,5 +176,17 @@ const char *llm_isa_name(int32_t isa);
  */
 int llm_matmul(int32_t type, int32_t isa, const void *w, int64_t rows, int64_t cols, const float *x, int64_t n,
                float *out);
+
+/* out (rows, cols) = the values that rows of w (of the given type) hold, as floats: the row lookup of the
+   embedding, for tests and for tools that read weights back. 0, or LLM_ERR_INVALID for an unknown type or
+   a cols that is not a whole number of the type's blocks. */
+int llm_dequantize(int32_t type, const void *w, int64_t rows, int64_t cols, float *out);
+
+/* out = rows of x (rows, cols) stored as `type`, one of the block types (Q8_0 to IQ4_XS): the bytes ggml's
+   reference quantizers (what llama-quantize uses without an importance matrix) write for the same values.
+   out holds rows * cols / block_elems * block_bytes bytes (llm_type_layout). Rows are independent, so callers
+   may split them among threads. 0, or LLM_ERR_INVALID for a float or unknown type, a cols that is not a
+   whole number of the type's blocks, or NULL buffers. Inputs must be finite. */
+int llm_quantize(int32_t type, const float *x, int64_t rows, int64_t cols, void *out);
 
 #endif /* LLMRUN_H */

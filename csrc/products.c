@@ -204,7 +204,7 @@ int llm_matmul(int32_t type, int32_t isa, const void *w, int64_t rows, int64_t c
                float *out) {
     if (isa == LLM_ISA_AUTO) isa = llm_isa_best();
     const llm_kernels *kernels = llm_kernels_get(isa);
-    if (!kernels || type < 0 || type >= LLM_TYPE_COUNT) return LLM_ERR_INVALID;
+    if (!kernels || type < 0 || type >= LLM_TYPE_COUNT || !kernels->type[type].matvec) return LLM_ERR_INVALID;
     if (!w || !x || !out || rows < 0 || cols < 0 || n < 1 || n > INT32_MAX) return LLM_ERR_INVALID;
     if (cols % llm_types[type].block_elems != 0) return LLM_ERR_INVALID;
     if (rows == 0) return 0;

@@ -4,6 +4,9 @@
     with llmrun.load("stories260K.bin", tokenizer="tok512.bin") as model:
         for piece in model.stream("Once upon a time", temperature=0):
             print(piece, end="", flush=True)
+
+`llmrun.load("demo")` runs the tiny model the package ships; `llmrun.load("owner/repo:Q4_K_M")` a model of the
+Hugging Face Hub, downloaded into the Hugging Face cache the first time (llmrun/hub.py).
 """
 
 from . import _library  # noqa: F401  (first: a missing or foreign C library fails here, clearly)
@@ -11,6 +14,7 @@ from .chat import ChatStream, ChatTemplate, load_template_from_folder
 from .errors import (
     ChatTemplateError,
     ContextOverflowError,
+    HubError,
     InvalidArgumentError,
     KernelError,
     LLMError,
@@ -26,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ChatStream", "ChatTemplate", "ChatTemplateError", "load_template_from_folder",
-    "ContextOverflowError", "Generation", "GenerationStats", "InvalidArgumentError", "KernelError", "LLMError", "Model",
+    "ContextOverflowError", "Generation", "GenerationStats", "HubError", "InvalidArgumentError", "KernelError",
+    "LLMError", "Model",
     "ModelFormatError", "ModelInfo", "SamplingError", "SamplingParams", "TokenizerError", "load", "__version__",
 ]

@@ -1,5 +1,7 @@
 """The `llmrun` command: generate, chat and info, all on the library's one generation loop; quantize, which
-writes a model as GGUF with its weights in another type."""
+writes a model as GGUF with its weights in another type; pull, list and rm, which manage the models of the
+Hugging Face Hub in its cache (llmrun/hub.py). Every MODEL argument may be omitted (the built-in demo model
+runs, with a line on stderr saying so), or name a Hub model as OWNER/REPO[:QUANT]."""
 
 from __future__ import annotations
 
@@ -22,15 +24,21 @@ from .errors import InvalidArgumentError, LLMError
 from .formats import read_model
 from .formats.gguf_writer import TensorPlan, write_model
 from .generate import Generation
+from .hub import DEMO_NAME, cache_dir, cached_models, describe, find_model, parse_reference, pull, remove
 from .model import Model, load, resolve_tokenizer
+from .presets import PRESETS, find_preset
 from .repl import Repl, enable_line_editing
 from .sampling import SamplingParams
+from .spec import TENSOR_TYPES, ModelSpec
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
-QUANT_TYPES = ("f16", "bf16", "q8_0", "q4_0")  # what `llmrun quantize --type` writes
-MODEL_HELP = ("model: a GGUF file, a llama2.c checkpoint (.bin) or a Hugging Face model folder (Llama, Mistral "
-              "and Qwen2 families)")
+MODEL_HELP = ("model: a GGUF file (a split model by any part), a llama2.c checkpoint (.bin), a Hugging Face "
+              "model folder (Llama, Mistral and Qwen2 families) or a model of the Hugging Face Hub, OWNER/REPO[:QUANT] "
+              "(downloaded the first time); default: the built-in demo model, a tiny story writer")
+REFERENCE_HELP = ("a model of the Hugging Face Hub: OWNER/REPO[:QUANT] (QUANT, e.g. Q4_K_M, picks the GGUF file whose "
+                  "name carries it, case-insensitive; default: the only one, else Q4_K_M, else Q8_0), or "
+                  "OWNER/REPO:FILE.gguf for one exact file; an hf.co/ prefix is accepted")
 RANDOM_SEED = -1  # -s -1: a fresh random seed, as llama.cpp
 MODEL_SUFFIXES = (".gguf", ".bin")  # what the server's default model name drops from a file's name
 # Where llama.cpp spells a sampling option differently, its spelling is accepted too.
@@ -61,6 +69,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A command's parser: its words may come before, between or after its options (`perplexity MODEL -c 128
+    TEXTFILE`) now that MODEL may be left out. Plain argparse binds an optional positional to the first word
+    it meets, before the options; intermixed parsing reads the options first, then the words in order."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        if self._intermixing:  # Python before 3.12 implements intermixed parsing with parse_known_args
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False: an option is spelled in full (`--ctx` is not --ctx-size), so that no spelling that
     # works today breaks when an option is added
@@ -68,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="llmrun", description="Run Llama-family language models locally, offline, on the CPU.",
         allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"llmrun {__version__}")
-    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND", parser_class=CommandParser)
 
     def command(name: str, **kwargs: str) -> argparse.ArgumentParser:
         return commands.add_parser(name, allow_abbrev=False, **kwargs)
@@ -105,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                     description="Prompt processing (ppN: N tokens from an empty cache) and generation "
                                 "(tgN: N tokens one at a time) in tokens/s, mean and standard deviation "
                                 "over repetitions, after an untimed warm-up.")
-    bench.add_argument("model", help=MODEL_HELP)
+    bench.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
     bench.add_argument("-z", "--tokenizer", help="tokenizer file, for llama2.c models")
     bench.add_argument("-p", "--n-prompt", default="128",
                        help="prompt lengths, comma-separated; 0 skips the test (default: 128)")
@@ -157,29 +183,67 @@ def build_parser() -> argparse.ArgumentParser:
                        help="server log level (default: info)")
     serve.set_defaults(run=run_serve)
 
+    pull_cmd = command("pull", help="download a model from the Hugging Face Hub into its cache",
+                       description="Download a model of the Hugging Face Hub into the Hugging Face cache "
+                                   "(HF_HUB_CACHE, default ~/.cache/huggingface/hub), shared with other tools: a "
+                                   "GGUF file (with every part of a split model) or a Hugging Face model's config, "
+                                   "tokenizer and weights. A dropped connection resumes; each file is checked "
+                                   "against the "
+                                   "Hub's hash. HF_TOKEN: an access token, for gated and private models; "
+                                   "HF_ENDPOINT: another Hub; HF_HUB_OFFLINE=1: never use the network. Prints the "
+                                   "model's local path.")
+    pull_cmd.add_argument("reference", metavar="REPO[:QUANT]", help=REFERENCE_HELP)
+    pull_cmd.add_argument("--file", default=None, metavar="NAME", help="this file of the repository (e.g. "
+                                                                     "model-Q5_K_M.gguf) instead of a QUANT tag")
+    pull_cmd.set_defaults(run=run_pull)
+
+    list_cmd = command("list", help="the models in the Hugging Face cache",
+                       description="The models in the Hugging Face cache (what pull downloaded, and models other "
+                                   "tools put there): reference, file, quantization, architecture, parameters, size "
+                                   "on disk and when it was last used.")
+    list_cmd.set_defaults(run=run_list)
+
+    rm_cmd = command("rm", help="remove a model from the Hugging Face cache",
+                     description="Remove a model from the Hugging Face cache: REPO removes every file of the "
+                                 "repository, REPO:QUANT (or REPO:FILE.gguf) only that model's files.")
+    rm_cmd.add_argument("reference", metavar="REPO[:QUANT]", help="what `llmrun list` shows as the reference")
+    rm_cmd.add_argument("--file", default=None, metavar="NAME", help="this file of the repository")
+    rm_cmd.set_defaults(run=run_rm)
+
     info = command("info", help="show a model's shape, parameters, type and size")
     add_model_args(info)
     info.set_defaults(run=run_info)
 
     quant = command("quantize", help="write a model as GGUF with its weights in another type",
                     description="Write a model (a GGUF file, a llama2.c .bin or a Hugging Face folder) as "
-                                "a GGUF file with its weight matrices in TYPE. Norms stay f32; a matrix "
-                                "whose rows are not whole 32-value blocks falls back to f16 for q8_0 and "
-                                "q4_0, as llama.cpp's quantizer does. A GGUF input keeps its metadata and "
-                                "vocabulary; otherwise the tokenizer (the model's own, -z, or "
+                                "a GGUF file with its weight matrices in TYPE, one of llama-quantize's presets, "
+                                "with the same bytes as llama-quantize writes (without an importance matrix): "
+                                "norms stay f32; the _S/_M/_L mixtures give some matrices more bits, the "
+                                "classifier gets Q6_K, and rows that are not whole blocks fall back to a "
+                                "32-value type or f16, as llama.cpp decides. A GGUF input keeps its metadata "
+                                "and vocabulary; otherwise the tokenizer (the model's own, -z, or "
                                 "tokenizer.bin beside the model) is written into the file.")
     quant.add_argument("input", help="the model to read: a GGUF file, a llama2.c .bin or a Hugging Face folder")
     quant.add_argument("output", help="GGUF file to write")
-    quant.add_argument("--type", required=True, choices=QUANT_TYPES, help="type of the weight matrices")
+    quant.add_argument("--type", required=True, type=preset_name, metavar="TYPE",
+                       help=f"the weights' type (any case): {', '.join(PRESETS)}")
     quant.add_argument("-z", "--tokenizer", help="tokenizer file to embed (llama2.c tokenizer.bin); default: the "
                                                  "model's own, else tokenizer.bin beside the model")
     quant.set_defaults(run=run_quantize)
     return parser
 
 
+def preset_name(text: str) -> str:
+    """--type's value: the name of a quantization preset; argparse reports the ValueError's reason."""
+    try:
+        return find_preset(text).name
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_model_args(p: argparse.ArgumentParser,
                    ctx_help: str = "context size in tokens (default: the model's, at most 4096)") -> None:
-    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
     p.add_argument("-z", "--tokenizer", help="tokenizer file (llama2.c tokenizer.bin); default: the model's "
                                              "own, else tokenizer.bin beside the model")
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
@@ -212,9 +276,16 @@ def add_sampling_args(p: argparse.ArgumentParser, max_tokens_default: int) -> No
                    help="stop when this text appears (repeatable)")
 
 
-def open_model(args: argparse.Namespace, chat_format: str | None = None) -> Model:
-    """The model the command's options describe; a one-line warning where -c exceeds what it was trained for."""
-    model = load(args.model, tokenizer=args.tokenizer, n_ctx=args.ctx_size, n_threads=args.threads,
+def model_path(args: argparse.Namespace) -> Path:
+    """Where the command's MODEL is: the path given, the demo model (MODEL omitted), or a Hub model's file in
+    the cache, downloaded first where it is missing (with a line on stderr and huggingface_hub's progress bars)."""
+    return find_model(args.model or DEMO_NAME, announce=lambda line: print(line, file=sys.stderr, flush=True))
+
+
+def open_model(args: argparse.Namespace, chat_format: str | None = None, path: Path | None = None) -> Model:
+    """The model the command's options describe (at `path` where the caller has found it already); a one-line
+    warning where -c exceeds what it was trained for."""
+    model = load(path or model_path(args), tokenizer=args.tokenizer, n_ctx=args.ctx_size, n_threads=args.threads,
                  n_batch=args.batch_size, chat_format=chat_format)
     i = model.info
     if i.n_ctx > i.context_length:
@@ -323,7 +394,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.api_key is not None and not args.api_key.isprintable():
         raise InvalidArgumentError("the API key must be printable text")
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
-    name = args.alias or model_name(args.model)
+    name = args.alias or model_name(args.model or DEMO_NAME)
     config = ServerConfig(model_name=name, api_key=args.api_key, max_body_bytes=args.max_body_bytes,
                           max_queue=args.max_queue)
     with open_model(args, chat_format=args.chat_format) as model:
@@ -334,9 +405,61 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def model_name(path: str) -> str:
     """The server's default model id: a file's name without .gguf / .bin, a folder's name as it is (dots and
-    all: Qwen2.5-0.5B-Instruct)."""
+    all: Qwen2.5-0.5B-Instruct), a Hub reference as written (without an hf.co/ prefix)."""
     p = Path(path)
+    ref = None if p.exists() else parse_reference(path)
+    if ref is not None:
+        return str(ref)
     return p.stem if p.suffix.lower() in MODEL_SUFFIXES and not p.is_dir() else p.name
+
+
+def run_pull(args: argparse.Namespace) -> int:
+    ref = parse_reference(args.reference, args.file)
+    if ref is None:
+        raise InvalidArgumentError(f"{args.reference!r} is not a Hub reference: expected OWNER/REPO[:QUANT]")
+    path = pull(ref)
+    print(path)
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    models = cached_models()
+    if not models:
+        print(f"llmrun: no models in the Hugging Face cache ({cache_dir()}); get one with llmrun pull REPO[:QUANT]",
+              file=sys.stderr)
+        return 0
+    rows = [("REFERENCE", "FILE", "QUANT", "ARCHITECTURE", "PARAMETERS", "SIZE", "LAST USED")]
+    for m in models:
+        arch, params = describe(m)
+        if m.path.is_dir():
+            file = f"folder of {len(m.files)} files"
+        else:
+            file = m.files[0].file_name + (f" (+{len(m.files) - 1} parts)" if len(m.files) > 1 else "")
+        rows.append((str(m.reference), file, m.quant or "-", arch, "?" if params is None else human(params, ""),
+                     human(m.size, "B"), time.strftime("%Y-%m-%d %H:%M", time.localtime(m.last_used))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    print(f"cache: {cache_dir()}", file=sys.stderr)
+    return 0
+
+
+def run_rm(args: argparse.Namespace) -> int:
+    ref = parse_reference(args.reference, args.file)
+    if ref is None:
+        raise InvalidArgumentError(f"{args.reference!r} is not a Hub reference: expected OWNER/REPO[:QUANT]")
+    n_files, freed = remove(ref)
+    print(f"removed {ref} from the cache: {n_files} files, {human(freed, 'B')} freed")
+    return 0
+
+
+def human(n: int, unit: str) -> str:
+    """1234567 -> "1.2M" (with the unit: "1.2MB"); decimal prefixes, as Hub pages and `du -h --si` show sizes."""
+    for prefix in ("", "K", "M", "G", "T"):
+        if n < 1000 or prefix == "T":
+            return f"{n:.0f}{unit}" if prefix == "" else f"{n:.1f}{prefix}{unit}"
+        n /= 1000
+    raise AssertionError
 
 
 def status(message: str) -> None:
@@ -368,9 +491,10 @@ def run_bench_command(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("nothing to measure: every -p and -n length is 0")
     threads = int_list(args.threads, "-t", 1) if args.threads else [None]
     n_ctx = max(prompts + [n + 1 for n in gens])
+    path = model_path(args)
     rows = []
     for t in threads:
-        with load(args.model, tokenizer=args.tokenizer, n_ctx=n_ctx, n_threads=t, n_batch=args.batch_size) as model:
+        with load(path, tokenizer=args.tokenizer, n_ctx=n_ctx, n_threads=t, n_batch=args.batch_size) as model:
             for result in run_bench(model, prompts, gens, args.repetitions, progress=status):
                 i = model.info
                 row = {"model": Path(i.path).name, "size_bytes": i.weight_bytes, "params": i.n_params,
@@ -409,7 +533,9 @@ def run_info(args: argparse.Namespace) -> int:
     def token(id: int | None) -> str:
         return "none" if id is None else str(id)
 
-    with open_model(args) as model:
+    path = model_path(args)
+    types = tensor_type_rows(read_model(path))
+    with open_model(args, path=path) as model:
         i = model.info
         rows = [
             ("file", f"{i.path} ({i.file_size:,} bytes)"),
@@ -421,6 +547,7 @@ def run_info(args: argparse.Namespace) -> int:
             ("vocabulary", str(i.vocab_size)),
             ("context", f"{i.context_length} trained, {i.n_ctx} allocated"),
             ("runtime", f"{i.n_threads} threads, {i.isa} kernels"),
+            *types,
         ]
         try:
             tok = model.tokenizer
@@ -431,6 +558,28 @@ def run_info(args: argparse.Namespace) -> int:
         for key, value in rows:
             print(f"{key:<{width}}  {value}")
     return 0
+
+
+def tensor_type_rows(spec: ModelSpec) -> list[tuple[str, str]]:
+    """`info`'s rows about storage: bits per weight over all tensors, then each type's tensor count, values
+    and bits per weight (most values first)."""
+    count: dict[str, int] = {}
+    values: dict[str, int] = {}
+    for t in spec.tensors():
+        count[t.type] = count.get(t.type, 0) + 1
+        values[t.type] = values.get(t.type, 0) + t.n_elements
+
+    def bits(type: str) -> float:
+        t = TENSOR_TYPES[type]
+        return 8 * t.block_bytes / t.block_elems
+    total = sum(values.values())
+    overall = sum(bits(k) * v for k, v in values.items()) / max(total, 1)
+    rows = [("bits/weight", f"{overall:.2f} over {total:,} values")]
+    for type in sorted(values, key=lambda k: -values[k]):
+        noun = "tensor " if count[type] == 1 else "tensors"
+        rows.append(("tensors" if len(rows) == 1 else "", f"{type:<6} {count[type]:>4} {noun} "
+                     f"{values[type]:>15,} values {bits(type):6.2f} bits/weight"))
+    return rows
 
 
 def run_quantize(args: argparse.Namespace) -> int:
@@ -444,12 +593,13 @@ def run_quantize(args: argparse.Namespace) -> int:
                   f"({problem})", file=sys.stderr)
     def progress(i: int, n_tensors: int, plan: TensorPlan) -> None:  # n_tensors: what the file gets
         shape = f"{plan.rows} x {plan.cols}" if not plan.is_vector else f"{plan.cols}"
-        print(f"[{i + 1:>{len(str(n_tensors))}}/{n_tensors}] {plan.name:<28} {shape:>13}  {plan.source.type:>4} -> "
-              f"{plan.type:<4} {plan.nbytes:>12,} bytes", file=sys.stderr)
+        print(f"[{i + 1:>{len(str(n_tensors))}}/{n_tensors}] {plan.name:<28} {shape:>13}  {plan.source.type:>6} -> "
+              f"{plan.type:<6} {plan.nbytes:>12,} bytes", file=sys.stderr)
 
-    block_types = ("q8_0", "q4_0")
-    requantized = sorted({t.type for t in spec.tensors() if t.type in block_types and t.type != args.type})
-    if requantized and args.type in block_types:  # llama.cpp refuses this without --allow-requantize
+    base = find_preset(args.type).base
+    block_types = {name for name, t in TENSOR_TYPES.items() if t.block_elems > 1}
+    requantized = sorted({t.type for t in spec.tensors() if t.type in block_types and t.type != base})
+    if requantized and base in block_types:  # llama.cpp refuses this without --allow-requantize
         print(f"llmrun: warning: the input is already {'/'.join(requantized)}; quantizing it again adds the "
               f"errors of both steps (start from an f32, f16 or bf16 file if you can)", file=sys.stderr)
 

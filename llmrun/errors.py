@@ -62,3 +62,9 @@ class SamplingError(LLMError, ValueError):
 class ChatTemplateError(LLMError, ValueError):
     """A chat template does not compile, fails while rendering, refuses the conversation, or tried to leave
     its sandbox (nothing it asked for outside the sandbox was run)."""
+
+
+class HubError(LLMError, OSError):
+    """A model on the Hugging Face Hub cannot be had: the repository, file or quantization does not exist, is
+    gated or private, the Hub cannot be reached (or HF_HUB_OFFLINE forbids it) and the cache lacks the model,
+    or a download failed or arrived corrupt."""

@@ -14,6 +14,7 @@ from .engine import DEFAULT_BATCH, MAX_THREADS, Engine, context_bytes
 from .errors import ContextOverflowError, InvalidArgumentError, TokenizerError
 from .formats import Progress, beside_tokenizer, read_model, read_tokenizer
 from .generate import Generation, check_max_tokens, normalize_stop
+from .hub import find_model
 from .openai_api import chat_logprobs
 from .sampling import SamplingParams
 from .spec import ModelSpec
@@ -283,10 +284,15 @@ class Model:
 def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | None = None,
          n_ctx: int | None = None, n_threads: int | None = None, n_batch: int = DEFAULT_BATCH,
          chat_format: str | None = None, quantize: str | None = None, progress: Progress | None = None) -> Model:
-    """Loads a model file or folder.
+    """Loads a model file or folder, the demo model, or a model of the Hugging Face Hub.
 
-    path:      a GGUF file (llama / qwen2 architecture; F32, F16, BF16, Q8_0, Q4_0 tensors), a llama2.c
-               checkpoint (.bin) or a Hugging Face model folder (config.json, *.safetensors, tokenizer.json).
+    path:      a GGUF file (llama / qwen2 architecture; F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL,
+               the K-quants Q2_K to Q6_K and IQ4_XS tensors, in any mix; a split model by
+               any of its parts), a llama2.c checkpoint (.bin) or a Hugging Face model folder (config.json,
+               *.safetensors, tokenizer.json); as a str also "demo" (the tiny stories260K model the package
+               ships) or a Hub reference "OWNER/REPO[:QUANT]" (llmrun/hub.py: taken from the Hugging Face
+               cache, downloaded into it first when missing unless HF_HUB_OFFLINE is set, else HubError).
+               A path that exists always wins over the other two readings.
     tokenizer: a llama2.c tokenizer.bin (or a Tokenizer). Default: the model's own tokenizer (GGUF,
                tokenizer.json), else a tokenizer.bin beside the model if its vocabulary matches.
     n_ctx:     positions the KV cache holds; default: the model's context length, at most 4096 (and at most
@@ -310,6 +316,8 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
     _check_int("n_batch", n_batch, 1, 1 << 16)
     if n_ctx is not None:
         _check_int("n_ctx", n_ctx, 1, 1 << 24)
+    if isinstance(path, str):
+        path = find_model(path)
     spec = read_model(path, quantize=quantize, progress=progress)
     if n_ctx is None:
         n_ctx = min(spec.max_context, DEFAULT_MAX_CTX)

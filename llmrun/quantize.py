@@ -1,16 +1,14 @@
-"""Conversions between f32 and the stored weight types: f16, bf16 and GGUF's Q8_0 and Q4_0 blocks.
+"""Conversions between f32 and the stored weight types: f16, bf16 and GGUF's block types (Q8_0 ... IQ4_XS).
 
-The quantizers reproduce ggml's reference C code bit for bit (`quantize_row_q8_0_ref`,
-`quantize_row_q4_0_ref` in ggml-quants.c, `ggml_compute_fp32_to_bf16` in ggml-impl.h, and the
-round-to-nearest-even fp32 -> fp16 conversion), so a file quantized here holds the same bytes as one made
-by llama.cpp from the same f32 weights. Every step is done in float32, as the C code does; doing any of
-it in float64 would round differently near the rounding boundaries. (The C code compiled with FMA
-contraction can differ in rare last-bit cases; the reference semantics are the uncontracted ones, which
-is also what the `gguf` Python package implements.)
+Every conversion writes the bytes llama.cpp writes for the same f32 values: f16 rounds to nearest even and
+bf16 as ggml_compute_fp32_to_bf16 (numpy, here), and the block types go through csrc/quantize.c
+(llm_quantize), which follows ggml's reference quantizers operation for operation in float32 (it is built
+without FMA contraction for that reason). Reading block types back uses the C library's row lookup
+(llm_dequantize), the code the engine's embedding uses.
 
 Inputs with inf or NaN, or blocks whose scale has no finite float32 reciprocal (largest magnitude below
-about 1e-37), are outside the quantizers' contract: the C code converts inf or NaN to an integer there,
-which is undefined behaviour. f16 and bf16 handle every input (bf16 quiets NaNs as ggml does).
+about 1e-37), are outside the block quantizers' contract: ggml's C code converts inf or NaN to an integer
+there, which is undefined behaviour. f16 and bf16 handle every input (bf16 quiets NaNs as ggml does).
 
 Large tensors are converted in row chunks (`convert_rows`), so memory stays bounded by a chunk, not by the
 model.
@@ -18,15 +16,17 @@ model.
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .spec import TENSOR_TYPES, Tensor
+from ._library import ffi, lib
+from .spec import TENSOR_TYPES, Tensor, TensorType
 
-QK = 32  # values per Q8_0 / Q4_0 block
-Q8_0_BLOCK_BYTES = 2 + QK  # fp16 d, 32 x int8
-Q4_0_BLOCK_BYTES = 2 + QK // 2  # fp16 d, 16 bytes of nibbles
+QK = 32  # values per block of Q8_0, Q4_0 and the other 32-value types
 
 # Values converted per chunk: 4 MiB of float32. Small enough that the temporaries are reused from the
 # allocator's cache instead of being mapped (and page-faulted) afresh for every chunk.
@@ -60,81 +60,74 @@ def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
     return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << np.uint32(16)).view(_F32)
 
 
-# --- Q8_0 -----------------------------------------------------------------------------------------------
+# --- block types ---------------------------------------------------------------------------------------
 
-# The largest float32 below 0.5. trunc(y + copysign(_JUST_BELOW_HALF, y)) equals C's roundf(y) (halves
-# away from zero) for every float32 |y| < 2**24, checked exhaustively; plain y + 0.5 would round
-# 0.49999997 up to 1. numpy's rint rounds halves to even, which is not what ggml does.
-_JUST_BELOW_HALF = np.nextafter(_F32(0.5), _F32(0))
-
-
-def _round_half_away(y: np.ndarray) -> np.ndarray:
-    """C's roundf for |y| < 2**24 (quantized values are within +-127.x)."""
-    return np.trunc(y + np.copysign(_JUST_BELOW_HALF, y))
+# Values one thread quantizes at least: below this, starting threads costs more than it saves.
+THREAD_VALUES = 1 << 16
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+_pool: ThreadPoolExecutor | None = None
 
 
-def _blocks(x: np.ndarray) -> np.ndarray:
-    """(rows, cols) float32 -> (rows * cols / 32, 32), checking that rows are whole blocks."""
-    x = np.asarray(x, dtype=_F32)
-    if x.shape[-1] % QK:
-        raise ValueError(f"row length {x.shape[-1]} is not a multiple of the block size {QK}")
-    return x.reshape(-1, QK)
+def _threads() -> ThreadPoolExecutor:
+    """One pool for the process, a thread per usable core (cffi releases the GIL around the C quantizer)."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=CORES, thread_name_prefix="llmrun-quantize")
+    return _pool
 
 
-def _reciprocal(d: np.ndarray) -> np.ndarray:
-    """1/d in float32, 0 where d is 0 (an all-zero block quantizes to zeros)."""
-    safe = np.where(d == 0, _F32(1), d)
-    return np.where(d == 0, _F32(0), _F32(1) / safe)
+def _check_blocks(cols: int, type: str) -> TensorType:
+    t = TENSOR_TYPES[type]
+    if cols % t.block_elems:
+        raise ValueError(f"row length {cols} is not a multiple of the {type} block size {t.block_elems}")
+    return t
 
 
-def quantize_q8_0(x: np.ndarray) -> np.ndarray:
-    """float32 (..., cols) -> Q8_0 blocks as uint8 (..., cols / 32 * 34): per 32 values d = amax / 127
-    (stored as fp16), q = roundf(x / d) computed as x * (1 / d), as quantize_row_q8_0_ref."""
-    shape = np.shape(x)
-    blocks = _blocks(x)
-    d = np.abs(blocks).max(axis=1, keepdims=True) / _F32(127)
-    q = _round_half_away(blocks * _reciprocal(d)).astype(np.int8)
-    out = np.empty((blocks.shape[0], Q8_0_BLOCK_BYTES), dtype=np.uint8)
-    out[:, :2] = f32_to_f16(d).view(np.uint8)
-    out[:, 2:] = q.view(np.uint8)
-    return out.reshape(*shape[:-1], shape[-1] // QK * Q8_0_BLOCK_BYTES)
+def quantize_blocks(x: np.ndarray, type: str) -> np.ndarray:
+    """float32 (..., cols) -> `type`'s blocks as uint8 (..., row_bytes): csrc/quantize.c, which writes the
+    bytes of ggml's reference quantizers. Large inputs are split by rows among threads."""
+    x = np.ascontiguousarray(x, dtype=_F32)
+    shape = x.shape
+    t = _check_blocks(shape[-1], type)
+    cols = shape[-1]
+    rows = x.size // cols if cols else 0
+    x2 = x.reshape(rows, cols)
+    if not np.isfinite(x2).all():  # ggml's quantizers convert inf and NaN to integers: undefined behaviour
+        row, col = (int(i[0]) for i in np.nonzero(~np.isfinite(x2)))
+        raise ValueError(f"cannot quantize to {type}: row {row} holds {x2[row, col]} at column {col} (the "
+                         f"quantizers need finite weights)")
+    out = np.empty((rows, t.row_bytes(cols)), dtype=np.uint8)
+
+    def run(start: int, stop: int) -> None:
+        if lib.llm_quantize(t.code, ffi.from_buffer("float[]", x2[start:stop]), stop - start, cols,
+                            ffi.from_buffer(out[start:stop])) != 0:
+            raise ValueError(f"the C library refused to quantize {stop - start} rows of {cols} values as {type}")
+
+    parts = max(1, min(CORES, x.size // THREAD_VALUES, rows))
+    if parts == 1:
+        if rows:
+            run(0, rows)
+    else:
+        bounds = [rows * i // parts for i in range(parts + 1)]
+        for job in [_threads().submit(run, a, b) for a, b in itertools.pairwise(bounds)]:
+            job.result()
+    return out.reshape(*shape[:-1], out.shape[-1])
 
 
-def dequantize_q8_0(data: np.ndarray) -> np.ndarray:
-    """Q8_0 blocks (..., n * 34) uint8 -> float32 (..., n * 32): x = d * q."""
-    shape = np.shape(data)
-    blocks = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1, Q8_0_BLOCK_BYTES)
-    d = blocks[:, :2].copy().view(np.float16).astype(_F32)
-    q = blocks[:, 2:].view(np.int8).astype(_F32)
-    return (q * d).reshape(*shape[:-1], shape[-1] // Q8_0_BLOCK_BYTES * QK)
-
-
-# --- Q4_0 -----------------------------------------------------------------------------------------------
-
-def quantize_q4_0(x: np.ndarray) -> np.ndarray:
-    """float32 (..., cols) -> Q4_0 blocks as uint8 (..., cols / 32 * 18), as quantize_row_q4_0_ref:
-    d = m / -8 where m is the first value of largest magnitude (sign kept, so m maps to q = 0 exactly),
-    q = min(15, trunc(x / d + 8.5)); value j in the low nibble of byte j, value j + 16 in its high nibble."""
-    shape = np.shape(x)
-    blocks = _blocks(x)
-    first_max = np.abs(blocks).argmax(axis=1)[:, None]  # argmax returns the first of equal maxima, as C
-    d = np.take_along_axis(blocks, first_max, axis=1) / _F32(-8)
-    q = np.trunc(blocks * _reciprocal(d) + _F32(8.5))
-    q = np.clip(q, 0, 15).astype(np.uint8)
-    out = np.empty((blocks.shape[0], Q4_0_BLOCK_BYTES), dtype=np.uint8)
-    out[:, :2] = f32_to_f16(d).view(np.uint8)
-    out[:, 2:] = q[:, :QK // 2] | (q[:, QK // 2:] << np.uint8(4))
-    return out.reshape(*shape[:-1], shape[-1] // QK * Q4_0_BLOCK_BYTES)
-
-
-def dequantize_q4_0(data: np.ndarray) -> np.ndarray:
-    """Q4_0 blocks (..., n * 18) uint8 -> float32 (..., n * 32): x = d * (q - 8)."""
-    shape = np.shape(data)
-    blocks = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1, Q4_0_BLOCK_BYTES)
-    d = blocks[:, :2].copy().view(np.float16).astype(_F32)
-    packed = blocks[:, 2:]
-    q = np.concatenate([packed & np.uint8(0x0F), packed >> np.uint8(4)], axis=1).astype(np.int8) - np.int8(8)
-    return (q.astype(_F32) * d).reshape(*shape[:-1], shape[-1] // Q4_0_BLOCK_BYTES * QK)
+def dequantize_blocks(data: np.ndarray, type: str) -> np.ndarray:
+    """`type`'s blocks (..., n * block_bytes) uint8 -> float32 (..., n * block_elems): the C library's row
+    lookup (llm_dequantize), the same code the embedding uses."""
+    t = TENSOR_TYPES[type]
+    raw = np.ascontiguousarray(data).view(np.uint8)
+    shape = raw.shape
+    if shape[-1] % t.block_bytes:
+        raise ValueError(f"rows of {shape[-1]} bytes are not whole {type} blocks of {t.block_bytes} bytes")
+    cols = shape[-1] // t.block_bytes * t.block_elems
+    rows = raw.size // shape[-1] if shape[-1] else 0
+    out = np.empty((rows, cols), dtype=_F32)
+    if rows and lib.llm_dequantize(t.code, ffi.from_buffer(raw), rows, cols, ffi.from_buffer("float[]", out)) != 0:
+        raise ValueError(f"the C library cannot read {type} values back (no row lookup for the type)")
+    return out.reshape(*shape[:-1], cols)
 
 
 # --- any type -------------------------------------------------------------------------------------------
@@ -147,10 +140,8 @@ def quantize(x: np.ndarray, type: str) -> np.ndarray:
         return f32_to_f16(x)
     if type == "bf16":
         return f32_to_bf16(x)
-    if type == "q8_0":
-        return quantize_q8_0(x)
-    if type == "q4_0":
-        return quantize_q4_0(x)
+    if type in TENSOR_TYPES:
+        return quantize_blocks(x, type)
     raise ValueError(f"unknown tensor type {type!r} (expected one of {', '.join(TENSOR_TYPES)})")
 
 
@@ -162,10 +153,8 @@ def dequantize(data: np.ndarray, type: str) -> np.ndarray:
         return np.asarray(data, dtype=np.float16).astype(_F32)
     if type == "bf16":
         return bf16_to_f32(data)
-    if type == "q8_0":
-        return dequantize_q8_0(data)
-    if type == "q4_0":
-        return dequantize_q4_0(data)
+    if type in TENSOR_TYPES:
+        return dequantize_blocks(data, type)
     raise ValueError(f"unknown tensor type {type!r} (expected one of {', '.join(TENSOR_TYPES)})")
 
 

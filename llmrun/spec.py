@@ -35,10 +35,9 @@ class TensorType:
         return cols // self.block_elems * self.block_bytes
 
 
-# How numpy holds a row of each type: the one thing about a type the C library cannot say. numpy has no
-# bfloat16, so bf16 rows are their raw 16-bit patterns; block types are raw bytes.
-_STORAGE = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2"), "bf16": np.dtype("<u2"), "q8_0": np.dtype("u1"),
-            "q4_0": np.dtype("u1")}
+# How numpy holds a row of each float type: the one thing about a type the C library cannot say. numpy has
+# no bfloat16, so bf16 rows are their raw 16-bit patterns. Block types are raw bytes.
+_FLOAT_STORAGE = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2"), "bf16": np.dtype("<u2")}
 
 
 def _tensor_type(code: int) -> TensorType:
@@ -47,9 +46,10 @@ def _tensor_type(code: int) -> TensorType:
     if lib.llm_type_layout(code, elems, nbytes) != 0:
         raise ImportError(f"the llmrun C library has no layout for its weight type {code}")
     name = ffi.string(lib.llm_type_name(code)).decode()
-    if name not in _STORAGE:
+    if elems[0] == 1 and name not in _FLOAT_STORAGE:
         raise ImportError(f"the llmrun C library has a weight type {name!r} that llmrun/spec.py cannot hold")
-    return TensorType(name, code, int(elems[0]), int(nbytes[0]), _STORAGE[name])
+    storage = _FLOAT_STORAGE[name] if elems[0] == 1 else np.dtype("u1")
+    return TensorType(name, code, int(elems[0]), int(nbytes[0]), storage)
 
 
 # Built from the C library, which defines the codes and block layouts (one definition for C and Python).

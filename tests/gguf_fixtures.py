@@ -25,7 +25,35 @@ Q = gguf.GGMLQuantizationType
 LAYER_NAMES = {"attn_norm": "attn_norm", "wq": "attn_q", "wk": "attn_k", "wv": "attn_v", "wo": "attn_output",
                "ffn_norm": "ffn_norm", "w_gate": "ffn_gate", "w_up": "ffn_up", "w_down": "ffn_down"}
 NORMS = {"attn_norm", "ffn_norm", "output_norm"}
-GGML_TYPES = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}
+GGML_TYPES = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "q4_1": Q.Q4_1,
+              "q5_0": Q.Q5_0, "q5_1": Q.Q5_1, "iq4_nl": Q.IQ4_NL, "q2_k": Q.Q2_K, "q3_k": Q.Q3_K, "q4_k": Q.Q4_K,
+              "q5_k": Q.Q5_K, "q6_k": Q.Q6_K, "iq4_xs": Q.IQ4_XS}
+
+# Byte offsets, within a block, of the fp16 fields that scale the whole block (d, and dmin or m): ggml-common.h.
+BLOCK_SCALE_FIELDS = {"q8_0": (0,), "q4_0": (0,), "q4_1": (0, 2), "q5_0": (0,), "q5_1": (0, 2), "iq4_nl": (0,),
+                      "q2_k": (80, 82), "q3_k": (108,), "q4_k": (0, 2), "q5_k": (0, 2), "q6_k": (208,),
+                      "iq4_xs": (0,)}
+
+
+def random_blocks(rows: int, cols: int, ttype: str, rng: np.random.Generator, std: float) -> np.ndarray:
+    """(rows, row bytes) uint8: random blocks of a block type, for the types the gguf package cannot encode.
+    Every byte is random but the block-wide fp16 scales, which are set to one value of random sign per block,
+    chosen so the decoded values have about standard deviation `std`. Random bytes reach every bit pattern of
+    the packed quants and sub-block scales, which values of a real quantizer may never do."""
+    qtype = GGML_TYPES[ttype]
+    block_elems, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
+    raw = rng.integers(0, 256, size=(rows, cols // block_elems, block_bytes), dtype=np.uint8)
+    sign = rng.choice(np.array([1.0, -1.0], dtype=np.float16), size=raw.shape[:2])
+
+    def set_scales(value: float) -> None:
+        half = (sign * np.float16(value)).astype(np.float16).view(np.uint8).reshape(*raw.shape[:2], 2)
+        for offset in BLOCK_SCALE_FIELDS[ttype]:
+            raw[:, :, offset:offset + 2] = half
+
+    set_scales(1.0)
+    unit = gguf.quants.dequantize(raw.reshape(rows, -1), qtype)
+    set_scales(std / max(float(unit.std()), 1e-30))
+    return raw.reshape(rows, -1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -82,10 +110,12 @@ def write_llama_gguf(path: Path, cfg: ModelConfig, tensors: dict[str, np.ndarray
                      types: dict[str, str] | None = None, version: int = 3, alignment: int | None = None,
                      vocab: tuple[list[str], list[float], list[int]] | None = None,
                      extra_kv: dict[str, tuple[object, gguf.GGUFValueType]] | None = None,
-                     tokenizer_model: str = "llama") -> dict[str, np.ndarray]:
+                     tokenizer_model: str = "llama", stored: dict[str, tuple[np.ndarray, str]] | None = None
+                     ) -> dict[str, np.ndarray]:
     """Writes a llama GGUF with weights `tensors` (tests/builders.py names, float32) stored as `ttype`
-    (norms stay f32; `types` overrides per GGUF tensor name). The tokenizer is `vocab` (default
-    make_vocab(cfg.vocab_size)). Returns GGUF name -> the exact array written (for byte comparisons)."""
+    (norms stay f32; `types` overrides per GGUF tensor name; `stored` gives GGUF names already encoded, as
+    (raw uint8 rows, type)). The tokenizer is `vocab` (default make_vocab(cfg.vocab_size)). Returns GGUF
+    name -> the exact array written (for byte comparisons)."""
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_context_length(cfg.max_seq_len)
     w.add_embedding_length(cfg.dim)
@@ -119,10 +149,10 @@ def write_llama_gguf(path: Path, cfg: ModelConfig, tensors: dict[str, np.ndarray
     for name, ours, layer in gguf_tensor_names(cfg, tied="output" not in tensors):
         values = tensors[ours] if layer is None else tensors[ours][layer]
         kind = "f32" if ours in NORMS else (types or {}).get(name, ttype)
-        stored = encode_tensor(values, kind)
-        raw_dtype = GGML_TYPES[kind] if kind in ("bf16", "q8_0", "q4_0") else None
-        w.add_tensor(name, stored, raw_dtype=raw_dtype)
-        written[name] = stored
+        array, kind = (stored or {}).get(name) or (encode_tensor(values, kind), kind)
+        raw_dtype = None if kind in ("f32", "f16") else GGML_TYPES[kind]
+        w.add_tensor(name, array, raw_dtype=raw_dtype)
+        written[name] = array
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

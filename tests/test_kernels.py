@@ -1,23 +1,62 @@
 """The C kernels of every weight type against numpy references, and the instruction sets against each
-other. Stored weights come from the official `gguf` package's encoders (tests/quants.py).
+other. Stored weights come from the official `gguf` package's encoders (tests/quants.py); it has none for
+the K-quants, whose weights are random super-blocks, decoded by the same package.
 
 Tolerances: the reference reproduces exactly what the C product computes (the stored weights; for block
-types also the Q8_0 quantization of the input), in float64. The C code accumulates in float32, so the
-results agree to ~1e-6 of the result's scale; rtol 1e-5 plus atol 1e-5 * sqrt(cols) * scale leaves
-room for the accumulation order and nothing more: a wrong nibble order or scale is off by O(1).
+types also the 8-bit quantization of the input, per 32 values or per 256 for the K-quants), in float64.
+The C code accumulates in float32, so the results agree to ~1e-6 of the result's scale; rtol 1e-5 plus
+atol 1e-5 * sqrt(cols) * scale leaves room for the accumulation order and nothing more: a wrong nibble
+order or scale is off by O(1) (test_kernels_kquants.py shows it for one sub-block
+taking its neighbour's scale).
 """
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
-from quants import decode, encode, product_reference
+from quants import decode, product_reference
+from quants import encode as gguf_encode
 
 from llmrun.engine import ISA_NAMES, available_isas, best_isa, ffi, lib
-from llmrun.spec import TENSOR_TYPES
+from llmrun.spec import TENSOR_TYPES, Tensor
 
 ISAS = available_isas()
-TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0"]
+LEGACY_TYPES = ["q4_1", "q5_0", "q5_1", "iq4_nl"]  # the other 32-value blocks: more in test_kernels_q32.py
+K_QUANTS = ["q4_k", "q5_k", "q6_k"]  # more in test_kernels_kquants.py
+LOW_K_TYPES = ["q2_k", "q3_k", "iq4_xs"]  # more in test_kernels_kquants_low.py
+TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", *LEGACY_TYPES, *K_QUANTS, *LOW_K_TYPES]
+
+# Where each K-quant super-block keeps its fp16 d (and dmin): csrc/kernels.h, ggml-common.h.
+K_FP16_FIELDS = {"q4_k": (0, 2), "q5_k": (0, 2), "q6_k": (208,)}
+
+
+def random_super_blocks(rng: np.random.Generator, rows: int, cols: int, type: str,
+                        d_scale: float = 2e-3) -> Tensor:
+    """Random K-quant super-blocks: every bit random (all scale, min, and high-bit patterns occur) except the
+    fp16 d and dmin, which are finite, of either sign, and about d_scale, so that the values stay O(1)."""
+    tt = TENSOR_TYPES[type]
+    raw = rng.integers(0, 256, size=(rows, cols // tt.block_elems, tt.block_bytes), dtype=np.uint8)
+    for offset in K_FP16_FIELDS[type]:
+        d = (rng.uniform(0.5, 1.0, raw.shape[:2]) * rng.choice([-d_scale, d_scale], raw.shape[:2]))
+        raw[:, :, offset:offset + 2] = d.astype(np.float16).view(np.uint8).reshape(raw.shape[:2] + (2,))
+    return Tensor(raw.reshape(rows, -1), type)
+
+
+def encode(a: np.ndarray, type: str) -> Tensor:
+    """`a` (rows, cols) stored as `type` through the gguf package's encoder; the package cannot encode the
+    K-quants, so theirs are random super-blocks of the same shape (seeded by `a`: reproducible)."""
+    if type not in K_QUANTS:
+        return gguf_encode(a, type)
+    rng = np.random.default_rng(zlib.crc32(np.ascontiguousarray(a, dtype=np.float32).tobytes()))
+    return random_super_blocks(rng, *a.shape, type)
+
+
+def block_cols(type: str, cols: int) -> int:
+    """cols rounded up to whole blocks of `type`."""
+    block = TENSOR_TYPES[type].block_elems
+    return -(-cols // block) * block
 
 
 def c_matmul(t, x: np.ndarray, isa: str) -> np.ndarray:
@@ -35,9 +74,17 @@ def c_matvec(t, x: np.ndarray, isa: str) -> np.ndarray:
     return c_matmul(t, x[None, :], isa)[0]
 
 
+def input_block(type: str) -> int:
+    """Values per block of the type's quantized input: 32 for the float types too, so that tests of special
+    inputs keep their shapes."""
+    return max(32, TENSOR_TYPES[type].block_elems)
+
+
 def shapes_for(type: str) -> list[tuple[int, int]]:
     if TENSOR_TYPES[type].block_elems == 32:
         return [(1, 32), (3, 64), (17, 96), (64, 288), (5, 1024)]
+    if TENSOR_TYPES[type].block_elems == 256:  # 1280: a batch kernel's chunks of four super-blocks and one more
+        return [(1, 256), (3, 512), (17, 768), (64, 256), (64, 1280), (9, 1280), (5, 2048)]
     return [(1, 1), (3, 7), (4, 8), (17, 33), (64, 288), (5, 1000)]
 
 
@@ -86,7 +133,7 @@ def test_matmul_large_batch_crosses_token_tiles() -> None:
             np.testing.assert_allclose(c_matmul(t, x, isa), want, rtol=1e-5, atol=1e-3, err_msg=f"{type} {isa}")
 
 
-@pytest.mark.parametrize("type", ["q8_0", "q4_0"])
+@pytest.mark.parametrize("type", ["q8_0", "q4_0", *LEGACY_TYPES, *K_QUANTS])
 def test_quantized_products_are_close_to_exact(type: str) -> None:
     """Quantizing the input to 8 bits costs little: the product stays within 1% (of the result's scale)
     of the exact product of the stored weights with the unquantized input."""
@@ -103,8 +150,9 @@ def test_instruction_sets_agree() -> None:
         pytest.skip("only the scalar kernels exist on this CPU")
     rng = np.random.default_rng(3)
     for type in TYPES:
-        t = encode(rng.standard_normal((48, 320)), type)
-        x = rng.standard_normal(320).astype(np.float32)
+        cols = 10 * input_block(type)
+        t = encode(rng.standard_normal((48, cols)), type)
+        x = rng.standard_normal(cols).astype(np.float32)
         for isa in ISAS[1:]:
             np.testing.assert_allclose(c_matvec(t, x, isa), c_matvec(t, x, "scalar"), rtol=1e-5, atol=1e-4,
                                        err_msg=f"{type} {isa}")
@@ -112,18 +160,36 @@ def test_instruction_sets_agree() -> None:
 
 def test_special_values_in_blocks() -> None:
     """All-zero blocks (scale 0), a block of one large value, and fp16 subnormal scales."""
-    cols = 96
-    w = np.zeros((4, cols), dtype=np.float32)
-    w[1, 40] = 1000.0
-    w[2, :] = 1e-6  # scale 1e-6 / 127: an fp16 subnormal
-    w[3, ::2] = -3.0
-    x = np.linspace(-1, 1, cols).astype(np.float32)
-    x[:32] = 0.0  # an all-zero input block
     for type in TYPES:
+        if type in K_QUANTS:  # they cannot be encoded from values: test_k_quant_extreme_super_blocks
+            continue
+        block = input_block(type)
+        cols = 3 * block
+        w = np.zeros((4, cols), dtype=np.float32)
+        w[1, block + 8] = 1000.0
+        w[2, :] = 1e-6  # scale 1e-6 / 127: an fp16 subnormal
+        w[3, ::2] = -3.0
+        x = np.linspace(-1, 1, cols).astype(np.float32)
+        x[:block] = 0.0  # an all-zero input block
         t = encode(w, type)
         want = product_reference(t, x)
         for isa in ISAS:
             np.testing.assert_allclose(c_matvec(t, x, isa), want, rtol=1e-5, atol=1e-6, err_msg=f"{type} {isa}")
+
+
+def test_vanishing_input_blocks_give_zero_on_every_level() -> None:
+    """An input block whose largest magnitude is below ~3.7e-37 has no finite 127 / max: it quantizes to
+    zeros on every level, so its products are exactly 0 (the SIMD levels once turned inf * x into -128 for
+    every value, a product of the wrong sign, and the scalar one converted inf to int8, undefined in C)."""
+    rng = np.random.default_rng(9)
+    for type in (t for t in TYPES if TENSOR_TYPES[t].block_elems > 1):
+        block = input_block(type)
+        x = np.zeros((2, 2 * block), dtype=np.float32)
+        x[:, : block // 2] = 1e-37  # half of the first block tiny, the rest zero
+        t = encode(rng.standard_normal((9, 2 * block)), type)
+        for isa in ISAS:
+            for got in (c_matvec(t, x[0], isa), c_matmul(t, x, isa)):
+                assert not got.any(), f"{type} {isa}: {got}"
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -132,10 +198,11 @@ def test_non_finite_input_reaches_the_output_on_every_level(bad: float) -> None:
     on every instruction set, one token or a batch; the other tokens of the batch are untouched. The 8-bit
     activation quantizer once passed NaN over (max ignores it) and turned it into garbage."""
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((5, 96)).astype(np.float32)
-    x[2, 40] = bad  # token 2, its second block
     for type in TYPES:
-        t = encode(rng.standard_normal((24, 96)), type)
+        block = input_block(type)
+        x = rng.standard_normal((5, 3 * block)).astype(np.float32)
+        x[2, block + 8] = bad  # token 2, its second block
+        t = encode(rng.standard_normal((24, 3 * block)), type)
         clean = [c_matvec(t, x[i], "scalar") for i in (0, 1, 3, 4)]
         for isa in ISAS:
             for got in (c_matvec(t, x[2], isa), c_matmul(t, x, isa)[2]):

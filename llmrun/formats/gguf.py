@@ -22,11 +22,17 @@ whose data is not aligned to its element size, possible only with `general.align
 What `load_gguf` accepts beyond the container:
 - `general.architecture` "llama" or "qwen2" with the `<arch>.*` hyperparameters; linear RoPE scaling and
   a `rope_freqs` tensor (llama.cpp's per-pair divisors for Llama 3.1's scaling) become spec.rope_freqs;
-  other RoPE scaling types, mixtures of experts, a rotary dimension other than the head size and split
-  (multi-file) models are refused ("not supported yet").
+  other RoPE scaling types, mixtures of experts and a rotary dimension other than the head size are
+  refused ("not supported yet").
+- split models (llama.cpp's `llama-gguf-split`: NAME-00001-of-00003.gguf ...): each part is a whole GGUF
+  file with `split.no`, `split.count` and `split.tensors.count`, the model's metadata in the first part
+  and a share of the tensors in each. Given any part, every part is mapped and checked (count, numbering,
+  total tensors, no tensor twice) and the model loads as one (`join_split`); its metadata loses the split.*
+  keys, which describe the files, not the model.
 - exactly the tensors a Llama model uses (`token_embd`, `output_norm`, optional `output` -- absent means
   tied to the embedding --, nine per block, qwen2's q/k/v biases, optional `rope_freqs`) in F32, F16,
-  BF16, Q8_0 or Q4_0, norms and biases in F32. Any other tensor is refused rather than ignored: other
+  BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K or IQ4_XS (each tensor its own:
+  what llama-quantize's presets write), norms and biases in F32. Any other tensor is refused rather than ignored: other
   biases or expert tensors change the model's math, so running without them would compute something else.
 - RoPE: GGUF `llama` files pair adjacent dimensions (llama.cpp's converter permutes Hugging Face's Q/K
   rows into that order), exactly like llama2.c, so the config says rope_style="interleaved"; `qwen2`
@@ -49,6 +55,7 @@ import enum
 import itertools
 import math
 import os
+import re
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -78,6 +85,9 @@ MAX_ARRAY_DEPTH = 8
 MAX_KV = 1 << 14  # real files have a few dozen keys
 MAX_TENSORS = 1 << 14  # a 126-layer Llama has about 1,150 tensors
 MAX_DIMS = 4
+MAX_SPLIT_PARTS = 9999  # the part number has 5 digits in llama.cpp's names; real models have a few dozen
+# llama.cpp's name for part `no` of `count` of a split model: PREFIX-00001-of-00003.gguf (parts count from 1)
+SPLIT_NAME = re.compile(r"(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf")
 
 # The smallest possible encodings, to bound counts by the bytes that remain.
 MIN_KV_BYTES = 8 + 4 + 1  # empty key, value type, a one-byte value
@@ -125,13 +135,17 @@ GGML_TYPE_NAMES = {
     0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1", 10: "Q2_K",
     11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS",
     19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32",
-    27: "I64", 28: "F64", 29: "IQ1_M", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4",
+    27: "I64", 28: "F64", 29: "IQ1_M", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4", 40: "NVFP4",
+    41: "Q1_0", 42: "Q2_0",
 }
 # ggml type code -> llmrun's type name (spec.TENSOR_TYPES, whose block layouts are GGUF's).
-SUPPORTED_GGML_TYPES = {0: "f32", 1: "f16", 2: "q4_0", 8: "q8_0", 30: "bf16"}
+SUPPORTED_GGML_TYPES = {0: "f32", 1: "f16", 2: "q4_0", 3: "q4_1", 6: "q5_0", 7: "q5_1", 8: "q8_0", 10: "q2_k",
+                        11: "q3_k", 12: "q4_k", 13: "q5_k", 14: "q6_k", 20: "iq4_nl", 23: "iq4_xs", 30: "bf16"}
+_SUPPORTED_NAMES = ", ".join(GGML_TYPE_NAMES[code] for code in sorted(SUPPORTED_GGML_TYPES))
 
-# Element alignment each storage type needs in memory (block types start with an fp16 scale).
-_MEMORY_ALIGNMENT = {"f32": 4, "f16": 2, "bf16": 2, "q8_0": 2, "q4_0": 2}
+# Element alignment each storage type needs in memory: f32 4 bytes; f16, bf16 and every block type 2 (their
+# blocks are built of fp16 scales and bytes).
+_MEMORY_ALIGNMENT = {name: 4 if name == "f32" else 2 for name in SUPPORTED_GGML_TYPES.values()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -211,8 +225,10 @@ class GGUFFile:
     value_types: dict[str, ValueType]  # each key's value type as stored
     tensors: dict[str, TensorInfo]  # in file order
     data_offset: int  # start of the (aligned) tensor data section
-    file_size: int
+    file_size: int  # of all its parts, for a split model
     data: np.memmap = field(repr=False)  # the whole file, read-only, uint8
+    # a split model: the memory map of each tensor that lives in another part than the first
+    part_data: dict[str, np.memmap] = field(default_factory=dict, repr=False)
 
     def tensor_data(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
         """The tensor's data as a view of the file: for float types an array of its values, for block types
@@ -221,7 +237,7 @@ class GGUFFile:
         info = self.tensors[name]
         ttype = TENSOR_TYPES[info.type]
         shape = info.shape if shape is None else shape
-        raw = self.data[info.offset:info.offset + info.nbytes]
+        raw = self.part_data.get(name, self.data)[info.offset:info.offset + info.nbytes]
         if ttype.block_elems == 1:
             out = raw.view(ttype.dtype).reshape(shape)
         else:
@@ -461,8 +477,8 @@ class _Parser:
             return TENSOR_TYPES[SUPPORTED_GGML_TYPES[code]]
         if code in GGML_TYPE_NAMES:
             raise self.fail(f"{what} has type {GGML_TYPE_NAMES[code]} ({code}), not supported yet (supported: "
-                            "F32, F16, BF16, Q8_0, Q4_0)")
-        raise self.fail(f"{what} has unknown ggml type {code}")
+                            f"{_SUPPORTED_NAMES})")
+        raise self.fail(f"{what} has unknown ggml type {code} (not a type of ggml.h; supported: {_SUPPORTED_NAMES})")
 
     def place_tensors(self, infos: list[TensorInfo], data_offset: int) -> dict[str, TensorInfo]:
         """Turns offsets into absolute file positions; every tensor inside the file, none overlapping."""
@@ -516,11 +532,8 @@ _EXTRA_TENSOR_HINTS = {
 
 def load_gguf(path: str | os.PathLike) -> ModelSpec:
     """Reads a Llama- or Qwen2-architecture GGUF file; raises ModelFormatError naming the file and field at fault."""
-    f = read_gguf(path)
+    f = read_gguf_model(path)
     meta = _Metadata(f)
-    if meta.has("split.count") and meta.integer("split.count", 0, 1 << 16) > 1:
-        raise meta.fail(f"this is part of a split GGUF model ({meta.f.metadata['split.count']} files), not supported "
-                        "yet; merge the parts with llama.cpp's `llama-gguf-split --merge`")
     arch = meta.string("general.architecture")
     if arch not in ARCHITECTURES:
         raise ModelFormatError(f"{f.path}: architecture {arch!r} is not supported yet (llmrun runs "
@@ -532,6 +545,74 @@ def load_gguf(path: str | os.PathLike) -> ModelSpec:
     spec.architecture = arch
     _read_tokenizer(f, meta, spec)
     return spec
+
+
+# ------------------------------------------------------------------------------------------------
+# Split models
+# ------------------------------------------------------------------------------------------------
+
+def read_gguf_model(path: str | os.PathLike) -> GGUFFile:
+    """`read_gguf`, and for a part of a split model every part joined into one GGUFFile (`join_split`)."""
+    f = read_gguf(path)
+    return join_split(f) if _split_count(f) > 1 else f
+
+
+def _split_count(f: GGUFFile) -> int:
+    """How many files the model is split into: 1 when the file is a whole model."""
+    meta = _Metadata(f)
+    return meta.integer("split.count", 0, MAX_SPLIT_PARTS, 1) if meta.has("split.count") else 1
+
+
+def split_part_paths(path: Path, count: int) -> list[Path]:
+    """The paths of every part of a split model of `count` parts, from the name of one of them (llama.cpp
+    finds the parts by name too: the files hold no other link between them)."""
+    m = SPLIT_NAME.fullmatch(path.name)
+    if m is None or int(m["count"]) != count:
+        raise ModelFormatError(f"{path}: part of a split GGUF model ({count} files) by its split.count, but its name "
+                               f"does not follow llama.cpp's NAME-00001-of-{count:05d}.gguf, so the other parts "
+                               "cannot be found: give the parts their original names")
+    return [path.with_name(f"{m['prefix']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+
+
+def join_split(given: GGUFFile) -> GGUFFile:
+    """The split model that `given` is a part of, as one GGUFFile: the first part's header and metadata
+    (without the split.* keys), the tensors of every part, each read from its own part's memory map."""
+    count = _split_count(given)
+    paths = split_part_paths(given.path, count)
+    parts = []
+    for no, path in enumerate(paths):
+        if path == given.path:
+            part = given
+        elif not path.is_file():
+            raise ModelFormatError(f"{given.path}: part {no + 1} of this split GGUF model ({count} files) is missing: "
+                                   f"{path}")
+        else:
+            part = read_gguf(path)
+        meta = _Metadata(part)
+        if _split_count(part) != count or meta.integer("split.no", 0, MAX_SPLIT_PARTS, -1) != no:
+            raise meta.fail(f"expected part {no + 1} of {count} of the split GGUF model {paths[0].name}, but the file "
+                            f"says split.no = {part.metadata.get('split.no')}, split.count = "
+                            f"{part.metadata.get('split.count')} (a part of another model or another split?)")
+        parts.append(part)
+    first = parts[0]
+    tensors: dict[str, TensorInfo] = {}
+    part_data: dict[str, np.memmap] = {}
+    for part in parts:
+        for name, info in part.tensors.items():
+            if name in tensors:
+                raise ModelFormatError(f"{part.path}: tensor {name!r} is also in another part of this split model")
+            tensors[name] = info
+            if part is not first:
+                part_data[name] = part.data
+    expected = _Metadata(first).integer("split.tensors.count", 0, MAX_TENSORS * MAX_SPLIT_PARTS)
+    if len(tensors) != expected:
+        raise ModelFormatError(f"{first.path}: the {count} parts of this split model hold {len(tensors)} tensors, "
+                               f"the first part says split.tensors.count = {expected}")
+    metadata = {k: v for k, v in first.metadata.items() if not k.startswith("split.")}
+    value_types = {k: v for k, v in first.value_types.items() if not k.startswith("split.")}
+    return GGUFFile(path=first.path, version=first.version, alignment=first.alignment, metadata=metadata,
+                    value_types=value_types, tensors=tensors, data_offset=first.data_offset,
+                    file_size=sum(p.file_size for p in parts), data=first.data, part_data=part_data)
 
 
 def _rope_freqs(f: GGUFFile, meta: _Metadata, c: ModelConfig) -> np.ndarray | None:

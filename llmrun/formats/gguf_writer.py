@@ -24,7 +24,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from ..quantize import CHUNK_VALUES, can_store, convert_rows
+from ..presets import ModelShape, Preset, find_preset, tensor_type
+from ..quantize import CHUNK_VALUES, convert_rows
 from ..spec import TENSOR_TYPES, ModelSpec, Tensor
 from ..tokenizer import BPETokenizer, SentencePieceTokenizer, Tokenizer, TokenType
 from .gguf import FIXED_DTYPES, LAYER_TENSORS, SUPPORTED_GGML_TYPES, StringArray, ValueType
@@ -32,12 +33,10 @@ from .gguf import FIXED_DTYPES, LAYER_TENSORS, SUPPORTED_GGML_TYPES, StringArray
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSION = 3
 ALIGNMENT = 32  # GGUF's default; files that use it need no general.alignment key
-QUANTIZATION_VERSION = 2  # ggml's GGML_QNT_VERSION: the Q4_0/Q8_0 layouts of ggml-common.h
+QUANTIZATION_VERSION = 2  # ggml's GGML_QNT_VERSION: the block layouts of ggml-common.h
 
 # Our tensor types -> ggml_type numbers (ggml.h).
 GGML_TYPES = {name: code for code, name in SUPPORTED_GGML_TYPES.items()}
-# The type a file is "mostly" -> llama_ftype (llama.h): general.file_type.
-FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "bf16": 32}
 
 
 @dataclass(frozen=True)
@@ -130,7 +129,14 @@ class TensorPlan:
                 + struct.pack("<IQ", GGML_TYPES[self.type], self.offset))
 
     def chunks(self) -> Iterable[np.ndarray]:
-        """The tensor's data in the output type, as consecutive chunks of rows."""
+        """The tensor's data in the output type, as consecutive chunks of rows; a conversion error names the
+        tensor."""
+        try:
+            yield from self._chunks()
+        except ValueError as e:
+            raise ValueError(f"tensor {self.name}: {e}") from None
+
+    def _chunks(self) -> Iterable[np.ndarray]:
         if self.row_order is None:
             yield from convert_rows(self.source, self.type)
             return
@@ -200,21 +206,15 @@ def _write_tensor(f: BinaryIO, plan: TensorPlan) -> None:
 NORMS = ("attn_norm", "ffn_norm")
 
 
-def choose_type(tensor: Tensor, wanted: str, is_norm: bool) -> str:
-    """The type a tensor is written as: norms stay f32; a matrix whose rows are not whole blocks of the
-    wanted type falls back to f16, as llama.cpp's quantizer does (e.g. 172 columns for Q8_0)."""
-    if is_norm:
-        return "f32"
-    return wanted if can_store(tensor.shape[1], wanted) else "f16"
-
-
 def plan_tensors(spec: ModelSpec, wanted: str) -> list[TensorPlan]:
     """Every tensor of `spec` with its GGUF name and output type, in the order llama.cpp's converter
-    writes them (token embedding, the blocks, final norm, classifier)."""
-    if wanted not in GGML_TYPES:
-        raise ValueError(f"unknown tensor type {wanted!r} (expected one of {', '.join(GGML_TYPES)})")
+    writes them (token embedding, the blocks, final norm, classifier). `wanted` names a preset
+    (llmrun.presets: "q8_0", "Q4_K_M" ...): 1-D tensors stay f32, each matrix gets the type llama-quantize
+    would give it (presets.tensor_type)."""
+    preset = find_preset(wanted)
     cfg = spec.config
     arch = gguf_architecture(spec)
+    shape = ModelShape(cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, tied=spec.output is None, architecture=arch)
     # GGUF `llama` pairs adjacent dimensions in RoPE; Hugging Face weights rotate halves. Reordering the rows
     # of wq and wk within each head turns one into the other (llama.cpp's convert_hf_to_gguf permute).
     # GGUF `qwen2` rotates halves itself (NEOX): nothing to reorder.
@@ -224,8 +224,8 @@ def plan_tensors(spec: ModelSpec, wanted: str) -> list[TensorPlan]:
         order = None
         if rotate and qk_order is not None:
             order = (np.arange(tensor.shape[0]).reshape(-1, cfg.head_dim)[:, qk_order]).ravel()
-        return TensorPlan(name, tensor, choose_type(tensor, wanted, is_norm), is_vector=is_norm,
-                          row_order=order)
+        ttype = "f32" if is_norm else tensor_type(preset, name, tensor.shape[1], shape)
+        return TensorPlan(name, tensor, ttype, is_vector=is_norm, row_order=order)
 
     plans = [plan("token_embd.weight", spec.token_embd)]
     if spec.rope_freqs is not None:  # llama.cpp's form: per-pair divisors of the plain RoPE frequencies
@@ -274,10 +274,11 @@ def model_metadata(spec: ModelSpec, wanted: str, tokenizer: Tokenizer | None, na
     cfg = spec.config
     u32, f32 = ValueType.UINT32, ValueType.FLOAT32
     a = gguf_architecture(spec)
+    preset: Preset = find_preset(wanted)
     items = [
         Metadata("general.architecture", ValueType.STRING, a),
         Metadata("general.name", ValueType.STRING, name),
-        Metadata("general.file_type", u32, FILE_TYPES[wanted]),
+        Metadata("general.file_type", u32, preset.file_type),
         Metadata(f"{a}.context_length", u32, cfg.max_seq_len),
         Metadata(f"{a}.embedding_length", u32, cfg.dim),
         Metadata(f"{a}.block_count", u32, cfg.n_layers),
@@ -292,7 +293,7 @@ def model_metadata(spec: ModelSpec, wanted: str, tokenizer: Tokenizer | None, na
     if cfg.head_dim * cfg.n_heads != cfg.dim:  # llama.cpp assumes dim / n_heads unless told
         items += [Metadata(f"{a}.attention.key_length", u32, cfg.head_dim),
                   Metadata(f"{a}.attention.value_length", u32, cfg.head_dim)]
-    if wanted in ("q8_0", "q4_0"):
+    if TENSOR_TYPES[preset.base].block_elems > 1:
         items.append(Metadata("general.quantization_version", u32, QUANTIZATION_VERSION))
     if isinstance(tokenizer, BPETokenizer):
         items += bpe_tokenizer_metadata(tokenizer, spec)
@@ -441,9 +442,9 @@ _ITEM_TYPES = {"u1": ValueType.UINT8, "i1": ValueType.INT8, "u2": ValueType.UINT
 def write_model(path: str | os.PathLike, spec: ModelSpec, wanted: str, tokenizer: object | None = None,
                 name: str | None = None, on_tensor: Callable[[int, int, TensorPlan], None] | None = None
                 ) -> list[TensorPlan]:
-    """Writes `spec` as a `llama` (or, with q/k/v biases, `qwen2`) GGUF with its big matrices in type `wanted`
-    (f32, f16, bf16, q8_0, q4_0; see choose_type for the exceptions). Returns the tensor plans (names, types,
-    sizes) in file order.
+    """Writes `spec` as a `llama` (or, with q/k/v biases, `qwen2`) GGUF with its matrices in preset `wanted`
+    (llmrun.presets.PRESETS: F32, F16, BF16, Q8_0, Q4_0, Q4_K_M ..., any case; each matrix gets the type
+    llama-quantize gives it). Returns the tensor plans (names, types, sizes) in file order.
 
     The vocabulary: a GGUF input keeps its own tokenizer.* metadata verbatim (whatever its tokenizer
     model), unless `tokenizer` is given; otherwise `tokenizer` (default: the spec's own) is written as
