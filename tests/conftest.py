@@ -3,6 +3,7 @@ bindings/, so the build tests read build_kernel (which sources are compiled with
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -12,6 +13,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bindings"))
 
 MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
+
+# A run started in the background by a non-interactive shell (`.ci/run &`) inherits SIGINT ignored: Python then
+# never raises KeyboardInterrupt, and the llmrun processes the tests start inherit the ignoring too, so the
+# Ctrl-C tests would fail for the way the suite was started. Ctrl-C is part of what the suite tests: restore it
+# (a handler, unlike "ignored", is reset to the default in the processes the tests exec).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
