@@ -92,9 +92,9 @@ static void unpack_scale_min(int j, const uint8_t *q, uint8_t *scale, uint8_t *m
 /* ---------------------------------------------------------------------------------------------------- */
 /* Scale searches (ggml's make_qx_quants, make_q3_quants, make_qkx2_quants, the IQ4 search) */
 
-/* Signed levels in [-nmax, nmax) for n values with the least x^2-weighted squared error: the scale that
-   puts the largest magnitude on -nmax, then 18 nearby ones. L gets level + nmax; returns the scale. */
-static float fit_scale_signed(int n, int nmax, const float *x, int8_t *L) {
+/* The value of largest magnitude (the first of equals), sign kept: the searches start from the scale that
+   puts it on the most negative level. */
+static float signed_max(int n, const float *x) {
     float max = 0, amax = 0;
     for (int i = 0; i < n; i++) {
         float ax = fabsf(x[i]);
@@ -103,7 +103,14 @@ static float fit_scale_signed(int n, int nmax, const float *x, int8_t *L) {
             max = x[i];
         }
     }
-    if (amax < ZERO_GROUP) {
+    return max;
+}
+
+/* Signed levels in [-nmax, nmax) for n values with the least x^2-weighted squared error: the scale that
+   puts the largest magnitude on -nmax, then 18 nearby ones. L gets level + nmax; returns the scale. */
+static float fit_scale_signed(int n, int nmax, const float *x, int8_t *L) {
+    float max = signed_max(n, x);
+    if (fabsf(max) < ZERO_GROUP) {
         for (int i = 0; i < n; i++) L[i] = 0;
         return 0.f;
     }
@@ -139,15 +146,8 @@ static float fit_scale_signed(int n, int nmax, const float *x, int8_t *L) {
    one value at a time to the level its least-squares scale wants while that lowers the x^2-weighted error
    (up to 5 passes). L gets level + nmax; returns the least-squares scale. */
 static float fit_scale_q3(int n, int nmax, const float *x, int8_t *L) {
-    float max = 0, amax = 0;
-    for (int i = 0; i < n; i++) {
-        float ax = fabsf(x[i]);
-        if (ax > amax) {
-            amax = ax;
-            max = x[i];
-        }
-    }
-    if (amax < ZERO_GROUP) {
+    float max = signed_max(n, x);
+    if (fabsf(max) < ZERO_GROUP) {
         for (int i = 0; i < n; i++) L[i] = 0;
         return 0.f;
     }
