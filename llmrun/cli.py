@@ -78,7 +78,9 @@ class CommandParser(argparse.ArgumentParser):
 
     def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
                          namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
-        if self._intermixing:  # Python before 3.12 implements intermixed parsing with parse_known_args
+        # Python before 3.12 implements intermixed parsing with parse_known_args; and after "--" every word is
+        # a word (`-- -odd-name.gguf`), which intermixed parsing gets wrong: plain parsing there
+        if self._intermixing or (args is not None and "--" in args):
             return super().parse_known_args(args, namespace)
         self._intermixing = True
         try:
@@ -223,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "32-value type or f16, as llama.cpp decides. A GGUF input keeps its metadata "
                                 "and vocabulary; otherwise the tokenizer (the model's own, -z, or "
                                 "tokenizer.bin beside the model) is written into the file.")
-    quant.add_argument("input", help="the model to read: a GGUF file, a llama2.c .bin or a Hugging Face folder")
+    quant.add_argument("input", help="the model to read: a GGUF file, a llama2.c .bin, a Hugging Face folder, "
+                       "'demo' or a Hub reference OWNER/REPO[:QUANT]")
     quant.add_argument("output", help="GGUF file to write")
     quant.add_argument("--type", required=True, type=preset_name, metavar="TYPE",
                        help=f"the weights' type (any case): {', '.join(PRESETS)}")
@@ -584,7 +587,7 @@ def tensor_type_rows(spec: ModelSpec) -> list[tuple[str, str]]:
 
 def run_quantize(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    spec = read_model(args.input)
+    spec = read_model(find_model(args.input, announce=lambda line: print(line, file=sys.stderr, flush=True)))
     tokenizer = None  # a GGUF input keeps its own vocabulary metadata as it is
     if args.tokenizer or "tokenizer.ggml.model" not in spec.metadata:
         tokenizer, problem = resolve_tokenizer(spec, args.tokenizer)

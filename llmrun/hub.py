@@ -92,7 +92,8 @@ def parse_reference(text: str, file: str | None = None) -> Reference | None:
     prefixed = next((p for p in HUB_PREFIXES if text.lower().startswith(p)), None)
     name = text[len(prefixed):] if prefixed else text
     m = REFERENCE.fullmatch(name)
-    if m is None or m["repo"].lower().endswith(FILE_SUFFIXES):
+    # the Hub refuses "--" and ".." in a repository id: such a name is a mistyped path, not a reference
+    if m is None or m["repo"].lower().endswith(FILE_SUFFIXES) or "--" in m["repo"] or ".." in m["repo"]:
         if prefixed:
             raise InvalidArgumentError(f"{text!r} is not a Hub reference: expected {prefixed}OWNER/REPO[:QUANT]",
                                        param="model")
@@ -110,7 +111,6 @@ def parse_reference(text: str, file: str | None = None) -> Reference | None:
     return Reference(m["repo"], quant, file)
 
 
-
 def find_model(name: str, announce: Announce | None = None) -> Path:
     """The local path of the model `name` names: the path itself where it exists, the demo model for "demo"
     (`announce` is told so), else the Hub reference's files in the cache, downloaded first when they are
@@ -124,7 +124,7 @@ def find_model(name: str, announce: Announce | None = None) -> Path:
             announce(DEMO_HINT)
         return DEMO_MODEL
     ref = parse_reference(name)
-    if ref is None:
+    if ref is None or Path(name.split("/")[0]).is_dir():  # models/x with a models/ folder here: a path
         return path
     cached = find_cached(ref)
     if cached is not None:
@@ -247,12 +247,33 @@ def _snapshot_files(snapshot: Path) -> list[str]:
 def find_cached(ref: Reference) -> Path | None:
     """The local path of `ref`'s model in the cache, or None where the cache lacks (part of) it. No network."""
     for snapshot in _snapshots(ref.repo):
+        files = _snapshot_files(snapshot)
         try:
-            choice = choose(ref, _snapshot_files(snapshot))
+            choice = choose(ref, files)
         except HubError:
+            if ref.quant and sum(_has_tag(first, ref.quant) for first in gguf_models(files)) > 1:
+                raise  # the tag is ambiguous among cached files: say so rather than "not cached"
             continue
+        if choice.is_folder and not _folder_complete(snapshot, files):
+            continue  # a pull stopped halfway (or another tool's partial download): not a model yet
         return snapshot if choice.is_folder else snapshot / choice.files[0]
     return None
+
+
+def _folder_complete(snapshot: Path, files: Sequence[str]) -> bool:
+    """Whether a cached Hugging Face folder has a tokenizer and every weight file: all those its
+    model.safetensors.index.json names, or its one unsharded *.safetensors."""
+    if not {"tokenizer.json", "tokenizer.model"} & set(files):
+        return False
+    index = snapshot / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return False
+        return shards <= set(files)
+    weights = [f for f in files if "/" not in f and f.endswith(".safetensors")]
+    return len(weights) == 1 and re.search(r"-\d+-of-\d+\.safetensors$", weights[0]) is None
 
 
 # --- downloading ------------------------------------------------------------------------------------------
@@ -262,7 +283,10 @@ def pull(ref: Reference) -> Path:
     returns its local path: the GGUF file (a split model's first part) or the Hugging Face folder."""
     hf = _huggingface_hub()
     if hf.constants.is_offline_mode():
-        raise HubError(f"cannot pull {ref}: HF_HUB_OFFLINE is set")
+        cached = find_cached(ref)
+        if cached is not None:  # as hf_hub_download offline: what the cache holds
+            return cached
+        raise HubError(f"cannot pull {ref}: HF_HUB_OFFLINE is set and the cache lacks it")
     with _hub_errors(ref):
         info = hf.HfApi().model_info(ref.repo, files_metadata=True)
     listing = {s.rfilename: s for s in info.siblings or []}
@@ -362,7 +386,7 @@ def cached_models() -> list[CachedModel]:
     projector, a half-downloaded split model) are not models and are left out."""
     hf = _huggingface_hub()
     try:
-        cache = hf.scan_cache_dir()
+        cache = hf.scan_cache_dir(cache_dir())
     except hf.CacheNotFound:
         return []
     found = []
@@ -419,7 +443,7 @@ def remove(ref: Reference) -> tuple[int, int]:
     still uses stays. Returns the files removed and the bytes freed; HubError where the cache lacks it."""
     hf = _huggingface_hub()
     try:
-        cache = hf.scan_cache_dir()
+        cache = hf.scan_cache_dir(cache_dir())
     except hf.CacheNotFound:
         cache = None
     repo = next((r for r in cache.repos if r.repo_type == "model" and r.repo_id == ref.repo), None) if cache else None
@@ -429,8 +453,13 @@ def remove(ref: Reference) -> tuple[int, int]:
         files = [f for r in repo.revisions for f in r.files]
         strategy = cache.delete_revisions(*(r.commit_hash for r in repo.revisions))
     else:
-        files = [f for r in repo.revisions for m in _revision_models(repo.repo_id, r) for f in m.files
-                 if _same_model(ref, m, r.snapshot_path)]
+        matching = [(r, m) for r in repo.revisions for m in _revision_models(repo.repo_id, r)
+                    if _same_model(ref, m, r.snapshot_path)]
+        firsts = {m.files[0].file_path.relative_to(r.snapshot_path).as_posix() for r, m in matching}
+        if len(firsts) > 1:  # as `pull` refuses an ambiguous tag, so does rm: never remove more than asked
+            raise HubError(f"{ref} matches {len(firsts)} cached models ({', '.join(sorted(firsts))}); remove one as "
+                           f"{ref.repo}:FILE.gguf")
+        files = [f for _, m in matching for f in m.files]
         if not files:
             cached = ", ".join(str(m.reference) for r in repo.revisions for m in _revision_models(repo.repo_id, r))
             raise HubError(f"{ref} is not in the cache; cached from {ref.repo}: {cached or 'no models'}")

@@ -9,6 +9,7 @@ environment variables themselves do the same."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -369,3 +370,59 @@ def test_without_huggingface_hub(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 0 and "need the huggingface_hub package" in r.stdout and \
         r.stdout.rstrip().endswith("pip install huggingface_hub"), r.stdout + r.stderr
+
+
+# --- the review's findings --------------------------------------------------------------------------------
+
+def test_a_half_pulled_folder_is_not_a_cached_model(hub: FakeHub) -> None:
+    """A pull stopped after some of a folder's files (config first, tokenizer and weights later) leaves a
+    snapshot that is not a model: the next use downloads the rest instead of failing on missing tensors."""
+    hub.add("test/llama-tied", {p.name: p for p in HF_FOLDER.iterdir()})
+    folder = pull(Reference("test/llama-tied"))
+    (folder / "tokenizer.json").unlink()
+    assert find_cached(Reference("test/llama-tied")) is None
+    assert llmrun.hub.find_model("test/llama-tied") == folder and (folder / "tokenizer.json").is_file()
+    index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    hub.add("test/sharded", {"config.json": HF_FOLDER / "config.json", "tokenizer.json": HF_FOLDER / "tokenizer.json",
+                             "model-00001-of-00002.safetensors": HF_FOLDER / "model.safetensors",
+                             "model-00002-of-00002.safetensors": HF_FOLDER / "model.safetensors",
+                             "model.safetensors.index.json": json.dumps(index).encode()})
+    folder = pull(Reference("test/sharded"))
+    assert find_cached(Reference("test/sharded")) == folder
+    (folder / "model-00002-of-00002.safetensors").unlink()
+    assert find_cached(Reference("test/sharded")) is None
+
+
+def test_an_ambiguous_tag_is_never_taken_for_absent_or_removed_whole(hub: FakeHub, models_dir: Path,
+                                                                      capsys: pytest.CaptureFixture[str],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    q8 = models_dir / "stories260K-q8_0.gguf"
+    hub.add(REPO, {"base-Q8_0.gguf": q8, "instruct-Q8_0.gguf": q8})
+    for name in ("base-Q8_0.gguf", "instruct-Q8_0.gguf"):
+        pull(Reference(REPO, file=name))
+    one_line_error(in_process(capsys, "rm", f"{REPO}:Q8_0"), "matches 2 cached models")
+    assert len(cached_models()) == 2  # nothing removed
+    offline(monkeypatch)
+    with pytest.raises(llmrun.HubError, match="matches 2 files"):
+        llmrun.hub.find_model(f"{REPO}:Q8_0")
+    assert pull(Reference(REPO, file="base-Q8_0.gguf")).name == "base-Q8_0.gguf"  # offline: the cached copy
+
+
+def test_names_that_are_paths_stay_paths(hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """models/x beside a models/ folder, and names the Hub refuses as repository ids ("--", ".."), are
+    mistyped paths: "no such model file", not a Hub error."""
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for name in ("models/x", "ckpt/run..2", "a/b--c"):
+        assert llmrun.hub.find_model(name) == Path(name)
+        with pytest.raises(llmrun.ModelFormatError, match="no such model file"):
+            llmrun.load(name)
+    assert parse_reference("a/b..c") is None and parse_reference("owner/repo") is not None
+
+
+def test_quantize_takes_the_demo_and_double_dash_ends_options(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    r = in_process(capsys, "quantize", "demo", str(tmp_path / "d.gguf"), "--type", "q8_0")
+    assert r.returncode == 0, r.stderr
+    one_line_error(in_process(capsys, "generate", "-p", "x", "-n", "2", "--", "-odd-name.gguf"),
+                   "-odd-name.gguf: no such model file")
