@@ -517,6 +517,10 @@ def run_bench_command(args: argparse.Namespace) -> int:
 
 
 def run_perplexity(args: argparse.Namespace) -> int:
+    if args.model is None and (args.textfile.endswith(MODEL_SUFFIXES) or os.path.isdir(args.textfile)):
+        # `perplexity MODEL` with the text forgotten, not the demo model scoring a model file as text
+        raise ValueError(f"{args.textfile} looks like a model, not a text: usage: llmrun perplexity [MODEL] "
+                         f"TEXTFILE")
     text = read_text(args.textfile)
     with open_model(args) as model:
         ctx = model.info.n_ctx  # -c: the chunk size, as llama-perplexity's

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_cli import in_process
+from test_cli import in_process, one_line_error
 
 import llmrun
 from llmrun.hub import DEMO_HINT, DEMO_MODEL
@@ -84,3 +84,10 @@ def test_readme_first_command_on_a_fresh_install(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.endswith("\n" + STORY), r.stdout[-2000:]
     assert r.stderr.endswith(DEMO_HINT + "\n"), r.stderr[-2000:]
+
+
+def test_perplexity_without_its_text_says_so(capsys: pytest.CaptureFixture[str], models_dir: Path) -> None:
+    """With MODEL optional, `perplexity MODEL.gguf` (the text forgotten) must not score the file as the demo's
+    text."""
+    one_line_error(in_process(capsys, "perplexity", str(models_dir / "stories260K-q8_0.gguf")),
+                   "looks like a model, not a text: usage: llmrun perplexity [MODEL] TEXTFILE")
