@@ -93,7 +93,8 @@ static void unpack_scale_min(int j, const uint8_t *q, uint8_t *scale, uint8_t *m
 /* Scale searches (ggml's make_qx_quants, make_q3_quants, make_qkx2_quants, the IQ4 search) */
 
 /* The value of largest magnitude (the first of equals), sign kept: the searches start from the scale that
-   puts it on the most negative level. */
+   puts it on the most negative level, and the super-block scales of Q3_K, Q6_K and IQ4_XS from the largest
+   sub-block scale. */
 static float signed_max(int n, const float *x) {
     float max = 0, amax = 0;
     for (int i = 0; i < n; i++) {
@@ -254,16 +255,9 @@ static float fit_scale_min(int n, int nmax, const float *x, const float *weights
 static float fit_scale_iq4(const float *xb, uint8_t *Lb) {
     const int8_t *values = llm_iq4nl_values;
     enum { N = 32, NTRY = 7 };
-    float weight[N], amax = 0, max = 0;
+    float weight[N], max = signed_max(N, xb);
     for (int j = 0; j < N; j++) weight[j] = xb[j] * xb[j];
-    for (int j = 0; j < N; j++) {
-        float ax = fabsf(xb[j]);
-        if (ax > amax) {
-            amax = ax;
-            max = xb[j];
-        }
-    }
-    if (amax < ZERO_GROUP) return 0;
+    if (fabsf(max) < ZERO_GROUP) return 0;
     float d = -max / values[0], id = 1 / d, sumqx = 0, sumq2 = 0;
     for (int j = 0; j < N; j++) {
         int l = nearest_level(values, id * xb[j]);
@@ -457,14 +451,9 @@ static void quantize_q3_k(void *out, const float *x, int64_t n_blocks) {
     block_q3_K *y = out;
     for (int64_t i = 0; i < n_blocks; i++, x += QK_K) {
         int8_t L[QK_K];
-        float scales[QK_K / 16], max_scale = 0, amax = 0;
-        for (int j = 0; j < QK_K / 16; j++) {
-            scales[j] = fit_scale_q3(16, 4, x + 16 * j, L + 16 * j);
-            if (fabsf(scales[j]) > amax) {
-                amax = fabsf(scales[j]);
-                max_scale = scales[j];
-            }
-        }
+        float scales[QK_K / 16];
+        for (int j = 0; j < QK_K / 16; j++) scales[j] = fit_scale_q3(16, 4, x + 16 * j, L + 16 * j);
+        float max_scale = signed_max(QK_K / 16, scales);
         /* 6-bit scales + 32: low nibbles in bytes 0-7 (sub-blocks j and j + 8), high pairs in bytes 8-11 */
         memset(y[i].scales, 0, sizeof y[i].scales);
         if (max_scale) {
@@ -572,15 +561,10 @@ static void quantize_q6_k(void *out, const float *x, int64_t n_blocks) {
     block_q6_K *y = out;
     for (int64_t i = 0; i < n_blocks; i++, x += QK_K) {
         int8_t L[QK_K];
-        float scales[QK_K / 16], max_scale = 0, max_abs_scale = 0;
-        for (int ib = 0; ib < QK_K / 16; ib++) {
-            scales[ib] = fit_scale_signed(16, 32, x + 16 * ib, L + 16 * ib);
-            if (fabsf(scales[ib]) > max_abs_scale) {
-                max_abs_scale = fabsf(scales[ib]);
-                max_scale = scales[ib];
-            }
-        }
-        if (max_abs_scale < ZERO_GROUP) {
+        float scales[QK_K / 16];
+        for (int ib = 0; ib < QK_K / 16; ib++) scales[ib] = fit_scale_signed(16, 32, x + 16 * ib, L + 16 * ib);
+        float max_scale = signed_max(QK_K / 16, scales);
+        if (fabsf(max_scale) < ZERO_GROUP) {
             memset(&y[i], 0, sizeof y[i]);
             continue;
         }
@@ -613,14 +597,9 @@ static void quantize_iq4_xs(void *out, const float *x, int64_t n_blocks) {
     block_iq4_xs *y = out;
     for (int64_t i = 0; i < n_blocks; i++, x += QK_K) {
         uint8_t L[QK_K];
-        float scales[QK_K / 32], max_scale = 0, amax_scale = 0;
-        for (int ib = 0; ib < QK_K / 32; ib++) {
-            scales[ib] = fit_scale_iq4(x + 32 * ib, L + 32 * ib);
-            if (fabsf(scales[ib]) > amax_scale) {
-                amax_scale = fabsf(scales[ib]);
-                max_scale = scales[ib];
-            }
-        }
+        float scales[QK_K / 32];
+        for (int ib = 0; ib < QK_K / 32; ib++) scales[ib] = fit_scale_iq4(x + 32 * ib, L + 32 * ib);
+        float max_scale = signed_max(QK_K / 32, scales);
         /* 6-bit sub-block scales + 32 against d = -max / 32; every value placed again against its scale */
         float d = -max_scale / 32, id = d ? 1 / d : 0.f;
         y[i].d = fp16_from_f32(d);
