@@ -480,14 +480,11 @@ static void q3_K_scales(const block_q3_K *b, int8_t sc[16]) {
     }
 }
 
-/* IQ4_XS: sub-block i (32 values) is IQ4_NL's block layout over qs[16 i .. 16 i + 15] (value l in the low
-   nibble of byte l, value l + 16 in the high one), each nibble an index into llm_iq4nl_values. */
+/* IQ4_XS: sub-block i (32 values) is IQ4_NL's block layout over qs[16 i .. 16 i + 15] (nibble() above), each
+   nibble an index into llm_iq4nl_values. */
 static void iq4_xs_values(const block_iq4_xs *b, int8_t q[QK_K]) {
     for (int i = 0; i < QK_K / 32; i++)
-        for (int l = 0; l < 16; l++) {
-            q[32 * i + l] = llm_iq4nl_values[b->qs[16 * i + l] & 15];
-            q[32 * i + l + 16] = llm_iq4nl_values[b->qs[16 * i + l] >> 4];
-        }
+        for (int l = 0; l < 32; l++) q[32 * i + l] = llm_iq4nl_values[nibble(b->qs + 16 * i, l)];
 }
 
 /* IQ4_XS's 8 six-bit scales, stored + 32: the low nibble of scale i in scales_l[i / 2] (low nibble for even
