@@ -412,6 +412,8 @@ int llm_create(const llm_config *p, const llm_weights *w, int32_t n_ctx, int32_t
     return 0;
 }
 
+int32_t llm_ctx_resume_min(const llm_ctx *c) { return c ? 0 : LLM_ERR_INVALID; } /* no rings yet */
+
 const char *llm_last_error(const llm_ctx *c) { return c ? c->err : "no context"; }
 
 int32_t llm_ctx_isa(const llm_ctx *c) { return c ? c->isa : LLM_ERR_INVALID; }

@@ -83,6 +83,19 @@ typedef enum {
     LLM_ROPE_HALVES      = 1, /* (0,d/2), (1,d/2+1), ...: Hugging Face checkpoints */
 } llm_rope_style;
 
+/* Which rotary table a layer uses (llm_config.layer_ropes). */
+typedef enum {
+    LLM_LAYER_ROPE_GLOBAL = 0, /* the model's table: rope_theta or rope_freqs, times rope_attn_factor */
+    LLM_LAYER_ROPE_LOCAL  = 1, /* plain RoPE of base rope_theta_local (Gemma 3's sliding-window layers) */
+    LLM_LAYER_ROPE_NONE   = 2, /* no rotation at all (SmolLM3's every fourth layer) */
+} llm_layer_rope;
+
+/* The feed-forward block's activation: out = act(x W_gate) * (x W_up). */
+typedef enum {
+    LLM_FFN_SILU      = 0, /* SwiGLU: Llama, Mistral, Qwen, Phi-3, SmolLM3, Granite */
+    LLM_FFN_GELU_TANH = 1, /* GeGLU with the tanh approximation of GELU: Gemma */
+} llm_ffn_activation;
+
 /* A borrowed, row-major matrix (rows, cols); a vector is one row. data == NULL means "absent". */
 typedef struct {
     const void *data;
@@ -105,6 +118,31 @@ typedef struct {
        whose RoPE is rescaled (Llama 3.1's "llama3", "linear"); NULL: rope_theta^(-2j / head_dim).
        Copied by llm_create. */
     const float *rope_freqs;
+
+    /* The options of the model families beyond Llama. A zeroed field means the Llama behaviour, so a
+       config that does not name them is a Llama config. */
+    int32_t rope_dim;          /* RoPE rotates the first rope_dim dims of each head (partial rotary, Phi-4-mini:
+                                  0.75 * head_dim), pairing them as rope_style says within those dims; rope_freqs
+                                  then has rope_dim / 2 entries. 0: head_dim */
+    float   rope_attn_factor;  /* cos and sin of the global table are multiplied by it (YaRN's and LongRoPE's
+                                  attention factor); 0: 1 */
+    float   rope_theta_local;  /* base of the LLM_LAYER_ROPE_LOCAL table; must be > 0 if a layer uses it */
+    const int32_t *layer_ropes;   /* (n_layers) llm_layer_rope of each layer; NULL: all global. Copied. */
+    const int32_t *layer_windows; /* (n_layers) each layer's sliding window: a token attends to itself and the
+                                     window - 1 positions before it, and the layer's KV cache is a ring of
+                                     min(n_ctx, window + n_batch - 1) rows; 0: the whole context. NULL: no
+                                     windows. Copied. */
+    int32_t ffn_activation;    /* llm_ffn_activation */
+    float   embed_scale;       /* the embedding rows are multiplied by it (Gemma: sqrt(dim); Granite:
+                                  embedding_multiplier); 0: 1 */
+    float   attn_scale;        /* q . k is multiplied by it (Gemma: query_pre_attn_scalar^-1/2; Granite:
+                                  attention_multiplier); 0: 1 / sqrt(head_dim) */
+    float   attn_softcap;      /* attention scores s become cap * tanh(s / cap) before the softmax (Gemma 2);
+                                  0: none */
+    float   final_softcap;     /* the same on the logits, after logit_scale (Gemma 2); 0: none */
+    float   residual_scale;    /* x += residual_scale * (each block's output) (Granite: residual_multiplier);
+                                  0: 1 */
+    float   logit_scale;       /* the logits are multiplied by it (Granite: 1 / logits_scaling); 0: 1 */
 } llm_config;
 
 /* One transformer block. q_dim = n_heads * head_dim, kv_dim = n_kv_heads * head_dim. */
@@ -120,6 +158,11 @@ typedef struct {
     llm_tensor w_up;      /* (hidden_dim, dim)  "w3" */
     llm_tensor bq, bk, bv; /* optional f32 biases (1, q_dim), (1, kv_dim), (1, kv_dim) of the projections
                               (Qwen2); data == NULL: none */
+    llm_tensor q_norm, k_norm; /* optional f32 (1, head_dim): RMSNorm of each query / key head before RoPE
+                                  (Qwen3, Gemma 3); data == NULL: none */
+    llm_tensor attn_post_norm; /* optional f32 (1, dim): the attention block's output is RMS-normed with it
+                                  before it joins the residual (Gemma 2, 3); data == NULL: none */
+    llm_tensor ffn_post_norm;  /* optional f32 (1, dim): the same for the feed-forward block */
 } llm_layer;
 
 typedef struct {
@@ -154,6 +197,12 @@ int llm_forward(llm_ctx *ctx, const int32_t *tokens, int32_t n_tokens, int32_t p
    without allocating anything: front ends check it against the machine's memory first. It grows with n_ctx.
    LLM_ERR_INVALID for a bad config or size, LLM_ERR_NOMEM for sizes no memory could hold. */
 int64_t llm_ctx_bytes(const llm_config *config, int32_t n_ctx, int32_t n_batch, int32_t n_threads);
+
+/* The earliest position from which llm_forward can continue the sequence the cache holds: a windowed
+   layer's ring keeps only the latest keys, so a forward at pos needs the window before pos still there.
+   A forward may start at any pos from this one up to the end of what was written, or at 0 (starting over);
+   llm_forward refuses others. 0 while nothing has been dropped (always, for a model without windows). */
+int32_t llm_ctx_resume_min(const llm_ctx *ctx);
 
 /* The message of the last failed call on ctx ("" if none). */
 const char *llm_last_error(const llm_ctx *ctx);

@@ -14,6 +14,7 @@ import numpy as np
 
 from ._library import ffi, lib
 from .errors import ContextOverflowError, InvalidArgumentError, KernelError
+from .rope import rope_tables
 from .spec import ROPE_STYLES, TENSOR_TYPES, ModelConfig, ModelSpec, Tensor
 
 # Instruction set name -> the C library's code, as the library names them (csrc/llmrun.h). The codes are
@@ -79,10 +80,11 @@ class Engine:
         self._ctx = ffi.NULL
 
         config = _c_config(cfg)
-        if spec.rope_freqs is not None:
-            freqs = np.ascontiguousarray(spec.rope_freqs, dtype=np.float32)
-            if freqs.shape != (cfg.head_dim // 2,):
-                raise KernelError(f"{spec.path}: rope_freqs has shape {freqs.shape}, expected ({cfg.head_dim // 2},)")
+        rope_freqs, _attn_factor = rope_tables(spec, n_ctx)
+        if rope_freqs is not None:
+            freqs = np.ascontiguousarray(rope_freqs, dtype=np.float32)
+            if freqs.shape != (cfg.rotary_dim // 2,):
+                raise KernelError(f"{spec.path}: rope_freqs has shape {freqs.shape}, expected ({cfg.rotary_dim // 2},)")
             config.rope_freqs = ffi.from_buffer("float[]", freqs)  # llm_create copies it
             self._keepalive.append(config.rope_freqs)
         layers = ffi.new("llm_layer[]", cfg.n_layers)

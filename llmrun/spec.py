@@ -56,6 +56,8 @@ def _tensor_type(code: int) -> TensorType:
 TENSOR_TYPES: dict[str, TensorType] = {t.name: t for t in map(_tensor_type, range(lib.LLM_TYPE_COUNT))}
 
 ROPE_STYLES = {"interleaved": 0, "halves": 1}
+LAYER_ROPES = {"global": 0, "local": 1, "none": 2}  # csrc/llmrun.h llm_layer_rope
+FFN_ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}  # csrc/llmrun.h llm_ffn_activation
 
 # Bounds on the attention's shape, far beyond real models (Gemma 3 270M: width 640 in 4 heads of 256; Qwen3
 # 0.6B: 1024 in 16 x 128; Llama 3 8B: 4096 in 32 x 128; the widest heads in use are 256). A file beyond
@@ -90,6 +92,29 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     rope_style: str = "interleaved"  # llama2.c / GGUF pair adjacent dims; Hugging Face rotates halves
+    # The options of the families beyond Llama (csrc/llmrun.h's llm_config says what each does); the
+    # defaults are Llama's.
+    rope_dim: int = 0  # RoPE rotates the first rope_dim dims of each head (partial rotary); 0: all of them
+    rope_theta_local: float = 0.0  # RoPE base of the layers whose layer_ropes entry is "local" (Gemma 3)
+    layer_ropes: tuple[str, ...] = ()  # per layer one of LAYER_ROPES; (): all "global"
+    layer_windows: tuple[int, ...] = ()  # per layer its sliding attention window, 0 for none; (): none
+    ffn_activation: str = "silu"  # one of FFN_ACTIVATIONS: act(x W_gate) * (x W_up)
+    embed_scale: float = 1.0  # the embedding rows times this (Gemma: sqrt(dim); Granite's multiplier)
+    attn_scale: float | None = None  # q . k times this; None: 1 / sqrt(head_dim)
+    attn_softcap: float = 0.0  # Gemma 2: attention scores s -> cap * tanh(s / cap); 0: none
+    final_softcap: float = 0.0  # Gemma 2: the same on the logits; 0: none
+    residual_scale: float = 1.0  # Granite: x += residual_scale * block output
+    logit_scale: float = 1.0  # Granite: logits times this (1 / logits_scaling)
+
+    @property
+    def rotary_dim(self) -> int:
+        """The dims of each head that RoPE rotates."""
+        return self.rope_dim or self.head_dim
+
+    @property
+    def sliding_window(self) -> int | None:
+        """The widest sliding window of any layer, None where every layer attends to the whole context."""
+        return max(self.layer_windows, default=0) or None
 
     @property
     def q_dim(self) -> int:
@@ -128,7 +153,11 @@ class Tensor:
 class LayerWeights:
     """One transformer block. Shapes: norms (dim,); wq (q_dim, dim); wk, wv (kv_dim, dim); wo (dim, q_dim);
     w_gate, w_up (hidden_dim, dim); w_down (dim, hidden_dim). Qwen2 adds f32 biases to the q, k and v
-    projections: bq (q_dim,), bk and bv (kv_dim,); other models have none."""
+    projections: bq (q_dim,), bk and bv (kv_dim,); other models have none. Qwen3 and Gemma 3 norm each
+    query and key head: q_norm, k_norm (head_dim,); Gemma 2 and 3 norm each block's output before it joins
+    the residual: attn_post_norm, ffn_post_norm (dim,). Fused projections (Phi-3's qkv_proj and
+    gate_up_proj) are given as row views of the one fused matrix: wq/wk/wv and w_gate/w_up then share its
+    memory, and the C library computes them in one pass over it (llm_products_run)."""
 
     attn_norm: Tensor
     wq: Tensor
@@ -142,11 +171,17 @@ class LayerWeights:
     bq: Tensor | None = None
     bk: Tensor | None = None
     bv: Tensor | None = None
+    q_norm: Tensor | None = None
+    k_norm: Tensor | None = None
+    attn_post_norm: Tensor | None = None
+    ffn_post_norm: Tensor | None = None
+
+    OPTIONAL = ("bq", "bk", "bv", "q_norm", "k_norm", "attn_post_norm", "ffn_post_norm")
 
     def tensors(self) -> list[Tensor]:
-        biases = [b for b in (self.bq, self.bk, self.bv) if b is not None]
+        optional = [t for t in (getattr(self, name) for name in self.OPTIONAL) if t is not None]
         return [self.attn_norm, self.wq, self.wk, self.wv, self.wo, self.ffn_norm, self.w_gate,
-                self.w_down, self.w_up, *biases]
+                self.w_down, self.w_up, *optional]
 
 
 @dataclass
