@@ -325,6 +325,7 @@ def gemma3_pattern() -> None:
     shutil.copytree(OUT / "gemma3", folder)
     config = json.loads((folder / "config.json").read_text())
     layer_types, rope_parameters = config.pop("layer_types"), config.pop("rope_parameters")
+    config.pop("_sliding_window_pattern")  # transformers 5 saves its copy of the default as well
     if layer_types != ["sliding_attention"] * 5 + ["full_attention", "sliding_attention"]:
         raise SystemExit(f"{folder}: gemma3's layer_types {layer_types} is not the 5:1 pattern")
     config.update(sliding_window_pattern=6, rope_theta=rope_parameters["full_attention"]["rope_theta"],
