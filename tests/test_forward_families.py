@@ -133,7 +133,7 @@ def families() -> dict[str, Case]:
     smollm3 = model(n_layers=4, layer_ropes=("global", "global", "global", "none"), tied=True)
     smollm3.without("no_rope", layer_ropes=())
 
-    granite = model(embed_scale=12.0, attn_scale=1 / hd, residual_scale=0.22, logit_scale=1 / 8)
+    granite = model(embed_scale=6.0, attn_scale=1 / hd, residual_scale=0.22, logit_scale=1 / 8)
     granite.without("embed_scale", embed_scale=1.0).without("attn_scale", attn_scale=None)
     granite.without("residual_scale", residual_scale=1.0).without("logit_scale", logit_scale=1.0)
 
