@@ -633,11 +633,12 @@ static void swiglu(float *gate, const float *up, int64_t n) {
 
 /* GELU's tanh approximation, 0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715 x^3), written as
    x / (1 + e^(-2u)) (the same function: 0.5 (1 + tanh u) is the logistic of 2u): the sum 1 + tanh(u) loses
-   the digits of a small result (x below -3) that this form keeps. */
+   the digits of a small result (x below -3) that this form keeps. In double, as the reference of the SIMD
+   kernels: e^(-2u) magnifies the rounding of its argument |2u| times, which floats would make 1e-6 at x = -4. */
 static void geglu(float *gate, const float *up, int64_t n) {
     for (int64_t i = 0; i < n; i++) {
-        float x = gate[i], u2 = 1.5957691216057308f * (x + 0.044715f * x * x * x); /* 2u: 2 sqrt(2/pi) */
-        gate[i] = x / (1.0f + expf(-u2)) * up[i];
+        double x = gate[i], u2 = 1.5957691216057308 * (x + 0.044715 * x * x * x); /* 2u: 2 sqrt(2/pi) */
+        gate[i] = (float)(x / (1.0 + exp(-u2)) * up[i]);
     }
 }
 

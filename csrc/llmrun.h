@@ -232,6 +232,11 @@ int llm_matmul(int32_t type, int32_t isa, const void *w, int64_t rows, int64_t c
    a cols that is not a whole number of the type's blocks. */
 int llm_dequantize(int32_t type, const void *w, int64_t rows, int64_t cols, float *out);
 
+/* gate = act(gate) * up for n values, with the feed-forward activation `activation` (llm_ffn_activation: SwiGLU's
+   or GeGLU's step of the forward pass) as the given instruction set computes it, for tests. 0, or LLM_ERR_INVALID
+   for an unknown activation or instruction set, NULL buffers or n < 0. */
+int llm_ffn_activate(int32_t activation, int32_t isa, float *gate, const float *up, int64_t n);
+
 /* out = rows of x (rows, cols) stored as `type`, one of the block types (Q8_0 to IQ4_XS): the bytes ggml's
    reference quantizers (what llama-quantize uses without an importance matrix) write for the same values.
    out holds rows * cols / block_elems * block_bytes bytes (llm_type_layout). Rows are independent, so callers
