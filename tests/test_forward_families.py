@@ -1,7 +1,8 @@
 """The family options of the forward pass (llm_config / llm_layer: Gemma, Qwen3, Phi, SmolLM3, Granite,
 sliding windows) in the C library against the numpy oracle (tests/reference.py), each option alone and in
 the combinations of the families; the KV rings of windowed layers (batches that wrap them, decoding across
-the wrap, the resume rule); the refusal of bad options; the memory a ring saves.
+the wrap, the resume rule); the refusal of bad options; the memory a ring saves; the accuracy of each
+level's SwiGLU and GeGLU kernels against float64.
 
 Tolerance: as tests/test_forward.py, max |C - oracle| <= 1e-4 of max |oracle| (float32 against float64 over a
 few layers: measured errors are ~1e-6), with f32 weights. Every case's prompt (26 tokens) is longer than its
