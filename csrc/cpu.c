@@ -78,6 +78,15 @@ int llm_type_layout(int32_t type, int64_t *block_elems, int64_t *block_bytes) {
     return 0;
 }
 
+int llm_ffn_activate(int32_t activation, int32_t isa, float *gate, const float *up, int64_t n) {
+    const llm_kernels *kernels = llm_kernels_get(isa == LLM_ISA_AUTO ? llm_isa_best() : isa);
+    if (!kernels || !gate || !up || n < 0) return LLM_ERR_INVALID;
+    if (activation == LLM_FFN_SILU) kernels->vec.swiglu(gate, up, n);
+    else if (activation == LLM_FFN_GELU_TANH) kernels->vec.geglu(gate, up, n);
+    else return LLM_ERR_INVALID;
+    return 0;
+}
+
 int llm_dequantize(int32_t type, const void *w, int64_t rows, int64_t cols, float *out) {
     if (type < 0 || type >= LLM_TYPE_COUNT || !llm_types[type].get_row || !w || !out || rows < 0 || cols < 0 ||
         cols % llm_types[type].block_elems != 0)

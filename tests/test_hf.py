@@ -16,7 +16,7 @@ import pytest
 import llmrun
 from commands import LLMRUN
 from hf_builders import FIXTURES, HF, copy_fixture, edit_config, read_tensors, write_safetensors
-from llmrun.errors import InvalidArgumentError, ModelFormatError, TokenizerError
+from llmrun.errors import ModelFormatError, TokenizerError
 from llmrun.formats import read_model
 from llmrun.quantize import quantize
 
@@ -135,13 +135,13 @@ def test_quantize_at_load(quant: str) -> None:
 
 
 def test_sliding_window(tmp_path: Path) -> None:
+    """A sliding window no longer limits the context (the windowed layers attend to their window of it)."""
     folder = copy_fixture("mistral", tmp_path)
     edit_config(folder, sliding_window=64)
-    with llmrun.load(folder, n_threads=1) as model:  # the default context stops at the window
-        assert model.info.n_ctx == 64
-    with pytest.raises(InvalidArgumentError, match="sliding-window attention over 64 positions") as info:
-        llmrun.load(folder, n_ctx=128)  # an argument the model cannot take, not a fault of its files
-    assert info.value.param == "n_ctx"
+    with llmrun.load(folder, n_threads=1) as model:  # the trained context, as without a window
+        assert model.info.n_ctx == model.info.context_length
+    with llmrun.load(folder, n_ctx=128, n_threads=1) as model:
+        assert model.info.n_ctx == 128
 
 
 def test_cli_generate() -> None:
