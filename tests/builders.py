@@ -54,7 +54,8 @@ def spec_from_tensors(cfg: ModelConfig, t: dict[str, np.ndarray], rope_freqs: np
                      output_norm=Tensor(t["output_norm"]),
                      output=Tensor(t["output"]) if "output" in t else None, layers=layers, file_size=0,
                      rope_scaling=None if rope_freqs is None else RopeScaling(
-                         "divisors", divisors=tuple(plain_frequencies(cfg.rope_theta, cfg.rotary_dim) / rope_freqs)))
+                         "divisors", divisors=tuple(plain_frequencies(cfg.rope_theta, cfg.rotary_dim)[:len(rope_freqs)]
+                                                    / rope_freqs)))
 
 
 def write_model(path: Path, cfg: ModelConfig, t: dict[str, np.ndarray], version: int = 0) -> Path:
