@@ -2,6 +2,8 @@
  * forward.c: the transformer. Given token ids and their positions, run the Llama architecture
  * (RMSNorm, rotary position embeddings, grouped-query attention over a KV cache, SwiGLU feed-forward)
  * and produce the logits of the next token. Weights are borrowed; everything else lives in llm_ctx.
+ * The other families' options (llm_config: Gemma's norms after each block, soft-caps, GeGLU and sliding
+ * windows, Qwen3's QK-norm, partial rotary, Granite's multipliers ...) are steps of the same layer loop.
  *
  * The matrix products go through the kernels of each tensor's type (kernels.h, products.h) and are
  * split across the thread pool by rows; this file only says *what* is computed, in the order the math
@@ -9,21 +11,28 @@
  * per token, and each weight matrix is read once per batch.
  */
 #include <math.h>
-#include <stdarg.h>
 #include <stdatomic.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "checks.h"
 #include "kernels.h"
+#include "kv_cache.h"
 #include "products.h"
 #include "threadpool.h"
 
+typedef struct {
+    float *cos, *sin; /* (n_ctx, rope_dim / 2) the rotation of each dimension pair at each position */
+} rope_table;
+
 struct llm_ctx {
-    llm_config         cfg;
+    llm_config         cfg;      /* the caller's, each zero option replaced by its value (attn_scale ...) */
     llm_weights        w;
     llm_layer         *layers;   /* our copy of the caller's layer table */
+    llm_kv_layer      *kv;       /* (n_layers) where each layer keeps its keys and values */
+    int32_t           *layer_ropes; /* (n_layers) llm_layer_rope of each layer */
     int32_t            n_ctx;    /* positions the KV cache holds */
+    int32_t            written;  /* the cache holds the sequence's positions 0..written-1 (rings: the latest) */
     int32_t            isa;
     const llm_kernels *kernels;  /* the kernels of `isa` */
     llm_pool          *pool;
@@ -35,28 +44,22 @@ struct llm_ctx {
     float *x;   /* (n_batch, dim) residual stream */
     float *xb;  /* (n_batch, xb_width) normed input of a block; the attention's output */
     float *xb2; /* (n_batch, dim) output of a block before it is added to the residual */
-    float *hb;  /* (n_batch, hidden_dim) gate, then SwiGLU output */
+    float *hb;  /* (n_batch, hidden_dim) gate, then the activation's output */
     float *hb2; /* (n_batch, hidden_dim) up projection */
     float *q;   /* (n_batch, q_dim) queries */
+    float *k;   /* (n_batch, kv_dim) keys, on their way into the cache */
+    float *v;   /* (n_batch, kv_dim) values, likewise */
     float *att; /* (n_threads, n_ctx) attention scores, a row per thread */
+    float *att_part; /* (n_threads, head_dim) the weighted sum over the second run of a wrapped ring */
+    void (*ffn_activation)(float *gate, const float *up, int64_t n); /* SwiGLU's or GeGLU's kernel */
 
-    float *key_cache;   /* (n_layers, n_ctx, kv_dim) */
-    float *value_cache; /* (n_layers, n_ctx, kv_dim) */
-    float *rope_cos;    /* (n_ctx, head_dim / 2) */
-    float *rope_sin;    /* (n_ctx, head_dim / 2) */
+    float *key_cache;       /* (sum of the layers' rows, kv_dim): kv[l] says where layer l's are */
+    float *value_cache;     /* likewise */
+    rope_table rope_global; /* rope_theta or rope_freqs, times rope_attn_factor */
+    rope_table rope_local;  /* base rope_theta_local (NULL where no layer uses it) */
 
     char err[256];
 };
-
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
 /* ---------------------------------------------------------------------------------------------------- */
 /* the building blocks */
@@ -68,11 +71,12 @@ static void rmsnorm(float *out, const float *x, const float *weight, int n, floa
     for (int i = 0; i < n; i++) out[i] = weight[i] * (scale * x[i]);
 }
 
-/* Rotates each head's dimension pairs by angles pos * theta^(-2j / head_dim), j = 0 .. head_dim/2 - 1. */
-static void rope(const llm_ctx *c, float *vec, int n_heads, int pos) {
-    int half = c->cfg.head_dim / 2;
-    const float *cos_t = c->rope_cos + (size_t)pos * half, *sin_t = c->rope_sin + (size_t)pos * half;
-    /* interleaved pairs (2j, 2j+1), or halves (j, j + head_dim/2) */
+/* Rotates the first rope_dim dims of each head, pair j by the angle pos * freq_j of table t (freq_j =
+   theta^(-2j / rope_dim) for plain RoPE); the other dims pass unrotated (partial rotary). */
+static void rope(const llm_ctx *c, const rope_table *t, float *vec, int n_heads, int pos) {
+    int half = c->cfg.rope_dim / 2;
+    const float *cos_t = t->cos + (size_t)pos * half, *sin_t = t->sin + (size_t)pos * half;
+    /* interleaved pairs (2j, 2j+1), or halves (j, j + rope_dim/2) */
     int stride = c->cfg.rope_style == LLM_ROPE_INTERLEAVED ? 2 : 1;
     int offset = c->cfg.rope_style == LLM_ROPE_INTERLEAVED ? 1 : half;
     for (int h = 0; h < n_heads; h++) {
@@ -97,10 +101,42 @@ static void add(float *x, const float *y, int n) {
     for (int i = 0; i < n; i++) x[i] += y[i];
 }
 
-/* Where layer l keeps the key (or value) of a position: the row of a (n_layers, n_ctx, kv_dim) cache. */
+static void scale(float *x, int64_t n, float s) {
+    for (int64_t i = 0; i < n; i++) x[i] *= s;
+}
+
+/* x = cap * tanh(x / cap): soft-capping (Gemma 2) bounds x to (-cap, cap) and leaves small values alone. */
+static void softcap(float *x, int64_t n, float cap) {
+    for (int64_t i = 0; i < n; i++) x[i] = cap * tanhf(x[i] / cap);
+}
+
+/* RMSNorm of each head_dim-wide head of vec, where the model has a norm (Qwen3, Gemma 3: QK-norm). */
+static void head_norms(float *vec, int n_heads, const llm_tensor *norm, const llm_config *p) {
+    for (int h = 0; norm->data && h < n_heads; h++)
+        rmsnorm(vec + (size_t)h * p->head_dim, vec + (size_t)h * p->head_dim, norm->data, p->head_dim, p->norm_eps);
+}
+
+/* x += residual_scale * out for each of n tokens: a block's output joins the residual stream, RMS-normed
+   first where the model has a norm after the block (Gemma 2, 3). */
+static void add_block(const llm_config *p, float *x, float *out, const llm_tensor *post_norm, int n) {
+    for (int64_t t = 0; t < n; t++) {
+        if (post_norm->data) rmsnorm(out + t * p->dim, out + t * p->dim, post_norm->data, p->dim, p->norm_eps);
+        scale(out + t * p->dim, p->dim, p->residual_scale);
+        add(x + t * p->dim, out + t * p->dim, p->dim);
+    }
+}
+
+/* The rotary table of layer l: the model's, the local one, or none (NULL). */
+static const rope_table *layer_rope(const llm_ctx *c, int l) {
+    int32_t kind = c->layer_ropes[l];
+    return kind == LLM_LAYER_ROPE_NONE ? NULL : kind == LLM_LAYER_ROPE_LOCAL ? &c->rope_local : &c->rope_global;
+}
+
+/* Where layer l keeps the key (or value) of a position: its row of the layer's rows (kv_cache.h). */
 static float *kv_row(const llm_ctx *c, float *cache, int layer, int32_t position) {
     size_t kv_dim = (size_t)c->cfg.n_kv_heads * c->cfg.head_dim;
-    return cache + ((size_t)layer * c->n_ctx + (size_t)position) * kv_dim;
+    const llm_kv_layer *kv = &c->kv[layer];
+    return cache + ((size_t)kv->first_row + (size_t)(position % kv->rows)) * kv_dim;
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
@@ -112,30 +148,40 @@ typedef struct {
     atomic_int next; /* the next (token, head) pair to claim */
 } attention_task;
 
-/* Each (token, query head) pair attends over positions 0..pos+token of its key/value head; the pairs are
-   shared out among the threads, each with its own row of scores. */
+/* Each (token, query head) pair attends over positions first..pos+token of its key/value head (first: 0, or
+   the start of the layer's window); the pairs are shared out among the threads, each with its own row of
+   scores. On a ring the positions lie in one run of rows or, wrapped, two: one softmax over both. */
 static void attention_worker(void *arg, int ith, int nth) {
     (void)nth;
     attention_task *t = arg;
     llm_ctx *c = t->c;
     const llm_config *p = &c->cfg;
+    const llm_vec_ops *vec = &c->kernels->vec;
     int hd = p->head_dim, q_dim = p->n_heads * hd, kv_dim = p->n_kv_heads * hd, group = p->n_heads / p->n_kv_heads;
-    float scale = 1.0f / sqrtf((float)hd);
-    float *att = c->att + (size_t)ith * c->n_ctx;
+    int32_t window = c->kv[t->layer].window;
+    float *att = c->att + (size_t)ith * c->n_ctx, *part = c->att_part + (size_t)ith * hd;
     const float *keys = kv_row(c, c->key_cache, t->layer, 0), *values = kv_row(c, c->value_cache, t->layer, 0);
     for (int i; (i = atomic_fetch_add_explicit(&t->next, 1, memory_order_relaxed)) < t->n * p->n_heads;) {
         int token = i / p->n_heads, h = i % p->n_heads, last = t->pos + token;
+        int first = window && last >= window ? last - window + 1 : 0;
+        llm_kv_span rows = llm_kv_span_of(&c->kv[t->layer], first, last);
         const float *q = c->q + (size_t)token * q_dim + (size_t)h * hd;
-        size_t kv_head = (size_t)(h / group) * hd;
-        c->kernels->vec.scores(att, q, keys + kv_head, kv_dim, last + 1, hd, scale);
-        c->kernels->vec.softmax(att, last + 1);
+        size_t head = (size_t)(h / group) * hd, run0 = (size_t)rows.start * kv_dim + head; /* run1: row 0 */
+        vec->scores(att, q, keys + run0, kv_dim, rows.n0, hd, p->attn_scale);
+        vec->scores(att + rows.n0, q, keys + head, kv_dim, rows.n1, hd, p->attn_scale);
+        if (p->attn_softcap) softcap(att, rows.n0 + rows.n1, p->attn_softcap); /* Gemma 2 */
+        vec->softmax(att, rows.n0 + rows.n1);
         float *out = c->xb + (size_t)token * c->xb_width + (size_t)h * hd;
-        c->kernels->vec.weighted_sum(out, att, values + kv_head, kv_dim, last + 1, hd);
+        vec->weighted_sum(out, att, values + run0, kv_dim, rows.n0, hd);
+        if (rows.n1) {
+            vec->weighted_sum(part, att + rows.n0, values + head, kv_dim, rows.n1, hd);
+            add(out, part, hd);
+        }
     }
 }
 
-/* xb = softmax(q k^T / sqrt(head_dim)) v for each query head of the n tokens at positions pos.., over the
-   keys and values of layer l's cache up to each token's own position (causal). */
+/* xb = softmax(attn_scale q k^T) v for each query head of the n tokens at positions pos.., over the keys and
+   values of layer l's cache up to each token's own position (causal), within the layer's window if it has one. */
 static void attention(llm_ctx *c, int layer, int32_t pos, int n) {
     attention_task task = {c, layer, pos, n, 0};
     llm_pool_run(c->pool, attention_worker, &task);
@@ -150,41 +196,51 @@ static void forward_batch(llm_ctx *c, const int32_t *tokens, int n, int32_t pos,
     const llm_config *p = &c->cfg;
     int64_t dim = p->dim, q_dim = (int64_t)p->n_heads * p->head_dim, kv_dim = (int64_t)p->n_kv_heads * p->head_dim;
     int64_t hidden = p->hidden_dim, wide = c->xb_width;
-    float *x = c->x, *xb = c->xb, *xb2 = c->xb2, *hb = c->hb, *hb2 = c->hb2, *q = c->q;
+    float *x = c->x, *xb = c->xb, *xb2 = c->xb2, *hb = c->hb, *hb2 = c->hb2, *q = c->q, *k = c->k, *v = c->v;
 
     const llm_tensor *embedding = &c->w.token_embd;
-    for (int t = 0; t < n; t++) /* x (n, dim) = the tokens' rows of the embedding */
+    for (int t = 0; t < n; t++) { /* x (n, dim) = the tokens' rows of the embedding, times embed_scale */
         llm_types[embedding->type].get_row(x + t * dim, embedding->data, tokens[t], dim);
+        scale(x + t * dim, dim, p->embed_scale);
+    }
 
     for (int l = 0; l < p->n_layers; l++) {
         const llm_layer *L = &c->layers[l];
-        /* this batch's keys and values go straight into their positions' rows of the cache */
-        float *k = kv_row(c, c->key_cache, l, pos), *v = kv_row(c, c->value_cache, l, pos); /* (n, kv_dim) */
+        const rope_table *rotation = layer_rope(c, l); /* NULL: this layer has no RoPE */
 
-        /* attention block: x += attention(rmsnorm(x)) Wo */
+        /* attention block: x += residual_scale * post_norm(attention(rmsnorm(x)) Wo) */
         for (int t = 0; t < n; t++) /* xb (n, dim) */
             rmsnorm(xb + t * wide, x + t * dim, L->attn_norm.data, p->dim, p->norm_eps);
         llm_product qkv[] = {{q, q_dim, &L->wq}, {k, kv_dim, &L->wk}, {v, kv_dim, &L->wv}};
         llm_products_run(c->products, n, xb, wide, qkv, 3); /* q (n, q_dim), k and v (n, kv_dim) */
         for (int t = 0; t < n; t++) {
-            add_bias(q + t * q_dim, &L->bq); /* Qwen2 */
-            add_bias(k + t * kv_dim, &L->bk);
-            add_bias(v + t * kv_dim, &L->bv);
-            rope(c, q + t * q_dim, p->n_heads, pos + t);
-            rope(c, k + t * kv_dim, p->n_kv_heads, pos + t);
+            float *qt = q + t * q_dim, *kt = k + t * kv_dim, *vt = v + t * kv_dim;
+            add_bias(qt, &L->bq); /* Qwen2 */
+            add_bias(kt, &L->bk);
+            add_bias(vt, &L->bv);
+            head_norms(qt, p->n_heads, &L->q_norm, p); /* Qwen3, Gemma 3 */
+            head_norms(kt, p->n_kv_heads, &L->k_norm, p);
+            if (rotation) {
+                rope(c, rotation, qt, p->n_heads, pos + t);
+                rope(c, rotation, kt, p->n_kv_heads, pos + t);
+            }
+            /* into the position's row of the cache (a ring's rows wrap, so row by row) */
+            memcpy(kv_row(c, c->key_cache, l, pos + t), kt, (size_t)kv_dim * sizeof *kt);
+            memcpy(kv_row(c, c->value_cache, l, pos + t), vt, (size_t)kv_dim * sizeof *vt);
         }
         attention(c, l, pos, n);                                                /* xb (n, q_dim) */
         llm_products_run(c->products, n, xb, wide, &(llm_product){xb2, dim, &L->wo}, 1); /* xb2 (n, dim) */
-        for (int t = 0; t < n; t++) add(x + t * dim, xb2 + t * dim, p->dim);
+        add_block(p, x, xb2, &L->attn_post_norm, n);
 
-        /* feed-forward block: x += (silu(xb W_gate) * xb W_up) W_down, xb = rmsnorm(x) */
+        /* feed-forward block: x += residual_scale * post_norm((act(xb W_gate) * xb W_up) W_down), xb = rmsnorm(x);
+           act: SiLU (SwiGLU) or the tanh GELU (GeGLU) */
         for (int t = 0; t < n; t++) /* xb (n, dim) */
             rmsnorm(xb + t * wide, x + t * dim, L->ffn_norm.data, p->dim, p->norm_eps);
         llm_product gate_up[] = {{hb, hidden, &L->w_gate}, {hb2, hidden, &L->w_up}};
         llm_products_run(c->products, n, xb, wide, gate_up, 2);                /* hb, hb2 (n, hidden) */
-        for (int t = 0; t < n; t++) c->kernels->vec.swiglu(hb + t * hidden, hb2 + t * hidden, hidden);
+        for (int t = 0; t < n; t++) c->ffn_activation(hb + t * hidden, hb2 + t * hidden, hidden);
         llm_products_run(c->products, n, hb, hidden, &(llm_product){xb2, dim, &L->w_down}, 1); /* xb2 (n, dim) */
-        for (int t = 0; t < n; t++) add(x + t * dim, xb2 + t * dim, p->dim);
+        add_block(p, x, xb2, &L->ffn_post_norm, n);
     }
 
     if (!logits) return;
@@ -192,20 +248,30 @@ static void forward_batch(llm_ctx *c, const int32_t *tokens, int n, int32_t pos,
     for (int t = first; t < n; t++) rmsnorm(x + t * dim, x + t * dim, c->w.output_norm.data, p->dim, p->norm_eps);
     const llm_tensor *classifier = c->w.output.data ? &c->w.output : &c->w.token_embd;
     llm_products_run(c->products, n - first, x + first * dim, dim, &(llm_product){logits, p->vocab_size, classifier}, 1);
+    int64_t n_logits = (int64_t)(n - first) * p->vocab_size;
+    scale(logits, n_logits, p->logit_scale); /* Granite */
+    if (p->final_softcap) softcap(logits, n_logits, p->final_softcap); /* Gemma 2 */
 }
 
 int llm_forward(llm_ctx *c, const int32_t *tokens, int32_t n_tokens, int32_t pos, float *logits,
                 int32_t all_logits) {
     if (!c) return LLM_ERR_INVALID;
     c->err[0] = '\0';
-    if (!tokens) return fail(c->err, sizeof c->err, LLM_ERR_INVALID, "tokens is NULL");
-    if (n_tokens < 1) return fail(c->err, sizeof c->err, LLM_ERR_INVALID, "n_tokens must be >= 1, got %d", n_tokens);
+    if (!tokens) return llm_fail(c->err, sizeof c->err, LLM_ERR_INVALID, "tokens is NULL");
+    if (n_tokens < 1) return llm_fail(c->err, sizeof c->err, LLM_ERR_INVALID, "n_tokens must be >= 1, got %d", n_tokens);
     if (pos < 0 || pos > c->n_ctx - n_tokens)
-        return fail(c->err, sizeof c->err, LLM_ERR_INVALID, "positions %d..%lld do not fit the context of %d",
+        return llm_fail(c->err, sizeof c->err, LLM_ERR_INVALID, "positions %d..%lld do not fit the context of %d",
                     pos, (long long)pos + n_tokens - 1, c->n_ctx);
+    if (pos > c->written)
+        return llm_fail(c->err, sizeof c->err, LLM_ERR_INVALID, "position %d is past the cache, which holds positions "
+                    "0..%d: a forward continues the sequence or starts over at 0", pos, c->written - 1);
+    int32_t resume_min = llm_kv_resume_min(c->kv, c->cfg.n_layers);
+    if (pos != 0 && pos < resume_min)
+        return llm_fail(c->err, sizeof c->err, LLM_ERR_INVALID, "position %d needs keys that the sliding-window layers' "
+                    "caches have dropped: continue from position %d or later, or start over at 0", pos, resume_min);
     for (int32_t i = 0; i < n_tokens; i++)
         if (tokens[i] < 0 || tokens[i] >= c->cfg.vocab_size)
-            return fail(c->err, sizeof c->err, LLM_ERR_INVALID, "token %d at index %d is outside [0, %d)",
+            return llm_fail(c->err, sizeof c->err, LLM_ERR_INVALID, "token %d at index %d is outside [0, %d)",
                         tokens[i], i, c->cfg.vocab_size);
     for (int32_t i = 0; i < n_tokens; i += c->n_batch) {
         int n = n_tokens - i < c->n_batch ? n_tokens - i : c->n_batch;
@@ -213,114 +279,52 @@ int llm_forward(llm_ctx *c, const int32_t *tokens, int32_t n_tokens, int32_t pos
         if (logits && all_logits) out = logits + (size_t)i * c->cfg.vocab_size;
         else if (logits && i + n == n_tokens) out = logits;
         forward_batch(c, tokens + i, n, pos + i, out, all_logits);
+        llm_kv_advance(c->kv, c->cfg.n_layers, pos + i, pos + i + n);
+        c->written = pos + i + n;
     }
     return 0;
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
-/* creation and checks */
+/* creation */
 
-static int check_tensor(const llm_tensor *t, const char *name, int layer, int64_t rows, int64_t cols,
-                        int float_only, char *err, size_t errlen) {
-    char where[64];
-    if (layer >= 0) snprintf(where, sizeof where, "layer %d %s", layer, name);
-    else snprintf(where, sizeof where, "%s", name);
-    if (!t->data) return fail(err, errlen, LLM_ERR_INVALID, "%s: no data", where);
-    if (t->type < 0 || t->type >= LLM_TYPE_COUNT || (float_only && t->type != LLM_F32))
-        return fail(err, errlen, LLM_ERR_INVALID, "%s: unsupported type %d", where, t->type);
-    if (t->rows != rows || t->cols != cols)
-        return fail(err, errlen, LLM_ERR_INVALID, "%s: shape (%lld, %lld), expected (%lld, %lld)", where,
-                    (long long)t->rows, (long long)t->cols, (long long)rows, (long long)cols);
-    const llm_type_info *type = &llm_types[t->type];
-    if (cols % type->block_elems != 0)
-        return fail(err, errlen, LLM_ERR_INVALID, "%s: %lld columns is not a whole number of %s blocks of %lld",
-                    where, (long long)cols, type->name, (long long)type->block_elems);
-    return 0;
-}
-
-static int check_weights(const llm_config *p, const llm_weights *w, char *err, size_t errlen) {
-    int64_t dim = p->dim, hid = p->hidden_dim, q_dim = (int64_t)p->n_heads * p->head_dim;
-    int64_t kv_dim = (int64_t)p->n_kv_heads * p->head_dim;
-    int rc;
-#define CHECK(t, name, layer, rows, cols, float_only) \
-    if ((rc = check_tensor(t, name, layer, rows, cols, float_only, err, errlen)) != 0) return rc
-    CHECK(&w->token_embd, "token_embd", -1, p->vocab_size, dim, 0);
-    CHECK(&w->output_norm, "output_norm", -1, 1, dim, 1);
-    if (w->output.data) CHECK(&w->output, "output", -1, p->vocab_size, dim, 0);
-    if (!w->layers) return fail(err, errlen, LLM_ERR_INVALID, "no layers given");
-    for (int l = 0; l < p->n_layers; l++) {
-        const llm_layer *L = &w->layers[l];
-        CHECK(&L->attn_norm, "attn_norm", l, 1, dim, 1);
-        CHECK(&L->wq, "wq", l, q_dim, dim, 0);
-        CHECK(&L->wk, "wk", l, kv_dim, dim, 0);
-        CHECK(&L->wv, "wv", l, kv_dim, dim, 0);
-        CHECK(&L->wo, "wo", l, dim, q_dim, 0);
-        CHECK(&L->ffn_norm, "ffn_norm", l, 1, dim, 1);
-        CHECK(&L->w_gate, "w_gate", l, hid, dim, 0);
-        CHECK(&L->w_down, "w_down", l, dim, hid, 0);
-        CHECK(&L->w_up, "w_up", l, hid, dim, 0);
-        if (L->bq.data) CHECK(&L->bq, "bq", l, 1, q_dim, 1);
-        if (L->bk.data) CHECK(&L->bk, "bk", l, 1, kv_dim, 1);
-        if (L->bv.data) CHECK(&L->bv, "bv", l, 1, kv_dim, 1);
-    }
-#undef CHECK
-    return 0;
-}
-
-static int check_config(const llm_config *p, int32_t n_ctx, int32_t n_threads, char *err, size_t errlen) {
-    if (p->dim < 1 || p->hidden_dim < 1 || p->n_layers < 1 || p->n_heads < 1 || p->n_kv_heads < 1 ||
-        p->head_dim < 1 || p->vocab_size < 1)
-        return fail(err, errlen, LLM_ERR_INVALID,
-                    "config dims must be positive (dim %d, hidden_dim %d, n_layers %d, n_heads %d, "
-                    "n_kv_heads %d, head_dim %d, vocab_size %d)", p->dim, p->hidden_dim, p->n_layers,
-                    p->n_heads, p->n_kv_heads, p->head_dim, p->vocab_size);
-    if (p->n_heads % p->n_kv_heads != 0)
-        return fail(err, errlen, LLM_ERR_INVALID, "n_heads %d is not a multiple of n_kv_heads %d",
-                    p->n_heads, p->n_kv_heads);
-    if (p->head_dim % 2 != 0)
-        return fail(err, errlen, LLM_ERR_INVALID, "head_dim %d must be even for RoPE", p->head_dim);
-    if (p->rope_style != LLM_ROPE_INTERLEAVED && p->rope_style != LLM_ROPE_HALVES)
-        return fail(err, errlen, LLM_ERR_INVALID, "unknown rope_style %d", p->rope_style);
-    if (!(p->rope_theta > 0.0f) || !isfinite(p->rope_theta) || !(p->norm_eps >= 0.0f) || !isfinite(p->norm_eps))
-        return fail(err, errlen, LLM_ERR_INVALID, "bad rope_theta %g or norm_eps %g", (double)p->rope_theta,
-                    (double)p->norm_eps);
-    if (p->rope_freqs)
-        for (int j = 0; j < p->head_dim / 2; j++)
-            if (!isfinite(p->rope_freqs[j]) || p->rope_freqs[j] < 0.0f)
-                return fail(err, errlen, LLM_ERR_INVALID, "rope_freqs[%d] is %g; frequencies must be finite and >= 0",
-                            j, (double)p->rope_freqs[j]);
-    if (n_ctx < 1) return fail(err, errlen, LLM_ERR_INVALID, "n_ctx must be >= 1, got %d", n_ctx);
-    if (n_threads < 1 || n_threads > LLM_MAX_THREADS)
-        return fail(err, errlen, LLM_ERR_INVALID, "n_threads must be in [1, %d], got %d", LLM_MAX_THREADS, n_threads);
+/* Whether any layer uses the local RoPE table (which is then built). */
+static int uses_local_rope(const llm_config *p) {
+    for (int l = 0; p->layer_ropes && l < p->n_layers; l++)
+        if (p->layer_ropes[l] == LLM_LAYER_ROPE_LOCAL) return 1;
     return 0;
 }
 
 /* The context's float buffers, each (rows, cols) floats: the one list that llm_create allocates and
    llm_ctx_bytes counts. c may be a scratch struct when only the sizes are wanted. */
-enum { N_BUFFERS = 11 };
+enum { N_BUFFERS = 16 };
 typedef struct {
     float **ptr;
-    size_t  rows, cols;
+    size_t  rows, cols; /* 0 rows: not needed (left NULL) */
 } float_buffer;
 
 static void plan_buffers(llm_ctx *c, const llm_config *p, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
                          float_buffer out[N_BUFFERS]) {
     size_t nb = (size_t)n_batch, ctx = (size_t)n_ctx, dim = (size_t)p->dim, hidden = (size_t)p->hidden_dim;
     size_t q_dim = (size_t)p->n_heads * (size_t)p->head_dim, kv_dim = (size_t)p->n_kv_heads * (size_t)p->head_dim;
-    size_t wide = dim > q_dim ? dim : q_dim, half = (size_t)p->head_dim / 2, layers = (size_t)p->n_layers;
+    size_t wide = dim > q_dim ? dim : q_dim, half = (size_t)(p->rope_dim ? p->rope_dim : p->head_dim) / 2;
+    size_t kv_rows = 0, local = uses_local_rope(p) ? ctx : 0, hd = (size_t)p->head_dim, nth = (size_t)n_threads;
+    for (int l = 0; l < p->n_layers; l++) kv_rows += (size_t)llm_kv_rows(p, l, n_ctx, n_batch); /* < 2^62 */
     float_buffer plan[N_BUFFERS] = {
         {&c->x, nb, dim}, {&c->xb, nb, wide}, {&c->xb2, nb, dim}, {&c->hb, nb, hidden}, {&c->hb2, nb, hidden},
-        {&c->q, nb, q_dim}, {&c->att, (size_t)n_threads, ctx},
-        {&c->key_cache, layers * ctx, kv_dim}, {&c->value_cache, layers * ctx, kv_dim}, /* n_layers, n_ctx <= 2^31 */
-        {&c->rope_cos, ctx, half}, {&c->rope_sin, ctx, half},
+        {&c->q, nb, q_dim}, {&c->k, nb, kv_dim}, {&c->v, nb, kv_dim}, {&c->att, nth, ctx}, {&c->att_part, nth, hd},
+        {&c->key_cache, kv_rows, kv_dim}, {&c->value_cache, kv_rows, kv_dim},
+        {&c->rope_global.cos, ctx, half}, {&c->rope_global.sin, ctx, half},
+        {&c->rope_local.cos, local, half}, {&c->rope_local.sin, local, half},
     };
     memcpy(out, plan, sizeof plan);
 }
 
-/* Bytes of a (rows, cols) float buffer, or 0 if that overflows. */
-static size_t buffer_bytes(const float_buffer *b) {
+/* Bytes of a (rows, cols) float buffer into *bytes; 0 if that overflows. */
+static int buffer_bytes(const float_buffer *b, size_t *bytes) {
     if (b->cols && b->rows > SIZE_MAX / sizeof(float) / b->cols) return 0;
-    return b->rows * b->cols * sizeof(float);
+    *bytes = b->rows * b->cols * sizeof(float);
+    return 1;
 }
 
 /* The longest row a product reads: the normed input (dim or q_dim) or the FFN's hidden layer. */
@@ -330,89 +334,110 @@ static int64_t widest_input(const llm_config *p) {
 }
 
 int64_t llm_ctx_bytes(const llm_config *p, int32_t n_ctx, int32_t n_batch, int32_t n_threads) {
-    if (!p || check_config(p, n_ctx, n_threads, NULL, 0) != 0 || n_batch < 1) return LLM_ERR_INVALID;
+    if (!p || llm_check_config(p, n_ctx, n_threads, NULL, 0) != 0 || n_batch < 1) return LLM_ERR_INVALID;
     if (n_batch > n_ctx) n_batch = n_ctx;
     llm_ctx sizes_only; /* plan_buffers wants somewhere to point; nothing is allocated */
     float_buffer plan[N_BUFFERS];
     plan_buffers(&sizes_only, p, n_ctx, n_batch, n_threads, plan);
     /* The products' scratch is sized for the best level: a context on a forced lower level needs no more. */
-    size_t total = sizeof(llm_ctx) + (size_t)p->n_layers * sizeof(llm_layer) +
+    size_t total = sizeof(llm_ctx) + (size_t)p->n_layers * (sizeof(llm_layer) + sizeof(llm_kv_layer) + sizeof(int32_t)) +
                    llm_products_bytes(llm_kernels_get(llm_isa_best()), n_threads, widest_input(p), n_batch);
     for (int i = 0; i < N_BUFFERS; i++) {
-        size_t bytes = buffer_bytes(&plan[i]);
-        if (bytes == 0 || total > (size_t)INT64_MAX - bytes) return LLM_ERR_NOMEM; /* more than any memory */
+        size_t bytes;
+        if (!buffer_bytes(&plan[i], &bytes) || total > (size_t)INT64_MAX - bytes) return LLM_ERR_NOMEM;
         total += bytes;
     }
     return (int64_t)total;
 }
 
-static void fill_rope_tables(llm_ctx *c, const float *freqs) {
-    int half = c->cfg.head_dim / 2;
+/* cos and sin of each position's angle pos * freq_j, times `factor`; freq_j from freqs, else theta^(-2j / rope_dim). */
+static void fill_rope_table(rope_table *t, int32_t n_ctx, int rope_dim, const float *freqs, double theta, double factor) {
+    int half = rope_dim / 2;
     for (int j = 0; j < half; j++) {
-        double freq = freqs ? (double)freqs[j] : pow((double)c->cfg.rope_theta, -2.0 * j / c->cfg.head_dim);
-        for (int32_t pos = 0; pos < c->n_ctx; pos++) {
-            c->rope_cos[(size_t)pos * half + j] = (float)cos(pos * freq);
-            c->rope_sin[(size_t)pos * half + j] = (float)sin(pos * freq);
+        double freq = freqs ? (double)freqs[j] : pow(theta, -2.0 * j / rope_dim);
+        for (int32_t pos = 0; pos < n_ctx; pos++) {
+            t->cos[(size_t)pos * half + j] = (float)(factor * cos(pos * freq));
+            t->sin[(size_t)pos * half + j] = (float)(factor * sin(pos * freq));
         }
     }
+}
+
+/* The config with each zero option replaced by the value it stands for (llmrun.h), so the loop computes each
+   step the same way for every family. */
+static llm_config with_defaults(const llm_config *p) {
+    llm_config c = *p;
+    c.rope_dim = c.rope_dim ? c.rope_dim : c.head_dim;
+    c.rope_attn_factor = c.rope_attn_factor ? c.rope_attn_factor : 1.0f;
+    c.embed_scale = c.embed_scale ? c.embed_scale : 1.0f;
+    c.attn_scale = c.attn_scale ? c.attn_scale : 1.0f / sqrtf((float)c.head_dim);
+    c.residual_scale = c.residual_scale ? c.residual_scale : 1.0f;
+    c.logit_scale = c.logit_scale ? c.logit_scale : 1.0f;
+    c.rope_freqs = NULL; /* borrowed only until llm_create returns, like the layer arrays */
+    c.layer_ropes = c.layer_windows = NULL;
+    return c;
 }
 
 int llm_create(const llm_config *p, const llm_weights *w, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
                int32_t isa, llm_ctx **out, char *err, size_t errlen) {
     int rc;
     if (err && errlen) err[0] = '\0';
-    if (!out) return fail(err, errlen, LLM_ERR_INVALID, "out is NULL");
+    if (!out) return llm_fail(err, errlen, LLM_ERR_INVALID, "out is NULL");
     *out = NULL;
-    if (!p || !w) return fail(err, errlen, LLM_ERR_INVALID, "config or weights is NULL");
-    if ((rc = check_config(p, n_ctx, n_threads, err, errlen)) != 0) return rc;
-    if (n_batch < 1) return fail(err, errlen, LLM_ERR_INVALID, "n_batch must be >= 1, got %d", n_batch);
+    if (!p || !w) return llm_fail(err, errlen, LLM_ERR_INVALID, "config or weights is NULL");
+    if ((rc = llm_check_config(p, n_ctx, n_threads, err, errlen)) != 0) return rc;
+    if (n_batch < 1) return llm_fail(err, errlen, LLM_ERR_INVALID, "n_batch must be >= 1, got %d", n_batch);
     if (n_batch > n_ctx) n_batch = n_ctx; /* a batch never holds more tokens than the context */
-    if ((rc = check_weights(p, w, err, errlen)) != 0) return rc;
+    if ((rc = llm_check_weights(p, w, err, errlen)) != 0) return rc;
     if (isa == LLM_ISA_AUTO) isa = llm_isa_best();
     const llm_kernels *kernels = llm_kernels_get(isa);
-    if (!kernels) return fail(err, errlen, LLM_ERR_INVALID, "instruction set %d is not available on this CPU", isa);
+    if (!kernels) return llm_fail(err, errlen, LLM_ERR_INVALID, "instruction set %d is not available on this CPU", isa);
 
     llm_ctx *c = calloc(1, sizeof *c);
-    if (!c) return fail(err, errlen, LLM_ERR_NOMEM, "out of memory");
-    c->cfg = *p;
+    if (!c) return llm_fail(err, errlen, LLM_ERR_NOMEM, "out of memory");
+    c->cfg = with_defaults(p);
     c->w = *w;
     c->n_ctx = n_ctx;
     c->n_batch = n_batch;
     c->isa = isa;
     c->kernels = kernels;
+    c->ffn_activation = p->ffn_activation == LLM_FFN_GELU_TANH ? kernels->vec.geglu : kernels->vec.swiglu;
 
-    size_t dim = (size_t)p->dim, q_dim = (size_t)p->n_heads * p->head_dim;
+    size_t dim = (size_t)p->dim, q_dim = (size_t)p->n_heads * p->head_dim, n_layers = (size_t)p->n_layers;
     c->xb_width = (int64_t)(dim > q_dim ? dim : q_dim);
-    c->layers = malloc((size_t)p->n_layers * sizeof *c->layers);
-    int ok = c->layers != NULL;
+    c->layers = malloc(n_layers * sizeof *c->layers);
+    c->kv = malloc(n_layers * sizeof *c->kv);
+    c->layer_ropes = calloc(n_layers, sizeof *c->layer_ropes); /* zeros: LLM_LAYER_ROPE_GLOBAL */
+    int ok = c->layers && c->kv && c->layer_ropes;
     float_buffer plan[N_BUFFERS];
     plan_buffers(c, p, n_ctx, n_batch, n_threads, plan);
     for (int i = 0; i < N_BUFFERS && ok; i++) {
-        size_t bytes = buffer_bytes(&plan[i]);
-        ok = bytes > 0 && (*plan[i].ptr = calloc(1, bytes)) != NULL;
+        size_t bytes;
+        ok = buffer_bytes(&plan[i], &bytes) && (bytes == 0 || (*plan[i].ptr = calloc(1, bytes)) != NULL);
     }
     if (!ok) {
         llm_free(c);
-        return fail(err, errlen, LLM_ERR_NOMEM, "out of memory allocating the KV cache for %d positions", n_ctx);
+        return llm_fail(err, errlen, LLM_ERR_NOMEM, "out of memory allocating the KV cache for %d positions", n_ctx);
     }
-    memcpy(c->layers, w->layers, (size_t)p->n_layers * sizeof *c->layers);
+    memcpy(c->layers, w->layers, n_layers * sizeof *c->layers);
     c->w.layers = c->layers;
-    fill_rope_tables(c, p->rope_freqs);
-    c->cfg.rope_freqs = NULL; /* borrowed only until here */
+    llm_kv_plan(c->kv, p, n_ctx, n_batch);
+    if (p->layer_ropes) memcpy(c->layer_ropes, p->layer_ropes, n_layers * sizeof *c->layer_ropes);
+    fill_rope_table(&c->rope_global, n_ctx, c->cfg.rope_dim, p->rope_freqs, p->rope_theta, c->cfg.rope_attn_factor);
+    if (c->rope_local.cos) fill_rope_table(&c->rope_local, n_ctx, c->cfg.rope_dim, NULL, p->rope_theta_local, 1.0);
     if ((rc = llm_pool_create(n_threads, &c->pool)) != 0) {
         llm_free(c);
-        return fail(err, errlen, rc, rc == LLM_ERR_NOMEM ? "out of memory" : "could not start %d threads",
+        return llm_fail(err, errlen, rc, rc == LLM_ERR_NOMEM ? "out of memory" : "could not start %d threads",
                     n_threads);
     }
     if ((rc = llm_products_create(kernels, c->pool, widest_input(p), n_batch, &c->products)) != 0) {
         llm_free(c);
-        return fail(err, errlen, rc, "out of memory");
+        return llm_fail(err, errlen, rc, "out of memory");
     }
     *out = c;
     return 0;
 }
 
-int32_t llm_ctx_resume_min(const llm_ctx *c) { return c ? 0 : LLM_ERR_INVALID; } /* no rings yet */
+int32_t llm_ctx_resume_min(const llm_ctx *c) { return c ? llm_kv_resume_min(c->kv, c->cfg.n_layers) : LLM_ERR_INVALID; }
 
 const char *llm_last_error(const llm_ctx *c) { return c ? c->err : "no context"; }
 
@@ -423,16 +448,10 @@ void llm_free(llm_ctx *c) {
     llm_products_free(c->products);
     llm_pool_free(c->pool);
     free(c->layers);
-    free(c->x);
-    free(c->xb);
-    free(c->xb2);
-    free(c->hb);
-    free(c->hb2);
-    free(c->q);
-    free(c->att);
-    free(c->key_cache);
-    free(c->value_cache);
-    free(c->rope_cos);
-    free(c->rope_sin);
+    free(c->kv);
+    free(c->layer_ropes);
+    float_buffer plan[N_BUFFERS]; /* the buffers llm_create allocated (NULL where it did not get that far) */
+    plan_buffers(c, &c->cfg, c->n_ctx, c->n_batch, 1, plan);
+    for (int i = 0; i < N_BUFFERS; i++) free(*plan[i].ptr);
     free(c);
 }

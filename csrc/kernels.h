@@ -72,6 +72,7 @@ typedef struct {
                          int64_t dim);
     void (*softmax)(float *x, int64_t n);                     /* in place */
     void (*swiglu)(float *gate, const float *up, int64_t n); /* gate = silu(gate) * up */
+    void (*geglu)(float *gate, const float *up, int64_t n);  /* gate = gelu_tanh(gate) * up (Gemma) */
 } llm_vec_ops;
 
 /* Everything one instruction-set level provides. */

@@ -631,6 +631,16 @@ static void swiglu(float *gate, const float *up, int64_t n) {
     for (int64_t i = 0; i < n; i++) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
+/* GELU's tanh approximation, 0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715 x^3), written as
+   x / (1 + e^(-2u)) (the same function: 0.5 (1 + tanh u) is the logistic of 2u): the sum 1 + tanh(u) loses
+   the digits of a small result (x below -3) that this form keeps. */
+static void geglu(float *gate, const float *up, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        float x = gate[i], u2 = 1.5957691216057308f * (x + 0.044715f * x * x * x); /* 2u: 2 sqrt(2/pi) */
+        gate[i] = x / (1.0f + expf(-u2)) * up[i];
+    }
+}
+
 /* ---------------------------------------------------------------------------------------------------- */
 /* the tables */
 
@@ -672,6 +682,6 @@ const llm_kernels llm_kernels_scalar = {
         [LLM_IQ4_XS] = {matvec_iq4_xs, NULL},
     },
     .quantize = {[LLM_ACT_Q8] = quantize_q8_act, [LLM_ACT_Q8K] = quantize_q8k_act},
-    .vec = {scores, weighted_sum, softmax, swiglu},
+    .vec = {scores, weighted_sum, softmax, swiglu, geglu},
     .scratch_bytes = NULL,
 };

@@ -15,7 +15,7 @@ import numpy as np
 from ._library import ffi, lib
 from .errors import ContextOverflowError, InvalidArgumentError, KernelError
 from .rope import rope_tables
-from .spec import ROPE_STYLES, TENSOR_TYPES, ModelConfig, ModelSpec, Tensor
+from .spec import FFN_ACTIVATIONS, LAYER_ROPES, ROPE_STYLES, TENSOR_TYPES, LayerWeights, ModelConfig, ModelSpec, Tensor
 
 # Instruction set name -> the C library's code, as the library names them (csrc/llmrun.h). The codes are
 # names, not ranks: which ones this CPU runs is asked of the library (available_isas).
@@ -41,20 +41,54 @@ def available_isas() -> list[str]:
     return [name for name, code in ISA_NAMES.items() if lib.llm_isa_supported(code)]
 
 
-def _c_config(cfg: ModelConfig) -> object:
-    """The C library's llm_config for a model's hyperparameters (without RoPE frequencies)."""
-    return ffi.new("llm_config *", {
+def _c_config(cfg: ModelConfig, where: object) -> tuple[object, list[object]]:
+    """The C library's llm_config for a model's hyperparameters (without RoPE frequencies and attention factor),
+    and the arrays it points to, which must stay alive while it is used. KernelError (naming `where`, the model)
+    for an option the C library cannot be given: an unknown name, a per-layer list that is not one entry per
+    layer or a window beyond int32 (C checks the values themselves)."""
+    for name in ("layer_ropes", "layer_windows"):
+        n = len(getattr(cfg, name))
+        if n not in (0, cfg.n_layers):
+            raise KernelError(f"{where}: {name} has {n} entries for {cfg.n_layers} layers")
+    if not all(isinstance(w, (int, np.integer)) and not isinstance(w, bool) and -2**31 <= w < 2**31
+               for w in cfg.layer_windows):
+        raise KernelError(f"{where}: layer_windows {cfg.layer_windows!r}: each window must be an int32")
+    config = ffi.new("llm_config *", {
         "dim": cfg.dim, "hidden_dim": cfg.hidden_dim, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
         "n_kv_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "vocab_size": cfg.vocab_size,
         "rope_theta": cfg.rope_theta, "norm_eps": cfg.norm_eps, "rope_style": ROPE_STYLES[cfg.rope_style],
+        "rope_dim": cfg.rope_dim, "rope_theta_local": cfg.rope_theta_local,
+        "ffn_activation": _code(where, "ffn_activation", FFN_ACTIVATIONS, cfg.ffn_activation),
+        "embed_scale": cfg.embed_scale, "attn_scale": 0.0 if cfg.attn_scale is None else cfg.attn_scale,
+        "attn_softcap": cfg.attn_softcap, "final_softcap": cfg.final_softcap,
+        "residual_scale": cfg.residual_scale, "logit_scale": cfg.logit_scale,
     })
+    arrays = []
+    if cfg.layer_ropes:
+        arrays.append(ffi.new("int32_t[]", [_code(where, "layer_ropes", LAYER_ROPES, r) for r in cfg.layer_ropes]))
+        config.layer_ropes = arrays[-1]
+    if cfg.layer_windows:
+        arrays.append(ffi.new("int32_t[]", [int(w) for w in cfg.layer_windows]))
+        config.layer_windows = arrays[-1]
+    return config, arrays
+
+
+def _code(where: object, field: str, table: dict[str, int], name: str) -> int:
+    """The C library's code of option value `name`; KernelError for one it does not know."""
+    if name not in table:
+        raise KernelError(f"{where}: {field} {name!r} is not one of {', '.join(table)}")
+    return table[name]
 
 
 def context_bytes(cfg: ModelConfig, n_ctx: int, n_batch: int, n_threads: int) -> int | None:
     """The memory an Engine with these sizes allocates besides the weights (KV cache, activations, buffers), as
-    the C library counts it before allocating anything; None where it cannot tell (a config it would refuse:
-    creating the engine then says why)."""
-    n = lib.llm_ctx_bytes(_c_config(cfg), n_ctx, n_batch, n_threads)
+    the C library counts it before allocating anything (a sliding-window layer's cache is a ring of about its
+    window); None where it cannot tell (a config it would refuse: creating the engine then says why)."""
+    try:
+        config, _keep = _c_config(cfg, "the model")
+    except KernelError:
+        return None
+    n = lib.llm_ctx_bytes(config, n_ctx, n_batch, n_threads)
     if n == lib.LLM_ERR_NOMEM:
         return 1 << 62  # more than any memory
     return n if n >= 0 else None
@@ -79,8 +113,10 @@ class Engine:
         self.tokens_computed = 0  # positions run through the model so far (what the cache saved is not)
         self._ctx = ffi.NULL
 
-        config = _c_config(cfg)
-        rope_freqs, _attn_factor = rope_tables(spec, n_ctx)
+        config, arrays = _c_config(cfg, spec.path)
+        self._keepalive.extend(arrays)  # llm_create copies them; kept until then
+        rope_freqs, attn_factor = rope_tables(spec, n_ctx)
+        config.rope_attn_factor = attn_factor
         if rope_freqs is not None:
             freqs = np.ascontiguousarray(rope_freqs, dtype=np.float32)
             if freqs.shape != (cfg.rotary_dim // 2,):
@@ -91,7 +127,7 @@ class Engine:
         for i, layer in enumerate(spec.layers):
             for name in ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_down", "w_up"):
                 self._fill(getattr(layers[i], name), getattr(layer, name))
-            for name in ("bq", "bk", "bv"):  # optional: left NULL where the model has none
+            for name in LayerWeights.OPTIONAL:  # left NULL where the model has none
                 if getattr(layer, name) is not None:
                     self._fill(getattr(layers[i], name), getattr(layer, name))
         weights = ffi.new("llm_weights *")
@@ -137,7 +173,14 @@ class Engine:
 
     def reusable_prefix(self, tokens: list[int]) -> int:
         """How many of `tokens` evaluate() would take from the cache instead of computing."""
-        return max(0, min(_common_prefix(self._cached, tokens), len(tokens) - 1))
+        return self._resumable(min(_common_prefix(self._cached, tokens), len(tokens) - 1))
+
+    def _resumable(self, keep: int) -> int:
+        """`keep` cached tokens, or 0 where the sliding-window layers' rings no longer hold the keys that the
+        positions after them attend to (llm_ctx_resume_min): no shorter prefix would do, so start over."""
+        if keep <= 0 or not self._ctx:
+            return 0
+        return keep if keep >= lib.llm_ctx_resume_min(self._ctx) else 0
 
     def evaluate(self, tokens: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
         """Logits (vocab_size,) after the last of `tokens`, computing only what the cache lacks. They are
@@ -164,6 +207,8 @@ class Engine:
             keep = 0
             if self._rows is not None:
                 keep = min(_common_prefix(self._cached, tokens), len(self._rows))
+                if keep < len(tokens):  # the rest is computed from position keep on
+                    keep = self._resumable(keep)
                 out[:keep] = self._rows[:keep]
             if keep < len(tokens):
                 self._run(tokens, keep, out, all_logits=True)

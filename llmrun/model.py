@@ -295,10 +295,10 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
                A path that exists always wins over the other two readings.
     tokenizer: a llama2.c tokenizer.bin (or a Tokenizer). Default: the model's own tokenizer (GGUF,
                tokenizer.json), else a tokenizer.bin beside the model if its vocabulary matches.
-    n_ctx:     positions the KV cache holds; default: the model's context length, at most 4096 (and at most
-               a sliding attention window). More than the model was trained for is allowed (quietly: the
-               model may degrade past it; `info.context_length` says what it was trained for), more than a
-               sliding window is not, and the cache must fit in physical memory.
+    n_ctx:     positions the KV cache holds; default: the model's context length, at most 4096. More than
+               the model was trained for is allowed (quietly: the model may degrade past it;
+               `info.context_length` says what it was trained for); the cache must fit in physical memory
+               (a sliding-window layer keeps only its window's keys, so it costs little at any n_ctx).
     n_threads: threads for the matrix products; default: the number of physical cores.
     n_batch:   prompt tokens processed together (matrix-matrix products, each weight read once per
                batch); longer prompts go in batches of this size. 1 processes prompts token by token.
@@ -347,13 +347,8 @@ def _sampling(params: SamplingParams | None, overrides: dict[str, Any]) -> Sampl
 
 
 def _check_context(spec: ModelSpec, n_ctx: int, n_batch: int, n_threads: int) -> None:
-    """Refuses an n_ctx the model cannot attend over (beyond a sliding window) or whose KV cache would not fit
-    in physical memory, before anything is allocated, saying which n_ctx would do."""
-    window = spec.sliding_window
-    if window is not None and n_ctx > window:
-        raise InvalidArgumentError(f"{spec.path}: the model uses sliding-window attention over {window} positions; "
-                                   f"llmrun attends to the whole context, so n_ctx = {n_ctx} would compute "
-                                   f"something else: use n_ctx <= {window}", param="n_ctx")
+    """Refuses an n_ctx whose KV cache would not fit in physical memory, before anything is allocated, saying
+    which n_ctx would do."""
     memory = physical_memory()
     needed = context_bytes(spec.config, n_ctx, n_batch, n_threads)
     if memory is None or needed is None or needed <= memory:

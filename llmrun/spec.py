@@ -245,17 +245,15 @@ class ModelSpec:
     add_eos_token: bool = False
     chat_template: str | None = None  # the model's own Jinja chat template
     eog_token_ids: tuple[int, ...] = ()  # ids that end generation besides the tokenizer's EOS (end of turn ...)
-    sliding_window: int | None = None  # Mistral/Qwen2 attend to this many positions; llmrun's context stops there
     group_size: int | None = None  # llama2.c v2: values per quantization group of the file's int8 weights
     metadata: dict[str, Any] = field(default_factory=dict)  # GGUF: every metadata key and value, as read
     metadata_types: dict[str, int] = field(default_factory=dict)  # GGUF: each key's stored value type
 
     @property
     def max_context(self) -> int:
-        """The longest context the model can attend over as it was trained: its trained context, or its
-        sliding window where that is shorter."""
-        window = self.sliding_window or self.config.max_seq_len
-        return min(self.config.max_seq_len, window)
+        """The longest context the model was trained for (sliding-window layers attend to their window of it:
+        config.layer_windows)."""
+        return self.config.max_seq_len
 
     def tensors(self) -> list[Tensor]:
         out = [self.token_embd, self.output_norm]

@@ -44,11 +44,12 @@ def random_tensors(cfg: ModelConfig, seed: int = 0, tied: bool = True) -> dict[s
 
 def spec_from_tensors(cfg: ModelConfig, t: dict[str, np.ndarray], rope_freqs: np.ndarray | None = None
                       ) -> ModelSpec:
-    """An in-memory ModelSpec (no file), for configs llama2.c files cannot express (biases "bq", "bk", "bv"
-    where t has them, rescaled RoPE frequencies)."""
+    """An in-memory ModelSpec (no file), for configs llama2.c files cannot express (the optional layer tensors
+    "bq", "bk", "bv", "q_norm", "k_norm", "attn_post_norm", "ffn_post_norm" where t has them, rescaled RoPE
+    frequencies, the family options of cfg)."""
     layers = [LayerWeights(*(Tensor(np.ascontiguousarray(t[name][i])) for name in
                              ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_down", "w_up")),
-                           **{b: Tensor(np.ascontiguousarray(t[b][i])) for b in ("bq", "bk", "bv") if b in t})
+                           **{b: Tensor(np.ascontiguousarray(t[b][i])) for b in LayerWeights.OPTIONAL if b in t})
               for i in range(cfg.n_layers)]
     return ModelSpec(path=Path("<memory>"), format="memory", config=cfg, token_embd=Tensor(t["token_embd"]),
                      output_norm=Tensor(t["output_norm"]),
