@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hf_builders import HF, copy_fixture, edit_config
+from hf_builders import HF, copy_fixture, edit_config, read_tensors, write_safetensors
 from llmrun.engine import Engine
 from llmrun.errors import ModelFormatError
 from llmrun.formats import read_model
@@ -249,7 +249,7 @@ def test_llama_cpp_matches_llmrun(tmp_path: Path, name: str) -> None:
 # --- what is refused ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, edit, match", [
-    ("gemma3", dict(architectures=["Gemma3ForConditionalGeneration"]), "a Gemma 3 vision-language model"),
+    ("gemma3", dict(architectures=["Gemma3nForConditionalGeneration"]), "Gemma 3n"),
     ("gemma3", dict(architectures=["Gemma3nForCausalLM"]), "Gemma 3n"),
     ("qwen3", dict(architectures=["Qwen3MoeForCausalLM"]), "a mixture-of-experts model"),
     ("gemma2", dict(hidden_activation="gelu"), "hidden_activation = 'gelu' is not supported"),
@@ -271,6 +271,24 @@ def test_hostile_config(tmp_path: Path, name: str, edit: dict[str, Any], match: 
     with pytest.raises(ModelFormatError, match=match.replace("(", r"\(").replace(")", r"\)")) as info:
         read_model(folder)
     assert str(folder / "config.json") in str(info.value)
+
+
+def test_text_model_of_a_vision_checkpoint(tmp_path: Path) -> None:
+    """Gemma3ForConditionalGeneration (gemma-3-4b-it ...): the text model, under transformers 5's and 4.x's
+    tensor names, with the vision tower left out."""
+    for text_prefix, vision_prefix in (("model.language_model.", "model.vision_tower."),
+                                       ("language_model.model.", "vision_tower.")):
+        folder = copy_fixture("gemma3", tmp_path / text_prefix)
+        tensors = {name.replace("model.", text_prefix, 1): value
+                   for name, value in read_tensors(folder / "model.safetensors").items()}
+        tensors[vision_prefix + "patch_embedding.weight"] = np.ones((4, 4), np.float32)
+        write_safetensors(folder / "model.safetensors", tensors)
+        text = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({
+            "architectures": ["Gemma3ForConditionalGeneration"], "dtype": "float32", "tie_word_embeddings": True,
+            "text_config": {k: v for k, v in text.items() if k not in ("architectures", "dtype")},
+            "vision_config": {"hidden_size": 4}}))
+        assert worst_diff(read_model(folder), "gemma3") <= TOLERANCE
 
 
 def test_longrope_factors_of_the_wrong_length(tmp_path: Path) -> None:

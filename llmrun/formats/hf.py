@@ -3,7 +3,8 @@ generation_config.json, chat_template.jinja).
 
 Architectures (config.json `architectures`): LlamaForCausalLM (Llama 2/3/3.1/3.2, TinyLlama, SmolLM),
 MistralForCausalLM, Qwen2ForCausalLM (q/k/v biases), Qwen3ForCausalLM (q/k norms), Gemma2ForCausalLM,
-Gemma3ForCausalLM (text), Phi3ForCausalLM (Phi-3, Phi-3.5, Phi-4-mini), SmolLM3ForCausalLM and
+Gemma3ForCausalLM (and the text model of Gemma3ForConditionalGeneration: its vision tower is left out),
+Phi3ForCausalLM (Phi-3, Phi-3.5, Phi-4-mini), SmolLM3ForCausalLM and
 GraniteForCausalLM. Anything else is refused by name (mixtures of experts, vision models, Gemma 3n ...).
 
 Hyperparameters as transformers 4.x writes them (`rope_theta`, `rope_scaling` at the top level, whose kind
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +45,13 @@ from ..errors import ModelFormatError, TokenizerError
 from ..quantize import convert_rows, dequantize, f32_to_bf16
 from ..spec import TENSOR_TYPES, LayerWeights, ModelConfig, ModelSpec, RopeScaling, Tensor, attention_shape_problem
 from .hf_tokenizer import load_folder_tokenizer, read_json
-from .safetensors import SafetensorsSet
+from .safetensors import SafetensorsSet, TensorEntry
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
                  "Qwen3ForCausalLM": "qwen3", "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3",
                  "Phi3ForCausalLM": "phi3", "SmolLM3ForCausalLM": "smollm3", "GraniteForCausalLM": "granite"}
 # Architectures people try that llmrun does not run, and why (anything else: "not supported").
 REFUSED = {
-    "Gemma3ForConditionalGeneration": "a Gemma 3 vision-language model (llmrun runs text models: use a text-only "
-                                      "checkpoint such as gemma-3-1b or gemma-3-270m)",
     "Gemma3nForConditionalGeneration": "Gemma 3n (per-layer embeddings, AltUp and vision/audio towers)",
     "Gemma3nForCausalLM": "Gemma 3n (per-layer embeddings and AltUp)",
     "Phi3VForCausalLM": "a Phi-3 vision model", "Phi4MMForCausalLM": "Phi-4-multimodal",
@@ -105,13 +104,62 @@ def load_hf(folder: str | os.PathLike, quantize: str | None = None, progress: Pr
         raise ModelFormatError(str(e)) from None
     if not isinstance(raw, dict):
         raise ModelFormatError(f"{config_path}: must be a JSON object")
+    weights: SafetensorsSet | _TextWeights = SafetensorsSet(folder)
+    if raw.get("architectures") == ["Gemma3ForConditionalGeneration"]:  # a Gemma 3 with vision: its text model
+        raw, weights = _text_config(config_path, raw), _TextWeights(weights)
     arch, config, scaling = parse_config(config_path, raw)
-    weights = SafetensorsSet(folder)
     spec = _build(folder, weights, config, raw, arch, quantize, progress)
     spec.rope_scaling = scaling
     spec.architecture, spec.name = arch, folder.name
     load_folder_tokenizer(folder, spec)
     return spec
+
+
+# Gemma3ForConditionalGeneration (gemma-3-4b-it and larger: text and vision): llmrun runs its text model,
+# Gemma3ForCausalLM under other tensor names, and leaves the vision tower and its projector out.
+_TEXT_PREFIXES = (("model.language_model.", "model."), ("language_model.model.", "model."),
+                  ("language_model.lm_head.", "lm_head."))
+_VISION_PREFIXES = ("vision_tower.", "model.vision_tower.", "multi_modal_projector.", "model.multi_modal_projector.")
+
+
+def _text_config(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """A Gemma3ForConditionalGeneration config.json's text_config as a Gemma3ForCausalLM config (the dtype and
+    tied embeddings are said at the top level)."""
+    text = raw.get("text_config")
+    if not isinstance(text, dict):
+        raise ModelFormatError(f"{path}: a Gemma3ForConditionalGeneration config needs a text_config object, got "
+                               f"{_short(text)}")
+    inherited = {k: raw[k] for k in ("dtype", "torch_dtype", "tie_word_embeddings") if k in raw and k not in text}
+    return {**text, **inherited, "architectures": ["Gemma3ForCausalLM"]}
+
+
+class _TextWeights(Mapping[str, TensorEntry]):
+    """The text model's tensors of a Gemma3ForConditionalGeneration folder, under Gemma3ForCausalLM's names."""
+
+    def __init__(self, weights: SafetensorsSet) -> None:
+        self._weights = weights
+        self._names: dict[str, str] = {}  # our name -> the file's
+        for name in weights:
+            if name.startswith(_VISION_PREFIXES):
+                continue
+            ours = next((new + name[len(old):] for old, new in _TEXT_PREFIXES if name.startswith(old)), name)
+            self._names[ours] = name
+
+    def __getitem__(self, name: str) -> TensorEntry:
+        return self._weights[self._names[name]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def array(self, name: str) -> np.ndarray:
+        return self._weights.array(self._names[name])
+
+    @property
+    def file_size(self) -> int:
+        return self._weights.file_size
 
 
 # ------------------------------------------------------------------------------------------------
@@ -424,7 +472,7 @@ def _layer_tensors(c: ModelConfig, arch: str) -> dict[str, tuple[tuple[int, ...]
     return out
 
 
-def _build(folder: Path, weights: SafetensorsSet, c: ModelConfig, raw: dict[str, Any], arch: str,
+def _build(folder: Path, weights: SafetensorsSet | _TextWeights, c: ModelConfig, raw: dict[str, Any], arch: str,
            quantize: str | None, progress: Progress | None) -> ModelSpec:
     tied = bool(raw.get("tie_word_embeddings", arch in GEMMA))  # Gemma's configs default to tied
     expected: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (c.vocab_size, c.dim),
