@@ -15,28 +15,42 @@ file, aligned, without overlapping another, and parsing allocates about as much 
 most: numeric arrays are views of the file, string arrays keep 8 bytes per string and decode on access.
 Any problem raises ModelFormatError naming the file, the field or tensor and the value.
 
-`read_gguf` parses the container (any architecture); `load_gguf` turns a Llama-architecture file into a
+`read_gguf` parses the container (any architecture); `load_gguf` turns a file of one of ARCHITECTURES into a
 ModelSpec. Tensors are views of one read-only memory map of the file: nothing is copied (except a tensor
 whose data is not aligned to its element size, possible only with `general.alignment` below 4).
 
 What `load_gguf` accepts beyond the container:
-- `general.architecture` "llama" or "qwen2" with the `<arch>.*` hyperparameters; linear RoPE scaling and
-  a `rope_freqs` tensor (llama.cpp's per-pair divisors for Llama 3.1's scaling) become spec.rope_freqs;
-  other RoPE scaling types, mixtures of experts and a rotary dimension other than the head size are
-  refused ("not supported yet").
+- `general.architecture` llama, qwen2, qwen3, gemma2, gemma3, phi3, smollm3 or granite with the `<arch>.*`
+  hyperparameters, read as llama.cpp reads them (src/models/<arch>.cpp): the family options of the
+  ModelConfig (Gemma's soft-caps, sliding-window layers from attention.sliding_window(_pattern), local RoPE
+  base rope.freq_base_swa, query scale by llama.cpp's rule unless attention.scale says; SmolLM3's RoPE-less
+  every fourth layer; Granite's logit_scale, embedding_scale, residual_scale, attention.scale), partial
+  rotary (rope.dimension_count, NEOX architectures), and RoPE scaling as a spec.RopeScaling: linear, yarn
+  (factor, original context, beta values, attention factor), a `rope_freqs` tensor (llama.cpp's per-pair
+  divisors for Llama 3.1's scaling), Phi-3's rope_factors_short/long (LongRoPE). Unknown scaling types,
+  mixtures of experts and other architectures are refused naming them. Hostile values (a negative or
+  non-finite soft-cap or scale, a window pattern of another length than the layers, factors of the wrong
+  length ...) are refused naming the key and value; a window larger than the context is full attention.
+  Gemma files store their norms as the multiplier (w + 1), as llama.cpp's converter writes them.
 - split models (llama.cpp's `llama-gguf-split`: NAME-00001-of-00003.gguf ...): each part is a whole GGUF
   file with `split.no`, `split.count` and `split.tensors.count`, the model's metadata in the first part
   and a share of the tensors in each. Given any part, every part is mapped and checked (count, numbering,
   total tensors, no tensor twice) and the model loads as one (`join_split`); its metadata loses the split.*
   keys, which describe the files, not the model.
-- exactly the tensors a Llama model uses (`token_embd`, `output_norm`, optional `output` -- absent means
-  tied to the embedding --, nine per block, qwen2's q/k/v biases, optional `rope_freqs`) in F32, F16,
+- exactly the tensors the architecture uses (`token_embd`, `output_norm`, optional `output` -- absent means
+  tied to the embedding --, nine per block, qwen2's q/k/v biases, qwen3/gemma3's attn_q_norm/attn_k_norm,
+  gemma's post_attention_norm/post_ffw_norm, phi3's fused attn_qkv and ffn_up of 2 * n_ff -- given to the
+  spec as row views --, optional `rope_freqs`, `rope_factors_*`) in F32, F16,
   BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K or IQ4_XS (each tensor its own:
   what llama-quantize's presets write), norms and biases in F32. Any other tensor is refused rather than ignored: other
   biases or expert tensors change the model's math, so running without them would compute something else.
-- RoPE: GGUF `llama` files pair adjacent dimensions (llama.cpp's converter permutes Hugging Face's Q/K
-  rows into that order), exactly like llama2.c, so the config says rope_style="interleaved"; `qwen2`
-  files rotate halves (NEOX), rope_style="halves".
+- RoPE: GGUF `llama`, `smollm3` and `granite` files pair adjacent dimensions (llama.cpp's converter permutes
+  Hugging Face's Q/K rows into that order), exactly like llama2.c, so the config says
+  rope_style="interleaved"; qwen2, qwen3, gemma2, gemma3 and phi3 files rotate halves (NEOX),
+  rope_style="halves" (llama.cpp's llama_model_rope_type).
+- windows: llama.cpp reads attention.sliding_window for Gemma only (it disables Phi-3's); llmrun reads it
+  for every architecture (the writer records Mistral, Qwen2/3 and Phi-3 windows there, as transformers
+  applies them), so such a file gives llama.cpp's logits only where the windows do not bite.
 - the tokenizer when `tokenizer.ggml.model` is "llama" (SentencePiece BPE) or "gpt2" (byte-level BPE,
   hf_tokenizer.gguf_bpe_tokenizer, split rules by the `tokenizer.ggml.pre` name). Any other tokenizer
   model, or a gpt2 vocabulary llmrun cannot use (an unknown pre-tokenizer name), still loads the model

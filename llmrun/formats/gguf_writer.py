@@ -1,4 +1,10 @@
-"""Writes a ModelSpec as a GGUF v3 file (architecture `llama`) that llama.cpp and the `gguf` package read.
+"""Writes a ModelSpec as a GGUF v3 file that llama.cpp and the `gguf` package read, under its family's llama.cpp
+architecture (llama for Llama and Mistral, qwen2 for any model with q/k/v biases, qwen3, gemma2, gemma3, phi3,
+smollm3, granite), tensor names and keys (family_metadata): Phi-3's q/k/v and gate/up written fused, RoPE
+scaling as llama.cpp's keys and tensors (linear and YaRN keys, Llama 3.1's as per-pair divisors in rope_freqs,
+LongRoPE's factors). An option the architecture has no key for is refused (ValueError), except: Gemma's
+query scale when it differs from llama.cpp's rule and the sliding windows of llama/qwen2/qwen3/phi3 files,
+written as keys that llmrun reads and llama.cpp ignores.
 
 Layout (docs/gguf.md in ggml): a header (magic "GGUF", version 3, tensor count, metadata count), the
 metadata key/value pairs, one info record per tensor (name, dimensions innermost first, ggml type, offset
@@ -590,7 +596,7 @@ _ITEM_TYPES = {"u1": ValueType.UINT8, "i1": ValueType.INT8, "u2": ValueType.UINT
 def write_model(path: str | os.PathLike, spec: ModelSpec, wanted: str, tokenizer: object | None = None,
                 name: str | None = None, on_tensor: Callable[[int, int, TensorPlan], None] | None = None
                 ) -> list[TensorPlan]:
-    """Writes `spec` as a `llama` (or, with q/k/v biases, `qwen2`) GGUF with its matrices in preset `wanted`
+    """Writes `spec` as a GGUF of its family (gguf_architecture) with its matrices in preset `wanted`
     (llmrun.presets.PRESETS: F32, F16, BF16, Q8_0, Q4_0, Q4_K_M ..., any case; each matrix gets the type
     llama-quantize gives it). Returns the tensor plans (names, types, sizes) in file order.
 
