@@ -273,6 +273,23 @@ def test_hostile_config(tmp_path: Path, name: str, edit: dict[str, Any], match: 
     assert str(folder / "config.json") in str(info.value)
 
 
+@pytest.mark.parametrize("name, layout", [
+    ("qwen3", dict(rope_parameters=None, rope_theta=1e6)),
+    ("qwen2-yarn", dict(rope_parameters=None, rope_theta=10000.0, rope_scaling={
+        "type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32})),
+    ("phi4-mini", "4.x"),
+])
+def test_transformers_4_layout(tmp_path: Path, name: str, layout: Any) -> None:
+    """rope_theta, rope_scaling and partial_rotary_factor at the top level, as transformers 4.x writes them."""
+    folder = copy_fixture(name, tmp_path)
+    if layout == "4.x":
+        params = json.loads((folder / "config.json").read_text())["rope_parameters"]
+        layout = dict(rope_parameters=None, rope_theta=params["rope_theta"], partial_rotary_factor=0.75, rope_scaling={
+            "type": "longrope", "short_factor": params["short_factor"], "long_factor": params["long_factor"]})
+    edit_config(folder, **layout)
+    assert worst_diff(read_model(folder), name) <= TOLERANCE
+
+
 def test_text_model_of_a_vision_checkpoint(tmp_path: Path) -> None:
     """Gemma3ForConditionalGeneration (gemma-3-4b-it ...): the text model, under transformers 5's and 4.x's
     tensor names, with the vision tower left out."""

@@ -187,8 +187,9 @@ class _Config:
 
     def number(self, key: str, default: float | None, source: dict[str, Any] | None = None, what: str = ""
                ) -> float | None:
-        """A positive finite number, `default` where the key is absent or null."""
-        value = (self.raw if source is None else source).get(key)
+        """A positive finite number from `source` (rope parameters), else from the top level of config.json
+        (transformers 4.x keeps rope_theta there); `default` where the key is absent or null."""
+        value = (source if source is not None and key in source else self.raw).get(key)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (_finite(value) and value > 0):
@@ -220,7 +221,7 @@ def parse_config(path: Path, raw: dict[str, Any]) -> tuple[str, ModelConfig, Rop
     n_heads = cfg.integer("num_attention_heads")
     n_kv_heads = cfg.integer("num_key_value_heads", n_heads)
     n_layers = cfg.integer("num_hidden_layers")
-    if raw.get("head_dim") is not None and arch != "phi3":  # transformers' Phi-3 always divides
+    if raw.get("head_dim") is not None:
         head_dim = cfg.integer("head_dim")
     elif dim % n_heads:
         raise cfg.fail(f"hidden_size {dim} is not divisible by num_attention_heads {n_heads} (and no head_dim)")
@@ -236,7 +237,7 @@ def parse_config(path: Path, raw: dict[str, Any]) -> tuple[str, ModelConfig, Rop
 
     global_params, local_params = _rope_parameters(cfg)
     theta = cfg.positive("rope_theta", 1e6 if arch == "gemma3" else 10000.0, global_params)
-    partial = cfg.positive("partial_rotary_factor", cfg.positive("partial_rotary_factor", 1.0), global_params)
+    partial = cfg.positive("partial_rotary_factor", 1.0, global_params)
     rope_dim = int(head_dim * partial)
     if rope_dim != head_dim and (arch != "phi3" or partial > 1 or rope_dim < 2 or rope_dim % 2):
         raise cfg.fail(f"partial_rotary_factor = {partial} ({rope_dim} of {head_dim} dims) is not supported"
@@ -251,8 +252,10 @@ def parse_config(path: Path, raw: dict[str, Any]) -> tuple[str, ModelConfig, Rop
                        attn_softcap=cfg.number("attn_logit_softcapping", 50.0 if arch == "gemma2" else None) or 0.0,
                        final_softcap=cfg.number("final_logit_softcapping", 30.0 if arch == "gemma2" else None) or 0.0)
     if arch == "gemma3":
-        options["rope_theta_local"] = cfg.positive("rope_theta", cfg.positive("rope_local_base_freq", 10000.0),
-                                                   local_params)
+        # 5.x: rope_parameters.sliding_attention.rope_theta; 4.x: rope_local_base_freq (never the global base)
+        local_base = cfg.positive("rope_local_base_freq", 10000.0)
+        options["rope_theta_local"] = (cfg.positive("rope_theta", local_base, local_params)
+                                       if "rope_theta" in local_params else local_base)
         options["layer_ropes"] = tuple("local" if w else "global" for w in windows)
     if arch == "smollm3":
         options["layer_ropes"] = _no_rope_layers(cfg, n_layers)
