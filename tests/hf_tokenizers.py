@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -61,34 +62,36 @@ def training_text() -> list[str]:
     return (DATA / "stories.txt").read_text().splitlines() + corpus(200, seed=1)
 
 
-def byte_level(style: str, vocab_size: int = 500) -> Tokenizer:
+def byte_level(style: str, vocab_size: int = 500, specials: Sequence[str] | None = None) -> Tokenizer:
     """A trained byte-level BPE: style "llama3" (Split + ByteLevel, ignore_merges, BOS template), "qwen2"
     (NFC, Split + ByteLevel, no BOS), "smollm" (Digits + ByteLevel regex) or "gpt2" (ByteLevel regex with a
-    prefix space)."""
+    prefix space). `specials` replaces the style's special tokens (ids 0, 1, ...: a model family's own; the
+    "llama3" style's must include <|begin_of_text|>)."""
     tok = Tokenizer(models.BPE(ignore_merges=style == "llama3"))
     if style == "llama3":
         tok.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-        specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
+        style_specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
     elif style == "qwen2":
         tok.normalizer = normalizers.NFC()
         tok.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        style_specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     elif style == "smollm":
         tok.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Digits(individual_digits=True),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
-        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        style_specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     elif style == "gpt2":
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True)
-        specials = ["<|endoftext|>"]
+        style_specials = ["<|endoftext|>"]
     else:
         raise ValueError(style)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  special_tokens=style_specials if specials is None else list(specials),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(training_text(), trainer)
     tok.add_tokens([AddedToken("<tool>", special=False, normalized=False)])  # a non-special added token
