@@ -26,11 +26,11 @@ static int check_tensor(const llm_tensor *t, const char *name, int layer, int64_
         return llm_fail(err, errlen, LLM_ERR_INVALID, "%s: unsupported type %d", where, t->type);
     if (t->rows != rows || t->cols != cols)
         return llm_fail(err, errlen, LLM_ERR_INVALID, "%s: shape (%lld, %lld), expected (%lld, %lld)", where,
-                    (long long)t->rows, (long long)t->cols, (long long)rows, (long long)cols);
+                        (long long)t->rows, (long long)t->cols, (long long)rows, (long long)cols);
     const llm_type_info *type = &llm_types[t->type];
     if (cols % type->block_elems != 0)
         return llm_fail(err, errlen, LLM_ERR_INVALID, "%s: %lld columns is not a whole number of %s blocks of %lld",
-                    where, (long long)cols, type->name, (long long)type->block_elems);
+                        where, (long long)cols, type->name, (long long)type->block_elems);
     return 0;
 }
 
@@ -75,7 +75,7 @@ static int check_options(const llm_config *p, char *err, size_t errlen) {
     int32_t rope_dim = p->rope_dim ? p->rope_dim : p->head_dim;
     if (p->rope_dim < 0 || rope_dim > p->head_dim || rope_dim % 2 != 0)
         return llm_fail(err, errlen, LLM_ERR_INVALID, "rope_dim %d (head_dim %d): RoPE rotates an even number of a "
-                    "head's dims, at most head_dim (rope_dim 0: head_dim)", p->rope_dim, p->head_dim);
+                        "head's dims, at most head_dim (rope_dim 0: head_dim)", p->rope_dim, p->head_dim);
     const struct { const char *name; float value; } factors[] = {
         {"rope_attn_factor", p->rope_attn_factor}, {"embed_scale", p->embed_scale}, {"attn_scale", p->attn_scale},
         {"attn_softcap", p->attn_softcap}, {"final_softcap", p->final_softcap},
@@ -84,7 +84,7 @@ static int check_options(const llm_config *p, char *err, size_t errlen) {
     for (size_t i = 0; i < sizeof factors / sizeof factors[0]; i++)
         if (!isfinite(factors[i].value) || factors[i].value < 0.0f)
             return llm_fail(err, errlen, LLM_ERR_INVALID, "%s is %g; it must be finite and >= 0 (0: the default)",
-                        factors[i].name, (double)factors[i].value);
+                            factors[i].name, (double)factors[i].value);
     if (p->ffn_activation != LLM_FFN_SILU && p->ffn_activation != LLM_FFN_GELU_TANH)
         return llm_fail(err, errlen, LLM_ERR_INVALID, "unknown ffn_activation %d", p->ffn_activation);
     for (int l = 0; l < p->n_layers; l++) {
@@ -93,10 +93,10 @@ static int check_options(const llm_config *p, char *err, size_t errlen) {
             return llm_fail(err, errlen, LLM_ERR_INVALID, "layer_ropes[%d] is %d, not an llm_layer_rope", l, rope);
         if (rope == LLM_LAYER_ROPE_LOCAL && (!(p->rope_theta_local > 0.0f) || !isfinite(p->rope_theta_local)))
             return llm_fail(err, errlen, LLM_ERR_INVALID, "layer %d uses the local RoPE table, whose base "
-                        "rope_theta_local %g must be finite and > 0", l, (double)p->rope_theta_local);
+                            "rope_theta_local %g must be finite and > 0", l, (double)p->rope_theta_local);
         if (p->layer_windows && p->layer_windows[l] < 0)
             return llm_fail(err, errlen, LLM_ERR_INVALID, "layer_windows[%d] is %d; a window is >= 1 position "
-                        "(0: the whole context)", l, p->layer_windows[l]);
+                            "(0: the whole context)", l, p->layer_windows[l]);
     }
     return 0;
 }
@@ -106,27 +106,28 @@ int llm_check_config(const llm_config *p, int32_t n_ctx, int32_t n_threads, char
     if (p->dim < 1 || p->hidden_dim < 1 || p->n_layers < 1 || p->n_heads < 1 || p->n_kv_heads < 1 ||
         p->head_dim < 1 || p->vocab_size < 1)
         return llm_fail(err, errlen, LLM_ERR_INVALID,
-                    "config dims must be positive (dim %d, hidden_dim %d, n_layers %d, n_heads %d, "
-                    "n_kv_heads %d, head_dim %d, vocab_size %d)", p->dim, p->hidden_dim, p->n_layers,
-                    p->n_heads, p->n_kv_heads, p->head_dim, p->vocab_size);
+                        "config dims must be positive (dim %d, hidden_dim %d, n_layers %d, n_heads %d, "
+                        "n_kv_heads %d, head_dim %d, vocab_size %d)", p->dim, p->hidden_dim, p->n_layers,
+                        p->n_heads, p->n_kv_heads, p->head_dim, p->vocab_size);
     if (p->n_heads % p->n_kv_heads != 0)
         return llm_fail(err, errlen, LLM_ERR_INVALID, "n_heads %d is not a multiple of n_kv_heads %d",
-                    p->n_heads, p->n_kv_heads);
+                        p->n_heads, p->n_kv_heads);
     if (p->rope_style != LLM_ROPE_INTERLEAVED && p->rope_style != LLM_ROPE_HALVES)
         return llm_fail(err, errlen, LLM_ERR_INVALID, "unknown rope_style %d", p->rope_style);
     if (!(p->rope_theta > 0.0f) || !isfinite(p->rope_theta) || !(p->norm_eps >= 0.0f) || !isfinite(p->norm_eps))
         return llm_fail(err, errlen, LLM_ERR_INVALID, "bad rope_theta %g or norm_eps %g", (double)p->rope_theta,
-                    (double)p->norm_eps);
+                        (double)p->norm_eps);
     if ((rc = check_options(p, err, errlen)) != 0) return rc;
     int32_t rope_dim = p->rope_dim ? p->rope_dim : p->head_dim;
     if (p->rope_freqs)
         for (int j = 0; j < rope_dim / 2; j++)
             if (!isfinite(p->rope_freqs[j]) || p->rope_freqs[j] < 0.0f)
-                return llm_fail(err, errlen, LLM_ERR_INVALID, "rope_freqs[%d] is %g; frequencies must be finite and >= 0",
-                            j, (double)p->rope_freqs[j]);
+                return llm_fail(err, errlen, LLM_ERR_INVALID, "rope_freqs[%d] is %g; frequencies must be finite "
+                                "and >= 0", j, (double)p->rope_freqs[j]);
     if (n_ctx < 1) return llm_fail(err, errlen, LLM_ERR_INVALID, "n_ctx must be >= 1, got %d", n_ctx);
     if (n_threads < 1 || n_threads > LLM_MAX_THREADS)
-        return llm_fail(err, errlen, LLM_ERR_INVALID, "n_threads must be in [1, %d], got %d", LLM_MAX_THREADS, n_threads);
+        return llm_fail(err, errlen, LLM_ERR_INVALID, "n_threads must be in [1, %d], got %d", LLM_MAX_THREADS,
+                        n_threads);
     return 0;
 }
 

@@ -258,21 +258,23 @@ int llm_forward(llm_ctx *c, const int32_t *tokens, int32_t n_tokens, int32_t pos
     if (!c) return LLM_ERR_INVALID;
     c->err[0] = '\0';
     if (!tokens) return llm_fail(c->err, sizeof c->err, LLM_ERR_INVALID, "tokens is NULL");
-    if (n_tokens < 1) return llm_fail(c->err, sizeof c->err, LLM_ERR_INVALID, "n_tokens must be >= 1, got %d", n_tokens);
+    if (n_tokens < 1)
+        return llm_fail(c->err, sizeof c->err, LLM_ERR_INVALID, "n_tokens must be >= 1, got %d", n_tokens);
     if (pos < 0 || pos > c->n_ctx - n_tokens)
         return llm_fail(c->err, sizeof c->err, LLM_ERR_INVALID, "positions %d..%lld do not fit the context of %d",
-                    pos, (long long)pos + n_tokens - 1, c->n_ctx);
+                        pos, (long long)pos + n_tokens - 1, c->n_ctx);
     if (pos > c->written)
         return llm_fail(c->err, sizeof c->err, LLM_ERR_INVALID, "position %d is past the cache, which holds positions "
-                    "0..%d: a forward continues the sequence or starts over at 0", pos, c->written - 1);
+                        "0..%d: a forward continues the sequence or starts over at 0", pos, c->written - 1);
     int32_t resume_min = llm_kv_resume_min(c->kv, c->cfg.n_layers);
     if (pos != 0 && pos < resume_min)
-        return llm_fail(c->err, sizeof c->err, LLM_ERR_INVALID, "position %d needs keys that the sliding-window layers' "
-                    "caches have dropped: continue from position %d or later, or start over at 0", pos, resume_min);
+        return llm_fail(c->err, sizeof c->err, LLM_ERR_INVALID, "position %d needs keys that the sliding-window "
+                        "layers' caches have dropped: continue from position %d or later, or start over at 0", pos,
+                        resume_min);
     for (int32_t i = 0; i < n_tokens; i++)
         if (tokens[i] < 0 || tokens[i] >= c->cfg.vocab_size)
             return llm_fail(c->err, sizeof c->err, LLM_ERR_INVALID, "token %d at index %d is outside [0, %d)",
-                        tokens[i], i, c->cfg.vocab_size);
+                            tokens[i], i, c->cfg.vocab_size);
     for (int32_t i = 0; i < n_tokens; i += c->n_batch) {
         int n = n_tokens - i < c->n_batch ? n_tokens - i : c->n_batch;
         float *out = NULL;
@@ -340,7 +342,8 @@ int64_t llm_ctx_bytes(const llm_config *p, int32_t n_ctx, int32_t n_batch, int32
     float_buffer plan[N_BUFFERS];
     plan_buffers(&sizes_only, p, n_ctx, n_batch, n_threads, plan);
     /* The products' scratch is sized for the best level: a context on a forced lower level needs no more. */
-    size_t total = sizeof(llm_ctx) + (size_t)p->n_layers * (sizeof(llm_layer) + sizeof(llm_kv_layer) + sizeof(int32_t)) +
+    size_t per_layer = sizeof(llm_layer) + sizeof(llm_kv_layer) + sizeof(int32_t); /* layers, kv, layer_ropes */
+    size_t total = sizeof(llm_ctx) + (size_t)p->n_layers * per_layer +
                    llm_products_bytes(llm_kernels_get(llm_isa_best()), n_threads, widest_input(p), n_batch);
     for (int i = 0; i < N_BUFFERS; i++) {
         size_t bytes;
@@ -351,7 +354,8 @@ int64_t llm_ctx_bytes(const llm_config *p, int32_t n_ctx, int32_t n_batch, int32
 }
 
 /* cos and sin of each position's angle pos * freq_j, times `factor`; freq_j from freqs, else theta^(-2j / rope_dim). */
-static void fill_rope_table(rope_table *t, int32_t n_ctx, int rope_dim, const float *freqs, double theta, double factor) {
+static void fill_rope_table(rope_table *t, int32_t n_ctx, int rope_dim, const float *freqs, double theta,
+                            double factor) {
     int half = rope_dim / 2;
     for (int j = 0; j < half; j++) {
         double freq = freqs ? (double)freqs[j] : pow(theta, -2.0 * j / rope_dim);
@@ -427,7 +431,7 @@ int llm_create(const llm_config *p, const llm_weights *w, int32_t n_ctx, int32_t
     if ((rc = llm_pool_create(n_threads, &c->pool)) != 0) {
         llm_free(c);
         return llm_fail(err, errlen, rc, rc == LLM_ERR_NOMEM ? "out of memory" : "could not start %d threads",
-                    n_threads);
+                        n_threads);
     }
     if ((rc = llm_products_create(kernels, c->pool, widest_input(p), n_batch, &c->products)) != 0) {
         llm_free(c);

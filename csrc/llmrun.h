@@ -114,8 +114,8 @@ typedef struct {
     float   rope_theta; /* RoPE base frequency, 10000 for Llama 2 */
     float   norm_eps;   /* RMSNorm epsilon */
     int32_t rope_style; /* llm_rope_style */
-    /* (head_dim / 2) the rotation frequency of each dimension pair, in radians per position, for models
-       whose RoPE is rescaled (Llama 3.1's "llama3", "linear"); NULL: rope_theta^(-2j / head_dim).
+    /* (rope_dim / 2) the rotation frequency of each dimension pair, in radians per position, for models
+       whose RoPE is rescaled (Llama 3.1's "llama3", "linear", YaRN, LongRoPE); NULL: rope_theta^(-2j / rope_dim).
        Copied by llm_create. */
     const float *rope_freqs;
 
@@ -130,8 +130,8 @@ typedef struct {
     const int32_t *layer_ropes;   /* (n_layers) llm_layer_rope of each layer; NULL: all global. Copied. */
     const int32_t *layer_windows; /* (n_layers) each layer's sliding window: a token attends to itself and the
                                      window - 1 positions before it, and the layer's KV cache is a ring of
-                                     min(n_ctx, window + n_batch - 1) rows; 0: the whole context. NULL: no
-                                     windows. Copied. */
+                                     min(n_ctx, window + n_batch - 1) rows; 0 (or a window >= n_ctx): the
+                                     whole context. NULL: no windows. Copied. */
     int32_t ffn_activation;    /* llm_ffn_activation */
     float   embed_scale;       /* the embedding rows are multiplied by it (Gemma: sqrt(dim); Granite:
                                   embedding_multiplier); 0: 1 */
@@ -185,7 +185,8 @@ int llm_create(const llm_config *config, const llm_weights *weights, int32_t n_c
 
 /*
  * Runs tokens[0..n_tokens) at positions pos..pos+n_tokens-1, writing their keys and values into the
- * cache (positions before pos must already be there). The tokens go through the layers together, in
+ * cache. pos continues the sequence the cache holds (any pos from llm_ctx_resume_min up to the end of what
+ * was written) or starts over (0); other positions are refused. The tokens go through the layers together, in
  * batches of up to n_batch: each weight matrix is read once per batch (matrix-matrix products).
  * logits: NULL for none, else (vocab_size) floats for the last token, or (n_tokens, vocab_size) when
  * all_logits is non-zero; the classifier runs only for the tokens whose logits are asked for.

@@ -138,11 +138,15 @@ def test_quantize_at_load(quant: str) -> None:
 
 
 def test_sliding_window(tmp_path: Path) -> None:
-    """Mistral's window is each layer's window; it no longer limits the context (the engine masks by it)."""
+    """Mistral's window is each layer's window; it no longer limits the context (the windowed layers attend to
+    their window of it)."""
     folder = copy_fixture("mistral", tmp_path)
     edit_config(folder, sliding_window=64)
-    spec = read_model(folder)
-    assert spec.config.layer_windows == (64, 64) and spec.max_context == 256
+    assert read_model(folder).config.layer_windows == (64, 64)
+    with llmrun.load(folder, n_threads=1) as model:  # the trained context, as without a window
+        assert model.info.n_ctx == model.info.context_length
+    with llmrun.load(folder, n_ctx=128, n_threads=1) as model:
+        assert model.info.n_ctx == 128
     edit_config(folder, sliding_window=0)
     with pytest.raises(ModelFormatError, match=r"sliding_window = 0 must be an integer in 1\.\."):
         read_model(folder)
