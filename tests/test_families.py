@@ -76,6 +76,7 @@ def test_family_options_as_read() -> None:
     assert g3.config.layer_ropes == ("local",) * 5 + ("global", "local") and g3.config.rope_theta_local == 10000.0
     assert g3.rope_scaling == RopeScaling("linear", factor=8.0) and g3.config.rope_theta == 1e6
     assert read_model(HF / "gemma3-pattern").config == g3.config  # transformers 4.x's keys, the same model
+
     assert g3.layers[0].q_norm is not None and g3.layers[0].attn_post_norm is not None
     phi = read_model(HF / "phi4-mini")
     assert phi.config.rotary_dim == 12 and phi.rope_scaling.kind == "longrope" and phi.config.layer_windows == ()
@@ -89,6 +90,19 @@ def test_family_options_as_read() -> None:
     assert read_model(HF / "mistral-window").config.layer_windows == (8, 8)
     yarn = read_model(HF / "qwen2-yarn").rope_scaling
     assert (yarn.kind, yarn.factor, yarn.original_context, yarn.attention_factor) == ("yarn", 4.0, 32, None)
+
+
+def test_gemma2_null_softcaps_are_none(tmp_path: Path) -> None:
+    """Absent, Gemma 2's soft-caps are 50 and 30 (transformers' defaults); null, there are none."""
+    folder = copy_fixture("gemma2", tmp_path)
+    edit_config(folder, attn_logit_softcapping=None, final_logit_softcapping=None)
+    c = read_model(folder).config
+    assert (c.attn_softcap, c.final_softcap) == (50.0, 30.0)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "attn_logit_softcapping": None,
+                                                    "final_logit_softcapping": None}))
+    c = read_model(folder).config
+    assert (c.attn_softcap, c.final_softcap) == (0.0, 0.0)
 
 
 # --- each option can make the test fail ---------------------------------------------------------------------

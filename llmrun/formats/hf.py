@@ -249,8 +249,8 @@ def parse_config(path: Path, raw: dict[str, Any]) -> tuple[str, ModelConfig, Rop
     if gemma:
         options = dict(ffn_activation="gelu_tanh", embed_scale=_embed_scale(raw, dim),
                        attn_scale=cfg.positive("query_pre_attn_scalar", 256.0) ** -0.5,
-                       attn_softcap=cfg.number("attn_logit_softcapping", 50.0 if arch == "gemma2" else None) or 0.0,
-                       final_softcap=cfg.number("final_logit_softcapping", 30.0 if arch == "gemma2" else None) or 0.0)
+                       attn_softcap=_softcap(cfg, "attn_logit_softcapping", 50.0 if arch == "gemma2" else 0.0),
+                       final_softcap=_softcap(cfg, "final_logit_softcapping", 30.0 if arch == "gemma2" else 0.0))
     if arch == "gemma3":
         # 5.x: rope_parameters.sliding_attention.rope_theta; 4.x: rope_local_base_freq (never the global base)
         local_base = cfg.positive("rope_local_base_freq", 10000.0)
@@ -292,6 +292,13 @@ def _check_math(cfg: _Config, arch: str) -> None:
         raise cfg.fail("mlp_bias = true is not supported (feed-forward biases)")
     if arch != "qwen2" and raw.get("attention_bias"):
         raise cfg.fail("attention_bias = true is not supported for this architecture (it adds an output bias too)")
+
+
+def _softcap(cfg: _Config, key: str, default: float) -> float:
+    """A Gemma soft-cap: `default` (Gemma 2's) where the key is absent, none (0) where it is null."""
+    if key in cfg.raw and cfg.raw[key] is None:
+        return 0.0
+    return cfg.positive(key, default) if default else cfg.number(key, None) or 0.0
 
 
 def _embed_scale(raw: dict[str, Any], dim: int) -> float:
