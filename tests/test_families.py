@@ -27,6 +27,7 @@ from llmrun.errors import ModelFormatError
 from llmrun.formats import read_model
 from llmrun.formats.gguf import load_gguf
 from llmrun.formats.gguf_writer import Metadata, ValueType, model_metadata, plan_tensors, write_gguf, write_model
+from llmrun.rope import rope_tables
 from llmrun.spec import ModelSpec, RopeScaling
 
 TOLERANCE = 1e-4
@@ -196,6 +197,35 @@ def test_gguf_copy_matches_transformers(tmp_path: Path, name: str) -> None:
     if spec.rope_scaling is not None and spec.rope_scaling.kind != "llama3":
         assert back.rope_scaling.kind == spec.rope_scaling.kind
     assert worst_diff(back, name) <= TOLERANCE
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_gguf_to_gguf(tmp_path: Path, name: str) -> None:
+    """A GGUF input written again (as `llmrun quantize IN.gguf OUT.gguf` does) is the same model: its hyperparameter
+    keys come from the spec, not carried over."""
+    spec = read_model(HF / name)
+    write_model(tmp_path / "a.gguf", spec, "f32", tokenizer=_gguf_tokenizer(spec))
+    first = read_model(tmp_path / "a.gguf")
+    write_model(tmp_path / "b.gguf", first, "f32")
+    second = read_model(tmp_path / "b.gguf")
+    assert second.config == first.config and second.rope_scaling == first.rope_scaling
+    assert set(second.metadata) == set(first.metadata)
+
+
+def test_yarn_attention_factor_round_trip(tmp_path: Path) -> None:
+    """transformers' explicit attention_factor replaces YaRN's 0.1 ln(factor) + 1; in GGUF it becomes
+    rope.scaling.attn_factor relative to that (llama.cpp multiplies the two), read back the same."""
+    spec = read_model(HF / "qwen2-yarn")
+    spec.rope_scaling = dataclasses.replace(spec.rope_scaling, attention_factor=1.5)
+    write_model(tmp_path / "a.gguf", spec, "f32")
+    back = read_model(tmp_path / "a.gguf")
+    assert rope_tables(back, 128)[1] == pytest.approx(1.5)
+    write_model(tmp_path / "b.gguf", back, "f32")
+    assert rope_tables(read_model(tmp_path / "b.gguf"), 128)[1] == pytest.approx(1.5)
+    # llama.cpp's converter writes transformers' attention_factor as yarn_attn_factor: read as transformers means it
+    key = "qwen2.rope.scaling.yarn_attn_factor"
+    path = _rewrite(tmp_path, "qwen2-yarn", {key: _f32(key, 1.25)})
+    assert rope_tables(load_gguf(path), 128)[1] == pytest.approx(1.25)
 
 
 def _gguf_tokenizer(spec: ModelSpec) -> Any:

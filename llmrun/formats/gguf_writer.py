@@ -427,6 +427,8 @@ def family_metadata(spec: ModelSpec, a: str) -> list[Metadata]:
         if cfg.final_softcap or a == "gemma2":
             items.append(Metadata(f"{a}.final_logit_softcapping", f32, cfg.final_softcap))
         if a == "gemma2":
+            if not cfg.attn_softcap:
+                raise ValueError("llama.cpp's gemma2 always soft-caps attention; this model does not")
             items.append(Metadata(f"{a}.attn_logit_softcapping", f32, cfg.attn_softcap))
         elif cfg.attn_softcap:
             raise ValueError("llama.cpp's gemma3 has no attention soft-capping")
@@ -568,13 +570,17 @@ def carried_metadata(spec: ModelSpec, generated: Iterable[str], keep_tokenizer: 
     """The metadata of a GGUF input that its converted copy keeps: every key write_model does not write
     itself (chat template, merges, pre-tokenizer, special ids, general.* facts ...), each with the value
     type it had (llama.cpp checks key types), except STALE_KEYS and, unless `keep_tokenizer`, tokenizer.*.
+    The source's `<arch>.*` hyperparameters are not carried: model_metadata writes them from the spec.
     Nested arrays are dropped: no Llama metadata uses them and their item types are not kept by the reader.
     Nothing for other formats (their spec has no metadata)."""
     value_types = spec.metadata_types  # as the reader found them: no second parse of the input
     skip = set(generated) | STALE_KEYS
+    # the model's hyperparameters come from the spec alone: an old key the writer does not repeat (a YaRN
+    # yarn_attn_factor folded into rope.scaling.attn_factor, a window pattern as a number) would say it twice
+    arch = spec.metadata.get("general.architecture")
     items = []
     for key, value in spec.metadata.items():
-        if key in skip or (key.startswith("tokenizer.") and not keep_tokenizer):
+        if key in skip or (key.startswith("tokenizer.") and not keep_tokenizer) or key.startswith(f"{arch}."):
             continue
         vtype = ValueType(value_types[key])
         if vtype != ValueType.ARRAY:
