@@ -237,7 +237,7 @@ class ModelSpec:
     layers: list[LayerWeights]
     file_size: int
     rope_scaling: RopeScaling | None = None  # how the model rescales RoPE (llmrun/rope.py); None: plain RoPE
-    architecture: str = "llama"  # "llama", "mistral", "qwen2" (GGUF general.architecture, HF architectures)
+    architecture: str = "llama"  # llama, mistral, qwen2, qwen3, gemma2, gemma3, phi3, smollm3, granite
     name: str | None = None  # the model's name (GGUF general.name, a Hugging Face folder's name)
     tokenizer: Tokenizer | None = None  # the file's own tokenizer, when it has one llmrun can use
     tokenizer_problem: str = ""  # why `tokenizer` is None, for the error a caller gets when it needs one
