@@ -285,7 +285,10 @@ def test_llama_cpp_matches_llmrun(tmp_path: Path, name: str) -> None:
         llm.reset()
         llm.eval(ids)
         theirs = np.asarray(llm.scores[:len(ids)], dtype=np.float32)
-        ours = Engine(back, n_ctx=n_ctx, n_threads=1).evaluate_all(ids)  # LongRoPE: both pick by n_ctx
+        # LongRoPE: both pick the long factors by the context (llama.cpp pads a context to a multiple of 256, so
+        # these fixtures' short factors, for contexts up to 48, are out of its reach: test_folder_matches_transformers
+        # covers them against transformers)
+        ours = Engine(back, n_ctx=n_ctx, n_threads=1).evaluate_all(ids)
         worst = max(worst, float(np.max(np.abs(theirs - ours))))
     assert worst <= LLAMA_CPP_TOLERANCE.get(name, 1e-4), worst
 
