@@ -541,7 +541,8 @@ def run_info(args: argparse.Namespace) -> int:
         return "none" if id is None else str(id)
 
     path = model_path(args)
-    types = tensor_type_rows(read_model(path))
+    spec = read_model(path)
+    types = tensor_type_rows(spec)
     with open_model(args, path=path) as model:
         i = model.info
         rows = [
@@ -554,6 +555,7 @@ def run_info(args: argparse.Namespace) -> int:
             ("vocabulary", str(i.vocab_size)),
             ("context", f"{i.context_length} trained, {i.n_ctx} allocated"),
             ("runtime", f"{i.n_threads} threads, {i.isa} kernels"),
+            *family_rows(spec),
             *types,
         ]
         try:
@@ -565,6 +567,40 @@ def run_info(args: argparse.Namespace) -> int:
         for key, value in rows:
             print(f"{key:<{width}}  {value}")
     return 0
+
+
+def family_rows(spec: ModelSpec) -> list[tuple[str, str]]:
+    """`info`'s rows about the model family: its architecture, RoPE and, where not Llama's, its attention and
+    scaling options (window pattern: S a windowed layer, G a global one)."""
+    c = spec.config
+    rope = f"theta {c.rope_theta:g}" + (f", {c.rotary_dim} of {c.head_dim} dims" if c.rope_dim else "")
+    s = spec.rope_scaling
+    if s is not None:
+        rope += f", {s.kind}" + (f" x{s.factor:g}" if s.kind in ("linear", "yarn") else "")
+        rope += f" (original context {s.original_context})" if s.original_context else ""
+    if "local" in c.layer_ropes:
+        rope += f"; local theta {c.rope_theta_local:g} on {c.layer_ropes.count('local')} layers"
+    if "none" in c.layer_ropes:
+        rope += f"; none on {c.layer_ropes.count('none')} layers"
+    rows = [("architecture", spec.architecture), ("rope", rope)]
+    attention = []
+    if c.sliding_window:
+        pattern = "".join("S" if w else "G" for w in c.layer_windows)
+        attention.append(f"window {c.sliding_window} ({pattern if len(pattern) <= 48 else pattern[:45] + '...'})")
+    if c.attn_scale is not None:
+        attention.append(f"scale {c.attn_scale:.4g}")
+    if c.attn_softcap:
+        attention.append(f"softcap {c.attn_softcap:g}")
+    if attention:
+        rows.append(("attention", ", ".join(attention)))
+    other = [f"{name} {value:.4g}" for name, value in (
+        ("embed scale", c.embed_scale), ("residual scale", c.residual_scale), ("logit scale", c.logit_scale),
+        ("final softcap", c.final_softcap)) if value not in (1.0, 0.0) or (name == "final softcap" and value)]
+    if c.ffn_activation != "silu":
+        other.insert(0, f"ffn {c.ffn_activation}")
+    if other:
+        rows.append(("options", ", ".join(other)))
+    return rows
 
 
 def tensor_type_rows(spec: ModelSpec) -> list[tuple[str, str]]:

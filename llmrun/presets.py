@@ -6,7 +6,8 @@ it decides for the dense Llama-family models llmrun runs, without an importance 
 - the classifier (`output.weight`, or the token embedding when it is tied to it) gets Q6_K, or Q8_0 when its
   rows are not whole blocks of the base type;
 - the `_S/_M/_L` mixtures give some attn_v, ffn_down and attn_output matrices more bits (Q4_K/Q5_K/Q6_K),
-  by layer (`more_bits_layer`) and by how many query heads share a key/value head;
+  by layer (`more_bits_layer`) and by how many query heads share a key/value head, and Phi-3's fused
+  attn_qkv one step more (Q4_K_M: Q5_K);
 - a matrix whose rows are not whole blocks of its type falls back to a 32-value type (Q4_K -> Q5_0, Q6_K ->
   Q8_0 ...), or to f16 when not even that fits.
 Following these choices is what makes `llmrun quantize` write the same file as `llama-quantize`.
@@ -84,8 +85,10 @@ class ModelShape:
 
     @property
     def is_70b(self) -> bool:
-        """llama.cpp's LLM_TYPE_70B: 80 layers with grouped-query attention (Llama 2/3 70B, Qwen2 72B)."""
-        return self.n_layers == 80 and (self.architecture == "qwen2" or self.n_heads != self.n_kv_heads)
+        """llama.cpp's LLM_TYPE_70B: 80 layers with grouped-query attention (Llama 2/3 70B, Qwen2 72B); no other
+        architecture llmrun writes has that type."""
+        return self.n_layers == 80 and (self.architecture == "qwen2" or (
+            self.architecture == "llama" and self.n_heads != self.n_kv_heads))
 
 
 def more_bits_layer(i: int, n: int) -> bool:
@@ -156,4 +159,6 @@ def _mixture_type(preset: Preset, name: str, cols: int, model: ModelShape) -> st
         return new
     if name.endswith("attn_output.weight"):
         return {"Q2_K": "q3_k", "Q3_K_M": "q4_k", "Q3_K_L": "q5_k"}.get(p, new)
+    if name.endswith("attn_qkv.weight"):  # fused q/k/v (Phi-3): llama-quantize's rule for ATTENTION_QKV
+        return {"Q3_K_M": "q4_k", "Q3_K_L": "q4_k", "Q4_K_M": "q5_k", "Q5_K_M": "q6_k"}.get(p, new)
     return new

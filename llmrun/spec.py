@@ -125,6 +125,46 @@ class ModelConfig:
         return self.n_kv_heads * self.head_dim
 
 
+ROPE_SCALING_KINDS = ("linear", "llama3", "yarn", "longrope", "divisors")
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """How a model rescales its global RoPE table, as its file says; llmrun/rope.py turns it into numbers.
+
+    kind:
+    - "linear": every frequency divided by `factor`.
+    - "llama3" (Llama 3.1): long wavelengths divided by `factor`, short ones kept, a blend between, by
+      `low_freq_factor`, `high_freq_factor` and `original_context`.
+    - "yarn": frequencies blended between plain and divided by `factor` over the dimension pairs that the
+      correction range of `beta_fast` / `beta_slow` rotations within `original_context` picks (`truncate`:
+      that range rounded outwards to whole pairs, as llama.cpp always does); cos and sin times
+      `attention_factor` (None: 0.1 ln(factor) + 1).
+    - "longrope" (Phi-3): frequencies divided per pair by `short_factor`, or by `long_factor` when the
+      context is longer than `original_context`; cos and sin times `attention_factor` (None:
+      sqrt(1 + ln(factor) / ln(original_context))).
+    - "divisors" (llama.cpp's GGUF `rope_freqs` tensor): frequencies divided per pair by `divisors`, and
+      all of them by `factor`.
+    Per-pair tuples have rotary_dim / 2 entries."""
+
+    kind: str
+    factor: float = 1.0
+    original_context: int = 0  # the context the model was pretrained with (llama3, yarn, longrope)
+    low_freq_factor: float = 1.0  # llama3
+    high_freq_factor: float = 4.0  # llama3
+    beta_fast: float = 32.0  # yarn
+    beta_slow: float = 1.0  # yarn
+    truncate: bool = True  # yarn
+    attention_factor: float | None = None  # yarn, longrope: None for the kind's default
+    short_factor: tuple[float, ...] = ()  # longrope
+    long_factor: tuple[float, ...] = ()  # longrope
+    divisors: tuple[float, ...] = ()  # divisors
+
+    def __post_init__(self) -> None:
+        if self.kind not in ROPE_SCALING_KINDS:
+            raise ValueError(f"unknown RoPE scaling kind {self.kind!r} (one of {', '.join(ROPE_SCALING_KINDS)})")
+
+
 @dataclass
 class Tensor:
     """A row-major weight matrix of `rows` x `cols` values (a vector is one row).
@@ -196,10 +236,8 @@ class ModelSpec:
     output: Tensor | None  # None: the classifier is tied to token_embd
     layers: list[LayerWeights]
     file_size: int
-    # (head_dim // 2,) float32: RoPE frequency of each dimension pair where the model rescales them
-    # (rope_scaling "llama3" / "linear", GGUF rope_freqs); None: config.rope_theta ** (-2j / head_dim)
-    rope_freqs: np.ndarray | None = None
-    architecture: str = "llama"  # "llama", "mistral", "qwen2" (GGUF general.architecture, HF architectures)
+    rope_scaling: RopeScaling | None = None  # how the model rescales RoPE (llmrun/rope.py); None: plain RoPE
+    architecture: str = "llama"  # llama, mistral, qwen2, qwen3, gemma2, gemma3, phi3, smollm3, granite
     name: str | None = None  # the model's name (GGUF general.name, a Hugging Face folder's name)
     tokenizer: Tokenizer | None = None  # the file's own tokenizer, when it has one llmrun can use
     tokenizer_problem: str = ""  # why `tokenizer` is None, for the error a caller gets when it needs one

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from llmrun.formats.llama2c import write_llama2c
-from llmrun.spec import LayerWeights, ModelConfig, ModelSpec, Tensor
+from llmrun.rope import plain_frequencies
+from llmrun.spec import LayerWeights, ModelConfig, ModelSpec, RopeScaling, Tensor
 
 
 def make_config(dim: int = 64, hidden_dim: int = 172, n_layers: int = 2, n_heads: int = 8, n_kv_heads: int = 4,
@@ -53,7 +54,9 @@ def spec_from_tensors(cfg: ModelConfig, t: dict[str, np.ndarray], rope_freqs: np
     return ModelSpec(path=Path("<memory>"), format="memory", config=cfg, token_embd=Tensor(t["token_embd"]),
                      output_norm=Tensor(t["output_norm"]),
                      output=Tensor(t["output"]) if "output" in t else None, layers=layers, file_size=0,
-                     rope_freqs=rope_freqs)
+                     rope_scaling=None if rope_freqs is None else RopeScaling(
+                         "divisors", divisors=tuple(plain_frequencies(cfg.rope_theta, cfg.rotary_dim)[:len(rope_freqs)]
+                                                    / rope_freqs)))
 
 
 def write_model(path: Path, cfg: ModelConfig, t: dict[str, np.ndarray], version: int = 0) -> Path:

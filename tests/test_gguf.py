@@ -533,13 +533,26 @@ CORRUPTIONS: list[tuple[str, Callable[[RawGGUF], RawGGUF | bytes], str]] = [
     ("heads not divisible by kv heads", lambda r: with_kv(r, "llama.attention.head_count_kv", kv_u32(
         "llama.attention.head_count_kv", 3)), "not divisible"),
     ("rope dims differ from head size", lambda r: with_kv(r, "llama.rope.dimension_count", kv_u32(
-        "llama.rope.dimension_count", 4)), "llama.rope.dimension_count = 4 differs from the head size 8"),
+        "llama.rope.dimension_count", 4)), "llama.rope.dimension_count = 4 with head size 8: partial rotary"),
     ("negative epsilon", lambda r: with_kv(r, "llama.attention.layer_norm_rms_epsilon", kv_f32(
         "llama.attention.layer_norm_rms_epsilon", -1.0)), "positive finite"),
     ("NaN rope base", lambda r: with_kv(r, "llama.rope.freq_base", kv_f32("llama.rope.freq_base", float("nan"))),
      "llama.rope.freq_base = nan"),
-    ("rope scaling yarn", lambda r: with_kv(r, "llama.rope.scaling.type", kv_str("llama.rope.scaling.type", "yarn")),
-     "RoPE scaling"),
+    ("unknown rope scaling", lambda r: with_kv(r, "llama.rope.scaling.type", kv_str("llama.rope.scaling.type", "ntk")),
+     "RoPE scaling llama.rope.scaling.type = 'ntk' is not supported"),
+    ("sliding window as a string", lambda r: with_kv(r, "llama.attention.sliding_window", kv_str(
+        "llama.attention.sliding_window", "8")), "metadata llama.attention.sliding_window must be an integer"),
+    ("window pattern longer than the layers", lambda r: with_kv(with_kv(
+        r, "llama.attention.sliding_window", kv_u32("llama.attention.sliding_window", 8)),
+        "llama.attention.sliding_window_pattern", kv_array("llama.attention.sliding_window_pattern", U.BOOL,
+                                                           [b"\x01"] * 3)),
+     "llama.attention.sliding_window_pattern has 3 entries for 2 layers"),
+    ("yarn with no original context", lambda r: with_kv(with_kv(
+        r, "llama.rope.scaling.type", kv_str("llama.rope.scaling.type", "yarn")),
+        "llama.rope.scaling.original_context_length", kv_u32("llama.rope.scaling.original_context_length", 0)),
+     "llama.rope.scaling.original_context_length = 0 is out of range"),
+    ("attention factor without yarn", lambda r: with_kv(r, "llama.rope.scaling.attn_factor", kv_f32(
+        "llama.rope.scaling.attn_factor", 2.0)), "llama.rope.scaling.attn_factor = 2.0 without YaRN or LongRoPE"),
     ("mixture of experts", lambda r: with_kv(r, "llama.expert_count", kv_u32("llama.expert_count", 8)),
      "mixture-of-experts"),
     ("vocab_size differs from the embedding", lambda r: with_kv(r, "llama.vocab_size", kv_u32("llama.vocab_size", 33)),

@@ -19,6 +19,7 @@ from hf_builders import FIXTURES, HF, copy_fixture, edit_config, read_tensors, w
 from llmrun.errors import ModelFormatError, TokenizerError
 from llmrun.formats import read_model
 from llmrun.quantize import quantize
+from llmrun.rope import rope_tables
 
 TOLERANCE = 1e-4
 
@@ -55,7 +56,9 @@ def test_logits_tokens_and_greedy_match_transformers(name: str) -> None:
 def test_spec_details() -> None:
     spec = read_model(HF / "llama3-gqa")
     assert spec.config.rope_style == "halves" and spec.config.n_kv_heads == 2 and spec.output is not None
-    assert spec.rope_freqs is not None and spec.rope_freqs.dtype == np.float32
+    assert spec.rope_scaling is not None and spec.rope_scaling.kind == "llama3"
+    freqs, attn = rope_tables(spec, 64)
+    assert freqs is not None and freqs.dtype == np.float32 and attn == 1.0
     assert spec.chat_template.startswith("{% for m in messages %}")
     assert spec.add_bos_token is True
     tok = spec.tokenizer
@@ -135,13 +138,18 @@ def test_quantize_at_load(quant: str) -> None:
 
 
 def test_sliding_window(tmp_path: Path) -> None:
-    """A sliding window no longer limits the context (the windowed layers attend to their window of it)."""
+    """Mistral's window is each layer's window; it no longer limits the context (the windowed layers attend to
+    their window of it)."""
     folder = copy_fixture("mistral", tmp_path)
     edit_config(folder, sliding_window=64)
+    assert read_model(folder).config.layer_windows == (64, 64)
     with llmrun.load(folder, n_threads=1) as model:  # the trained context, as without a window
         assert model.info.n_ctx == model.info.context_length
     with llmrun.load(folder, n_ctx=128, n_threads=1) as model:
         assert model.info.n_ctx == 128
+    edit_config(folder, sliding_window=0)
+    with pytest.raises(ModelFormatError, match=r"sliding_window = 0 must be an integer in 1\.\."):
+        read_model(folder)
 
 
 def test_cli_generate() -> None:
@@ -245,13 +253,13 @@ def test_null_rope_theta_with_scaling_is_the_default(tmp_path: Path) -> None:
         data["rope_theta"] = None
     (folder / "config.json").write_text(json.dumps(data))
     spec = read_model(folder)  # null means the default, for the scaled frequencies as for the config
-    assert spec.config.rope_theta == 10000.0 and np.all(np.isfinite(spec.rope_freqs))
+    assert spec.config.rope_theta == 10000.0 and np.all(np.isfinite(rope_tables(spec, 64)[0]))
 
 
 def test_unknown_rope_scaling(tmp_path: Path) -> None:
     folder = copy_fixture("llama3-gqa", tmp_path)
-    edit_config(folder, rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0})
-    with pytest.raises(ModelFormatError, match="rope scaling type 'yarn' is not supported"):
+    edit_config(folder, rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 4.0})
+    with pytest.raises(ModelFormatError, match="rope scaling type 'dynamic' is not supported"):
         read_model(folder)
 
 

@@ -36,7 +36,8 @@ def test_gguf_copy_matches_transformers(tmp_path: Path, name: str) -> None:
     model_kind = bytes(meta.fields["tokenizer.ggml.model"].parts[-1]).decode()
     assert arch == ("qwen2" if name == "qwen2-bias" else "llama")
     assert model_kind == ("gpt2" if name in ("llama3-gqa", "qwen2-bias") else "llama")
-    assert ("rope_freqs.weight" in {t.name for t in meta.tensors}) == (name in ("llama3-gqa", "llama-tied"))
+    assert ("rope_freqs.weight" in {t.name for t in meta.tensors}) == (name == "llama3-gqa")  # llama3 scaling
+    assert ("llama.rope.scaling.factor" in meta.fields) == (name == "llama-tied")  # linear scaling
 
     with llmrun.load(out, n_threads=1) as copy, llmrun.load(HF / name, n_threads=1) as folder:
         assert copy.eog_ids == folder.eog_ids
@@ -67,7 +68,7 @@ def test_cli_quantize_folder_then_generate(tmp_path: Path) -> None:
                         "q8_0"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     spec = read_model(out)
-    assert spec.layers[0].wq.type == "q8_0" and spec.rope_freqs is not None
+    assert spec.layers[0].wq.type == "q8_0" and spec.rope_scaling.kind == "divisors"
     r = subprocess.run([*LLMRUN, "generate", str(out), "-p", "Once", "-n", "5", "--temp",
                         "0", "-t", "1"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("Once"), r.stderr

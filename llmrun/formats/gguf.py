@@ -15,28 +15,42 @@ file, aligned, without overlapping another, and parsing allocates about as much 
 most: numeric arrays are views of the file, string arrays keep 8 bytes per string and decode on access.
 Any problem raises ModelFormatError naming the file, the field or tensor and the value.
 
-`read_gguf` parses the container (any architecture); `load_gguf` turns a Llama-architecture file into a
+`read_gguf` parses the container (any architecture); `load_gguf` turns a file of one of ARCHITECTURES into a
 ModelSpec. Tensors are views of one read-only memory map of the file: nothing is copied (except a tensor
 whose data is not aligned to its element size, possible only with `general.alignment` below 4).
 
 What `load_gguf` accepts beyond the container:
-- `general.architecture` "llama" or "qwen2" with the `<arch>.*` hyperparameters; linear RoPE scaling and
-  a `rope_freqs` tensor (llama.cpp's per-pair divisors for Llama 3.1's scaling) become spec.rope_freqs;
-  other RoPE scaling types, mixtures of experts and a rotary dimension other than the head size are
-  refused ("not supported yet").
+- `general.architecture` llama, qwen2, qwen3, gemma2, gemma3, phi3, smollm3 or granite with the `<arch>.*`
+  hyperparameters, read as llama.cpp reads them (src/models/<arch>.cpp): the family options of the
+  ModelConfig (Gemma's soft-caps, sliding-window layers from attention.sliding_window(_pattern), local RoPE
+  base rope.freq_base_swa, query scale by llama.cpp's rule unless attention.scale says; SmolLM3's RoPE-less
+  every fourth layer; Granite's logit_scale, embedding_scale, residual_scale, attention.scale), partial
+  rotary (rope.dimension_count, NEOX architectures), and RoPE scaling as a spec.RopeScaling: linear, yarn
+  (factor, original context, beta values, attention factor), a `rope_freqs` tensor (llama.cpp's per-pair
+  divisors for Llama 3.1's scaling), Phi-3's rope_factors_short/long (LongRoPE). Unknown scaling types,
+  mixtures of experts and other architectures are refused naming them. Hostile values (a negative or
+  non-finite soft-cap or scale, a window pattern of another length than the layers, factors of the wrong
+  length ...) are refused naming the key and value; a window larger than the context is full attention.
+  Gemma files store their norms as the multiplier (w + 1), as llama.cpp's converter writes them.
 - split models (llama.cpp's `llama-gguf-split`: NAME-00001-of-00003.gguf ...): each part is a whole GGUF
   file with `split.no`, `split.count` and `split.tensors.count`, the model's metadata in the first part
   and a share of the tensors in each. Given any part, every part is mapped and checked (count, numbering,
   total tensors, no tensor twice) and the model loads as one (`join_split`); its metadata loses the split.*
   keys, which describe the files, not the model.
-- exactly the tensors a Llama model uses (`token_embd`, `output_norm`, optional `output` -- absent means
-  tied to the embedding --, nine per block, qwen2's q/k/v biases, optional `rope_freqs`) in F32, F16,
+- exactly the tensors the architecture uses (`token_embd`, `output_norm`, optional `output` -- absent means
+  tied to the embedding --, nine per block, qwen2's q/k/v biases, qwen3/gemma3's attn_q_norm/attn_k_norm,
+  gemma's post_attention_norm/post_ffw_norm, phi3's fused attn_qkv and ffn_up of 2 * n_ff -- given to the
+  spec as row views --, optional `rope_freqs`, `rope_factors_*`) in F32, F16,
   BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K or IQ4_XS (each tensor its own:
   what llama-quantize's presets write), norms and biases in F32. Any other tensor is refused rather than ignored: other
   biases or expert tensors change the model's math, so running without them would compute something else.
-- RoPE: GGUF `llama` files pair adjacent dimensions (llama.cpp's converter permutes Hugging Face's Q/K
-  rows into that order), exactly like llama2.c, so the config says rope_style="interleaved"; `qwen2`
-  files rotate halves (NEOX), rope_style="halves".
+- RoPE: GGUF `llama`, `smollm3` and `granite` files pair adjacent dimensions (llama.cpp's converter permutes
+  Hugging Face's Q/K rows into that order), exactly like llama2.c, so the config says
+  rope_style="interleaved"; qwen2, qwen3, gemma2, gemma3 and phi3 files rotate halves (NEOX),
+  rope_style="halves" (llama.cpp's llama_model_rope_type).
+- windows: llama.cpp reads attention.sliding_window for Gemma only (it disables Phi-3's); llmrun reads it
+  for every architecture (the writer records Mistral, Qwen2/3 and Phi-3 windows there, as transformers
+  applies them), so such a file gives llama.cpp's logits only where the windows do not bite.
 - the tokenizer when `tokenizer.ggml.model` is "llama" (SentencePiece BPE) or "gpt2" (byte-level BPE,
   hf_tokenizer.gguf_bpe_tokenizer, split rules by the `tokenizer.ggml.pre` name). Any other tokenizer
   model, or a gpt2 vocabulary llmrun cannot use (an unknown pre-tokenizer name), still loads the model
@@ -65,7 +79,17 @@ from typing import Any, overload
 import numpy as np
 
 from ..errors import ModelFormatError, TokenizerError
-from ..spec import TENSOR_TYPES, LayerWeights, ModelConfig, ModelSpec, Tensor, TensorType, attention_shape_problem
+from ..rope import yarn_mscale
+from ..spec import (
+    TENSOR_TYPES,
+    LayerWeights,
+    ModelConfig,
+    ModelSpec,
+    RopeScaling,
+    Tensor,
+    TensorType,
+    attention_shape_problem,
+)
 from ..tokenizer import BPETokenizer, SentencePieceTokenizer
 from .hf_tokenizer import gguf_bpe_tokenizer
 from .mapping import map_file
@@ -510,17 +534,33 @@ def _align_up(n: int, alignment: int) -> int:
 LIMITS = {"embedding_length": 1 << 16, "feed_forward_length": 1 << 20, "block_count": 1 << 10,
           "attention.head_count": 1 << 12, "attention.head_count_kv": 1 << 12, "attention.key_length": 1 << 12,
           "attention.value_length": 1 << 12, "rope.dimension_count": 1 << 12, "vocab_size": 1 << 20,
-          "context_length": (1 << 31) - 1}
+          "context_length": (1 << 31) - 1, "attention.sliding_window": (1 << 31) - 1,
+          "attention.sliding_window_pattern": 1 << 10, "rope.scaling.original_context_length": (1 << 31) - 1}
+MAX_SOFTCAP = 1e6  # a cap this large caps nothing; beyond it the value is not a model's
+MAX_SCALE = 1e6  # multipliers (embedding, attention, residual, logit scales) beyond it are not a model's
 
-# Our LayerWeights field -> GGUF tensor name inside `blk.N.`.
-# Our layer fields -> GGUF tensor names, in the order llama.cpp's converter writes them (the writer keeps it).
+# Our LayerWeights field -> GGUF tensor name inside `blk.N.`, in the order llama.cpp's converter writes
+# them (the writer keeps it). FAMILY_TENSORS adds each family's own.
 LAYER_TENSORS = {"attn_norm": "attn_norm", "wq": "attn_q", "wk": "attn_k", "wv": "attn_v", "wo": "attn_output",
                  "ffn_norm": "ffn_norm", "w_gate": "ffn_gate", "w_down": "ffn_down", "w_up": "ffn_up"}
+_QK_NORMS = {"q_norm": "attn_q_norm", "k_norm": "attn_k_norm"}
+_POST_NORMS = {"attn_post_norm": "post_attention_norm", "ffn_post_norm": "post_ffw_norm"}
+FAMILY_TENSORS = {"gemma2": _POST_NORMS, "gemma3": {**_QK_NORMS, **_POST_NORMS}, "qwen3": _QK_NORMS}
+# Fused tensors (phi3): GGUF name inside `blk.N.` -> our fields, row views of it in row order
+FUSED_TENSORS = {"attn_qkv": ("wq", "wk", "wv"), "ffn_up": ("w_gate", "w_up")}
 
 # Our bias fields -> GGUF tensor names inside `blk.N.` (Qwen2)
 BIAS_TENSORS = {"bq": "attn_q", "bk": "attn_k", "bv": "attn_v"}
 # general.architecture values llmrun runs (the prefix of their hyperparameter keys)
-ARCHITECTURES = ("llama", "qwen2")
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "smollm3", "granite")
+# llama.cpp's RoPE pairing per architecture (llama_model_rope_type): NORM pairs adjacent dims (its converter
+# permutes Hugging Face's q/k rows for it), NEOX rotates halves
+NEOX_ARCHITECTURES = ("qwen2", "qwen3", "gemma2", "gemma3", "phi3")
+GEMMA = ("gemma2", "gemma3")
+# Architectures people try that llmrun does not run, and why
+REFUSED_ARCHITECTURES = {"gemma3n": "Gemma 3n (per-layer embeddings, AltUp)", "gemma": "Gemma 1",
+                         "qwen2moe": "a mixture of experts", "qwen3moe": "a mixture of experts",
+                         "phimoe": "a mixture of experts", "granitemoe": "a mixture of experts"}
 
 # Hints for tensors Llama-family files may carry that llmrun cannot run yet.
 _EXTRA_TENSOR_HINTS = {
@@ -531,17 +571,18 @@ _EXTRA_TENSOR_HINTS = {
 
 
 def load_gguf(path: str | os.PathLike) -> ModelSpec:
-    """Reads a Llama- or Qwen2-architecture GGUF file; raises ModelFormatError naming the file and field at fault."""
+    """Reads a GGUF file of one of ARCHITECTURES; raises ModelFormatError naming the file and field at fault."""
     f = read_gguf_model(path)
     meta = _Metadata(f)
     arch = meta.string("general.architecture")
     if arch not in ARCHITECTURES:
-        raise ModelFormatError(f"{f.path}: architecture {arch!r} is not supported yet (llmrun runs "
+        why = f": {REFUSED_ARCHITECTURES[arch]}" if arch in REFUSED_ARCHITECTURES else ""
+        raise ModelFormatError(f"{f.path}: architecture {arch!r} is not supported yet{why} (llmrun runs "
                                f"{', '.join(map(repr, ARCHITECTURES))})")
     meta.arch = arch
     config = _llama_config(f, meta)
-    spec = _llama_weights(f, config, with_biases=arch == "qwen2")
-    spec.rope_freqs = _rope_freqs(f, meta, config)
+    spec = _llama_weights(f, config, arch)
+    spec.rope_scaling = _rope_scaling(f, meta, config)
     spec.architecture = arch
     _read_tokenizer(f, meta, spec)
     return spec
@@ -615,30 +656,61 @@ def join_split(given: GGUFFile) -> GGUFFile:
                     file_size=sum(p.file_size for p in parts), data=first.data, part_data=part_data)
 
 
-def _rope_freqs(f: GGUFFile, meta: _Metadata, c: ModelConfig) -> np.ndarray | None:
-    """The RoPE frequencies when the file rescales them: linear scaling (<arch>.rope.scaling.type "linear"
-    with its factor) and/or a `rope_freqs` tensor of per-pair divisors (llama.cpp's form of Llama 3.1's
-    scaling); None for plain RoPE."""
+def _rope_scaling(f: GGUFFile, meta: _Metadata, c: ModelConfig) -> RopeScaling | None:
+    """How the file rescales RoPE, as llama.cpp reads it: <arch>.rope.scaling.type "linear" (or the old
+    rope.scale_linear) with its factor, "yarn" with its factor, original context, beta values and attention
+    factor; a `rope_freqs` tensor of per-pair divisors (llama.cpp's form of Llama 3.1's scaling); Phi-3's
+    `rope_factors_short` / `rope_factors_long` tensors (LongRoPE, with rope.scaling.attn_factor). None for
+    plain RoPE."""
     a = meta.arch
+    kind = meta.string(f"{a}.rope.scaling.type", "linear")
     factor = 1.0
-    if meta.string(f"{a}.rope.scaling.type", "none") == "linear":
-        factor = meta.number(f"{a}.rope.scaling.factor", 1.0)
+    if meta.has(f"{a}.rope.scaling.factor"):
+        factor = meta.number(f"{a}.rope.scaling.factor")
     elif meta.has(f"{a}.rope.scale_linear"):
         factor = meta.number(f"{a}.rope.scale_linear")
-    divisors = None
+    if kind == "none":
+        factor = 1.0  # llama.cpp: never scale
+    attn = meta.number(f"{a}.rope.scaling.attn_factor", 1.0)  # llama.cpp multiplies cos and sin by it always
+    original = meta.integer(f"{a}.rope.scaling.original_context_length", 1,
+                            LIMITS["rope.scaling.original_context_length"], c.max_seq_len)
+    pairs = c.rotary_dim // 2
+
+    def factors(name: str) -> tuple[float, ...]:
+        info = f.tensors[name]
+        if _padded(info.ne) != _padded((pairs,)) or info.type != "f32":
+            raise meta.fail(f"tensor {name} has ne = {list(info.ne)} and type {GGML_TYPE_NAMES[info.ggml_type]}, "
+                            f"expected [{pairs}] F32 (rotary dims / 2)")
+        values = f.tensor_data(name, (pairs,)).astype(np.float32)
+        if not np.all(np.isfinite(values) & (values > 0)):
+            raise meta.fail(f"tensor {name} must hold positive finite factors")
+        return tuple(float(v) for v in values)
+
+    long_name, short_name = "rope_factors_long.weight", "rope_factors_short.weight"
+    if long_name in f.tensors or short_name in f.tensors:
+        if not (long_name in f.tensors and short_name in f.tensors):
+            raise meta.fail("LongRoPE needs both tensors rope_factors_long.weight and rope_factors_short.weight")
+        if kind == "yarn" or "rope_freqs.weight" in f.tensors or factor != 1.0:
+            raise meta.fail("LongRoPE factors together with other RoPE scaling are not supported")
+        return RopeScaling("longrope", original_context=original, attention_factor=attn,
+                           short_factor=factors(short_name), long_factor=factors(long_name))
+    if kind == "yarn":
+        if "rope_freqs.weight" in f.tensors:
+            raise meta.fail("YaRN together with a rope_freqs tensor is not supported")
+        # llama.cpp: cos and sin times (0.1 ln(factor) + 1) * rope.scaling.attn_factor; a yarn_attn_factor
+        # (the converter's copy of transformers' attention_factor) replaces the first term, as in transformers
+        yarn_attn = meta.number(f"{a}.rope.scaling.yarn_attn_factor", yarn_mscale(factor))
+        return RopeScaling("yarn", factor=factor, original_context=original, attention_factor=yarn_attn * attn,
+                           beta_fast=meta.number(f"{a}.rope.scaling.yarn_beta_fast", 32.0),
+                           beta_slow=meta.number(f"{a}.rope.scaling.yarn_beta_slow", 1.0))
+    if kind not in ("none", "linear", "longrope"):
+        raise meta.fail(f"RoPE scaling {a}.rope.scaling.type = {kind!r} is not supported (llmrun reads none, linear, "
+                        "yarn and longrope)")
+    if attn != 1.0:
+        raise meta.fail(f"{a}.rope.scaling.attn_factor = {attn} without YaRN or LongRoPE is not supported")
     if "rope_freqs.weight" in f.tensors:
-        info = f.tensors["rope_freqs.weight"]
-        if _padded(info.ne) != _padded((c.head_dim // 2,)) or info.type != "f32":
-            raise meta.fail(f"tensor rope_freqs.weight has ne = {list(info.ne)} and type "
-                            f"{GGML_TYPE_NAMES[info.ggml_type]}, expected [{c.head_dim // 2}] F32")
-        divisors = f.tensor_data("rope_freqs.weight", (c.head_dim // 2,)).astype(np.float32)
-        if not np.all(np.isfinite(divisors) & (divisors > 0)):
-            raise meta.fail("tensor rope_freqs.weight must hold positive finite factors")
-    if factor == 1.0 and divisors is None:
-        return None
-    j = np.arange(0, c.head_dim, 2, dtype=np.float32) / np.float32(c.head_dim)
-    freqs = (np.float32(1.0) / np.float32(c.rope_theta) ** j).astype(np.float32) / np.float32(factor)
-    return (freqs if divisors is None else freqs / divisors).astype(np.float32)
+        return RopeScaling("divisors", factor=factor, divisors=factors("rope_freqs.weight"))
+    return RopeScaling("linear", factor=factor) if factor != 1.0 else None
 
 
 class _Metadata:
@@ -750,26 +822,107 @@ def _llama_config(f: GGUFFile, meta: _Metadata) -> ModelConfig:
     if problem is not None:
         raise meta.fail(problem)
     rope_dims = key("rope.dimension_count", head_dim)
-    if rope_dims != head_dim:
-        raise meta.fail(f"{a}.rope.dimension_count = {rope_dims} differs from the head size {head_dim}: partial "
-                        "rotary embeddings are not supported yet")
+    if rope_dims != head_dim and (a not in NEOX_ARCHITECTURES or rope_dims > head_dim or rope_dims % 2):
+        raise meta.fail(f"{a}.rope.dimension_count = {rope_dims} with head size {head_dim}: partial rotary "
+                        "embeddings are supported for even counts up to the head size of NEOX architectures")
+    n_layers = key("block_count")
     vocab = _vocab_size(f, meta)
     return ModelConfig(
-        dim=dim, hidden_dim=key("feed_forward_length"), n_layers=key("block_count"), n_heads=n_heads,
+        dim=dim, hidden_dim=key("feed_forward_length"), n_layers=n_layers, n_heads=n_heads,
         n_kv_heads=n_kv_heads, head_dim=head_dim, vocab_size=vocab, max_seq_len=key("context_length"),
         rope_theta=meta.number(f"{a}.rope.freq_base", 10000.0),
         norm_eps=meta.number(f"{a}.attention.layer_norm_rms_epsilon"),
-        # GGUF llama files pair adjacent dimensions, as llama2.c does; qwen2 files rotate halves (NEOX)
-        rope_style="halves" if a == "qwen2" else "interleaved")
+        # GGUF llama files pair adjacent dimensions, as llama2.c does (llama.cpp's converter permutes the q/k
+        # rows); the NEOX architectures rotate halves as Hugging Face does
+        rope_style="halves" if a in NEOX_ARCHITECTURES else "interleaved",
+        rope_dim=rope_dims if rope_dims != head_dim else 0, **_family_options(meta, n_layers, dim, n_heads, head_dim))
+
+
+def _family_options(meta: _Metadata, n_layers: int, dim: int, n_heads: int, head_dim: int) -> dict[str, Any]:
+    """The ModelConfig options of the families beyond Llama, as llama.cpp reads (or hard-codes) them."""
+    a = meta.arch
+    windows = _windows(meta, n_layers)
+    out: dict[str, Any] = {"layer_windows": windows} if any(windows) else {}
+
+    def scale(name: str) -> float | None:
+        k = f"{a}.{name}"
+        if not meta.has(k):
+            return None
+        value = meta.number(k)
+        if value > MAX_SCALE:
+            raise meta.fail(f"metadata {k} = {value} is out of range (expected at most {MAX_SCALE:g})")
+        return value
+
+    def softcap(name: str, default: float) -> float:
+        k = f"{a}.{name}"
+        if not meta.has(k):
+            return default
+        if meta.f.value_types[k] not in _FLOAT_TYPES | _INT_TYPES:
+            raise meta.fail(f"metadata {k} must be a number, got {meta.f.value_types[k].name}")
+        value = float(meta.f.metadata[k])
+        if not (math.isfinite(value) and 0 <= value <= MAX_SOFTCAP):
+            raise meta.fail(f"metadata {k} = {value} must be a finite number in 0..{MAX_SOFTCAP:g} (0: no capping)")
+        return value
+
+    if a in GEMMA:
+        # llama.cpp has no key for the query scale of Gemma: 1/sqrt(head_dim), or for the 27B models (their
+        # block counts) 1/sqrt(dim / heads), as query_pre_attn_scalar says; llmrun writes attention.scale for
+        # other values (llama.cpp ignores it)
+        big = n_layers == (46 if a == "gemma2" else 62)
+        attn_scale = scale("attention.scale") or 1.0 / math.sqrt(dim // n_heads if big else head_dim)
+        out.update(ffn_activation="gelu_tanh", embed_scale=float(np.float32(math.sqrt(dim))), attn_scale=attn_scale,
+                   final_softcap=softcap("final_logit_softcapping", 30.0 if a == "gemma2" else 0.0),
+                   attn_softcap=softcap("attn_logit_softcapping", 50.0) if a == "gemma2" else 0.0)
+        theta = meta.number(f"{a}.rope.freq_base", 10000.0)
+        local = meta.number(f"{a}.rope.freq_base_swa", theta if a == "gemma2" else 10000.0)
+        if any(windows) and local != theta:
+            out["rope_theta_local"] = local
+            out["layer_ropes"] = tuple("local" if w else "global" for w in windows)
+    elif a == "smollm3":  # llama.cpp: no RoPE on every fourth layer (hard-coded, as SmolLM3's config)
+        out["layer_ropes"] = tuple("none" if (i + 1) % 4 == 0 else "global" for i in range(n_layers))
+    elif a == "granite":
+        logit = scale("logit_scale")
+        if logit is None:
+            raise meta.fail(f"missing metadata {a}.logit_scale (llama.cpp requires it for granite)")
+        out.update(logit_scale=1.0 / logit, embed_scale=scale("embedding_scale") or 1.0,
+                   residual_scale=scale("residual_scale") or 1.0)
+        attn_scale = scale("attention.scale")
+        if attn_scale is not None:
+            out["attn_scale"] = attn_scale
+        if not meta.boolean(f"{a}.rope.scaling.finetuned", True):  # llama.cpp: Granite's switch for RoPE
+            out["layer_ropes"] = ("none",) * n_layers
+    return out
+
+
+def _windows(meta: _Metadata, n_layers: int) -> tuple[int, ...]:
+    """Each layer's sliding window, as llama.cpp sets them: <arch>.attention.sliding_window (Gemma 2: 4096 when
+    absent; others: none when absent or 0) on the layers that <arch>.attention.sliding_window_pattern marks: an
+    array of one bool per layer, or a period n (layer i slides unless i % n == n - 1; 0: every layer slides;
+    absent: Gemma 2 2, Gemma 3 6, others 0). llama.cpp reads these keys for Gemma only (it disables Phi-3's
+    window); llmrun writes and reads them for the Mistral, Qwen2/3 and Phi-3 windows too, as transformers
+    applies them."""
+    a = meta.arch
+    k = f"{a}.attention.sliding_window"
+    window = meta.integer(k, 0, LIMITS["attention.sliding_window"], 4096 if a == "gemma2" else 0)
+    if window == 0:
+        if a == "gemma2":
+            raise meta.fail(f"metadata {k} = 0: Gemma 2 needs a window")
+        return (0,) * n_layers
+    pk = f"{a}.attention.sliding_window_pattern"
+    if meta.f.value_types.get(pk) == ValueType.ARRAY:
+        flags = meta.f.metadata[pk]
+        if isinstance(flags, (list, StringArray)) or _value_type_of(flags.dtype) not in _INT_TYPES | {ValueType.BOOL}:
+            raise meta.fail(f"metadata {pk} must be an array of bools (one per layer)")
+        if len(flags) != n_layers:
+            raise meta.fail(f"metadata {pk} has {len(flags)} entries for {n_layers} layers (expected one per layer)")
+        return tuple(window if flag else 0 for flag in flags.tolist())
+    n = meta.integer(pk, 0, LIMITS["attention.sliding_window_pattern"], {"gemma2": 2, "gemma3": 6}.get(a, 0))
+    return tuple(window if n == 0 or i % n < n - 1 else 0 for i in range(n_layers))
 
 
 def _refuse_unsupported_features(meta: _Metadata) -> None:
     """Metadata that changes the math in ways llmrun does not implement yet."""
     a = meta.arch
-    scaling = meta.string(f"{a}.rope.scaling.type", "none")
-    if scaling not in ("none", "linear"):
-        factor = meta.f.metadata.get(f"{a}.rope.scaling.factor")
-        raise meta.fail(f"RoPE scaling {a}.rope.scaling.type = {scaling!r} (factor {factor}) is not supported yet")
     if meta.has(f"{a}.expert_count") and meta.integer(f"{a}.expert_count", 0, 1 << 16) > 0:
         raise meta.fail(f"mixture-of-experts models ({a}.expert_count = {meta.f.metadata[f'{a}.expert_count']}) "
                         "are not supported yet")
@@ -788,32 +941,46 @@ def _vocab_size(f: GGUFFile, meta: _Metadata) -> int:
     return embd.ne[1]
 
 
-def _llama_weights(f: GGUFFile, c: ModelConfig, with_biases: bool = False) -> ModelSpec:
-    """Every tensor a Llama (or Qwen2: `with_biases`) model needs, shape- and type-checked, as views of the
-    file."""
+def _llama_weights(f: GGUFFile, c: ModelConfig, arch: str) -> ModelSpec:
+    """Every tensor a model of `arch` needs, shape- and type-checked, as views of the file (phi3's fused
+    attn_qkv and ffn_up as row views: one matrix, read once per product)."""
     # name -> expected ne (GGUF order: innermost first, i.e. (cols, rows))
     expected: dict[str, tuple[int, ...]] = {"token_embd.weight": (c.dim, c.vocab_size), "output_norm.weight": (c.dim,)}
     if "output.weight" in f.tensors:
         expected["output.weight"] = (c.dim, c.vocab_size)
-    if "rope_freqs.weight" in f.tensors:
-        expected["rope_freqs.weight"] = (c.head_dim // 2,)  # read by _rope_freqs
-    bias_ne = {"bq": (c.q_dim,), "bk": (c.kv_dim,), "bv": (c.kv_dim,)}
-    layer_ne = {"attn_norm": (c.dim,), "attn_q": (c.dim, c.q_dim), "attn_k": (c.dim, c.kv_dim),
-                "attn_v": (c.dim, c.kv_dim), "attn_output": (c.q_dim, c.dim), "ffn_norm": (c.dim,),
-                "ffn_gate": (c.dim, c.hidden_dim), "ffn_up": (c.dim, c.hidden_dim), "ffn_down": (c.hidden_dim, c.dim)}
+    for name in ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"):
+        if name in f.tensors:
+            expected[name] = (c.rotary_dim // 2,)  # read by _rope_scaling
+    rows = {"wq": c.q_dim, "wk": c.kv_dim, "wv": c.kv_dim, "w_gate": c.hidden_dim, "w_up": c.hidden_dim}
+    ne = {"attn_norm": (c.dim,), "wq": (c.dim, c.q_dim), "wk": (c.dim, c.kv_dim), "wv": (c.dim, c.kv_dim),
+          "wo": (c.q_dim, c.dim), "ffn_norm": (c.dim,), "w_gate": (c.dim, c.hidden_dim), "w_up": (c.dim, c.hidden_dim),
+          "w_down": (c.hidden_dim, c.dim), "q_norm": (c.head_dim,), "k_norm": (c.head_dim,),
+          "attn_post_norm": (c.dim,), "ffn_post_norm": (c.dim,), "bq": (c.q_dim,), "bk": (c.kv_dim,), "bv": (c.kv_dim,)}
+    # per layer: GGUF name -> the fields it holds (several: a fused matrix, each field a row view of it)
+    layer: dict[str, tuple[str, ...]] = {f"{g}.weight": (ours,) for ours, g in
+                                         {**LAYER_TENSORS, **FAMILY_TENSORS.get(arch, {})}.items()}
+    if arch == "phi3":  # fused gate/up always; q/k/v fused as llama.cpp's converter writes, or apart
+        del layer["ffn_gate.weight"]
+        layer["ffn_up.weight"] = FUSED_TENSORS["ffn_up"]
+        if "blk.0.attn_qkv.weight" in f.tensors:
+            for g in ("attn_q", "attn_k", "attn_v"):
+                del layer[f"{g}.weight"]
+            layer["attn_qkv.weight"] = FUSED_TENSORS["attn_qkv"]
+    if arch == "qwen2":
+        layer.update({f"{BIAS_TENSORS[ours]}.bias": (ours,) for ours in BIAS_TENSORS})
+
+    def layer_ne(fields: tuple[str, ...]) -> tuple[int, ...]:
+        return ne[fields[0]] if len(fields) == 1 else (c.dim, sum(rows[x] for x in fields))
+
     for i in range(c.n_layers):
-        for short, ne in layer_ne.items():
-            expected[f"blk.{i}.{short}.weight"] = ne
-        if with_biases:
-            for ours, ne in bias_ne.items():
-                expected[f"blk.{i}.{BIAS_TENSORS[ours]}.bias"] = ne
+        for g, fields in layer.items():
+            expected[f"blk.{i}.{g}"] = layer_ne(fields)
 
     for name in f.tensors:
         if name not in expected:
             hint = next((h for k, h in _EXTRA_TENSOR_HINTS.items() if k in name), "llmrun does not know what it is for")
-            raise ModelFormatError(f"{f.path}: unexpected tensor {name!r} for a {'qwen2' if with_biases else 'llama'} "
-                                   f"model with "
-                                   f"{c.n_layers} blocks: {hint}")
+            raise ModelFormatError(f"{f.path}: unexpected tensor {name!r} for a {arch} model with {c.n_layers} blocks: "
+                                   f"{hint}")
 
     def tensor(name: str) -> Tensor:
         info = f.tensors.get(name)
@@ -830,9 +997,16 @@ def _llama_weights(f: GGUFFile, c: ModelConfig, with_biases: bool = False) -> Mo
 
     layers = []
     for i in range(c.n_layers):
-        fields = {ours: tensor(f"blk.{i}.{theirs}.weight") for ours, theirs in LAYER_TENSORS.items()}
-        if with_biases:
-            fields.update({ours: tensor(f"blk.{i}.{theirs}.bias") for ours, theirs in BIAS_TENSORS.items()})
+        fields: dict[str, Tensor] = {}
+        for g, ours in layer.items():
+            t = tensor(f"blk.{i}.{g}")
+            start = 0
+            for name in ours:
+                if len(ours) == 1:
+                    fields[name] = t
+                else:  # rows are independent in every type: a row range is a view of the fused matrix
+                    fields[name] = Tensor(t.data[start:start + rows[name]], t.type)
+                    start += rows[name]
         layers.append(LayerWeights(**fields))
     return ModelSpec(path=f.path, format=f"GGUF v{f.version}", config=c, token_embd=tensor("token_embd.weight"),
                      output_norm=tensor("output_norm.weight"),

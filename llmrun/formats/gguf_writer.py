@@ -1,4 +1,10 @@
-"""Writes a ModelSpec as a GGUF v3 file (architecture `llama`) that llama.cpp and the `gguf` package read.
+"""Writes a ModelSpec as a GGUF v3 file that llama.cpp and the `gguf` package read, under its family's llama.cpp
+architecture (llama for Llama and Mistral, qwen2 for any model with q/k/v biases, qwen3, gemma2, gemma3, phi3,
+smollm3, granite), tensor names and keys (family_metadata): Phi-3's q/k/v and gate/up written fused, RoPE
+scaling as llama.cpp's keys and tensors (linear and YaRN keys, Llama 3.1's as per-pair divisors in rope_freqs,
+LongRoPE's factors). An option the architecture has no key for is refused (ValueError), except: Gemma's
+query scale when it differs from llama.cpp's rule and the sliding windows of llama/qwen2/qwen3/phi3 files,
+written as keys that llmrun reads and llama.cpp ignores.
 
 Layout (docs/gguf.md in ggml): a header (magic "GGUF", version 3, tensor count, metadata count), the
 metadata key/value pairs, one info record per tensor (name, dimensions innermost first, ggml type, offset
@@ -13,6 +19,7 @@ input file is safe: its memory map keeps the old data).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import struct
@@ -26,9 +33,21 @@ import numpy as np
 
 from ..presets import ModelShape, Preset, find_preset, tensor_type
 from ..quantize import CHUNK_VALUES, convert_rows
-from ..spec import TENSOR_TYPES, ModelSpec, Tensor
+from ..rope import rope_divisors, rope_tables, yarn_mscale
+from ..spec import TENSOR_TYPES, LayerWeights, ModelSpec, Tensor
 from ..tokenizer import BPETokenizer, SentencePieceTokenizer, Tokenizer, TokenType
-from .gguf import FIXED_DTYPES, LAYER_TENSORS, SUPPORTED_GGML_TYPES, StringArray, ValueType
+from .gguf import (
+    ARCHITECTURES,
+    FAMILY_TENSORS,
+    FIXED_DTYPES,
+    FUSED_TENSORS,
+    GEMMA,
+    LAYER_TENSORS,
+    NEOX_ARCHITECTURES,
+    SUPPORTED_GGML_TYPES,
+    StringArray,
+    ValueType,
+)
 
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSION = 3
@@ -109,10 +128,11 @@ class TensorPlan:
     is_vector: bool  # GGUF dims (cols,) instead of (cols, rows)
     row_order: np.ndarray | None = None  # rows of `source` to write, in this order (None: as they are)
     offset: int = 0  # from the start of the data section
+    parts: tuple[Tensor, ...] = ()  # a fused tensor: these matrices' rows one after the other (source: the first)
 
     @property
     def rows(self) -> int:
-        return self.source.shape[0]
+        return sum(p.shape[0] for p in self.parts) if self.parts else self.source.shape[0]
 
     @property
     def cols(self) -> int:
@@ -137,6 +157,12 @@ class TensorPlan:
             raise ValueError(f"tensor {self.name}: {e}") from None
 
     def _chunks(self) -> Iterable[np.ndarray]:
+        if self.parts:
+            for part in self.parts:
+                if part.type != self.source.type or part.shape[1] != self.cols:
+                    raise ValueError("the parts of a fused tensor must share their type and width")
+                yield from convert_rows(part, self.type)
+            return
         if self.row_order is None:
             yield from convert_rows(self.source, self.type)
             return
@@ -201,9 +227,11 @@ def _write_tensor(f: BinaryIO, plan: TensorPlan) -> None:
     f.write(bytes(_pad(written)))
 
 
-# --- a ModelSpec as a llama GGUF ------------------------------------------------------------------------
+# --- a ModelSpec as a GGUF of its llama.cpp architecture ------------------------------------------------
 
-NORMS = ("attn_norm", "ffn_norm")
+NORMS = ("attn_norm", "ffn_norm", "q_norm", "k_norm", "attn_post_norm", "ffn_post_norm")
+# llama.cpp architectures that take a rope_freqs tensor (the others' graphs pass no frequency factors)
+ROPE_FREQS_ARCHITECTURES = ("llama", "granite", "phi3")
 
 
 def plan_tensors(spec: ModelSpec, wanted: str) -> list[TensorPlan]:
@@ -215,52 +243,85 @@ def plan_tensors(spec: ModelSpec, wanted: str) -> list[TensorPlan]:
     cfg = spec.config
     arch = gguf_architecture(spec)
     shape = ModelShape(cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, tied=spec.output is None, architecture=arch)
-    # GGUF `llama` pairs adjacent dimensions in RoPE; Hugging Face weights rotate halves. Reordering the rows
-    # of wq and wk within each head turns one into the other (llama.cpp's convert_hf_to_gguf permute).
-    # GGUF `qwen2` rotates halves itself (NEOX): nothing to reorder.
-    qk_order = _halves_to_interleaved(cfg.head_dim) if cfg.rope_style == "halves" and arch == "llama" else None
+    # GGUF `llama` (and smollm3, granite) pairs adjacent dimensions in RoPE; Hugging Face weights rotate halves.
+    # Reordering the rows of wq and wk within each head turns one into the other (llama.cpp's
+    # convert_hf_to_gguf permute). The NEOX architectures rotate halves themselves: nothing to reorder.
+    qk_order = (_halves_to_interleaved(cfg.head_dim) if cfg.rope_style == "halves" and arch not in NEOX_ARCHITECTURES
+                else None)
 
-    def plan(name: str, tensor: Tensor, is_norm: bool = False, rotate: bool = False) -> TensorPlan:
+    def plan(name: str, tensor: Tensor, is_norm: bool = False, rotate: bool = False,
+             parts: tuple[Tensor, ...] = ()) -> TensorPlan:
         order = None
         if rotate and qk_order is not None:
             order = (np.arange(tensor.shape[0]).reshape(-1, cfg.head_dim)[:, qk_order]).ravel()
-        ttype = "f32" if is_norm else tensor_type(preset, name, tensor.shape[1], shape)
-        return TensorPlan(name, tensor, ttype, is_vector=is_norm, row_order=order)
+        cols = tensor.shape[1]
+        ttype = "f32" if is_norm else tensor_type(preset, name, cols, shape)
+        return TensorPlan(name, tensor, ttype, is_vector=is_norm, row_order=order, parts=parts)
 
     plans = [plan("token_embd.weight", spec.token_embd)]
-    if spec.rope_freqs is not None:  # llama.cpp's form: per-pair divisors of the plain RoPE frequencies
-        plans.append(plan("rope_freqs.weight", Tensor(rope_divisors(spec)), is_norm=True))
+    plans += _rope_tensor_plans(spec, arch, plan)
+    names = {**LAYER_TENSORS, **FAMILY_TENSORS.get(arch, {})}
     for i, layer in enumerate(spec.layers):
-        for field, gguf_name in LAYER_TENSORS.items():
-            plans.append(plan(f"blk.{i}.{gguf_name}.weight", getattr(layer, field), is_norm=field in NORMS,
+        for field, gguf_name in names.items():
+            if arch == "phi3" and field in ("wq", "wk", "wv", "w_gate", "w_up"):
+                fused = "attn_qkv" if field == "wq" else "ffn_up" if field == "w_gate" else None
+                if fused is not None:  # written fused, as llama.cpp's converter does
+                    parts = tuple(getattr(layer, f) for f in FUSED_TENSORS[fused])
+                    plans.append(plan(f"blk.{i}.{fused}.weight", parts[0], parts=parts))
+                continue
+            tensor = getattr(layer, field)
+            if tensor is None:
+                raise ValueError(f"layer {i} has no {field}, which a GGUF {arch} needs")
+            plans.append(plan(f"blk.{i}.{gguf_name}.weight", tensor, is_norm=field in NORMS,
                               rotate=field in ("wq", "wk")))
             bias = getattr(layer, BIAS_FIELDS.get(field, ""), None)
             if bias is not None:
                 plans.append(plan(f"blk.{i}.{gguf_name}.bias", bias, is_norm=True))
+        extra = [f for f in LayerWeights.OPTIONAL if getattr(layer, f) is not None and f not in names
+                 and f not in BIAS_FIELDS.values()]
+        if extra:
+            raise ValueError(f"layer {i} has {', '.join(extra)}, which a GGUF {arch} has no tensor for")
     plans.append(plan("output_norm.weight", spec.output_norm, is_norm=True))
     if spec.output is not None:
         plans.append(plan("output.weight", spec.output))
     return plans
 
 
+def _rope_tensor_plans(spec: ModelSpec, arch: str, plan: Callable[..., TensorPlan]) -> list[TensorPlan]:
+    """llama.cpp's RoPE tensors for spec.rope_scaling: per-pair divisors (`rope_freqs`, Llama 3.1's scaling)
+    or Phi-3's LongRoPE factors."""
+    s = spec.rope_scaling
+    if s is None or s.kind in ("linear", "yarn"):  # keys only (model_metadata)
+        return []
+    if s.kind == "longrope":
+        if arch not in ROPE_FREQS_ARCHITECTURES:
+            raise ValueError(f"LongRoPE cannot be written as GGUF {arch}: llama.cpp applies its factors for "
+                             f"{', '.join(ROPE_FREQS_ARCHITECTURES)} only")
+        return [plan(f"rope_factors_{k}.weight", Tensor(np.asarray(v, dtype=np.float32)), is_norm=True)
+                for k, v in (("long", s.long_factor), ("short", s.short_factor))]
+    if arch not in ROPE_FREQS_ARCHITECTURES:
+        raise ValueError(f"RoPE scaling {s.kind} cannot be written as GGUF {arch}: llama.cpp takes per-pair "
+                         f"frequency divisors for {', '.join(ROPE_FREQS_ARCHITECTURES)} only")
+    return [plan("rope_freqs.weight", Tensor(rope_divisors(spec, spec.config.max_seq_len)), is_norm=True)]
+
+
 BIAS_FIELDS = {"wq": "bq", "wk": "bk", "wv": "bv"}
+# llmrun architectures (ModelSpec.architecture) written under another llama.cpp name
+_GGUF_NAMES = {"mistral": "llama"}
 
 
 def gguf_architecture(spec: ModelSpec) -> str:
-    """general.architecture for `spec`: "qwen2" for models with q/k/v biases, else "llama"."""
+    """general.architecture for `spec`: its family's llama.cpp name ("qwen2" for any model with q/k/v biases,
+    "llama" for Llama and Mistral)."""
     if spec.architecture == "qwen2" or any(layer.bq is not None for layer in spec.layers):
-        if spec.config.rope_style != "halves":
-            raise ValueError("a model with q/k/v biases is written as GGUF qwen2, which rotates halves")
-        return "qwen2"
-    return "llama"
-
-
-def rope_divisors(spec: ModelSpec) -> np.ndarray:
-    """spec.rope_freqs as the factors that divide plain RoPE's frequencies (GGUF `rope_freqs.weight`)."""
-    cfg = spec.config
-    j = np.arange(0, cfg.head_dim, 2, dtype=np.float32) / np.float32(cfg.head_dim)
-    plain = (np.float32(1.0) / np.float32(cfg.rope_theta) ** j).astype(np.float32)
-    return (plain / np.asarray(spec.rope_freqs, dtype=np.float32)).astype(np.float32)
+        arch = "qwen2"
+    else:
+        arch = _GGUF_NAMES.get(spec.architecture, spec.architecture)
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"no GGUF architecture for a {spec.architecture} model")
+    if arch in NEOX_ARCHITECTURES and spec.config.rope_style != "halves":
+        raise ValueError(f"GGUF {arch} rotates halves in RoPE; this model pairs adjacent dimensions")
+    return arch
 
 
 def _halves_to_interleaved(head_dim: int) -> np.ndarray:
@@ -270,7 +331,7 @@ def _halves_to_interleaved(head_dim: int) -> np.ndarray:
 
 
 def model_metadata(spec: ModelSpec, wanted: str, tokenizer: Tokenizer | None, name: str) -> list[Metadata]:
-    """general.*, llama.* and (with a tokenizer) tokenizer.ggml.* metadata for `spec`."""
+    """general.*, <arch>.* and (with a tokenizer) tokenizer.ggml.* metadata for `spec`."""
     cfg = spec.config
     u32, f32 = ValueType.UINT32, ValueType.FLOAT32
     a = gguf_architecture(spec)
@@ -285,7 +346,7 @@ def model_metadata(spec: ModelSpec, wanted: str, tokenizer: Tokenizer | None, na
         Metadata(f"{a}.feed_forward_length", u32, cfg.hidden_dim),
         Metadata(f"{a}.attention.head_count", u32, cfg.n_heads),
         Metadata(f"{a}.attention.head_count_kv", u32, cfg.n_kv_heads),
-        Metadata(f"{a}.rope.dimension_count", u32, cfg.head_dim),
+        Metadata(f"{a}.rope.dimension_count", u32, cfg.rotary_dim),
         Metadata(f"{a}.attention.layer_norm_rms_epsilon", f32, cfg.norm_eps),
         Metadata(f"{a}.rope.freq_base", f32, cfg.rope_theta),
         Metadata(f"{a}.vocab_size", u32, cfg.vocab_size),
@@ -293,6 +354,7 @@ def model_metadata(spec: ModelSpec, wanted: str, tokenizer: Tokenizer | None, na
     if cfg.head_dim * cfg.n_heads != cfg.dim:  # llama.cpp assumes dim / n_heads unless told
         items += [Metadata(f"{a}.attention.key_length", u32, cfg.head_dim),
                   Metadata(f"{a}.attention.value_length", u32, cfg.head_dim)]
+    items += _rope_scaling_metadata(spec, a) + family_metadata(spec, a)
     if TENSOR_TYPES[preset.base].block_elems > 1:
         items.append(Metadata("general.quantization_version", u32, QUANTIZATION_VERSION))
     if isinstance(tokenizer, BPETokenizer):
@@ -305,6 +367,100 @@ def model_metadata(spec: ModelSpec, wanted: str, tokenizer: Tokenizer | None, na
         eot = [i for i in spec.eog_token_ids if i != tokenizer.eos_id]
         if eot:  # GGUF has no list of end-of-generation ids: the first other one is the end of a turn
             items.append(Metadata("tokenizer.ggml.eot_token_id", u32, eot[0]))
+    return items
+
+
+def _rope_scaling_metadata(spec: ModelSpec, a: str) -> list[Metadata]:
+    """<arch>.rope.scaling.* for spec.rope_scaling, as llama.cpp reads them (its tensors: _rope_tensor_plans)."""
+    s = spec.rope_scaling
+    f32, u32 = ValueType.FLOAT32, ValueType.UINT32
+    if s is None or s.kind in ("llama3", "divisors"):
+        return []
+    if s.kind == "linear":
+        return [Metadata(f"{a}.rope.scaling.type", ValueType.STRING, "linear"),
+                Metadata(f"{a}.rope.scaling.factor", f32, s.factor)]
+    orig = Metadata(f"{a}.rope.scaling.original_context_length", u32, s.original_context)
+    _, attn = rope_tables(spec, spec.config.max_seq_len)
+    if s.kind == "longrope":  # llama.cpp multiplies cos and sin by rope.scaling.attn_factor
+        return [orig, Metadata(f"{a}.rope.scaling.attn_factor", f32, attn)]
+    if not s.truncate:
+        raise ValueError("YaRN without truncation (truncate = false) cannot be written as GGUF: llama.cpp always "
+                         "rounds the correction range")
+    items = [Metadata(f"{a}.rope.scaling.type", ValueType.STRING, "yarn"),
+             Metadata(f"{a}.rope.scaling.factor", f32, s.factor), orig]
+    # llama.cpp multiplies cos and sin by (0.1 ln(factor) + 1) * rope.scaling.attn_factor
+    if attn != yarn_mscale(s.factor):
+        items.append(Metadata(f"{a}.rope.scaling.attn_factor", f32, attn / yarn_mscale(s.factor)))
+    if (s.beta_fast, s.beta_slow) != (32.0, 1.0):  # llama.cpp reads them for some architectures only
+        items += [Metadata(f"{a}.rope.scaling.yarn_beta_fast", f32, s.beta_fast),
+                  Metadata(f"{a}.rope.scaling.yarn_beta_slow", f32, s.beta_slow)]
+    return items
+
+
+def family_metadata(spec: ModelSpec, a: str) -> list[Metadata]:
+    """The keys of the family options (soft-caps, windows, scales ...) under llama.cpp's names; a ValueError
+    for an option GGUF `a` cannot say."""
+    cfg = spec.config
+    f32, u32 = ValueType.FLOAT32, ValueType.UINT32
+    items: list[Metadata] = []
+    ropes = cfg.layer_ropes or ("global",) * cfg.n_layers
+    windows = cfg.layer_windows or (0,) * cfg.n_layers
+    if any(windows):
+        sizes = {w for w in windows if w}
+        if len(sizes) > 1:
+            raise ValueError(f"layers with different sliding windows ({sorted(sizes)}) cannot be written as GGUF")
+        items += [Metadata(f"{a}.attention.sliding_window", u32, sizes.pop()),
+                  Metadata(f"{a}.attention.sliding_window_pattern", ValueType.ARRAY, [bool(w) for w in windows],
+                           ValueType.BOOL)]
+    elif a == "gemma3" or a == "phi3":
+        items.append(Metadata(f"{a}.attention.sliding_window", u32, 0))
+    elif a == "gemma2":
+        raise ValueError("a Gemma 2 model without sliding windows cannot be written as GGUF gemma2")
+    if a in GEMMA:
+        if cfg.ffn_activation != "gelu_tanh":
+            raise ValueError(f"GGUF {a} computes GeGLU; this model's feed-forward is {cfg.ffn_activation}")
+        big = cfg.n_layers == (46 if a == "gemma2" else 62)
+        llama_cpp_scale = 1.0 / math.sqrt(cfg.dim // cfg.n_heads if big else cfg.head_dim)
+        if cfg.attn_scale is not None and not math.isclose(cfg.attn_scale, llama_cpp_scale, rel_tol=1e-6):
+            # llama.cpp ignores this key for Gemma (its rule is llama_cpp_scale); llmrun reads it
+            items.append(Metadata(f"{a}.attention.scale", f32, cfg.attn_scale))
+        if cfg.final_softcap or a == "gemma2":
+            items.append(Metadata(f"{a}.final_logit_softcapping", f32, cfg.final_softcap))
+        if a == "gemma2":
+            if not cfg.attn_softcap:
+                raise ValueError("llama.cpp's gemma2 always soft-caps attention; this model does not")
+            items.append(Metadata(f"{a}.attn_logit_softcapping", f32, cfg.attn_softcap))
+        elif cfg.attn_softcap:
+            raise ValueError("llama.cpp's gemma3 has no attention soft-capping")
+        if "local" in ropes:
+            if tuple(ropes) != tuple("local" if w else "global" for w in windows):
+                raise ValueError("GGUF gemma models use the local RoPE base exactly on the sliding-window layers")
+            items.append(Metadata(f"{a}.rope.freq_base_swa", f32, cfg.rope_theta_local))
+        elif a == "gemma3" and any(windows):  # llama.cpp's default local base is 10000
+            items.append(Metadata(f"{a}.rope.freq_base_swa", f32, cfg.rope_theta))
+        return items
+    if a == "granite":
+        items += [Metadata(f"{a}.logit_scale", f32, 1.0 / cfg.logit_scale),
+                  Metadata(f"{a}.embedding_scale", f32, cfg.embed_scale),
+                  Metadata(f"{a}.residual_scale", f32, cfg.residual_scale),
+                  Metadata(f"{a}.attention.scale", f32,
+                           cfg.attn_scale if cfg.attn_scale is not None else cfg.head_dim ** -0.5)]
+        if set(ropes) == {"none"}:
+            items.append(Metadata(f"{a}.rope.scaling.finetuned", ValueType.BOOL, False))
+            ropes = ("global",) * cfg.n_layers
+    expected_ropes = tuple("none" if a == "smollm3" and (i + 1) % 4 == 0 else "global" for i in range(cfg.n_layers))
+    if tuple(ropes) != expected_ropes:
+        raise ValueError(f"GGUF {a} cannot say which layers go without RoPE (llama.cpp: "
+                         f"{'every fourth' if a == 'smollm3' else 'none'}); this model: {list(ropes)}")
+    unsaid = [name for name, value, default in (
+        ("ffn_activation", cfg.ffn_activation, "silu"), ("attn_softcap", cfg.attn_softcap, 0.0),
+        ("final_softcap", cfg.final_softcap, 0.0)) if value != default]
+    if a != "granite":
+        unsaid += [name for name, value, default in (
+            ("embed_scale", cfg.embed_scale, 1.0), ("residual_scale", cfg.residual_scale, 1.0),
+            ("logit_scale", cfg.logit_scale, 1.0), ("attn_scale", cfg.attn_scale, None)) if value != default]
+    if unsaid:
+        raise ValueError(f"GGUF {a} has no key for this model's {', '.join(unsaid)}")
     return items
 
 
@@ -414,13 +570,17 @@ def carried_metadata(spec: ModelSpec, generated: Iterable[str], keep_tokenizer: 
     """The metadata of a GGUF input that its converted copy keeps: every key write_model does not write
     itself (chat template, merges, pre-tokenizer, special ids, general.* facts ...), each with the value
     type it had (llama.cpp checks key types), except STALE_KEYS and, unless `keep_tokenizer`, tokenizer.*.
+    The source's `<arch>.*` hyperparameters are not carried: model_metadata writes them from the spec.
     Nested arrays are dropped: no Llama metadata uses them and their item types are not kept by the reader.
     Nothing for other formats (their spec has no metadata)."""
     value_types = spec.metadata_types  # as the reader found them: no second parse of the input
     skip = set(generated) | STALE_KEYS
+    # the model's hyperparameters come from the spec alone: an old key the writer does not repeat (a YaRN
+    # yarn_attn_factor folded into rope.scaling.attn_factor, a window pattern as a number) would say it twice
+    arch = spec.metadata.get("general.architecture")
     items = []
     for key, value in spec.metadata.items():
-        if key in skip or (key.startswith("tokenizer.") and not keep_tokenizer):
+        if key in skip or (key.startswith("tokenizer.") and not keep_tokenizer) or key.startswith(f"{arch}."):
             continue
         vtype = ValueType(value_types[key])
         if vtype != ValueType.ARRAY:
@@ -442,7 +602,7 @@ _ITEM_TYPES = {"u1": ValueType.UINT8, "i1": ValueType.INT8, "u2": ValueType.UINT
 def write_model(path: str | os.PathLike, spec: ModelSpec, wanted: str, tokenizer: object | None = None,
                 name: str | None = None, on_tensor: Callable[[int, int, TensorPlan], None] | None = None
                 ) -> list[TensorPlan]:
-    """Writes `spec` as a `llama` (or, with q/k/v biases, `qwen2`) GGUF with its matrices in preset `wanted`
+    """Writes `spec` as a GGUF of its family (gguf_architecture) with its matrices in preset `wanted`
     (llmrun.presets.PRESETS: F32, F16, BF16, Q8_0, Q4_0, Q4_K_M ..., any case; each matrix gets the type
     llama-quantize gives it). Returns the tensor plans (names, types, sizes) in file order.
 

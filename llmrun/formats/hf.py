@@ -2,16 +2,29 @@
 generation_config.json, chat_template.jinja).
 
 Architectures (config.json `architectures`): LlamaForCausalLM (Llama 2/3/3.1/3.2, TinyLlama, SmolLM),
-MistralForCausalLM and Qwen2ForCausalLM (q/k/v biases). Anything else is refused by name.
+MistralForCausalLM, Qwen2ForCausalLM (q/k/v biases), Qwen3ForCausalLM (q/k norms), Gemma2ForCausalLM,
+Gemma3ForCausalLM (and the text model of Gemma3ForConditionalGeneration: its vision tower is left out),
+Phi3ForCausalLM (Phi-3, Phi-3.5, Phi-4-mini), SmolLM3ForCausalLM and
+GraniteForCausalLM. Anything else is refused by name (mixtures of experts, vision models, Gemma 3n ...).
 
 Hyperparameters as transformers 4.x writes them (`rope_theta`, `rope_scaling` at the top level, whose kind
-is `rope_type` or the older `type`) and as 5.x does (`rope_parameters` holding both). RoPE scaling
-"default"/absent, "linear" (every frequency divided by `factor`) and "llama3" (transformers'
-`_compute_llama3_parameters`: long wavelengths divided by `factor`, short ones kept, a smooth blend
-between) become `spec.rope_freqs`; any other kind is refused. Hugging Face checkpoints rotate the two halves
-of each head (rope_style "halves"); tied embeddings leave `spec.output` None. Mistral's and Qwen2's
-sliding-window attention is recorded as `spec.sliding_window`: `llmrun.load` refuses a context longer than
-the window, since llmrun attends to the whole context.
+is `rope_type` or the older `type`; Gemma 3's `rope_local_base_freq`, `sliding_window_pattern`) and as 5.x
+does (`rope_parameters` holding both, per layer type for Gemma 3; `layer_types`). RoPE scaling "linear",
+"llama3", "yarn" and "longrope" become a spec.RopeScaling (llmrun/rope.py computes the numbers); any other
+kind is refused naming it. Hugging Face checkpoints rotate the two halves of each head (rope_style
+"halves"); tied embeddings leave `spec.output` None.
+
+What each family sets in the ModelConfig (transformers' modeling files are the reference):
+- Gemma 2/3: norms (1 + w) -- the reader adds the 1, every norm, q/k norms included --, embeddings times
+  sqrt(hidden_size) (in the checkpoint's dtype), q.k times query_pre_attn_scalar^-1/2, GeGLU with tanh GELU,
+  norms after the attention and feed-forward blocks, soft-capping (Gemma 2), sliding windows on the
+  sliding_attention layers (Gemma 2: the even ones; Gemma 3: five of every six), Gemma 3's local RoPE base
+  on those layers and q/k norms.
+- Qwen3: q/k norms. Phi-3: the fused qkv_proj and gate_up_proj become row views (no copy), partial rotary,
+  LongRoPE, a sliding window on every layer. SmolLM3: no RoPE where no_rope_layers says 0. Granite: the
+  embedding, attention, residual and logit multipliers.
+- Sliding windows (Mistral, Qwen2/3 use_sliding_window, Phi-3, Gemma) become config.layer_windows; they
+  do not limit the context.
 
 Weights: f32, f16 and bf16 matrices are used in place (memory maps); norms and biases become f32. With
 `quantize` the matrices are converted at load time into GGUF block layouts (q8_0, q4_0; rows that are not
@@ -22,29 +35,48 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import ModelFormatError, TokenizerError
-from ..quantize import convert_rows, dequantize
-from ..spec import TENSOR_TYPES, LayerWeights, ModelConfig, ModelSpec, Tensor, attention_shape_problem
+from ..quantize import convert_rows, dequantize, f32_to_bf16
+from ..spec import TENSOR_TYPES, LayerWeights, ModelConfig, ModelSpec, RopeScaling, Tensor, attention_shape_problem
 from .hf_tokenizer import load_folder_tokenizer, read_json
-from .safetensors import SafetensorsSet
+from .safetensors import SafetensorsSet, TensorEntry
 
-ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
+                 "Qwen3ForCausalLM": "qwen3", "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3",
+                 "Phi3ForCausalLM": "phi3", "SmolLM3ForCausalLM": "smollm3", "GraniteForCausalLM": "granite"}
+# Architectures people try that llmrun does not run, and why (anything else: "not supported").
+REFUSED = {
+    "Gemma3nForConditionalGeneration": "Gemma 3n (per-layer embeddings, AltUp and vision/audio towers)",
+    "Gemma3nForCausalLM": "Gemma 3n (per-layer embeddings and AltUp)",
+    "Phi3VForCausalLM": "a Phi-3 vision model", "Phi4MMForCausalLM": "Phi-4-multimodal",
+    "Mistral3ForConditionalGeneration": "a vision-language model", "LlavaForConditionalGeneration": "a vision model",
+}
+GEMMA = ("gemma2", "gemma3")
 QUANTIZE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 # Generous bounds: they reject garbage before any size arithmetic, not real models.
 LIMITS = {"hidden_size": 1 << 16, "intermediate_size": 1 << 20, "num_hidden_layers": 1 << 10,
           "num_attention_heads": 1 << 12, "num_key_value_heads": 1 << 12, "head_dim": 1 << 12,
-          "vocab_size": 1 << 22, "max_position_embeddings": (1 << 31) - 1}
-# Our layer fields -> Hugging Face names inside `model.layers.N.`
+          "vocab_size": 1 << 22, "max_position_embeddings": (1 << 31) - 1, "sliding_window": (1 << 31) - 1,
+          "original_max_position_embeddings": (1 << 31) - 1, "max_window_layers": 1 << 10,
+          "sliding_window_pattern": 1 << 10, "no_rope_layer_interval": 1 << 10}
+# Our layer fields -> Hugging Face names inside `model.layers.N.` (Llama's; FAMILY_NAMES overrides)
 LAYER_NAMES = {"attn_norm": "input_layernorm", "wq": "self_attn.q_proj", "wk": "self_attn.k_proj",
                "wv": "self_attn.v_proj", "wo": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
                "w_gate": "mlp.gate_proj", "w_down": "mlp.down_proj", "w_up": "mlp.up_proj"}
+_GEMMA_NAMES = {**LAYER_NAMES, "attn_post_norm": "post_attention_layernorm", "ffn_norm": "pre_feedforward_layernorm",
+                "ffn_post_norm": "post_feedforward_layernorm"}
+_QK_NORMS = {"q_norm": "self_attn.q_norm", "k_norm": "self_attn.k_norm"}
+FAMILY_NAMES = {"gemma2": _GEMMA_NAMES, "gemma3": {**_GEMMA_NAMES, **_QK_NORMS}, "qwen3": {**LAYER_NAMES, **_QK_NORMS}}
 BIAS_NAMES = {"bq": "self_attn.q_proj", "bk": "self_attn.k_proj", "bv": "self_attn.v_proj"}
+# Phi-3's fused projections: the fused matrix, and the fields that are row views of it, in row order
+FUSED = {"self_attn.qkv_proj": ("wq", "wk", "wv"), "mlp.gate_up_proj": ("w_gate", "w_up")}
+NORM_FIELDS = ("attn_norm", "ffn_norm", "attn_post_norm", "ffn_post_norm", "q_norm", "k_norm")
 
 Progress = Callable[[int, int, str], None]  # (tensors done, tensors in all, name of the tensor just done)
 
@@ -72,165 +104,395 @@ def load_hf(folder: str | os.PathLike, quantize: str | None = None, progress: Pr
         raise ModelFormatError(str(e)) from None
     if not isinstance(raw, dict):
         raise ModelFormatError(f"{config_path}: must be a JSON object")
-    arch, config, window = parse_config(config_path, raw)
-    weights = SafetensorsSet(folder)
+    weights: SafetensorsSet | _TextWeights = SafetensorsSet(folder)
+    if raw.get("architectures") == ["Gemma3ForConditionalGeneration"]:  # a Gemma 3 with vision: its text model
+        raw, weights = _text_config(config_path, raw), _TextWeights(weights)
+    arch, config, scaling = parse_config(config_path, raw)
     spec = _build(folder, weights, config, raw, arch, quantize, progress)
-    spec.rope_freqs = rope_frequencies(config_path, raw, config.head_dim, config.rope_theta)
-    spec.architecture, spec.name, spec.sliding_window = arch, folder.name, window
+    spec.rope_scaling = scaling
+    spec.architecture, spec.name = arch, folder.name
     load_folder_tokenizer(folder, spec)
     return spec
+
+
+# Gemma3ForConditionalGeneration (gemma-3-4b-it and larger: text and vision): llmrun runs its text model,
+# Gemma3ForCausalLM under other tensor names, and leaves the vision tower and its projector out.
+_TEXT_PREFIXES = (("model.language_model.", "model."), ("language_model.model.", "model."),
+                  ("language_model.lm_head.", "lm_head."))
+_VISION_PREFIXES = ("vision_tower.", "model.vision_tower.", "multi_modal_projector.", "model.multi_modal_projector.")
+
+
+def _text_config(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """A Gemma3ForConditionalGeneration config.json's text_config as a Gemma3ForCausalLM config (the dtype and
+    tied embeddings are said at the top level)."""
+    text = raw.get("text_config")
+    if not isinstance(text, dict):
+        raise ModelFormatError(f"{path}: a Gemma3ForConditionalGeneration config needs a text_config object, got "
+                               f"{_short(text)}")
+    inherited = {k: raw[k] for k in ("dtype", "torch_dtype", "tie_word_embeddings") if k in raw and k not in text}
+    return {**text, **inherited, "architectures": ["Gemma3ForCausalLM"]}
+
+
+class _TextWeights(Mapping[str, TensorEntry]):
+    """The text model's tensors of a Gemma3ForConditionalGeneration folder, under Gemma3ForCausalLM's names."""
+
+    def __init__(self, weights: SafetensorsSet) -> None:
+        self._weights = weights
+        self._names: dict[str, str] = {}  # our name -> the file's
+        for name in weights:
+            if name.startswith(_VISION_PREFIXES):
+                continue
+            ours = next((new + name[len(old):] for old, new in _TEXT_PREFIXES if name.startswith(old)), name)
+            self._names[ours] = name
+
+    def __getitem__(self, name: str) -> TensorEntry:
+        return self._weights[self._names[name]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def array(self, name: str) -> np.ndarray:
+        return self._weights.array(self._names[name])
+
+    @property
+    def file_size(self) -> int:
+        return self._weights.file_size
 
 
 # ------------------------------------------------------------------------------------------------
 # config.json
 # ------------------------------------------------------------------------------------------------
 
-def parse_config(path: Path, raw: dict[str, Any]) -> tuple[str, ModelConfig, int | None]:
-    """The architecture, ModelConfig and sliding attention window (None: attention to the whole context) of
-    a config.json."""
-    def fail(message: str) -> ModelFormatError:
-        return ModelFormatError(f"{path}: {message}")
+class _Config:
+    """Checked reads of config.json's values, each failure naming the file, key and value."""
 
-    archs = raw.get("architectures")
-    if not isinstance(archs, list) or len(archs) != 1 or not isinstance(archs[0], str):
-        raise fail(f"architectures must name one architecture, got {archs!r}")
-    if archs[0] not in ARCHITECTURES:
-        raise fail(f"architecture {archs[0]!r} is not supported (llmrun runs {', '.join(ARCHITECTURES)})")
-    arch = ARCHITECTURES[archs[0]]
+    def __init__(self, path: Path, raw: dict[str, Any]) -> None:
+        self.path, self.raw = path, raw
 
-    def integer(key: str, default: int | None = None) -> int:
-        value = raw.get(key, default)
+    def fail(self, message: str) -> ModelFormatError:
+        return ModelFormatError(f"{self.path}: {message}")
+
+    def integer(self, key: str, default: int | None = None, source: dict[str, Any] | None = None) -> int:
+        value = (self.raw if source is None else source).get(key, default)
         if value is None:
             if default is None:
-                raise fail(f"missing {key}")
+                raise self.fail(f"missing {key}")
             value = default
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= LIMITS[key]:
-            raise fail(f"{key} = {value!r} must be an integer in 1..{LIMITS[key]}")
+            raise self.fail(f"{key} = {value!r} must be an integer in 1..{LIMITS[key]}")
         return value
 
-    def number(key: str, default: float, params: dict[str, Any] | None = None) -> float:
-        source = params if params is not None and key in params else raw
-        value = source.get(key, default)
+    def number(self, key: str, default: float | None, source: dict[str, Any] | None = None, what: str = ""
+               ) -> float | None:
+        """A positive finite number from `source` (rope parameters), else from the top level of config.json
+        (transformers 4.x keeps rope_theta there); `default` where the key is absent or null."""
+        value = (source if source is not None and key in source else self.raw).get(key)
         if value is None:
-            value = default
+            return default
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (_finite(value) and value > 0):
-            raise fail(f"{key} = {value!r} must be a positive number")
+            raise self.fail(f"{what}{key} = {value!r} must be a positive number")
         return float(value)
 
-    act = raw.get("hidden_act", "silu")
-    if act not in ("silu", "swish"):
-        raise fail(f"hidden_act = {act!r} is not supported (llmrun's feed-forward is SwiGLU: silu)")
-    if raw.get("mlp_bias"):
-        raise fail("mlp_bias = true is not supported (feed-forward biases)")
-    if arch != "qwen2" and raw.get("attention_bias"):
-        raise fail("attention_bias = true is not supported for this architecture (it adds an output bias too)")
-    dim = integer("hidden_size")
-    n_heads = integer("num_attention_heads")
-    n_kv_heads = integer("num_key_value_heads", n_heads)
+    def positive(self, key: str, default: float, source: dict[str, Any] | None = None, what: str = "") -> float:
+        value = self.number(key, default, source, what)
+        assert value is not None
+        return value
+
+
+def parse_config(path: Path, raw: dict[str, Any]) -> tuple[str, ModelConfig, RopeScaling | None]:
+    """The architecture, ModelConfig and RoPE scaling of a config.json."""
+    cfg = _Config(path, raw)
+    archs = raw.get("architectures")
+    if not isinstance(archs, list) or len(archs) != 1 or not isinstance(archs[0], str):
+        raise cfg.fail(f"architectures must name one architecture, got {archs!r}")
+    name = archs[0]
+    if name in REFUSED or "Moe" in name or "MoE" in name or name == "MixtralForCausalLM":
+        why = REFUSED.get(name, "a mixture-of-experts model")
+        raise cfg.fail(f"architecture {name!r} is not supported: {why}")
+    if name not in ARCHITECTURES:
+        raise cfg.fail(f"architecture {name!r} is not supported (llmrun runs {', '.join(ARCHITECTURES)})")
+    arch = ARCHITECTURES[name]
+    _check_math(cfg, arch)
+
+    dim = cfg.integer("hidden_size")
+    n_heads = cfg.integer("num_attention_heads")
+    n_kv_heads = cfg.integer("num_key_value_heads", n_heads)
+    n_layers = cfg.integer("num_hidden_layers")
     if raw.get("head_dim") is not None:
-        head_dim = integer("head_dim")
+        head_dim = cfg.integer("head_dim")
     elif dim % n_heads:
-        raise fail(f"hidden_size {dim} is not divisible by num_attention_heads {n_heads} (and no head_dim)")
+        raise cfg.fail(f"hidden_size {dim} is not divisible by num_attention_heads {n_heads} (and no head_dim)")
     else:
         head_dim = dim // n_heads
     if n_heads % n_kv_heads:
-        raise fail(f"num_attention_heads {n_heads} is not divisible by num_key_value_heads {n_kv_heads}")
+        raise cfg.fail(f"num_attention_heads {n_heads} is not divisible by num_key_value_heads {n_kv_heads}")
     if head_dim % 2:
-        raise fail(f"head size {head_dim} must be even for RoPE")
+        raise cfg.fail(f"head size {head_dim} must be even for RoPE")
     problem = attention_shape_problem(dim, n_heads, head_dim)
     if problem is not None:
-        raise fail(problem)
-    params = raw.get("rope_parameters")
-    if params is not None and not isinstance(params, dict):
-        raise fail(f"rope_parameters must be an object, got {params!r}")
-    if params is not None and raw.get("partial_rotary_factor", params.get("partial_rotary_factor", 1.0)) != 1.0:
-        raise fail("partial_rotary_factor other than 1 is not supported")
-    max_seq = integer("max_position_embeddings", 2048)
+        raise cfg.fail(problem)
+
+    global_params, local_params = _rope_parameters(cfg)
+    theta = cfg.positive("rope_theta", 1e6 if arch == "gemma3" else 10000.0, global_params)
+    partial = cfg.positive("partial_rotary_factor", 1.0, global_params)
+    rope_dim = int(head_dim * partial)
+    if rope_dim != head_dim and (arch != "phi3" or partial > 1 or rope_dim < 2 or rope_dim % 2):
+        raise cfg.fail(f"partial_rotary_factor = {partial} ({rope_dim} of {head_dim} dims) is not supported"
+                       + (" for this architecture" if arch != "phi3" else ": the rotary dims must be even"))
+    max_seq = cfg.integer("max_position_embeddings", 2048)
+    windows = _layer_windows(cfg, arch, n_layers)
+    gemma = arch in GEMMA
+    options: dict[str, Any] = {}
+    if gemma:
+        options = dict(ffn_activation="gelu_tanh", embed_scale=_embed_scale(raw, dim),
+                       attn_scale=cfg.positive("query_pre_attn_scalar", 256.0) ** -0.5,
+                       attn_softcap=_softcap(cfg, "attn_logit_softcapping", 50.0 if arch == "gemma2" else 0.0),
+                       final_softcap=_softcap(cfg, "final_logit_softcapping", 30.0 if arch == "gemma2" else 0.0))
+    if arch == "gemma3":
+        # 5.x: rope_parameters.sliding_attention.rope_theta; 4.x: rope_local_base_freq (never the global base)
+        local_base = cfg.positive("rope_local_base_freq", 10000.0)
+        options["rope_theta_local"] = (cfg.positive("rope_theta", local_base, local_params)
+                                       if "rope_theta" in local_params else local_base)
+        options["layer_ropes"] = tuple("local" if w else "global" for w in windows)
+    if arch == "smollm3":
+        options["layer_ropes"] = _no_rope_layers(cfg, n_layers)
+    if arch == "granite":
+        options = dict(embed_scale=cfg.positive("embedding_multiplier", 1.0),
+                       attn_scale=cfg.positive("attention_multiplier", 1.0),
+                       residual_scale=cfg.positive("residual_multiplier", 1.0),
+                       logit_scale=1.0 / cfg.positive("logits_scaling", 1.0))
     config = ModelConfig(
-        dim=dim, hidden_dim=integer("intermediate_size"), n_layers=integer("num_hidden_layers"), n_heads=n_heads,
-        n_kv_heads=n_kv_heads, head_dim=head_dim, vocab_size=integer("vocab_size"), max_seq_len=max_seq,
-        rope_theta=number("rope_theta", 10000.0, params), norm_eps=number("rms_norm_eps", 1e-6),
-        rope_style="halves")
-    window = raw.get("sliding_window")
-    uses_window = arch == "mistral" or (arch == "qwen2" and raw.get("use_sliding_window"))
-    if not uses_window or window is None:
-        return arch, config, None
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise fail(f"sliding_window = {window!r} must be a positive integer or null")
-    return arch, config, window
+        dim=dim, hidden_dim=cfg.integer("intermediate_size"), n_layers=n_layers, n_heads=n_heads,
+        n_kv_heads=n_kv_heads, head_dim=head_dim, vocab_size=cfg.integer("vocab_size"), max_seq_len=max_seq,
+        rope_theta=theta, norm_eps=cfg.positive("rms_norm_eps", 1e-6), rope_style="halves",
+        rope_dim=rope_dim if rope_dim != head_dim else 0, layer_windows=windows if any(windows) else (),
+        **options)
+    return arch, config, _rope_scaling(cfg, arch, global_params, rope_dim, max_seq)
 
 
-def _rope_scaling(path: Path, raw: dict[str, Any]) -> dict[str, Any] | None:
-    """The rope scaling parameters (4.x `rope_scaling`, 5.x `rope_parameters`), None for plain RoPE."""
-    scaling = raw.get("rope_parameters") if raw.get("rope_parameters") is not None else raw.get("rope_scaling")
-    if scaling is None:
-        return None
-    if not isinstance(scaling, dict):
-        raise ModelFormatError(f"{path}: rope_scaling must be an object or null, got {scaling!r}")
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
+def _check_math(cfg: _Config, arch: str) -> None:
+    """Refuses options that change the math in ways llmrun does not compute."""
+    raw = cfg.raw
+    if arch in GEMMA:
+        act = raw.get("hidden_activation") or raw.get("hidden_act") or "gelu_pytorch_tanh"
+        if act not in ("gelu_pytorch_tanh", "gelu_new"):
+            raise cfg.fail(f"hidden_activation = {act!r} is not supported (llmrun's Gemma feed-forward is GeGLU with "
+                           "the tanh approximation: gelu_pytorch_tanh)")
+        if raw.get("use_bidirectional_attention"):
+            raise cfg.fail("use_bidirectional_attention = true is not supported (an embedding model: llmrun runs "
+                           "causal language models)")
+    else:
+        act = raw.get("hidden_act", "silu")
+        if act not in ("silu", "swish"):
+            raise cfg.fail(f"hidden_act = {act!r} is not supported (llmrun's feed-forward is SwiGLU: silu)")
+    if raw.get("mlp_bias"):
+        raise cfg.fail("mlp_bias = true is not supported (feed-forward biases)")
+    if arch != "qwen2" and raw.get("attention_bias"):
+        raise cfg.fail("attention_bias = true is not supported for this architecture (it adds an output bias too)")
+
+
+def _softcap(cfg: _Config, key: str, default: float) -> float:
+    """A Gemma soft-cap: `default` (Gemma 2's) where the key is absent, none (0) where it is null."""
+    if key in cfg.raw and cfg.raw[key] is None:
+        return 0.0
+    return cfg.positive(key, default) if default else cfg.number(key, None) or 0.0
+
+
+def _embed_scale(raw: dict[str, Any], dim: int) -> float:
+    """Gemma's sqrt(hidden_size), as transformers holds it: a float32 buffer cast to the model's dtype."""
+    scale = np.float32(dim**0.5)
+    dtype = raw.get("dtype") or raw.get("torch_dtype")
+    if dtype == "bfloat16":
+        return float(dequantize(f32_to_bf16(np.array([scale], dtype=np.float32)), "bf16")[0])
+    if dtype == "float16":
+        return float(np.float16(scale))
+    return float(scale)
+
+
+def _rope_parameters(cfg: _Config) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The RoPE parameters of the global (full-attention) layers and of Gemma 3's local ones: transformers
+    5's rope_parameters (per layer type for Gemma 3), else 4.x's rope_scaling; {} for none."""
+    def obj(key: str, value: Any) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise cfg.fail(f"{key} must be an object or null, got {value!r}")
+        return value
+
+    params = obj("rope_parameters", cfg.raw.get("rope_parameters"))
+    if "full_attention" in params or "sliding_attention" in params:  # per layer type (5.x Gemma 3)
+        return (obj("rope_parameters.full_attention", params.get("full_attention")),
+                obj("rope_parameters.sliding_attention", params.get("sliding_attention")))
+    if not params:  # 4.x: rope_scaling (for Gemma 3 the global layers'; the local base is rope_local_base_freq)
+        params = obj("rope_scaling", cfg.raw.get("rope_scaling"))
+    return params, {}
+
+
+def _rope_scaling(cfg: _Config, arch: str, params: dict[str, Any], rope_dim: int, max_seq: int
+                  ) -> RopeScaling | None:
+    """The global layers' RoPE scaling, as transformers reads rope_parameters / rope_scaling."""
+    kind = params.get("rope_type", params.get("type", "default"))
     if kind in (None, "default"):
         return None
-    return {**scaling, "rope_type": kind}
+    if arch == "phi3" and kind in ("su", "yarn"):  # transformers' Phi3Config reads both as longrope
+        kind = "longrope"
+    what = f"rope scaling ({kind}) "
 
+    def num(key: str, default: float | None = None) -> float:
+        value = cfg.number(key, default, params, what)
+        if value is None:
+            raise cfg.fail(f"{what}needs {key}")
+        return value
 
-def rope_frequencies(path: Path, raw: dict[str, Any], head_dim: int, theta: float) -> np.ndarray | None:
-    """(head_dim / 2,) float32 RoPE frequencies for a scaled RoPE, None for plain RoPE; computed as
-    transformers does (float32 inverse frequencies, the scaling rules in float32 too). theta is the
-    config's checked rope_theta."""
-    scaling = _rope_scaling(path, raw)
-    if scaling is None:
-        return None
-    kind = scaling["rope_type"]
+    def original() -> int:
+        # transformers: a top-level original_max_position_embeddings wins (Phi-3), then rope_parameters',
+        # then max_position_embeddings
+        if cfg.raw.get("original_max_position_embeddings") is not None:
+            return cfg.integer("original_max_position_embeddings")
+        return cfg.integer("original_max_position_embeddings", max_seq, params)
 
-    def param(key: str, default: float | None = None) -> float:
-        value = scaling.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) or value <= 0:
-            raise ModelFormatError(f"{path}: rope scaling ({kind}) {key} = {value!r} must be a positive number")
-        return float(value)
-
-    base = np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim))
-    inv_freq = (np.float32(1.0) / base).astype(np.float32)
     if kind == "linear":
-        return (inv_freq / np.float32(param("factor"))).astype(np.float32)
+        return RopeScaling("linear", factor=num("factor"))
     if kind == "llama3":
-        factor = param("factor")
-        low, high = param("low_freq_factor"), param("high_freq_factor")
-        old_ctx = param("original_max_position_embeddings")
-        if high <= low:
-            raise ModelFormatError(f"{path}: rope scaling llama3 needs high_freq_factor ({high}) > low_freq_factor "
-                                   f"({low})")
-        low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
-        wavelen = np.float32(2 * math.pi) / inv_freq
-        scaled = np.where(wavelen > low_wavelen, inv_freq / np.float32(factor), inv_freq).astype(np.float32)
-        smooth = ((np.float32(old_ctx) / wavelen - np.float32(low)) / np.float32(high - low)).astype(np.float32)
-        smoothed = (1 - smooth) * scaled / np.float32(factor) + smooth * scaled
-        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
-        return np.where(medium, smoothed, scaled).astype(np.float32)
-    raise ModelFormatError(f"{path}: rope scaling type {kind!r} is not supported (llmrun knows default, linear "
-                           "and llama3)")
+        s = RopeScaling("llama3", factor=num("factor"), low_freq_factor=num("low_freq_factor"),
+                        high_freq_factor=num("high_freq_factor"), original_context=original())
+        if s.high_freq_factor <= s.low_freq_factor:
+            raise cfg.fail(f"rope scaling llama3 needs high_freq_factor ({s.high_freq_factor}) > low_freq_factor "
+                           f"({s.low_freq_factor})")
+        return s
+    if kind == "yarn":
+        orig = original()
+        factor = num("factor", max_seq / orig)
+        attention = cfg.number("attention_factor", None, params, what)
+        mscale, mscale_all = cfg.number("mscale", None, params, what), cfg.number("mscale_all_dim", None, params, what)
+        if attention is None and mscale and mscale_all:  # transformers' DeepSeek form
+            attention = _mscale(factor, mscale) / _mscale(factor, mscale_all)
+        truncate = params.get("truncate", True)
+        if not isinstance(truncate, bool):
+            raise cfg.fail(f"{what}truncate = {truncate!r} must be true or false")
+        s = RopeScaling("yarn", factor=factor, original_context=orig, attention_factor=attention, truncate=truncate,
+                        beta_fast=cfg.number("beta_fast", None, params, what) or 32.0,
+                        beta_slow=cfg.number("beta_slow", None, params, what) or 1.0)
+        return s
+    if kind == "longrope":
+        orig = original()
+
+        def factors(key: str) -> tuple[float, ...]:
+            values = params.get(key)
+            if (not isinstance(values, list) or len(values) != rope_dim // 2 or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v) and v > 0 for v in values)):
+                raise cfg.fail(f"{what}{key} must be a list of {rope_dim // 2} positive numbers (rotary dims / 2), "
+                               f"got {_short(values)}")
+            return tuple(float(v) for v in values)
+
+        return RopeScaling("longrope", factor=num("factor", max_seq / orig), original_context=orig,
+                           attention_factor=cfg.number("attention_factor", None, params, what),
+                           short_factor=factors("short_factor"), long_factor=factors("long_factor"))
+    raise cfg.fail(f"rope scaling type {kind!r} is not supported (llmrun knows default, linear, llama3, yarn and "
+                   "longrope)")
+
+
+def _mscale(factor: float, mscale: float) -> float:
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _layer_types(cfg: _Config, n_layers: int) -> list[str] | None:
+    """transformers 5's `layer_types` (sliding_attention / full_attention per layer), None where absent."""
+    types = cfg.raw.get("layer_types")
+    if types is None:
+        return None
+    if not isinstance(types, list) or len(types) != n_layers or any(
+            t not in ("sliding_attention", "full_attention") for t in types):
+        raise cfg.fail(f"layer_types must list 'sliding_attention' or 'full_attention' for each of the {n_layers} "
+                       f"layers, got {_short(types)}")
+    return types
+
+
+def _layer_windows(cfg: _Config, arch: str, n_layers: int) -> tuple[int, ...]:
+    """Each layer's sliding window (0: none), as transformers decides which layers slide."""
+    raw = cfg.raw
+    if arch in ("llama", "granite"):
+        return (0,) * n_layers
+    if arch in ("qwen2", "qwen3", "smollm3") and not raw.get("use_sliding_window"):
+        return (0,) * n_layers
+    if arch in GEMMA and "sliding_window" not in raw:
+        window = 4096  # Gemma's default
+    elif raw.get("sliding_window") is None:
+        return (0,) * n_layers
+    else:
+        window = cfg.integer("sliding_window")
+    types = _layer_types(cfg, n_layers)
+    if arch in ("mistral", "phi3"):  # one window on every layer
+        return (window,) * n_layers
+    if types is None:
+        if arch == "gemma2":
+            types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
+        elif arch == "gemma3":
+            pattern = cfg.integer("sliding_window_pattern", 6)
+            types = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n_layers)]
+        elif arch == "smollm3":
+            no_rope = _no_rope_layers(cfg, n_layers)
+            types = ["sliding_attention" if r == "none" else "full_attention" for r in no_rope]
+        else:
+            first = cfg.integer("max_window_layers", 28)
+            types = ["sliding_attention" if i >= first else "full_attention" for i in range(n_layers)]
+    return tuple(window if t == "sliding_attention" else 0 for t in types)
+
+
+def _no_rope_layers(cfg: _Config, n_layers: int) -> tuple[str, ...]:
+    """SmolLM3's layers without RoPE: `no_rope_layers` (1 = RoPE, 0 = none per layer), else every
+    no_rope_layer_interval-th layer (4) goes without."""
+    flags = cfg.raw.get("no_rope_layers")
+    if flags is None:
+        interval = cfg.integer("no_rope_layer_interval", 4)
+        flags = [int((i + 1) % interval != 0) for i in range(n_layers)]
+    if not isinstance(flags, list) or len(flags) != n_layers or any(f not in (0, 1) or isinstance(f, float)
+                                                                   for f in flags):
+        raise cfg.fail(f"no_rope_layers must hold 0 or 1 for each of the {n_layers} layers, got {_short(flags)}")
+    return tuple("global" if f else "none" for f in flags)
 
 
 # ------------------------------------------------------------------------------------------------
 # Weights
 # ------------------------------------------------------------------------------------------------
 
-def _build(folder: Path, weights: SafetensorsSet, c: ModelConfig, raw: dict[str, Any], arch: str,
+def _layer_tensors(c: ModelConfig, arch: str) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
+    """Hugging Face name inside `model.layers.N.` (without .weight / .bias) -> (shape, our fields it holds)."""
+    shapes = {"attn_norm": (c.dim,), "wq": (c.q_dim, c.dim), "wk": (c.kv_dim, c.dim), "wv": (c.kv_dim, c.dim),
+              "wo": (c.dim, c.q_dim), "ffn_norm": (c.dim,), "w_gate": (c.hidden_dim, c.dim),
+              "w_down": (c.dim, c.hidden_dim), "w_up": (c.hidden_dim, c.dim), "attn_post_norm": (c.dim,),
+              "ffn_post_norm": (c.dim,), "q_norm": (c.head_dim,), "k_norm": (c.head_dim,)}
+    names = FAMILY_NAMES.get(arch, LAYER_NAMES)
+    out = {f"{hf}.weight": (shapes[ours], (ours,)) for ours, hf in names.items()}
+    if arch == "phi3":
+        for hf, fields in FUSED.items():
+            for ours in fields:
+                del out[f"{names[ours]}.weight"]
+            out[f"{hf}.weight"] = (((sum(shapes[f][0] for f in fields)), c.dim), fields)
+    if arch == "qwen2":
+        out.update({f"{hf}.bias": ((shapes["w" + ours[1]][0],), (ours,)) for ours, hf in BIAS_NAMES.items()})
+    return out
+
+
+def _build(folder: Path, weights: SafetensorsSet | _TextWeights, c: ModelConfig, raw: dict[str, Any], arch: str,
            quantize: str | None, progress: Progress | None) -> ModelSpec:
-    tied = bool(raw.get("tie_word_embeddings", False))
+    tied = bool(raw.get("tie_word_embeddings", arch in GEMMA))  # Gemma's configs default to tied
     expected: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (c.vocab_size, c.dim),
                                             "model.norm.weight": (c.dim,)}
     if not tied:
         expected["lm_head.weight"] = (c.vocab_size, c.dim)
-    layer_shapes = {"attn_norm": (c.dim,), "wq": (c.q_dim, c.dim), "wk": (c.kv_dim, c.dim), "wv": (c.kv_dim, c.dim),
-                    "wo": (c.dim, c.q_dim), "ffn_norm": (c.dim,), "w_gate": (c.hidden_dim, c.dim),
-                    "w_down": (c.dim, c.hidden_dim), "w_up": (c.hidden_dim, c.dim)}
-    bias_shapes = {"bq": (c.q_dim,), "bk": (c.kv_dim,), "bv": (c.kv_dim,)}
+    per_layer = _layer_tensors(c, arch)
     for i in range(c.n_layers):
-        for field, name in LAYER_NAMES.items():
-            expected[f"model.layers.{i}.{name}.weight"] = layer_shapes[field]
-        if arch == "qwen2":
-            for field, name in BIAS_NAMES.items():
-                expected[f"model.layers.{i}.{name}.bias"] = bias_shapes[field]
+        for name, (shape, _) in per_layer.items():
+            expected[f"model.layers.{i}.{name}"] = shape
 
     ignorable = ("rotary_emb.inv_freq",)  # a buffer some old checkpoints saved; recomputed here
     for name in weights:
@@ -239,6 +501,7 @@ def _build(folder: Path, weights: SafetensorsSet, c: ModelConfig, raw: dict[str,
                                    f"{c.n_layers} layers")
     total = len(expected)
     done = 0
+    plus_one = arch in GEMMA  # Gemma's RMSNorm multiplies by (1 + w): the spec holds the multiplier
 
     def tensor(name: str, is_vector: bool = False) -> Tensor:
         nonlocal done
@@ -250,7 +513,10 @@ def _build(folder: Path, weights: SafetensorsSet, c: ModelConfig, raw: dict[str,
                                    f"{list(expected[name])} for this config.json")
         t = Tensor(weights.array(name), entry.type)
         if is_vector:
-            t = Tensor(np.ascontiguousarray(dequantize(t.data, t.type), dtype=np.float32), "f32")
+            values = np.ascontiguousarray(dequantize(t.data, t.type), dtype=np.float32)
+            if plus_one and name.endswith("norm.weight"):
+                values = (values + np.float32(1.0)).astype(np.float32)
+            t = Tensor(values, "f32")
         elif quantize is not None:
             t = _convert(t, quantize)
         done += 1
@@ -262,16 +528,28 @@ def _build(folder: Path, weights: SafetensorsSet, c: ModelConfig, raw: dict[str,
     layers = []
     for i in range(c.n_layers):
         prefix = f"model.layers.{i}."
-        fields = {f: tensor(f"{prefix}{n}.weight", is_vector=f in ("attn_norm", "ffn_norm"))
-                  for f, n in LAYER_NAMES.items()}
-        if arch == "qwen2":
-            fields.update({f: tensor(f"{prefix}{n}.bias", is_vector=True) for f, n in BIAS_NAMES.items()})
+        fields: dict[str, Tensor] = {}
+        for name, (shape, ours) in per_layer.items():
+            t = tensor(prefix + name, is_vector=len(shape) == 1)
+            if len(ours) == 1:
+                fields[ours[0]] = t
+            else:  # a fused projection: each field a row view of it (rows are independent in every type)
+                start = 0
+                for field in ours:
+                    rows = per_layer_rows(c, field)
+                    fields[field] = Tensor(t.data[start:start + rows], t.type)
+                    start += rows
         layers.append(LayerWeights(**fields))
     output_norm = tensor("model.norm.weight", is_vector=True)
     output = None if tied else tensor("lm_head.weight")
     fmt = f"Hugging Face {raw['architectures'][0]}" + (f" ({quantize} at load)" if quantize else "")
     return ModelSpec(path=folder, format=fmt, config=c, token_embd=token_embd, output_norm=output_norm,
                      output=output, layers=layers, file_size=weights.file_size)
+
+
+def per_layer_rows(c: ModelConfig, field: str) -> int:
+    """The rows of one projection of a layer (a part of a fused matrix)."""
+    return {"wq": c.q_dim, "wk": c.kv_dim, "wv": c.kv_dim, "w_gate": c.hidden_dim, "w_up": c.hidden_dim}[field]
 
 
 def _convert(t: Tensor, wanted: str) -> Tensor:
@@ -281,4 +559,3 @@ def _convert(t: Tensor, wanted: str) -> Tensor:
     if target == t.type:
         return t
     return Tensor(np.ascontiguousarray(np.concatenate(list(convert_rows(t, target)), axis=0)), target)
-
