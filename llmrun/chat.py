@@ -159,7 +159,7 @@ class ChatTemplate:
     def thinks(self) -> bool:
         """Whether the template is a reasoning model's: it writes `<think>` blocks (Qwen3, SmolLM3, DeepSeek-R1
         distills). Replies are then split into reasoning and answer (`ReasoningSplitter`)."""
-        return THINK_OPEN in self.source and THINK_CLOSE in self.source
+        return THINK_OPEN in self.source
 
     @property
     def end_markers(self) -> tuple[str, ...]:
