@@ -33,7 +33,7 @@ from typing import Any
 from .errors import ChatTemplateError, InvalidArgumentError
 from .generate import Generation
 from .template_sandbox import TemplateFailure, compile_template, render_sandboxed
-from .tokenizer import Tokenizer
+from .tokenizer import END_OF_TURN_TEXTS, Tokenizer
 
 __all__ = ["FORMATS", "ROLES", "ChatDelta", "ChatPrompt", "ChatStream", "ChatTemplate", "ReasoningSplitter",
            "end_of_turn", "load_template_from_folder", "opens_in_reasoning", "tokenize_chat", "validate_messages"]
@@ -109,8 +109,7 @@ FORMATS: dict[str, str] = {
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 # Text that ends a turn in known templates; `end_of_turn` keeps those a template mentions.
-END_OF_TURN_MARKERS = ("<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|end_of_turn|>",
-                       "<|endoftext|>", "<|END_OF_TURN_TOKEN|>")
+END_OF_TURN_MARKERS = END_OF_TURN_TEXTS
 
 
 class ChatTemplate:
@@ -306,8 +305,16 @@ def _special_table(tokenizer: Tokenizer) -> tuple[dict[str, int], re.Pattern | N
 
 def _encode_segments(tokenizer: Tokenizer, segments: list[tuple[str, bool]]) -> list[int]:
     """Control tokens where the markup spells them; every run of text between them, markup and contents
-    together, tokenized as plain text (as `encode(special=True)` would, for contents without control text)."""
+    together, tokenized as plain text (as `encode(special=True)` would, for contents without control text).
+
+    A user-defined token (matched whole in any text, e.g. Gemma's <start_of_turn> in a GGUF vocabulary) that
+    the markup uses is markup too: where a content spells it, its first character is tokenized on its own,
+    so the content keeps its text but cannot open or close a turn."""
     table, pattern = _special_table(tokenizer)
+    markup = "".join(text for text, is_content in segments if not is_content)
+    # tags only: a vocabulary's user-defined whitespace runs ("\n\n", Gemma) are text wherever they appear
+    markers = [t for t in tokenizer.user_defined_tokens if t in markup and _is_tag(t)]
+    defuse = re.compile("|".join(map(re.escape, sorted(markers, key=len, reverse=True)))) if markers else None
     ids: list[int] = []
     run: list[str] = []
 
@@ -317,6 +324,15 @@ def _encode_segments(tokenizer: Tokenizer, segments: list[tuple[str, bool]]) -> 
             run.clear()
 
     for text, is_content in segments:
+        if is_content and defuse is not None:
+            pos = 0
+            for m in defuse.finditer(text):
+                run.append(text[pos:m.start()])
+                flush()
+                ids.extend(_lone_character(tokenizer, m.group()[0]))
+                pos = m.start() + 1
+            run.append(text[pos:])
+            continue
         if is_content or pattern is None:
             run.append(text)
             continue
@@ -328,6 +344,22 @@ def _encode_segments(tokenizer: Tokenizer, segments: list[tuple[str, bool]]) -> 
                 run.append(fragment)
     flush()
     return ids
+
+
+def _is_tag(text: str) -> bool:
+    """Whether a token's text looks like markup (`<start_of_turn>`, `<think>`, `[INST]`): letters between
+    angle or square brackets, no whitespace."""
+    return re.fullmatch(r"[<\[][^\s]*[A-Za-z][^\s]*[>\]]", text) is not None
+
+
+def _lone_character(tokenizer: Tokenizer, char: str) -> list[int]:
+    """The ids of one character tokenized alone: its byte tokens (<0xNN>) where encoding alone would put a
+    dummy-prefix space before it, else its plain encoding."""
+    if tokenizer.add_dummy_prefix:
+        byte_ids = [tokenizer.piece_to_id(f"<0x{b:02X}>") for b in char.encode("utf-8")]
+        if None not in byte_ids:
+            return byte_ids  # type: ignore[return-value]
+    return tokenizer.encode(char, add_bos=False, add_eos=False, special=False)
 
 
 def end_of_turn(template: ChatTemplate, tokenizer: Tokenizer, eog_ids: frozenset[int] | set[int]

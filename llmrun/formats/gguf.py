@@ -66,7 +66,7 @@ import numpy as np
 
 from ..errors import ModelFormatError, TokenizerError
 from ..spec import TENSOR_TYPES, LayerWeights, ModelConfig, ModelSpec, Tensor, TensorType, attention_shape_problem
-from ..tokenizer import BPETokenizer, SentencePieceTokenizer
+from ..tokenizer import END_OF_TURN_TEXTS, BPETokenizer, SentencePieceTokenizer, TokenType
 from .hf_tokenizer import gguf_bpe_tokenizer
 from .mapping import map_file
 
@@ -904,6 +904,9 @@ def _sentencepiece_tokenizer(f: GGUFFile, meta: _Metadata, vocab: int) -> Senten
         if bad.size:
             raise meta.fail(f"tokenizer.ggml.token_type[{bad[0]}] = {types[bad[0]]} is not a known token type (0..6)")
         types = types.tolist()
+        for i, t in enumerate(types):  # llama.cpp's rule: a turn's end is a control token, whatever the file says
+            if t == TokenType.USER_DEFINED and tokens.raw(i).decode("utf-8", "replace") in END_OF_TURN_TEXTS:
+                types[i] = TokenType.CONTROL
 
     def token_id(name: str, default: int) -> int:
         return meta.integer(f"tokenizer.ggml.{name}", 0, vocab - 1, min(default, vocab - 1))

@@ -178,6 +178,9 @@ class BPETokenizer(Tokenizer):
             return self._added[piece]
         return self._vocab.get(piece)
 
+    def _user_defined_tokens(self) -> dict[str, int]:
+        return {text: i for text, i in self._added.items() if i not in self._special}
+
     def _is_control(self, i: int) -> bool:
         """Special added tokens (BOS, EOS, <|im_end|> ...) and padding ids: they decode to nothing."""
         return i in self._special or self._pieces[i] is None

@@ -182,6 +182,10 @@ class SentencePieceTokenizer(Tokenizer):
             normalized = " " + normalized
         return self._encode_normalized(normalized)
 
+    def _user_defined_tokens(self) -> dict[str, int]:
+        return {p: self._piece_id[p] for by_length in self._user_defined.values() for _, pieces in by_length
+                for p in pieces}
+
     def _piece_to_id(self, piece: str) -> int | None:
         """The token whose piece is exactly ``piece`` as `id_to_piece` spells it ("<|im_end|>", "</s>",
         "▁the", "<0x0A>"; a plain space is taken as '▁'), or None. The lowest id wins on duplicates."""
