@@ -57,7 +57,8 @@ def smollm3_system(mode: str, instructions: str) -> str:
 def expected(name: str) -> str:
     if name == "gemma3":  # no system role: it opens the first user turn; the assistant is "model"
         return ("<bos><start_of_turn>user\nYou are kind.\n\nHi!<end_of_turn>\n"
-                "<start_of_turn>model\nHello.<end_of_turn>\n<start_of_turn>user\nTell me a joke.<end_of_turn>\n<start_of_turn>model\n")
+                "<start_of_turn>model\nHello.<end_of_turn>\n<start_of_turn>user\nTell me a joke.<end_of_turn>\n"
+                "<start_of_turn>model\n")
     if name == "qwen3":  # ChatML
         return ("<|im_start|>system\nYou are kind.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n"
                 "<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nTell me a joke.<|im_end|>\n"
