@@ -30,6 +30,7 @@ from ..tokenizer.base import END_OF_TURN_TEXTS
 from ..tokenizer.bpe import AddedToken, BPETokenizer
 from ..tokenizer.pretokenize import (
     LLAMA3_PATTERN,
+    O200K_PATTERN,
     PRE_TOKENIZERS,
     QWEN2_PATTERN,
     ByteLevel,
@@ -316,6 +317,7 @@ def _pre_name(node: object) -> str | None:
         (("Split", QWEN2_PATTERN, "Isolated", False), ("ByteLevel", False, False)): "qwen2",
         (("Digits", True), ("ByteLevel", False, True)): "smollm",
         (("ByteLevel", False, True),): "gpt-2",
+        (("Split", O200K_PATTERN, "Isolated", False), ("ByteLevel", False, False)): "gpt-4o",
     }
     return known.get(tuple(shape))
 
