@@ -126,3 +126,40 @@ def sentencepiece_style(metaspace: bool = False, vocab_size: int = 500) -> Token
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ("<unk>", "<s>", "</s>")])
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     return tok
+
+
+GEMMA_SPECIALS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")
+GEMMA_TURNS = ("<start_of_turn>", "<end_of_turn>")
+GEMMA_USER_DEFINED = ("<unused0>", "<unused1>", "\n\n", "\n\n\n", "\t\t")
+
+
+def gemma_style(vocab_size: int = 400) -> Tokenizer:
+    """A Gemma-2/3-style BPE laid out as their tokenizer.json is: <pad>=0 <eos>=1 <bos>=2 <unk>=3 <mask>=4,
+    user-defined tokens (<unused0>, <unused1>, newline and tab runs: added, not special, matched in the raw
+    text), <start_of_turn> <end_of_turn> (special), the 256 byte tokens <0x00>..<0xFF>, then about
+    `vocab_size` pieces learned by a BPE trainer (runs of '▁' among them). Byte fallback; the normalizer only
+    replaces " " with "▁" (no Prepend: Gemma's SentencePiece model has add_dummy_prefix false, so a leading
+    word has no '▁'); the pre-tokenizer is Gemma's Split on " " merged with the previous piece (after the
+    normalizer it finds no space: a no-op kept for the file's shape); the decoder is Replace, ByteFallback,
+    Fuse without Strip (no dummy space to remove); <bos> is prepended. The trainer keeps only the 100
+    commonest characters, so that rarer ones (most CJK, emoji) go through byte fallback."""
+    base = Tokenizer(models.BPE())
+    base.normalizer = normalizers.Replace(" ", "▁")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, limit_alphabet=100, show_progress=False)
+    base.train_from_iterator(training_text(), trainer)
+    state = json.loads(base.to_str())["model"]
+    fixed = [*GEMMA_SPECIALS, *GEMMA_USER_DEFINED[:2], *GEMMA_TURNS, *GEMMA_USER_DEFINED[2:]]
+    vocab = {t: i for i, t in enumerate(fixed)}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for piece in sorted(state["vocab"], key=state["vocab"].get):
+        vocab.setdefault(piece, len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    tok = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous", invert=False)
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in GEMMA_USER_DEFINED])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (*GEMMA_SPECIALS, *GEMMA_TURNS)])
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    return tok
