@@ -64,9 +64,12 @@ def gemma_style(vocab_size: int = 600) -> Tokenizer:
     return tok
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Tokenizer, llmrun.tokenizer.BPETokenizer]:
-    ref = gemma_style()
+@pytest.fixture(scope="module", params=["here", "hf_tokenizers"])
+def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+         ) -> tuple[Tokenizer, llmrun.tokenizer.BPETokenizer]:
+    """This file's Gemma-style tokenizer, and the fixtures' (tests/hf_tokenizers.py: Gemma's id layout,
+    newline and tab runs as added tokens, its no-op Split pre-tokenizer)."""
+    ref = gemma_style() if request.param == "here" else hf_tokenizers.gemma_style()
     path = tmp_path_factory.mktemp("gemma") / "tokenizer.json"
     ref.save(str(path))
     return ref, load_tokenizer_json(path, config={"add_bos_token": True})
