@@ -2,6 +2,8 @@
 
 Endpoints: GET /v1/models, GET /v1/models/{id}, POST /v1/completions, POST /v1/chat/completions (JSON, or
 server-sent events with `"stream": true`), GET /health. Request and response shapes: llmrun/openai_api.py.
+A reasoning model's thinking (its reply's `<think>` block) is sent as `reasoning_content`, in the message
+and in stream deltas apart from `content`, as vLLM and llama.cpp's server do.
 
 Safety: the CLI binds 127.0.0.1 unless told otherwise; with an API key every endpoint but /health wants
 `Authorization: Bearer KEY` (compared in constant time); bodies over `max_body_bytes` get 413 (by
