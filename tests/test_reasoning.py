@@ -62,6 +62,13 @@ def qwen3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[llmrun.Model]:
 
 
 @pytest.fixture(scope="module")
+def smollm3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[llmrun.Model]:
+    path = write_model(tmp_path_factory.mktemp("think") / "smollm3.gguf", (TEMPLATES / "smollm3.jinja").read_text())
+    with llmrun.load(path, n_threads=1) as model:
+        yield model
+
+
+@pytest.fixture(scope="module")
 def opener(tmp_path_factory: pytest.TempPathFactory) -> Iterator[llmrun.Model]:
     path = write_model(tmp_path_factory.mktemp("think") / "opener.gguf", OPENS_THINKING)
     with llmrun.load(path, n_threads=1) as model:
@@ -162,6 +169,18 @@ def test_a_generation_prompt_that_opens_the_block(opener: llmrun.Model, monkeypa
     Script(monkeypatch, opener).reply("Thinking.\n</think>\n\nDone.")
     reply = opener.chat(MESSAGES)
     assert reply["message"] == {"role": "assistant", "content": "Done.", "reasoning_content": "Thinking."}
+
+
+def test_smollm3_thinks_by_default_and_answers_at_once_without(smollm3: llmrun.Model,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    script = Script(monkeypatch, smollm3)
+    script.reply(REPLY)
+    assert smollm3.chat(MESSAGES)["message"]["reasoning_content"] == "The user greets me.\nI greet back."
+    # /no_think: the generation prompt holds the closed, empty block; the reply is all answer
+    prompt = smollm3.tokenizer.decode(smollm3.chat_prompt(MESSAGES, enable_thinking=False))
+    assert "Reasoning Mode: /no_think" in prompt and prompt.endswith("assistant\n<think>\n\n</think>\n")
+    script.reply("Hello.")
+    assert smollm3.chat(MESSAGES, enable_thinking=False)["message"] == {"role": "assistant", "content": "Hello."}
 
 
 def test_enable_thinking_reaches_the_template(qwen3: llmrun.Model) -> None:
