@@ -477,8 +477,8 @@ class ReasoningSplitter:
     def flush(self) -> list[ChatDelta]:
         """What is still held back, at the end of the reply."""
         held, self._held = self._held, ""
-        if self.state == "start":  # the reply was blank, or ended inside "<thi"
-            return [ChatDelta(content=held)] if held.strip() else []
+        if self.state == "start":  # the reply was blank, or ended inside "<thi": it is all answer
+            return [ChatDelta(content=held)] if held else []
         if self.state == "reasoning":  # never closed
             out: list[ChatDelta] = []
             self._emit_reasoning(held.rstrip(), out)

@@ -109,7 +109,8 @@ def test_splitter_finds_tags_split_anywhere(seed: int) -> None:
              ("\n<think>\nnever closed\n", False, "never closed", ""),
              ("Answer <think>not reasoning</think>", False, "", "Answer <think>not reasoning</think>"),
              ("<thin", False, "", "<thin"),
-             ("<think></think>", False, "", "")]
+             ("<think></think>", False, "", ""),
+             ("\n  ", False, "", "\n  ")]  # a blank reply stays a (blank) answer
     for text, inside, reasoning, content in cases:
         splitter, deltas, i = ReasoningSplitter(inside), [], 0
         while i < len(text):
