@@ -317,31 +317,47 @@ def _encode_segments(tokenizer: Tokenizer, segments: list[tuple[str, bool]]) -> 
     defuse = re.compile("|".join(map(re.escape, sorted(markers, key=len, reverse=True)))) if markers else None
     ids: list[int] = []
     run: list[str] = []
+    # after a control token that swallows the whitespace after it (Phi-3's rstrip), text starts stripped,
+    # as `tokenizers` and llama.cpp tokenize the rendered prompt
+    strip_next = False
 
-    def flush() -> None:
-        if run:
-            ids.extend(tokenizer.encode("".join(run), add_bos=False, add_eos=False, special=False))
-            run.clear()
+    def add(text: str) -> None:
+        nonlocal strip_next
+        if strip_next:
+            text = text.lstrip()
+            strip_next = not text
+        run.append(text)
+
+    def flush(lstrip: bool = False) -> None:
+        text = "".join(run)
+        run.clear()
+        if lstrip:  # the control token after this text swallows the whitespace before it
+            text = text.rstrip()
+        if text:
+            ids.extend(tokenizer.encode(text, add_bos=False, add_eos=False, special=False))
 
     for text, is_content in segments:
         if is_content and defuse is not None:
             pos = 0
             for m in defuse.finditer(text):
-                run.append(text[pos:m.start()])
+                add(text[pos:m.start()])
                 flush()
                 ids.extend(_lone_character(tokenizer, m.group()[0]))
+                strip_next = False
                 pos = m.start() + 1
-            run.append(text[pos:])
+            add(text[pos:])
             continue
         if is_content or pattern is None:
-            run.append(text)
+            add(text)
             continue
         for k, fragment in enumerate(pattern.split(text)):
             if k % 2:
-                flush()
+                lstrip, rstrip = tokenizer.strips(table[fragment])
+                flush(lstrip)
                 ids.append(table[fragment])
+                strip_next = rstrip
             elif fragment:
-                run.append(fragment)
+                add(fragment)
     flush()
     return ids
 

@@ -916,9 +916,22 @@ def _sentencepiece_tokenizer(f: GGUFFile, meta: _Metadata, vocab: int) -> Senten
     pieces = [tokens.raw(i).replace(_SPM_SPACE, b" ") for i in range(vocab)]
     try:
         return SentencePieceTokenizer(pieces, scores, token_types=types, byte_fallback=True,
-                                      add_dummy_prefix=meta.boolean("tokenizer.ggml.add_space_prefix", True), **ids)
+                                      add_dummy_prefix=meta.boolean("tokenizer.ggml.add_space_prefix", True),
+                                      rstrip_ids=_phi3_rstrip_ids(f, pieces, types), **ids)
     except TokenizerError as e:
         raise ModelFormatError(f"{f.path}: bad tokenizer.ggml.* vocabulary: {e}") from None
+
+
+def _phi3_rstrip_ids(f: GGUFFile, pieces: list[bytes], types: list[int] | None) -> list[int]:
+    """The control tokens that swallow the whitespace after them in a Phi-3 file: GGUF has no field for
+    tokenizer.json's rstrip, so llama.cpp decides by the model's name (general.name containing "phi-3" or
+    "phi3"): every control token but <unk>, <s> and <|endoftext|> (and </s> too), as here."""
+    name = (_name(f) or "").lower()
+    if types is None or not ("phi-3" in name or "phi3" in name):
+        return []
+    keep = {b"<unk>", b"<s>", b"<|endoftext|>"}
+    return [i for i, (piece, kind) in enumerate(zip(pieces, types, strict=True))
+            if (kind == TokenType.CONTROL or piece == b"</s>") and piece not in keep]
 
 
 def _gpt2_tokenizer(f: GGUFFile, meta: _Metadata, vocab: int) -> BPETokenizer:

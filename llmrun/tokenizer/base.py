@@ -112,6 +112,13 @@ class Tokenizer(abc.ABC):
             raise InvalidArgumentError(f"piece must be a str, got {type(piece).__name__}", param="piece")
         return self._piece_to_id(piece)
 
+    def strips(self, token_id: int) -> tuple[bool, bool]:
+        """Whether the token, matched in text, swallows the whitespace before it and after it (tokenizer.json
+        added tokens' lstrip / rstrip: Phi-3's <|end|>, <|user|> ... take the newline after them)."""
+        return self._strips.get(self._check_token(token_id), (False, False))
+
+    _strips: dict[int, tuple[bool, bool]]  # token id -> (lstrip, rstrip) where either is set; by the implementation
+
     @property
     def user_defined_tokens(self) -> dict[str, int]:
         """Tokens that encoding matches whole wherever their text appears, `special` or not: SentencePiece's

@@ -126,6 +126,7 @@ class BPETokenizer(Tokenizer):
             if t.special:
                 self._special.add(t.id)
         self._pieces = pieces
+        self._strips = {t.id: (t.lstrip, t.rstrip) for t in added_tokens if t.lstrip or t.rstrip}
 
         self._ranks: dict[tuple[str, str], int] = {}
         for rank, (left, right) in enumerate(merges):
