@@ -17,7 +17,7 @@ from gguf_fixtures import write_llama_gguf
 
 pytest.importorskip("tokenizers")
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
 import hf_tokenizers  # noqa: E402
 import llmrun  # noqa: E402
@@ -79,3 +79,53 @@ def test_gguf_pre_tokenizers_split_as_llama_cpp(tmp_path: Path, pre: str, style:
         bad = [s for s in CORPUS if s and cpp.tokenize(s.encode(), add_bos=False, special=False)
                != model.tokenize(s, add_bos=False)]
     assert not bad, f"{pre}: {len(bad)} of {len(CORPUS)} differ, e.g. {bad[0]!r}"
+
+
+# --- Phi-3: control tokens that swallow the newline after them ------------------------------------------------
+
+PHI3_TEMPLATE = (Path(__file__).resolve().parent / "data" / "chat_templates" / "phi3.jinja").read_text()
+PHI3_ROLES = ["<|assistant|>", "<|system|>", "<|end|>", "<|user|>"]
+PHI3_CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "  Hello there, how are you?"},
+             {"role": "assistant", "content": "Fine.\n"}, {"role": "user", "content": "Tell me more."}]
+
+
+def phi3_style() -> Tokenizer:
+    """Llama 2's SentencePiece-style BPE with Phi-3's added tokens: <|endoftext|>, then the role and end
+    markers with rstrip (they take the newline the template writes after them)."""
+    tok = hf_tokenizers.sentencepiece_style()
+    tok.add_special_tokens([AddedToken("<|endoftext|>", special=True, normalized=False)])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False, rstrip=True) for t in PHI3_ROLES])
+    return tok
+
+
+def test_phi3_chat_prompt_is_what_tokenizers_and_llama_cpp_make(tmp_path: Path) -> None:
+    """transformers renders the template and encodes the text (the markers' rstrip eats the newlines);
+    llama.cpp does the same by its Phi-3 rule, on a GGUF named so; llmrun's chat prompt from either file
+    is the same ids."""
+    from llmrun.chat import ChatTemplate, tokenize_chat
+    from llmrun.formats.gguf_writer import gguf_pieces, sentencepiece_from_bpe
+
+    ref = phi3_style()
+    ref.save(str(tmp_path / "tokenizer.json"))
+    ours = load_tokenizer_json(tmp_path / "tokenizer.json")
+    template = ChatTemplate(PHI3_TEMPLATE)
+    text = template.render(PHI3_CHAT, "<s>", "<|endoftext|>")
+    want = ref.encode(text, add_special_tokens=True).ids  # <s> from the post-processor, as add_bos
+    # the newlines and spaces after the markers are gone (the space before a word is SentencePiece's prefix)
+    assert ours.decode(want) == "Be brief. Hello there, how are you? Fine.\n Tell me more."
+    assert tokenize_chat(template, ours, PHI3_CHAT).ids == want
+
+    spm = sentencepiece_from_bpe(ours)
+    cfg = make_config(vocab_size=spm.vocab_size)
+    path = tmp_path / "phi3.gguf"
+    write_llama_gguf(path, cfg, random_tensors(cfg), vocab=([p.decode() for p in gguf_pieces(spm)],
+                                                            spm.scores.tolist(), [int(t) for t in spm.token_types]),
+                     extra_kv={"general.name": ("Phi-3 Mini Test", gguf.GGUFValueType.STRING),
+                               "tokenizer.chat_template": (PHI3_TEMPLATE, gguf.GGUFValueType.STRING)})
+    llama_cpp = pytest.importorskip("llama_cpp")
+    cpp = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    with llmrun.load(path, n_threads=1) as model:
+        assert model.tokenizer.strips(model.tokenizer.piece_to_id("<|end|>")) == (False, True)
+        assert model.tokenizer.strips(model.tokenizer.piece_to_id("<|endoftext|>")) == (False, False)
+        assert model.chat_prompt(PHI3_CHAT) == cpp.tokenize(text.encode(), add_bos=True, special=True) == want
+        assert model.tokenize(text, special=True) == want
