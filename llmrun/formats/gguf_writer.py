@@ -353,7 +353,8 @@ def bpe_tokenizer_metadata(tok: BPETokenizer, spec: ModelSpec) -> list[Metadata]
     name and the special ids."""
     if tok.pre_name is None:
         raise ValueError("the tokenizer's pre-tokenizer is not one GGUF can name (tokenizer.ggml.pre), so the "
-                         "file would tokenize differently; llmrun names llama-bpe, qwen2, smollm and gpt-2")
+                         "file would tokenize differently; llmrun names llama-bpe, qwen2, smollm, gpt-2 and gpt-4o "
+                         "(a ByteLevel pre-tokenizer that adds a prefix space has no name in llama.cpp)")
     arr, u32, b = ValueType.ARRAY, ValueType.UINT32, ValueType.BOOL
     tokens, types = [], []
     vocab = tok.vocab
