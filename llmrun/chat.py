@@ -13,6 +13,13 @@
   text, so a user who types `<|im_end|>` gets the characters, not the token. Where a template changes
   contents in a way that cannot be lined up, the markup is used with the contents as given (still safe;
   `ChatPrompt.exact` is then False).
+- The markup's control tokens swallow the whitespace around them where the tokenizer says so (tokenizer.json
+  lstrip/rstrip, llama.cpp's Phi-3 rule), as transformers and llama.cpp tokenize a rendered prompt; and a
+  user-defined token the markup uses (Gemma's <start_of_turn> in GGUF files) cannot be spelled by a message.
+- Template variables (`variables`, e.g. {"enable_thinking": False}) reach the template as transformers'
+  apply_chat_template passes its keyword arguments.
+- Reasoning models (templates that write `<think>`): `ChatStream` keeps a reply's leading `<think>…</think>`
+  block out of the answer (`ReasoningSplitter`) and reports it as `reasoning` / "reasoning_content".
 - `end_of_turn` finds what ends a reply: the tokenizer's EOS and end-of-turn tokens the template uses
   (`<|eot_id|>`, `<|im_end|>`, ...); a marker the vocabulary lacks becomes a stop string.
 """
@@ -328,10 +335,10 @@ def _encode_segments(tokenizer: Tokenizer, segments: list[tuple[str, bool]]) -> 
             strip_next = not text
         run.append(text)
 
-    def flush(lstrip: bool = False) -> None:
+    def flush(trim_end: bool = False) -> None:
         text = "".join(run)
         run.clear()
-        if lstrip:  # the control token after this text swallows the whitespace before it
+        if trim_end:  # the control token after this text swallows the whitespace before it (lstrip)
             text = text.rstrip()
         if text:
             ids.extend(tokenizer.encode(text, add_bos=False, add_eos=False, special=False))
