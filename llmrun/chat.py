@@ -280,9 +280,11 @@ def _line_up(text: str, parts: list[str], contents: list[str]) -> list[tuple[str
             pos += len(part)
             continue
         content, after = contents[int(part)], parts[k + 1]
-        # as given, trimmed, or (reasoning models' templates: Qwen3) without a previous reply's reasoning
+        # as given, trimmed (SmolLM3 trims newlines only), or (reasoning models' templates: Qwen3) without a
+        # previous reply's reasoning
         answer = content.rsplit(THINK_CLOSE, 1)[-1].lstrip("\n") if THINK_CLOSE in content else content
-        for shown in dict.fromkeys((content, content.strip(), content.rstrip(), content.lstrip(), answer)):
+        for shown in dict.fromkeys((content, content.strip(), content.rstrip(), content.lstrip(),
+                                    content.lstrip("\n"), answer)):
             if text.startswith(shown, pos) and text.startswith(after, pos + len(shown)):
                 break
         else:

@@ -138,6 +138,15 @@ def test_smollm3_reasoning_modes() -> None:
                     + "<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n")
 
 
+@pytest.mark.parametrize("name", FAMILIES)
+def test_replies_with_edge_whitespace_line_up_exactly(name: str) -> None:
+    """Templates trim replies in their own ways (Gemma trims, SmolLM3 drops leading newlines, Qwen3 drops
+    a previous reply's reasoning): the ids still follow the rendered text exactly."""
+    msgs = [*CONVERSATION[:2], {"role": "assistant", "content": "\n Hello. \n"}, CONVERSATION[3]]
+    prompt = tokenize_chat(template(name), TOK, msgs, add_bos=False)
+    assert prompt.exact and prompt.text == template(name).render(msgs, "<bos>", "<eos>")
+
+
 def test_granite_default_system_prompt() -> None:
     today = datetime.now().strftime("%B %d, %Y")
     assert template("granite3").render(CONVERSATION[1:2]) == (
