@@ -72,6 +72,7 @@ PRE_TOKENIZERS: dict[str, tuple[tuple[str, ...], bool]] = {
     "llama3": ((LLAMA3_PATTERN,), True),
     "llama-v3": ((LLAMA3_PATTERN,), True),
     "qwen2": ((QWEN2_PATTERN,), False),
+    "deepseek-r1-qwen": ((QWEN2_PATTERN,), False),  # DeepSeek-R1's Qwen distills: Qwen2's tokenizer
     "smollm": ((r"\p{N}", _GPT2_NO_TAIL), False),
     "refact": ((r"\p{N}", _GPT2_NO_TAIL), False),  # Granite 3 (as llama.cpp's converter names it)
     "starcoder": ((r"\p{N}", _GPT2_NO_TAIL), False),
