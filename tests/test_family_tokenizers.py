@@ -62,8 +62,10 @@ def gguf_vocab(ref: Tokenizer) -> tuple[list[str], list[str], list[int]]:
     return tokens, merges, types
 
 
-@pytest.mark.parametrize(("pre", "style"), [("qwen2", "qwen2"), ("deepseek-r1-qwen", "qwen2"), ("llama-bpe", "llama3"), ("smaug-bpe", "llama3"),
-                                            ("refact", "smollm"), ("smollm", "smollm"), ("gpt-4o", "o200k")])
+@pytest.mark.parametrize(("pre", "style"), [
+    ("qwen2", "qwen2"), ("deepseek-r1-qwen", "qwen2"), ("llama-bpe", "llama3"), ("smaug-bpe", "llama3"),
+    ("refact", "smollm"), ("smollm", "smollm"), ("gpt-4o", "o200k")])
+
 def test_gguf_pre_tokenizers_split_as_llama_cpp(tmp_path: Path, pre: str, style: str) -> None:
     llama_cpp = pytest.importorskip("llama_cpp")
     ref = o200k_style() if style == "o200k" else hf_tokenizers.byte_level(style)
