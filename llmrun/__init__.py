@@ -10,7 +10,7 @@ Hugging Face Hub, downloaded into the Hugging Face cache the first time (llmrun/
 """
 
 from . import _library  # noqa: F401  (first: a missing or foreign C library fails here, clearly)
-from .chat import ChatStream, ChatTemplate, load_template_from_folder
+from .chat import ChatDelta, ChatStream, ChatTemplate, load_template_from_folder
 from .errors import (
     ChatTemplateError,
     ContextOverflowError,
@@ -29,7 +29,7 @@ from .sampling import SamplingParams
 __version__ = "0.1.0"
 
 __all__ = [
-    "ChatStream", "ChatTemplate", "ChatTemplateError", "load_template_from_folder",
+    "ChatDelta", "ChatStream", "ChatTemplate", "ChatTemplateError", "load_template_from_folder",
     "ContextOverflowError", "Generation", "GenerationStats", "HubError", "InvalidArgumentError", "KernelError",
     "LLMError", "Model",
     "ModelFormatError", "ModelInfo", "SamplingError", "SamplingParams", "TokenizerError", "load", "__version__",

@@ -13,6 +13,13 @@
   text, so a user who types `<|im_end|>` gets the characters, not the token. Where a template changes
   contents in a way that cannot be lined up, the markup is used with the contents as given (still safe;
   `ChatPrompt.exact` is then False).
+- The markup's control tokens swallow the whitespace around them where the tokenizer says so (tokenizer.json
+  lstrip/rstrip, llama.cpp's Phi-3 rule), as transformers and llama.cpp tokenize a rendered prompt; and a
+  user-defined token the markup uses (Gemma's <start_of_turn> in GGUF files) cannot be spelled by a message.
+- Template variables (`variables`, e.g. {"enable_thinking": False}) reach the template as transformers'
+  apply_chat_template passes its keyword arguments.
+- Reasoning models (templates that write `<think>`): `ChatStream` keeps a reply's leading `<think>…</think>`
+  block out of the answer (`ReasoningSplitter`) and reports it as `reasoning` / "reasoning_content".
 - `end_of_turn` finds what ends a reply: the tokenizer's EOS and end-of-turn tokens the template uses
   (`<|eot_id|>`, `<|im_end|>`, ...); a marker the vocabulary lacks becomes a stop string.
 """
@@ -33,10 +40,10 @@ from typing import Any
 from .errors import ChatTemplateError, InvalidArgumentError
 from .generate import Generation
 from .template_sandbox import TemplateFailure, compile_template, render_sandboxed
-from .tokenizer import Tokenizer
+from .tokenizer import END_OF_TURN_TEXTS, Tokenizer
 
-__all__ = ["FORMATS", "ROLES", "ChatPrompt", "ChatStream", "ChatTemplate", "end_of_turn", "load_template_from_folder",
-           "tokenize_chat", "validate_messages"]
+__all__ = ["FORMATS", "ROLES", "ChatDelta", "ChatPrompt", "ChatStream", "ChatTemplate", "ReasoningSplitter",
+           "end_of_turn", "load_template_from_folder", "opens_in_reasoning", "tokenize_chat", "validate_messages"]
 
 ROLES = ("system", "user", "assistant")
 
@@ -87,15 +94,29 @@ FORMATS: dict[str, str] = {
         "{{ '[INST] ' + system + '\\n\\n' + message['content'] + ' [/INST]' }}"
         "{% else %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% endif %}"
         "{% else %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}"),
+    # google/gemma-3-1b-it (Gemma 2's differs only in refusing a system message): no system role, so the
+    # system text opens the first user turn, followed by a blank line; the assistant's role is "model".
+    "gemma": (
+        "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+        "{% set first_user_prefix = messages[0]['content'] + '\\n\\n' %}{% set loop_messages = messages[1:] %}"
+        "{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}"
+        "{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+        "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+        "{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '') }}"
+        "{{ message['content'] | trim }}{{ '<end_of_turn>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"),
     # A base model continues text: each system/user message starts a new line, a reply continues the line.
     "plain": (
         "{% for message in messages %}{% if not loop.first and message['role'] != 'assistant' %}{{ '\\n' }}"
         "{% endif %}{{ message['content'] }}{% endfor %}"),
 }
 
+# A reasoning model's reply opens with its thinking between these tags (Qwen3, SmolLM3, DeepSeek-R1 ...).
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
 # Text that ends a turn in known templates; `end_of_turn` keeps those a template mentions.
-END_OF_TURN_MARKERS = ("<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|end_of_turn|>",
-                       "<|endoftext|>", "<|END_OF_TURN_TOKEN|>")
+END_OF_TURN_MARKERS = END_OF_TURN_TEXTS
 
 
 class ChatTemplate:
@@ -120,21 +141,31 @@ class ChatTemplate:
         return cls(FORMATS[name], name=name)
 
     def render(self, messages: Sequence[Mapping[str, Any]], bos_token: str = "", eos_token: str = "",
-               add_generation_prompt: bool = True) -> str:
-        """The conversation as text. ChatTemplateError when the template fails, refuses the conversation
-        (its raise_exception) or breaks a sandbox rule or limit."""
-        return self.render_all([messages], bos_token, eos_token, add_generation_prompt)[0]
+               add_generation_prompt: bool = True, variables: Mapping[str, Any] | None = None) -> str:
+        """The conversation as text. `variables` are the template's own switches, as transformers'
+        `apply_chat_template(**kwargs)` passes them (e.g. {"enable_thinking": False} for Qwen3 and SmolLM3);
+        a variable left out keeps the template's default. ChatTemplateError when the template fails, refuses
+        the conversation (its raise_exception) or breaks a sandbox rule or limit."""
+        return self.render_all([messages], bos_token, eos_token, add_generation_prompt, variables)[0]
 
     def render_all(self, conversations: Sequence[Sequence[Mapping[str, Any]]], bos_token: str = "",
-                   eos_token: str = "", add_generation_prompt: bool = True) -> list[str]:
+                   eos_token: str = "", add_generation_prompt: bool = True,
+                   variables: Mapping[str, Any] | None = None) -> list[str]:
         """Each conversation as text, all rendered within one time budget (TIME_LIMIT_S of the sandbox);
-        errors as `render`."""
-        contexts = [{"messages": [dict(m) for m in messages], "bos_token": bos_token, "eos_token": eos_token,
+        arguments and errors as `render`."""
+        extra = _check_variables(variables)
+        contexts = [{**extra, "messages": [dict(m) for m in messages], "bos_token": bos_token, "eos_token": eos_token,
                      "add_generation_prompt": add_generation_prompt} for messages in conversations]
         try:
             return render_sandboxed(self._template, contexts)
         except TemplateFailure as e:
             raise ChatTemplateError(f"chat template {self.name!r}: {e}") from None
+
+    @property
+    def thinks(self) -> bool:
+        """Whether the template is a reasoning model's: it writes `<think>` blocks (Qwen3, SmolLM3, DeepSeek-R1
+        distills). Replies are then split into reasoning and answer (`ReasoningSplitter`)."""
+        return THINK_OPEN in self.source
 
     @property
     def end_markers(self) -> tuple[str, ...]:
@@ -143,6 +174,24 @@ class ChatTemplate:
 
     def __repr__(self) -> str:
         return f"ChatTemplate({self.name!r}, {len(self.source)} chars)"
+
+
+# The variables every rendering sets itself; `variables` may not replace them.
+_RESERVED_VARIABLES = frozenset({"messages", "bos_token", "eos_token", "add_generation_prompt", "raise_exception",
+                                 "strftime_now", "range"})
+
+
+def _check_variables(variables: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Template variables as a dict of JSON data; InvalidArgumentError for a name the rendering sets itself."""
+    if variables is None:
+        return {}
+    if not isinstance(variables, Mapping) or not all(isinstance(k, str) for k in variables):
+        raise InvalidArgumentError(f"template variables must be a dict with str keys, got {variables!r}",
+                                   param="variables")
+    reserved = sorted(_RESERVED_VARIABLES.intersection(variables))
+    if reserved:
+        raise InvalidArgumentError(f"template variables cannot replace {', '.join(reserved)}", param="variables")
+    return dict(variables)
 
 
 def validate_messages(messages: object) -> list[dict[str, str]]:
@@ -178,25 +227,31 @@ class ChatPrompt:
 
 
 def tokenize_chat(template: ChatTemplate, tokenizer: Tokenizer, messages: object, add_bos: bool = True,
-                  add_generation_prompt: bool = True) -> ChatPrompt:
+                  add_generation_prompt: bool = True, variables: Mapping[str, Any] | None = None) -> ChatPrompt:
     """Renders and tokenizes a conversation; control tokens come only from the template's markup. BOS is
-    added at the start when `add_bos` and the template did not write it (never twice). Asked for the same
-    prompt again (same template, tokenizer, messages and flags), it returns it without rendering anew."""
+    added at the start when `add_bos` and the template did not write it (never twice). `variables`: the
+    template's switches, as `ChatTemplate.render`. Asked for the same prompt again (same template, tokenizer,
+    messages, flags and variables), it returns it without rendering anew."""
     msgs = validate_messages(messages)
-    key = (tokenizer, json.dumps(msgs), add_bos, add_generation_prompt)
+    extra = _check_variables(variables)
+    try:
+        key = (tokenizer, json.dumps(msgs), add_bos, add_generation_prompt, json.dumps(extra, sort_keys=True))
+    except (TypeError, ValueError) as e:
+        raise InvalidArgumentError(f"template variables must be plain JSON data: {e}", param="variables") from None
     last = template._last_prompt
     if last is None or last[0] != key:
-        last = template._last_prompt = (key, _tokenize_chat(template, tokenizer, msgs, add_bos, add_generation_prompt))
+        prompt = _tokenize_chat(template, tokenizer, msgs, add_bos, add_generation_prompt, extra)
+        last = template._last_prompt = (key, prompt)
     return dataclasses.replace(last[1], ids=list(last[1].ids))  # the caller's own list of ids
 
 
 def _tokenize_chat(template: ChatTemplate, tokenizer: Tokenizer, msgs: list[dict[str, str]], add_bos: bool,
-                   add_generation_prompt: bool) -> ChatPrompt:
+                   add_generation_prompt: bool, variables: dict[str, Any]) -> ChatPrompt:
     bos = tokenizer.id_to_piece(tokenizer.bos_id) if tokenizer.bos_id is not None else ""
     eos = tokenizer.id_to_piece(tokenizer.eos_id) if tokenizer.eos_id is not None else ""
     nonce = secrets.token_hex(8).upper()  # letters and digits: survives trim, tojson, escaping, upper/lower
     masked = [{**m, "content": f"LLMRUN{nonce}M{i}X" if m["content"] else ""} for i, m in enumerate(msgs)]
-    text, skeleton = template.render_all([msgs, masked], bos, eos, add_generation_prompt)
+    text, skeleton = template.render_all([msgs, masked], bos, eos, add_generation_prompt, variables)
     parts = re.split(f"LLMRUN{nonce}M(\\d+)X", skeleton, flags=re.IGNORECASE)
     if any("llmrun" in p.lower() for p in parts[::2]):  # a sentinel was cut or rewritten: contents are lost
         raise ChatTemplateError(f"chat template {template.name!r} rewrites message contents (slices or replaces "
@@ -225,7 +280,11 @@ def _line_up(text: str, parts: list[str], contents: list[str]) -> list[tuple[str
             pos += len(part)
             continue
         content, after = contents[int(part)], parts[k + 1]
-        for shown in dict.fromkeys((content, content.strip(), content.rstrip(), content.lstrip())):
+        # as given, trimmed (SmolLM3 trims newlines only), or (reasoning models' templates: Qwen3) without a
+        # previous reply's reasoning
+        answer = content.rsplit(THINK_CLOSE, 1)[-1].lstrip("\n") if THINK_CLOSE in content else content
+        for shown in dict.fromkeys((content, content.strip(), content.rstrip(), content.lstrip(),
+                                    content.lstrip("\n"), answer)):
             if text.startswith(shown, pos) and text.startswith(after, pos + len(shown)):
                 break
         else:
@@ -255,28 +314,77 @@ def _special_table(tokenizer: Tokenizer) -> tuple[dict[str, int], re.Pattern | N
 
 def _encode_segments(tokenizer: Tokenizer, segments: list[tuple[str, bool]]) -> list[int]:
     """Control tokens where the markup spells them; every run of text between them, markup and contents
-    together, tokenized as plain text (as `encode(special=True)` would, for contents without control text)."""
+    together, tokenized as plain text (as `encode(special=True)` would, for contents without control text).
+
+    A user-defined token (matched whole in any text, e.g. Gemma's <start_of_turn> in a GGUF vocabulary) that
+    the markup uses is markup too: where a content spells it, its first character is tokenized on its own,
+    so the content keeps its text but cannot open or close a turn."""
     table, pattern = _special_table(tokenizer)
+    markup = "".join(text for text, is_content in segments if not is_content)
+    # tags only: a vocabulary's user-defined whitespace runs ("\n\n", Gemma) are text wherever they appear
+    markers = [t for t in tokenizer.user_defined_tokens if t in markup and _is_tag(t)]
+    defuse = re.compile("|".join(map(re.escape, sorted(markers, key=len, reverse=True)))) if markers else None
     ids: list[int] = []
     run: list[str] = []
+    # after a control token that swallows the whitespace after it (Phi-3's rstrip), text starts stripped,
+    # as `tokenizers` and llama.cpp tokenize the rendered prompt
+    strip_next = False
 
-    def flush() -> None:
-        if run:
-            ids.extend(tokenizer.encode("".join(run), add_bos=False, add_eos=False, special=False))
-            run.clear()
+    def add(text: str) -> None:
+        nonlocal strip_next
+        if strip_next:
+            text = text.lstrip()
+            strip_next = not text
+        run.append(text)
+
+    def flush(trim_end: bool = False) -> None:
+        text = "".join(run)
+        run.clear()
+        if trim_end:  # the control token after this text swallows the whitespace before it (lstrip)
+            text = text.rstrip()
+        if text:
+            ids.extend(tokenizer.encode(text, add_bos=False, add_eos=False, special=False))
 
     for text, is_content in segments:
+        if is_content and defuse is not None:
+            pos = 0
+            for m in defuse.finditer(text):
+                add(text[pos:m.start()])
+                flush()
+                ids.extend(_lone_character(tokenizer, m.group()[0]))
+                strip_next = False
+                pos = m.start() + 1
+            add(text[pos:])
+            continue
         if is_content or pattern is None:
-            run.append(text)
+            add(text)
             continue
         for k, fragment in enumerate(pattern.split(text)):
             if k % 2:
-                flush()
+                lstrip, rstrip = tokenizer.strips(table[fragment])
+                flush(lstrip)
                 ids.append(table[fragment])
+                strip_next = rstrip
             elif fragment:
-                run.append(fragment)
+                add(fragment)
     flush()
     return ids
+
+
+def _is_tag(text: str) -> bool:
+    """Whether a token's text looks like markup (`<start_of_turn>`, `<think>`, `[INST]`): letters between
+    angle or square brackets, no whitespace."""
+    return re.fullmatch(r"[<\[][^\s]*[A-Za-z][^\s]*[>\]]", text) is not None
+
+
+def _lone_character(tokenizer: Tokenizer, char: str) -> list[int]:
+    """The ids of one character tokenized alone: its byte tokens (<0xNN>) where encoding alone would put a
+    dummy-prefix space before it, else its plain encoding."""
+    if tokenizer.add_dummy_prefix:
+        byte_ids = [tokenizer.piece_to_id(f"<0x{b:02X}>") for b in char.encode("utf-8")]
+        if None not in byte_ids:
+            return byte_ids  # type: ignore[return-value]
+    return tokenizer.encode(char, add_bos=False, add_eos=False, special=False)
 
 
 def end_of_turn(template: ChatTemplate, tokenizer: Tokenizer, eog_ids: frozenset[int] | set[int]
@@ -324,22 +432,153 @@ def load_template_from_folder(path: str | os.PathLike) -> str | None:
     raise ChatTemplateError(f"{config_file}: chat_template must be a string or a list, got {type(value).__name__}")
 
 
+@dataclass(frozen=True)
+class ChatDelta:
+    """A piece of a reply as it streams: text of the answer (`content`) or of the model's reasoning before it
+    (`reasoning`, the `<think>` block's text); one of the two is empty."""
+
+    content: str = ""
+    reasoning: str = ""
+
+
+class ReasoningSplitter:
+    """Splits a reasoning model's reply, fed as text pieces, into its reasoning and its answer.
+
+    The reasoning is a `<think>…</think>` block at the very start of the reply (after blank space), as Qwen3
+    and SmolLM3 write it and their templates read it back; a `<think>` anywhere later is answer text. With
+    `inside` the reply starts within the block (the template's generation prompt ended with "<think>\n").
+    Reasoning loses its surrounding newlines and the answer its leading blank space, as the templates strip
+    them; a reply that never closes its block (max_tokens) is all reasoning. Text that may be the start of a
+    tag is held back until the next piece decides it, so a tag split over two tokens is still found."""
+
+    def __init__(self, inside: bool = False) -> None:
+        self.state = "reasoning" if inside else "start"  # start -> reasoning -> answer, or start -> answer
+        self.saw_block = inside
+        self._held = ""  # text not yet emitted: a possible tag prefix, or blank space whose role is undecided
+        self._reasoning_started = False
+
+    def feed(self, text: str) -> list[ChatDelta]:
+        self._held += text
+        out: list[ChatDelta] = []
+        if self.state == "start":
+            head = self._held.lstrip()
+            if head.startswith(THINK_OPEN):
+                self.state, self.saw_block = "reasoning", True
+                self._held = head[len(THINK_OPEN):]
+            elif THINK_OPEN.startswith(head):  # blank, or a prefix of the tag: wait for more
+                return out
+            else:
+                self.state = "answer"
+        if self.state == "reasoning":
+            end = self._held.find(THINK_CLOSE)
+            if end < 0:
+                keep = _partial_suffix(self._held, THINK_CLOSE)
+                ready, self._held = self._held[:len(self._held) - keep], self._held[len(self._held) - keep:]
+                # trailing blank space is held: it is dropped if the block closes right after it
+                body = ready.rstrip()
+                self._held = ready[len(body):] + self._held
+                self._emit_reasoning(body, out)
+                return out
+            self._emit_reasoning(self._held[:end].rstrip(), out)
+            self._held = self._held[end + len(THINK_CLOSE):]
+            self.state = "answer-start"
+        if self.state == "answer-start":
+            self._held = self._held.lstrip()
+            if not self._held:
+                return out
+            self.state = "answer"
+        if self._held:
+            out.append(ChatDelta(content=self._held))
+            self._held = ""
+        return out
+
+    def _emit_reasoning(self, text: str, out: list[ChatDelta]) -> None:
+        if not self._reasoning_started:
+            text = text.lstrip()
+            self._reasoning_started = bool(text)
+        if text:
+            out.append(ChatDelta(reasoning=text))
+
+    def flush(self) -> list[ChatDelta]:
+        """What is still held back, at the end of the reply."""
+        held, self._held = self._held, ""
+        if self.state == "start":  # the reply was blank, or ended inside "<thi": it is all answer
+            return [ChatDelta(content=held)] if held else []
+        if self.state == "reasoning":  # never closed
+            out: list[ChatDelta] = []
+            self._emit_reasoning(held.rstrip(), out)
+            return out
+        return [ChatDelta(content=held)] if held and self.state == "answer" else []
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """The length of the longest end of `text` that is a proper prefix of `tag`."""
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:n]):
+            return n
+    return 0
+
+
+def opens_in_reasoning(prompt_text: str) -> bool:
+    """Whether a rendered prompt leaves the reply inside a `<think>` block (its generation prompt ends with
+    one, as DeepSeek-R1's does, and Qwen3's thinking variants)."""
+    return prompt_text.rstrip().endswith(THINK_OPEN)
+
+
 class ChatStream(Iterator[str]):
-    """A reply being generated: iterate for text deltas. Once exhausted (or closed), `finish_reason`
-    ("stop": an end-of-turn token or stop string; "length": max_tokens or a full context; "cancelled": closed
-    before it ended, e.g. by Ctrl-C or a client that went away), `usage`, `message`
-    and `stats` describe it; `result()` runs it to the end and returns the dict `Model.chat` returns."""
+    """A reply being generated: iterate for the answer's text deltas, or call `deltas()` for `ChatDelta`s
+    that also carry the reasoning (a reasoning model's `<think>` block, kept out of the answer) as it
+    streams. Once exhausted (or closed), `finish_reason` ("stop": an end-of-turn token or stop string;
+    "length": max_tokens or a full context; "cancelled": closed before it ended, e.g. by Ctrl-C or a client
+    that went away), `usage`, `message`, `content`, `reasoning` and `stats` describe it; `result()` runs it
+    to the end and returns the dict `Model.chat` returns.
+
+    Reasoning is split out when the template is a reasoning model's (`ChatTemplate.thinks`); otherwise every
+    delta is content and `reasoning` stays None."""
 
     def __init__(self, generation: Generation, prompt: ChatPrompt, template: ChatTemplate) -> None:
         self.generation = generation
         self.prompt = prompt
         self.template = template
         self._parts: list[str] = []
+        self._reasoning: list[str] = []
+        self._splitter = ReasoningSplitter(opens_in_reasoning(prompt.text)) if template.thinks else None
+        self._pending: list[ChatDelta] = []
+        self._done = False
+
+    def _next_delta(self) -> ChatDelta:
+        while not self._pending:
+            if self._done:
+                raise StopIteration
+            try:
+                piece = next(self.generation)
+            except StopIteration:
+                self._done = True
+                if self._splitter is not None:
+                    self._pending += self._splitter.flush()
+                continue
+            self._pending += [ChatDelta(content=piece)] if self._splitter is None else self._splitter.feed(piece)
+        delta = self._pending.pop(0)
+        if delta.content:
+            self._parts.append(delta.content)
+        if delta.reasoning:
+            self._reasoning.append(delta.reasoning)
+        return delta
+
+    def deltas(self) -> Iterator[ChatDelta]:
+        """The reply's pieces as `ChatDelta`s (answer text or reasoning), as they are generated."""
+        while True:
+            try:
+                yield self._next_delta()
+            except StopIteration:
+                return
 
     def __next__(self) -> str:
-        piece = next(self.generation)
-        self._parts.append(piece)
-        return piece
+        """The next piece of the answer's text (reasoning is collected in `reasoning`, not yielded)."""
+        while True:
+            delta = self._next_delta()
+            if delta.content:
+                return delta.content
 
     def close(self) -> None:
         """Stops generating (Ctrl-C, a closed connection); what was generated so far stays in `content`."""
@@ -347,7 +586,16 @@ class ChatStream(Iterator[str]):
 
     @property
     def content(self) -> str:
+        """The answer's text so far (without the reasoning)."""
         return "".join(self._parts)
+
+    @property
+    def reasoning(self) -> str | None:
+        """The reasoning so far: the text of the reply's `<think>` block, or None when the reply has none (or
+        the template is not a reasoning model's)."""
+        if self._splitter is None or not self._splitter.saw_block:
+            return None
+        return "".join(self._reasoning)
 
     @property
     def finish_reason(self) -> str | None:
@@ -359,7 +607,13 @@ class ChatStream(Iterator[str]):
 
     @property
     def message(self) -> dict[str, str]:
-        return {"role": "assistant", "content": self.content}
+        """{"role": "assistant", "content": ...}, with "reasoning_content" when the reply had reasoning (the
+        field vLLM and llama.cpp's server use)."""
+        message = {"role": "assistant", "content": self.content}
+        reasoning = self.reasoning
+        if reasoning is not None:
+            message["reasoning_content"] = reasoning
+        return message
 
     @property
     def usage(self) -> dict[str, int]:
@@ -367,7 +621,8 @@ class ChatStream(Iterator[str]):
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     def result(self) -> dict[str, Any]:
-        """{"message": {"role": "assistant", "content": ...}, "finish_reason": ..., "usage": {...}}."""
-        for _ in self:
+        """{"message": {"role": "assistant", "content": ...[, "reasoning_content": ...]}, "finish_reason": ...,
+        "usage": {...}}."""
+        for _ in self.deltas():
             pass
         return {"message": self.message, "finish_reason": self.finish_reason, "usage": self.usage}

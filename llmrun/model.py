@@ -206,15 +206,16 @@ class Model:
                 self._templates[name] = ChatTemplate.builtin("plain")
         return self._templates[name]
 
-    def chat_prompt(self, messages: Sequence[dict], chat_format: str | None = None) -> list[int]:
+    def chat_prompt(self, messages: Sequence[dict], chat_format: str | None = None,
+                    enable_thinking: bool | None = None) -> list[int]:
         """The token ids `chat` would feed the model for `messages` (with the generation prompt)."""
         return tokenize_chat(self.chat_template(chat_format), self.tokenizer, messages,
-                             add_bos=self._spec.add_bos_token).ids
+                             add_bos=self._spec.add_bos_token, variables=_thinking(enable_thinking)).ids
 
     def chat_stream(self, messages: Sequence[dict], params: SamplingParams | None = None, *,
                     chat_format: str | None = None, max_tokens: int | None = None,
                     stop: str | Iterable[str] | None = None, logprobs: int | None = None,
-                    **sampling: Any) -> ChatStream:
+                    enable_thinking: bool | None = None, **sampling: Any) -> ChatStream:
         """Starts the assistant's reply to `messages` (a list of {"role": "system" | "user" | "assistant",
         "content": str}) and returns a ChatStream that yields its text as it is generated. The conversation is
         rendered with `chat_template(chat_format)`; message contents can never produce control tokens. The
@@ -222,17 +223,23 @@ class Model:
         string (never part of the text), `max_tokens` (default None: no limit but the context) or a full
         context. The KV cache keeps the conversation, so the next turn only computes the new tokens.
         Sampling (`params` and keyword overrides) and `logprobs` as `stream`. ContextOverflowError if the
-        conversation does not fit."""
+        conversation does not fit.
+
+        Reasoning models (Qwen3, SmolLM3: templates that write `<think>` blocks): `enable_thinking` is passed
+        to the template (False: the model answers without thinking; None, the default: the template's own
+        default, thinking for both), and the reply's `<think>…</think>` block is kept out of the answer: the
+        ChatStream yields the answer's text, `ChatStream.deltas()` the reasoning too, and `reasoning` holds it."""
         params = _sampling(params, sampling)
         template = self.chat_template(chat_format)
-        prompt = tokenize_chat(template, self.tokenizer, messages, add_bos=self._spec.add_bos_token)
+        prompt = tokenize_chat(template, self.tokenizer, messages, add_bos=self._spec.add_bos_token,
+                               variables=_thinking(enable_thinking))
         eog, marker_stops = end_of_turn(template, self.tokenizer, self.eog_ids)
         generation = self._start(prompt.ids, eog, marker_stops, params, max_tokens, stop, logprobs)
         return ChatStream(generation, prompt, template)
 
     def chat(self, messages: Sequence[dict], params: SamplingParams | None = None, *,
              chat_format: str | None = None, max_tokens: int | None = None, stop: str | Iterable[str] | None = None,
-             logprobs: int | None = None, **sampling: Any) -> dict[str, Any]:
+             logprobs: int | None = None, enable_thinking: bool | None = None, **sampling: Any) -> dict[str, Any]:
         """The assistant's reply to `messages`, as `chat_stream` generates it, in the shape of an OpenAI
         chat completion's choice:
 
@@ -240,10 +247,12 @@ class Model:
              "finish_reason": "stop" | "length",
              "usage": {"prompt_tokens": ..., "completion_tokens": ..., "total_tokens": ...}}
 
-        With `logprobs` (0-20 alternatives) it also has "logprobs": {"content": [{"token", "logprob", "bytes",
-        "top_logprobs": [...]}, ...]}, one entry per generated token."""
+        A reasoning model's reply that thought first also has "reasoning_content" in its message (the text of
+        its `<think>` block, kept out of "content"; see `chat_stream` for `enable_thinking`). With `logprobs`
+        (0-20 alternatives) it also has "logprobs": {"content": [{"token", "logprob", "bytes", "top_logprobs":
+        [...]}, ...]}, one entry per generated token (reasoning tokens included)."""
         stream = self.chat_stream(messages, params, chat_format=chat_format, max_tokens=max_tokens, stop=stop,
-                                  logprobs=logprobs, **sampling)
+                                  logprobs=logprobs, enable_thinking=enable_thinking, **sampling)
         reply = stream.result()
         if logprobs is not None:
             reply["logprobs"] = chat_logprobs(self.tokenizer, stream.generation.token_logprobs)
@@ -303,7 +312,7 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
     n_batch:   prompt tokens processed together (matrix-matrix products, each weight read once per
                batch); longer prompts go in batches of this size. 1 processes prompts token by token.
     chat_format: the built-in chat format `chat` uses ("llama-2", "llama-3", "chatml", "zephyr", "mistral",
-               "plain"); default: the model's own template, else "plain".
+               "gemma", "plain"); default: the model's own template, else "plain".
     quantize:  Hugging Face folders only: convert the weights at load time ("q8_0", "q4_0", "f16", ...);
                `progress(done, total, name)` is called after each tensor.
 
@@ -336,6 +345,16 @@ def _check_chat_format(name: str | None) -> None:
     if name is not None and name not in FORMATS:
         raise InvalidArgumentError(f"chat_format: unknown chat format {name!r}; choose one of {', '.join(FORMATS)}",
                                    param="chat_format")
+
+
+def _thinking(enable_thinking: bool | None) -> dict[str, bool] | None:
+    """The template variables for `enable_thinking` (None: none, the template's default applies)."""
+    if enable_thinking is None:
+        return None
+    if not isinstance(enable_thinking, bool):
+        raise InvalidArgumentError(f"enable_thinking must be True, False or None, got {enable_thinking!r}",
+                                   param="enable_thinking")
+    return {"enable_thinking": enable_thinking}
 
 
 def _sampling(params: SamplingParams | None, overrides: dict[str, Any]) -> SamplingParams:

@@ -76,6 +76,7 @@ class CompletionRequest(GenerationRequest):
 @dataclass
 class ChatRequest(GenerationRequest):
     messages: list[dict[str, str]] = field(default_factory=list)
+    enable_thinking: bool | None = None  # None: the chat template's default
 
 
 def _describe(value: object) -> str:
@@ -112,6 +113,11 @@ def _number(body: Mapping[str, Any], name: str, rule: str, ok: Callable[[float],
     if not (_is_int(value) or isinstance(value, float)) or not _finite(value) or not ok(value):
         raise bad_request(f"{name} must be a number {rule}, got {_describe(value)}", param=name)
     return float(value)
+
+
+def _optional_bool(body: Mapping[str, Any], name: str) -> bool | None:
+    """A true/false field, None when absent."""
+    return None if body.get(name) is None else _bool(body, name)
 
 
 def _bool(body: Mapping[str, Any], name: str, default: bool = False) -> bool:
@@ -198,7 +204,8 @@ def parse_completion(data: object) -> CompletionRequest:
 def parse_chat(data: object) -> ChatRequest:
     """A /v1/chat/completions body: messages (roles system/developer/user/assistant, content a string or a
     list of text parts), max_completion_tokens or max_tokens (default: until the context is full), logprobs
-    and top_logprobs, and the shared sampling fields."""
+    and top_logprobs, enable_thinking (top level or in chat_template_kwargs), and the shared sampling
+    fields."""
     body, kwargs = _common(data, default_max_tokens=None)
     limit = _int(body, "max_completion_tokens", 0, None)
     if limit is not None:
@@ -214,7 +221,28 @@ def parse_chat(data: object) -> ChatRequest:
         logprobs = _int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS, 0)
     elif body.get("top_logprobs") is not None:
         raise bad_request("top_logprobs needs logprobs: true", param="top_logprobs")
-    return ChatRequest(**kwargs, messages=_messages(body.get("messages")), logprobs=logprobs)
+    return ChatRequest(**kwargs, messages=_messages(body.get("messages")), logprobs=logprobs,
+                       enable_thinking=_enable_thinking(body))
+
+
+def _enable_thinking(body: Mapping[str, Any]) -> bool | None:
+    """A reasoning model's thinking switch: `chat_template_kwargs.enable_thinking` (vLLM's and llama.cpp's
+    server's field) or a top-level `enable_thinking`; both must agree. Other template variables are refused
+    by name (llmrun's templates take only this switch from a client)."""
+    kwargs = body.get("chat_template_kwargs")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise bad_request(f"chat_template_kwargs must be an object, got {_describe(kwargs)}",
+                          param="chat_template_kwargs")
+    others = sorted(k for k in kwargs or {} if k != "enable_thinking")
+    if others:
+        raise bad_request(f"chat_template_kwargs: only enable_thinking is supported, got {', '.join(others)}",
+                          param="chat_template_kwargs")
+    nested = _optional_bool(kwargs or {}, "enable_thinking")
+    top = _optional_bool(body, "enable_thinking")
+    if nested is not None and top is not None and nested != top:
+        raise bad_request("enable_thinking and chat_template_kwargs.enable_thinking disagree",
+                          param="enable_thinking")
+    return top if top is not None else nested
 
 
 def _messages(value: object) -> list[dict[str, str]]:

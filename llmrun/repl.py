@@ -28,6 +28,8 @@ HELP = """\
 /save FILE       write the conversation to FILE as JSON: a list of {"role": ..., "content": ...}
 /load FILE       continue a conversation saved with /save
 /stats           tokens, speed and context use of the last reply
+/think on|off    a reasoning model (Qwen3, SmolLM3) thinks before answering, or answers at once
+                 (/think alone shows the setting; the template's default until set)
 /exit            quit (Ctrl-D too)
 End a line with \\ to continue on the next one. Ctrl-C stops a reply and keeps the session."""
 
@@ -54,6 +56,7 @@ class Repl:
         self.chat_format = chat_format
         self.system = system or None
         self.sampling = dict(sampling or {})
+        self.enable_thinking: bool | None = None  # None: the chat template's default
         self.read_line = read_line
         self.out = out or sys.stdout
         self.err = err or sys.stderr
@@ -122,9 +125,24 @@ class Repl:
             self.load(Path(arg))
         elif name == "/stats":
             self.say(self.stats_text())
+        elif name == "/think":
+            self.think(arg)
         else:
             self.notice(f"unknown command or missing argument: {text.strip()!r} (/help lists the commands)")
         return True
+
+    def think(self, arg: str) -> None:
+        """/think on|off sets the thinking switch; /think alone reports it."""
+        if arg in ("on", "off"):
+            self.enable_thinking = arg == "on"
+            self.notice(f"(thinking {arg})")
+        elif not arg:
+            state = "the template's default" if self.enable_thinking is None else \
+                ("on" if self.enable_thinking else "off")
+            thinks = self.model.chat_template(self.chat_format).thinks
+            self.notice(f"(thinking: {state}{'' if thinks else '; this chat template has no thinking switch'})")
+        else:
+            self.notice(f"/think takes on or off, got {arg!r}")
 
     def conversation(self) -> list[dict[str, str]]:
         system = [{"role": "system", "content": self.system}] if self.system else []
@@ -161,7 +179,8 @@ class Repl:
         if self.last is not None and conversation == self.last_conversation:
             return self.last.usage["total_tokens"]
         try:
-            return len(self.model.chat_prompt(conversation, chat_format=self.chat_format))
+            return len(self.model.chat_prompt(conversation, chat_format=self.chat_format,
+                                              enable_thinking=self.enable_thinking))
         except LLMError:  # a template that refuses this conversation says so at the next turn
             return 0
 
@@ -181,22 +200,33 @@ class Repl:
     # --- a turn -----------------------------------------------------------------------------------------
 
     def turn(self, text: str) -> None:
-        """Adds the user's message and streams the reply; Ctrl-C stops the reply, errors are reported."""
+        """Adds the user's message and streams the reply; Ctrl-C stops the reply, errors are reported. A
+        reasoning model's thinking is shown between <think> and </think> but kept out of the conversation (as
+        its template drops it from earlier turns anyway)."""
         self.messages.append({"role": "user", "content": text})
         stream = None
-        shown: list[str] = []  # what the user saw: the reply kept in the conversation
+        shown: list[str] = []  # what the user saw of the answer: the reply kept in the conversation
+        thinking = False  # inside the shown <think> block
         stopped = False
         start = time.perf_counter()
         self.last_ttft = None
         try:
             if not self.make_room():
                 return
-            stream = self.model.chat_stream(self.conversation(), chat_format=self.chat_format, **self.sampling)
-            for piece in stream:
+            stream = self.model.chat_stream(self.conversation(), chat_format=self.chat_format,
+                                            enable_thinking=self.enable_thinking, **self.sampling)
+            for delta in stream.deltas():
                 if self.last_ttft is None:
                     self.last_ttft = time.perf_counter() - start
-                self.out.write(piece)
-                shown.append(piece)
+                if delta.reasoning:
+                    self.out.write(delta.reasoning if thinking else f"<think>\n{delta.reasoning}")
+                    thinking = True
+                else:
+                    if thinking:
+                        self.out.write("\n</think>\n\n")
+                        thinking = False
+                    self.out.write(delta.content)
+                    shown.append(delta.content)
                 self.out.flush()
         except KeyboardInterrupt:
             stopped = True
@@ -208,6 +238,8 @@ class Repl:
         finally:
             if stream is not None:
                 stream.close()
+            if thinking:  # the reply ended (or was stopped) while thinking
+                self.out.write("\n</think>")
             self.out.write("\n")
             self.out.flush()
         if stream is None or (stopped and not shown):  # stopped before the first piece: forget the question
@@ -225,7 +257,8 @@ class Repl:
         room = min(max_tokens if max_tokens is not None else DEFAULT_REPLY_ROOM, n_ctx // 4)
         dropped = 0
         while True:
-            n = len(self.model.chat_prompt(self.conversation(), chat_format=self.chat_format))
+            n = len(self.model.chat_prompt(self.conversation(), chat_format=self.chat_format,
+                                           enable_thinking=self.enable_thinking))
             if n + room <= n_ctx or len(self.messages) <= 1:
                 break
             del self.messages[:2 if len(self.messages) > 2 else 1]

@@ -2,6 +2,8 @@
 
 Endpoints: GET /v1/models, GET /v1/models/{id}, POST /v1/completions, POST /v1/chat/completions (JSON, or
 server-sent events with `"stream": true`), GET /health. Request and response shapes: llmrun/openai_api.py.
+A reasoning model's thinking (its reply's `<think>` block) is sent as `reasoning_content`, in the message
+and in stream deltas apart from `content`, as vLLM and llama.cpp's server do.
 
 Safety: the CLI binds 127.0.0.1 unless told otherwise; with an API key every endpoint but /health wants
 `Authorization: Bearer KEY` (compared in constant time); bodies over `max_body_bytes` get 413 (by
@@ -21,7 +23,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +36,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from .chat import ChatDelta, ChatStream
 from .errors import ContextOverflowError, KernelError, LLMError
 from .generate import Generation, GenerationStats
 from .model import Model
@@ -76,12 +79,14 @@ class ServerConfig:
 
 @dataclass
 class _Job:
-    """One admitted request: its generation and what its response chunks need."""
+    """One admitted request: its generation (for chat, the ChatStream around it) and what its response chunks
+    need."""
 
     chat: bool
     gen: Generation
     model: str
     tokenizer: Tokenizer
+    stream: ChatStream | None = None
     include_usage: bool = False
     echo: str = ""  # completions with echo: the prompt's text, sent first
     id: str = ""
@@ -109,21 +114,32 @@ class _Job:
         kind = ("chat.completion.chunk" if chunk else "chat.completion") if self.chat else "text_completion"
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices}
 
-    def chunk(self, text: str | None = None, finish_reason: str | None = None, opening: bool = False
+    def pieces(self) -> Iterator[str | ChatDelta]:
+        """What the response is made of as it is generated: ChatDeltas (answer or reasoning) for chat, text
+        for completions."""
+        return self.stream.deltas() if self.stream is not None else self.gen
+
+    def chunk(self, piece: str | ChatDelta | None = None, finish_reason: str | None = None, opening: bool = False
               ) -> dict[str, Any]:
         """A streamed chunk: the opening one (chat: the assistant role; completions: the echoed prompt), one with
-        `text`, or the closing one with `finish_reason`."""
+        `piece` (chat: its answer text as "content", its reasoning as "reasoning_content", as vLLM and
+        llama.cpp's server stream them), or the closing one with `finish_reason`."""
         choice: dict[str, Any] = {"index": 0}
         if self.chat:
             if opening:
                 choice["delta"] = {"role": "assistant", "content": ""}
+            elif isinstance(piece, ChatDelta):
+                choice["delta"] = {"reasoning_content": piece.reasoning} if piece.reasoning else \
+                    {"content": piece.content}
             else:
-                choice["delta"] = {} if text is None else {"content": text}
+                choice["delta"] = {} if piece is None else {"content": piece}
         else:
-            choice["text"] = text or ""
+            assert not isinstance(piece, ChatDelta)
+            choice["text"] = piece or ""
         choice["logprobs"] = None if opening else self.logprobs()
         choice["finish_reason"] = finish_reason
-        self.sent_chars += len(text or "")
+        if not self.chat:
+            self.sent_chars += len(piece or "")
         body = self._envelope([choice], chunk=True)
         if self.include_usage:
             body["usage"] = None
@@ -134,10 +150,12 @@ class _Job:
         return {**self._envelope([], chunk=True), "usage": self.usage()}
 
     def response(self, text: str) -> dict[str, Any]:
-        """The whole non-streaming response for the generated `text`."""
+        """The whole non-streaming response for the generated `text` (chat: the ChatStream's message, with
+        "reasoning_content" when the reply had reasoning)."""
         choice: dict[str, Any] = {"index": 0}
         if self.chat:
-            choice["message"] = {"role": "assistant", "content": text}
+            choice["message"] = self.stream.message if self.stream is not None else \
+                {"role": "assistant", "content": text}
         else:
             self.sent_chars = len(self.echo)
             choice["text"] = self.echo + text
@@ -146,12 +164,12 @@ class _Job:
         return {**self._envelope([choice], chunk=False), "usage": self.usage()}
 
 
-def _pull(gen: Generation, seconds: float) -> tuple[list[str], bool]:
-    """The next text pieces of `gen`: at least one (unless it ends), more while `seconds` last; and whether it
+def _pull(source: Iterator[str | ChatDelta], seconds: float) -> tuple[list[str | ChatDelta], bool]:
+    """The next pieces of `source`: at least one (unless it ends), more while `seconds` last; and whether it
     ended. Runs in a worker thread."""
-    pieces: list[str] = []
+    pieces: list[str | ChatDelta] = []
     deadline = time.perf_counter() + seconds
-    for piece in gen:
+    for piece in source:
         pieces.append(piece)
         if time.perf_counter() >= deadline:
             return pieces, False
@@ -280,32 +298,34 @@ class ModelServer:
         """Admits a checked request: waits for the slot, starts and runs its generation, answers it."""
         if req.max_tokens is not None:
             req.max_tokens = min(req.max_tokens, self.model.info.n_ctx)  # the context ends it anyway
-        gen = await anyio.to_thread.run_sync(self._start, req)  # tokenizing can take a while
+        started = await anyio.to_thread.run_sync(self._start, req)  # tokenizing can take a while
+        stream = started if isinstance(started, ChatStream) else None
+        gen = started.generation if isinstance(started, ChatStream) else started
         job = _Job(chat=isinstance(req, ChatRequest), gen=gen, model=self.config.model_name,
-                   tokenizer=self.model.tokenizer,
-                   include_usage=req.include_usage)
+                   tokenizer=self.model.tokenizer, stream=stream, include_usage=req.include_usage)
+        source = job.pieces()
         if isinstance(req, CompletionRequest) and req.echo:
             job.echo = req.prompt if isinstance(req.prompt, str) else self.model.detokenize(req.prompt)
         await self._acquire()
         handed_over = False
         try:
             # The first hop (the prompt and the first token) happens before answering: its errors get a status.
-            first = await anyio.to_thread.run_sync(_pull, gen, 0.0 if req.stream else HOP_SECONDS)
+            first = await anyio.to_thread.run_sync(_pull, source, 0.0 if req.stream else HOP_SECONDS)
             if req.stream:
-                response = _SlotStream(self._events(job, *first), on_close=lambda: self._release(job))
+                response = _SlotStream(self._events(job, source, *first), on_close=lambda: self._release(job))
                 handed_over = True
                 return response
-            return JSONResponse(job.response(await self._collect(request, job, *first)))
+            return JSONResponse(job.response(await self._collect(request, job, source, *first)))
         finally:
             if not handed_over:
                 self._release(job)
 
-    def _start(self, req: GenerationRequest) -> Generation:
+    def _start(self, req: GenerationRequest) -> Generation | ChatStream:
         """Tokenizes the request and prepares its generation (nothing is computed yet); 4xx for bad input."""
         kwargs = dict(max_tokens=req.max_tokens, logprobs=req.logprobs, **req.sampling)
         try:
             if isinstance(req, ChatRequest):
-                return self.model.chat_stream(req.messages, **kwargs).generation
+                return self.model.chat_stream(req.messages, enable_thinking=req.enable_thinking, **kwargs)
             assert isinstance(req, CompletionRequest)
             return self.model.stream(req.prompt, **kwargs)
         except ContextOverflowError as e:
@@ -340,17 +360,20 @@ class ModelServer:
                  s.generated_tokens, gen.finish_reason or "stopped early", s.decode_tokens_per_second)
         self._slot.release()
 
-    async def _collect(self, request: Request, job: _Job, pieces: list[str], done: bool) -> str:
-        """The whole text of a non-streaming request, checking between hops that its client is still there."""
+    async def _collect(self, request: Request, job: _Job, source: Iterator[str | ChatDelta],
+                       pieces: list[str | ChatDelta], done: bool) -> str:
+        """The whole text of a non-streaming request, checking between hops that its client is still there
+        (chat: its answer's text; the ChatStream keeps the reasoning)."""
         parts = list(pieces)
         while not done:
             if await request.is_disconnected():
                 raise APIError(CLIENT_CLOSED, "the client closed the connection")  # nobody reads it: stop
-            pieces, done = await anyio.to_thread.run_sync(_pull, job.gen, HOP_SECONDS)
+            pieces, done = await anyio.to_thread.run_sync(_pull, source, HOP_SECONDS)
             parts += pieces
-        return "".join(parts)
+        return "".join(p.content if isinstance(p, ChatDelta) else p for p in parts)
 
-    async def _events(self, job: _Job, pieces: list[str], done: bool) -> AsyncIterator[str]:
+    async def _events(self, job: _Job, source: Iterator[str | ChatDelta], pieces: list[str | ChatDelta],
+                      done: bool) -> AsyncIterator[str]:
         """The server-sent events of a streaming request, ending with `data: [DONE]`."""
         if job.chat or job.echo:
             yield _sse(job.chunk(job.echo or None, opening=True))
@@ -360,7 +383,7 @@ class ModelServer:
                     yield _sse(job.chunk(piece))
                 if done:
                     break
-                pieces, done = await anyio.to_thread.run_sync(_pull, job.gen, 0.0)
+                pieces, done = await anyio.to_thread.run_sync(_pull, source, 0.0)
         except LLMError as e:  # the status line is sent: report the error in the stream
             log.exception("generation failed")
             yield _sse(error_body(f"generation failed: {e}", type="server_error"))

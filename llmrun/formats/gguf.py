@@ -90,7 +90,7 @@ from ..spec import (
     TensorType,
     attention_shape_problem,
 )
-from ..tokenizer import BPETokenizer, SentencePieceTokenizer
+from ..tokenizer import END_OF_TURN_TEXTS, BPETokenizer, SentencePieceTokenizer, TokenType
 from .hf_tokenizer import gguf_bpe_tokenizer
 from .mapping import map_file
 
@@ -1078,6 +1078,9 @@ def _sentencepiece_tokenizer(f: GGUFFile, meta: _Metadata, vocab: int) -> Senten
         if bad.size:
             raise meta.fail(f"tokenizer.ggml.token_type[{bad[0]}] = {types[bad[0]]} is not a known token type (0..6)")
         types = types.tolist()
+        for i, t in enumerate(types):  # llama.cpp's rule: a turn's end is a control token, whatever the file says
+            if t == TokenType.USER_DEFINED and tokens.raw(i).decode("utf-8", "replace") in END_OF_TURN_TEXTS:
+                types[i] = TokenType.CONTROL
 
     def token_id(name: str, default: int) -> int:
         return meta.integer(f"tokenizer.ggml.{name}", 0, vocab - 1, min(default, vocab - 1))
@@ -1087,9 +1090,22 @@ def _sentencepiece_tokenizer(f: GGUFFile, meta: _Metadata, vocab: int) -> Senten
     pieces = [tokens.raw(i).replace(_SPM_SPACE, b" ") for i in range(vocab)]
     try:
         return SentencePieceTokenizer(pieces, scores, token_types=types, byte_fallback=True,
-                                      add_dummy_prefix=meta.boolean("tokenizer.ggml.add_space_prefix", True), **ids)
+                                      add_dummy_prefix=meta.boolean("tokenizer.ggml.add_space_prefix", True),
+                                      rstrip_ids=_phi3_rstrip_ids(f, pieces, types), **ids)
     except TokenizerError as e:
         raise ModelFormatError(f"{f.path}: bad tokenizer.ggml.* vocabulary: {e}") from None
+
+
+def _phi3_rstrip_ids(f: GGUFFile, pieces: list[bytes], types: list[int] | None) -> list[int]:
+    """The control tokens that swallow the whitespace after them in a Phi-3 file: GGUF has no field for
+    tokenizer.json's rstrip, so llama.cpp decides by the model's name (general.name containing "phi-3" or
+    "phi3"): every control token but <unk>, <s> and <|endoftext|> (and </s> too), as here."""
+    name = (_name(f) or "").lower()
+    if types is None or not ("phi-3" in name or "phi3" in name):
+        return []
+    keep = {b"<unk>", b"<s>", b"<|endoftext|>"}
+    return [i for i, (piece, kind) in enumerate(zip(pieces, types, strict=True))
+            if (kind == TokenType.CONTROL or piece == b"</s>") and piece not in keep]
 
 
 def _gpt2_tokenizer(f: GGUFFile, meta: _Metadata, vocab: int) -> BPETokenizer:

@@ -489,11 +489,18 @@ def tokenizer_metadata(tok: SentencePieceTokenizer) -> list[Metadata]:
 
 def gguf_pieces(tok: SentencePieceTokenizer) -> list[bytes]:
     """The pieces as GGUF stores them. Ours keep llama2.c's spelling: b' ' for '▁', and BOS/EOS as
-    "\\n<s>\\n" / "\\n</s>\\n" (control pieces are written bare, as sentencepiece names them). Pieces stay
-    bytes: a vocabulary may hold pieces that are not valid UTF-8, and they must survive unchanged."""
+    "\\n<s>\\n" / "\\n</s>\\n" (control pieces are written bare, as sentencepiece names them). User-defined
+    pieces keep plain spaces, as llama.cpp's converter writes them: llama.cpp finds them in the text before
+    it turns spaces into '▁' (Gemma's whitespace runs). Pieces stay bytes: a vocabulary may hold pieces that
+    are not valid UTF-8, and they must survive unchanged."""
     space = "\u2581".encode()
-    control = {i for i, t in enumerate(tok.token_types) if t == TokenType.CONTROL}
-    return [(p.strip() if i in control else p).replace(b" ", space) for i, p in enumerate(tok.pieces)]
+    out = []
+    for piece, kind in zip(tok.pieces, tok.token_types, strict=True):
+        if kind == TokenType.USER_DEFINED:
+            out.append(piece)
+        else:
+            out.append((piece.strip() if kind == TokenType.CONTROL else piece).replace(b" ", space))
+    return out
 
 
 def bpe_tokenizer_metadata(tok: BPETokenizer, spec: ModelSpec) -> list[Metadata]:
@@ -502,7 +509,8 @@ def bpe_tokenizer_metadata(tok: BPETokenizer, spec: ModelSpec) -> list[Metadata]
     name and the special ids."""
     if tok.pre_name is None:
         raise ValueError("the tokenizer's pre-tokenizer is not one GGUF can name (tokenizer.ggml.pre), so the "
-                         "file would tokenize differently; llmrun names llama-bpe, qwen2, smollm and gpt-2")
+                         "file would tokenize differently; llmrun names llama-bpe, qwen2, smollm, gpt-2 and gpt-4o "
+                         "(a ByteLevel pre-tokenizer that adds a prefix space has no name in llama.cpp)")
     arr, u32, b = ValueType.ARRAY, ValueType.UINT32, ValueType.BOOL
     tokens, types = [], []
     vocab = tok.vocab
@@ -543,6 +551,7 @@ def sentencepiece_from_bpe(tok: BPETokenizer) -> SentencePieceTokenizer:
     floor = -float(len(first_rank) + 1)
     pieces, scores, types = [], [], []
     vocab = tok.vocab
+    added = set(tok.user_defined_tokens.values())
     for i in range(tok.vocab_size):
         piece = tok.id_to_piece(i)
         pieces.append(piece.replace("\u2581", " ").encode("utf-8") if piece else f"[PAD{i}]".encode())
@@ -553,7 +562,7 @@ def sentencepiece_from_bpe(tok: BPETokenizer) -> SentencePieceTokenizer:
             types.append(TokenType.CONTROL if piece else TokenType.UNUSED)
         elif tok.byte_fallback and re.fullmatch(r"<0x[0-9A-F]{2}>", piece):
             types.append(TokenType.BYTE)
-        elif vocab.get(piece) != i:
+        elif vocab.get(piece) != i or i in added:  # an added token: matched whole in any text
             types.append(TokenType.USER_DEFINED)
         else:
             types.append(TokenType.NORMAL)

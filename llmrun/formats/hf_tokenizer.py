@@ -26,9 +26,11 @@ from typing import Any
 
 from ..errors import TokenizerError
 from ..spec import ModelSpec
+from ..tokenizer.base import END_OF_TURN_TEXTS
 from ..tokenizer.bpe import AddedToken, BPETokenizer
 from ..tokenizer.pretokenize import (
     LLAMA3_PATTERN,
+    O200K_PATTERN,
     PRE_TOKENIZERS,
     QWEN2_PATTERN,
     ByteLevel,
@@ -315,6 +317,7 @@ def _pre_name(node: object) -> str | None:
         (("Split", QWEN2_PATTERN, "Isolated", False), ("ByteLevel", False, False)): "qwen2",
         (("Digits", True), ("ByteLevel", False, True)): "smollm",
         (("ByteLevel", False, True),): "gpt-2",
+        (("Split", O200K_PATTERN, "Isolated", False), ("ByteLevel", False, False)): "gpt-4o",
     }
     return known.get(tuple(shape))
 
@@ -384,8 +387,8 @@ def gguf_bpe_tokenizer(tokens: Sequence[str], merges: Sequence[str], types: Sequ
         kind = types[i] if types is not None else TOKEN_NORMAL
         if kind == TOKEN_CONTROL:
             added.append(AddedToken(i, text, special=True))
-        elif kind == TOKEN_USER_DEFINED:
-            added.append(AddedToken(i, text, special=False))
+        elif kind == TOKEN_USER_DEFINED:  # a turn's end is a control token whatever the file says (llama.cpp)
+            added.append(AddedToken(i, text, special=text in END_OF_TURN_TEXTS))
         elif kind == TOKEN_UNUSED:
             continue
         else:

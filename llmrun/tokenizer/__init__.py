@@ -8,9 +8,9 @@
 Readers that build a tokenizer from a file live with the file formats (llmrun.formats).
 """
 
-from llmrun.tokenizer.base import Tokenizer
+from llmrun.tokenizer.base import END_OF_TURN_TEXTS, Tokenizer
 from llmrun.tokenizer.bpe import BPETokenizer
 from llmrun.tokenizer.spm import SentencePieceTokenizer, TokenType
 from llmrun.tokenizer.stream import StreamDecoder
 
-__all__ = ["BPETokenizer", "SentencePieceTokenizer", "StreamDecoder", "TokenType", "Tokenizer"]
+__all__ = ["END_OF_TURN_TEXTS", "BPETokenizer", "SentencePieceTokenizer", "StreamDecoder", "TokenType", "Tokenizer"]

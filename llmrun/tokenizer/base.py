@@ -18,7 +18,12 @@ import numpy as np
 
 from llmrun.errors import InvalidArgumentError, TokenizerError
 
-__all__ = ["DECODE_ERRORS", "Tokenizer", "check_text"]
+__all__ = ["DECODE_ERRORS", "END_OF_TURN_TEXTS", "Tokenizer", "check_text"]
+
+END_OF_TURN_TEXTS = ("<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|end_of_turn|>",
+                     "<|endoftext|>", "<|end_of_text|>", "<|END_OF_TURN_TOKEN|>")
+"""Tokens that end a turn in the chat formats llmrun knows. A GGUF vocabulary that types one of them
+user-defined (older Gemma conversions: <end_of_turn>) has it read as a control token, as llama.cpp does."""
 
 DECODE_ERRORS = "llmrun.replace_each_byte"
 """Codec error handler that replaces each undecodable byte by one U+FFFD (see below)."""
@@ -107,6 +112,20 @@ class Tokenizer(abc.ABC):
             raise InvalidArgumentError(f"piece must be a str, got {type(piece).__name__}", param="piece")
         return self._piece_to_id(piece)
 
+    def strips(self, token_id: int) -> tuple[bool, bool]:
+        """Whether the token, matched in text, swallows the whitespace before it and after it (tokenizer.json
+        added tokens' lstrip / rstrip: Phi-3's <|end|>, <|user|> ... take the newline after them)."""
+        return self._strips.get(self._check_token(token_id), (False, False))
+
+    _strips: dict[int, tuple[bool, bool]]  # token id -> (lstrip, rstrip) where either is set; by the implementation
+
+    @property
+    def user_defined_tokens(self) -> dict[str, int]:
+        """Tokens that encoding matches whole wherever their text appears, `special` or not: SentencePiece's
+        user-defined pieces (GGUF token type 4; llama.cpp matches them the same way) and tokenizer.json's
+        non-special added tokens. Text -> id."""
+        return dict(self._user_defined_tokens())
+
     def piece_bytes(self, token_id: int) -> bytes:
         """The bytes the token contributes to decoded text (before the first-token space strip)."""
         return self._surfaces[self._check_token(token_id)]
@@ -175,6 +194,10 @@ class Tokenizer(abc.ABC):
     @abc.abstractmethod
     def _piece_to_id(self, piece: str) -> int | None:
         """The id of the token spelled `piece`, or None."""
+
+    @abc.abstractmethod
+    def _user_defined_tokens(self) -> dict[str, int]:
+        """`user_defined_tokens`: text -> id of the tokens matched whole in any text."""
 
     @abc.abstractmethod
     def _drops_prefix_space(self, i: int) -> bool:

@@ -126,6 +126,7 @@ class BPETokenizer(Tokenizer):
             if t.special:
                 self._special.add(t.id)
         self._pieces = pieces
+        self._strips = {t.id: (t.lstrip, t.rstrip) for t in added_tokens if t.lstrip or t.rstrip}
 
         self._ranks: dict[tuple[str, str], int] = {}
         for rank, (left, right) in enumerate(merges):
@@ -177,6 +178,9 @@ class BPETokenizer(Tokenizer):
         if piece in self._added:
             return self._added[piece]
         return self._vocab.get(piece)
+
+    def _user_defined_tokens(self) -> dict[str, int]:
+        return {text: i for text, i in self._added.items() if i not in self._special}
 
     def _is_control(self, i: int) -> bool:
         """Special added tokens (BOS, EOS, <|im_end|> ...) and padding ids: they decode to nothing."""

@@ -41,6 +41,21 @@ LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{
                   r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# o200k (GPT-4o; Phi-4-mini's tokenizer.json): upper-then-lower letter runs, contractions, 3-digit numbers.
+O200K_PATTERN = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+                 r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+                 r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+                 r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+                 r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# The same as llama.cpp runs it for GGUF "gpt-4o" (what that name means in a GGUF file): letter classes by
+# case written with lookaheads, contractions by letter pairs.
+_LLAMA_CPP_O200K = (r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+"
+                    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?"
+                    r"|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*"
+                    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?"
+                    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_LLAMA_CPP_LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _GPT2_NO_TAIL = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 _DEEPSEEK_LETTERS = (  # escapes where a literal would be changed by Unicode normalization of this source
     "A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝ"
@@ -57,13 +72,19 @@ PRE_TOKENIZERS: dict[str, tuple[tuple[str, ...], bool]] = {
     "llama3": ((LLAMA3_PATTERN,), True),
     "llama-v3": ((LLAMA3_PATTERN,), True),
     "qwen2": ((QWEN2_PATTERN,), False),
+    "deepseek-r1-qwen": ((QWEN2_PATTERN,), False),  # DeepSeek-R1's Qwen distills: Qwen2's tokenizer
     "smollm": ((r"\p{N}", _GPT2_NO_TAIL), False),
+    "refact": ((r"\p{N}", _GPT2_NO_TAIL), False),  # Granite 3 (as llama.cpp's converter names it)
+    "starcoder": ((r"\p{N}", _GPT2_NO_TAIL), False),
+    "smaug-bpe": ((_LLAMA_CPP_LLAMA3,), False),  # Llama 3's split without ignore_merges
+    "gpt-4o": ((_LLAMA_CPP_O200K,), False),  # Phi-4-mini
     "deepseek-llm": (("[\r\n]", rf"\s?[{_DEEPSEEK_LETTERS}]+", r"\s?[!-/:-~！-／：-～‘-‟　-。]+", r"\s+$",
                       "[一-龥ࠀ-一가-퟿]+", r"\p{N}+"), False),
 }
 
 # The patterns llmrun ships (all linear-time): the only ones that match without a time bound.
-OWN_PATTERNS = frozenset({GPT2_PATTERN, *(p for patterns, _ in PRE_TOKENIZERS.values() for p in patterns)})
+OWN_PATTERNS = frozenset({GPT2_PATTERN, O200K_PATTERN,
+                          *(p for patterns, _ in PRE_TOKENIZERS.values() for p in patterns)})
 
 BEHAVIORS = ("Isolated", "Removed", "MergedWithPrevious", "MergedWithNext", "Contiguous")
 

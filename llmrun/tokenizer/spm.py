@@ -73,6 +73,7 @@ class SentencePieceTokenizer(Tokenizer):
         byte_fallback: bool = True,
         add_dummy_prefix: bool = True,
         token_types: Sequence[int] | None = None,
+        rstrip_ids: Sequence[int] = (),
     ) -> None:
         """Build a tokenizer.
 
@@ -80,7 +81,9 @@ class SentencePieceTokenizer(Tokenizer):
         convention; use `from_sentencepiece_pieces` for the '▁' form).  ``scores`` are the merge
         priorities (higher merges first).  ``token_types`` uses `TokenType` numbers; when it is None
         (llama2.c files carry no types) they are inferred: ``unk_id`` is unknown, BOS/EOS are control,
-        pieces spelled exactly ``<0xNN>`` are bytes, everything else is normal.
+        pieces spelled exactly ``<0xNN>`` are bytes, everything else is normal. ``rstrip_ids``: control
+        tokens that swallow the whitespace after them when `encode(special=True)` finds them (llama.cpp's
+        rule for Phi-3 files, which GGUF has no field for).
         """
         self._pieces = _check_pieces(pieces)
         n = len(self._pieces)
@@ -98,6 +101,7 @@ class SentencePieceTokenizer(Tokenizer):
         self._build_encoder_tables()
         self._build_special_tables()
         self._piece_ids: dict[str, int] | None = None  # id_to_piece's spelling -> id, built on first use
+        self._strips = {self._check_token(i): (False, True) for i in rstrip_ids}
 
     @classmethod
     def from_sentencepiece_pieces(
@@ -167,11 +171,13 @@ class SentencePieceTokenizer(Tokenizer):
         if not (special and self._special_pattern is not None):
             return self._encode_text(text)
         ids: list[int] = []
+        strip = False  # the previous control token swallows the whitespace after it
         for i, fragment in enumerate(self._special_pattern.split(text)):
             if i % 2:
                 ids.append(self._special_ids[fragment])
+                strip = self._strips.get(ids[-1], (False, False))[1]
             else:
-                ids.extend(self._encode_text(fragment))
+                ids.extend(self._encode_text(fragment.lstrip() if strip else fragment))
         return ids
 
     def _encode_text(self, text: str) -> list[int]:
@@ -181,6 +187,10 @@ class SentencePieceTokenizer(Tokenizer):
         if self._add_dummy_prefix:
             normalized = " " + normalized
         return self._encode_normalized(normalized)
+
+    def _user_defined_tokens(self) -> dict[str, int]:
+        return {p: self._piece_id[p] for by_length in self._user_defined.values() for _, pieces in by_length
+                for p in pieces}
 
     def _piece_to_id(self, piece: str) -> int | None:
         """The token whose piece is exactly ``piece`` as `id_to_piece` spells it ("<|im_end|>", "</s>",
