@@ -34,8 +34,9 @@ from .spec import TENSOR_TYPES, ModelSpec
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 MODEL_HELP = ("model: a GGUF file (a split model by any part), a llama2.c checkpoint (.bin), a Hugging Face "
-              "model folder (Llama, Mistral and Qwen2 families) or a model of the Hugging Face Hub, OWNER/REPO[:QUANT] "
-              "(downloaded the first time); default: the built-in demo model, a tiny story writer")
+              "model folder (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3/4-mini, SmolLM3, Granite) or a model of the "
+              "Hugging Face Hub, OWNER/REPO[:QUANT] (downloaded the first time); default: the built-in demo model, a "
+              "tiny story writer")
 REFERENCE_HELP = ("a model of the Hugging Face Hub: OWNER/REPO[:QUANT] (QUANT, e.g. Q4_K_M, picks the GGUF file whose "
                   "name carries it, case-insensitive; default: the only one, else Q4_K_M, else Q8_0), or "
                   "OWNER/REPO:FILE.gguf for one exact file; an hf.co/ prefix is accepted")
@@ -125,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "stops a reply; Ctrl-D (or /exit) quits.")
     add_model_args(chat)
     chat.add_argument("--system", default=None, metavar="TEXT", help="the system prompt")
+    chat.add_argument("--think", choices=("on", "off"), default=None,
+                      help="a reasoning model (Qwen3, SmolLM3) thinks before answering (on) or answers at once "
+                           "(off); default: the chat template's; /think switches it during the chat")
     add_chat_format_arg(chat)
     add_sampling_args(chat, max_tokens_default=-1)
     chat.set_defaults(run=run_chat)
@@ -380,7 +384,9 @@ def run_chat(args: argparse.Namespace) -> int:
         require_tokenizer(model)
         if sys.stdin.isatty():
             enable_line_editing()
-        return Repl(model, chat_format=args.chat_format, system=args.system, sampling=kwargs).run()
+        repl = Repl(model, chat_format=args.chat_format, system=args.system, sampling=kwargs)
+        repl.enable_thinking = None if args.think is None else args.think == "on"
+        return repl.run()
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -295,13 +295,13 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
          chat_format: str | None = None, quantize: str | None = None, progress: Progress | None = None) -> Model:
     """Loads a model file or folder, the demo model, or a model of the Hugging Face Hub.
 
-    path:      a GGUF file (llama / qwen2 architecture; F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL,
-               the K-quants Q2_K to Q6_K and IQ4_XS tensors, in any mix; a split model by
-               any of its parts), a llama2.c checkpoint (.bin) or a Hugging Face model folder (config.json,
-               *.safetensors, tokenizer.json); as a str also "demo" (the tiny stories260K model the package
-               ships) or a Hub reference "OWNER/REPO[:QUANT]" (llmrun/hub.py: taken from the Hugging Face
-               cache, downloaded into it first when missing unless HF_HUB_OFFLINE is set, else HubError).
-               A path that exists always wins over the other two readings.
+    path:      a GGUF file (architecture llama, qwen2, qwen3, gemma2, gemma3, phi3, smollm3 or granite; F32, F16, BF16,
+               Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, the K-quants Q2_K to Q6_K and IQ4_XS tensors, in any mix; a split
+               model by any of its parts), a llama2.c checkpoint (.bin) or a Hugging Face model folder (config.json,
+               *.safetensors, tokenizer.json) of the same families; as a str also "demo" (the tiny stories260K model the
+               package ships) or a Hub reference "OWNER/REPO[:QUANT]" (llmrun/hub.py: taken from the Hugging Face cache,
+               downloaded into it first when missing unless HF_HUB_OFFLINE is set, else HubError). A path that exists
+               always wins over the other two readings.
     tokenizer: a llama2.c tokenizer.bin (or a Tokenizer). Default: the model's own tokenizer (GGUF,
                tokenizer.json), else a tokenizer.bin beside the model if its vocabulary matches.
     n_ctx:     positions the KV cache holds; default: the model's context length, at most 4096. More than

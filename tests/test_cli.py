@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from commands import LLMRUN
+from llmrun import load
 from llmrun.cli import build_parser, main
 from llmrun.sampling import SamplingParams
 
@@ -98,6 +99,22 @@ def test_chat_continues_the_conversation(models_dir: Path) -> None:
     assert r.stdout.count("> ") == 3  # two turns, then the prompt that read end-of-input
 
 
+
+
+@pytest.mark.parametrize("family", ["gemma3", "qwen3"])
+def test_chat_runs_a_family_folder(family: str) -> None:
+    """`llmrun chat` on a tiny Gemma 3 / Qwen3 folder: its own chat template, two turns, thinking off; the first
+    reply is the one Model.chat gives (greedy)."""
+    folder = Path(__file__).parent / "data" / "hf" / family
+    r = llmrun("chat", folder, "--temperature", "0", "-n", "8", "--think", "off", "-t", "1",
+               input="Hello there\nAnd then?\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("> ") == 3
+    with load(folder, n_threads=1) as model:
+        reply = model.chat([{"role": "user", "content": "Hello there"}], temperature=0, max_tokens=8,
+                           enable_thinking=False)
+    text = reply["message"]["content"].replace("\r\n", "\n").replace("\r", "\n").strip()  # as text-mode stdout reads
+    assert text and text in r.stdout
 
 
 # --- the options and messages users compare with llama.cpp's ---------------------------------------------
