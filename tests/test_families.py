@@ -185,7 +185,7 @@ def test_gguf_copy_matches_transformers(tmp_path: Path, name: str) -> None:
     import gguf
     spec = read_model(HF / name)
     out = tmp_path / f"{name}.gguf"
-    write_model(out, spec, "f32", tokenizer=_gguf_tokenizer(spec))
+    write_model(out, spec, "f32")
     fields = gguf.GGUFReader(str(out)).fields
     assert bytes(fields["general.architecture"].parts[-1]).decode() == GGUF_ARCH[name]
     back = read_model(out)
@@ -204,7 +204,7 @@ def test_gguf_to_gguf(tmp_path: Path, name: str) -> None:
     """A GGUF input written again (as `llmrun quantize IN.gguf OUT.gguf` does) is the same model: its hyperparameter
     keys come from the spec, not carried over."""
     spec = read_model(HF / name)
-    write_model(tmp_path / "a.gguf", spec, "f32", tokenizer=_gguf_tokenizer(spec))
+    write_model(tmp_path / "a.gguf", spec, "f32")
     first = read_model(tmp_path / "a.gguf")
     write_model(tmp_path / "b.gguf", first, "f32")
     second = read_model(tmp_path / "b.gguf")
@@ -226,15 +226,6 @@ def test_yarn_attention_factor_round_trip(tmp_path: Path) -> None:
     key = "qwen2.rope.scaling.yarn_attn_factor"
     path = _rewrite(tmp_path, "qwen2-yarn", {key: _f32(key, 1.25)})
     assert rope_tables(load_gguf(path), 128)[1] == pytest.approx(1.25)
-
-
-def _gguf_tokenizer(spec: ModelSpec) -> Any:
-    """The tokenizer to write: the folder's own, except the Granite fixture's, whose GPT-2-style splitting has
-    no tokenizer.ggml.pre name (the chat helper's tokenizers may name it; these tests feed token ids)."""
-    tok = spec.tokenizer
-    if getattr(tok, "byte_level", False) and tok.pre_name is None:
-        tok.pre_name = "gpt-2"
-    return tok
 
 
 def test_phi3_written_fused(tmp_path: Path) -> None:
@@ -274,7 +265,7 @@ def test_llama_cpp_matches_llmrun(tmp_path: Path, name: str) -> None:
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
     spec = _as_llama_cpp_computes(read_model(HF / name))
     out = tmp_path / f"{name}.gguf"
-    write_model(out, spec, "f32", tokenizer=_gguf_tokenizer(spec))
+    write_model(out, spec, "f32")
     back = read_model(out)
     n_ctx = 256
     llm = llama_cpp.Llama(str(out), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True, type_k=0, type_v=0,
