@@ -6,13 +6,16 @@ position of prompts longer than their windows and original contexts.
 - written as GGUF (f32) under llama.cpp's architecture name, tensor names and keys and read back, the same
   config, options and logits;
 - where llama-cpp-python is installed, llama.cpp's logits for that file within LLAMA_CPP_TOLERANCE of
-  llmrun's (see there for what llama.cpp does differently and how the test allows for it);;
+  llmrun's (see there for what llama.cpp does differently and how the test allows for it); everywhere (CI),
+  the same against llama.cpp's logits recorded in tests/data/llama_cpp by tests/make_llama_cpp_golden.py,
+  for a file whose sha256 must be the recorded one;
 - switching each family's own option off moves the logits far beyond the tolerance, so each test can fail.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -255,6 +258,8 @@ LLAMA_CPP_N_CTX = 256
 LLAMA_CPP_SETTINGS: dict[str, Any] = dict(
     n_ctx=LLAMA_CPP_N_CTX, n_batch=LLAMA_CPP_N_CTX, n_ubatch=LLAMA_CPP_N_CTX, logits_all=True, type_k=0, type_v=0,
     flash_attn=False, swa_full=True, n_threads=1)
+GOLDEN = Path(__file__).resolve().parent / "data" / "llama_cpp"
+VOCAB_STRIDE = 2  # the golden logits keep vocabulary ids 0, 2, 4 ... (tests/make_llama_cpp_golden.py: why)
 
 
 def _as_llama_cpp_computes(spec: ModelSpec) -> ModelSpec:
@@ -294,13 +299,48 @@ def llmrun_logits(spec: ModelSpec, ids: list[int]) -> np.ndarray:
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_llama_cpp_matches_llmrun(tmp_path: Path, name: str) -> None:
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (test_llama_cpp_golden covers this)")
     out = tmp_path / f"{name}.gguf"
     back = write_for_llama_cpp(name, out)
     all_ids = [p["ids"] for p in prompts(name)]
     worst = max(float(np.max(np.abs(theirs - llmrun_logits(back, ids))))
                 for ids, theirs in zip(all_ids, llama_cpp_logits(out, all_ids), strict=True))
     assert worst <= LLAMA_CPP_TOLERANCE.get(name, TOLERANCE), worst
+
+
+def golden_record() -> dict[str, Any]:
+    return json.loads((GOLDEN / "golden.json").read_text())
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_llama_cpp_golden(tmp_path: Path, name: str) -> None:
+    """llama.cpp's logits recorded by tests/make_llama_cpp_golden.py for the file llmrun writes (without
+    llama.cpp: CI): the file must be the recorded one, byte for byte, and llmrun's logits for it within
+    LLAMA_CPP_TOLERANCE of the recorded ones."""
+    record = golden_record()["fixtures"][name]
+    out = tmp_path / f"{name}.gguf"
+    back = write_for_llama_cpp(name, out)
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    assert digest == record["gguf_sha256"], (
+        f"the f32 GGUF llmrun writes of tests/data/hf/{name} has sha256 {digest}, llama.cpp's logits in {GOLDEN} "
+        f"were recorded for {record['gguf_sha256']}: find out why the writer (or the fixture) changed, and if "
+        f"rightly, run `python tests/make_llama_cpp_golden.py {name}` where llama-cpp-python is installed")
+    golden = np.load(GOLDEN / f"{name}.npz")
+    worst = 0.0
+    for i in record["prompts"]:
+        ids = prompts(name)[i]["ids"]
+        assert golden[f"ids_{i}"].tolist() == ids, f"prompt {i} of {name} is not the recorded one"
+        ours = llmrun_logits(back, ids)[:, ::VOCAB_STRIDE]
+        worst = max(worst, float(np.max(np.abs(golden[f"logits_{i}"] - ours))))
+    assert worst <= LLAMA_CPP_TOLERANCE.get(name, TOLERANCE), worst
+
+
+def test_llama_cpp_golden_covers_every_family() -> None:
+    record = golden_record()
+    assert sorted(record["fixtures"]) == sorted(FAMILIES)
+    settings = {**LLAMA_CPP_SETTINGS, "gguf": "f32"}
+    assert (record["settings"], record["vocab_stride"]) == (settings, VOCAB_STRIDE), \
+        "the settings changed: re-run tests/make_llama_cpp_golden.py"
 
 
 # --- what is refused ------------------------------------------------------------------------------------------
