@@ -51,8 +51,8 @@ reader which ignored it would fail the 1e-4 tolerance.
   embeddings, Llama-3-style byte-level tokenizer with <|im_start|> <|im_end|> <think> </think>.
 - granite: GraniteForCausalLM with embedding_multiplier 12, attention_multiplier 0.1 (!= 1/sqrt(16)),
   residual_multiplier 0.22, logits_scaling 4 (initializer_range 0.3, so that the logits stay of order 1); tied
-  embeddings; GPT-2-style byte-level tokenizer with
-  Granite 3's <|start_of_role|> <|end_of_role|> <|end_of_text|> tokens.
+  embeddings; Granite-3-style byte-level tokenizer (Digits + ByteLevel, no prefix space: llama.cpp's "refact"
+  split) with Granite 3's <|start_of_role|> <|end_of_role|> <|end_of_text|> tokens.
 - mistral-window: MistralForCausalLM with sliding_window 8, shorter than every prompt.
 - qwen2-yarn: Qwen2ForCausalLM (random biases) with YaRN RoPE scaling (factor 4, original 32, beta 32 / 1,
   attention factor 0.1 ln 4 + 1), max_position_embeddings 128, tied embeddings.
@@ -435,8 +435,10 @@ def smollm3() -> None:
 
 
 def granite() -> None:
-    tok = hf_tokenizers.byte_level("gpt2", specials=["<|end_of_text|>", "<|start_of_role|>", "<|end_of_role|>",
-                                                     "<|tool_call|>"])
+    # Granite 3's split: digits one by one, then GPT-2's regex without a prefix space (llama.cpp's "refact",
+    # the same rules as "smollm")
+    tok = hf_tokenizers.byte_level("smollm", specials=["<|end_of_text|>", "<|start_of_role|>", "<|end_of_role|>",
+                                                       "<|tool_call|>"])
     end = tok.token_to_id("<|end_of_text|>")
     cfg = transformers.GraniteConfig(
         # larger weights than the others': logits divided by logits_scaling stay of order 1

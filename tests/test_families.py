@@ -6,13 +6,16 @@ position of prompts longer than their windows and original contexts.
 - written as GGUF (f32) under llama.cpp's architecture name, tensor names and keys and read back, the same
   config, options and logits;
 - where llama-cpp-python is installed, llama.cpp's logits for that file within LLAMA_CPP_TOLERANCE of
-  llmrun's (see there for what llama.cpp does differently and how the test allows for it);
+  llmrun's (see there for what llama.cpp does differently and how the test allows for it); everywhere (CI),
+  the same against llama.cpp's logits recorded in tests/data/llama_cpp by tests/make_llama_cpp_golden.py,
+  for a file whose sha256 must be the recorded one;
 - switching each family's own option off moves the logits far beyond the tolerance, so each test can fail.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -185,7 +188,7 @@ def test_gguf_copy_matches_transformers(tmp_path: Path, name: str) -> None:
     import gguf
     spec = read_model(HF / name)
     out = tmp_path / f"{name}.gguf"
-    write_model(out, spec, "f32", tokenizer=_gguf_tokenizer(spec))
+    write_model(out, spec, "f32")
     fields = gguf.GGUFReader(str(out)).fields
     assert bytes(fields["general.architecture"].parts[-1]).decode() == GGUF_ARCH[name]
     back = read_model(out)
@@ -204,7 +207,7 @@ def test_gguf_to_gguf(tmp_path: Path, name: str) -> None:
     """A GGUF input written again (as `llmrun quantize IN.gguf OUT.gguf` does) is the same model: its hyperparameter
     keys come from the spec, not carried over."""
     spec = read_model(HF / name)
-    write_model(tmp_path / "a.gguf", spec, "f32", tokenizer=_gguf_tokenizer(spec))
+    write_model(tmp_path / "a.gguf", spec, "f32")
     first = read_model(tmp_path / "a.gguf")
     write_model(tmp_path / "b.gguf", first, "f32")
     second = read_model(tmp_path / "b.gguf")
@@ -228,15 +231,6 @@ def test_yarn_attention_factor_round_trip(tmp_path: Path) -> None:
     assert rope_tables(load_gguf(path), 128)[1] == pytest.approx(1.25)
 
 
-def _gguf_tokenizer(spec: ModelSpec) -> Any:
-    """The tokenizer to write: the folder's own, except the Granite fixture's, whose GPT-2-style splitting has
-    no tokenizer.ggml.pre name (the chat helper's tokenizers may name it; these tests feed token ids)."""
-    tok = spec.tokenizer
-    if getattr(tok, "byte_level", False) and tok.pre_name is None:
-        tok.pre_name = "gpt-2"
-    return tok
-
-
 def test_phi3_written_fused(tmp_path: Path) -> None:
     import gguf
     out = tmp_path / "phi.gguf"
@@ -251,10 +245,21 @@ def test_phi3_written_fused(tmp_path: Path) -> None:
 
 # --- llama.cpp ------------------------------------------------------------------------------------------------
 
-# llama.cpp's logits for the written GGUF against llmrun's for the same file. Measured: 1.4e-6 to 4.3e-6,
-# except Gemma: 3.5e-3 (Gemma 2) and 1.7e-2 (Gemma 3), because ggml's CPU GELU looks the activation up in a
-# table of f16 values (GGML_GELU_FP16) where llmrun computes the tanh form in f32.
+# llama.cpp's logits for the written GGUF against llmrun's for the same file. Measured (llama-cpp-python 0.3.36,
+# all prompts): 1.2e-6 to 4.3e-6, except Gemma: 3.5e-3 (Gemma 2) and 1.7e-2 (Gemma 3), because ggml's CPU GELU
+# looks the activation up in a table of f16 values (GGML_GELU_FP16) where llmrun computes the tanh form in f32.
 LLAMA_CPP_TOLERANCE = {"gemma2": 5e-2, "gemma3": 5e-2, "gemma3-pattern": 5e-2}
+# One context for every prompt: LongRoPE's factors are picked by the context in both (llama.cpp pads a context to
+# a multiple of 256, so these fixtures' short factors, for contexts up to 48, are out of its reach:
+# test_folder_matches_transformers covers them against transformers)
+LLAMA_CPP_N_CTX = 256
+# llama_cpp.Llama's settings: the whole prompt in one batch, logits of every position, an F32 KV cache (type 0),
+# no flash attention (it rounds through f16), every position of a windowed layer kept (swa_full)
+LLAMA_CPP_SETTINGS: dict[str, Any] = dict(
+    n_ctx=LLAMA_CPP_N_CTX, n_batch=LLAMA_CPP_N_CTX, n_ubatch=LLAMA_CPP_N_CTX, logits_all=True, type_k=0, type_v=0,
+    flash_attn=False, swa_full=True, n_threads=1)
+GOLDEN = Path(__file__).resolve().parent / "data" / "llama_cpp"
+VOCAB_STRIDE = 2  # the golden logits keep vocabulary ids 0, 2, 4 ... (tests/make_llama_cpp_golden.py: why)
 
 
 def _as_llama_cpp_computes(spec: ModelSpec) -> ModelSpec:
@@ -269,28 +274,73 @@ def _as_llama_cpp_computes(spec: ModelSpec) -> ModelSpec:
     return dataclasses.replace(spec, config=c)
 
 
-@pytest.mark.parametrize("name", FAMILIES)
-def test_llama_cpp_matches_llmrun(tmp_path: Path, name: str) -> None:
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
-    spec = _as_llama_cpp_computes(read_model(HF / name))
-    out = tmp_path / f"{name}.gguf"
-    write_model(out, spec, "f32", tokenizer=_gguf_tokenizer(spec))
-    back = read_model(out)
-    n_ctx = 256
-    llm = llama_cpp.Llama(str(out), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True, type_k=0, type_v=0,
-                          flash_attn=False, swa_full=True, n_threads=1, verbose=False)  # type 0: F32 KV cache
-    worst = 0.0
-    for prompt in prompts(name):
-        ids = prompt["ids"]
+def write_for_llama_cpp(name: str, out: Path) -> ModelSpec:
+    """Writes fixture `name` as llama.cpp can compute it to `out` (f32 GGUF, as `llmrun quantize` writes it,
+    vocabulary included) and returns the file read back."""
+    write_model(out, _as_llama_cpp_computes(read_model(HF / name)), "f32")
+    return read_model(out)
+
+
+def llama_cpp_logits(path: Path, all_ids: list[list[int]]) -> list[np.ndarray]:
+    """llama.cpp's float32 logits for every position of each prompt, each evaluated from an empty cache."""
+    import llama_cpp
+    llm = llama_cpp.Llama(str(path), **LLAMA_CPP_SETTINGS, verbose=False)
+    logits = []
+    for ids in all_ids:
         llm.reset()
         llm.eval(ids)
-        theirs = np.asarray(llm.scores[:len(ids)], dtype=np.float32)
-        # LongRoPE: both pick the long factors by the context (llama.cpp pads a context to a multiple of 256, so
-        # these fixtures' short factors, for contexts up to 48, are out of its reach: test_folder_matches_transformers
-        # covers them against transformers)
-        ours = Engine(back, n_ctx=n_ctx, n_threads=1).evaluate_all(ids)
-        worst = max(worst, float(np.max(np.abs(theirs - ours))))
-    assert worst <= LLAMA_CPP_TOLERANCE.get(name, 1e-4), worst
+        logits.append(np.array(llm.scores[:len(ids)], dtype=np.float32))  # a copy: the next eval overwrites scores
+    return logits
+
+
+def llmrun_logits(spec: ModelSpec, ids: list[int]) -> np.ndarray:
+    return Engine(spec, n_ctx=LLAMA_CPP_N_CTX, n_threads=1).evaluate_all(ids)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_llama_cpp_matches_llmrun(tmp_path: Path, name: str) -> None:
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (test_llama_cpp_golden covers this)")
+    out = tmp_path / f"{name}.gguf"
+    back = write_for_llama_cpp(name, out)
+    all_ids = [p["ids"] for p in prompts(name)]
+    worst = max(float(np.max(np.abs(theirs - llmrun_logits(back, ids))))
+                for ids, theirs in zip(all_ids, llama_cpp_logits(out, all_ids), strict=True))
+    assert worst <= LLAMA_CPP_TOLERANCE.get(name, TOLERANCE), worst
+
+
+def golden_record() -> dict[str, Any]:
+    return json.loads((GOLDEN / "golden.json").read_text())
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_llama_cpp_golden(tmp_path: Path, name: str) -> None:
+    """llama.cpp's logits recorded by tests/make_llama_cpp_golden.py for the file llmrun writes (without
+    llama.cpp: CI): the file must be the recorded one, byte for byte, and llmrun's logits for it within
+    LLAMA_CPP_TOLERANCE of the recorded ones."""
+    record = golden_record()["fixtures"][name]
+    out = tmp_path / f"{name}.gguf"
+    back = write_for_llama_cpp(name, out)
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    assert digest == record["gguf_sha256"], (
+        f"the f32 GGUF llmrun writes of tests/data/hf/{name} has sha256 {digest}, llama.cpp's logits in {GOLDEN} "
+        f"were recorded for {record['gguf_sha256']}: find out why the writer (or the fixture) changed, and if "
+        f"rightly, run `python tests/make_llama_cpp_golden.py {name}` where llama-cpp-python is installed")
+    golden = np.load(GOLDEN / f"{name}.npz")
+    worst = 0.0
+    for i in record["prompts"]:
+        ids = prompts(name)[i]["ids"]
+        assert golden[f"ids_{i}"].tolist() == ids, f"prompt {i} of {name} is not the recorded one"
+        ours = llmrun_logits(back, ids)[:, ::VOCAB_STRIDE]
+        worst = max(worst, float(np.max(np.abs(golden[f"logits_{i}"] - ours))))
+    assert worst <= LLAMA_CPP_TOLERANCE.get(name, TOLERANCE), worst
+
+
+def test_llama_cpp_golden_covers_every_family() -> None:
+    record = golden_record()
+    assert sorted(record["fixtures"]) == sorted(FAMILIES)
+    settings = {**LLAMA_CPP_SETTINGS, "gguf": "f32"}
+    assert (record["settings"], record["vocab_stride"]) == (settings, VOCAB_STRIDE), \
+        "the settings changed: re-run tests/make_llama_cpp_golden.py"
 
 
 # --- what is refused ------------------------------------------------------------------------------------------
