@@ -447,8 +447,8 @@ class ReasoningSplitter:
     The reasoning is a `<think>…</think>` block at the very start of the reply (after blank space), as Qwen3
     and SmolLM3 write it and their templates read it back; a `<think>` anywhere later is answer text. With
     `inside` the reply starts within the block (the template's generation prompt ended with "<think>\n").
-    Reasoning loses its surrounding newlines and the answer its leading blank space, as the templates strip
-    them; a reply that never closes its block (max_tokens) is all reasoning. Text that may be the start of a
+    Reasoning loses its surrounding newlines and an answer after a block its leading blank space, as the
+    templates strip them (a reply without a block is kept as written); a reply that never closes its block (max_tokens) is all reasoning. Text that may be the start of a
     tag is held back until the next piece decides it, so a tag split over two tokens is still found."""
 
     def __init__(self, inside: bool = False) -> None:

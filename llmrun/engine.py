@@ -173,11 +173,16 @@ class Engine:
 
     def reusable_prefix(self, tokens: list[int]) -> int:
         """How many of `tokens` evaluate() would take from the cache instead of computing."""
+        with self._lock:  # the C context may be freed or written by another thread meanwhile
+            return self._reusable_prefix(tokens)
+
+    def _reusable_prefix(self, tokens: list[int]) -> int:
         return self._resumable(min(_common_prefix(self._cached, tokens), len(tokens) - 1))
 
     def _resumable(self, keep: int) -> int:
         """`keep` cached tokens, or 0 where the sliding-window layers' rings no longer hold the keys that the
-        positions after them attend to (llm_ctx_resume_min): no shorter prefix would do, so start over."""
+        positions after them attend to (llm_ctx_resume_min): no shorter prefix would do, so start over.
+        Called with the lock held."""
         if keep <= 0 or not self._ctx:
             return 0
         return keep if keep >= lib.llm_ctx_resume_min(self._ctx) else 0
@@ -192,7 +197,7 @@ class Engine:
             raise InvalidArgumentError(f"out must be a contiguous float32 array of shape ({self.vocab_size},)",
                                        param="out")
         with self._lock:
-            keep = self.reusable_prefix(tokens)  # the last token always runs: we need its logits
+            keep = self._reusable_prefix(tokens)  # the last token always runs: we need its logits
             self.check_tokens(tokens, keep)
             self._run(tokens, keep, out, all_logits=False)
         return out
