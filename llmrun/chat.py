@@ -444,12 +444,12 @@ class ChatDelta:
 class ReasoningSplitter:
     """Splits a reasoning model's reply, fed as text pieces, into its reasoning and its answer.
 
-    The reasoning is a `<think>…</think>` block at the very start of the reply (after blank space), as Qwen3
-    and SmolLM3 write it and their templates read it back; a `<think>` anywhere later is answer text. With
-    `inside` the reply starts within the block (the template's generation prompt ended with "<think>\n").
-    Reasoning loses its surrounding newlines and an answer after a block its leading blank space, as the
-    templates strip them (a reply without a block is kept as written); a reply that never closes its block (max_tokens) is all reasoning. Text that may be the start of a
-    tag is held back until the next piece decides it, so a tag split over two tokens is still found."""
+    The reasoning is a `<think>…</think>` block at the very start of the reply (after blank space), as Qwen3 and SmolLM3
+    write it and their templates read it back; a `<think>` anywhere later is answer text. With `inside` the reply starts
+    within the block (the template's generation prompt ended with "<think>\n"). Reasoning loses its surrounding newlines
+    and an answer after a block its leading blank space, as the templates strip them (a reply without a block is kept as
+    written); a reply that never closes its block (max_tokens) is all reasoning. Text that may be the start of a tag is
+    held back until the next piece decides it, so a tag split over two tokens is still found."""
 
     def __init__(self, inside: bool = False) -> None:
         self.state = "reasoning" if inside else "start"  # start -> reasoning -> answer, or start -> answer
