@@ -508,3 +508,68 @@ def test_writer_refuses_what_gguf_cannot_say(tmp_path: Path) -> None:
     spec.config = dataclasses.replace(spec.config, final_softcap=30.0)
     with pytest.raises(ValueError, match="GGUF qwen3 has no key for this model's final_softcap"):
         write_model(tmp_path / "q.gguf", spec, "f32")
+
+
+def _folder_logits(spec: ModelSpec, ids: list[int]) -> np.ndarray:
+    return Engine(spec, n_ctx=spec.config.max_seq_len, n_threads=1).evaluate_all(ids)
+
+
+def test_gemma3_equal_local_and_global_bases_round_trip(tmp_path: Path) -> None:
+    """A Gemma 3 whose global base equals the local one, with linear scaling on the global layers: its GGUF
+    (freq_base_swa == freq_base) still runs the sliding layers with plain RoPE, as llama.cpp (freq scale 1 on
+    SWA layers) and transformers (default RoPE on sliding layers) do."""
+    folder = copy_fixture("gemma3", tmp_path)
+    params = json.loads((folder / "config.json").read_text())["rope_parameters"]
+    full = {**params["full_attention"], "rope_theta": 10000.0}
+    edit_config(folder, rope_parameters={**params, "full_attention": full})
+    spec = read_model(folder)
+    write_model(tmp_path / "g.gguf", spec, "f32")
+    back = read_model(tmp_path / "g.gguf")
+    assert back.config.layer_ropes == spec.config.layer_ropes and "local" in back.config.layer_ropes
+    assert back.config.rope_theta_local == spec.config.rope_theta_local == back.config.rope_theta == 10000.0
+    ids = prompts("gemma3")[3]["ids"]
+    assert np.max(np.abs(_folder_logits(back, ids) - _folder_logits(spec, ids))) <= TOLERANCE
+
+
+def test_gemma3_gguf_local_layers_never_scaled(tmp_path: Path) -> None:
+    """A gemma3 GGUF with freq_base_swa == freq_base and a linear factor: the sliding layers are local (plain)."""
+    base, swa = "gemma3.rope.freq_base", "gemma3.rope.freq_base_swa"
+    path = _rewrite(tmp_path, "gemma3", {base: _f32(base, 10000.0), swa: _f32(swa, 10000.0)})
+    spec = load_gguf(path)
+    windows = spec.config.layer_windows
+    assert spec.config.layer_ropes == tuple("local" if w else "global" for w in windows)
+    assert spec.config.rope_theta_local == 10000.0 and spec.rope_scaling.kind == "linear"
+
+
+def test_gemma_rope_bases_gguf_cannot_say(tmp_path: Path) -> None:
+    """What llama.cpp's keys cannot express is refused, in either direction."""
+    spec = read_model(HF / "gemma3")
+    spec.config = dataclasses.replace(spec.config, layer_ropes=("global",) * spec.config.n_layers)
+    with pytest.raises(ValueError, match="llama.cpp's gemma3 runs the sliding layers with plain RoPE"):
+        write_model(tmp_path / "g3.gguf", spec, "f32")
+    spec = read_model(HF / "gemma2")
+    spec.config = dataclasses.replace(spec.config, rope_theta_local=5000.0,
+                                      layer_ropes=tuple("local" if w else "global" for w in spec.config.layer_windows))
+    spec.rope_scaling = RopeScaling("linear", factor=2.0)
+    with pytest.raises(ValueError, match="llama.cpp's gemma2 scales the sliding layers' RoPE"):
+        write_model(tmp_path / "g2.gguf", spec, "f32")
+    swa, kind, factor = "gemma2.rope.freq_base_swa", "gemma2.rope.scaling.type", "gemma2.rope.scaling.factor"
+    path = _rewrite(tmp_path, "gemma2", {swa: _f32(swa, 5000.0), kind: Metadata(kind, ValueType.STRING, "linear"),
+                                          factor: _f32(factor, 2.0)})
+    with pytest.raises(ModelFormatError, match=re_escape("gemma2.rope.freq_base_swa = 5000.0 differs")):
+        load_gguf(path)
+    path = _rewrite(tmp_path, "gemma2", {swa: _f32(swa, 5000.0)})  # without scaling: exact
+    spec = load_gguf(path)
+    assert spec.config.rope_theta_local == 5000.0 and "local" in spec.config.layer_ropes
+
+
+def test_gemma2_without_soft_caps(tmp_path: Path) -> None:
+    """llama.cpp's gemma2 always caps: a cap of 0 would give NaN logits there, so it is refused both ways."""
+    spec = read_model(HF / "gemma2")
+    spec.config = dataclasses.replace(spec.config, final_softcap=0.0)
+    with pytest.raises(ValueError, match="llama.cpp's gemma2 always soft-caps the final logits"):
+        write_model(tmp_path / "g.gguf", spec, "f32")
+    for key in ("gemma2.final_logit_softcapping", "gemma2.attn_logit_softcapping"):
+        path = _rewrite(tmp_path, "gemma2", {key: _f32(key, 0.0)})
+        with pytest.raises(ModelFormatError, match=re_escape(f"metadata {key} = 0: llama.cpp's gemma2 always")):
+            load_gguf(path)

@@ -862,6 +862,8 @@ def _family_options(meta: _Metadata, n_layers: int, dim: int, n_heads: int, head
         value = float(meta.f.metadata[k])
         if not (math.isfinite(value) and 0 <= value <= MAX_SOFTCAP):
             raise meta.fail(f"metadata {k} = {value} must be a finite number in 0..{MAX_SOFTCAP:g} (0: no capping)")
+        if value == 0 and a == "gemma2":  # llama.cpp's gemma2 always caps: tanh(x / 0) * 0 is NaN there
+            raise meta.fail(f"metadata {k} = 0: llama.cpp's gemma2 always soft-caps, and computes NaN logits with 0")
         return value
 
     if a in GEMMA:
@@ -874,9 +876,19 @@ def _family_options(meta: _Metadata, n_layers: int, dim: int, n_heads: int, head
                    final_softcap=softcap("final_logit_softcapping", 30.0 if a == "gemma2" else 0.0),
                    attn_softcap=softcap("attn_logit_softcapping", 50.0) if a == "gemma2" else 0.0)
         theta = meta.number(f"{a}.rope.freq_base", 10000.0)
-        local = meta.number(f"{a}.rope.freq_base_swa", theta if a == "gemma2" else 10000.0)
-        if any(windows) and local != theta:
-            out["rope_theta_local"] = local
+        if a == "gemma3" and any(windows):
+            # llama.cpp: the sliding layers use freq_base_swa (default 10000) with freq scale 1, whatever the
+            # global layers' scaling and even where the bases are equal
+            out["rope_theta_local"] = meta.number(f"{a}.rope.freq_base_swa", 10000.0)
+            out["layer_ropes"] = tuple("local" if w else "global" for w in windows)
+        elif any(windows) and meta.number(f"{a}.rope.freq_base_swa", theta) != theta:
+            # gemma2: llama.cpp scales the sliding layers like the global ones; llmrun's local layers are plain
+            # RoPE, so a local base differing from the global one is exact only without scaling
+            if _has_rope_scaling(meta):
+                raise meta.fail(f"metadata {a}.rope.freq_base_swa = {meta.f.metadata[f'{a}.rope.freq_base_swa']} "
+                                f"differs from {a}.rope.freq_base = {theta} together with RoPE scaling: llmrun "
+                                "cannot scale the sliding layers' RoPE (llama.cpp scales them like the global ones)")
+            out["rope_theta_local"] = meta.number(f"{a}.rope.freq_base_swa")
             out["layer_ropes"] = tuple("local" if w else "global" for w in windows)
     elif a == "smollm3":  # llama.cpp: no RoPE on every fourth layer (hard-coded, as SmolLM3's config)
         out["layer_ropes"] = tuple("none" if (i + 1) % 4 == 0 else "global" for i in range(n_layers))
@@ -892,6 +904,20 @@ def _family_options(meta: _Metadata, n_layers: int, dim: int, n_heads: int, head
         if not meta.boolean(f"{a}.rope.scaling.finetuned", True):  # llama.cpp: Granite's switch for RoPE
             out["layer_ropes"] = ("none",) * n_layers
     return out
+
+
+def _has_rope_scaling(meta: _Metadata) -> bool:
+    """Whether the file scales RoPE in any of the ways _rope_scaling reads (a factor, YaRN, rope tensors)."""
+    a = meta.arch
+    if meta.string(f"{a}.rope.scaling.type", "linear") == "yarn":
+        return True
+    if any(name in meta.f.tensors for name in ("rope_freqs.weight", "rope_factors_long.weight",
+                                                "rope_factors_short.weight")):
+        return True
+    if meta.string(f"{a}.rope.scaling.type", "linear") == "none":
+        return False
+    factor = meta.number(f"{a}.rope.scaling.factor", meta.number(f"{a}.rope.scale_linear", 1.0))
+    return factor != 1.0
 
 
 def _windows(meta: _Metadata, n_layers: int) -> tuple[int, ...]:
