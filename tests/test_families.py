@@ -573,3 +573,65 @@ def test_gemma2_without_soft_caps(tmp_path: Path) -> None:
         path = _rewrite(tmp_path, "gemma2", {key: _f32(key, 0.0)})
         with pytest.raises(ModelFormatError, match=re_escape(f"metadata {key} = 0: llama.cpp's gemma2 always")):
             load_gguf(path)
+
+
+YARN = {"factor": 4.0, "original_max_position_embeddings": 32, "rope_theta": 10000.0, "rope_type": "yarn"}
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("name, edit, match", [
+    ("qwen2-yarn", dict(rope_parameters={**YARN, "rope_theta": 1.0}),
+     "rope scaling (yarn) rope_theta = 1.0 must be greater than 1 for YaRN"),
+    ("qwen2-yarn", dict(rope_parameters={**YARN, "beta_fast": 1e-320}),
+     "rope scaling (yarn) beta_fast = 1e-320 gives an infinite YaRN correction range"),
+    ("qwen2-yarn", dict(rope_parameters={**YARN, "beta_slow": 1e308}), "beta_slow = 1e+308 gives an infinite"),
+    ("qwen2-yarn", dict(rope_parameters={**YARN, "factor": 1e-300}), "factor = 1e-300 gives non-finite RoPE"),
+    ("qwen2-yarn", dict(rope_parameters={**YARN, "attention_factor": 1e30}),
+     "attention_factor = 1e+30 gives an attention factor of 1e+30"),
+    ("phi3-longrope", dict(original_max_position_embeddings=1),
+     "rope scaling (longrope) original_max_position_embeddings = 1 must be at least 2 for LongRoPE"),
+    ("gemma3", dict(query_pre_attn_scalar=1e-300), "query_pre_attn_scalar = 1e-300 is out of float32's range"),
+    ("granite", dict(logits_scaling=1e-300), "logits_scaling = 1e-300 is out of float32's range"),
+    ("granite", dict(embedding_multiplier=1e300), "embedding_multiplier = 1e+300 is out of float32's range"),
+    ("gemma2", dict(final_logit_softcapping=1e300), "final_logit_softcapping = 1e+300 is out of float32's range"),
+    ("qwen3", dict(rms_norm_eps=1e-300), "rms_norm_eps = 1e-300 is out of float32's range"),
+])
+def test_hostile_config_values(tmp_path: Path, name: str, edit: dict[str, Any], match: str) -> None:
+    """Values that would divide by zero, overflow, or reach the C library as inf: refused naming the key."""
+    folder = copy_fixture(name, tmp_path)
+    edit_config(folder, **edit)
+    with pytest.raises(ModelFormatError, match=re_escape(match)) as info:
+        read_model(folder)
+    assert str(folder / "config.json") in str(info.value)
+
+
+def _f64(key: str, value: float) -> Metadata:
+    return Metadata(key, ValueType.FLOAT64, value)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("name, changes, match", [
+    ("qwen2-yarn", {"qwen2.rope.freq_base": _f32("qwen2.rope.freq_base", 1.0)},
+     "metadata qwen2.rope.freq_base = 1.0: RoPE scaling yarn must be greater than 1"),
+    ("qwen2-yarn", {"qwen2.rope.scaling.yarn_beta_fast": _f64("qwen2.rope.scaling.yarn_beta_fast", 1e-320)},
+     "metadata qwen2.rope.scaling.yarn_beta_fast = 1e-320 is out of float32's range"),
+    ("qwen2-yarn", {"qwen2.rope.scaling.attn_factor": _f32("qwen2.rope.scaling.attn_factor", 1e30)},
+     "metadata qwen2.rope.scaling.attn_factor = 1.0000000150474662e+30 is out of range (expected at most 1e+06)"),
+    ("qwen2-yarn", {"qwen2.rope.scaling.yarn_attn_factor": _f32("qwen2.rope.scaling.yarn_attn_factor", 1e30)},
+     "metadata qwen2.rope.scaling.yarn_attn_factor = 1.0000000150474662e+30 is out of range"),
+    ("qwen2-yarn", {"qwen2.rope.scaling.yarn_log_multiplier": _f32("qwen2.rope.scaling.yarn_log_multiplier", 0.5)},
+     "metadata qwen2.rope.scaling.yarn_log_multiplier = 0.5 is not supported"),
+    ("qwen2-yarn", {"qwen2.rope.scaling.yarn_ext_factor": _f32("qwen2.rope.scaling.yarn_ext_factor", 0.5)},
+     "metadata qwen2.rope.scaling.yarn_ext_factor = 0.5 is not supported"),
+    ("phi3-longrope", {"phi3.rope.scaling.original_context_length": Metadata(
+        "phi3.rope.scaling.original_context_length", ValueType.UINT32, 1)},
+     "metadata phi3.rope.scaling.original_context_length = 1: RoPE scaling longrope must be at least 2"),
+    ("qwen3", {"qwen3.rope.scaling.type": Metadata("qwen3.rope.scaling.type", ValueType.STRING, "longrope")},
+     "qwen3.rope.scaling.type = 'longrope' needs the tensors rope_factors_short.weight"),
+    ("granite", {"granite.logit_scale": _f32("granite.logit_scale", 1e-30)},
+     "metadata granite.logit_scale = 1.0000000031710769e-30 is out of range (expected 1e-06..1e+06)"),
+    ("granite", {"granite.embedding_scale": _f64("granite.embedding_scale", 1e300)},
+     "metadata granite.embedding_scale = 1e+300 is out of float32's range"),
+])
+def test_hostile_gguf_values(tmp_path: Path, name: str, changes: dict[str, Metadata | None], match: str) -> None:
+    test_hostile_gguf_keys(tmp_path, name, changes, match)

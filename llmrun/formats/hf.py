@@ -43,6 +43,7 @@ import numpy as np
 
 from ..errors import ModelFormatError, TokenizerError
 from ..quantize import convert_rows, dequantize, f32_to_bf16
+from ..rope import scaling_problem
 from ..spec import TENSOR_TYPES, LayerWeights, ModelConfig, ModelSpec, RopeScaling, Tensor, attention_shape_problem
 from .hf_tokenizer import load_folder_tokenizer, read_json
 from .safetensors import SafetensorsSet, TensorEntry
@@ -270,7 +271,35 @@ def parse_config(path: Path, raw: dict[str, Any]) -> tuple[str, ModelConfig, Rop
         rope_theta=theta, norm_eps=cfg.positive("rms_norm_eps", 1e-6), rope_style="halves",
         rope_dim=rope_dim if rope_dim != head_dim else 0, layer_windows=windows if any(windows) else (),
         **options)
-    return arch, config, _rope_scaling(cfg, arch, global_params, rope_dim, max_seq)
+    _check_float32(cfg, config, arch)
+    scaling = _rope_scaling(cfg, arch, global_params, rope_dim, max_seq)
+    if scaling is not None:
+        problem = scaling_problem(scaling, theta, rope_dim)
+        if problem is not None:
+            field, why = problem
+            key = {"theta": "rope_theta", "original_context": "original_max_position_embeddings"}.get(field, field)
+            value = theta if field == "theta" else getattr(scaling, field)
+            raise cfg.fail(f"rope scaling ({scaling.kind}) {key} = {value!r} {why}")
+    return arch, config, scaling
+
+
+# The config.json key each float option of the ModelConfig comes from, per architecture (the C library holds
+# them as float32: a value beyond float32's range would reach it as inf or 0)
+_FLOAT_KEYS = {"rope_theta": "rope_theta", "rope_theta_local": "rope_local_base_freq", "norm_eps": "rms_norm_eps",
+               "attn_softcap": "attn_logit_softcapping", "final_softcap": "final_logit_softcapping"}
+_FAMILY_FLOAT_KEYS = {"granite": {"embed_scale": "embedding_multiplier", "attn_scale": "attention_multiplier",
+                                  "residual_scale": "residual_multiplier", "logit_scale": "logits_scaling"},
+                      **{g: {"attn_scale": "query_pre_attn_scalar"} for g in GEMMA}}
+_F32_MAX, _F32_MIN = float(np.finfo(np.float32).max), float(np.finfo(np.float32).tiny)
+
+
+def _check_float32(cfg: _Config, config: ModelConfig, arch: str) -> None:
+    """Refuses an option whose value (as computed from its key) is not a normal float32 number."""
+    for field, key in {**_FLOAT_KEYS, **_FAMILY_FLOAT_KEYS.get(arch, {})}.items():
+        value = getattr(config, field)
+        if value is not None and value != 0 and not _F32_MIN <= abs(value) <= _F32_MAX:
+            raise cfg.fail(f"{key} = {cfg.raw.get(key, value)!r} is out of float32's range (it gives {field} = "
+                           f"{value:g})")
 
 
 def _check_math(cfg: _Config, arch: str) -> None:
