@@ -635,3 +635,47 @@ def _f64(key: str, value: float) -> Metadata:
 ])
 def test_hostile_gguf_values(tmp_path: Path, name: str, changes: dict[str, Metadata | None], match: str) -> None:
     test_hostile_gguf_keys(tmp_path, name, changes, match)
+
+
+def _parsed(name: str, **edit: Any) -> Any:
+    """(architecture, config, scaling) of fixture `name`'s config.json with `edit` (None: key removed)."""
+    from llmrun.formats.hf import parse_config
+    raw = json.loads((HF / name / "config.json").read_text())
+    raw = {k: v for k, v in {**raw, **edit}.items() if v is not None}
+    return parse_config(HF / name / "config.json", raw)
+
+
+def test_phi3_original_context_as_transformers_reads_it() -> None:
+    """transformers 5's Phi3Config has its own original_max_position_embeddings (default 4096), which replaces
+    the one inside rope_parameters; an integral float is that integer."""
+    assert _parsed("phi3-longrope")[2].original_context == 48
+    assert _parsed("phi3-longrope", original_max_position_embeddings=None)[2].original_context == 4096
+    assert _parsed("phi3-longrope", original_max_position_embeddings=48.0)[2].original_context == 48
+    params = json.loads((HF / "qwen2-yarn" / "config.json").read_text())["rope_parameters"]
+    assert _parsed("qwen2-yarn", rope_parameters={**params, "original_max_position_embeddings": 32.0}
+                   )[2].original_context == 32
+
+
+def test_config_class_defaults() -> None:
+    """Keys config.json may leave out, read with transformers' config classes' defaults."""
+    assert _parsed("qwen3", head_dim=None)[1].head_dim == 128  # Qwen3Config
+    assert _parsed("gemma2", head_dim=None)[1].head_dim == 256  # Gemma2Config
+    assert _parsed("gemma3", head_dim=None, hidden_size=64)[1].head_dim == 256  # Gemma3TextConfig
+    # Gemma 2/3 read hidden_activation (default gelu_pytorch_tanh); hidden_act is Gemma 1's
+    assert _parsed("gemma2", hidden_act="gelu", hidden_activation=None)[1].ffn_activation == "gelu_tanh"
+
+
+def test_smollm3_ties_embeddings_by_default(tmp_path: Path) -> None:
+    folder = copy_fixture("smollm3", tmp_path)
+    edit_config(folder, tie_word_embeddings=None)  # SmolLM3Config's default: true
+    assert worst_diff(read_model(folder), "smollm3") <= TOLERANCE
+
+
+def test_gemma_embed_scale_is_float32_for_bf16_checkpoints(tmp_path: Path) -> None:
+    """A checkpoint saying bfloat16 is run in float32: sqrt(dim) in float32, as its GGUF and llama.cpp have it."""
+    folder = copy_fixture("gemma3", tmp_path)  # sqrt(32) is not a bf16 number
+    edit_config(folder, dtype="bfloat16")
+    spec = read_model(folder)
+    assert spec.config.embed_scale == float(np.float32(math.sqrt(32)))
+    write_model(tmp_path / "g.gguf", spec, "f32")
+    assert read_model(tmp_path / "g.gguf").config.embed_scale == spec.config.embed_scale
