@@ -102,15 +102,18 @@ def scaling_problem(s: RopeScaling, theta: float, rotary_dim: int) -> tuple[str,
                 return name, "gives an infinite YaRN correction range"
     if s.kind == "longrope" and s.original_context < 2:  # its default attention factor divides by ln(context)
         return "original_context", "must be at least 2 for LongRoPE"
-    contexts = (s.original_context, s.original_context + 1) if s.kind == "longrope" else (1,)
-    for n_ctx in contexts:
+    # the field whose values divide the frequencies: LongRoPE's short or long factors (by context), GGUF's
+    # divisors, else the factor
+    contexts = {"short_factor": s.original_context, "long_factor": s.original_context + 1} if s.kind == "longrope" \
+        else {"divisors" if s.kind == "divisors" else "factor": 1}
+    for field, n_ctx in contexts.items():
         with np.errstate(all="ignore"):
             try:
                 freqs, attn = scaled_frequencies(s, theta, rotary_dim, n_ctx)
             except (OverflowError, ValueError, ZeroDivisionError):
-                return "factor", "gives non-finite RoPE frequencies"
+                return field, "gives non-finite RoPE frequencies"
         if not np.all(np.isfinite(freqs)):
-            return "factor", "gives non-finite RoPE frequencies"
+            return field, "gives non-finite RoPE frequencies"
         if not (math.isfinite(attn) and 0 < attn <= MAX_ATTENTION_FACTOR):
             return "attention_factor", f"gives an attention factor of {attn:g} (expected 0..{MAX_ATTENTION_FACTOR:g})"
     return None

@@ -679,3 +679,22 @@ def test_gemma_embed_scale_is_float32_for_bf16_checkpoints(tmp_path: Path) -> No
     assert spec.config.embed_scale == float(np.float32(math.sqrt(32)))
     write_model(tmp_path / "g.gguf", spec, "f32")
     assert read_model(tmp_path / "g.gguf").config.embed_scale == spec.config.embed_scale
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_hostile_rope_factor_values(tmp_path: Path) -> None:
+    """Per-pair factors so small that the frequencies overflow float32: refused naming the tensor or key."""
+    tiny = np.full(6, 1e-40, np.float32)  # positive, finite, and 1 / it is inf in float32
+    path = _rewrite(tmp_path, "phi3-longrope", {}, tensor=("rope_factors_long.weight", tiny))
+    with pytest.raises(ModelFormatError, match="tensor rope_factors_long.weight: RoPE scaling longrope gives non-fin"):
+        load_gguf(path)
+    folder = copy_fixture("phi3-longrope", tmp_path)
+    params = json.loads((folder / "config.json").read_text())["rope_parameters"]
+    edit_config(folder, rope_parameters={**params, "short_factor": [1e-300] * 6})
+    with pytest.raises(ModelFormatError, match=r"short_factor = \(1e-300, .* gives non-finite RoPE frequencies"):
+        read_model(folder)
+    spec = read_model(HF / "llama3-gqa")  # llama3 scaling: written as llama.cpp's rope_freqs divisors
+    path = _rewrite(tmp_path, "llama3-gqa", {}, tensor=("rope_freqs.weight", np.full(
+        spec.config.rotary_dim // 2, 1e-40, np.float32)))
+    with pytest.raises(ModelFormatError, match="tensor rope_freqs.weight: RoPE scaling divisors gives non-finite"):
+        load_gguf(path)

@@ -663,6 +663,10 @@ def _rope_scaling(f: GGUFFile, meta: _Metadata, c: ModelConfig) -> RopeScaling |
     problem = None if s is None else scaling_problem(s, c.rope_theta, c.rotary_dim)
     if problem is not None:
         a, (field, why) = meta.arch, problem
+        tensor = {"short_factor": "rope_factors_short.weight", "long_factor": "rope_factors_long.weight",
+                  "divisors": "rope_freqs.weight"}.get(field)
+        if tensor is not None:
+            raise meta.fail(f"tensor {tensor}: RoPE scaling {s.kind} {why}")
         key = {"theta": "rope.freq_base", "factor": "rope.scaling.factor", "beta_fast": "rope.scaling.yarn_beta_fast",
                "beta_slow": "rope.scaling.yarn_beta_slow", "attention_factor": "rope.scaling.attn_factor",
                "original_context": "rope.scaling.original_context_length"}[field]

@@ -283,7 +283,7 @@ def parse_config(path: Path, raw: dict[str, Any]) -> tuple[str, ModelConfig, Rop
             field, why = problem
             key = {"theta": "rope_theta", "original_context": "original_max_position_embeddings"}.get(field, field)
             value = theta if field == "theta" else getattr(scaling, field)
-            raise cfg.fail(f"rope scaling ({scaling.kind}) {key} = {value!r} {why}")
+            raise cfg.fail(f"rope scaling ({scaling.kind}) {key} = {_short(value)} {why}")
     return arch, config, scaling
 
 
