@@ -26,6 +26,7 @@ from .errors import ModelFormatError
 from .spec import ModelSpec, RopeScaling
 
 _F32 = np.float32
+MAX_ATTENTION_FACTOR = 1e6  # cos and sin times more than this is no model's (and overflows the scores)
 
 
 def plain_frequencies(theta: float, rotary_dim: int) -> np.ndarray:
@@ -84,6 +85,40 @@ def scaled_frequencies(s: RopeScaling, theta: float, rotary_dim: int, n_ctx: int
     raise ModelFormatError(f"{where}: RoPE scaling kind {s.kind!r} is not supported")
 
 
+def scaling_problem(s: RopeScaling, theta: float, rotary_dim: int) -> tuple[str, str] | None:
+    """(field, why) for the first value of scaling `s` ("theta": the RoPE base) that would make its tables
+    non-finite (or its attention factor no model's), None when they are sound: the readers check with it at
+    load time and name their own key for the field, so that such a value never reaches the arithmetic above
+    (ZeroDivisionError, OverflowError) or the C library (inf)."""
+    if s.kind == "yarn":
+        if not theta > 1:  # the correction range divides by ln(theta)
+            return "theta", "must be greater than 1 for YaRN (its correction range divides by ln(theta))"
+        for name in ("beta_fast", "beta_slow"):
+            try:
+                dim = _yarn_dim(s, getattr(s, name), theta, rotary_dim)
+            except (OverflowError, ValueError, ZeroDivisionError):
+                dim = math.inf
+            if not math.isfinite(dim):
+                return name, "gives an infinite YaRN correction range"
+    if s.kind == "longrope" and s.original_context < 2:  # its default attention factor divides by ln(context)
+        return "original_context", "must be at least 2 for LongRoPE"
+    # the field whose values divide the frequencies: LongRoPE's short or long factors (by context), GGUF's
+    # divisors, else the factor
+    contexts = {"short_factor": s.original_context, "long_factor": s.original_context + 1} if s.kind == "longrope" \
+        else {"divisors" if s.kind == "divisors" else "factor": 1}
+    for field, n_ctx in contexts.items():
+        with np.errstate(all="ignore"):
+            try:
+                freqs, attn = scaled_frequencies(s, theta, rotary_dim, n_ctx)
+            except (OverflowError, ValueError, ZeroDivisionError):
+                return field, "gives non-finite RoPE frequencies"
+        if not np.all(np.isfinite(freqs)):
+            return field, "gives non-finite RoPE frequencies"
+        if not (math.isfinite(attn) and 0 < attn <= MAX_ATTENTION_FACTOR):
+            return "attention_factor", f"gives an attention factor of {attn:g} (expected 0..{MAX_ATTENTION_FACTOR:g})"
+    return None
+
+
 def _llama3(s: RopeScaling, inv_freq: np.ndarray) -> np.ndarray:
     """transformers' _compute_llama3_parameters."""
     factor, low, high, old_ctx = s.factor, s.low_freq_factor, s.high_freq_factor, s.original_context
@@ -96,13 +131,15 @@ def _llama3(s: RopeScaling, inv_freq: np.ndarray) -> np.ndarray:
     return np.where(medium, smoothed, scaled).astype(_F32)
 
 
+def _yarn_dim(s: RopeScaling, rotations: float, theta: float, rotary_dim: int) -> float:
+    """The (fractional) dimension pair that turns `rotations` times within the original context."""
+    return rotary_dim * math.log(s.original_context / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+
 def yarn_correction_range(s: RopeScaling, theta: float, rotary_dim: int) -> tuple[float, float]:
     """The dimension pairs between which YaRN blends: where `beta_fast` and `beta_slow` rotations fit in the
     original context (transformers' find_correction_range; ggml's rope_yarn_corr_dims when truncated)."""
-    def dim_of(rotations: float) -> float:
-        return rotary_dim * math.log(s.original_context / (rotations * 2 * math.pi)) / (2 * math.log(theta))
-
-    low, high = dim_of(s.beta_fast), dim_of(s.beta_slow)
+    low, high = _yarn_dim(s, s.beta_fast, theta, rotary_dim), _yarn_dim(s, s.beta_slow, theta, rotary_dim)
     if s.truncate:
         low, high = math.floor(low), math.ceil(high)
     return max(low, 0), min(high, rotary_dim - 1)

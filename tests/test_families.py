@@ -508,3 +508,193 @@ def test_writer_refuses_what_gguf_cannot_say(tmp_path: Path) -> None:
     spec.config = dataclasses.replace(spec.config, final_softcap=30.0)
     with pytest.raises(ValueError, match="GGUF qwen3 has no key for this model's final_softcap"):
         write_model(tmp_path / "q.gguf", spec, "f32")
+
+
+def _folder_logits(spec: ModelSpec, ids: list[int]) -> np.ndarray:
+    return Engine(spec, n_ctx=spec.config.max_seq_len, n_threads=1).evaluate_all(ids)
+
+
+def test_gemma3_equal_local_and_global_bases_round_trip(tmp_path: Path) -> None:
+    """A Gemma 3 whose global base equals the local one, with linear scaling on the global layers: its GGUF
+    (freq_base_swa == freq_base) still runs the sliding layers with plain RoPE, as llama.cpp (freq scale 1 on
+    SWA layers) and transformers (default RoPE on sliding layers) do."""
+    folder = copy_fixture("gemma3", tmp_path)
+    params = json.loads((folder / "config.json").read_text())["rope_parameters"]
+    full = {**params["full_attention"], "rope_theta": 10000.0}
+    edit_config(folder, rope_parameters={**params, "full_attention": full})
+    spec = read_model(folder)
+    write_model(tmp_path / "g.gguf", spec, "f32")
+    back = read_model(tmp_path / "g.gguf")
+    assert back.config.layer_ropes == spec.config.layer_ropes and "local" in back.config.layer_ropes
+    assert back.config.rope_theta_local == spec.config.rope_theta_local == back.config.rope_theta == 10000.0
+    ids = prompts("gemma3")[3]["ids"]
+    assert np.max(np.abs(_folder_logits(back, ids) - _folder_logits(spec, ids))) <= TOLERANCE
+
+
+def test_gemma3_gguf_local_layers_never_scaled(tmp_path: Path) -> None:
+    """A gemma3 GGUF with freq_base_swa == freq_base and a linear factor: the sliding layers are local (plain)."""
+    base, swa = "gemma3.rope.freq_base", "gemma3.rope.freq_base_swa"
+    path = _rewrite(tmp_path, "gemma3", {base: _f32(base, 10000.0), swa: _f32(swa, 10000.0)})
+    spec = load_gguf(path)
+    windows = spec.config.layer_windows
+    assert spec.config.layer_ropes == tuple("local" if w else "global" for w in windows)
+    assert spec.config.rope_theta_local == 10000.0 and spec.rope_scaling.kind == "linear"
+
+
+def test_gemma_rope_bases_gguf_cannot_say(tmp_path: Path) -> None:
+    """What llama.cpp's keys cannot express is refused, in either direction."""
+    spec = read_model(HF / "gemma3")
+    spec.config = dataclasses.replace(spec.config, layer_ropes=("global",) * spec.config.n_layers)
+    with pytest.raises(ValueError, match="llama.cpp's gemma3 runs the sliding layers with plain RoPE"):
+        write_model(tmp_path / "g3.gguf", spec, "f32")
+    spec = read_model(HF / "gemma2")
+    spec.config = dataclasses.replace(spec.config, rope_theta_local=5000.0,
+                                      layer_ropes=tuple("local" if w else "global" for w in spec.config.layer_windows))
+    spec.rope_scaling = RopeScaling("linear", factor=2.0)
+    with pytest.raises(ValueError, match="llama.cpp's gemma2 scales the sliding layers' RoPE"):
+        write_model(tmp_path / "g2.gguf", spec, "f32")
+    swa, kind, factor = "gemma2.rope.freq_base_swa", "gemma2.rope.scaling.type", "gemma2.rope.scaling.factor"
+    path = _rewrite(tmp_path, "gemma2", {swa: _f32(swa, 5000.0), kind: Metadata(kind, ValueType.STRING, "linear"),
+                                          factor: _f32(factor, 2.0)})
+    with pytest.raises(ModelFormatError, match=re_escape("gemma2.rope.freq_base_swa = 5000.0 differs")):
+        load_gguf(path)
+    path = _rewrite(tmp_path, "gemma2", {swa: _f32(swa, 5000.0)})  # without scaling: exact
+    spec = load_gguf(path)
+    assert spec.config.rope_theta_local == 5000.0 and "local" in spec.config.layer_ropes
+
+
+def test_gemma2_without_soft_caps(tmp_path: Path) -> None:
+    """llama.cpp's gemma2 always caps: a cap of 0 would give NaN logits there, so it is refused both ways."""
+    spec = read_model(HF / "gemma2")
+    spec.config = dataclasses.replace(spec.config, final_softcap=0.0)
+    with pytest.raises(ValueError, match="llama.cpp's gemma2 always soft-caps the final logits"):
+        write_model(tmp_path / "g.gguf", spec, "f32")
+    for key in ("gemma2.final_logit_softcapping", "gemma2.attn_logit_softcapping"):
+        path = _rewrite(tmp_path, "gemma2", {key: _f32(key, 0.0)})
+        with pytest.raises(ModelFormatError, match=re_escape(f"metadata {key} = 0: llama.cpp's gemma2 always")):
+            load_gguf(path)
+
+
+YARN = {"factor": 4.0, "original_max_position_embeddings": 32, "rope_theta": 10000.0, "rope_type": "yarn"}
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("name, edit, match", [
+    ("qwen2-yarn", dict(rope_parameters={**YARN, "rope_theta": 1.0}),
+     "rope scaling (yarn) rope_theta = 1.0 must be greater than 1 for YaRN"),
+    ("qwen2-yarn", dict(rope_parameters={**YARN, "beta_fast": 1e-320}),
+     "rope scaling (yarn) beta_fast = 1e-320 gives an infinite YaRN correction range"),
+    ("qwen2-yarn", dict(rope_parameters={**YARN, "beta_slow": 1e308}), "beta_slow = 1e+308 gives an infinite"),
+    ("qwen2-yarn", dict(rope_parameters={**YARN, "factor": 1e-300}), "factor = 1e-300 gives non-finite RoPE"),
+    ("qwen2-yarn", dict(rope_parameters={**YARN, "attention_factor": 1e30}),
+     "attention_factor = 1e+30 gives an attention factor of 1e+30"),
+    ("phi3-longrope", dict(original_max_position_embeddings=1),
+     "rope scaling (longrope) original_max_position_embeddings = 1 must be at least 2 for LongRoPE"),
+    ("gemma3", dict(query_pre_attn_scalar=1e-300), "query_pre_attn_scalar = 1e-300 is out of float32's range"),
+    ("granite", dict(logits_scaling=1e-300), "logits_scaling = 1e-300 is out of float32's range"),
+    ("granite", dict(embedding_multiplier=1e300), "embedding_multiplier = 1e+300 is out of float32's range"),
+    ("gemma2", dict(final_logit_softcapping=1e300), "final_logit_softcapping = 1e+300 is out of float32's range"),
+    ("qwen3", dict(rms_norm_eps=1e-300), "rms_norm_eps = 1e-300 is out of float32's range"),
+])
+def test_hostile_config_values(tmp_path: Path, name: str, edit: dict[str, Any], match: str) -> None:
+    """Values that would divide by zero, overflow, or reach the C library as inf: refused naming the key."""
+    folder = copy_fixture(name, tmp_path)
+    edit_config(folder, **edit)
+    with pytest.raises(ModelFormatError, match=re_escape(match)) as info:
+        read_model(folder)
+    assert str(folder / "config.json") in str(info.value)
+
+
+def _f64(key: str, value: float) -> Metadata:
+    return Metadata(key, ValueType.FLOAT64, value)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("name, changes, match", [
+    ("qwen2-yarn", {"qwen2.rope.freq_base": _f32("qwen2.rope.freq_base", 1.0)},
+     "metadata qwen2.rope.freq_base = 1.0: RoPE scaling yarn must be greater than 1"),
+    ("qwen2-yarn", {"qwen2.rope.scaling.yarn_beta_fast": _f64("qwen2.rope.scaling.yarn_beta_fast", 1e-320)},
+     "metadata qwen2.rope.scaling.yarn_beta_fast = 1e-320 is out of float32's range"),
+    ("qwen2-yarn", {"qwen2.rope.scaling.attn_factor": _f32("qwen2.rope.scaling.attn_factor", 1e30)},
+     "metadata qwen2.rope.scaling.attn_factor = 1.0000000150474662e+30 is out of range (expected at most 1e+06)"),
+    ("qwen2-yarn", {"qwen2.rope.scaling.yarn_attn_factor": _f32("qwen2.rope.scaling.yarn_attn_factor", 1e30)},
+     "metadata qwen2.rope.scaling.yarn_attn_factor = 1.0000000150474662e+30 is out of range"),
+    ("qwen2-yarn", {"qwen2.rope.scaling.yarn_log_multiplier": _f32("qwen2.rope.scaling.yarn_log_multiplier", 0.5)},
+     "metadata qwen2.rope.scaling.yarn_log_multiplier = 0.5 is not supported"),
+    ("qwen2-yarn", {"qwen2.rope.scaling.yarn_ext_factor": _f32("qwen2.rope.scaling.yarn_ext_factor", 0.5)},
+     "metadata qwen2.rope.scaling.yarn_ext_factor = 0.5 is not supported"),
+    ("phi3-longrope", {"phi3.rope.scaling.original_context_length": Metadata(
+        "phi3.rope.scaling.original_context_length", ValueType.UINT32, 1)},
+     "metadata phi3.rope.scaling.original_context_length = 1: RoPE scaling longrope must be at least 2"),
+    ("qwen3", {"qwen3.rope.scaling.type": Metadata("qwen3.rope.scaling.type", ValueType.STRING, "longrope")},
+     "qwen3.rope.scaling.type = 'longrope' needs the tensors rope_factors_short.weight"),
+    ("granite", {"granite.logit_scale": _f32("granite.logit_scale", 1e-30)},
+     "metadata granite.logit_scale = 1.0000000031710769e-30 is out of range (expected 1e-06..1e+06)"),
+    ("granite", {"granite.embedding_scale": _f64("granite.embedding_scale", 1e300)},
+     "metadata granite.embedding_scale = 1e+300 is out of float32's range"),
+])
+def test_hostile_gguf_values(tmp_path: Path, name: str, changes: dict[str, Metadata | None], match: str) -> None:
+    test_hostile_gguf_keys(tmp_path, name, changes, match)
+
+
+def _parsed(name: str, **edit: Any) -> Any:
+    """(architecture, config, scaling) of fixture `name`'s config.json with `edit` (None: key removed)."""
+    from llmrun.formats.hf import parse_config
+    raw = json.loads((HF / name / "config.json").read_text())
+    raw = {k: v for k, v in {**raw, **edit}.items() if v is not None}
+    return parse_config(HF / name / "config.json", raw)
+
+
+def test_phi3_original_context_as_transformers_reads_it() -> None:
+    """transformers 5's Phi3Config has its own original_max_position_embeddings (default 4096), which replaces
+    the one inside rope_parameters; an integral float is that integer."""
+    assert _parsed("phi3-longrope")[2].original_context == 48
+    assert _parsed("phi3-longrope", original_max_position_embeddings=None)[2].original_context == 4096
+    assert _parsed("phi3-longrope", original_max_position_embeddings=48.0)[2].original_context == 48
+    params = json.loads((HF / "qwen2-yarn" / "config.json").read_text())["rope_parameters"]
+    assert _parsed("qwen2-yarn", rope_parameters={**params, "original_max_position_embeddings": 32.0}
+                   )[2].original_context == 32
+
+
+def test_config_class_defaults() -> None:
+    """Keys config.json may leave out, read with transformers' config classes' defaults."""
+    assert _parsed("qwen3", head_dim=None)[1].head_dim == 128  # Qwen3Config
+    assert _parsed("gemma2", head_dim=None)[1].head_dim == 256  # Gemma2Config
+    assert _parsed("gemma3", head_dim=None, hidden_size=64)[1].head_dim == 256  # Gemma3TextConfig
+    # Gemma 2/3 read hidden_activation (default gelu_pytorch_tanh); hidden_act is Gemma 1's
+    assert _parsed("gemma2", hidden_act="gelu", hidden_activation=None)[1].ffn_activation == "gelu_tanh"
+
+
+def test_smollm3_ties_embeddings_by_default(tmp_path: Path) -> None:
+    folder = copy_fixture("smollm3", tmp_path)
+    edit_config(folder, tie_word_embeddings=None)  # SmolLM3Config's default: true
+    assert worst_diff(read_model(folder), "smollm3") <= TOLERANCE
+
+
+def test_gemma_embed_scale_is_float32_for_bf16_checkpoints(tmp_path: Path) -> None:
+    """A checkpoint saying bfloat16 is run in float32: sqrt(dim) in float32, as its GGUF and llama.cpp have it."""
+    folder = copy_fixture("gemma3", tmp_path)  # sqrt(32) is not a bf16 number
+    edit_config(folder, dtype="bfloat16")
+    spec = read_model(folder)
+    assert spec.config.embed_scale == float(np.float32(math.sqrt(32)))
+    write_model(tmp_path / "g.gguf", spec, "f32")
+    assert read_model(tmp_path / "g.gguf").config.embed_scale == spec.config.embed_scale
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_hostile_rope_factor_values(tmp_path: Path) -> None:
+    """Per-pair factors so small that the frequencies overflow float32: refused naming the tensor or key."""
+    tiny = np.full(6, 1e-40, np.float32)  # positive, finite, and 1 / it is inf in float32
+    path = _rewrite(tmp_path, "phi3-longrope", {}, tensor=("rope_factors_long.weight", tiny))
+    with pytest.raises(ModelFormatError, match="tensor rope_factors_long.weight: RoPE scaling longrope gives non-fin"):
+        load_gguf(path)
+    folder = copy_fixture("phi3-longrope", tmp_path)
+    params = json.loads((folder / "config.json").read_text())["rope_parameters"]
+    edit_config(folder, rope_parameters={**params, "short_factor": [1e-300] * 6})
+    with pytest.raises(ModelFormatError, match=r"short_factor = \(1e-300, .* gives non-finite RoPE frequencies"):
+        read_model(folder)
+    spec = read_model(HF / "llama3-gqa")  # llama3 scaling: written as llama.cpp's rope_freqs divisors
+    path = _rewrite(tmp_path, "llama3-gqa", {}, tensor=("rope_freqs.weight", np.full(
+        spec.config.rotary_dim // 2, 1e-40, np.float32)))
+    with pytest.raises(ModelFormatError, match="tensor rope_freqs.weight: RoPE scaling divisors gives non-finite"):
+        load_gguf(path)

@@ -79,7 +79,7 @@ from typing import Any, overload
 import numpy as np
 
 from ..errors import ModelFormatError, TokenizerError
-from ..rope import yarn_mscale
+from ..rope import scaling_problem, yarn_mscale
 from ..spec import (
     TENSOR_TYPES,
     LayerWeights,
@@ -536,6 +536,7 @@ LIMITS = {"embedding_length": 1 << 16, "feed_forward_length": 1 << 20, "block_co
           "attention.value_length": 1 << 12, "rope.dimension_count": 1 << 12, "vocab_size": 1 << 20,
           "context_length": (1 << 31) - 1, "attention.sliding_window": (1 << 31) - 1,
           "attention.sliding_window_pattern": 1 << 10, "rope.scaling.original_context_length": (1 << 31) - 1}
+F32_MAX, F32_MIN = float(np.finfo(np.float32).max), float(np.finfo(np.float32).tiny)
 MAX_SOFTCAP = 1e6  # a cap this large caps nothing; beyond it the value is not a model's
 MAX_SCALE = 1e6  # multipliers (embedding, attention, residual, logit scales) beyond it are not a model's
 
@@ -657,6 +658,24 @@ def join_split(given: GGUFFile) -> GGUFFile:
 
 
 def _rope_scaling(f: GGUFFile, meta: _Metadata, c: ModelConfig) -> RopeScaling | None:
+    """_read_rope_scaling, refusing values that make the tables non-finite (naming the key at fault)."""
+    s = _read_rope_scaling(f, meta, c)
+    problem = None if s is None else scaling_problem(s, c.rope_theta, c.rotary_dim)
+    if problem is not None:
+        a, (field, why) = meta.arch, problem
+        tensor = {"short_factor": "rope_factors_short.weight", "long_factor": "rope_factors_long.weight",
+                  "divisors": "rope_freqs.weight"}.get(field)
+        if tensor is not None:
+            raise meta.fail(f"tensor {tensor}: RoPE scaling {s.kind} {why}")
+        key = {"theta": "rope.freq_base", "factor": "rope.scaling.factor", "beta_fast": "rope.scaling.yarn_beta_fast",
+               "beta_slow": "rope.scaling.yarn_beta_slow", "attention_factor": "rope.scaling.attn_factor",
+               "original_context": "rope.scaling.original_context_length"}[field]
+        value = c.rope_theta if field == "theta" else getattr(s, field)
+        raise meta.fail(f"metadata {a}.{key} = {value!r}: RoPE scaling {s.kind} {why}")
+    return s
+
+
+def _read_rope_scaling(f: GGUFFile, meta: _Metadata, c: ModelConfig) -> RopeScaling | None:
     """How the file rescales RoPE, as llama.cpp reads it: <arch>.rope.scaling.type "linear" (or the old
     rope.scale_linear) with its factor, "yarn" with its factor, original context, beta values and attention
     factor; a `rope_freqs` tensor of per-pair divisors (llama.cpp's form of Llama 3.1's scaling); Phi-3's
@@ -671,7 +690,16 @@ def _rope_scaling(f: GGUFFile, meta: _Metadata, c: ModelConfig) -> RopeScaling |
         factor = meta.number(f"{a}.rope.scale_linear")
     if kind == "none":
         factor = 1.0  # llama.cpp: never scale
-    attn = meta.number(f"{a}.rope.scaling.attn_factor", 1.0)  # llama.cpp multiplies cos and sin by it always
+    attn = meta.bounded(f"{a}.rope.scaling.attn_factor", 1.0)  # llama.cpp multiplies cos and sin by it always
+    # llama.cpp reads these two for other architectures only (DeepSeek, Grok ...); where set, they come from a
+    # model whose RoPE they change (transformers' mscale_all_dim, an extrapolation mix): refused, not ignored
+    if meta.has(f"{a}.rope.scaling.yarn_log_multiplier") and meta.f.metadata[f"{a}.rope.scaling.yarn_log_multiplier"]:
+        raise meta.fail(f"metadata {a}.rope.scaling.yarn_log_multiplier = "
+                        f"{meta.f.metadata[f'{a}.rope.scaling.yarn_log_multiplier']} is not supported")
+    ext_key = f"{a}.rope.scaling.yarn_ext_factor"
+    if meta.has(ext_key) and meta.f.metadata[ext_key] != (1.0 if kind == "yarn" else 0.0):
+        raise meta.fail(f"metadata {ext_key} = {meta.f.metadata[ext_key]} is not supported (llmrun computes YaRN "
+                        "with llama.cpp's default: 1 for yarn, 0 otherwise)")
     original = meta.integer(f"{a}.rope.scaling.original_context_length", 1,
                             LIMITS["rope.scaling.original_context_length"], c.max_seq_len)
     pairs = c.rotary_dim // 2
@@ -699,11 +727,13 @@ def _rope_scaling(f: GGUFFile, meta: _Metadata, c: ModelConfig) -> RopeScaling |
             raise meta.fail("YaRN together with a rope_freqs tensor is not supported")
         # llama.cpp: cos and sin times (0.1 ln(factor) + 1) * rope.scaling.attn_factor; a yarn_attn_factor
         # (the converter's copy of transformers' attention_factor) replaces the first term, as in transformers
-        yarn_attn = meta.number(f"{a}.rope.scaling.yarn_attn_factor", yarn_mscale(factor))
+        yarn_attn = meta.bounded(f"{a}.rope.scaling.yarn_attn_factor", yarn_mscale(factor))
         return RopeScaling("yarn", factor=factor, original_context=original, attention_factor=yarn_attn * attn,
                            beta_fast=meta.number(f"{a}.rope.scaling.yarn_beta_fast", 32.0),
                            beta_slow=meta.number(f"{a}.rope.scaling.yarn_beta_slow", 1.0))
-    if kind not in ("none", "linear", "longrope"):
+    if kind == "longrope":
+        raise meta.fail(f"{a}.rope.scaling.type = 'longrope' needs the tensors {short_name} and {long_name}")
+    if kind not in ("none", "linear"):
         raise meta.fail(f"RoPE scaling {a}.rope.scaling.type = {kind!r} is not supported (llmrun reads none, linear, "
                         "yarn and longrope)")
     if attn != 1.0:
@@ -758,6 +788,15 @@ class _Metadata:
         value = float(self.f.metadata[key])
         if not (math.isfinite(value) and value > 0):
             raise self.fail(f"metadata {key} = {value} must be a positive finite number")
+        if not F32_MIN <= value <= F32_MAX:  # a float64 or integer key: the C library holds it as a float32
+            raise self.fail(f"metadata {key} = {value} is out of float32's range")
+        return value
+
+    def bounded(self, key: str, default: float) -> float:
+        """number(), a multiplier of at most MAX_SCALE (beyond it no model's: the scores overflow)."""
+        value = self.number(key, default)
+        if value > MAX_SCALE:
+            raise self.fail(f"metadata {key} = {value} is out of range (expected at most {MAX_SCALE:g})")
         return value
 
     def boolean(self, key: str, default: bool) -> bool:
@@ -849,8 +888,8 @@ def _family_options(meta: _Metadata, n_layers: int, dim: int, n_heads: int, head
         if not meta.has(k):
             return None
         value = meta.number(k)
-        if value > MAX_SCALE:
-            raise meta.fail(f"metadata {k} = {value} is out of range (expected at most {MAX_SCALE:g})")
+        if not 1 / MAX_SCALE <= value <= MAX_SCALE:  # granite's logit scale is divided by: both ends matter
+            raise meta.fail(f"metadata {k} = {value} is out of range (expected {1 / MAX_SCALE:g}..{MAX_SCALE:g})")
         return value
 
     def softcap(name: str, default: float) -> float:
@@ -862,6 +901,8 @@ def _family_options(meta: _Metadata, n_layers: int, dim: int, n_heads: int, head
         value = float(meta.f.metadata[k])
         if not (math.isfinite(value) and 0 <= value <= MAX_SOFTCAP):
             raise meta.fail(f"metadata {k} = {value} must be a finite number in 0..{MAX_SOFTCAP:g} (0: no capping)")
+        if value == 0 and a == "gemma2":  # llama.cpp's gemma2 always caps: tanh(x / 0) * 0 is NaN there
+            raise meta.fail(f"metadata {k} = 0: llama.cpp's gemma2 always soft-caps, and computes NaN logits with 0")
         return value
 
     if a in GEMMA:
@@ -874,9 +915,19 @@ def _family_options(meta: _Metadata, n_layers: int, dim: int, n_heads: int, head
                    final_softcap=softcap("final_logit_softcapping", 30.0 if a == "gemma2" else 0.0),
                    attn_softcap=softcap("attn_logit_softcapping", 50.0) if a == "gemma2" else 0.0)
         theta = meta.number(f"{a}.rope.freq_base", 10000.0)
-        local = meta.number(f"{a}.rope.freq_base_swa", theta if a == "gemma2" else 10000.0)
-        if any(windows) and local != theta:
-            out["rope_theta_local"] = local
+        if a == "gemma3" and any(windows):
+            # llama.cpp: the sliding layers use freq_base_swa (default 10000) with freq scale 1, whatever the
+            # global layers' scaling and even where the bases are equal
+            out["rope_theta_local"] = meta.number(f"{a}.rope.freq_base_swa", 10000.0)
+            out["layer_ropes"] = tuple("local" if w else "global" for w in windows)
+        elif any(windows) and meta.number(f"{a}.rope.freq_base_swa", theta) != theta:
+            # gemma2: llama.cpp scales the sliding layers like the global ones; llmrun's local layers are plain
+            # RoPE, so a local base differing from the global one is exact only without scaling
+            if _has_rope_scaling(meta):
+                raise meta.fail(f"metadata {a}.rope.freq_base_swa = {meta.f.metadata[f'{a}.rope.freq_base_swa']} "
+                                f"differs from {a}.rope.freq_base = {theta} together with RoPE scaling: llmrun "
+                                "cannot scale the sliding layers' RoPE (llama.cpp scales them like the global ones)")
+            out["rope_theta_local"] = meta.number(f"{a}.rope.freq_base_swa")
             out["layer_ropes"] = tuple("local" if w else "global" for w in windows)
     elif a == "smollm3":  # llama.cpp: no RoPE on every fourth layer (hard-coded, as SmolLM3's config)
         out["layer_ropes"] = tuple("none" if (i + 1) % 4 == 0 else "global" for i in range(n_layers))
@@ -892,6 +943,20 @@ def _family_options(meta: _Metadata, n_layers: int, dim: int, n_heads: int, head
         if not meta.boolean(f"{a}.rope.scaling.finetuned", True):  # llama.cpp: Granite's switch for RoPE
             out["layer_ropes"] = ("none",) * n_layers
     return out
+
+
+def _has_rope_scaling(meta: _Metadata) -> bool:
+    """Whether the file scales RoPE in any of the ways _rope_scaling reads (a factor, YaRN, rope tensors)."""
+    a = meta.arch
+    if meta.string(f"{a}.rope.scaling.type", "linear") == "yarn":
+        return True
+    if any(name in meta.f.tensors for name in ("rope_freqs.weight", "rope_factors_long.weight",
+                                                "rope_factors_short.weight")):
+        return True
+    if meta.string(f"{a}.rope.scaling.type", "linear") == "none":
+        return False
+    factor = meta.number(f"{a}.rope.scaling.factor", meta.number(f"{a}.rope.scale_linear", 1.0))
+    return factor != 1.0
 
 
 def _windows(meta: _Metadata, n_layers: int) -> tuple[int, ...]:

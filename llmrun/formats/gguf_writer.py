@@ -424,7 +424,10 @@ def family_metadata(spec: ModelSpec, a: str) -> list[Metadata]:
         if cfg.attn_scale is not None and not math.isclose(cfg.attn_scale, llama_cpp_scale, rel_tol=1e-6):
             # llama.cpp ignores this key for Gemma (its rule is llama_cpp_scale); llmrun reads it
             items.append(Metadata(f"{a}.attention.scale", f32, cfg.attn_scale))
-        if cfg.final_softcap or a == "gemma2":
+        if a == "gemma2" and not cfg.final_softcap:
+            raise ValueError("llama.cpp's gemma2 always soft-caps the final logits (a cap of 0 gives NaN logits); "
+                             "this model does not")
+        if cfg.final_softcap:
             items.append(Metadata(f"{a}.final_logit_softcapping", f32, cfg.final_softcap))
         if a == "gemma2":
             if not cfg.attn_softcap:
@@ -432,11 +435,18 @@ def family_metadata(spec: ModelSpec, a: str) -> list[Metadata]:
             items.append(Metadata(f"{a}.attn_logit_softcapping", f32, cfg.attn_softcap))
         elif cfg.attn_softcap:
             raise ValueError("llama.cpp's gemma3 has no attention soft-capping")
+        local_on_windows = tuple(ropes) == tuple("local" if w else "global" for w in windows)
         if "local" in ropes:
-            if tuple(ropes) != tuple("local" if w else "global" for w in windows):
+            if not local_on_windows:
                 raise ValueError("GGUF gemma models use the local RoPE base exactly on the sliding-window layers")
+            if a == "gemma2" and spec.rope_scaling is not None:
+                raise ValueError("llama.cpp's gemma2 scales the sliding layers' RoPE like the global layers'; this "
+                                 "model's sliding layers use plain RoPE of another base with a scaled global RoPE")
             items.append(Metadata(f"{a}.rope.freq_base_swa", f32, cfg.rope_theta_local))
         elif a == "gemma3" and any(windows):  # llama.cpp's default local base is 10000
+            if spec.rope_scaling is not None:
+                raise ValueError("llama.cpp's gemma3 runs the sliding layers with plain RoPE (freq scale 1); this "
+                                 "model scales RoPE on its sliding layers too (layer_ropes not 'local' there)")
             items.append(Metadata(f"{a}.rope.freq_base_swa", f32, cfg.rope_theta))
         return items
     if a == "granite":

@@ -16,8 +16,8 @@ kind is refused naming it. Hugging Face checkpoints rotate the two halves of eac
 
 What each family sets in the ModelConfig (transformers' modeling files are the reference):
 - Gemma 2/3: norms (1 + w) -- the reader adds the 1, every norm, q/k norms included --, embeddings times
-  sqrt(hidden_size) (in the checkpoint's dtype), q.k times query_pre_attn_scalar^-1/2, GeGLU with tanh GELU,
-  norms after the attention and feed-forward blocks, soft-capping (Gemma 2), sliding windows on the
+  sqrt(hidden_size) (float32, whatever the checkpoint's dtype), q.k times query_pre_attn_scalar^-1/2, GeGLU
+  with tanh GELU, norms after the attention and feed-forward blocks, soft-capping (Gemma 2), sliding windows on the
   sliding_attention layers (Gemma 2: the even ones; Gemma 3: five of every six), Gemma 3's local RoPE base
   on those layers and q/k norms.
 - Qwen3: q/k norms. Phi-3: the fused qkv_proj and gate_up_proj become row views (no copy), partial rotary,
@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelFormatError, TokenizerError
-from ..quantize import convert_rows, dequantize, f32_to_bf16
+from ..quantize import convert_rows, dequantize
+from ..rope import scaling_problem
 from ..spec import TENSOR_TYPES, LayerWeights, ModelConfig, ModelSpec, RopeScaling, Tensor, attention_shape_problem
 from .hf_tokenizer import load_folder_tokenizer, read_json
 from .safetensors import SafetensorsSet, TensorEntry
@@ -58,6 +59,8 @@ REFUSED = {
     "Mistral3ForConditionalGeneration": "a vision-language model", "LlavaForConditionalGeneration": "a vision model",
 }
 GEMMA = ("gemma2", "gemma3")
+# transformers' Qwen3Config and Gemma2/3Config give head_dim a default of their own where config.json has none
+HEAD_DIM_DEFAULTS = {"qwen3": 128, "gemma2": 256, "gemma3": 256}
 QUANTIZE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 # Generous bounds: they reject garbage before any size arithmetic, not real models.
 LIMITS = {"hidden_size": 1 << 16, "intermediate_size": 1 << 20, "num_hidden_layers": 1 << 10,
@@ -223,6 +226,8 @@ def parse_config(path: Path, raw: dict[str, Any]) -> tuple[str, ModelConfig, Rop
     n_layers = cfg.integer("num_hidden_layers")
     if raw.get("head_dim") is not None:
         head_dim = cfg.integer("head_dim")
+    elif "head_dim" not in raw and arch in HEAD_DIM_DEFAULTS:  # their config classes' default, not dim / heads
+        head_dim = HEAD_DIM_DEFAULTS[arch]
     elif dim % n_heads:
         raise cfg.fail(f"hidden_size {dim} is not divisible by num_attention_heads {n_heads} (and no head_dim)")
     else:
@@ -247,7 +252,7 @@ def parse_config(path: Path, raw: dict[str, Any]) -> tuple[str, ModelConfig, Rop
     gemma = arch in GEMMA
     options: dict[str, Any] = {}
     if gemma:
-        options = dict(ffn_activation="gelu_tanh", embed_scale=_embed_scale(raw, dim),
+        options = dict(ffn_activation="gelu_tanh", embed_scale=_embed_scale(dim),
                        attn_scale=cfg.positive("query_pre_attn_scalar", 256.0) ** -0.5,
                        attn_softcap=_softcap(cfg, "attn_logit_softcapping", 50.0 if arch == "gemma2" else 0.0),
                        final_softcap=_softcap(cfg, "final_logit_softcapping", 30.0 if arch == "gemma2" else 0.0))
@@ -270,14 +275,43 @@ def parse_config(path: Path, raw: dict[str, Any]) -> tuple[str, ModelConfig, Rop
         rope_theta=theta, norm_eps=cfg.positive("rms_norm_eps", 1e-6), rope_style="halves",
         rope_dim=rope_dim if rope_dim != head_dim else 0, layer_windows=windows if any(windows) else (),
         **options)
-    return arch, config, _rope_scaling(cfg, arch, global_params, rope_dim, max_seq)
+    _check_float32(cfg, config, arch)
+    scaling = _rope_scaling(cfg, arch, global_params, rope_dim, max_seq)
+    if scaling is not None:
+        problem = scaling_problem(scaling, theta, rope_dim)
+        if problem is not None:
+            field, why = problem
+            key = {"theta": "rope_theta", "original_context": "original_max_position_embeddings"}.get(field, field)
+            value = theta if field == "theta" else getattr(scaling, field)
+            raise cfg.fail(f"rope scaling ({scaling.kind}) {key} = {_short(value)} {why}")
+    return arch, config, scaling
+
+
+# The config.json key each float option of the ModelConfig comes from, per architecture (the C library holds
+# them as float32: a value beyond float32's range would reach it as inf or 0)
+_FLOAT_KEYS = {"rope_theta": "rope_theta", "rope_theta_local": "rope_local_base_freq", "norm_eps": "rms_norm_eps",
+               "attn_softcap": "attn_logit_softcapping", "final_softcap": "final_logit_softcapping"}
+_FAMILY_FLOAT_KEYS = {"granite": {"embed_scale": "embedding_multiplier", "attn_scale": "attention_multiplier",
+                                  "residual_scale": "residual_multiplier", "logit_scale": "logits_scaling"},
+                      **{g: {"attn_scale": "query_pre_attn_scalar"} for g in GEMMA}}
+_F32_MAX, _F32_MIN = float(np.finfo(np.float32).max), float(np.finfo(np.float32).tiny)
+
+
+def _check_float32(cfg: _Config, config: ModelConfig, arch: str) -> None:
+    """Refuses an option whose value (as computed from its key) is not a normal float32 number."""
+    for field, key in {**_FLOAT_KEYS, **_FAMILY_FLOAT_KEYS.get(arch, {})}.items():
+        value = getattr(config, field)
+        if value is not None and value != 0 and not _F32_MIN <= abs(value) <= _F32_MAX:
+            raise cfg.fail(f"{key} = {cfg.raw.get(key, value)!r} is out of float32's range (it gives {field} = "
+                           f"{value:g})")
 
 
 def _check_math(cfg: _Config, arch: str) -> None:
     """Refuses options that change the math in ways llmrun does not compute."""
     raw = cfg.raw
     if arch in GEMMA:
-        act = raw.get("hidden_activation") or raw.get("hidden_act") or "gelu_pytorch_tanh"
+        # transformers' Gemma 2/3 read hidden_activation only (hidden_act is Gemma 1's, ignored here)
+        act = raw.get("hidden_activation") or "gelu_pytorch_tanh"
         if act not in ("gelu_pytorch_tanh", "gelu_new"):
             raise cfg.fail(f"hidden_activation = {act!r} is not supported (llmrun's Gemma feed-forward is GeGLU with "
                            "the tanh approximation: gelu_pytorch_tanh)")
@@ -301,15 +335,11 @@ def _softcap(cfg: _Config, key: str, default: float) -> float:
     return cfg.positive(key, default) if default else cfg.number(key, None) or 0.0
 
 
-def _embed_scale(raw: dict[str, Any], dim: int) -> float:
-    """Gemma's sqrt(hidden_size), as transformers holds it: a float32 buffer cast to the model's dtype."""
-    scale = np.float32(dim**0.5)
-    dtype = raw.get("dtype") or raw.get("torch_dtype")
-    if dtype == "bfloat16":
-        return float(dequantize(f32_to_bf16(np.array([scale], dtype=np.float32)), "bf16")[0])
-    if dtype == "float16":
-        return float(np.float16(scale))
-    return float(scale)
+def _embed_scale(dim: int) -> float:
+    """Gemma's sqrt(hidden_size) in float32, whatever the checkpoint's dtype: transformers casts it to the dtype
+    the model runs in (float32 when loaded in float32, not config.json's bfloat16), and llmrun computes in
+    float32, as llama.cpp does and as the GGUF reader does, so a folder and its GGUF agree."""
+    return float(np.float32(dim**0.5))
 
 
 def _rope_parameters(cfg: _Config) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -348,11 +378,19 @@ def _rope_scaling(cfg: _Config, arch: str, params: dict[str, Any], rope_dim: int
         return value
 
     def original() -> int:
-        # transformers: a top-level original_max_position_embeddings wins (Phi-3), then rope_parameters',
-        # then max_position_embeddings
-        if cfg.raw.get("original_max_position_embeddings") is not None:
-            return cfg.integer("original_max_position_embeddings")
-        return cfg.integer("original_max_position_embeddings", max_seq, params)
+        # transformers: Phi3Config's own original_max_position_embeddings field (default 4096) replaces
+        # rope_parameters' (standardize_rope_params); elsewhere a top-level one wins too, then
+        # rope_parameters', then max_position_embeddings. An integral float (4096.0) is that integer.
+        key = "original_max_position_embeddings"
+        top = cfg.raw.get(key)
+        if arch == "phi3" or top is not None:
+            source, default = cfg.raw, 4096 if arch == "phi3" else max_seq
+        else:
+            source, default = params, max_seq
+        value = source.get(key)
+        if isinstance(value, float) and value.is_integer():
+            source = {key: int(value)}
+        return cfg.integer(key, default, source)
 
     if kind == "linear":
         return RopeScaling("linear", factor=num("factor"))
@@ -484,7 +522,7 @@ def _layer_tensors(c: ModelConfig, arch: str) -> dict[str, tuple[tuple[int, ...]
 
 def _build(folder: Path, weights: SafetensorsSet | _TextWeights, c: ModelConfig, raw: dict[str, Any], arch: str,
            quantize: str | None, progress: Progress | None) -> ModelSpec:
-    tied = bool(raw.get("tie_word_embeddings", arch in GEMMA))  # Gemma's configs default to tied
+    tied = bool(raw.get("tie_word_embeddings", arch in (*GEMMA, "smollm3")))  # their configs default to tied
     expected: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (c.vocab_size, c.dim),
                                             "model.norm.weight": (c.dim,)}
     if not tied:
