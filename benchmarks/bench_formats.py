@@ -15,7 +15,8 @@ from test_gguf import CORRUPTIONS, SMALL, _corrupt_bytes
 
 from builders import random_tensors
 from llmrun import ModelFormatError
-from llmrun.formats.gguf import load_gguf, read_gguf
+from llmrun.formats.gguf import read_gguf
+from llmrun.formats.gguf_model import load_gguf
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from hf_builders import HF, copy_fixture, edit_config, read_tensors, write_safet
 from llmrun.engine import Engine
 from llmrun.errors import ModelFormatError
 from llmrun.formats import read_model
-from llmrun.formats.gguf import load_gguf
+from llmrun.formats.gguf_model import load_gguf
 from llmrun.formats.gguf_writer import Metadata, ValueType, model_metadata, plan_tensors, write_gguf, write_model
 from llmrun.rope import rope_tables
 from llmrun.spec import ModelSpec, RopeScaling

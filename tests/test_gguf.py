@@ -43,7 +43,8 @@ from builders import make_config, random_tensors, spec_from_tensors
 from llmrun import ModelFormatError
 from llmrun.engine import Engine
 from llmrun.formats import read_model
-from llmrun.formats.gguf import StringArray, ValueType, load_gguf, read_gguf
+from llmrun.formats.gguf import StringArray, ValueType, read_gguf
+from llmrun.formats.gguf_model import load_gguf
 from llmrun.formats.llama2c_tokenizer import load_llama2c_tokenizer
 from reference import forward as reference_forward
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import ModelFormatError, TokenizerError
 from ..spec import ModelSpec
 from ..tokenizer import Tokenizer
-from .gguf import load_gguf
+from .gguf_model import load_gguf
 from .hf import Progress, load_hf
 from .llama2c import load_llama2c
 from .llama2c_tokenizer import load_llama2c_tokenizer

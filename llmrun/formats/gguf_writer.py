@@ -36,18 +36,8 @@ from ..quantize import CHUNK_VALUES, convert_rows
 from ..rope import rope_divisors, rope_tables, yarn_mscale
 from ..spec import TENSOR_TYPES, LayerWeights, ModelSpec, Tensor
 from ..tokenizer import BPETokenizer, SentencePieceTokenizer, Tokenizer, TokenType
-from .gguf import (
-    ARCHITECTURES,
-    FAMILY_TENSORS,
-    FIXED_DTYPES,
-    FUSED_TENSORS,
-    GEMMA,
-    LAYER_TENSORS,
-    NEOX_ARCHITECTURES,
-    SUPPORTED_GGML_TYPES,
-    StringArray,
-    ValueType,
-)
+from .gguf import FIXED_DTYPES, SUPPORTED_GGML_TYPES, StringArray, ValueType
+from .gguf_model import ARCHITECTURES, FAMILY_TENSORS, FUSED_TENSORS, GEMMA, LAYER_TENSORS, NEOX_ARCHITECTURES
 
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSION = 3
