@@ -105,11 +105,6 @@ static void scale(float *x, int64_t n, float s) {
     for (int64_t i = 0; i < n; i++) x[i] *= s;
 }
 
-/* x = cap * tanh(x / cap): soft-capping (Gemma 2) bounds x to (-cap, cap) and leaves small values alone. */
-static void softcap(float *x, int64_t n, float cap) {
-    for (int64_t i = 0; i < n; i++) x[i] = cap * tanhf(x[i] / cap);
-}
-
 /* RMSNorm of each head_dim-wide head of vec, where the model has a norm (Qwen3, Gemma 3: QK-norm). */
 static void head_norms(float *vec, int n_heads, const llm_tensor *norm, const llm_config *p) {
     for (int h = 0; norm->data && h < n_heads; h++)
@@ -169,7 +164,7 @@ static void attention_worker(void *arg, int ith, int nth) {
         size_t head = (size_t)(h / group) * hd, run0 = (size_t)rows.start * kv_dim + head; /* run1: row 0 */
         vec->scores(att, q, keys + run0, kv_dim, rows.n0, hd, p->attn_scale);
         vec->scores(att + rows.n0, q, keys + head, kv_dim, rows.n1, hd, p->attn_scale);
-        if (p->attn_softcap) softcap(att, rows.n0 + rows.n1, p->attn_softcap); /* Gemma 2 */
+        if (p->attn_softcap) vec->softcap(att, rows.n0 + rows.n1, p->attn_softcap); /* Gemma 2 */
         vec->softmax(att, rows.n0 + rows.n1);
         float *out = c->xb + (size_t)token * c->xb_width + (size_t)h * hd;
         vec->weighted_sum(out, att, values + run0, kv_dim, rows.n0, hd);
@@ -250,7 +245,7 @@ static void forward_batch(llm_ctx *c, const int32_t *tokens, int n, int32_t pos,
     llm_products_run(c->products, n - first, x + first * dim, dim, &(llm_product){logits, p->vocab_size, classifier}, 1);
     int64_t n_logits = (int64_t)(n - first) * p->vocab_size;
     scale(logits, n_logits, p->logit_scale); /* Granite */
-    if (p->final_softcap) softcap(logits, n_logits, p->final_softcap); /* Gemma 2 */
+    if (p->final_softcap) c->kernels->vec.softcap(logits, n_logits, p->final_softcap); /* Gemma 2 */
 }
 
 int llm_forward(llm_ctx *c, const int32_t *tokens, int32_t n_tokens, int32_t pos, float *logits,

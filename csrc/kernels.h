@@ -73,6 +73,7 @@ typedef struct {
     void (*softmax)(float *x, int64_t n);                     /* in place */
     void (*swiglu)(float *gate, const float *up, int64_t n); /* gate = silu(gate) * up */
     void (*geglu)(float *gate, const float *up, int64_t n);  /* gate = gelu_tanh(gate) * up (Gemma) */
+    void (*softcap)(float *x, int64_t n, float cap);          /* x = cap * tanh(x / cap) (Gemma 2), in place */
 } llm_vec_ops;
 
 /* Everything one instruction-set level provides. */

@@ -642,6 +642,11 @@ static void geglu(float *gate, const float *up, int64_t n) {
     }
 }
 
+/* Soft-capping bounds x to (-cap, cap) and leaves small values alone. */
+static void softcap(float *x, int64_t n, float cap) {
+    for (int64_t i = 0; i < n; i++) x[i] = cap * tanhf(x[i] / cap);
+}
+
 /* ---------------------------------------------------------------------------------------------------- */
 /* the tables */
 
@@ -683,6 +688,6 @@ const llm_kernels llm_kernels_scalar = {
         [LLM_IQ4_XS] = {matvec_iq4_xs, NULL},
     },
     .quantize = {[LLM_ACT_Q8] = quantize_q8_act, [LLM_ACT_Q8K] = quantize_q8k_act},
-    .vec = {scores, weighted_sum, softmax, swiglu, geglu},
+    .vec = {scores, weighted_sum, softmax, swiglu, geglu, softcap},
     .scratch_bytes = NULL,
 };

@@ -44,6 +44,7 @@ void X86(weighted_sum)(float *out, const float *weights, const float *rows, int6
 void X86(softmax)(float *x, int64_t n);
 void X86(swiglu)(float *gate, const float *up, int64_t n);
 void X86(geglu)(float *gate, const float *up, int64_t n);
+void X86(softcap)(float *x, int64_t n, float cap);
 
 /* kernels_x86_int8.c */
 void X86(quantize_q8_act)(void *out, const float *x, int64_t cols);
