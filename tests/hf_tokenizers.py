@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -145,11 +146,16 @@ def gemma_style(vocab_size: int = 400) -> Tokenizer:
     word has no '▁'); the pre-tokenizer is Gemma's Split on " " merged with the previous piece (after the
     normalizer it finds no space: a no-op kept for the file's shape); the decoder is Replace, ByteFallback,
     Fuse without Strip (no dummy space to remove); <bos> is prepended. The trainer keeps only the 100
-    commonest characters, so that rarer ones (most CJK, emoji) go through byte fallback."""
+    commonest characters, so that rarer ones (most CJK, emoji) go through byte fallback: chosen here, ties by
+    code point (the trainer's own limit_alphabet breaks ties in hash order, a different vocabulary each run)."""
     base = Tokenizer(models.BPE())
     base.normalizer = normalizers.Replace(" ", "▁")
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, limit_alphabet=100, show_progress=False)
-    base.train_from_iterator(training_text(), trainer)
+    text = training_text()
+    counts = Counter("".join(text).replace(" ", "▁"))
+    alphabet = sorted(counts, key=lambda c: (-counts[c], c))[:100]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, limit_alphabet=100, initial_alphabet=alphabet,
+                                  show_progress=False)
+    base.train_from_iterator(text, trainer)
     state = json.loads(base.to_str())["model"]
     fixed = [*GEMMA_SPECIALS, *GEMMA_USER_DEFINED[:2], *GEMMA_TURNS, *GEMMA_USER_DEFINED[2:]]
     vocab = {t: i for i, t in enumerate(fixed)}

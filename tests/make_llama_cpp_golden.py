@@ -21,7 +21,7 @@ To keep the data under 1 MB (float32 logits hardly compress: 7%), only the long 
 longer than every window and than the LongRoPE / YaRN original context; it begins with prompt 0's sentence),
 and every VOCAB_STRIDE-th logit of each position: each position's hidden state still meets a few hundred rows
 of the output matrix, so a forward pass that differs anywhere shows. The live test
-(test_llama_cpp_matches_llmrun) compares all prompts and ids where llama.cpp is installed.
+(test_llama_cpp_golden's live part) compares all prompts and ids where llama.cpp is installed.
 """
 
 from __future__ import annotations

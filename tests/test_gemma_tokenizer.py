@@ -3,8 +3,9 @@ tokens, as tokenizer.json (Replace(" " -> "▁") normalizer, no Prepend, added t
 GGUF (tokenizer.ggml.model "llama", add_space_prefix false, token type 4 for user-defined pieces, which
 llama.cpp matches in any text, and whose spaces llama.cpp's converter writes as plain spaces).
 
-Oracles: the `tokenizers` library on the tokenizer.json, and llama.cpp (llama-cpp-python, vocab only) on the
-GGUF files: one converted by llmrun's writer functions from the tokenizer.json, one shaped as llama.cpp's
+Oracles: the `tokenizers` library on the tokenizer.json, and llama.cpp (llama-cpp-python, vocab only: live where
+it is installed, and always its ids recorded by tests/make_llama_cpp_tokens.py, see tests/llama_cpp_tokens.py) on
+the GGUF files: one converted by llmrun's writer functions from the tokenizer.json, one shaped as llama.cpp's
 converter writes real Gemma files (<start_of_turn> user-defined, whitespace runs user-defined)."""
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pro
 import hf_tokenizers  # noqa: E402
 import llmrun  # noqa: E402
 from builders import make_config, random_tensors  # noqa: E402
+from llama_cpp_tokens import check_as_llama_cpp  # noqa: E402
 from llmrun.chat import ChatTemplate, tokenize_chat  # noqa: E402
 from llmrun.formats.gguf_writer import gguf_pieces, sentencepiece_from_bpe  # noqa: E402
 from llmrun.formats.hf_tokenizer import load_tokenizer_json  # noqa: E402
@@ -64,15 +66,22 @@ def gemma_style(vocab_size: int = 600) -> Tokenizer:
     return tok
 
 
-@pytest.fixture(scope="module", params=["here", "hf_tokenizers"])
+PAIRS = ["here", "hf_tokenizers"]
+
+
+def make_pair(name: str, folder: Path) -> tuple[Tokenizer, llmrun.tokenizer.BPETokenizer]:
+    """Tokenizer `name` of PAIRS, and llmrun's reading of it saved as tokenizer.json in `folder`."""
+    ref = gemma_style() if name == "here" else hf_tokenizers.gemma_style()
+    ref.save(str(folder / "tokenizer.json"))
+    return ref, load_tokenizer_json(folder / "tokenizer.json", config={"add_bos_token": True})
+
+
+@pytest.fixture(scope="module", params=PAIRS)
 def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
          ) -> tuple[Tokenizer, llmrun.tokenizer.BPETokenizer]:
     """This file's Gemma-style tokenizer, and the fixtures' (tests/hf_tokenizers.py: Gemma's id layout,
     newline and tab runs as added tokens, its no-op Split pre-tokenizer)."""
-    ref = gemma_style() if request.param == "here" else hf_tokenizers.gemma_style()
-    path = tmp_path_factory.mktemp("gemma") / "tokenizer.json"
-    ref.save(str(path))
-    return ref, load_tokenizer_json(path, config={"add_bos_token": True})
+    return make_pair(request.param, tmp_path_factory.mktemp("gemma"))
 
 
 @pytest.mark.parametrize("special", [False, True])
@@ -108,18 +117,23 @@ def write_vocab(path: Path, pieces: list[str], scores: list[float], types: list[
     return path
 
 
+def write_converted(ours: llmrun.tokenizer.BPETokenizer, path: Path) -> Path:
+    """The tokenizer.json as llmrun's GGUF writer stores it."""
+    spm = sentencepiece_from_bpe(ours)
+    pieces = [p.decode("utf-8") for p in gguf_pieces(spm)]
+    return write_vocab(path, pieces, spm.scores.tolist(), [int(t) for t in spm.token_types])
+
+
 @pytest.fixture(scope="module")
 def converted(pair: tuple, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tokenizer.json as llmrun's GGUF writer stores it."""
-    spm = sentencepiece_from_bpe(pair[1])
-    pieces = [p.decode("utf-8") for p in gguf_pieces(spm)]
-    return write_vocab(tmp_path_factory.mktemp("gemma") / "converted.gguf", pieces, spm.scores.tolist(),
-                       [int(t) for t in spm.token_types])
+    return write_converted(pair[1], tmp_path_factory.mktemp("gemma") / "converted.gguf")
 
 
-def llama_cpp_vocab(path: Path):  # noqa: ANN201 - a llama_cpp.Llama
-    llama_cpp = pytest.importorskip("llama_cpp")
-    return llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+LLAMA_CPP_TEXTS = [s for s in CORPUS if s]
+
+
+def pair_name(request: pytest.FixtureRequest) -> str:
+    return request.node.callspec.params["pair"]
 
 
 def test_converted_gguf_reads_back_as_the_tokenizer_json(pair: tuple, converted: Path) -> None:
@@ -136,19 +150,16 @@ def test_converted_gguf_reads_back_as_the_tokenizer_json(pair: tuple, converted:
 
 
 @pytest.mark.parametrize("special", [False, True])
-def test_converted_gguf_tokenizes_as_llama_cpp(converted: Path, special: bool) -> None:
-    cpp = llama_cpp_vocab(converted)
+def test_converted_gguf_tokenizes_as_llama_cpp(request: pytest.FixtureRequest, converted: Path, special: bool) -> None:
     with llmrun.load(converted, n_threads=1) as model:
-        bad = [s for s in CORPUS if s and cpp.tokenize(s.encode(), add_bos=False, special=special)
-               != model.tokenize(s, add_bos=False, special=special)]
-    assert not bad, f"{len(bad)} differ, e.g. {bad[0]!r}"
+        check_as_llama_cpp(f"gemma-{pair_name(request)}-converted", converted, LLAMA_CPP_TEXTS,
+                           lambda s: model.tokenize(s, add_bos=False, special=special), special=special)
 
 
-@pytest.fixture(scope="module")
-def gemma_gguf(pair: tuple, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def write_gemma_gguf(ours: llmrun.tokenizer.BPETokenizer, path: Path) -> Path:
     """As llama.cpp's converter writes a real Gemma file from tokenizer.model: the turn markers are
     user-defined pieces (not control), and so are whitespace runs, spelled with plain spaces."""
-    spm = sentencepiece_from_bpe(pair[1])
+    spm = sentencepiece_from_bpe(ours)
     pieces = [p.decode("utf-8") for p in gguf_pieces(spm)]
     types = [int(t) for t in spm.token_types]
     for marker in ("<start_of_turn>", "<end_of_turn>"):
@@ -158,22 +169,26 @@ def gemma_gguf(pair: tuple, tmp_path_factory: pytest.TempPathFactory) -> Path:
         pieces.append(run)
         types.append(int(TokenType.USER_DEFINED))
     scores = [*spm.scores.tolist(), 0.0, 0.0, 0.0]
-    return write_vocab(tmp_path_factory.mktemp("gemma") / "gemma.gguf", pieces, scores, types)
+    return write_vocab(path, pieces, scores, types)
+
+
+@pytest.fixture(scope="module")
+def gemma_gguf(pair: tuple, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_gemma_gguf(pair[1], tmp_path_factory.mktemp("gemma") / "gemma.gguf")
 
 
 @pytest.mark.parametrize("special", [False, True])
-def test_gemma_gguf_with_user_defined_markers_tokenizes_as_llama_cpp(gemma_gguf: Path, special: bool) -> None:
+def test_gemma_gguf_with_user_defined_markers_tokenizes_as_llama_cpp(request: pytest.FixtureRequest, gemma_gguf: Path,
+                                                                     special: bool) -> None:
     """llama.cpp matches user-defined pieces in any text (not only with special parsing), and reads a
     user-defined <end_of_turn> as a control token."""
-    cpp = llama_cpp_vocab(gemma_gguf)
     with llmrun.load(gemma_gguf, n_threads=1) as model:
         tok = model.tokenizer
         start, end = tok.piece_to_id("<start_of_turn>"), tok.piece_to_id("<end_of_turn>")
         assert tok.token_type(start) == TokenType.USER_DEFINED and tok.is_control(end)
         assert start in model.tokenize("<start_of_turn>user", add_bos=False)
-        bad = [s for s in CORPUS if s and cpp.tokenize(s.encode(), add_bos=False, special=special)
-               != model.tokenize(s, add_bos=False, special=special)]
-        assert not bad, f"{len(bad)} differ, e.g. {bad[0]!r}"
+        check_as_llama_cpp(f"gemma-{pair_name(request)}-gemma", gemma_gguf, LLAMA_CPP_TEXTS,
+                           lambda s: model.tokenize(s, add_bos=False, special=special), special=special)
         ids = model.tokenize(f"a{RUNS[0]}b{RUNS[1]}c", add_bos=False)
         assert tok.piece_to_id(RUNS[0]) in ids and tok.piece_to_id(RUNS[1]) in ids
 
