@@ -1,4 +1,5 @@
 /* checks.c: llm_create's checks of a config and of the weights (checks.h). */
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -85,6 +86,11 @@ static int check_options(const llm_config *p, char *err, size_t errlen) {
         if (!isfinite(factors[i].value) || factors[i].value < 0.0f)
             return llm_fail(err, errlen, LLM_ERR_INVALID, "%s is %g; it must be finite and >= 0 (0: the default)",
                             factors[i].name, (double)factors[i].value);
+    /* a cap divides: below the smallest normal float, x / cap overflows where x is not tiny */
+    if ((p->attn_softcap != 0.0f && p->attn_softcap < FLT_MIN) ||
+        (p->final_softcap != 0.0f && p->final_softcap < FLT_MIN))
+        return llm_fail(err, errlen, LLM_ERR_INVALID, "soft-caps %g (attention) and %g (final) must be 0 or at "
+                        "least %g", (double)p->attn_softcap, (double)p->final_softcap, (double)FLT_MIN);
     if (p->ffn_activation != LLM_FFN_SILU && p->ffn_activation != LLM_FFN_GELU_TANH)
         return llm_fail(err, errlen, LLM_ERR_INVALID, "unknown ffn_activation %d", p->ffn_activation);
     for (int l = 0; l < p->n_layers; l++) {

@@ -277,17 +277,27 @@ void X86(geglu)(float *gate, const float *up, int64_t n) {
     }
 }
 
-/* cap * tanh(x / cap) with tanh(y) = 1 - 2 / (1 + e^(2y)) and exp8: an absolute error of about 2e-7 cap (the
-   scalar tanhf's is about 1e-7 cap); exp8's clamps give exactly +-cap far out, and NaN passes through.
-   Gemma 2 caps every attention score and every logit, so tanhf's 20 ns each was 5% of a decode step. */
+/* cap * tanh(x / cap), y = x / cap: for |y| < 0.625 tanh's odd polynomial (Cephes' tanhf), exact to a few ulp
+   down to the smallest y (a huge cap leaves x as it is, -0 stays -0); beyond, 1 - 2 / (1 + e^(2y)) with exp8,
+   whose clamps give exactly +-cap far out. NaN passes through. Relative error under 5e-7 everywhere. Gemma 2 caps
+   every attention score and every logit: the scalar tanhf, 20 ns a value, was 5% of a decode step. */
 void X86(softcap)(float *x, int64_t n, float cap) {
-    const __m256 vcap = _mm256_set1_ps(cap), two_over_cap = _mm256_set1_ps(2.0f / cap);
-    const __m256 one = _mm256_set1_ps(1.0f), two = _mm256_set1_ps(2.0f);
+    const __m256 vcap = _mm256_set1_ps(cap), inv_cap = _mm256_set1_ps(1.0f / cap), one = _mm256_set1_ps(1.0f);
+    const __m256 two = _mm256_set1_ps(2.0f), small = _mm256_set1_ps(0.625f);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
-        __m256 e = exp8(_mm256_mul_ps(_mm256_loadu_ps(x + i), two_over_cap));
-        __m256 t = _mm256_sub_ps(one, _mm256_div_ps(two, _mm256_add_ps(one, e)));
-        _mm256_storeu_ps(x + i, _mm256_mul_ps(vcap, t));
+        __m256 y = _mm256_mul_ps(_mm256_loadu_ps(x + i), inv_cap);
+        __m256 z = _mm256_mul_ps(y, y);
+        __m256 p = _mm256_set1_ps(-5.70498872745e-3f);
+        p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(2.06390887954e-2f));
+        p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-5.37397155531e-2f));
+        p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(1.33314422036e-1f));
+        p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-3.33332819422e-1f));
+        __m256 near = _mm256_fmadd_ps(_mm256_mul_ps(p, z), y, y);
+        __m256 far = _mm256_sub_ps(one, _mm256_div_ps(two, _mm256_add_ps(one, exp8(_mm256_add_ps(y, y)))));
+        __m256 is_small = _mm256_cmp_ps(_mm256_andnot_ps(sign, y), small, _CMP_LT_OQ);
+        _mm256_storeu_ps(x + i, _mm256_mul_ps(vcap, _mm256_blendv_ps(far, near, is_small)));
     }
     for (; i < n; i++) x[i] = cap * tanhf(x[i] / cap);
 }

@@ -443,9 +443,9 @@ def _f32(key: str, value: float) -> Metadata:
 
 @pytest.mark.parametrize("name, changes, match", [
     ("gemma2", {"gemma2.final_logit_softcapping": _f32("gemma2.final_logit_softcapping", -30.0)},
-     "gemma2.final_logit_softcapping = -30.0 must be a finite number in 0..1e+06"),
+     "gemma2.final_logit_softcapping = -30.0 must be 0 (no capping) or a number in"),
     ("gemma2", {"gemma2.attn_logit_softcapping": _f32("gemma2.attn_logit_softcapping", math.nan)},
-     "gemma2.attn_logit_softcapping = nan must be a finite number"),
+     "gemma2.attn_logit_softcapping = nan must be 0 (no capping) or a number in"),
     ("gemma2", {"gemma2.attention.sliding_window": Metadata("gemma2.attention.sliding_window", ValueType.INT32, -8)},
      "gemma2.attention.sliding_window = -8 is out of range"),
     ("gemma2", {"gemma2.attention.sliding_window": Metadata("gemma2.attention.sliding_window", ValueType.UINT32, 0)},
@@ -637,6 +637,8 @@ def _f64(key: str, value: float) -> Metadata:
      "metadata granite.logit_scale = 1.0000000031710769e-30 is out of range (expected 1e-06..1e+06)"),
     ("granite", {"granite.embedding_scale": _f64("granite.embedding_scale", 1e300)},
      "metadata granite.embedding_scale = 1e+300 is out of float32's range"),
+    ("gemma2", {"gemma2.final_logit_softcapping": _f32("gemma2.final_logit_softcapping", 1e-40)},
+     "metadata gemma2.final_logit_softcapping = 9.99994610111476e-41 must be 0 (no capping) or a number in"),
 ])
 def test_hostile_gguf_values(tmp_path: Path, name: str, changes: dict[str, Metadata | None], match: str) -> None:
     test_hostile_gguf_keys(tmp_path, name, changes, match)
@@ -703,3 +705,23 @@ def test_hostile_rope_factor_values(tmp_path: Path) -> None:
         spec.config.rotary_dim // 2, 1e-40, np.float32)))
     with pytest.raises(ModelFormatError, match="tensor rope_freqs.weight: RoPE scaling divisors gives non-finite"):
         load_gguf(path)
+
+
+def test_gemma3_4b_published_text_config() -> None:
+    """gemma-3-4b-it's config.json as published: its text_config leaves heads, vocabulary, context and the
+    window pattern to Gemma3TextConfig's defaults (transformers 5.24 reads 8 heads, 4 KV heads of 256, vocabulary
+    262208, context 131072, every sixth layer global)."""
+    from llmrun.formats.hf import _text_config, parse_config
+
+    path = Path("gemma-3-4b-it/config.json")
+    raw = {"architectures": ["Gemma3ForConditionalGeneration"], "torch_dtype": "bfloat16",
+           "text_config": {"hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
+                           "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                           "sliding_window": 1024}}
+    arch, c, scaling = parse_config(path, _text_config(path, raw))
+    assert arch == "gemma3"
+    assert (c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size, c.max_seq_len) == (8, 4, 256, 262208, 131072)
+    assert c.layer_windows == tuple(0 if (i + 1) % 6 == 0 else 1024 for i in range(34))
+    assert c.layer_ropes == tuple("global" if (i + 1) % 6 == 0 else "local" for i in range(34))
+    assert (c.rope_theta, c.rope_theta_local) == (1e6, 10000.0)
+    assert c.attn_scale == 256 ** -0.5 and scaling == RopeScaling("linear", factor=8.0)

@@ -52,6 +52,7 @@ from ..rope import scaling_problem, yarn_mscale
 from ..spec import LayerWeights, ModelConfig, ModelSpec, RopeScaling, Tensor, attention_shape_problem
 from ..tokenizer import END_OF_TURN_TEXTS, BPETokenizer, SentencePieceTokenizer, TokenType
 from .gguf import (
+    F32_MIN,
     FLOAT_TYPES,
     GGML_TYPE_NAMES,
     INT_TYPES,
@@ -281,8 +282,9 @@ def _family_options(meta: Metadata, n_layers: int, dim: int, n_heads: int, head_
         if meta.f.value_types[k] not in FLOAT_TYPES | INT_TYPES:
             raise meta.fail(f"metadata {k} must be a number, got {meta.f.value_types[k].name}")
         value = float(meta.f.metadata[k])
-        if not (math.isfinite(value) and 0 <= value <= MAX_SOFTCAP):
-            raise meta.fail(f"metadata {k} = {value} must be a finite number in 0..{MAX_SOFTCAP:g} (0: no capping)")
+        if not (math.isfinite(value) and (value == 0 or F32_MIN <= value <= MAX_SOFTCAP)):
+            raise meta.fail(f"metadata {k} = {value} must be 0 (no capping) or a number in "
+                            f"{F32_MIN:g}..{MAX_SOFTCAP:g}")
         if value == 0 and a == "gemma2":  # llama.cpp's gemma2 always caps: tanh(x / 0) * 0 is NaN there
             raise meta.fail(f"metadata {k} = 0: llama.cpp's gemma2 always soft-caps, and computes NaN logits with 0")
         return value

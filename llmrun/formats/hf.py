@@ -60,7 +60,16 @@ REFUSED = {
 }
 GEMMA = ("gemma2", "gemma3")
 # transformers' Qwen3Config and Gemma2/3Config give head_dim a default of their own where config.json has none
-HEAD_DIM_DEFAULTS = {"qwen3": 128, "gemma2": 256, "gemma3": 256}
+# The config classes' defaults (transformers 5.24) for keys that published config.json files leave out: the
+# text_config of gemma-3-4b-it and larger names neither heads, vocabulary nor context. Where a family is absent,
+# or a key, it must be in the file (head_dim: else dim / heads).
+CONFIG_DEFAULTS = {
+    "gemma2": {"vocab_size": 256000, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+               "max_position_embeddings": 8192, "query_pre_attn_scalar": 256, "sliding_window": 4096},
+    "gemma3": {"vocab_size": 262208, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+               "max_position_embeddings": 131072, "query_pre_attn_scalar": 256, "sliding_window": 4096},
+    "qwen3": {"head_dim": 128},
+}
 QUANTIZE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 # Generous bounds: they reject garbage before any size arithmetic, not real models.
 LIMITS = {"hidden_size": 1 << 16, "intermediate_size": 1 << 20, "num_hidden_layers": 1 << 10,
@@ -218,6 +227,8 @@ def parse_config(path: Path, raw: dict[str, Any]) -> tuple[str, ModelConfig, Rop
     if name not in ARCHITECTURES:
         raise cfg.fail(f"architecture {name!r} is not supported (llmrun runs {', '.join(ARCHITECTURES)})")
     arch = ARCHITECTURES[name]
+    raw = {**CONFIG_DEFAULTS.get(arch, {}), **raw}
+    cfg = _Config(path, raw)
     _check_math(cfg, arch)
 
     dim = cfg.integer("hidden_size")
@@ -226,8 +237,6 @@ def parse_config(path: Path, raw: dict[str, Any]) -> tuple[str, ModelConfig, Rop
     n_layers = cfg.integer("num_hidden_layers")
     if raw.get("head_dim") is not None:
         head_dim = cfg.integer("head_dim")
-    elif "head_dim" not in raw and arch in HEAD_DIM_DEFAULTS:  # their config classes' default, not dim / heads
-        head_dim = HEAD_DIM_DEFAULTS[arch]
     elif dim % n_heads:
         raise cfg.fail(f"hidden_size {dim} is not divisible by num_attention_heads {n_heads} (and no head_dim)")
     else:
@@ -461,9 +470,7 @@ def _layer_windows(cfg: _Config, arch: str, n_layers: int) -> tuple[int, ...]:
         return (0,) * n_layers
     if arch in ("qwen2", "qwen3", "smollm3") and not raw.get("use_sliding_window"):
         return (0,) * n_layers
-    if arch in GEMMA and "sliding_window" not in raw:
-        window = 4096  # Gemma's default
-    elif raw.get("sliding_window") is None:
+    if raw.get("sliding_window") is None:  # (Gemma's default window is in CONFIG_DEFAULTS)
         return (0,) * n_layers
     else:
         window = cfg.integer("sliding_window")
