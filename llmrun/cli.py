@@ -653,7 +653,7 @@ def run_quantize(args: argparse.Namespace) -> int:
               f"errors of both steps (start from an f32, f16 or bf16 file if you can)", file=sys.stderr)
 
     plans = write_model(args.output, spec, args.type, tokenizer=tokenizer, on_tensor=progress)
-    in_bytes = sum(p.source.data.nbytes for p in plans)
+    in_bytes = sum(part.data.nbytes for p in plans for part in (p.parts or (p.source,)))  # a fused tensor: all
     out_bytes = sum(p.nbytes for p in plans)
     ratio = in_bytes / out_bytes if in_bytes >= out_bytes else out_bytes / in_bytes
     print(f"wrote {args.output}: {len(plans)} tensors, weights {in_bytes / 2**20:.2f} MiB -> "

@@ -133,14 +133,15 @@ class Repl:
 
     def think(self, arg: str) -> None:
         """/think on|off sets the thinking switch; /think alone reports it."""
+        thinks = self.model.chat_template(self.chat_format).thinks
+        no_switch = "" if thinks else "; this chat template has no thinking switch"
         if arg in ("on", "off"):
             self.enable_thinking = arg == "on"
-            self.notice(f"(thinking {arg})")
+            self.notice(f"(thinking {arg}{no_switch})")
         elif not arg:
             state = "the template's default" if self.enable_thinking is None else \
                 ("on" if self.enable_thinking else "off")
-            thinks = self.model.chat_template(self.chat_format).thinks
-            self.notice(f"(thinking: {state}{'' if thinks else '; this chat template has no thinking switch'})")
+            self.notice(f"(thinking: {state}{no_switch})")
         else:
             self.notice(f"/think takes on or off, got {arg!r}")
 
