@@ -186,8 +186,9 @@ static void attention(llm_ctx *c, int layer, int32_t pos, int n) {
 /* the forward pass */
 
 /* n <= n_batch tokens at positions pos.. through every layer together; logits for the last token, for
-   all of them (all_logits), or none (logits == NULL). */
-static void forward_batch(llm_ctx *c, const int32_t *tokens, int n, int32_t pos, float *logits, int all_logits) {
+   all of them (all_logits), or none (logits == NULL); with states, every token's final-normed state too. */
+static void forward_batch(llm_ctx *c, const int32_t *tokens, int n, int32_t pos, float *logits, int all_logits,
+                          float *states) {
     const llm_config *p = &c->cfg;
     int64_t dim = p->dim, q_dim = (int64_t)p->n_heads * p->head_dim, kv_dim = (int64_t)p->n_kv_heads * p->head_dim;
     int64_t hidden = p->hidden_dim, wide = c->xb_width;
@@ -238,6 +239,8 @@ static void forward_batch(llm_ctx *c, const int32_t *tokens, int n, int32_t pos,
         add_block(p, x, xb2, &L->ffn_post_norm, n);
     }
 
+    if (states) /* embeddings: (n, dim) after the final norm, no classifier */
+        for (int t = 0; t < n; t++) rmsnorm(states + t * dim, x + t * dim, c->w.output_norm.data, p->dim, p->norm_eps);
     if (!logits) return;
     int first = all_logits ? 0 : n - 1; /* the final norm and the classifier only run where logits are wanted */
     for (int t = first; t < n; t++) rmsnorm(x + t * dim, x + t * dim, c->w.output_norm.data, p->dim, p->norm_eps);
@@ -248,8 +251,9 @@ static void forward_batch(llm_ctx *c, const int32_t *tokens, int n, int32_t pos,
     if (p->final_softcap) c->kernels->vec.softcap(logits, n_logits, p->final_softcap); /* Gemma 2 */
 }
 
-int llm_forward(llm_ctx *c, const int32_t *tokens, int32_t n_tokens, int32_t pos, float *logits,
-                int32_t all_logits) {
+/* llm_forward and llm_forward_hidden: check, then run the tokens in batches of up to n_batch. */
+static int run(llm_ctx *c, const int32_t *tokens, int32_t n_tokens, int32_t pos, float *logits, int32_t all_logits,
+               float *hidden) {
     if (!c) return LLM_ERR_INVALID;
     c->err[0] = '\0';
     if (!tokens) return llm_fail(c->err, sizeof c->err, LLM_ERR_INVALID, "tokens is NULL");
@@ -275,11 +279,21 @@ int llm_forward(llm_ctx *c, const int32_t *tokens, int32_t n_tokens, int32_t pos
         float *out = NULL;
         if (logits && all_logits) out = logits + (size_t)i * c->cfg.vocab_size;
         else if (logits && i + n == n_tokens) out = logits;
-        forward_batch(c, tokens + i, n, pos + i, out, all_logits);
+        forward_batch(c, tokens + i, n, pos + i, out, all_logits, hidden ? hidden + (size_t)i * c->cfg.dim : NULL);
         llm_kv_advance(c->kv, c->cfg.n_layers, pos + i, pos + i + n);
         c->written = pos + i + n;
     }
     return 0;
+}
+
+int llm_forward(llm_ctx *c, const int32_t *tokens, int32_t n_tokens, int32_t pos, float *logits,
+                int32_t all_logits) {
+    return run(c, tokens, n_tokens, pos, logits, all_logits, NULL);
+}
+
+int llm_forward_hidden(llm_ctx *c, const int32_t *tokens, int32_t n_tokens, int32_t pos, float *hidden) {
+    if (c && !hidden) return llm_fail(c->err, sizeof c->err, LLM_ERR_INVALID, "hidden is NULL");
+    return run(c, tokens, n_tokens, pos, NULL, 0, hidden);
 }
 
 /* ---------------------------------------------------------------------------------------------------- */

@@ -194,6 +194,13 @@ int llm_create(const llm_config *config, const llm_weights *weights, int32_t n_c
 int llm_forward(llm_ctx *ctx, const int32_t *tokens, int32_t n_tokens, int32_t pos, float *logits,
                 int32_t all_logits);
 
+/*
+ * The same pass, for embeddings: hidden receives (n_tokens, dim) floats, every token's final hidden state after
+ * the final norm (what the classifier would read); the classifier is not run. The cache is written as by
+ * llm_forward, and the same positions are accepted. LLM_ERR_INVALID for a NULL hidden.
+ */
+int llm_forward_hidden(llm_ctx *ctx, const int32_t *tokens, int32_t n_tokens, int32_t pos, float *hidden);
+
 /* The bytes llm_create would allocate for this config and these sizes (the KV cache, activations, buffers),
    without allocating anything: front ends check it against the machine's memory first. It grows with n_ctx.
    LLM_ERR_INVALID for a bad config or size, LLM_ERR_NOMEM for sizes no memory could hold. */

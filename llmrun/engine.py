@@ -262,6 +262,26 @@ class Engine:
             self.tokens_computed += end - pos
             pos = end
 
+    def hidden(self, tokens: Sequence[int]) -> np.ndarray:
+        """Final hidden states (len(tokens), dim) float32 after the final norm, without the classifier: the
+        tokens run from position 0 (the cache is overwritten and then holds them), in batches of n_batch."""
+        tokens = list(tokens)
+        self.check_tokens(tokens)
+        out = np.empty((len(tokens), self.spec.config.dim), dtype=np.float32)
+        with self._lock:
+            if not self._ctx:
+                raise KernelError("the model has been closed")
+            self._cached, self._rows = [], None
+            for pos in range(0, len(tokens), self.n_batch):
+                ids = np.asarray(tokens[pos:pos + self.n_batch], dtype=np.int32)
+                rc = lib.llm_forward_hidden(self._ctx, ffi.from_buffer("int32_t[]", ids), len(ids), pos,
+                                            ffi.from_buffer("float[]", out[pos:], require_writable=True))
+                if rc != 0:
+                    raise KernelError(f"forward pass failed: {ffi.string(lib.llm_last_error(self._ctx)).decode()}")
+                self._cached.extend(tokens[pos:pos + len(ids)])
+                self.tokens_computed += len(ids)
+        return out
+
     def reset(self) -> None:
         """Forgets what the KV cache holds: the next evaluation computes every token."""
         with self._lock:

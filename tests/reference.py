@@ -57,12 +57,13 @@ def attention_mask(n: int, window: int) -> np.ndarray:
 
 
 def forward(cfg: ModelConfig, t: dict[str, np.ndarray], tokens: list[int], rope_freqs: np.ndarray | None = None,
-            attn_factor: float = 1.0) -> np.ndarray:
+            attn_factor: float = 1.0, hidden: bool = False) -> np.ndarray:
     """Logits (len(tokens), vocab) after each position, for weights named as in tests/builders.py (with
     optional q/k/v biases "bq", "bk", "bv" of shape (n_layers, rows), QK-norm weights "q_norm", "k_norm"
     (n_layers, head_dim) and norms after the blocks "attn_post_norm", "ffn_post_norm" (n_layers, dim)), and
     every family option of `cfg` (the per-layer RoPE tables and windows, soft-caps, scales, GeGLU).
-    `rope_freqs` and `attn_factor` make the global RoPE table (local layers: plain, of base rope_theta_local)."""
+    `rope_freqs` and `attn_factor` make the global RoPE table (local layers: plain, of base rope_theta_local).
+    With `hidden`, the final hidden states (len(tokens), dim) after the final norm instead (embeddings)."""
     freqs = None if rope_freqs is None else np.asarray(rope_freqs, dtype=np.float64)
     w = {k: np.asarray(v, dtype=np.float64) for k, v in t.items()}
     n, hd, rd = len(tokens), cfg.head_dim, cfg.rotary_dim
@@ -101,4 +102,6 @@ def forward(cfg: ModelConfig, t: dict[str, np.ndarray], tokens: list[int], rope_
             out = rmsnorm(out, w["ffn_post_norm"][layer], cfg.norm_eps)
         x = x + cfg.residual_scale * out
     x = rmsnorm(x, w["output_norm"], cfg.norm_eps)
+    if hidden:
+        return x
     return softcap(x @ w.get("output", w["token_embd"]).T * cfg.logit_scale, cfg.final_softcap)
