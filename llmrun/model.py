@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .chat import FORMATS, ChatStream, ChatTemplate, end_of_turn, tokenize_chat
+from .embeddings import check_pooling, default_pooling, l2_normalize, pool
 from .engine import DEFAULT_BATCH, MAX_THREADS, Engine, context_bytes
 from .errors import ContextOverflowError, InvalidArgumentError, TokenizerError
 from .formats import Progress, beside_tokenizer, read_model, read_tokenizer
@@ -140,6 +141,49 @@ class Model:
     def reset(self) -> None:
         """Empties the KV cache: the next call computes every token from the first."""
         self._engine.reset()
+
+    # --- embeddings ---------------------------------------------------------------------------------
+
+    @property
+    def pooling(self) -> str:
+        """The pooling `embed` uses by default: the model file's (GGUF `<arch>.pooling_type`, a
+        sentence-transformers folder's pooling module), else "mean" (llmrun/embeddings.py says why)."""
+        return default_pooling(self._spec)
+
+    def embed(self, texts: str | Sequence[str] | Sequence[Sequence[int]], pooling: str | None = None,
+              normalize: bool = True) -> np.ndarray | list[np.ndarray]:
+        """Embeddings of `texts` (a string, a list of strings, or a list of token-id lists: one text each):
+        a float32 array (len(texts), dim) of the final hidden states after the final norm, pooled over each
+        text's tokens ("mean", "last", "cls"; default `self.pooling`) and L2-normalized (normalize=False: raw).
+        Pooling "none" returns a list of (n_tokens, dim) arrays instead, one per text (texts differ in length),
+        each row normalized on its own. Strings are tokenized as `tokenize` does (the model's BOS and EOS
+        rule); token ids are used as given. Each text runs from position 0 in batches of n_batch, through the
+        one KV cache (which then holds the last text). InvalidArgumentError for an empty list, an empty
+        text, a wrong type or an id outside the vocabulary; ContextOverflowError for a text longer than n_ctx."""
+        pooling = self.pooling if pooling is None else check_pooling(pooling)
+        if not isinstance(normalize, bool):
+            raise InvalidArgumentError(f"normalize must be True or False, got {normalize!r}", param="normalize")
+        docs = [self._embedding_ids(text, i) for i, text in enumerate(_texts(texts))]
+        for i, ids in enumerate(docs):
+            self._check_fits(len(ids), f"text at index {i}")
+            self._engine.check_tokens(ids)
+        rows = [pool(self._engine.hidden(ids), pooling) for ids in docs]
+        if normalize:
+            rows = [l2_normalize(r) for r in rows]
+        return rows if pooling == "none" else np.stack(rows)
+
+    def _embedding_ids(self, text: object, i: int) -> list[int]:
+        if isinstance(text, str):
+            if not text:
+                raise InvalidArgumentError(f"the text at index {i} is empty", param="texts")
+            return self.tokenize(text)
+        if isinstance(text, (Sequence, np.ndarray)) and not isinstance(text, (bytes, bytearray)):
+            ids = list(text)
+            if not ids:
+                raise InvalidArgumentError(f"the token list at index {i} is empty", param="texts")
+            return ids  # each id is checked by the engine
+        raise InvalidArgumentError(f"texts[{i}] must be a string or a list of token ids, got {type(text).__name__}",
+                                   param="texts")
 
     # --- generation ---------------------------------------------------------------------------------
     #
@@ -334,6 +378,22 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
     tok, problem = resolve_tokenizer(spec, tokenizer)
     return Model(spec, tok, n_ctx=n_ctx, n_threads=n_threads, tokenizer_problem=problem, n_batch=n_batch,
                  chat_format=chat_format)
+
+
+def _texts(texts: object) -> list[object]:
+    """embed's `texts` as a list of texts (a string: one)."""
+    if isinstance(texts, str):
+        return [texts]
+    if not isinstance(texts, (Sequence, np.ndarray)) or isinstance(texts, (bytes, bytearray)):
+        raise InvalidArgumentError(f"texts must be a string or a list of strings or of token-id lists, got "
+                                   f"{type(texts).__name__}", param="texts")
+    items = list(texts)
+    if not items:
+        raise InvalidArgumentError("texts is empty: nothing to embed", param="texts")
+    if any(isinstance(t, (int, np.integer)) for t in items):
+        raise InvalidArgumentError("texts is a flat list of ids: pass [ids] to embed one tokenized text",
+                                   param="texts")
+    return items
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:

@@ -10,6 +10,7 @@ than silently ignored.
 
 from __future__ import annotations
 
+import base64
 import math
 import time
 import uuid
@@ -17,11 +18,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .generate import TokenLogprob
 from .tokenizer import Tokenizer
 
 MAX_STOP_STRINGS = 16
 MAX_LEGACY_LOGPROBS = 5  # /v1/completions `logprobs` (OpenAI's limit)
+MAX_EMBEDDING_INPUTS = 2048  # /v1/embeddings `input` items (OpenAI's limit)
 MAX_TOP_LOGPROBS = 20  # /v1/chat/completions `top_logprobs`
 CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
@@ -273,6 +277,64 @@ def _content(value: object, param: str) -> str:
 
 
 # --- responses --------------------------------------------------------------------------------------------
+
+# --- embeddings -------------------------------------------------------------------------------------------
+
+@dataclass
+class EmbeddingRequest:
+    """A /v1/embeddings body: the texts (strings, or token-id lists used as given), the encoding and the
+    dimensions asked for (None: the model's)."""
+
+    model: str | None
+    input: list[str] | list[list[int]]
+    encoding_format: str = "float"
+    dimensions: int | None = None
+
+
+def parse_embeddings(data: object) -> EmbeddingRequest:
+    """`input`: a string, a list of strings, a list of token ids (one text) or a list of lists of ids, none
+    empty, at most MAX_EMBEDDING_INPUTS; `encoding_format` "float" (default) or "base64"; `dimensions` (only
+    the model's own: llmrun does not truncate embeddings); `model` any string; `user` ignored."""
+    if not isinstance(data, dict):
+        raise bad_request(f"the request body must be a JSON object, got {type(data).__name__}")
+    model = data.get("model")
+    if model is not None and not isinstance(model, str):
+        raise bad_request(f"model must be a string, got {_describe(model)}", param="model")
+    value = data.get("input")
+    if isinstance(value, str):
+        texts: list[Any] = [value]
+    elif isinstance(value, list) and value and all(_is_int(t) for t in value):
+        texts = [value]  # one tokenized text
+    elif isinstance(value, list) and value and (all(isinstance(t, str) for t in value) or all(
+            isinstance(t, list) and all(_is_int(i) for i in t) for t in value)):
+        texts = value
+    else:
+        raise bad_request("input must be a string, a list of strings, a list of token ids or a list of lists of "
+                          f"token ids, not empty, got {_describe(value)}", param="input")
+    if len(texts) > MAX_EMBEDDING_INPUTS:
+        raise bad_request(f"input has {len(texts)} items, more than {MAX_EMBEDDING_INPUTS}", param="input")
+    for i, text in enumerate(texts):
+        if len(text) == 0:
+            raise bad_request(f"input[{i}] is empty", param="input")
+    encoding = data.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise bad_request(f"encoding_format must be 'float' or 'base64', got {_describe(encoding)}",
+                          param="encoding_format")
+    dimensions = _int(data, "dimensions", 1, None)
+    return EmbeddingRequest(model=model, input=texts, encoding_format=encoding, dimensions=dimensions)
+
+
+def embedding_response(vectors: np.ndarray, encoding_format: str, model: str, prompt_tokens: int) -> dict[str, Any]:
+    """OpenAI's embedding list; base64 is the little-endian float32 bytes (as the openai client decodes it)."""
+    def encode(row: np.ndarray) -> list[float] | str:
+        if encoding_format == "base64":
+            return base64.b64encode(np.ascontiguousarray(row, dtype="<f4").tobytes()).decode("ascii")
+        return row.astype(np.float32).tolist()
+
+    data = [{"object": "embedding", "index": i, "embedding": encode(row)} for i, row in enumerate(vectors)]
+    return {"object": "list", "data": data, "model": model,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
+
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"

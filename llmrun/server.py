@@ -1,7 +1,8 @@
 """`llmrun serve`: an OpenAI-compatible HTTP server for one model (Starlette + uvicorn, the `server` extra).
 
 Endpoints: GET /v1/models, GET /v1/models/{id}, POST /v1/completions, POST /v1/chat/completions (JSON, or
-server-sent events with `"stream": true`), GET /health. Request and response shapes: llmrun/openai_api.py.
+server-sent events with `"stream": true`), POST /v1/embeddings (Model.embed with the model's pooling),
+GET /health. Request and response shapes: llmrun/openai_api.py.
 A reasoning model's thinking (its reply's `<think>` block) is sent as `reasoning_content`, in the message
 and in stream deltas apart from `content`, as vLLM and llama.cpp's server do.
 
@@ -44,16 +45,19 @@ from .openai_api import (
     APIError,
     ChatRequest,
     CompletionRequest,
+    EmbeddingRequest,
     GenerationRequest,
     bad_request,
     chat_logprobs,
     completion_logprobs,
+    embedding_response,
     error_body,
     model_card,
     new_id,
     now,
     parse_chat,
     parse_completion,
+    parse_embeddings,
     usage,
 )
 from .tokenizer import Tokenizer
@@ -223,6 +227,7 @@ class ModelServer:
                 Route("/v1/models/{model_id:path}", self.model_info, methods=["GET"]),
                 Route("/v1/completions", self.completions, methods=["POST"]),
                 Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+                Route("/v1/embeddings", self.embeddings, methods=["POST"]),
             ],
             exception_handlers={APIError: self._api_error, HTTPException: self._http_error,
                                 Exception: self._server_error})
@@ -251,6 +256,37 @@ class ModelServer:
         self._authorize(request)
         req = parse_chat(await self._read_json(request))
         return await self._serve(request, req)
+
+    async def embeddings(self, request: Request) -> Response:
+        """OpenAI's /v1/embeddings: one vector per input, pooled as the model says (Model.pooling), normalized.
+        It takes its turn in the slot like a generation (the model has one KV cache)."""
+        self._authorize(request)
+        req = parse_embeddings(await self._read_json(request))
+        dim = self.model.info.dim
+        if req.dimensions is not None and req.dimensions != dim:
+            raise bad_request(f"dimensions must be the model's {dim} (llmrun does not shorten embeddings), got "
+                              f"{req.dimensions}", param="dimensions")
+        await self._acquire()
+        try:
+            vectors, n_tokens = await anyio.to_thread.run_sync(self._embed, req)
+        finally:
+            self._slot.release()
+        return JSONResponse(embedding_response(vectors, req.encoding_format, self.config.model_name, n_tokens))
+
+    def _embed(self, req: EmbeddingRequest) -> tuple[Any, int]:
+        """The request's vectors and its token count; 400 for what the model refuses."""
+        try:
+            if self.model.pooling == "none":
+                raise bad_request("the model's pooling is 'none' (a vector per token), which /v1/embeddings "
+                                  "cannot return", param="input")
+            docs = [self.model.tokenize(t) if isinstance(t, str) else t for t in req.input]
+            return self.model.embed(docs), sum(len(d) for d in docs)
+        except ContextOverflowError as e:
+            raise bad_request(str(e), param="input", code="context_length_exceeded") from None
+        except KernelError:
+            raise
+        except LLMError as e:  # ids outside the vocabulary, a pooling llmrun cannot do ...
+            raise bad_request(str(e), param="input") from None
 
     # --- the request's way through -------------------------------------------------------------------------
 
