@@ -394,3 +394,13 @@ def test_server_refuses_bad_embedding_requests(served: object, body: object, par
 
 def test_server_embeddings_need_the_key(served: object) -> None:
     assert served.post("/v1/embeddings", {"input": "a"}, key="wrong").status_code == 401
+
+
+def test_the_readme_snippet_runs() -> None:
+    """The README's Embeddings snippet, as written, on the demo model the package ships."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text.split("### Embeddings\n", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 (the project's own README)
+    assert scope["vectors"].shape == (3, 64) and len(scope["rows"]) == 1 and scope["raw"].shape == (1, 64)
