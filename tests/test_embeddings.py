@@ -2,7 +2,9 @@
 oracle; Model.embed against transformers' `last_hidden_state` pooled mean / last / cls on two committed tiny
 fixtures of different families (tests/data/embeddings, written by tests/make_embedding_fixtures.py); batches
 equal one text at a time; the pooling defaults (GGUF `<arch>.pooling_type`, a sentence-transformers folder's
-pooling module, else mean); hostile inputs; POST /v1/embeddings through the official openai client.
+pooling module, else mean); hostile inputs; POST /v1/embeddings through the official openai client; llama.cpp's
+embeddings of the GGUF files llmrun writes (recorded in tests/data/llama_cpp/embeddings.* by
+tests/make_llama_cpp_embeddings.py, and live where llama-cpp-python is installed).
 
 Tolerance: 1e-4 max abs difference against transformers' float32 states (their scale is ~5; measured: up to
 2.4e-5 on gemma3, 2e-6 on llama3-gqa), as tests/test_families.py for logits; 1e-4 of the scale against the
@@ -37,6 +39,7 @@ from llmrun.formats.gguf_writer import (
 from reference import forward as reference_forward
 
 DATA = Path(__file__).resolve().parent / "data" / "embeddings"
+GOLDEN = Path(__file__).resolve().parent / "data" / "llama_cpp"
 FAMILIES = ("llama3-gqa", "gemma3")
 POOLED = ("mean", "last", "cls")
 TOLERANCE = 1e-4
@@ -404,3 +407,62 @@ def test_the_readme_snippet_runs() -> None:
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 (the project's own README)
     assert scope["vectors"].shape == (3, 64) and len(scope["rows"]) == 1 and scope["raw"].shape == (1, 64)
+
+
+# --- llama.cpp ------------------------------------------------------------------------------------------
+
+LLAMA_CPP_FIXTURES = ("qwen3", "smollm3", "gemma3")
+
+
+@pytest.mark.parametrize("name", LLAMA_CPP_FIXTURES)
+def test_llama_cpp_embeddings(tmp_path: Path, name: str) -> None:
+    """llama.cpp's embeddings (llama-cpp-python's embed, pooling mean / cls / last) of the file llmrun writes
+    against llmrun's: always those recorded by tests/make_llama_cpp_embeddings.py (the file must be the recorded
+    one, byte for byte), and where llama-cpp-python is installed, llama.cpp's live. Tolerance as for the logits
+    (test_families.LLAMA_CPP_TOLERANCE: llama.cpp computes Gemma's steps differently; measured 1e-2 there, 2e-6
+    elsewhere)."""
+    import hashlib
+
+    from test_families import LLAMA_CPP_TOLERANCE, write_for_llama_cpp
+    record = json.loads((GOLDEN / "embeddings.json").read_text())
+    entry = record["fixtures"][name]
+    out = tmp_path / f"{name}.gguf"
+    write_for_llama_cpp(name, out)
+    rerecord = "run `PYTHONPATH=$PWD python tests/make_llama_cpp_embeddings.py` where llama-cpp-python is installed"
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == entry["gguf_sha256"], f"the file changed: {rerecord}"
+    golden = np.load(GOLDEN / "embeddings.npz")
+    tolerance = LLAMA_CPP_TOLERANCE.get(name, TOLERANCE)
+    with llmrun.load(out, n_threads=1, n_ctx=256) as model:
+        assert [model.tokenize(t) for t in record["texts"]] == entry["ids"]
+        for pooling in POOLED:
+            ours = model.embed(entry["ids"], pooling=pooling, normalize=False)
+            assert np.max(np.abs(ours - golden[f"{name}_{pooling}"])) <= tolerance, pooling
+            if llama_cpp_live():
+                from make_llama_cpp_embeddings import llama_cpp_embeddings
+                ids, live = llama_cpp_embeddings(out, pooling, record["texts"])
+                assert ids == entry["ids"]
+                assert np.max(np.abs(ours - live)) <= tolerance, pooling
+
+
+def llama_cpp_live() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:  # CI: the recorded embeddings stand in for it
+        return False
+    return True
+
+
+@pytest.mark.skipif(not llama_cpp_live(), reason="llama-cpp-python is not installed")
+@pytest.mark.parametrize("pooling_type", [1, 2, 3])
+def test_llama_cpp_reads_the_pooling_key_as_llmrun_does(tmp_path: Path, pooling_type: int) -> None:
+    """A GGUF with `<arch>.pooling_type`: llama.cpp's default pooling (the file's) gives llmrun's default."""
+    import llama_cpp
+
+    path = gguf_with_pooling(tmp_path, "qwen3", pooling_type)
+    texts = fixture("llama3-gqa")["texts"]
+    llm = llama_cpp.Llama(str(path), embedding=True, n_ctx=256, n_batch=256, n_ubatch=256, type_k=0, type_v=0,
+                          flash_attn=False, n_threads=1, verbose=False)
+    theirs = np.array(llm.embed(texts, normalize=True), dtype=np.float32)  # several texts in one batch
+    llm.close()
+    with llmrun.load(path, n_threads=1, n_ctx=256) as model:
+        assert np.max(np.abs(model.embed(texts) - theirs)) <= TOLERANCE
