@@ -176,7 +176,10 @@ class Model:
         if isinstance(text, str):
             if not text:
                 raise InvalidArgumentError(f"the text at index {i} is empty", param="texts")
-            return self.tokenize(text)
+            ids = self.tokenize(text)
+            if not ids:
+                raise InvalidArgumentError(f"the text at index {i} has no tokens", param="texts")
+            return ids
         if isinstance(text, (Sequence, np.ndarray)) and not isinstance(text, (bytes, bytearray)):
             ids = list(text)
             if not ids:

@@ -222,6 +222,18 @@ def test_hostile_inputs_are_refused_clearly(texts: object, error: type, match: s
         assert model.embed("fine").shape == (1, model.info.dim)
 
 
+def test_numpy_ids_and_tuples_are_texts_too() -> None:
+    meta = fixture("llama3-gqa")
+    with llmrun.load(HF / "llama3-gqa", n_threads=1) as model:
+        want = model.embed(meta["ids"][:2])
+        assert np.array_equal(model.embed([np.array(i, dtype=np.int32) for i in meta["ids"][:2]]), want)
+        assert np.array_equal(model.embed(tuple(tuple(i) for i in meta["ids"][:2])), want)
+        one = model.embed([meta["ids"][2]])
+        assert np.array_equal(model.embed(np.array([meta["ids"][2]] * 2)), np.concatenate([one, one]))
+        with pytest.raises(InvalidArgumentError, match="flat list"):
+            model.embed(np.array(meta["ids"][2]))
+
+
 def test_bad_pooling_and_normalize() -> None:
     with llmrun.load(HF / "llama3-gqa", n_threads=1) as model:
         for pooling in ("max", "rank", 3, ""):
