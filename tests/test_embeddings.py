@@ -464,17 +464,21 @@ def llama_cpp_live() -> bool:
     return True
 
 
-@pytest.mark.skipif(not llama_cpp_live(), reason="llama-cpp-python is not installed")
-@pytest.mark.parametrize("pooling_type", [1, 2, 3])
-def test_llama_cpp_reads_the_pooling_key_as_llmrun_does(tmp_path: Path, pooling_type: int) -> None:
-    """A GGUF with `<arch>.pooling_type`: llama.cpp's default pooling (the file's) gives llmrun's default."""
-    import llama_cpp
-
+@pytest.mark.parametrize(("pooling_type", "pooling"), [(1, "mean"), (2, "cls"), (3, "last")])
+def test_pooling_key_is_read_as_llama_cpp_reads_it(tmp_path: Path, pooling_type: int, pooling: str) -> None:
+    """A GGUF with `<arch>.pooling_type` (llama.cpp's enum): llmrun's default pooling is the one it names; where
+    llama-cpp-python is installed, llama.cpp's default pooling of the same file gives the same embeddings."""
     path = gguf_with_pooling(tmp_path, "qwen3", pooling_type)
     texts = fixture("llama3-gqa")["texts"]
+    with llmrun.load(path, n_threads=1, n_ctx=256) as model:
+        ours = model.embed(texts)
+        assert model.pooling == pooling and np.array_equal(ours, model.embed(texts, pooling=pooling))
+    if not llama_cpp_live():  # CI: the recorded embeddings of test_llama_cpp_embeddings cover each pooling
+        return
+    import llama_cpp
+
     llm = llama_cpp.Llama(str(path), embedding=True, n_ctx=256, n_batch=256, n_ubatch=256, type_k=0, type_v=0,
                           flash_attn=False, n_threads=1, verbose=False)
     theirs = np.array(llm.embed(texts, normalize=True), dtype=np.float32)  # several texts in one batch
     llm.close()
-    with llmrun.load(path, n_threads=1, n_ctx=256) as model:
-        assert np.max(np.abs(model.embed(texts) - theirs)) <= TOLERANCE
+    assert np.max(np.abs(ours - theirs)) <= TOLERANCE
