@@ -325,3 +325,15 @@ def test_logprob_bytes_with_the_llama2_tokenizer(models_dir: Path) -> None:
     assert bytes(b for e in entries for b in e["bytes"]).decode() == f" ok {EMOJI}!"
     partial = [e for e in entries if len(e["bytes"]) == 1 and e["bytes"][0] >= 0x80]
     assert [e["bytes"][0] for e in partial] == list(EMOJI.encode()) and all(e["token"] == "\ufffd" for e in partial)
+
+
+def test_the_readme_snippets_for_cancel_and_asyncio_run() -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    cancel = next(b for b in blocks if "gen.cancel" in b)
+    aio = next(b for b in blocks if "async def main" in b)
+    with llmrun.load("demo") as model:
+        exec(cancel, {"model": model, "llmrun": llmrun})
+    exec(aio, {"llmrun": llmrun})
