@@ -210,8 +210,8 @@ def test_heartbeat_stays_on_time_during_generation(slow: llmrun.Model) -> None:
     step = max(s.decode_seconds / s.generated_tokens, s.prefill_seconds / (len(PROMPT) / N_BATCH))
     worst = max(gaps)
     print(f"heartbeat: {len(gaps)} beats of 10 ms over {elapsed * 1000:.0f} ms of generation (prefill "
-          f"{s.prefill_seconds * 1000:.0f} ms, 300 tokens {s.decode_seconds * 1000:.0f} ms; a step <= {step * 1000:.1f} "
-          f"ms): max gap {worst * 1000:.1f} ms, mean {sum(gaps) / len(gaps) * 1000:.1f} ms")
+          f"{s.prefill_seconds * 1000:.0f} ms, 300 tokens {s.decode_seconds * 1000:.0f} ms; a step <= "
+          f"{step * 1000:.1f} ms): max gap {worst * 1000:.1f} ms, mean {sum(gaps) / len(gaps) * 1000:.1f} ms")
     assert elapsed > 0.2  # the generation took many beats
     assert worst < 0.01 + 0.05 + step, f"the loop was blocked: a 10 ms beat came {worst * 1000:.1f} ms after the last"
 
