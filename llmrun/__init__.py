@@ -10,6 +10,7 @@ Hugging Face Hub, downloaded into the Hugging Face cache the first time (llmrun/
 """
 
 from . import _library  # noqa: F401  (first: a missing or foreign C library fails here, clearly)
+from .aio import AsyncStream
 from .chat import ChatDelta, ChatStream, ChatTemplate, load_template_from_folder
 from .errors import (
     ChatTemplateError,
@@ -29,7 +30,7 @@ from .sampling import SamplingParams
 __version__ = "0.1.0"
 
 __all__ = [
-    "ChatDelta", "ChatStream", "ChatTemplate", "ChatTemplateError", "load_template_from_folder",
+    "AsyncStream", "ChatDelta", "ChatStream", "ChatTemplate", "ChatTemplateError", "load_template_from_folder",
     "ContextOverflowError", "Generation", "GenerationStats", "HubError", "InvalidArgumentError", "KernelError",
     "LLMError", "Model",
     "ModelFormatError", "ModelInfo", "SamplingError", "SamplingParams", "TokenizerError", "load", "__version__",

@@ -581,8 +581,14 @@ class ChatStream(Iterator[str]):
                 return delta.content
 
     def close(self) -> None:
-        """Stops generating (Ctrl-C, a closed connection); what was generated so far stays in `content`."""
+        """Stops generating (Ctrl-C, a closed connection); what was generated so far stays in `content`. From
+        another thread while this one is being iterated, it is `cancel()`."""
         self.generation.close()
+
+    def cancel(self) -> None:
+        """Asks the reply to stop, from any thread or task (Generation.cancel): the iterating thread ends
+        within one decode step, finish_reason "cancelled"."""
+        self.generation.cancel()
 
     @property
     def content(self) -> str:

@@ -7,13 +7,15 @@ decode:  sample a token, stop on an end-of-generation id / stop string / token l
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from .engine import Engine
+from .engine import Engine, EvaluationCancelled
 from .errors import InvalidArgumentError
 from .sampling import Sampler, SamplingParams
 from .tokenizer import StreamDecoder, Tokenizer
@@ -64,6 +66,15 @@ def token_logprob(logits: np.ndarray, token: int, n_top: int) -> TokenLogprob:
         ids = ids[np.lexsort((ids, -x[ids]))]
         alternatives = tuple((int(i), float(x[i] - logz)) for i in ids)
     return TokenLogprob(token, float(x[token] - logz), alternatives)
+
+
+def logprob_entry(tokenizer: Tokenizer, token: int, logprob: float) -> dict[str, Any]:
+    """{"token", "logprob", "bytes"} as OpenAI reports a token: "bytes" is the token's own UTF-8 bytes (a
+    byte-fallback or byte-level token holding part of a character, such as one byte of an emoji, gives that
+    raw byte, so that joining the bytes of consecutive tokens gives the text); "token" is those bytes decoded
+    with U+FFFD for what is not whole UTF-8 on its own. Control tokens have no text: "" and []."""
+    raw = tokenizer.surface(token, at_start=False)[0]
+    return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(raw)}
 
 
 def check_max_tokens(max_tokens: int | None) -> None:
@@ -124,10 +135,15 @@ class StopStrings:
 class Generation(Iterator[str]):
     """One completion, streamed as text pieces. After iteration ends, `finish_reason` is "stop" (an
     end-of-generation token or a stop string) or "length" (max_tokens, or the context is full); after
-    `close()` on a generation that had not ended (Ctrl-C, a closed connection) it is "cancelled". While the
-    generation runs it is None. `tokens` holds the generated ids. With `logprobs` (the number of
-    alternatives, 0-20), `token_logprobs` holds a TokenLogprob for each generated token, filled as the
-    tokens are generated."""
+    `cancel()` or `close()` on a generation that had not ended (Ctrl-C, a closed connection, another thread
+    or task giving up) it is "cancelled". While the generation runs it is None. `tokens` holds the generated
+    ids. With `logprobs` (the number of alternatives, 0-20), `token_logprobs` holds a TokenLogprob for each
+    generated token, filled as the tokens are generated (`logprobs_content()`: OpenAI's shape, with bytes).
+
+    `cancel()` may be called from any thread (or asyncio task) while another thread iterates: the iterating
+    thread stops within one decode step (or one prompt batch of n_batch tokens while the prompt is being
+    processed), its iteration ends, and the model is free for the next call; the KV cache keeps what was
+    computed, so a next request sharing the prefix reuses it."""
 
     def __init__(self, engine: Engine, tokenizer: Tokenizer, prompt: Sequence[int], params: SamplingParams,
                  max_tokens: int | None, stop: list[str], eog_ids: frozenset[int],
@@ -145,6 +161,7 @@ class Generation(Iterator[str]):
         self.token_logprobs: list[TokenLogprob] = []
         self.finish_reason: str | None = None
         self.stats = GenerationStats(prompt_tokens=len(self.prompt))
+        self._cancel = threading.Event()
         self._steps = self._run()
 
     def __next__(self) -> str:
@@ -154,20 +171,50 @@ class Generation(Iterator[str]):
         """Runs the generation to the end and returns all of its text."""
         return "".join(self)
 
+    def cancel(self) -> None:
+        """Asks the generation to stop, from any thread or task: the thread iterating it (if any) ends its
+        iteration within one decode step or prompt batch with finish_reason "cancelled"; a generation not yet
+        started computes nothing. Cancelling an ended generation changes nothing. Returns at once (it does not
+        wait for the iterating thread)."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether cancel() (or close()) was called."""
+        return self._cancel.is_set()
+
     def close(self) -> None:
         """Stops the generation early (what a consumer does on Ctrl-C or a closed connection); an unfinished
-        generation's finish_reason becomes "cancelled". Closing an ended generation changes nothing."""
-        self._steps.close()
+        generation's finish_reason becomes "cancelled". Closing an ended generation changes nothing. From a
+        thread other than the one iterating, while that one is inside a step, close() is cancel()."""
+        self._cancel.set()
+        try:
+            self._steps.close()
+        except ValueError:  # "generator already executing" in another thread: the flag stops it within a step
+            return
         if self.finish_reason is None:
             self.finish_reason = "cancelled"
+
+    def logprobs_content(self) -> list[dict[str, Any]]:
+        """`token_logprobs` in the shape of OpenAI's chat logprobs "content": [{"token", "logprob", "bytes",
+        "top_logprobs": [{"token", "logprob", "bytes"}, ...]}, ...] (see logprob_entry for token and bytes)."""
+        tok = self.tokenizer
+        return [{**logprob_entry(tok, e.token, e.logprob),
+                 "top_logprobs": [logprob_entry(tok, t, v) for t, v in e.top]} for e in self.token_logprobs]
 
     def _run(self) -> Iterator[str]:
         engine, stats = self.engine, self.stats
         start = time.perf_counter()
         stats.reused_tokens = engine.reusable_prefix(self.prompt)
-        # this generation's own logits buffer: another caller of the same engine cannot overwrite it
-        logits = engine.evaluate(self.prompt, out=np.empty(engine.vocab_size, dtype=np.float32))
-        stats.prefill_seconds = time.perf_counter() - start
+        try:
+            # this generation's own logits buffer: another caller of the same engine cannot overwrite it
+            logits = engine.evaluate(self.prompt, out=np.empty(engine.vocab_size, dtype=np.float32),
+                                     cancelled=self._cancel.is_set)
+        except EvaluationCancelled:
+            self.finish_reason = "cancelled"
+            return
+        finally:
+            stats.prefill_seconds = time.perf_counter() - start
         start = time.perf_counter()
         try:
             yield from self._decode(logits)
@@ -180,6 +227,9 @@ class Generation(Iterator[str]):
         decoder = StreamDecoder(self.tokenizer, strip_leading_space=bos is not None and history[-1] == bos)
         stops = StopStrings(self.stop)
         while True:
+            if self._cancel.is_set():
+                self.finish_reason = "cancelled"
+                return
             if self.max_tokens is not None and len(self.tokens) >= self.max_tokens:
                 self.finish_reason = "length"
                 break
@@ -201,7 +251,11 @@ class Generation(Iterator[str]):
             if len(history) > self.engine.n_ctx:  # the newest token has no cache slot to run in
                 self.finish_reason = "length"
                 break
-            logits = self.engine.evaluate(history, out=logits)
+            try:
+                logits = self.engine.evaluate(history, out=logits, cancelled=self._cancel.is_set)
+            except EvaluationCancelled:
+                self.finish_reason = "cancelled"
+                return
         text, hit = stops.feed(decoder.flush())
         text += "" if hit else stops.flush()
         if text:

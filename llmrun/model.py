@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from .aio import AsyncStream
 from .chat import FORMATS, ChatStream, ChatTemplate, end_of_turn, tokenize_chat
 from .embeddings import check_pooling, default_pooling, l2_normalize, pool
 from .engine import DEFAULT_BATCH, MAX_THREADS, Engine, context_bytes
@@ -303,6 +304,54 @@ class Model:
         reply = stream.result()
         if logprobs is not None:
             reply["logprobs"] = chat_logprobs(self.tokenizer, stream.generation.token_logprobs)
+        return reply
+
+    # --- asyncio: the same generations, run in a worker thread (llmrun/aio.py) --------------------------
+    #
+    # The event loop only receives the pieces: it is never blocked for a step. The prompt is tokenized (the
+    # chat template rendered) in the worker too, so a bad argument raises where the first piece is awaited.
+    # Cancelling the awaiting task cancels the generation; the model is free when the task has ended.
+
+    def astream(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *,
+                max_tokens: int | None = 256, stop: str | Iterable[str] | None = None, logprobs: int | None = None,
+                **sampling: Any) -> AsyncStream[str]:
+        """`stream` for asyncio: `async for piece in model.astream(...)`. The returned AsyncStream's
+        `generation` (once started) is the Generation; `cancel()`, `aclose()` and `async with` stop it."""
+        return AsyncStream(lambda: self.stream(prompt, params, max_tokens=max_tokens, stop=stop, logprobs=logprobs,
+                                               **sampling))
+
+    async def agenerate(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *,
+                        max_tokens: int | None = 256, stop: str | Iterable[str] | None = None,
+                        **sampling: Any) -> str:
+        """`generate` for asyncio: the whole continuation's text."""
+        async with self.astream(prompt, params, max_tokens=max_tokens, stop=stop, **sampling) as pieces:
+            return "".join([piece async for piece in pieces])
+
+    def achat_stream(self, messages: Sequence[dict], params: SamplingParams | None = None, *,
+                     chat_format: str | None = None, max_tokens: int | None = None,
+                     stop: str | Iterable[str] | None = None, logprobs: int | None = None,
+                     enable_thinking: bool | None = None, **sampling: Any) -> AsyncStream[str]:
+        """`chat_stream` for asyncio: an AsyncStream of the answer's text pieces whose `source` (once started)
+        is the ChatStream (`reasoning`, `message`, `usage`, `result()`)."""
+        return AsyncStream(lambda: self.chat_stream(messages, params, chat_format=chat_format, max_tokens=max_tokens,
+                                                    stop=stop, logprobs=logprobs, enable_thinking=enable_thinking,
+                                                    **sampling))
+
+    async def achat(self, messages: Sequence[dict], params: SamplingParams | None = None, *,
+                    chat_format: str | None = None, max_tokens: int | None = None,
+                    stop: str | Iterable[str] | None = None, logprobs: int | None = None,
+                    enable_thinking: bool | None = None, **sampling: Any) -> dict[str, Any]:
+        """`chat` for asyncio: the reply dict (message, finish_reason, usage[, logprobs])."""
+        stream = self.achat_stream(messages, params, chat_format=chat_format, max_tokens=max_tokens, stop=stop,
+                                   logprobs=logprobs, enable_thinking=enable_thinking, **sampling)
+        async with stream:
+            async for _ in stream:
+                pass
+        chat = stream.source
+        assert isinstance(chat, ChatStream)
+        reply = chat.result()  # exhausted: nothing left to compute
+        if logprobs is not None:
+            reply["logprobs"] = chat_logprobs(self.tokenizer, chat.generation.token_logprobs)
         return reply
 
     def _check_fits(self, n_tokens: int, what: str) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .generate import TokenLogprob
+from .generate import TokenLogprob, logprob_entry
 from .tokenizer import Tokenizer
 
 MAX_STOP_STRINGS = 16
@@ -358,10 +358,11 @@ def _token_bytes(tokenizer: Tokenizer, token: int) -> bytes:
 
 
 def chat_logprobs(tokenizer: Tokenizer, entries: list[TokenLogprob]) -> dict[str, Any]:
-    """Chat's logprobs: {"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}], "refusal": None}."""
+    """Chat's logprobs: {"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}], "refusal": None};
+    "bytes" is each token's own UTF-8 bytes (part of a character for a byte token), "token" their text with
+    U+FFFD for an incomplete character (generate.logprob_entry)."""
     def item(token: int, logprob: float) -> dict[str, Any]:
-        raw = _token_bytes(tokenizer, token)
-        return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(raw)}
+        return logprob_entry(tokenizer, token, logprob)
 
     return {"content": [{**item(e.token, e.logprob), "top_logprobs": [item(t, v) for t, v in e.top]}
                         for e in entries], "refusal": None}

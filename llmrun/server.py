@@ -12,9 +12,10 @@ Content-Length and by what actually arrives); every client mistake gets a 4xx wi
 
 Concurrency: the model has one KV cache, so requests take turns through a FIFO slot (a semaphore of one);
 at most `max_queue` wait, later ones get 503. The generation runs in worker threads, a few tokens per hop,
-so the event loop keeps answering (health checks, new clients, disconnects). A streaming client that goes
-away cancels its response; a waiting non-streaming one is checked between hops. Either way the generation
-is closed and the slot passes on. The KV cache keeps the previous request's tokens, so a request sharing a
+so the event loop keeps answering (health checks, new clients, disconnects). Every request watches its
+connection: a client that goes away (streaming or not, while generating or while queued) cancels its
+generation (Generation.cancel: the worker stops within one decode step or prompt batch) or leaves the queue,
+and the slot passes on. The KV cache keeps the previous request's tokens, so a request sharing a
 prefix with it (a repeated system prompt, the next chat turn) only computes the rest.
 """
 
@@ -24,9 +25,9 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -63,6 +64,8 @@ from .openai_api import (
 from .tokenizer import Tokenizer
 
 log = logging.getLogger("llmrun.server")
+
+T = TypeVar("T")
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_MAX_QUEUE = 64
@@ -185,23 +188,77 @@ def _sse(data: dict[str, Any] | str) -> str:
     return f"data: {text}\n\n"
 
 
+async def _until_disconnected(receive: Receive) -> None:
+    """Returns when the client has gone away (the request body has been read: only the disconnect is left)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(receive: Receive, work: Callable[[], Awaitable[T]],
+                               on_disconnect: Callable[[], None] | None = None) -> T:
+    """The result of `work()`, watching the connection meanwhile. If the client goes away first: with
+    `on_disconnect` (which cancels the generation, so that `work` ends within a step), that is called and
+    `work` finishes; without, `work` is cancelled. Either way APIError(CLIENT_CLOSED) then."""
+    outcome: list[Any] = []
+    gone = False
+    async with anyio.create_task_group() as group:
+        async def watch() -> None:
+            nonlocal gone
+            await _until_disconnected(receive)
+            gone = True
+            if on_disconnect is None:
+                group.cancel_scope.cancel()
+            else:
+                on_disconnect()
+
+        group.start_soon(watch)
+        try:
+            outcome.append(await work())
+        except Exception as e:  # kept out of the task group (which would wrap it in an ExceptionGroup)
+            outcome.append(e)
+        group.cancel_scope.cancel()
+    if gone:
+        raise APIError(CLIENT_CLOSED, "the client closed the connection")
+    if isinstance(outcome[0], Exception):
+        raise outcome[0]
+    return outcome[0]  # type: ignore[no-any-return]
+
+
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
 class _SlotStream(StreamingResponse):
     """A streaming response that, however it ends (finished, client gone, error), closes its event stream
-    and then calls `on_close` (which closes the generation and frees the slot)."""
+    and then calls `on_close` (which closes the generation and frees the slot). A client that goes away
+    meanwhile gets `on_disconnect` called at once (which cancels the generation: the hop in progress ends
+    within a step)."""
 
-    def __init__(self, events: AsyncIterator[str], on_close: Callable[[], None]) -> None:
+    def __init__(self, events: AsyncIterator[str], on_close: Callable[[], None],
+                 on_disconnect: Callable[[], None]) -> None:
         super().__init__(events, media_type="text/event-stream",
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self._events = events
         self._on_close = on_close
+        self._on_disconnect = on_disconnect
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            error: Exception | None = None
+            async with anyio.create_task_group() as group:
+                async def watch() -> None:
+                    await _until_disconnected(receive)
+                    self._on_disconnect()
+
+                group.start_soon(watch)
+                try:
+                    await super().__call__(scope, receive, send)
+                except Exception as e:  # kept out of the task group (which would wrap it in an ExceptionGroup)
+                    error = e
+                finally:
+                    group.cancel_scope.cancel()
+            if error is not None:
+                raise error
         finally:
             with anyio.CancelScope(shield=True):
                 await self._events.aclose()  # type: ignore[attr-defined]
@@ -342,16 +399,28 @@ class ModelServer:
         source = job.pieces()
         if isinstance(req, CompletionRequest) and req.echo:
             job.echo = req.prompt if isinstance(req.prompt, str) else self.model.detokenize(req.prompt)
-        await self._acquire()
+        try:
+            await _unless_disconnected(request.receive, self._acquire)  # a client gone meanwhile leaves the queue
+        except APIError as e:
+            if e.status == CLIENT_CLOSED:
+                gen.close()  # never ran: finish_reason "cancelled"
+                self.stopped += 1
+                log.info("%s %s: the client went away while queued", "chat" if job.chat else "completion", job.id)
+            raise
         handed_over = False
         try:
             # The first hop (the prompt and the first token) happens before answering: its errors get a status.
-            first = await anyio.to_thread.run_sync(_pull, source, 0.0 if req.stream else HOP_SECONDS)
+            first = await _unless_disconnected(
+                request.receive, lambda: anyio.to_thread.run_sync(_pull, source, 0.0 if req.stream else HOP_SECONDS),
+                on_disconnect=gen.cancel)
             if req.stream:
-                response = _SlotStream(self._events(job, source, *first), on_close=lambda: self._release(job))
+                response = _SlotStream(self._events(job, source, *first), on_close=lambda: self._release(job),
+                                       on_disconnect=gen.cancel)
                 handed_over = True
                 return response
-            return JSONResponse(job.response(await self._collect(request, job, source, *first)))
+            text = await _unless_disconnected(request.receive, lambda: self._collect(job, source, *first),
+                                              on_disconnect=gen.cancel)
+            return JSONResponse(job.response(text))
         finally:
             if not handed_over:
                 self._release(job)
@@ -385,7 +454,7 @@ class ModelServer:
     def _release(self, job: _Job) -> None:
         """Ends a request: closes its generation if it did not finish, logs it, frees the slot."""
         gen = job.gen
-        if gen.finish_reason is None:
+        if gen.finish_reason in (None, "cancelled"):
             gen.close()
             self.stopped += 1
         else:
@@ -396,14 +465,12 @@ class ModelServer:
                  s.generated_tokens, gen.finish_reason or "stopped early", s.decode_tokens_per_second)
         self._slot.release()
 
-    async def _collect(self, request: Request, job: _Job, source: Iterator[str | ChatDelta],
-                       pieces: list[str | ChatDelta], done: bool) -> str:
-        """The whole text of a non-streaming request, checking between hops that its client is still there
-        (chat: its answer's text; the ChatStream keeps the reasoning)."""
+    async def _collect(self, job: _Job, source: Iterator[str | ChatDelta], pieces: list[str | ChatDelta],
+                       done: bool) -> str:
+        """The whole text of a non-streaming request (chat: its answer's text; the ChatStream keeps the
+        reasoning). The caller watches the client: one that goes away cancels the generation."""
         parts = list(pieces)
         while not done:
-            if await request.is_disconnected():
-                raise APIError(CLIENT_CLOSED, "the client closed the connection")  # nobody reads it: stop
             pieces, done = await anyio.to_thread.run_sync(_pull, source, HOP_SECONDS)
             parts += pieces
         return "".join(p.content if isinstance(p, ChatDelta) else p for p in parts)

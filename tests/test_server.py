@@ -392,6 +392,81 @@ def test_client_gone_while_waiting_for_a_whole_answer(running: Running, slow_mod
     assert running.client().completions.create(model=NAME, prompt="Tom", max_tokens=3).usage.completion_tokens == 3
 
 
+def test_client_closing_the_openai_stream_frees_the_slot_within_a_step(running: Running, slow_model: None,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    server = running.server
+    stopped = server.stopped
+    stream = running.client().chat.completions.create(model=NAME, messages=CHAT, max_tokens=400, temperature=1.0,
+                                                      seed=2, stream=True, extra_body={"min_p": 0.0})
+    for _, _chunk in zip(range(3), stream, strict=False):
+        pass
+    stream.close()  # the client goes away mid-stream
+    t0 = time.monotonic()
+    assert wait_for(lambda: server.stopped == stopped + 1, 5.0), "the generation went on"
+    freed = time.monotonic() - t0
+    assert freed < 0.5, f"the slot was freed {freed * 1000:.0f} ms after the client left (a hop is 20 ms)"
+    assert server.last_stats is not None and server.last_stats.generated_tokens < 100
+    assert wait_for(lambda: any("finish cancelled" in r.getMessage() for r in caplog.records))
+    out = running.client().completions.create(model=NAME, prompt="Tom", max_tokens=5, temperature=0)
+    assert out.choices[0].text == running.model.generate("Tom", max_tokens=5, temperature=0)
+
+
+def test_a_request_whose_client_leaves_while_queued_never_runs(running: Running, slow_model: None,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    server = running.server
+    body = {"model": NAME, "prompt": "Tom", "max_tokens": 400, "temperature": 1.0, "min_p": 0.0, "stream": True}
+    with httpx.stream("POST", f"{running.url}/v1/completions", json=body, timeout=30,
+                      headers={"Authorization": f"Bearer {KEY}"}) as holder:
+        lines = holder.iter_lines()
+        assert next(lines).startswith("data: ")  # holds the model for seconds
+        stopped, finished, computed = server.stopped, server.finished, running.model._engine.tokens_computed
+        for stream in (False, True):  # a client that gives up waiting (non-streaming, then streaming)
+            with pytest.raises(httpx.ReadTimeout):
+                running.post("/v1/completions", {"prompt": "A long wait", "max_tokens": 5, "stream": stream},
+                             timeout=0.3)
+            # it leaves the queue at once, while the holder still has the model
+            assert wait_for(lambda: server.waiting == 0, 2.0)
+        assert server.stopped == stopped + 2 and server.finished == finished
+        assert sum("went away while queued" in r.getMessage() for r in caplog.records) == 2
+        assert next(line for line in lines if line).startswith("data: ")  # the holder goes on
+        holder.close()
+    assert wait_for(lambda: server.stopped == stopped + 3, 5.0)
+    # nothing of the queued prompts was computed: only the holder's tokens ran
+    assert "A long wait" not in running.model.detokenize(running.model._engine.cached_tokens)
+    assert running.client().completions.create(model=NAME, prompt="Tom", max_tokens=2).usage.completion_tokens == 2
+    assert computed <= running.model._engine.tokens_computed
+
+
+def test_logprob_bytes_of_a_split_emoji(running: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmrun.sampling import Sampler
+
+    emoji = "\N{SLIGHTLY SMILING FACE}"
+    ids = running.model.tokenize(f"Hi {emoji}", add_bos=False)
+    assert len(ids) >= 5  # the emoji is four byte tokens
+
+    def sample(self: Sampler, logits: object, history: object, generated: list[int]) -> int:
+        return ids[len(generated)] if len(generated) < len(ids) else 2  # then </s>
+
+    monkeypatch.setattr(Sampler, "sample", sample)
+    client = running.client()
+    for stream in (False, True):
+        args = dict(model=NAME, messages=CHAT, max_tokens=20, logprobs=True, top_logprobs=2)
+        if stream:
+            chunks = list(client.chat.completions.create(**args, stream=True))
+            content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            entries = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+        else:
+            chat = client.chat.completions.create(**args)
+            content, entries = chat.choices[0].message.content, chat.choices[0].logprobs.content
+        assert content.endswith(emoji)
+        assert [e.bytes for e in entries[-4:]] == [[b] for b in emoji.encode()]  # the raw bytes, not U+FFFD's
+        assert all(e.token == "\ufffd" for e in entries[-4:])
+        assert bytes(b for e in entries for b in e.bytes).decode().endswith(emoji)
+        assert all(t.bytes is not None for e in entries for t in e.top_logprobs)
+
+
 def test_a_full_queue_gets_503(running: Running, slow_model: None, monkeypatch: pytest.MonkeyPatch) -> None:
     server = running.server
     monkeypatch.setattr(server, "config", dataclasses.replace(server.config, max_queue=1))
