@@ -7,7 +7,7 @@ numpy, jsonschema, tokenizers and cffi, with an llmrun checkout whose C library 
     python3 -m venv /tmp/sovenv
     /tmp/sovenv/bin/pip install llguidance xgrammar outlines-core numpy jsonschema tokenizers cffi
     PYTHONPATH=/work/main /tmp/sovenv/bin/python benchmarks/structured_output.py --out /tmp/so.jsonl
-    PYTHONPATH=/work/main /tmp/sovenv/bin/python benchmarks/structured_output.py --report /tmp/so.jsonl --step-ms 28.2
+    PYTHONPATH=/work/main /tmp/sovenv/bin/python benchmarks/structured_output.py --report /tmp/so.jsonl --step-ms 22.1
 
 Each engine and vocabulary runs in a child process (--timeout: a grammar still compiling or walking when it
 runs out is recorded as a timeout and skipped on the retry). The trained vocabularies are cached in
