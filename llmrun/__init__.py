@@ -26,12 +26,13 @@ from .errors import (
 from .generate import Generation, GenerationStats
 from .model import Model, ModelInfo, load
 from .sampling import SamplingParams
+from .structured import Grammar
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncStream", "ChatDelta", "ChatStream", "ChatTemplate", "ChatTemplateError", "load_template_from_folder",
-    "ContextOverflowError", "Generation", "GenerationStats", "HubError", "InvalidArgumentError", "KernelError",
-    "LLMError", "Model",
+    "ContextOverflowError", "Generation", "GenerationStats", "Grammar", "HubError", "InvalidArgumentError",
+    "KernelError",    "LLMError", "Model",
     "ModelFormatError", "ModelInfo", "SamplingError", "SamplingParams", "TokenizerError", "load", "__version__",
 ]

@@ -18,6 +18,7 @@ import numpy as np
 from .engine import Engine, EvaluationCancelled
 from .errors import InvalidArgumentError
 from .sampling import Sampler, SamplingParams
+from .structured import Constraint
 from .tokenizer import StreamDecoder, Tokenizer
 
 
@@ -147,8 +148,9 @@ class Generation(Iterator[str]):
 
     def __init__(self, engine: Engine, tokenizer: Tokenizer, prompt: Sequence[int], params: SamplingParams,
                  max_tokens: int | None, stop: list[str], eog_ids: frozenset[int],
-                 logprobs: int | None = None) -> None:
+                 logprobs: int | None = None, constraint: Constraint | None = None) -> None:
         check_logprobs(logprobs)
+        self.constraint = constraint  # structured output: masks each step's logits (llmrun/structured.py)
         self.engine = engine
         self.tokenizer = tokenizer
         self.prompt = list(prompt)
@@ -233,7 +235,10 @@ class Generation(Iterator[str]):
             if self.max_tokens is not None and len(self.tokens) >= self.max_tokens:
                 self.finish_reason = "length"
                 break
-            token = self.sampler.sample(logits, history, self.tokens)
+            if self.constraint is not None:  # disallowed ids at -inf; logprobs stay the model's
+                token = self.sampler.sample(self.constraint.apply(logits, self.eog_ids), history, self.tokens)
+            else:
+                token = self.sampler.sample(logits, history, self.tokens)
             if token in self.eog_ids:
                 self.finish_reason = "stop"
                 break
@@ -248,6 +253,11 @@ class Generation(Iterator[str]):
             if hit:
                 self.finish_reason = "stop"
                 return
+            if self.constraint is not None:
+                self.constraint.consume(token)
+                if self.constraint.done:  # the grammar is complete and nothing can follow
+                    self.finish_reason = "stop"
+                    break
             if len(history) > self.engine.n_ctx:  # the newest token has no cache slot to run in
                 self.finish_reason = "length"
                 break

@@ -20,6 +20,7 @@ from .hub import find_model
 from .openai_api import chat_logprobs
 from .sampling import SamplingParams
 from .spec import ModelSpec
+from .structured import Grammar, compile_constraint, from_request
 from .system import physical_cores, physical_memory
 from .tokenizer import Tokenizer
 
@@ -196,6 +197,7 @@ class Model:
 
     def stream(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *,
                max_tokens: int | None = 256, stop: str | Iterable[str] | None = None, logprobs: int | None = None,
+               response_format: dict[str, Any] | None = None, grammar: str | Grammar | None = None,
                **sampling: Any) -> Generation:
         """Generates a continuation of `prompt` (text, or token ids), yielding text pieces as they are
         complete (never half a UTF-8 character). Sampling follows `params` with the fields named in
@@ -204,12 +206,19 @@ class Model:
         `max_tokens` new tokens (None: until the context is full) or a full context. The returned Generation
         also reports `finish_reason`, `tokens` and `stats` once it is exhausted. With `logprobs` (0-20),
         `Generation.token_logprobs` reports each token's log-probability and that many alternatives.
-        InvalidArgumentError for an unknown keyword, SamplingError for a bad sampling value."""
+        Structured output: `response_format` (OpenAI's {"type": "json_object"} or {"type": "json_schema",
+        "json_schema": {"name", "schema", "strict"}}) or `grammar` (a Lark grammar str, or a llmrun.Grammar:
+        json_schema / lark / regex) constrains every token so that the text matches; it ends ("stop") when the
+        grammar is complete; a max_tokens cut ("length") may leave it incomplete (llmrun/structured.py).
+        InvalidArgumentError for an unknown keyword or an invalid schema / grammar, SamplingError for a bad
+        sampling value."""
         ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-        return self._start(ids, self.eog_ids, [], _sampling(params, sampling), max_tokens, stop, logprobs)
+        return self._start(ids, self.eog_ids, [], _sampling(params, sampling), max_tokens, stop, logprobs,
+                           from_request(response_format, grammar))
 
     def generate(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *,
                  max_tokens: int | None = 256, stop: str | Iterable[str] | None = None, logprobs: int | None = None,
+                 response_format: dict[str, Any] | None = None, grammar: str | Grammar | None = None,
                  **sampling: Any) -> str:
         """Like `stream`, but returns the whole continuation as one string. It has nowhere to put
         log-probabilities, so `logprobs` is refused (InvalidArgumentError): use `stream(..., logprobs=N)` and
@@ -217,10 +226,12 @@ class Model:
         if logprobs is not None:
             raise InvalidArgumentError("generate() returns text only; for log-probabilities use stream(..., "
                                        "logprobs=N) and read Generation.token_logprobs", param="logprobs")
-        return self.stream(prompt, params, max_tokens=max_tokens, stop=stop, **sampling).text()
+        return self.stream(prompt, params, max_tokens=max_tokens, stop=stop, response_format=response_format,
+                           grammar=grammar, **sampling).text()
 
     def _start(self, ids: list[int], eog_ids: frozenset[int], extra_stops: list[str], params: SamplingParams,
-               max_tokens: int | None, stop: str | Iterable[str] | None, logprobs: int | None) -> Generation:
+               max_tokens: int | None, stop: str | Iterable[str] | None, logprobs: int | None,
+               constraint: Grammar | None = None) -> Generation:
         check_max_tokens(max_tokens)
         stops = normalize_stop(stop)
         stops += [s for s in extra_stops if s not in stops]
@@ -229,7 +240,9 @@ class Model:
                                        param="prompt")
         self._check_fits(len(ids), "prompt")
         self._engine.check_tokens(ids)
-        return Generation(self._engine, self.tokenizer, ids, params, max_tokens, stops, eog_ids, logprobs=logprobs)
+        compiled = compile_constraint(constraint, self.tokenizer, self._engine.vocab_size) if constraint else None
+        return Generation(self._engine, self.tokenizer, ids, params, max_tokens, stops, eog_ids, logprobs=logprobs,
+                          constraint=compiled)
 
     # --- chat ---------------------------------------------------------------------------------------
 
@@ -263,7 +276,8 @@ class Model:
     def chat_stream(self, messages: Sequence[dict], params: SamplingParams | None = None, *,
                     chat_format: str | None = None, max_tokens: int | None = None,
                     stop: str | Iterable[str] | None = None, logprobs: int | None = None,
-                    enable_thinking: bool | None = None, **sampling: Any) -> ChatStream:
+                    enable_thinking: bool | None = None, response_format: dict[str, Any] | None = None,
+                    grammar: str | Grammar | None = None, **sampling: Any) -> ChatStream:
         """Starts the assistant's reply to `messages` (a list of {"role": "system" | "user" | "assistant",
         "content": str}) and returns a ChatStream that yields its text as it is generated. The conversation is
         rendered with `chat_template(chat_format)`; message contents can never produce control tokens. The
@@ -271,23 +285,27 @@ class Model:
         string (never part of the text), `max_tokens` (default None: no limit but the context) or a full
         context. The KV cache keeps the conversation, so the next turn only computes the new tokens.
         Sampling (`params` and keyword overrides) and `logprobs` as `stream`. ContextOverflowError if the
-        conversation does not fit.
+        conversation does not fit. `response_format` / `grammar` constrain the reply as in `stream` (from its
+        first token: a reasoning model does not think first).
 
         Reasoning models (Qwen3, SmolLM3: templates that write `<think>` blocks): `enable_thinking` is passed
         to the template (False: the model answers without thinking; None, the default: the template's own
         default, thinking for both), and the reply's `<think>…</think>` block is kept out of the answer: the
         ChatStream yields the answer's text, `ChatStream.deltas()` the reasoning too, and `reasoning` holds it."""
         params = _sampling(params, sampling)
+        constraint = from_request(response_format, grammar)
         template = self.chat_template(chat_format)
         prompt = tokenize_chat(template, self.tokenizer, messages, add_bos=self._spec.add_bos_token,
                                variables=_thinking(enable_thinking))
         eog, marker_stops = end_of_turn(template, self.tokenizer, self.eog_ids)
-        generation = self._start(prompt.ids, eog, marker_stops, params, max_tokens, stop, logprobs)
+        generation = self._start(prompt.ids, eog, marker_stops, params, max_tokens, stop, logprobs, constraint)
         return ChatStream(generation, prompt, template)
 
     def chat(self, messages: Sequence[dict], params: SamplingParams | None = None, *,
              chat_format: str | None = None, max_tokens: int | None = None, stop: str | Iterable[str] | None = None,
-             logprobs: int | None = None, enable_thinking: bool | None = None, **sampling: Any) -> dict[str, Any]:
+             logprobs: int | None = None, enable_thinking: bool | None = None,
+             response_format: dict[str, Any] | None = None, grammar: str | Grammar | None = None,
+             **sampling: Any) -> dict[str, Any]:
         """The assistant's reply to `messages`, as `chat_stream` generates it, in the shape of an OpenAI
         chat completion's choice:
 
@@ -300,7 +318,8 @@ class Model:
         (0-20 alternatives) it also has "logprobs": {"content": [{"token", "logprob", "bytes", "top_logprobs":
         [...]}, ...]}, one entry per generated token (reasoning tokens included)."""
         stream = self.chat_stream(messages, params, chat_format=chat_format, max_tokens=max_tokens, stop=stop,
-                                  logprobs=logprobs, enable_thinking=enable_thinking, **sampling)
+                                  logprobs=logprobs, enable_thinking=enable_thinking,
+                                  response_format=response_format, grammar=grammar, **sampling)
         reply = stream.result()
         if logprobs is not None:
             reply["logprobs"] = chat_logprobs(self.tokenizer, stream.generation.token_logprobs)
@@ -315,7 +334,8 @@ class Model:
     def astream(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *,
                 max_tokens: int | None = 256, stop: str | Iterable[str] | None = None, logprobs: int | None = None,
                 **sampling: Any) -> AsyncStream[str]:
-        """`stream` for asyncio: `async for piece in model.astream(...)`. The returned AsyncStream's
+        """`stream` for asyncio: `async for piece in model.astream(...)` (keywords such as response_format and
+        grammar go to `stream`). The returned AsyncStream's
         `generation` (once started) is the Generation; `cancel()`, `aclose()` and `async with` stop it."""
         return AsyncStream(lambda: self.stream(prompt, params, max_tokens=max_tokens, stop=stop, logprobs=logprobs,
                                                **sampling))
