@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import LLMError
 from .generate import TokenLogprob, logprob_entry
 from .tokenizer import Tokenizer
 
@@ -69,6 +70,7 @@ class GenerationRequest:
     max_tokens: int | None
     sampling: dict[str, Any] = field(default_factory=dict)
     logprobs: int | None = None  # alternatives per token; None: no logprobs
+    response_format: dict[str, Any] | None = None  # structured output (llmrun/structured.py); None: text
 
 
 @dataclass
@@ -179,9 +181,22 @@ def _common(body: object, default_max_tokens: int | None) -> tuple[Mapping[str, 
         "repeat_last_n": _int(body, "repeat_last_n", -1, None),
     }
     kwargs = {"model": model, "stream": stream, "include_usage": include_usage,
+              "response_format": _response_format(body),
               "max_tokens": _int(body, "max_tokens", 0, None, default_max_tokens),
               "sampling": {k: v for k, v in sampling.items() if v is not None}}
     return body, kwargs
+
+
+def _response_format(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """OpenAI's response_format: {"type": "text"} (None), {"type": "json_object"} or {"type": "json_schema",
+    "json_schema": {"name", "schema", "strict"}}; its shape is checked here, the schema when it is compiled."""
+    from .structured import from_request
+
+    value = body.get("response_format")
+    try:
+        return value if from_request(value) is not None else None
+    except LLMError as e:
+        raise bad_request(str(e), param="response_format") from None
 
 
 def parse_completion(data: object) -> CompletionRequest:
@@ -218,8 +233,6 @@ def parse_chat(data: object) -> ChatRequest:
         _refuse_unless(body, name, lambda v: isinstance(v, list) and not v, f"{name} (tool calling) is not supported")
     for name in ("tool_choice", "function_call"):
         _refuse_unless(body, name, lambda v: v == "none", f"{name} is not supported")
-    _refuse_unless(body, "response_format", lambda v: isinstance(v, dict) and v.get("type") == "text",
-                   "only the text response format is supported (no JSON mode)")
     logprobs = None
     if _bool(body, "logprobs"):
         logprobs = _int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS, 0)

@@ -427,7 +427,8 @@ class ModelServer:
 
     def _start(self, req: GenerationRequest) -> Generation | ChatStream:
         """Tokenizes the request and prepares its generation (nothing is computed yet); 4xx for bad input."""
-        kwargs = dict(max_tokens=req.max_tokens, logprobs=req.logprobs, **req.sampling)
+        kwargs = dict(max_tokens=req.max_tokens, logprobs=req.logprobs, response_format=req.response_format,
+                      **req.sampling)
         try:
             if isinstance(req, ChatRequest):
                 return self.model.chat_stream(req.messages, enable_thinking=req.enable_thinking, **kwargs)
@@ -438,8 +439,8 @@ class ModelServer:
             raise bad_request(str(e), param=param, code="context_length_exceeded") from None
         except KernelError:
             raise
-        except LLMError as e:  # bad token ids, sampling values, a conversation the template refuses ...
-            raise bad_request(str(e)) from None
+        except LLMError as e:  # bad token ids, sampling values, a conversation the template refuses, a schema ...
+            raise bad_request(str(e), param=e.param if e.param == "response_format" else None) from None
 
     async def _acquire(self) -> None:
         if self.waiting >= self.config.max_queue:
