@@ -688,7 +688,7 @@ class ChatStream(Iterator[str]):
         wrote nothing else, as OpenAI)."""
         message: dict[str, Any] = {"role": "assistant", "content": self.content}
         if self._tool_calls:
-            message["content"] = self.content or None
+            message["content"] = self.content.rstrip() or None  # the blank space before the call goes
             message["tool_calls"] = self.tool_calls
         reasoning = self.reasoning
         if reasoning is not None:

@@ -22,8 +22,8 @@ from .sampling import SamplingParams
 from .spec import ModelSpec
 from .structured import Grammar, compile_constraint, from_request
 from .system import physical_cores, physical_memory
-from .tools import ToolCallSplitter, tool_format, tool_grammar, validate_tool_choice, validate_tools
 from .tokenizer import Tokenizer
+from .tools import ToolCallSplitter, tool_format, tool_grammar, validate_tool_choice, validate_tools
 
 DEFAULT_MAX_CTX = 4096  # default KV cache size cap; pass n_ctx to use more of a long-context model
 DEFAULT_SAMPLING = SamplingParams()  # llama.cpp's defaults (see SamplingParams)

@@ -6,7 +6,7 @@ The tools reach the model's own chat template as the `tools` variable, as transf
 text:
 
     "hermes"   <tool_call>{"name": ..., "arguments": {...}}</tool_call> (one or more)  Hermes, Qwen2.5, Qwen3
-    "mistral"  [TOOL_CALLS][{"name": ..., "arguments": {...}}, ...] or [TOOL_CALLS]name[ARGS]{...}
+    "mistral"  [TOOL_CALLS][{"name": ..., "arguments": {...}}, ...] or [TOOL_CALLS]name[CALL_ID]id[ARGS]{...}
     "llama"    {"name": ..., "parameters": {...}}, optionally after <|python_tag|>   Llama 3.1 / 3.2
     "json"     any other template: a reply that is exactly {"name": ..., "arguments"|"parameters": {...}}
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -52,13 +53,14 @@ def validate_tools(tools: object) -> list[dict[str, Any]]:
         names.add(name)
         if "description" in fn and not isinstance(fn["description"], str):
             raise InvalidArgumentError(f"{where}.function.description must be a string", param="tools")
-        params = fn.get("parameters", {"type": "object", "properties": {}})
-        if not isinstance(params, Mapping):
+        params = fn.get("parameters")
+        if params is not None and not isinstance(params, Mapping):
             raise InvalidArgumentError(f"{where}.function.parameters must be a JSON schema object", param="tools")
         clean = {"name": name}
         if "description" in fn:
             clean["description"] = fn["description"]
-        clean["parameters"] = json.loads(json.dumps(params))
+        if params is not None:
+            clean["parameters"] = json.loads(json.dumps(params))
         out.append({"type": "function", "function": clean})
     return out
 
@@ -94,7 +96,10 @@ def tool_format(template_source: str) -> str:
     return "json"
 
 
-def new_call_id() -> str:
+def new_call_id(fmt: str = "json") -> str:
+    """"call_" and 24 hex digits, as OpenAI's; for Mistral 9 letters and digits (its template refuses others)."""
+    if fmt == "mistral":
+        return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(9))
     return "call_" + secrets.token_hex(12)
 
 
@@ -165,6 +170,7 @@ def parse_tool_calls(text: str, fmt: str, names: set[str] | None = None
         for part in text[start:].split("[TOOL_CALLS]")[1:]:
             if "[ARGS]" in part and not part.lstrip().startswith(("[", "{")):  # name[ARGS]{...} (v11 tokenizers)
                 name, _, args = part.partition("[ARGS]")
+                name = name.partition("[CALL_ID]")[0]
                 values = _json_values(args)
                 found = _calls([{"name": name.strip(), "arguments": values[0]}], names) \
                     if values and len(values) == 1 else None
@@ -182,12 +188,14 @@ def parse_tool_calls(text: str, fmt: str, names: set[str] | None = None
         calls = _calls(_json_values(text[start:], ";"), names)
     if not calls:
         return none
+    for c in calls:
+        c["id"] = new_call_id(fmt)
     return text[:start].rstrip(), calls
 
 
 def _arguments_schema(tool: Mapping[str, Any]) -> Any:
-    params = tool["function"].get("parameters")
-    return params if params else {"type": "object", "properties": {}}
+    params = tool["function"].get("parameters")  # none: the function takes no arguments
+    return params if params else {"type": "object", "properties": {}, "additionalProperties": False}
 
 
 def tool_grammar(fmt: str, tools: list[dict[str, Any]], name: str | None = None) -> Grammar:
