@@ -283,6 +283,7 @@ def tokenize_chat(template: ChatTemplate, tokenizer: Tokenizer, messages: object
 
 def _tokenize_chat(template: ChatTemplate, tokenizer: Tokenizer, msgs: list[dict[str, str]], add_bos: bool,
                    add_generation_prompt: bool, variables: dict[str, Any]) -> ChatPrompt:
+    _check_no_control_text(tokenizer, msgs, variables)
     bos = tokenizer.id_to_piece(tokenizer.bos_id) if tokenizer.bos_id is not None else ""
     eos = tokenizer.id_to_piece(tokenizer.eos_id) if tokenizer.eos_id is not None else ""
     nonce = secrets.token_hex(8).upper()  # letters and digits: survives trim, tojson, escaping, upper/lower
@@ -302,6 +303,21 @@ def _tokenize_chat(template: ChatTemplate, tokenizer: Tokenizer, msgs: list[dict
     if add_bos and tokenizer.bos_id is not None and ids[:1] != [tokenizer.bos_id]:
         ids.insert(0, tokenizer.bos_id)
     return ChatPrompt(text=text if exact else "".join(s for s, _ in segments), ids=ids, exact=exact)
+
+
+def _check_no_control_text(tokenizer: Tokenizer, msgs: list[dict[str, Any]], variables: dict[str, Any]) -> None:
+    """Tools (the `tools` variable) and an assistant's tool_calls are rendered as template markup, where
+    control-token text becomes control tokens: InvalidArgumentError if they hold any (a client could end a turn
+    or open one)."""
+    pattern = _special_table(tokenizer)[1]
+    if pattern is None:
+        return
+    checks = [("tools", variables.get("tools"), "tools")] + [
+        (f"messages[{i}].tool_calls", m["tool_calls"], "messages") for i, m in enumerate(msgs) if "tool_calls" in m]
+    for what, data, param in checks:
+        found = pattern.search(json.dumps(data, ensure_ascii=False)) if data else None
+        if found:
+            raise InvalidArgumentError(f"{what} contains the control token text {found.group(0)!r}", param=param)
 
 
 def _line_up(text: str, parts: list[str], contents: list[str]) -> list[tuple[str, bool]] | None:
