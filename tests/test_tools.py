@@ -260,6 +260,15 @@ def test_chat_returns_tool_calls(family: tuple, monkeypatch: pytest.MonkeyPatch)
     assert model.chat_prompt([{"role": "user", "content": "x"}]) != model.tokenizer.encode("")  # renders
 
 
+def test_achat_passes_tools_through(family: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    _, model, reply, content = family
+    Script(monkeypatch, model).reply(reply)
+    r = asyncio.run(model.achat([{"role": "user", "content": "Weather?"}], tools=TOOLS))
+    assert r["finish_reason"] == "tool_calls" and _calls(r["message"]["tool_calls"]) == EXPECTED
+
+
 def test_malformed_reply_is_content(family: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
     fmt, model, reply, _ = family
     script = Script(monkeypatch, model)
