@@ -41,11 +41,12 @@ from .errors import ChatTemplateError, InvalidArgumentError
 from .generate import Generation
 from .template_sandbox import TemplateFailure, compile_template, render_sandboxed
 from .tokenizer import END_OF_TURN_TEXTS, Tokenizer
+from .tools import ToolCallSplitter, template_messages
 
 __all__ = ["FORMATS", "ROLES", "ChatDelta", "ChatPrompt", "ChatStream", "ChatTemplate", "ReasoningSplitter",
            "end_of_turn", "load_template_from_folder", "opens_in_reasoning", "tokenize_chat", "validate_messages"]
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 # Built-in formats, as the models' published templates write them (transformers' tokenizer_config.json of
 # the reference model named beside each). Jinja source: "\\n" is a newline inside a Jinja string literal.
@@ -194,9 +195,11 @@ def _check_variables(variables: Mapping[str, Any] | None) -> dict[str, Any]:
     return dict(variables)
 
 
-def validate_messages(messages: object) -> list[dict[str, str]]:
-    """Messages as a list of {"role", "content"} dicts (other keys are dropped); InvalidArgumentError for
-    anything else: not a list, not a mapping, a role outside ROLES, content that is not a string."""
+def validate_messages(messages: object) -> list[dict[str, Any]]:
+    """Messages as a list of {"role", "content"} dicts (other keys are dropped, but an assistant's
+    "tool_calls" and a tool result's "tool_call_id" / "name"); InvalidArgumentError for anything else: not a
+    list, not a mapping, a role outside ROLES, content that is not a string (None is allowed for an assistant
+    message with tool_calls), a malformed tool call, a tool message without tool_call_id."""
     if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
         raise InvalidArgumentError(f"messages must be a list of {{'role': ..., 'content': ...}} dicts, "
                                    f"got {type(messages).__name__}")
@@ -210,9 +213,42 @@ def validate_messages(messages: object) -> list[dict[str, str]]:
         role, content = m.get("role"), m.get("content")
         if role not in ROLES:
             raise InvalidArgumentError(f"messages[{i}]: role must be one of {', '.join(ROLES)}, got {role!r}")
+        calls = m.get("tool_calls") if role == "assistant" else None
+        if calls and content is None:
+            content = ""
         if not isinstance(content, str):
             raise InvalidArgumentError(f"messages[{i}]: content must be a string, got {type(content).__name__}")
-        out.append({"role": role, "content": content})
+        msg: dict[str, Any] = {"role": role, "content": content}
+        if calls:
+            msg["tool_calls"] = _check_tool_calls(calls, i)
+        if role == "tool":
+            call_id = m.get("tool_call_id")
+            if not isinstance(call_id, str):
+                raise InvalidArgumentError(f"messages[{i}]: a tool message needs tool_call_id (a string)")
+            msg["tool_call_id"] = call_id
+            if isinstance(m.get("name"), str):
+                msg["name"] = m["name"]
+        out.append(msg)
+    return out
+
+
+def _check_tool_calls(calls: object, i: int) -> list[dict[str, Any]]:
+    """An assistant message's tool_calls: [{"id", "type": "function", "function": {"name", "arguments"}}]."""
+    if not isinstance(calls, Sequence) or isinstance(calls, (str, bytes, Mapping)):
+        raise InvalidArgumentError(f"messages[{i}].tool_calls must be a list")
+    out = []
+    for j, c in enumerate(calls):
+        fn = c.get("function") if isinstance(c, Mapping) else None
+        if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str) \
+                or not isinstance(fn.get("arguments"), (str, Mapping)):
+            raise InvalidArgumentError(f"messages[{i}].tool_calls[{j}] must be {{\"id\", \"type\": \"function\", "
+                                       f"\"function\": {{\"name\": str, \"arguments\": str}}}}")
+        call_id = c.get("id", "")
+        if not isinstance(call_id, str):
+            raise InvalidArgumentError(f"messages[{i}].tool_calls[{j}].id must be a string")
+        out.append({"id": call_id, "type": "function",
+                    "function": {"name": fn["name"], "arguments": fn["arguments"] if isinstance(fn["arguments"], str)
+                                 else json.dumps(dict(fn["arguments"]))}})
     return out
 
 
@@ -247,11 +283,13 @@ def tokenize_chat(template: ChatTemplate, tokenizer: Tokenizer, messages: object
 
 def _tokenize_chat(template: ChatTemplate, tokenizer: Tokenizer, msgs: list[dict[str, str]], add_bos: bool,
                    add_generation_prompt: bool, variables: dict[str, Any]) -> ChatPrompt:
+    _check_no_control_text(tokenizer, msgs, variables)
     bos = tokenizer.id_to_piece(tokenizer.bos_id) if tokenizer.bos_id is not None else ""
     eos = tokenizer.id_to_piece(tokenizer.eos_id) if tokenizer.eos_id is not None else ""
     nonce = secrets.token_hex(8).upper()  # letters and digits: survives trim, tojson, escaping, upper/lower
     masked = [{**m, "content": f"LLMRUN{nonce}M{i}X" if m["content"] else ""} for i, m in enumerate(msgs)]
-    text, skeleton = template.render_all([msgs, masked], bos, eos, add_generation_prompt, variables)
+    text, skeleton = template.render_all([template_messages(msgs), template_messages(masked)], bos, eos,
+                                         add_generation_prompt, variables)
     parts = re.split(f"LLMRUN{nonce}M(\\d+)X", skeleton, flags=re.IGNORECASE)
     if any("llmrun" in p.lower() for p in parts[::2]):  # a sentinel was cut or rewritten: contents are lost
         raise ChatTemplateError(f"chat template {template.name!r} rewrites message contents (slices or replaces "
@@ -265,6 +303,21 @@ def _tokenize_chat(template: ChatTemplate, tokenizer: Tokenizer, msgs: list[dict
     if add_bos and tokenizer.bos_id is not None and ids[:1] != [tokenizer.bos_id]:
         ids.insert(0, tokenizer.bos_id)
     return ChatPrompt(text=text if exact else "".join(s for s, _ in segments), ids=ids, exact=exact)
+
+
+def _check_no_control_text(tokenizer: Tokenizer, msgs: list[dict[str, Any]], variables: dict[str, Any]) -> None:
+    """Tools (the `tools` variable) and an assistant's tool_calls are rendered as template markup, where
+    control-token text becomes control tokens: InvalidArgumentError if they hold any (a client could end a turn
+    or open one)."""
+    pattern = _special_table(tokenizer)[1]
+    if pattern is None:
+        return
+    checks = [("tools", variables.get("tools"), "tools")] + [
+        (f"messages[{i}].tool_calls", m["tool_calls"], "messages") for i, m in enumerate(msgs) if "tool_calls" in m]
+    for what, data, param in checks:
+        found = pattern.search(json.dumps(data, ensure_ascii=False)) if data else None
+        if found:
+            raise InvalidArgumentError(f"{what} contains the control token text {found.group(0)!r}", param=param)
 
 
 def _line_up(text: str, parts: list[str], contents: list[str]) -> list[tuple[str, bool]] | None:
@@ -435,10 +488,11 @@ def load_template_from_folder(path: str | os.PathLike) -> str | None:
 @dataclass(frozen=True)
 class ChatDelta:
     """A piece of a reply as it streams: text of the answer (`content`) or of the model's reasoning before it
-    (`reasoning`, the `<think>` block's text); one of the two is empty."""
+    (`reasoning`, the `<think>` block's text), or the reply's tool calls (`tool_calls`); one of them is set."""
 
     content: str = ""
     reasoning: str = ""
+    tool_calls: tuple[dict[str, Any], ...] = ()  # OpenAI tool calls, each complete, in the reply's last delta
 
 
 class ReasoningSplitter:
@@ -536,8 +590,11 @@ class ChatStream(Iterator[str]):
     Reasoning is split out when the template is a reasoning model's (`ChatTemplate.thinks`); otherwise every
     delta is content and `reasoning` stays None."""
 
-    def __init__(self, generation: Generation, prompt: ChatPrompt, template: ChatTemplate) -> None:
+    def __init__(self, generation: Generation, prompt: ChatPrompt, template: ChatTemplate,
+                 tools: ToolCallSplitter | None = None) -> None:
         self.generation = generation
+        self._tools = tools
+        self._tool_calls: list[dict[str, Any]] = []
         self.prompt = prompt
         self.template = template
         self._parts: list[str] = []
@@ -555,15 +612,36 @@ class ChatStream(Iterator[str]):
             except StopIteration:
                 self._done = True
                 if self._splitter is not None:
-                    self._pending += self._splitter.flush()
+                    self._pending += self._through_tools(self._splitter.flush())
+                if self._tools is not None:
+                    content, calls = self._tools.flush()
+                    self._pending += [ChatDelta(content=content)] if content else []
+                    if calls:
+                        self._tool_calls = calls
+                        self._pending.append(ChatDelta(tool_calls=tuple(calls)))
                 continue
-            self._pending += [ChatDelta(content=piece)] if self._splitter is None else self._splitter.feed(piece)
+            self._pending += self._through_tools([ChatDelta(content=piece)] if self._splitter is None
+                                                 else self._splitter.feed(piece))
         delta = self._pending.pop(0)
         if delta.content:
             self._parts.append(delta.content)
         if delta.reasoning:
             self._reasoning.append(delta.reasoning)
         return delta
+
+    def _through_tools(self, deltas: list[ChatDelta]) -> list[ChatDelta]:
+        """Content deltas pass the tool-call splitter (which holds back a call until the reply ends)."""
+        if self._tools is None:
+            return deltas
+        out = []
+        for d in deltas:
+            if d.content:
+                text = self._tools.feed(d.content)
+                if text:
+                    out.append(ChatDelta(content=text))
+            else:
+                out.append(d)
+        return out
 
     def deltas(self) -> Iterator[ChatDelta]:
         """The reply's pieces as `ChatDelta`s (answer text or reasoning), as they are generated."""
@@ -604,18 +682,30 @@ class ChatStream(Iterator[str]):
         return "".join(self._reasoning)
 
     @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """The reply's tool calls (OpenAI's shape: [{"id", "type": "function", "function": {"name",
+        "arguments": a JSON string}}]), known once the reply has ended; [] when it made none."""
+        return list(self._tool_calls)
+
+    @property
     def finish_reason(self) -> str | None:
-        return self.generation.finish_reason
+        """As the Generation's, but "tool_calls" when the reply ended ("stop") with tool calls."""
+        reason = self.generation.finish_reason
+        return "tool_calls" if self._tool_calls and reason == "stop" else reason
 
     @property
     def stats(self) -> Any:
         return self.generation.stats
 
     @property
-    def message(self) -> dict[str, str]:
+    def message(self) -> dict[str, Any]:
         """{"role": "assistant", "content": ...}, with "reasoning_content" when the reply had reasoning (the
-        field vLLM and llama.cpp's server use)."""
-        message = {"role": "assistant", "content": self.content}
+        field vLLM and llama.cpp's server use), and "tool_calls" when it called tools (content None if it
+        wrote nothing else, as OpenAI)."""
+        message: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self._tool_calls:
+            message["content"] = self.content.rstrip() or None  # the blank space before the call goes
+            message["tool_calls"] = self.tool_calls
         reasoning = self.reasoning
         if reasoning is not None:
             message["reasoning_content"] = reasoning

@@ -23,6 +23,7 @@ from .spec import ModelSpec
 from .structured import Grammar, compile_constraint, from_request
 from .system import physical_cores, physical_memory
 from .tokenizer import Tokenizer
+from .tools import ToolCallSplitter, tool_format, tool_grammar, validate_tool_choice, validate_tools
 
 DEFAULT_MAX_CTX = 4096  # default KV cache size cap; pass n_ctx to use more of a long-context model
 DEFAULT_SAMPLING = SamplingParams()  # llama.cpp's defaults (see SamplingParams)
@@ -277,7 +278,8 @@ class Model:
                     chat_format: str | None = None, max_tokens: int | None = None,
                     stop: str | Iterable[str] | None = None, logprobs: int | None = None,
                     enable_thinking: bool | None = None, response_format: dict[str, Any] | None = None,
-                    grammar: str | Grammar | None = None, **sampling: Any) -> ChatStream:
+                    grammar: str | Grammar | None = None, tools: Sequence[dict] | None = None,
+                    tool_choice: str | dict | None = None, **sampling: Any) -> ChatStream:
         """Starts the assistant's reply to `messages` (a list of {"role": "system" | "user" | "assistant",
         "content": str}) and returns a ChatStream that yields its text as it is generated. The conversation is
         rendered with `chat_template(chat_format)`; message contents can never produce control tokens. The
@@ -291,20 +293,43 @@ class Model:
         Reasoning models (Qwen3, SmolLM3: templates that write `<think>` blocks): `enable_thinking` is passed
         to the template (False: the model answers without thinking; None, the default: the template's own
         default, thinking for both), and the reply's `<think>…</think>` block is kept out of the answer: the
-        ChatStream yields the answer's text, `ChatStream.deltas()` the reasoning too, and `reasoning` holds it."""
+        ChatStream yields the answer's text, `ChatStream.deltas()` the reasoning too, and `reasoning` holds it.
+
+        Tool calls (llmrun/tools.py): `tools` (OpenAI function tools, [{"type": "function", "function": {"name",
+        "description", "parameters"}}]) reach the template as its `tools` variable; the reply is parsed in the
+        template family's syntax into `ChatStream.tool_calls` (finish_reason "tool_calls"; the call is held back
+        from the text deltas and comes as the last ChatDelta's `tool_calls`). `tool_choice`: "auto" (default),
+        "none" (the tools are not shown to the model and nothing is parsed), "required" or {"type": "function",
+        "function": {"name": ...}} (one call, enforced by a grammar whose arguments match the parameters
+        schema). Messages may hold an assistant's "tool_calls" and {"role": "tool", "tool_call_id", "content"}
+        results for the next turn."""
         params = _sampling(params, sampling)
         constraint = from_request(response_format, grammar)
         template = self.chat_template(chat_format)
+        variables = _thinking(enable_thinking)
+        splitter = None
+        tool_list = validate_tools(tools) if tools is not None else []
+        choice = validate_tool_choice(tool_choice, tool_list)
+        if tool_list and choice != "none":
+            variables = {**(variables or {}), "tools": tool_list}
+            fmt = tool_format(template.source)
+            if choice != "auto":
+                if constraint is not None:
+                    raise InvalidArgumentError("tool_choice required or a named function cannot be combined with "
+                                               "response_format or grammar", param="tool_choice")
+                constraint = tool_grammar(fmt, tool_list, None if choice == "required" else choice)
+            splitter = ToolCallSplitter(fmt, {t["function"]["name"] for t in tool_list})
         prompt = tokenize_chat(template, self.tokenizer, messages, add_bos=self._spec.add_bos_token,
-                               variables=_thinking(enable_thinking))
+                               variables=variables)
         eog, marker_stops = end_of_turn(template, self.tokenizer, self.eog_ids)
         generation = self._start(prompt.ids, eog, marker_stops, params, max_tokens, stop, logprobs, constraint)
-        return ChatStream(generation, prompt, template)
+        return ChatStream(generation, prompt, template, splitter)
 
     def chat(self, messages: Sequence[dict], params: SamplingParams | None = None, *,
              chat_format: str | None = None, max_tokens: int | None = None, stop: str | Iterable[str] | None = None,
              logprobs: int | None = None, enable_thinking: bool | None = None,
              response_format: dict[str, Any] | None = None, grammar: str | Grammar | None = None,
+             tools: Sequence[dict] | None = None, tool_choice: str | dict | None = None,
              **sampling: Any) -> dict[str, Any]:
         """The assistant's reply to `messages`, as `chat_stream` generates it, in the shape of an OpenAI
         chat completion's choice:
@@ -316,10 +341,12 @@ class Model:
         A reasoning model's reply that thought first also has "reasoning_content" in its message (the text of
         its `<think>` block, kept out of "content"; see `chat_stream` for `enable_thinking`). With `logprobs`
         (0-20 alternatives) it also has "logprobs": {"content": [{"token", "logprob", "bytes", "top_logprobs":
-        [...]}, ...]}, one entry per generated token (reasoning tokens included)."""
+        [...]}, ...]}, one entry per generated token (reasoning tokens included). With `tools` (see
+        `chat_stream`) a reply that calls them has "tool_calls" in its message and finish_reason "tool_calls"."""
         stream = self.chat_stream(messages, params, chat_format=chat_format, max_tokens=max_tokens, stop=stop,
                                   logprobs=logprobs, enable_thinking=enable_thinking,
-                                  response_format=response_format, grammar=grammar, **sampling)
+                                  response_format=response_format, grammar=grammar, tools=tools,
+                                  tool_choice=tool_choice, **sampling)
         reply = stream.result()
         if logprobs is not None:
             reply["logprobs"] = chat_logprobs(self.tokenizer, stream.generation.token_logprobs)

@@ -4,7 +4,7 @@ model can run, and the response, chunk and error bodies built from what the mode
 Every client mistake becomes an `APIError` (status, message, param, code) whose `body()` is OpenAI's error
 shape, so the server answers it with a 4xx instead of failing. Unknown fields are ignored (clients send
 extras such as `user` or `metadata`); known fields of the wrong type or out of range are refused. Features
-llmrun does not have (n > 1, tools, logit_bias, JSON mode, suffix) are refused with a 400 that says so rather
+llmrun does not have (n > 1, logit_bias, the deprecated `functions`, suffix) are refused with a 400 that says so rather
 than silently ignored.
 """
 
@@ -20,15 +20,17 @@ from typing import Any
 
 import numpy as np
 
-from .errors import LLMError
+from .chat import validate_messages
+from .errors import InvalidArgumentError, LLMError
 from .generate import TokenLogprob, logprob_entry
 from .tokenizer import Tokenizer
+from .tools import validate_tool_choice, validate_tools
 
 MAX_STOP_STRINGS = 16
 MAX_LEGACY_LOGPROBS = 5  # /v1/completions `logprobs` (OpenAI's limit)
 MAX_EMBEDDING_INPUTS = 2048  # /v1/embeddings `input` items (OpenAI's limit)
 MAX_TOP_LOGPROBS = 20  # /v1/chat/completions `top_logprobs`
-CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 
 
 class APIError(Exception):
@@ -81,8 +83,10 @@ class CompletionRequest(GenerationRequest):
 
 @dataclass
 class ChatRequest(GenerationRequest):
-    messages: list[dict[str, str]] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
     enable_thinking: bool | None = None  # None: the chat template's default
+    tools: list[dict[str, Any]] | None = None  # OpenAI function tools (llmrun/tools.py)
+    tool_choice: str | dict[str, Any] | None = None  # "auto" (None), "none", "required" or a named function
 
 
 def _describe(value: object) -> str:
@@ -229,17 +233,23 @@ def parse_chat(data: object) -> ChatRequest:
     limit = _int(body, "max_completion_tokens", 0, None)
     if limit is not None:
         kwargs["max_tokens"] = limit
-    for name in ("tools", "functions"):
-        _refuse_unless(body, name, lambda v: isinstance(v, list) and not v, f"{name} (tool calling) is not supported")
-    for name in ("tool_choice", "function_call"):
-        _refuse_unless(body, name, lambda v: v == "none", f"{name} is not supported")
+    _refuse_unless(body, "functions", lambda v: isinstance(v, list) and not v,
+                   "functions (the deprecated form) is not supported: use tools")
+    _refuse_unless(body, "function_call", lambda v: v == "none", "function_call is not supported: use tool_choice")
+    _refuse_unless(body, "parallel_tool_calls", lambda v: isinstance(v, bool), "parallel_tool_calls must be a boolean")
+    try:
+        tools = validate_tools(body["tools"]) if body.get("tools") is not None else None
+        tool_choice = body.get("tool_choice")
+        validate_tool_choice(tool_choice, tools)
+    except InvalidArgumentError as e:
+        raise bad_request(str(e), param=e.param) from None
     logprobs = None
     if _bool(body, "logprobs"):
         logprobs = _int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS, 0)
     elif body.get("top_logprobs") is not None:
         raise bad_request("top_logprobs needs logprobs: true", param="top_logprobs")
     return ChatRequest(**kwargs, messages=_messages(body.get("messages")), logprobs=logprobs,
-                       enable_thinking=_enable_thinking(body))
+                       enable_thinking=_enable_thinking(body), tools=tools, tool_choice=tool_choice)
 
 
 def _enable_thinking(body: Mapping[str, Any]) -> bool | None:
@@ -262,7 +272,7 @@ def _enable_thinking(body: Mapping[str, Any]) -> bool | None:
     return top if top is not None else nested
 
 
-def _messages(value: object) -> list[dict[str, str]]:
+def _messages(value: object) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not value:
         raise bad_request(f"messages must be a non-empty list, got {_describe(value)}", param="messages")
     out = []
@@ -275,7 +285,22 @@ def _messages(value: object) -> list[dict[str, str]]:
         if role is None:
             raise bad_request(f"{param}.role must be one of {', '.join(CHAT_ROLES)}, got "
                               f"{_describe(message.get('role'))}", param=f"{param}.role")
-        out.append({"role": role, "content": _content(message.get("content"), f"{param}.content")})
+        content = message.get("content")
+        msg: dict[str, Any] = {"role": role}
+        if role == "assistant" and message.get("tool_calls"):
+            msg["content"] = "" if content is None else _content(content, f"{param}.content")
+            msg["tool_calls"] = message["tool_calls"]  # checked by validate_messages
+        else:
+            msg["content"] = _content(content, f"{param}.content")
+        if role == "tool":
+            msg["tool_call_id"] = message.get("tool_call_id")
+            if not isinstance(msg["tool_call_id"], str):
+                raise bad_request(f"{param}.tool_call_id must be a string", param=f"{param}.tool_call_id")
+        out.append(msg)
+    try:
+        validate_messages(out)
+    except InvalidArgumentError as e:
+        raise bad_request(str(e), param="messages") from None
     return out
 
 

@@ -117,6 +117,11 @@ class _Job:
     def usage(self) -> dict[str, int]:
         return usage(len(self.gen.prompt), len(self.gen.tokens))
 
+    @property
+    def finish_reason(self) -> str | None:
+        """The generation's, or the ChatStream's ("tool_calls" when the reply called tools)."""
+        return self.stream.finish_reason if self.stream is not None else self.gen.finish_reason
+
     def _envelope(self, choices: list[dict[str, Any]], chunk: bool) -> dict[str, Any]:
         kind = ("chat.completion.chunk" if chunk else "chat.completion") if self.chat else "text_completion"
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices}
@@ -135,6 +140,8 @@ class _Job:
         if self.chat:
             if opening:
                 choice["delta"] = {"role": "assistant", "content": ""}
+            elif isinstance(piece, ChatDelta) and piece.tool_calls:  # each call whole, in one chunk
+                choice["delta"] = {"tool_calls": [{"index": k, **call} for k, call in enumerate(piece.tool_calls)]}
             elif isinstance(piece, ChatDelta):
                 choice["delta"] = {"reasoning_content": piece.reasoning} if piece.reasoning else \
                     {"content": piece.content}
@@ -167,7 +174,7 @@ class _Job:
             self.sent_chars = len(self.echo)
             choice["text"] = self.echo + text
         choice["logprobs"] = self.logprobs()
-        choice["finish_reason"] = self.gen.finish_reason
+        choice["finish_reason"] = self.finish_reason
         return {**self._envelope([choice], chunk=False), "usage": self.usage()}
 
 
@@ -431,7 +438,8 @@ class ModelServer:
                       **req.sampling)
         try:
             if isinstance(req, ChatRequest):
-                return self.model.chat_stream(req.messages, enable_thinking=req.enable_thinking, **kwargs)
+                return self.model.chat_stream(req.messages, enable_thinking=req.enable_thinking, tools=req.tools,
+                                              tool_choice=req.tool_choice, **kwargs)
             assert isinstance(req, CompletionRequest)
             return self.model.stream(req.prompt, **kwargs)
         except ContextOverflowError as e:
@@ -440,7 +448,8 @@ class ModelServer:
         except KernelError:
             raise
         except LLMError as e:  # bad token ids, sampling values, a conversation the template refuses, a schema ...
-            raise bad_request(str(e), param=e.param if e.param == "response_format" else None) from None
+            raise bad_request(str(e), param=e.param if e.param in ("response_format", "tools", "tool_choice")
+                              else None) from None
 
     async def _acquire(self) -> None:
         if self.waiting >= self.config.max_queue:
@@ -492,7 +501,7 @@ class ModelServer:
             log.exception("generation failed")
             yield _sse(error_body(f"generation failed: {e}", type="server_error"))
             return
-        yield _sse(job.chunk(None, finish_reason=job.gen.finish_reason))
+        yield _sse(job.chunk(None, finish_reason=job.finish_reason))
         if job.include_usage:
             yield _sse(job.usage_chunk())
         yield _sse("[DONE]")
