@@ -379,8 +379,6 @@ def test_server(family: tuple, qwen3: llmrun.Model, monkeypatch: pytest.MonkeyPa
     from llmrun.server import ServerConfig
 
     fmt, model, reply, content = family
-    if fmt not in ("hermes", "mistral"):
-        pytest.skip("two families are enough over HTTP")
     script = Script(monkeypatch, model)
     messages = [{"role": "user", "content": "Weather in Paris, and 1 + 2?"}]
     with serving(model, ServerConfig(model_name="m", api_key="k")) as running:
