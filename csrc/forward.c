@@ -33,6 +33,7 @@ struct llm_ctx {
     int32_t           *layer_ropes; /* (n_layers) llm_layer_rope of each layer */
     int32_t            n_ctx;    /* positions the KV cache holds */
     int32_t            written;  /* the cache holds the sequence's positions 0..written-1 (rings: the latest) */
+    const int32_t     *starts;   /* (n) packed texts of this batch: where each token's text begins; NULL: one text */
     int32_t            isa;
     const llm_kernels *kernels;  /* the kernels of `isa` */
     llm_pool          *pool;
@@ -159,6 +160,7 @@ static void attention_worker(void *arg, int ith, int nth) {
     for (int i; (i = atomic_fetch_add_explicit(&t->next, 1, memory_order_relaxed)) < t->n * p->n_heads;) {
         int token = i / p->n_heads, h = i % p->n_heads, last = t->pos + token;
         int first = window && last >= window ? last - window + 1 : 0;
+        if (c->starts && first < c->starts[token]) first = c->starts[token]; /* packed: its own text only */
         llm_kv_span rows = llm_kv_span_of(&c->kv[t->layer], first, last);
         const float *q = c->q + (size_t)token * q_dim + (size_t)h * hd;
         size_t head = (size_t)(h / group) * hd, run0 = (size_t)rows.start * kv_dim + head; /* run1: row 0 */
@@ -216,9 +218,10 @@ static void forward_batch(llm_ctx *c, const int32_t *tokens, int n, int32_t pos,
             add_bias(vt, &L->bv);
             head_norms(qt, p->n_heads, &L->q_norm, p); /* Qwen3, Gemma 3 */
             head_norms(kt, p->n_kv_heads, &L->k_norm, p);
-            if (rotation) {
-                rope(c, rotation, qt, p->n_heads, pos + t);
-                rope(c, rotation, kt, p->n_kv_heads, pos + t);
+            if (rotation) { /* at the token's position in its own text */
+                int at = pos + t - (c->starts ? c->starts[t] : 0);
+                rope(c, rotation, qt, p->n_heads, at);
+                rope(c, rotation, kt, p->n_kv_heads, at);
             }
             /* into the position's row of the cache (a ring's rows wrap, so row by row) */
             memcpy(kv_row(c, c->key_cache, l, pos + t), kt, (size_t)kv_dim * sizeof *kt);
@@ -294,6 +297,24 @@ int llm_forward(llm_ctx *c, const int32_t *tokens, int32_t n_tokens, int32_t pos
 int llm_forward_hidden(llm_ctx *c, const int32_t *tokens, int32_t n_tokens, int32_t pos, float *hidden) {
     if (c && !hidden) return llm_fail(c->err, sizeof c->err, LLM_ERR_INVALID, "hidden is NULL");
     return run(c, tokens, n_tokens, pos, NULL, 0, hidden);
+}
+
+int llm_forward_hidden_packed(llm_ctx *c, const int32_t *tokens, int32_t n_tokens, const int32_t *text_starts,
+                              float *hidden) {
+    if (!c) return LLM_ERR_INVALID;
+    if (!text_starts) return llm_fail(c->err, sizeof c->err, LLM_ERR_INVALID, "text_starts is NULL");
+    if (n_tokens > c->n_batch)
+        return llm_fail(c->err, sizeof c->err, LLM_ERR_INVALID, "%d packed tokens do not fit one batch of %d",
+                        n_tokens, c->n_batch);
+    for (int32_t t = 0; t < n_tokens; t++) /* a text starts at its first token and runs on unbroken */
+        if (text_starts[t] != t && (t == 0 || text_starts[t] != text_starts[t - 1]))
+            return llm_fail(c->err, sizeof c->err, LLM_ERR_INVALID, "text_starts[%d] is %d: a token's text starts "
+                            "at the token itself or where its predecessor's does", t, text_starts[t]);
+    c->starts = text_starts;
+    int rc = llm_forward_hidden(c, tokens, n_tokens, 0, hidden);
+    c->starts = NULL;
+    if (rc == 0) c->written = 0; /* the cache holds no one sequence: the next forward starts at 0 */
+    return rc;
 }
 
 /* ---------------------------------------------------------------------------------------------------- */

@@ -201,6 +201,18 @@ int llm_forward(llm_ctx *ctx, const int32_t *tokens, int32_t n_tokens, int32_t p
  */
 int llm_forward_hidden(llm_ctx *ctx, const int32_t *tokens, int32_t n_tokens, int32_t pos, float *hidden);
 
+/*
+ * The same for several short texts packed into one batch, so each weight matrix is read once for all of them:
+ * tokens holds the texts one after another, and text_starts (n_tokens) the index in tokens where each token's
+ * text begins (texts [5, 6, 7] and [8, 9]: tokens {5, 6, 7, 8, 9}, text_starts {0, 0, 0, 3, 3}). Each token
+ * sits at its position within its own text and attends to its own text only, so every text's states are what
+ * llm_forward_hidden gives for it alone. n_tokens <= n_batch (one batch). The cache is overwritten and holds
+ * no sequence afterwards: the next llm_forward starts at 0. LLM_ERR_INVALID for a NULL text_starts, too
+ * many tokens, or a start that is neither the token's own index nor its predecessor's start.
+ */
+int llm_forward_hidden_packed(llm_ctx *ctx, const int32_t *tokens, int32_t n_tokens, const int32_t *text_starts,
+                              float *hidden);
+
 /* The bytes llm_create would allocate for this config and these sizes (the KV cache, activations, buffers),
    without allocating anything: front ends check it against the machine's memory first. It grows with n_ctx.
    LLM_ERR_INVALID for a bad config or size, LLM_ERR_NOMEM for sizes no memory could hold. */

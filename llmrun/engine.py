@@ -294,6 +294,32 @@ class Engine:
                 self.tokens_computed += len(ids)
         return out
 
+    def hidden_packed(self, texts: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """Final hidden states of several texts at once, (len(text), dim) each: their tokens, at most n_batch in
+        all, go through each layer together (llm_forward_hidden_packed), each attending to its own text only.
+        The cache holds no sequence afterwards (the next evaluation starts over)."""
+        texts = [list(t) for t in texts]
+        ids = [i for t in texts for i in t]
+        self.check_tokens(ids)
+        if not ids or len(ids) > self.n_batch:
+            raise InvalidArgumentError(f"packed texts must hold 1..{self.n_batch} tokens, got {len(ids)}")
+        starts, at = [], 0
+        for t in texts:
+            starts += [at] * len(t)
+            at += len(t)
+        out = np.empty((len(ids), self.spec.config.dim), dtype=np.float32)
+        with self._lock:
+            if not self._ctx:
+                raise KernelError("the model has been closed")
+            self._cached, self._rows = [], None
+            rc = lib.llm_forward_hidden_packed(self._ctx, ffi.from_buffer("int32_t[]", np.asarray(ids, np.int32)),
+                                               len(ids), ffi.from_buffer("int32_t[]", np.asarray(starts, np.int32)),
+                                               ffi.from_buffer("float[]", out, require_writable=True))
+            if rc != 0:
+                raise KernelError(f"forward pass failed: {ffi.string(lib.llm_last_error(self._ctx)).decode()}")
+            self.tokens_computed += len(ids)
+        return np.split(out, np.cumsum([len(t) for t in texts])[:-1])
+
     def reset(self) -> None:
         """Forgets what the KV cache holds: the next evaluation computes every token."""
         with self._lock:

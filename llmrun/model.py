@@ -160,9 +160,11 @@ class Model:
         text's tokens ("mean", "last", "cls"; default `self.pooling`) and L2-normalized (normalize=False: raw).
         Pooling "none" returns a list of (n_tokens, dim) arrays instead, one per text (texts differ in length),
         each row normalized on its own. Strings are tokenized as `tokenize` does (the model's BOS and EOS
-        rule); token ids are used as given. Each text runs from position 0 in batches of n_batch, through the
-        one KV cache (which then holds the last text). InvalidArgumentError for an empty list, an empty
-        text, a wrong type or an id outside the vocabulary; ContextOverflowError for a text longer than n_ctx."""
+        rule); token ids are used as given. Consecutive texts are packed into batches of up to n_batch tokens
+        that go through each layer together (each text at its own positions, attending to itself only); a text
+        longer than n_batch runs alone in chunks. What the KV cache holds afterwards is no chat prefix.
+        InvalidArgumentError for an empty list, an empty text, a wrong type or an id outside the vocabulary;
+        ContextOverflowError for a text longer than n_ctx."""
         pooling = self.pooling if pooling is None else check_pooling(pooling)
         if not isinstance(normalize, bool):
             raise InvalidArgumentError(f"normalize must be True or False, got {normalize!r}", param="normalize")
@@ -170,7 +172,10 @@ class Model:
         for i, ids in enumerate(docs):
             self._check_fits(len(ids), f"text at index {i}")
             self._engine.check_tokens(ids)
-        rows = [pool(self._engine.hidden(ids), pooling) for ids in docs]
+        rows: list[np.ndarray] = []
+        for pack in _packs(docs, self._engine.n_batch):  # a text longer than n_batch runs alone, in chunks
+            states = self._engine.hidden_packed(pack) if len(pack) > 1 else [self._engine.hidden(pack[0])]
+            rows += [pool(s, pooling) for s in states]
         if normalize:
             rows = [l2_normalize(r) for r in rows]
         return rows if pooling == "none" else np.stack(rows)
@@ -477,6 +482,19 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
     tok, problem = resolve_tokenizer(spec, tokenizer)
     return Model(spec, tok, n_ctx=n_ctx, n_threads=n_threads, tokenizer_problem=problem, n_batch=n_batch,
                  chat_format=chat_format)
+
+
+def _packs(docs: list[list[int]], n_batch: int) -> list[list[list[int]]]:
+    """Consecutive texts grouped into packs of at most n_batch tokens (a longer text is a pack of its own)."""
+    packs: list[list[list[int]]] = []
+    size = n_batch
+    for ids in docs:
+        if size + len(ids) > n_batch:
+            packs.append([])
+            size = 0
+        packs[-1].append(ids)
+        size += len(ids)
+    return packs
 
 
 def _texts(texts: object) -> list[object]:

@@ -36,6 +36,7 @@ from llmrun.formats.gguf_writer import (
     sentencepiece_from_bpe,
     write_gguf,
 )
+from llmrun.model import _packs
 from reference import forward as reference_forward
 
 DATA = Path(__file__).resolve().parent / "data" / "embeddings"
@@ -141,6 +142,57 @@ def test_the_c_library_checks_hidden_arguments_itself() -> None:
     assert lib.llm_forward_hidden(engine._ctx, ids, 2, 0, out) == 0
 
 
+@pytest.mark.parametrize("isa", available_isas())
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_packed_texts_give_each_texts_own_states(name: str, isa: str) -> None:
+    """Texts packed into one batch (each at its own positions, attending to itself only; gemma-options has a
+    window of 5, shorter than the texts) give exactly the states each gives alone (a batch's rows do not depend
+    on each other in the matrix kernels)."""
+    cfg, t = MODELS[name]()
+    rng = np.random.default_rng(5)
+    texts = [[int(i) for i in rng.integers(0, cfg.vocab_size, size=n)] for n in (9, 1, 13, 6, 2)]
+    engine = Engine(spec_from_tensors(cfg, t), n_ctx=40, n_threads=2, isa=isa, n_batch=32)
+    engine.evaluate(texts[0])
+    packed = engine.hidden_packed(texts)
+    assert engine.cached_tokens == []  # the cache holds no sequence: the next evaluation starts over
+    assert_close(engine.evaluate(texts[2]), reference_forward(cfg, t, texts[2])[-1])
+    for text, got in zip(texts, packed, strict=True):
+        alone = engine.hidden(text)  # one token alone takes the matrix-vector kernels, a few ulps apart
+        assert np.array_equal(got, alone) if len(text) > 1 else np.allclose(got, alone, rtol=1e-5, atol=1e-6)
+        assert_close(got, reference_forward(cfg, t, text, hidden=True))
+    engine.close()
+
+
+def test_the_c_library_checks_packed_arguments_itself() -> None:
+    cfg, t = MODELS["gqa-tied"]()
+    engine = Engine(spec_from_tensors(cfg, t), n_ctx=16, n_threads=1, n_batch=4)
+    out = ffi.new("float[]", 16 * cfg.dim)
+    ids = ffi.new("int32_t[]", [1, 2, 3, 4, 5])
+
+    def packed(starts: list[int] | None, n: int = 4) -> int:
+        return lib.llm_forward_hidden_packed(engine._ctx, ids, n, ffi.new("int32_t[]", starts) if starts else ffi.NULL,
+                                             out)
+
+    for starts, n, match in [(None, 4, b"text_starts is NULL"), ([0, 0, 0, 0, 0], 5, b"do not fit one batch"),
+                             ([1, 1, 1, 1], 4, b"text_starts[0]"), ([0, 0, 1, 1], 4, b"text_starts[2]"),
+                             ([0, 1, 0, 3], 4, b"text_starts[2]"), ([0, 0, 3, 3], 4, b"text_starts[2]"),
+                             ([0, 0, 2, -1], 4, b"text_starts[3]")]:
+        assert packed(starts, n) == lib.LLM_ERR_INVALID
+        assert match in ffi.string(lib.llm_last_error(engine._ctx))
+    # and what every forward checks: a token outside the vocabulary, no tokens, no output, no context
+    assert lib.llm_forward_hidden_packed(engine._ctx, ffi.new("int32_t[]", [1, 999]), 2,
+                                         ffi.new("int32_t[]", [0, 1]), out) == lib.LLM_ERR_INVALID
+    assert lib.llm_forward_hidden_packed(engine._ctx, ids, 0, ffi.new("int32_t[]", [0]), out) == lib.LLM_ERR_INVALID
+    assert lib.llm_forward_hidden_packed(engine._ctx, ids, 2, ffi.new("int32_t[]", [0, 1]), ffi.NULL) \
+        == lib.LLM_ERR_INVALID
+    assert lib.llm_forward_hidden_packed(ffi.NULL, ids, 2, ffi.new("int32_t[]", [0, 1]), out) == lib.LLM_ERR_INVALID
+    assert packed([0, 0, 2, 3]) == 0
+    # the cache then holds no sequence: a forward must start over at 0
+    assert lib.llm_forward(engine._ctx, ids, 1, 4, ffi.NULL, 0) == lib.LLM_ERR_INVALID
+    with pytest.raises(InvalidArgumentError, match="1..4 tokens"):
+        engine.hidden_packed([[1, 2, 3], [4, 5]])
+
+
 # --- Model.embed against transformers ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("pooling", POOLED)
@@ -173,6 +225,20 @@ def test_small_batches_and_one_text_at_a_time_give_the_same(family: tuple[str, l
     with llmrun.load(HF / name, n_threads=2, n_batch=5) as small:  # the 54-58 token texts in 11-12 chunks
         got = small.embed(meta["texts"], pooling="mean", normalize=False)
     assert np.max(np.abs(got - expected(name, "mean"))) <= TOLERANCE
+
+
+def test_packs_and_long_texts_give_what_each_text_gives_alone(family: tuple[str, llmrun.Model]) -> None:
+    """With n_batch 64 the fixture's texts and their parts pack (up to four per batch, most longer than gemma3's
+    window of 8) around texts that run alone (a 102-token one in chunks): each is exactly what it gives alone."""
+    name, model = family
+    ids = fixture(name)["ids"]
+    texts = [ids[0][:20], ids[1], ids[0] + ids[3] + ids[1], ids[3][:30], ids[2], ids[0][:25], ids[0][:3], ids[3]]
+    assert [len(pack) for pack in _packs(texts, 64)] == [2, 1, 4, 1]
+    with llmrun.load(HF / name, n_threads=2, n_batch=64) as small:
+        together = small.embed(texts, pooling="none", normalize=False)
+        alone = [small.embed([text], pooling="none", normalize=False)[0] for text in texts]
+    for got, want in zip(together, alone, strict=True):
+        assert np.array_equal(got, want)
 
 
 def test_pooling_none_gives_each_tokens_state(family: tuple[str, llmrun.Model]) -> None:
