@@ -14,6 +14,7 @@ import pytest
 
 import llmrun
 from builders import make_config, random_tensors, write_model
+from llmrun.engine import Engine
 from llmrun.generate import logprob_entry
 from llmrun.sampling import Sampler
 
@@ -69,10 +70,10 @@ def test_cancel_from_another_thread_mid_stream(slow: llmrun.Model) -> None:
     thread, pieces = consume_in_thread(gen)
     wait_until(lambda: len(gen.tokens) >= 20)
     gen.cancel()
-    t0 = time.perf_counter()
-    thread.join(5)
+    at_cancel = len(gen.tokens)
+    thread.join(5)  # catches a hang only: how long a step takes is the machine's business
     assert not thread.is_alive()
-    assert time.perf_counter() - t0 < 0.5  # one decode step is about a millisecond here
+    assert len(gen.tokens) <= at_cancel + 1  # within one decode step: at most the step in progress ends
     assert gen.finish_reason == "cancelled" and gen.cancelled
     n = len(gen.tokens)
     assert 20 <= n < slow.info.n_ctx
@@ -177,10 +178,20 @@ def test_async_api_gives_the_sync_results(stories: llmrun.Model) -> None:
     asyncio.run(main())
 
 
-def test_heartbeat_stays_on_time_during_generation(slow: llmrun.Model) -> None:
-    """A 10 ms heartbeat on the same loop keeps its beat while a long prompt is processed and tokens decoded."""
+def test_heartbeat_stays_on_time_during_generation(slow: llmrun.Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 10 ms heartbeat on the same loop keeps its beat while a long prompt is processed and tokens decoded:
+    every forward pass runs off the loop's thread (what keeps the loop free); the gaps are printed, not asserted
+    (a loaded machine delays any beat)."""
     slow.reset()
     gaps: list[float] = []
+    forward_threads: set[int] = set()
+    evaluate = Engine.evaluate
+
+    def recording(self: Engine, *args: object, **kwargs: object) -> object:
+        forward_threads.add(threading.get_ident())
+        return evaluate(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "evaluate", recording)
 
     async def heartbeat(stop: asyncio.Event) -> None:
         last = time.perf_counter()
@@ -213,7 +224,7 @@ def test_heartbeat_stays_on_time_during_generation(slow: llmrun.Model) -> None:
           f"{s.prefill_seconds * 1000:.0f} ms, 300 tokens {s.decode_seconds * 1000:.0f} ms; a step <= "
           f"{step * 1000:.1f} ms): max gap {worst * 1000:.1f} ms, mean {sum(gaps) / len(gaps) * 1000:.1f} ms")
     assert elapsed > 0.2  # the generation took many beats
-    assert worst < 0.01 + 0.05 + step, f"the loop was blocked: a 10 ms beat came {worst * 1000:.1f} ms after the last"
+    assert forward_threads and threading.get_ident() not in forward_threads, "a forward pass ran on the loop"
 
 
 def test_cancelling_the_task_cancels_the_generation(slow: llmrun.Model) -> None:
