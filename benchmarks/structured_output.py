@@ -143,7 +143,7 @@ def load_vocab(name: str):
 class TokenView:
     """What an engine needs from llmrun's tokenizer, built once per model: each id's bytes (``piece_bytes``),
     the control / unknown ids (never text), the EOS id, the logits size (>= the tokenizer's: padded ids are
-    never allowed) and an encode function (llguidance uses it for forced text)."""
+    never allowed); llguidance's own view of it is llmrun.structured's."""
 
     def __init__(self, tok, n_logits: int):
         t0 = time.perf_counter()
@@ -165,38 +165,6 @@ class TokenView:
         self.kind = "byte-fallback" if getattr(tok, "byte_fallback", False) else "byte-level"
         self.n_partial_utf8 = sum(1 for b in self.token_bytes if b and not _valid_utf8(b))
         self.build_s = time.perf_counter() - t0
-
-    def encode_bytes(self, data: bytes) -> list[int]:
-        """Token ids whose bytes are exactly `data` (llguidance tokenizes forced text with this and allows the
-        result: SentencePiece's dummy prefix space must not be added). llmrun's encoder where it round-trips
-        (byte-level BPE, valid UTF-8), else a greedy longest match over the token bytes."""
-        if not getattr(self.tok, "add_dummy_prefix", False):
-            try:
-                ids = self.tok.encode(data.decode("utf-8"), add_bos=False)
-                if self.text(ids) == data:
-                    return ids
-            except (UnicodeDecodeError, ValueError):
-                pass
-        if not hasattr(self, "_by_bytes"):
-            self._by_bytes = {}
-            for i, b in enumerate(self.token_bytes):
-                if b and i not in self._by_bytes_special():
-                    self._by_bytes.setdefault(b, i)
-            self._max_len = max(len(b) for b in self._by_bytes)
-        ids, pos = [], 0
-        while pos < len(data):
-            for n in range(min(self._max_len, len(data) - pos), 0, -1):
-                i = self._by_bytes.get(data[pos:pos + n])
-                if i is not None:
-                    ids.append(i)
-                    pos += n
-                    break
-            else:
-                raise ValueError(f"byte {data[pos]:#x} has no token")
-        return ids
-
-    def _by_bytes_special(self) -> set[int]:
-        return set(self.special)
 
     def text(self, ids: list[int]) -> bytes:
         return b"".join(self.token_bytes[i] for i in ids if i < self.n_tok)
@@ -226,25 +194,10 @@ class LLGuidance(Engine):
     def tokenizer_info(self, view: TokenView) -> None:
         import llguidance
 
-        specials = set(view.special)
-        names = [b"\xff" + (view.tok.id_to_piece(i).encode("utf-8", "replace") or b"special") if i in specials
-                 else b for i, b in enumerate(view.token_bytes)]
-        # ids past the tokenizer's (Qwen2's 151665 tokens, 151936 logits) as empty tokens: n_vocab alone is
-        # ignored when the list is shorter, and the mask buffer must then hold only the tokenizer's ids
-        names += [b""] * (view.n_vocab - len(names))
-
-        class _Tok:  # what llguidance.TokenizerWrapper reads
-            eos_token_id = view.eos
-            bos_token_id = view.tok.bos_id
-            # control tokens are "\xff" + name (llguidance's convention for special tokens)
-            tokens = names
-            special_token_ids = view.special
-
-            def __call__(self, s):
-                return view.encode_bytes(s if isinstance(s, bytes) else s.encode("utf-8"))
+        from llmrun.structured import ll_tokenizer  # the view llmrun itself gives llguidance
 
         self.ll = llguidance
-        self.tok = llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Tok()), n_vocab=view.n_vocab)
+        self.tok = ll_tokenizer(view.tok, view.n_vocab)
 
     def compile(self, kind: str, source):
         M = self.ll.LLMatcher
