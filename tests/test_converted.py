@@ -27,10 +27,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_families import TOLERANCE, _config, _layers, _rope, context_for, prompts
+from test_families import TOLERANCE, _config, _layers, _rope, prompts, worst_diff
 
 from hf_builders import HF, read_tensors
-from llmrun.engine import Engine
 from llmrun.formats.gguf import read_gguf
 from llmrun.formats.gguf_model import load_gguf
 from llmrun.spec import ModelSpec
@@ -71,14 +70,6 @@ def converted(name: str) -> ModelSpec:
         scale = config["query_pre_attn_scalar"] ** -0.5
         spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, attn_scale=scale))
     return spec
-
-
-def worst_diff(spec: ModelSpec, name: str) -> float:
-    worst = 0.0
-    for i, prompt in enumerate(prompts(name)):
-        got = Engine(spec, n_ctx=context_for(spec, prompt["ids"]), n_threads=1).evaluate_all(prompt["ids"])
-        worst = max(worst, float(np.max(np.abs(got - np.load(HF / name / f"logits_{i}.npy")))))
-    return worst
 
 
 def test_recorded_files() -> None:
