@@ -103,6 +103,7 @@ static void add(float *x, const float *y, int n) {
 }
 
 static void scale(float *x, int64_t n, float s) {
+    if (s == 1.0f) return; /* most models: no pass over the logits or the residual for nothing */
     for (int64_t i = 0; i < n; i++) x[i] *= s;
 }
 

@@ -56,6 +56,9 @@ def _tensor_type(code: int) -> TensorType:
 TENSOR_TYPES: dict[str, TensorType] = {t.name: t for t in map(_tensor_type, range(lib.LLM_TYPE_COUNT))}
 
 ROPE_STYLES = {"interleaved": 0, "halves": 1}
+# The C library holds the family options as float32: a reader refuses a value outside (F32_MIN, F32_MAX), which
+# would reach it as inf or 0.
+F32_MAX, F32_MIN = float(np.finfo(np.float32).max), float(np.finfo(np.float32).tiny)
 LAYER_ROPES = {"global": 0, "local": 1, "none": 2}  # csrc/llmrun.h llm_layer_rope
 FFN_ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}  # csrc/llmrun.h llm_ffn_activation
 

@@ -47,6 +47,8 @@ import numpy as np
 
 from ..errors import ModelFormatError
 from ..spec import (
+    F32_MAX,
+    F32_MIN,
     TENSOR_TYPES,
     TensorType,
 )
@@ -552,7 +554,6 @@ def join_split(given: GGUFFile) -> GGUFFile:
                     file_size=sum(p.file_size for p in parts), data=first.data, part_data=part_data)
 
 
-F32_MAX, F32_MIN = float(np.finfo(np.float32).max), float(np.finfo(np.float32).tiny)
 MAX_SCALE = 1e6  # multipliers (embedding, attention, residual, logit scales) beyond it are not a model's
 
 

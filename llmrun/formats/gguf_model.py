@@ -49,10 +49,9 @@ import numpy as np
 
 from ..errors import ModelFormatError, TokenizerError
 from ..rope import scaling_problem, yarn_mscale
-from ..spec import LayerWeights, ModelConfig, ModelSpec, RopeScaling, Tensor, attention_shape_problem
+from ..spec import F32_MIN, LayerWeights, ModelConfig, ModelSpec, RopeScaling, Tensor, attention_shape_problem
 from ..tokenizer import END_OF_TURN_TEXTS, BPETokenizer, SentencePieceTokenizer, TokenType
 from .gguf import (
-    F32_MIN,
     FLOAT_TYPES,
     GGML_TYPE_NAMES,
     INT_TYPES,

@@ -44,7 +44,17 @@ import numpy as np
 from ..errors import ModelFormatError, TokenizerError
 from ..quantize import convert_rows, dequantize
 from ..rope import scaling_problem
-from ..spec import TENSOR_TYPES, LayerWeights, ModelConfig, ModelSpec, RopeScaling, Tensor, attention_shape_problem
+from ..spec import (
+    F32_MAX,
+    F32_MIN,
+    TENSOR_TYPES,
+    LayerWeights,
+    ModelConfig,
+    ModelSpec,
+    RopeScaling,
+    Tensor,
+    attention_shape_problem,
+)
 from .hf_tokenizer import load_folder_tokenizer, read_json
 from .safetensors import SafetensorsSet, TensorEntry
 
@@ -303,14 +313,13 @@ _FLOAT_KEYS = {"rope_theta": "rope_theta", "rope_theta_local": "rope_local_base_
 _FAMILY_FLOAT_KEYS = {"granite": {"embed_scale": "embedding_multiplier", "attn_scale": "attention_multiplier",
                                   "residual_scale": "residual_multiplier", "logit_scale": "logits_scaling"},
                       **{g: {"attn_scale": "query_pre_attn_scalar"} for g in GEMMA}}
-_F32_MAX, _F32_MIN = float(np.finfo(np.float32).max), float(np.finfo(np.float32).tiny)
 
 
 def _check_float32(cfg: _Config, config: ModelConfig, arch: str) -> None:
     """Refuses an option whose value (as computed from its key) is not a normal float32 number."""
     for field, key in {**_FLOAT_KEYS, **_FAMILY_FLOAT_KEYS.get(arch, {})}.items():
         value = getattr(config, field)
-        if value is not None and value != 0 and not _F32_MIN <= abs(value) <= _F32_MAX:
+        if value is not None and value != 0 and not F32_MIN <= abs(value) <= F32_MAX:
             raise cfg.fail(f"{key} = {cfg.raw.get(key, value)!r} is out of float32's range (it gives {field} = "
                            f"{value:g})")
 
