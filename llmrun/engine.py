@@ -268,11 +268,15 @@ class Engine:
                 out = ffi.NULL
             rc = lib.llm_forward(self._ctx, ffi.from_buffer("int32_t[]", ids), len(ids), pos, out,
                                  1 if all_logits else 0)
-            if rc != 0:
-                raise KernelError(f"forward pass failed: {ffi.string(lib.llm_last_error(self._ctx)).decode()}")
+            self._check(rc)
             self._cached.extend(tokens[pos:end])
             self.tokens_computed += end - pos
             pos = end
+
+    def _check(self, rc: int) -> None:
+        """KernelError with the C library's message for a failed forward pass."""
+        if rc != 0:
+            raise KernelError(f"forward pass failed: {ffi.string(lib.llm_last_error(self._ctx)).decode()}")
 
     def hidden(self, tokens: Sequence[int]) -> np.ndarray:
         """Final hidden states (len(tokens), dim) float32 after the final norm, without the classifier: the
@@ -288,8 +292,7 @@ class Engine:
                 ids = np.asarray(tokens[pos:pos + self.n_batch], dtype=np.int32)
                 rc = lib.llm_forward_hidden(self._ctx, ffi.from_buffer("int32_t[]", ids), len(ids), pos,
                                             ffi.from_buffer("float[]", out[pos:], require_writable=True))
-                if rc != 0:
-                    raise KernelError(f"forward pass failed: {ffi.string(lib.llm_last_error(self._ctx)).decode()}")
+                self._check(rc)
                 self._cached.extend(tokens[pos:pos + len(ids)])
                 self.tokens_computed += len(ids)
         return out
@@ -315,8 +318,7 @@ class Engine:
             rc = lib.llm_forward_hidden_packed(self._ctx, ffi.from_buffer("int32_t[]", np.asarray(ids, np.int32)),
                                                len(ids), ffi.from_buffer("int32_t[]", np.asarray(starts, np.int32)),
                                                ffi.from_buffer("float[]", out, require_writable=True))
-            if rc != 0:
-                raise KernelError(f"forward pass failed: {ffi.string(lib.llm_last_error(self._ctx)).decode()}")
+            self._check(rc)
             self.tokens_computed += len(ids)
         return np.split(out, np.cumsum([len(t) for t in texts])[:-1])
 
