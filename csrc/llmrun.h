@@ -13,13 +13,19 @@
  *                        .rope_style = LLM_ROPE_INTERLEAVED };
  *     llm_layer layers[5] = { ... };            // each tensor: { data, LLM_F32, rows, cols }
  *     llm_weights w = { .token_embd = ..., .output_norm = ..., .output = { NULL }, .layers = layers };
+ *     llm_ctx_params sizes = { .n_ctx = 512, .n_seq = 1, .n_batch = 64, .n_threads = 2, .isa = LLM_ISA_AUTO };
  *     char err[256];
  *     llm_ctx *ctx;
- *     if (llm_create(&cfg, &w, 512, 64, 2, LLM_ISA_AUTO, &ctx, err, sizeof err) != 0) { puts(err); return; }
+ *     if (llm_create(&cfg, &w, &sizes, &ctx, err, sizeof err) != 0) { puts(err); return; }
  *     int32_t prompt[] = { 1, 403, 407 };
  *     float logits[512];                        // (vocab_size) for the last token
  *     if (llm_forward(ctx, prompt, 3, 0, logits, 0) != 0) puts(llm_last_error(ctx));
  *     llm_free(ctx);
+ *
+ * Several sequences (users) at once: create the context with n_seq > 1 and give llm_batch entries of
+ * (token, sequence, position): a step of generation for four users is one llm_batch of four entries, and
+ * each weight matrix is read once for all of them. The KV cache is a pool of blocks that the sequences
+ * take as they grow (see llm_ctx_params.n_kv).
  */
 #ifndef LLMRUN_H
 #define LLMRUN_H
@@ -30,6 +36,7 @@
 /* Limits. */
 enum {
     LLM_MAX_THREADS = 512, /* threads one context may use (the caller included) */
+    LLM_KV_BLOCK    = 32,  /* positions per block of the KV cache's pool */
 };
 
 /* Error codes (0 is success). */
@@ -37,6 +44,7 @@ enum {
     LLM_ERR_INVALID = -1, /* an argument is out of range or inconsistent */
     LLM_ERR_NOMEM   = -2, /* an allocation failed */
     LLM_ERR_THREAD  = -3, /* a worker thread could not be started */
+    LLM_ERR_KV_FULL = -4, /* the KV cache's block pool has no free block for the batch; nothing was changed */
 };
 
 /* Weight storage types. The block types use GGUF's layouts (ggml-common.h), so GGUF files are used in
@@ -129,8 +137,8 @@ typedef struct {
     float   rope_theta_local;  /* base of the LLM_LAYER_ROPE_LOCAL table; must be > 0 if a layer uses it */
     const int32_t *layer_ropes;   /* (n_layers) llm_layer_rope of each layer; NULL: all global. Copied. */
     const int32_t *layer_windows; /* (n_layers) each layer's sliding window: a token attends to itself and the
-                                     window - 1 positions before it, and the layer's KV cache is a ring of
-                                     min(n_ctx, window + n_batch - 1) rows; 0 (or a window >= n_ctx): the
+                                     window - 1 positions before it, and the layer keeps only the KV blocks
+                                     its window still needs (llm_ctx_params.n_kv); 0 (or a window >= n_ctx): the
                                      whole context. NULL: no windows. Copied. */
     int32_t ffn_activation;    /* llm_ffn_activation */
     float   embed_scale;       /* the embedding rows are multiplied by it (Gemma: sqrt(dim); Granite:
@@ -174,55 +182,99 @@ typedef struct {
 
 typedef struct llm_ctx llm_ctx; /* opaque: borrowed weights, KV cache, scratch buffers, thread pool */
 
-/*
- * Checks the config and every tensor's type and shape, then allocates the KV cache for n_ctx positions,
- * activations for batches of up to n_batch tokens and a pool of n_threads threads (the caller counts as
- * one). The weights are borrowed: they must outlive the context. On failure *out is NULL and err holds
- * the reason.
- */
-int llm_create(const llm_config *config, const llm_weights *weights, int32_t n_ctx, int32_t n_batch,
-               int32_t n_threads, int32_t isa, llm_ctx **out, char *err, size_t errlen);
+/* The sizes of a context. */
+typedef struct {
+    int32_t n_ctx;     /* positions one sequence may hold (0..n_ctx-1) */
+    int32_t n_seq;     /* sequences the context holds at once, ids 0..n_seq-1; 0: 1 */
+    int32_t n_kv;      /* positions the KV cache's block pool holds for all sequences together, rounded up to
+                          whole blocks of LLM_KV_BLOCK; 0: n_ctx (one sequence of the whole context). The
+                          sequences take blocks as they grow and give them back when cleared or rewound, so
+                          8 sequences of a 4096 context need not reserve 8 x 4096 positions. A layer with a
+                          sliding window keeps only the blocks its window still needs (its pool holds
+                          min(the pool's blocks, n_seq x (ceil((window + n_batch - 1) / LLM_KV_BLOCK) + 2))). */
+    int32_t n_batch;   /* the most tokens one batch holds (each weight matrix is read once per batch) */
+    int32_t n_threads; /* threads of the pool, the caller included */
+    int32_t isa;       /* llm_isa: LLM_ISA_AUTO or a forced level (tests) */
+} llm_ctx_params;
 
 /*
- * Runs tokens[0..n_tokens) at positions pos..pos+n_tokens-1, writing their keys and values into the
- * cache. pos continues the sequence the cache holds (any pos from llm_ctx_resume_min up to the end of what
- * was written) or starts over (0); other positions are refused. The tokens go through the layers together, in
- * batches of up to n_batch: each weight matrix is read once per batch (matrix-matrix products).
+ * Checks the config, the sizes and every tensor's type and shape, then allocates the KV cache's block pool,
+ * activations for batches of up to n_batch tokens and a pool of n_threads threads. The weights are borrowed:
+ * they must outlive the context. On failure *out is NULL and err holds the reason.
+ */
+int llm_create(const llm_config *config, const llm_weights *weights, const llm_ctx_params *params, llm_ctx **out,
+               char *err, size_t errlen);
+
+/* One token of a batch: the sequence it extends, its position there, and whether its output is wanted. */
+typedef struct {
+    int32_t token;
+    int32_t seq;    /* [0, n_seq) */
+    int32_t pos;    /* [0, n_ctx) */
+    int32_t output; /* non-zero: this token's logits (and/or final hidden state) are written */
+} llm_batch_entry;
+
+/*
+ * Runs n <= n_batch tokens of any sequences through the layers together: each weight matrix is read once for
+ * all of them, and each token attends to the cache of its own sequence only (up to its own position). Some
+ * sequences may bring a chunk of a prompt, others one decode token.
+ * The entries of one sequence come in the order of their positions, consecutive (p, p+1, ...), not
+ * necessarily next to each other in the array. The first, p, continues the sequence (p == its length), rewinds
+ * it (p < its length: positions p.. are dropped first) or starts it over (p == 0); p must not be below
+ * llm_seq_resume_min. Their keys and values go into the sequence's blocks: blocks are taken from the pool as
+ * the sequence grows, and a block shared with another sequence (llm_seq_copy) is copied before it is written.
+ * logits: NULL, or (n_outputs, vocab_size) floats, a row per entry with output != 0 in the order of the entries;
+ * hidden: NULL, or (n_outputs, dim) floats, those entries' final hidden states after the final norm (what the
+ * classifier reads: embeddings). The classifier runs only where logits are wanted.
+ * Every entry is checked before anything runs: LLM_ERR_INVALID (a bad token, sequence or position, n out of
+ * range) and LLM_ERR_KV_FULL (the pool lacks the blocks) leave every sequence as it was.
+ */
+int llm_batch(llm_ctx *ctx, const llm_batch_entry *entries, int32_t n, float *logits, float *hidden);
+
+/*
+ * One sequence's tokens[0..n_tokens) at positions pos..pos+n_tokens-1 in sequence 0 (any n_tokens: batches of
+ * up to n_batch). pos continues the sequence (any pos from llm_seq_resume_min up to its length), rewinds it or
+ * starts over (0); other positions are refused.
  * logits: NULL for none, else (vocab_size) floats for the last token, or (n_tokens, vocab_size) when
  * all_logits is non-zero; the classifier runs only for the tokens whose logits are asked for.
+ * If the pool runs out midway (LLM_ERR_KV_FULL), the sequence holds the batches computed before.
  */
 int llm_forward(llm_ctx *ctx, const int32_t *tokens, int32_t n_tokens, int32_t pos, float *logits,
                 int32_t all_logits);
 
 /*
- * The same pass, for embeddings: hidden receives (n_tokens, dim) floats, every token's final hidden state after
- * the final norm (what the classifier would read); the classifier is not run. The cache is written as by
- * llm_forward, and the same positions are accepted. LLM_ERR_INVALID for a NULL hidden.
+ * The same pass in sequence 0, for embeddings: hidden receives (n_tokens, dim) floats, every token's final
+ * hidden state after the final norm; the classifier is not run. LLM_ERR_INVALID for a NULL hidden.
  */
 int llm_forward_hidden(llm_ctx *ctx, const int32_t *tokens, int32_t n_tokens, int32_t pos, float *hidden);
 
-/*
- * The same for several short texts packed into one batch, so each weight matrix is read once for all of them:
- * tokens holds the texts one after another, and text_starts (n_tokens) the index in tokens where each token's
- * text begins (texts [5, 6, 7] and [8, 9]: tokens {5, 6, 7, 8, 9}, text_starts {0, 0, 0, 3, 3}). Each token
- * sits at its position within its own text and attends to its own text only, so every text's states are what
- * llm_forward_hidden gives for it alone. n_tokens <= n_batch (one batch). The cache is overwritten and holds
- * no sequence afterwards: the next llm_forward starts at 0. LLM_ERR_INVALID for a NULL text_starts, too
- * many tokens, or a start that is neither the token's own index nor its predecessor's start.
- */
-int llm_forward_hidden_packed(llm_ctx *ctx, const int32_t *tokens, int32_t n_tokens, const int32_t *text_starts,
-                              float *hidden);
+/* Sequence operations. Each returns 0, or LLM_ERR_INVALID for a bad sequence id or length (message in ctx). */
 
-/* The bytes llm_create would allocate for this config and these sizes (the KV cache, activations, buffers),
-   without allocating anything: front ends check it against the machine's memory first. It grows with n_ctx.
-   LLM_ERR_INVALID for a bad config or size, LLM_ERR_NOMEM for sizes no memory could hold. */
-int64_t llm_ctx_bytes(const llm_config *config, int32_t n_ctx, int32_t n_batch, int32_t n_threads);
+/* Keeps the first n positions of sequence seq (n <= its length) and gives the blocks of the rest back to the
+   pool; n = 0 clears it. */
+int llm_seq_keep(llm_ctx *ctx, int32_t seq, int32_t n);
 
-/* The earliest position from which llm_forward can continue the sequence the cache holds: a windowed
-   layer's ring keeps only the latest keys, so a forward at pos needs the window before pos still there.
-   A forward may start at any pos from this one up to the end of what was written, or at 0 (starting over);
-   llm_forward refuses others. 0 while nothing has been dropped (always, for a model without windows). */
-int32_t llm_ctx_resume_min(const llm_ctx *ctx);
+/* Sequence dst becomes the first n positions of sequence src (what dst held is dropped first): a shared system
+   prompt, or n > 1 choices of one prompt. Nothing is computed or copied: the two share src's blocks, and
+   whichever writes into a shared block later copies that block first. n <= src's length, and n == 0 or
+   n >= llm_seq_resume_min(src) (a sliding-window layer must still hold the window before n). */
+int llm_seq_copy(llm_ctx *ctx, int32_t src, int32_t dst, int32_t n);
+
+/* The positions sequence seq holds (0..length-1); LLM_ERR_INVALID for a bad id. */
+int32_t llm_seq_length(const llm_ctx *ctx, int32_t seq);
+
+/* The earliest position from which sequence seq can be continued or rewound: a sliding-window layer keeps
+   only the blocks its window still needs, so a forward at pos needs the window before pos still there.
+   0 while nothing has been dropped (always, for a model without windows); LLM_ERR_INVALID for a bad id. */
+int32_t llm_seq_resume_min(const llm_ctx *ctx, int32_t seq);
+
+/* The KV pool's blocks in use by any sequence and its blocks in all, summed over the layer groups (the layers
+   without a window share one pool; each distinct window has its own). 0 or LLM_ERR_INVALID. */
+int llm_kv_usage(const llm_ctx *ctx, int64_t *blocks_used, int64_t *blocks_total);
+
+/* The bytes llm_create would allocate for this config and these sizes (the KV pool, activations, buffers),
+   without allocating anything: front ends check it against the machine's memory first. It grows with n_kv
+   (and n_ctx). LLM_ERR_INVALID for a bad config or size, LLM_ERR_NOMEM for sizes no memory could hold. */
+int64_t llm_ctx_bytes(const llm_config *config, const llm_ctx_params *params);
 
 /* The message of the last failed call on ctx ("" if none). */
 const char *llm_last_error(const llm_ctx *ctx);
