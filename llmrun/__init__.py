@@ -26,6 +26,7 @@ from .errors import (
 from .generate import Generation, GenerationStats
 from .model import Model, ModelInfo, load
 from .sampling import SamplingParams
+from .scheduler import ServingStats
 from .structured import Grammar
 
 __version__ = "0.1.0"
@@ -34,5 +35,6 @@ __all__ = [
     "AsyncStream", "ChatDelta", "ChatStream", "ChatTemplate", "ChatTemplateError", "load_template_from_folder",
     "ContextOverflowError", "Generation", "GenerationStats", "Grammar", "HubError", "InvalidArgumentError",
     "KernelError",    "LLMError", "Model",
-    "ModelFormatError", "ModelInfo", "SamplingError", "SamplingParams", "TokenizerError", "load", "__version__",
+    "ModelFormatError", "ModelInfo", "SamplingError", "SamplingParams", "ServingStats", "TokenizerError", "load",
+    "__version__",
 ]

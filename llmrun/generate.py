@@ -1,25 +1,30 @@
-"""The one generation loop. The library API, the CLI and (later) the server all drive text through it.
+"""The one generation core. The library API, the CLI and the server all generate text through it.
 
-prefill: evaluate the prompt (only what the KV cache does not already hold)
-decode:  sample a token, stop on an end-of-generation id / stop string / token limit / full context,
-         otherwise stream its text and evaluate it.
+A Generation is one completion: its sampler, stop strings, grammar and log-probabilities, and the text it has
+produced. The scheduler (llmrun/scheduler.py) computes its prompt (only what a cache does not already hold) and
+then, step by step, hands it the logits after its last token: the Generation samples the next token, stops on an
+end-of-generation id / stop string / token limit / full context, or turns the token into text and asks for it
+to be run. Several generations share each step's forward pass.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .engine import Engine, EvaluationCancelled
 from .errors import InvalidArgumentError
 from .sampling import Sampler, SamplingParams
 from .structured import Constraint
 from .tokenizer import StreamDecoder, Tokenizer
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
 
 
 @dataclass
@@ -141,17 +146,20 @@ class Generation(Iterator[str]):
     ids. With `logprobs` (the number of alternatives, 0-20), `token_logprobs` holds a TokenLogprob for each
     generated token, filled as the tokens are generated (`logprobs_content()`: OpenAI's shape, with bytes).
 
-    `cancel()` may be called from any thread (or asyncio task) while another thread iterates: the iterating
-    thread stops within one decode step (or one prompt batch of n_batch tokens while the prompt is being
-    processed), its iteration ends, and the model is free for the next call; the KV cache keeps what was
+    The model's scheduler (llmrun/scheduler.py) runs it: it starts when first iterated (or when
+    Model.generate_batch starts it), and generations running at the same time, from any threads, are decoded
+    together, one batched forward pass per step. Iterating blocks until the next piece is ready.
+
+    `cancel()` may be called from any thread (or asyncio task) while another thread iterates: the generation
+    leaves its slot within one step (a decode step, or one chunk of the prompt while the prompt is being
+    processed), its iteration ends, and the slot is free for the next one; the slot's cache keeps what was
     computed, so a next request sharing the prefix reuses it."""
 
-    def __init__(self, engine: Engine, tokenizer: Tokenizer, prompt: Sequence[int], params: SamplingParams,
+    def __init__(self, scheduler: Scheduler, tokenizer: Tokenizer, prompt: Sequence[int], params: SamplingParams,
                  max_tokens: int | None, stop: list[str], eog_ids: frozenset[int],
                  logprobs: int | None = None, constraint: Constraint | None = None) -> None:
         check_logprobs(logprobs)
         self.constraint = constraint  # structured output: masks each step's logits (llmrun/structured.py)
-        self.engine = engine
         self.tokenizer = tokenizer
         self.prompt = list(prompt)
         self.sampler = Sampler(params)
@@ -163,11 +171,29 @@ class Generation(Iterator[str]):
         self.token_logprobs: list[TokenLogprob] = []
         self.finish_reason: str | None = None
         self.stats = GenerationStats(prompt_tokens=len(self.prompt))
+        self._scheduler = scheduler
         self._cancel = threading.Event()
-        self._steps = self._run()
+        # the scheduler's side: its record of this generation, the pieces ready to be read, an error to raise
+        self._job: object | None = None
+        self._pieces: deque[str] = deque()
+        self._error: Exception | None = None
+        self._history = list(self.prompt)  # what the sampler's penalties look at
+        bos = tokenizer.bos_id
+        self._decoder = StreamDecoder(tokenizer, strip_leading_space=bos is not None and self.prompt[-1] == bos)
+        self._stops = StopStrings(stop)
+        self._clock = 0.0  # when the current phase (prompt, then decoding) began
 
     def __next__(self) -> str:
-        return next(self._steps)
+        piece = self._scheduler.next_piece(self)
+        if piece is None:
+            raise StopIteration
+        return piece
+
+    def start(self) -> Generation:
+        """Queues the generation now instead of at its first iteration (several started together are admitted
+        together); returns it."""
+        self._scheduler.submit(self)
+        return self
 
     def text(self) -> str:
         """Runs the generation to the end and returns all of its text."""
@@ -175,9 +201,8 @@ class Generation(Iterator[str]):
 
     def cancel(self) -> None:
         """Asks the generation to stop, from any thread or task: the thread iterating it (if any) ends its
-        iteration within one decode step or prompt batch with finish_reason "cancelled"; a generation not yet
-        started computes nothing. Cancelling an ended generation changes nothing. Returns at once (it does not
-        wait for the iterating thread)."""
+        iteration within one step with finish_reason "cancelled"; a generation not yet started computes nothing.
+        Cancelling an ended generation changes nothing. Returns at once (it does not wait for the step)."""
         self._cancel.set()
 
     @property
@@ -187,13 +212,8 @@ class Generation(Iterator[str]):
 
     def close(self) -> None:
         """Stops the generation early (what a consumer does on Ctrl-C or a closed connection); an unfinished
-        generation's finish_reason becomes "cancelled". Closing an ended generation changes nothing. From a
-        thread other than the one iterating, while that one is inside a step, close() is cancel()."""
+        generation's finish_reason becomes "cancelled". Closing an ended generation changes nothing."""
         self._cancel.set()
-        try:
-            self._steps.close()
-        except ValueError:  # "generator already executing" in another thread: the flag stops it within a step
-            return
         if self.finish_reason is None:
             self.finish_reason = "cancelled"
 
@@ -204,70 +224,59 @@ class Generation(Iterator[str]):
         return [{**logprob_entry(tok, e.token, e.logprob),
                  "top_logprobs": [logprob_entry(tok, t, v) for t, v in e.top]} for e in self.token_logprobs]
 
-    def _run(self) -> Iterator[str]:
-        engine, stats = self.engine, self.stats
-        start = time.perf_counter()
-        stats.reused_tokens = engine.reusable_prefix(self.prompt)
-        try:
-            # this generation's own logits buffer: another caller of the same engine cannot overwrite it
-            logits = engine.evaluate(self.prompt, out=np.empty(engine.vocab_size, dtype=np.float32),
-                                     cancelled=self._cancel.is_set)
-        except EvaluationCancelled:
-            self.finish_reason = "cancelled"
-            return
-        finally:
-            stats.prefill_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        try:
-            yield from self._decode(logits)
-        finally:
-            stats.decode_seconds = time.perf_counter() - start
+    # --- the steps, as the scheduler runs them ------------------------------------------------------------
 
-    def _decode(self, logits: np.ndarray) -> Iterator[str]:
-        history = list(self.prompt)
-        bos = self.tokenizer.bos_id
-        decoder = StreamDecoder(self.tokenizer, strip_leading_space=bos is not None and history[-1] == bos)
-        stops = StopStrings(self.stop)
-        while True:
-            if self._cancel.is_set():
-                self.finish_reason = "cancelled"
-                return
-            if self.max_tokens is not None and len(self.tokens) >= self.max_tokens:
-                self.finish_reason = "length"
-                break
-            if self.constraint is not None:  # disallowed ids at -inf; logprobs stay the model's
-                token = self.sampler.sample(self.constraint.apply(logits, self.eog_ids), history, self.tokens)
-            else:
-                token = self.sampler.sample(logits, history, self.tokens)
-            if token in self.eog_ids:
-                self.finish_reason = "stop"
-                break
-            self.tokens.append(token)
-            if self.logprobs is not None:
-                self.token_logprobs.append(token_logprob(logits, token, self.logprobs))
-            history.append(token)
-            self.stats.generated_tokens += 1
-            text, hit = stops.feed(decoder.feed(token))
-            if text:
-                yield text
-            if hit:
-                self.finish_reason = "stop"
-                return
-            if self.constraint is not None:
-                self.constraint.consume(token)
-                if self.constraint.done:  # the grammar is complete and nothing can follow
-                    self.finish_reason = "stop"
-                    break
-            if len(history) > self.engine.n_ctx:  # the newest token has no cache slot to run in
-                self.finish_reason = "length"
-                break
-            try:
-                logits = self.engine.evaluate(history, out=logits, cancelled=self._cancel.is_set)
-            except EvaluationCancelled:
-                self.finish_reason = "cancelled"
-                return
-        text, hit = stops.feed(decoder.flush())
-        text += "" if hit else stops.flush()
+    def _admitted(self, reused: int) -> None:
+        """The generation got a slot whose cache holds its first `reused` tokens; its prompt is computed next."""
+        self.stats.reused_tokens = min(reused, len(self.prompt))
+        self._clock = time.perf_counter()
+
+    def _advance(self, logits: np.ndarray, n_ctx: int) -> int | None:
+        """One decode step, given the logits after the last token: samples the next token, turns it into text
+        (held back while it may be the start of a stop string) and returns it, or returns None when the
+        generation has ended (finish_reason says why) and the token is not to be run."""
+        if not self.tokens and not self.stats.prefill_seconds:  # the prompt's logits: prefill ends here
+            now = time.perf_counter()
+            self.stats.prefill_seconds, self._clock = now - self._clock, now
+        if self.finish_reason is not None:
+            return None
+        if self._cancel.is_set():
+            return self._end("cancelled")
+        if self.max_tokens is not None and len(self.tokens) >= self.max_tokens:
+            return self._end("length", flush=True)
+        if self.constraint is not None:  # disallowed ids at -inf; logprobs stay the model's
+            token = self.sampler.sample(self.constraint.apply(logits, self.eog_ids), self._history, self.tokens)
+        else:
+            token = self.sampler.sample(logits, self._history, self.tokens)
+        if token in self.eog_ids:
+            return self._end("stop", flush=True)
+        self.tokens.append(token)
+        if self.logprobs is not None:
+            self.token_logprobs.append(token_logprob(logits, token, self.logprobs))
+        self._history.append(token)
+        self.stats.generated_tokens += 1
+        text, hit = self._stops.feed(self._decoder.feed(token))
         if text:
-            yield text
+            self._pieces.append(text)
+        if hit:
+            return self._end("stop")
+        if self.constraint is not None:
+            self.constraint.consume(token)
+            if self.constraint.done:  # the grammar is complete and nothing can follow
+                return self._end("stop", flush=True)
+        if len(self._history) > n_ctx:  # the newest token has no cache slot to run in
+            return self._end("length", flush=True)
+        return token
 
+    def _end(self, reason: str, flush: bool = False) -> None:
+        """Ends the generation (unless it has ended); with `flush`, the text held back is released first."""
+        if self.finish_reason is None:
+            if flush:
+                text, hit = self._stops.feed(self._decoder.flush())
+                text += "" if hit else self._stops.flush()
+                if text:
+                    self._pieces.append(text)
+            self.finish_reason = reason
+            if self._clock:
+                self.stats.decode_seconds = time.perf_counter() - self._clock if self.tokens else 0.0
+        return None

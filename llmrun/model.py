@@ -19,6 +19,7 @@ from .generate import Generation, check_max_tokens, normalize_stop
 from .hub import find_model
 from .openai_api import chat_logprobs
 from .sampling import SamplingParams
+from .scheduler import Scheduler, ServingStats
 from .spec import ModelSpec
 from .structured import Grammar, compile_constraint, from_request
 from .system import physical_cores, physical_memory
@@ -26,6 +27,9 @@ from .tokenizer import Tokenizer
 from .tools import ToolCallSplitter, tool_format, tool_grammar, validate_tool_choice, validate_tools
 
 DEFAULT_MAX_CTX = 4096  # default KV cache size cap; pass n_ctx to use more of a long-context model
+DEFAULT_PARALLEL = 4  # generations decoded together (llama.cpp's server has 4 slots by default too)
+MAX_PARALLEL = 256
+EMBED_TEXTS = 32  # texts Model.embed packs into one forward pass at most (each is a sequence of the context)
 DEFAULT_SAMPLING = SamplingParams()  # llama.cpp's defaults (see SamplingParams)
 
 
@@ -51,33 +55,42 @@ class ModelInfo:
     n_threads: int
     n_batch: int  # the most prompt tokens processed together
     isa: str  # the kernels' instruction set, e.g. "avx2"
+    parallel: int = 1  # generations decoded together at most (the scheduler's slots)
+    kv_size: int = 0  # positions of the KV cache's pool, shared by all sequences (blocks of kv_block_size)
 
 
 class Model:
     """A loaded model with its KV cache and threads. Use `llmrun.load` to make one; close it (or use it as
     a context manager) to free the cache and threads at once.
 
-    Calls on one Model are serialized; a request that shares a prefix with the previous one (a chat
-    turn, a repeated system prompt) only computes the new tokens. The model has one KV cache: generations
-    interleaved from several threads stay correct, but each step then recomputes its history from the
-    prefix it shares with the other's (slow: use one Model per concurrent stream)."""
+    Generations run through the model's scheduler (llmrun/scheduler.py): those running at the same time, from
+    several threads or asyncio tasks (or `generate_batch`), are decoded together, up to `parallel` of them, each
+    step one forward pass that reads the weights once for all (more wait their turn). A generation whose prompt
+    shares a prefix with an earlier one (a chat turn, a repeated system prompt, n choices of one prompt) only
+    computes the new tokens. The KV cache is a pool of blocks shared by all generations (`kv_size` positions).
+    Scoring calls (logits, evaluate, embed) are serialized with the generation steps."""
 
     def __init__(self, spec: ModelSpec, tokenizer: Tokenizer | None, n_ctx: int, n_threads: int,
-                 tokenizer_problem: str = "", n_batch: int = DEFAULT_BATCH, chat_format: str | None = None) -> None:
+                 tokenizer_problem: str = "", n_batch: int = DEFAULT_BATCH, chat_format: str | None = None,
+                 parallel: int = DEFAULT_PARALLEL, kv_size: int | None = None) -> None:
         _check_chat_format(chat_format)
         self._chat_format = chat_format
         self._templates: dict[str | None, ChatTemplate] = {}
         self._spec = spec
         self._tokenizer = tokenizer
         self._tokenizer_problem = tokenizer_problem
-        self._engine = Engine(spec, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch)
+        # sequence 0: evaluate/logits; 1..parallel: the scheduler's slots; then embed's texts
+        self._engine = Engine(spec, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch,
+                              n_seq=1 + parallel + EMBED_TEXTS, n_kv=kv_size or n_ctx)
+        self._scheduler = Scheduler(self._engine, range(1, 1 + parallel))
+        self._embed_seqs = list(range(1 + parallel, 1 + parallel + EMBED_TEXTS))
         cfg = spec.config
         self.info = ModelInfo(
             path=str(spec.path), format=spec.format, dim=cfg.dim, hidden_dim=cfg.hidden_dim,
             n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
             vocab_size=cfg.vocab_size, context_length=cfg.max_seq_len, n_ctx=n_ctx, n_params=spec.n_params,
             dtype=spec.dtype, weight_bytes=spec.weight_bytes, file_size=spec.file_size, n_threads=n_threads,
-            n_batch=self._engine.n_batch, isa=self._engine.isa)
+            n_batch=self._engine.n_batch, isa=self._engine.isa, parallel=parallel, kv_size=self._engine.n_kv)
         eog = set(spec.eog_token_ids)  # e.g. Llama 3's <|eot_id|>, generation_config.json's eos_token_id list
         if tokenizer is not None and tokenizer.eos_id is not None:
             eog.add(tokenizer.eos_id)
@@ -142,8 +155,10 @@ class Model:
         return self._engine.evaluate(tokens, out=out)
 
     def reset(self) -> None:
-        """Empties the KV cache: the next call computes every token from the first."""
+        """Empties the KV cache (what scoring calls and finished generations left there): the next call computes
+        every token from the first."""
         self._engine.reset()
+        self._scheduler.drop_caches()
 
     # --- embeddings ---------------------------------------------------------------------------------
 
@@ -161,8 +176,8 @@ class Model:
         Pooling "none" returns a list of (n_tokens, dim) arrays instead, one per text (texts differ in length),
         each row normalized on its own. Strings are tokenized as `tokenize` does (the model's BOS and EOS
         rule); token ids are used as given. Consecutive texts are packed into batches of up to n_batch tokens
-        that go through each layer together (each text at its own positions, attending to itself only); a text
-        longer than n_batch runs alone in chunks. What the KV cache holds afterwards is no chat prefix.
+        (and 32 texts) that go through each layer together, each text a sequence of its own; a text longer than
+        n_batch runs alone in chunks. What the KV cache holds afterwards is no chat prefix.
         InvalidArgumentError for an empty list, an empty text, a wrong type or an id outside the vocabulary;
         ContextOverflowError for a text longer than n_ctx."""
         pooling = self.pooling if pooling is None else check_pooling(pooling)
@@ -173,8 +188,11 @@ class Model:
             self._check_fits(len(ids), f"text at index {i}")
             self._engine.check_tokens(ids)
         rows: list[np.ndarray] = []
-        for pack in _packs(docs, self._engine.n_batch):  # a text longer than n_batch runs alone, in chunks
-            states = self._engine.hidden_packed(pack) if len(pack) > 1 else [self._engine.hidden(pack[0])]
+        for pack in _packs(docs, self._engine.n_batch, len(self._embed_seqs)):  # a text longer than n_batch runs
+            if len(pack) == 1 and len(pack[0]) > self._engine.n_batch:  # alone, in chunks
+                states = [self._engine.hidden(pack[0])]
+            else:
+                states = self._engine.hidden_texts(pack, self._embed_seqs[:len(pack)])
             rows += [pool(s, pooling) for s in states]
         if normalize:
             rows = [l2_normalize(r) for r in rows]
@@ -247,8 +265,61 @@ class Model:
         self._check_fits(len(ids), "prompt")
         self._engine.check_tokens(ids)
         compiled = compile_constraint(constraint, self.tokenizer, self._engine.vocab_size) if constraint else None
-        return Generation(self._engine, self.tokenizer, ids, params, max_tokens, stops, eog_ids, logprobs=logprobs,
-                          constraint=compiled)
+        return Generation(self._scheduler, self.tokenizer, ids, params, max_tokens, stops, eog_ids,
+                          logprobs=logprobs, constraint=compiled)
+
+    # --- many at once -------------------------------------------------------------------------------
+
+    def generate_batch(self, prompts: Sequence[str | Sequence[int]], params: SamplingParams | None = None, *,
+                       max_tokens: int | None = 256, stop: str | Iterable[str] | None = None,
+                       response_format: dict[str, Any] | None = None, grammar: str | Grammar | None = None,
+                       **sampling: Any) -> list[str]:
+        """The continuation of each prompt (text or token ids), as `generate` gives it alone, computed together:
+        up to `parallel` at a time, each step one forward pass for all of them (the rest wait their turn). The
+        keywords apply to every prompt; with a `seed`, prompt i is sampled with seed + i (so that equal prompts
+        give different samples, and each result is what `generate(prompt_i, seed=seed + i)` gives).
+        InvalidArgumentError for an empty list or a bad prompt (nothing is generated then)."""
+        prompts = _batch_items(prompts, "prompts")
+        gens = [self.stream(prompt, params, max_tokens=max_tokens, stop=stop, response_format=response_format,
+                            grammar=grammar, **_seeded(sampling, i)) for i, prompt in enumerate(prompts)]
+        return [g.text() for g in _started(gens)]
+
+    def chat_batch(self, conversations: Sequence[Sequence[dict]], params: SamplingParams | None = None, *,
+                   chat_format: str | None = None, max_tokens: int | None = None,
+                   stop: str | Iterable[str] | None = None, logprobs: int | None = None,
+                   enable_thinking: bool | None = None, response_format: dict[str, Any] | None = None,
+                   grammar: str | Grammar | None = None, tools: Sequence[dict] | None = None,
+                   tool_choice: str | dict | None = None, **sampling: Any) -> list[dict[str, Any]]:
+        """The assistant's reply to each conversation, as `chat` gives it alone (the same dicts), computed
+        together as in `generate_batch` (with a `seed`, conversation i is sampled with seed + i)."""
+        conversations = _batch_items(conversations, "conversations")
+        streams = [self.chat_stream(messages, params, chat_format=chat_format, max_tokens=max_tokens, stop=stop,
+                                    logprobs=logprobs, enable_thinking=enable_thinking,
+                                    response_format=response_format, grammar=grammar, tools=tools,
+                                    tool_choice=tool_choice, **_seeded(sampling, i))
+                   for i, messages in enumerate(conversations)]
+        _started([s.generation for s in streams])
+        replies = []
+        for s in streams:
+            reply = s.result()
+            if logprobs is not None:
+                reply["logprobs"] = chat_logprobs(self.tokenizer, s.generation.token_logprobs)
+            replies.append(reply)
+        return replies
+
+    def start_batching(self) -> None:
+        """Starts a background thread that runs the generation steps whenever there is work, so generations
+        advance even while nobody is waiting for their next piece (a server sending pieces to clients). Without
+        it the threads that iterate generations take turns running the steps."""
+        self._scheduler.start_background()
+
+    def stop_batching(self) -> None:
+        """Stops the background thread of start_batching (after its current step)."""
+        self._scheduler.stop_background()
+
+    def serving_stats(self) -> ServingStats:
+        """What the scheduler does now (slots in use, generations waiting, KV blocks in use) and token totals."""
+        return self._scheduler.stats()
 
     # --- chat ---------------------------------------------------------------------------------------
 
@@ -423,7 +494,10 @@ class Model:
     # --- lifetime -----------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Frees the KV cache and threads now. The model cannot be used afterwards."""
+        """Cancels the generations still running, frees the KV cache and threads now. The model cannot be used
+        afterwards."""
+        self._scheduler.cancel_all()
+        self._scheduler.stop_background()
         self._engine.close()
 
     def __enter__(self) -> Model:
@@ -440,7 +514,8 @@ class Model:
 
 def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | None = None,
          n_ctx: int | None = None, n_threads: int | None = None, n_batch: int = DEFAULT_BATCH,
-         chat_format: str | None = None, quantize: str | None = None, progress: Progress | None = None) -> Model:
+         chat_format: str | None = None, quantize: str | None = None, progress: Progress | None = None,
+         parallel: int = DEFAULT_PARALLEL, kv_size: int | None = None) -> Model:
     """Loads a model file or folder, the demo model, or a model of the Hugging Face Hub.
 
     path:      a GGUF file (architecture llama, qwen2, qwen3, gemma2, gemma3, phi3, smollm3 or granite; F32, F16, BF16,
@@ -463,14 +538,21 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
                "gemma", "plain"); default: the model's own template, else "plain".
     quantize:  Hugging Face folders only: convert the weights at load time ("q8_0", "q4_0", "f16", ...);
                `progress(done, total, name)` is called after each tensor.
+    parallel:  generations decoded together at most (default 4): concurrent generations (threads, asyncio
+               tasks, generate_batch, the server's requests) share each forward pass; more wait their turn.
+    kv_size:   positions the KV cache holds for all generations together (a pool of blocks of 32 positions that
+               each sequence takes as it grows); default n_ctx, the memory of one full context. A generation
+               may use up to n_ctx of them; when the pool is full the latest generation waits (it is
+               recomputed later) until others end. Must be >= n_ctx.
 
     A bad argument raises an LLMError whose `param` names it (InvalidArgumentError for n_ctx, n_threads,
-    n_batch, chat_format; TokenizerError for tokenizer); a bad file ModelFormatError."""
+    n_batch, chat_format, parallel, kv_size; TokenizerError for tokenizer); a bad file ModelFormatError."""
     _check_chat_format(chat_format)
     if n_threads is None:
         n_threads = min(physical_cores(), MAX_THREADS)
     _check_int("n_threads", n_threads, 1, MAX_THREADS)
     _check_int("n_batch", n_batch, 1, 1 << 16)
+    _check_int("parallel", parallel, 1, MAX_PARALLEL)
     if n_ctx is not None:
         _check_int("n_ctx", n_ctx, 1, 1 << 24)
     if isinstance(path, str):
@@ -478,23 +560,49 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
     spec = read_model(path, quantize=quantize, progress=progress)
     if n_ctx is None:
         n_ctx = min(spec.max_context, DEFAULT_MAX_CTX)
-    _check_context(spec, n_ctx, n_batch, n_threads)
+    if kv_size is not None:
+        _check_int("kv_size", kv_size, n_ctx, 1 << 30)
+    _check_context(spec, n_ctx, n_batch, n_threads, kv_size or n_ctx)
     tok, problem = resolve_tokenizer(spec, tokenizer)
     return Model(spec, tok, n_ctx=n_ctx, n_threads=n_threads, tokenizer_problem=problem, n_batch=n_batch,
-                 chat_format=chat_format)
+                 chat_format=chat_format, parallel=parallel, kv_size=kv_size)
 
 
-def _packs(docs: list[list[int]], n_batch: int) -> list[list[list[int]]]:
-    """Consecutive texts grouped into packs of at most n_batch tokens (a longer text is a pack of its own)."""
+def _packs(docs: list[list[int]], n_batch: int, max_texts: int) -> list[list[list[int]]]:
+    """Consecutive texts grouped into packs of at most n_batch tokens and max_texts texts (a text longer than
+    n_batch is a pack of its own)."""
     packs: list[list[list[int]]] = []
     size = n_batch
     for ids in docs:
-        if size + len(ids) > n_batch:
+        if size + len(ids) > n_batch or len(packs[-1]) == max_texts:
             packs.append([])
             size = 0
         packs[-1].append(ids)
         size += len(ids)
     return packs
+
+
+def _batch_items(items: object, name: str) -> list[Any]:
+    """generate_batch's prompts / chat_batch's conversations as a non-empty list."""
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or not items:
+        raise InvalidArgumentError(f"{name} must be a non-empty list, got {type(items).__name__}"
+                                   f"{' (empty)' if isinstance(items, Sequence) and not items else ''}", param=name)
+    return list(items)
+
+
+def _seeded(sampling: dict[str, Any], i: int) -> dict[str, Any]:
+    """The sampling keywords of the i-th item of a batch: seed + i where a seed is given."""
+    seed = sampling.get("seed")
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        return {**sampling, "seed": (seed + i) % 2**64}
+    return sampling
+
+
+def _started(gens: list[Generation]) -> list[Generation]:
+    """Queues every generation before any is iterated, so that the scheduler admits them together."""
+    for g in gens:
+        g.start()
+    return gens
 
 
 def _texts(texts: object) -> list[object]:
@@ -542,13 +650,17 @@ def _sampling(params: SamplingParams | None, overrides: dict[str, Any]) -> Sampl
     return (params or DEFAULT_SAMPLING).with_overrides(**overrides)
 
 
-def _check_context(spec: ModelSpec, n_ctx: int, n_batch: int, n_threads: int) -> None:
-    """Refuses an n_ctx whose KV cache would not fit in physical memory, before anything is allocated, saying
-    which n_ctx would do."""
+def _check_context(spec: ModelSpec, n_ctx: int, n_batch: int, n_threads: int, kv_size: int) -> None:
+    """Refuses an n_ctx (or kv_size) whose KV cache would not fit in physical memory, before anything is
+    allocated, saying which n_ctx would do."""
     memory = physical_memory()
-    needed = context_bytes(spec.config, n_ctx, n_batch, n_threads)
+    needed = context_bytes(spec.config, n_ctx, n_batch, n_threads, n_kv=kv_size)
     if memory is None or needed is None or needed <= memory:
         return
+    if kv_size > n_ctx:
+        raise InvalidArgumentError(
+            f"kv_size = {kv_size} needs {needed / 2**30:.1f} GiB for the KV cache and buffers of {spec.path}, more "
+            f"than this machine's {memory / 2**30:.1f} GiB of physical memory", param="kv_size")
     low, high = 0, n_ctx  # the largest n_ctx that fits, by bisection (the size grows with n_ctx)
     while low < high:
         mid = (low + high + 1) // 2
