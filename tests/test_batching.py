@@ -252,3 +252,11 @@ def _run_all(gens: list[llmrun.Generation]) -> list[llmrun.Generation]:
     for g in gens:
         g.text()
     return gens
+
+
+def test_the_readme_snippet_runs() -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    snippet = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "generate_batch" in b)
+    exec(snippet, {"llmrun": llmrun, "print": lambda *a: None})
