@@ -70,7 +70,7 @@ class Model:
         self._spec = spec
         self._tokenizer = tokenizer
         self._tokenizer_problem = tokenizer_problem
-        self._engine = Engine(spec, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch)
+        self._engine = Engine(spec, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, n_seq=33)
         cfg = spec.config
         self.info = ModelInfo(
             path=str(spec.path), format=spec.format, dim=cfg.dim, hidden_dim=cfg.hidden_dim,
@@ -173,8 +173,12 @@ class Model:
             self._check_fits(len(ids), f"text at index {i}")
             self._engine.check_tokens(ids)
         rows: list[np.ndarray] = []
-        for pack in _packs(docs, self._engine.n_batch):  # a text longer than n_batch runs alone, in chunks
-            states = self._engine.hidden_packed(pack) if len(pack) > 1 else [self._engine.hidden(pack[0])]
+        blocks = self._engine.n_kv // self._engine.block_size
+        for pack in _packs(docs, self._engine.n_batch, blocks):  # a text longer than n_batch runs alone, in chunks
+            if len(pack) > 1:
+                self._engine.seq_keep(0, 0)  # sequence 0's blocks back to the pool for the pack's sequences
+            states = (self._engine.hidden_texts(pack, range(1, 1 + len(pack))) if len(pack) > 1
+                      else [self._engine.hidden(pack[0])])
             rows += [pool(s, pooling) for s in states]
         if normalize:
             rows = [l2_normalize(r) for r in rows]
@@ -484,16 +488,19 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
                  chat_format=chat_format)
 
 
-def _packs(docs: list[list[int]], n_batch: int) -> list[list[list[int]]]:
-    """Consecutive texts grouped into packs of at most n_batch tokens (a longer text is a pack of its own)."""
+def _packs(docs: list[list[int]], n_batch: int, blocks: int = 2**31, block_size: int = 32) -> list[list[list[int]]]:
+    """Consecutive texts grouped into packs of at most n_batch tokens, 32 texts (the engine's sequences 1..32) and
+    `blocks` KV blocks of block_size (a longer text is a pack of its own)."""
     packs: list[list[list[int]]] = []
-    size = n_batch
+    size, used = n_batch, blocks
     for ids in docs:
-        if size + len(ids) > n_batch:
+        need = -(-len(ids) // block_size)
+        if size + len(ids) > n_batch or used + need > blocks or len(packs[-1]) == 32:
             packs.append([])
-            size = 0
+            size = used = 0
         packs[-1].append(ids)
         size += len(ids)
+        used += need
     return packs
 
 
