@@ -137,3 +137,20 @@ int llm_check_config(const llm_config *p, int32_t n_ctx, int32_t n_threads, char
     return 0;
 }
 
+
+int llm_check_sizes(const llm_config *p, const llm_ctx_params *in, llm_ctx_params *out, char *err, size_t errlen) {
+    if (!p || !in) return llm_fail(err, errlen, LLM_ERR_INVALID, "config or params is NULL");
+    int rc = llm_check_config(p, in->n_ctx, in->n_threads, err, errlen);
+    if (rc != 0) return rc;
+    if (in->n_batch < 1) return llm_fail(err, errlen, LLM_ERR_INVALID, "n_batch must be >= 1, got %d", in->n_batch);
+    if (in->n_seq < 0 || in->n_seq > 65536)
+        return llm_fail(err, errlen, LLM_ERR_INVALID, "n_seq must be in [1, 65536] (0: 1), got %d", in->n_seq);
+    if (in->n_kv < 0)
+        return llm_fail(err, errlen, LLM_ERR_INVALID, "n_kv must be in [0, %d] (0: n_ctx), got %d", INT32_MAX,
+                        in->n_kv);
+    *out = *in;
+    if (out->n_seq == 0) out->n_seq = 1;
+    if (out->n_kv == 0) out->n_kv = out->n_ctx;
+    if (out->n_batch > out->n_ctx) out->n_batch = out->n_ctx; /* a batch never holds more tokens than the context */
+    return 0;
+}

@@ -12,6 +12,9 @@
 int llm_fail(char *err, size_t errlen, int code, const char *fmt, ...);
 
 int llm_check_config(const llm_config *p, int32_t n_ctx, int32_t n_threads, char *err, size_t errlen);
+/* The sizes of a context checked (the config too), with each default resolved: n_seq 0 -> 1, n_kv 0 -> n_ctx,
+   n_batch > n_ctx -> n_ctx. */
+int llm_check_sizes(const llm_config *p, const llm_ctx_params *in, llm_ctx_params *out, char *err, size_t errlen);
 int llm_check_weights(const llm_config *p, const llm_weights *w, char *err, size_t errlen);
 
 #endif /* LLMRUN_CHECKS_H */

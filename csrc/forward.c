@@ -29,11 +29,9 @@ struct llm_ctx {
     llm_config         cfg;      /* the caller's, each zero option replaced by its value (attn_scale ...) */
     llm_weights        w;
     llm_layer         *layers;   /* our copy of the caller's layer table */
-    llm_kv_layer      *kv;       /* (n_layers) where each layer keeps its keys and values */
+    llm_kv            *kv;       /* the KV cache's block pools and the sequences' tables (kv_cache.h) */
     int32_t           *layer_ropes; /* (n_layers) llm_layer_rope of each layer */
-    int32_t            n_ctx;    /* positions the KV cache holds */
-    int32_t            written;  /* the cache holds the sequence's positions 0..written-1 (rings: the latest) */
-    const int32_t     *starts;   /* (n) packed texts of this batch: where each token's text begins; NULL: one text */
+    int32_t            n_ctx;    /* positions one sequence may hold */
     int32_t            isa;
     const llm_kernels *kernels;  /* the kernels of `isa` */
     llm_pool          *pool;
@@ -51,11 +49,7 @@ struct llm_ctx {
     float *k;   /* (n_batch, kv_dim) keys, on their way into the cache */
     float *v;   /* (n_batch, kv_dim) values, likewise */
     float *att; /* (n_threads, n_ctx) attention scores, a row per thread */
-    float *att_part; /* (n_threads, head_dim) the weighted sum over the second run of a wrapped ring */
     void (*ffn_activation)(float *gate, const float *up, int64_t n); /* SwiGLU's or GeGLU's kernel */
-
-    float *key_cache;       /* (sum of the layers' rows, kv_dim): kv[l] says where layer l's are */
-    float *value_cache;     /* likewise */
     rope_table rope_global; /* rope_theta or rope_freqs, times rope_attn_factor */
     rope_table rope_local;  /* base rope_theta_local (NULL where no layer uses it) */
 
@@ -129,25 +123,26 @@ static const rope_table *layer_rope(const llm_ctx *c, int l) {
     return kind == LLM_LAYER_ROPE_NONE ? NULL : kind == LLM_LAYER_ROPE_LOCAL ? &c->rope_local : &c->rope_global;
 }
 
-/* Where layer l keeps the key (or value) of a position: its row of the layer's rows (kv_cache.h). */
-static float *kv_row(const llm_ctx *c, float *cache, int layer, int32_t position) {
-    size_t kv_dim = (size_t)c->cfg.n_kv_heads * c->cfg.head_dim;
-    const llm_kv_layer *kv = &c->kv[layer];
-    return cache + ((size_t)kv->first_row + (size_t)(position % kv->rows)) * kv_dim;
-}
-
 /* ---------------------------------------------------------------------------------------------------- */
 /* attention, shared out among the threads */
 
 typedef struct {
-    llm_ctx   *c;
-    int        layer, pos, n;
-    atomic_int next; /* the next (token, head) pair to claim */
+    llm_ctx               *c;
+    const llm_batch_entry *e;
+    int                    layer, n;
+    atomic_int             next; /* the next (token, head) pair to claim */
 } attention_task;
 
-/* Each (token, query head) pair attends over positions first..pos+token of its key/value head (first: 0, or
-   the start of the layer's window); the pairs are shared out among the threads, each with its own row of
-   scores. On a ring the positions lie in one run of rows or, wrapped, two: one softmax over both. */
+/* The run of positions at..min(last, the end of at's block) of a sequence's cache lie in consecutive rows. */
+static int32_t run_end(int32_t at, int32_t last) {
+    int32_t end = (at / LLM_KV_BLOCK + 1) * LLM_KV_BLOCK;
+    return end <= last ? end : last + 1;
+}
+
+/* Each (token, query head) pair attends over positions first..pos of its own sequence for its key/value head
+   (first: 0, or the start of the layer's window); the pairs are shared out among the threads, each with its own
+   row of scores. The positions lie in blocks of the pool: scores a block at a time, one softmax over all, then
+   the weighted sum accumulated a block at a time (the same arithmetic whatever else is in the batch). */
 static void attention_worker(void *arg, int ith, int nth) {
     (void)nth;
     attention_task *t = arg;
@@ -155,43 +150,43 @@ static void attention_worker(void *arg, int ith, int nth) {
     const llm_config *p = &c->cfg;
     const llm_vec_ops *vec = &c->kernels->vec;
     int hd = p->head_dim, q_dim = p->n_heads * hd, kv_dim = p->n_kv_heads * hd, group = p->n_heads / p->n_kv_heads;
-    int32_t window = c->kv[t->layer].window;
-    float *att = c->att + (size_t)ith * c->n_ctx, *part = c->att_part + (size_t)ith * hd;
-    const float *keys = kv_row(c, c->key_cache, t->layer, 0), *values = kv_row(c, c->value_cache, t->layer, 0);
+    int32_t window = llm_kv_window(c->kv, t->layer);
+    float *att = c->att + (size_t)ith * c->n_ctx;
     for (int i; (i = atomic_fetch_add_explicit(&t->next, 1, memory_order_relaxed)) < t->n * p->n_heads;) {
-        int token = i / p->n_heads, h = i % p->n_heads, last = t->pos + token;
-        int first = window && last >= window ? last - window + 1 : 0;
-        if (c->starts && first < c->starts[token]) first = c->starts[token]; /* packed: its own text only */
-        llm_kv_span rows = llm_kv_span_of(&c->kv[t->layer], first, last);
+        int token = i / p->n_heads, h = i % p->n_heads;
+        int32_t seq = t->e[token].seq, last = t->e[token].pos, first = window && last >= window ? last - window + 1 : 0;
         const float *q = c->q + (size_t)token * q_dim + (size_t)h * hd;
-        size_t head = (size_t)(h / group) * hd, run0 = (size_t)rows.start * kv_dim + head; /* run1: row 0 */
-        vec->scores(att, q, keys + run0, kv_dim, rows.n0, hd, p->attn_scale);
-        vec->scores(att + rows.n0, q, keys + head, kv_dim, rows.n1, hd, p->attn_scale);
-        if (p->attn_softcap) vec->softcap(att, rows.n0 + rows.n1, p->attn_softcap); /* Gemma 2 */
-        vec->softmax(att, rows.n0 + rows.n1);
+        size_t head = (size_t)(h / group) * hd;
+        for (int32_t at = first, end; at <= last; at = end) {
+            end = run_end(at, last);
+            const float *keys = llm_kv_row(c->kv, t->layer, seq, at, 0) + head;
+            vec->scores(att + (at - first), q, keys, kv_dim, end - at, hd, p->attn_scale);
+        }
+        if (p->attn_softcap) vec->softcap(att, last - first + 1, p->attn_softcap); /* Gemma 2 */
+        vec->softmax(att, last - first + 1);
         float *out = c->xb + (size_t)token * c->xb_width + (size_t)h * hd;
-        vec->weighted_sum(out, att, values + run0, kv_dim, rows.n0, hd);
-        if (rows.n1) {
-            vec->weighted_sum(part, att + rows.n0, values + head, kv_dim, rows.n1, hd);
-            add(out, part, hd);
+        memset(out, 0, (size_t)hd * sizeof *out);
+        for (int32_t at = first, end; at <= last; at = end) {
+            end = run_end(at, last);
+            const float *values = llm_kv_row(c->kv, t->layer, seq, at, 1) + head;
+            vec->weighted_sum(out, att + (at - first), values, kv_dim, end - at, hd);
         }
     }
 }
 
-/* xb = softmax(attn_scale q k^T) v for each query head of the n tokens at positions pos.., over the keys and
-   values of layer l's cache up to each token's own position (causal), within the layer's window if it has one. */
-static void attention(llm_ctx *c, int layer, int32_t pos, int n) {
-    attention_task task = {c, layer, pos, n, 0};
+/* xb = softmax(attn_scale q k^T) v for each query head of the n entries, over the keys and values of layer l's
+   cache of each one's sequence up to its own position (causal), within the layer's window if it has one. */
+static void attention(llm_ctx *c, int layer, const llm_batch_entry *e, int n) {
+    attention_task task = {c, e, layer, n, 0};
     llm_pool_run(c->pool, attention_worker, &task);
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
 /* the forward pass */
 
-/* n <= n_batch tokens at positions pos.. through every layer together; logits for the last token, for
-   all of them (all_logits), or none (logits == NULL); with states, every token's final-normed state too. */
-static void forward_batch(llm_ctx *c, const int32_t *tokens, int n, int32_t pos, float *logits, int all_logits,
-                          float *states) {
+/* n <= n_batch entries (tokens of any sequences, their blocks ready: kv_cache.h) through every layer together;
+   for the entries with output set, in their order: logits (unless NULL) and final-normed states (unless NULL). */
+static void forward_batch(llm_ctx *c, const llm_batch_entry *e, int n, float *logits, float *states) {
     const llm_config *p = &c->cfg;
     int64_t dim = p->dim, q_dim = (int64_t)p->n_heads * p->head_dim, kv_dim = (int64_t)p->n_kv_heads * p->head_dim;
     int64_t hidden = p->hidden_dim, wide = c->xb_width;
@@ -199,7 +194,7 @@ static void forward_batch(llm_ctx *c, const int32_t *tokens, int n, int32_t pos,
 
     const llm_tensor *embedding = &c->w.token_embd;
     for (int t = 0; t < n; t++) { /* x (n, dim) = the tokens' rows of the embedding, times embed_scale */
-        llm_types[embedding->type].get_row(x + t * dim, embedding->data, tokens[t], dim);
+        llm_types[embedding->type].get_row(x + t * dim, embedding->data, e[t].token, dim);
         scale(x + t * dim, dim, p->embed_scale);
     }
 
@@ -219,16 +214,15 @@ static void forward_batch(llm_ctx *c, const int32_t *tokens, int n, int32_t pos,
             add_bias(vt, &L->bv);
             head_norms(qt, p->n_heads, &L->q_norm, p); /* Qwen3, Gemma 3 */
             head_norms(kt, p->n_kv_heads, &L->k_norm, p);
-            if (rotation) { /* at the token's position in its own text */
-                int at = pos + t - (c->starts ? c->starts[t] : 0);
-                rope(c, rotation, qt, p->n_heads, at);
-                rope(c, rotation, kt, p->n_kv_heads, at);
+            if (rotation) { /* at the token's position in its sequence */
+                rope(c, rotation, qt, p->n_heads, e[t].pos);
+                rope(c, rotation, kt, p->n_kv_heads, e[t].pos);
             }
-            /* into the position's row of the cache (a ring's rows wrap, so row by row) */
-            memcpy(kv_row(c, c->key_cache, l, pos + t), kt, (size_t)kv_dim * sizeof *kt);
-            memcpy(kv_row(c, c->value_cache, l, pos + t), vt, (size_t)kv_dim * sizeof *vt);
+            /* into the position's row of its sequence's block */
+            memcpy(llm_kv_row(c->kv, l, e[t].seq, e[t].pos, 0), kt, (size_t)kv_dim * sizeof *kt);
+            memcpy(llm_kv_row(c->kv, l, e[t].seq, e[t].pos, 1), vt, (size_t)kv_dim * sizeof *vt);
         }
-        attention(c, l, pos, n);                                                /* xb (n, q_dim) */
+        attention(c, l, e, n);                                                  /* xb (n, q_dim) */
         llm_products_run(c->products, n, xb, wide, &(llm_product){xb2, dim, &L->wo}, 1); /* xb2 (n, dim) */
         add_block(p, x, xb2, &L->attn_post_norm, n);
 
@@ -243,19 +237,33 @@ static void forward_batch(llm_ctx *c, const int32_t *tokens, int n, int32_t pos,
         add_block(p, x, xb2, &L->ffn_post_norm, n);
     }
 
-    if (states) /* embeddings: (n, dim) after the final norm, no classifier */
-        for (int t = 0; t < n; t++) rmsnorm(states + t * dim, x + t * dim, c->w.output_norm.data, p->dim, p->norm_eps);
-    if (!logits) return;
-    int first = all_logits ? 0 : n - 1; /* the final norm and the classifier only run where logits are wanted */
-    for (int t = first; t < n; t++) rmsnorm(x + t * dim, x + t * dim, c->w.output_norm.data, p->dim, p->norm_eps);
+    /* the final norm of the output entries, packed into xb's rows (and copied out as states: embeddings) */
+    int64_t n_out = 0;
+    for (int t = 0; t < n; t++) {
+        if (!e[t].output) continue;
+        rmsnorm(xb + n_out * wide, x + t * dim, c->w.output_norm.data, p->dim, p->norm_eps);
+        if (states) memcpy(states + n_out * dim, xb + n_out * wide, (size_t)dim * sizeof *xb);
+        n_out++;
+    }
+    if (!logits || !n_out) return; /* the classifier only runs where logits are wanted */
     const llm_tensor *classifier = c->w.output.data ? &c->w.output : &c->w.token_embd;
-    llm_products_run(c->products, n - first, x + first * dim, dim, &(llm_product){logits, p->vocab_size, classifier}, 1);
-    int64_t n_logits = (int64_t)(n - first) * p->vocab_size;
+    llm_products_run(c->products, n_out, xb, wide, &(llm_product){logits, p->vocab_size, classifier}, 1);
+    int64_t n_logits = n_out * p->vocab_size;
     scale(logits, n_logits, p->logit_scale); /* Granite */
     if (p->final_softcap) c->kernels->vec.softcap(logits, n_logits, p->final_softcap); /* Gemma 2 */
 }
 
-/* llm_forward and llm_forward_hidden: check, then run the tokens in batches of up to n_batch. */
+int llm_batch(llm_ctx *c, const llm_batch_entry *entries, int32_t n, float *logits, float *hidden) {
+    if (!c) return LLM_ERR_INVALID;
+    c->err[0] = '\0';
+    int rc = llm_kv_batch_begin(c->kv, entries, n, c->cfg.vocab_size, c->err, sizeof c->err);
+    if (rc != 0) return rc;
+    forward_batch(c, entries, n, logits, hidden);
+    llm_kv_batch_end(c->kv);
+    return 0;
+}
+
+/* llm_forward and llm_forward_hidden: check, then run the tokens in sequence 0 in batches of up to n_batch. */
 static int run(llm_ctx *c, const int32_t *tokens, int32_t n_tokens, int32_t pos, float *logits, int32_t all_logits,
                float *hidden) {
     if (!c) return LLM_ERR_INVALID;
@@ -266,10 +274,10 @@ static int run(llm_ctx *c, const int32_t *tokens, int32_t n_tokens, int32_t pos,
     if (pos < 0 || pos > c->n_ctx - n_tokens)
         return llm_fail(c->err, sizeof c->err, LLM_ERR_INVALID, "positions %d..%lld do not fit the context of %d",
                         pos, (long long)pos + n_tokens - 1, c->n_ctx);
-    if (pos > c->written)
+    if (pos > c->kv->length[0])
         return llm_fail(c->err, sizeof c->err, LLM_ERR_INVALID, "position %d is past the cache, which holds positions "
-                        "0..%d: a forward continues the sequence or starts over at 0", pos, c->written - 1);
-    int32_t resume_min = llm_kv_resume_min(c->kv, c->cfg.n_layers);
+                        "0..%d: a forward continues the sequence or starts over at 0", pos, c->kv->length[0] - 1);
+    int32_t resume_min = llm_kv_resume_min(c->kv, 0);
     if (pos != 0 && pos < resume_min)
         return llm_fail(c->err, sizeof c->err, LLM_ERR_INVALID, "position %d needs keys that the sliding-window "
                         "layers' caches have dropped: continue from position %d or later, or start over at 0", pos,
@@ -278,14 +286,15 @@ static int run(llm_ctx *c, const int32_t *tokens, int32_t n_tokens, int32_t pos,
         if (tokens[i] < 0 || tokens[i] >= c->cfg.vocab_size)
             return llm_fail(c->err, sizeof c->err, LLM_ERR_INVALID, "token %d at index %d is outside [0, %d)",
                             tokens[i], i, c->cfg.vocab_size);
+    llm_batch_entry *e = c->kv->entries;
     for (int32_t i = 0; i < n_tokens; i += c->n_batch) {
         int n = n_tokens - i < c->n_batch ? n_tokens - i : c->n_batch;
-        float *out = NULL;
-        if (logits && all_logits) out = logits + (size_t)i * c->cfg.vocab_size;
-        else if (logits && i + n == n_tokens) out = logits;
-        forward_batch(c, tokens + i, n, pos + i, out, all_logits, hidden ? hidden + (size_t)i * c->cfg.dim : NULL);
-        llm_kv_advance(c->kv, c->cfg.n_layers, pos + i, pos + i + n);
-        c->written = pos + i + n;
+        for (int t = 0; t < n; t++) /* outputs: every token's states, logits of all tokens or of the last one */
+            e[t] = (llm_batch_entry){tokens[i + t], 0, pos + i + t, hidden || all_logits || i + t == n_tokens - 1};
+        float *out = logits && (all_logits || i + n == n_tokens) ? logits + (all_logits ? (size_t)i * c->cfg.vocab_size : 0)
+                                                                  : NULL;
+        int rc = llm_batch(c, e, n, out, hidden ? hidden + (size_t)i * c->cfg.dim : NULL);
+        if (rc != 0) return rc;
     }
     return 0;
 }
@@ -300,22 +309,27 @@ int llm_forward_hidden(llm_ctx *c, const int32_t *tokens, int32_t n_tokens, int3
     return run(c, tokens, n_tokens, pos, NULL, 0, hidden);
 }
 
-int llm_forward_hidden_packed(llm_ctx *c, const int32_t *tokens, int32_t n_tokens, const int32_t *text_starts,
-                              float *hidden) {
-    if (!c) return LLM_ERR_INVALID;
-    if (!text_starts) return llm_fail(c->err, sizeof c->err, LLM_ERR_INVALID, "text_starts is NULL");
-    if (n_tokens > c->n_batch)
-        return llm_fail(c->err, sizeof c->err, LLM_ERR_INVALID, "%d packed tokens do not fit one batch of %d",
-                        n_tokens, c->n_batch);
-    for (int32_t t = 0; t < n_tokens; t++) /* a text starts at its first token and runs on unbroken */
-        if (text_starts[t] != t && (t == 0 || text_starts[t] != text_starts[t - 1]))
-            return llm_fail(c->err, sizeof c->err, LLM_ERR_INVALID, "text_starts[%d] is %d: a token's text starts "
-                            "at the token itself or where its predecessor's does", t, text_starts[t]);
-    c->starts = text_starts;
-    int rc = llm_forward_hidden(c, tokens, n_tokens, 0, hidden);
-    c->starts = NULL;
-    if (rc == 0) c->written = 0; /* the cache holds no one sequence: the next forward starts at 0 */
-    return rc;
+/* The sequence operations (kv_cache.c). */
+int llm_seq_keep(llm_ctx *c, int32_t seq, int32_t n) {
+    return c ? llm_kv_keep(c->kv, seq, n, c->err, sizeof c->err) : LLM_ERR_INVALID;
+}
+
+int llm_seq_copy(llm_ctx *c, int32_t src, int32_t dst, int32_t n) {
+    return c ? llm_kv_copy(c->kv, src, dst, n, c->err, sizeof c->err) : LLM_ERR_INVALID;
+}
+
+int32_t llm_seq_length(const llm_ctx *c, int32_t seq) {
+    return c && seq >= 0 && seq < c->kv->n_seq ? c->kv->length[seq] : LLM_ERR_INVALID;
+}
+
+int32_t llm_seq_resume_min(const llm_ctx *c, int32_t seq) {
+    return c && seq >= 0 && seq < c->kv->n_seq ? llm_kv_resume_min(c->kv, seq) : LLM_ERR_INVALID;
+}
+
+int llm_kv_usage(const llm_ctx *c, int64_t *used, int64_t *total) {
+    if (!c || !used || !total) return LLM_ERR_INVALID;
+    llm_kv_blocks(c->kv, used, total);
+    return 0;
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
@@ -330,7 +344,7 @@ static int uses_local_rope(const llm_config *p) {
 
 /* The context's float buffers, each (rows, cols) floats: the one list that llm_create allocates and
    llm_ctx_bytes counts. c may be a scratch struct when only the sizes are wanted. */
-enum { N_BUFFERS = 16 };
+enum { N_BUFFERS = 13 };
 typedef struct {
     float **ptr;
     size_t  rows, cols; /* 0 rows: not needed (left NULL) */
@@ -341,12 +355,10 @@ static void plan_buffers(llm_ctx *c, const llm_config *p, int32_t n_ctx, int32_t
     size_t nb = (size_t)n_batch, ctx = (size_t)n_ctx, dim = (size_t)p->dim, hidden = (size_t)p->hidden_dim;
     size_t q_dim = (size_t)p->n_heads * (size_t)p->head_dim, kv_dim = (size_t)p->n_kv_heads * (size_t)p->head_dim;
     size_t wide = dim > q_dim ? dim : q_dim, half = (size_t)(p->rope_dim ? p->rope_dim : p->head_dim) / 2;
-    size_t kv_rows = 0, local = uses_local_rope(p) ? ctx : 0, hd = (size_t)p->head_dim, nth = (size_t)n_threads;
-    for (int l = 0; l < p->n_layers; l++) kv_rows += (size_t)llm_kv_rows(p, l, n_ctx, n_batch); /* < 2^62 */
+    size_t local = uses_local_rope(p) ? ctx : 0, nth = (size_t)n_threads;
     float_buffer plan[N_BUFFERS] = {
         {&c->x, nb, dim}, {&c->xb, nb, wide}, {&c->xb2, nb, dim}, {&c->hb, nb, hidden}, {&c->hb2, nb, hidden},
-        {&c->q, nb, q_dim}, {&c->k, nb, kv_dim}, {&c->v, nb, kv_dim}, {&c->att, nth, ctx}, {&c->att_part, nth, hd},
-        {&c->key_cache, kv_rows, kv_dim}, {&c->value_cache, kv_rows, kv_dim},
+        {&c->q, nb, q_dim}, {&c->k, nb, kv_dim}, {&c->v, nb, kv_dim}, {&c->att, nth, ctx},
         {&c->rope_global.cos, ctx, half}, {&c->rope_global.sin, ctx, half},
         {&c->rope_local.cos, local, half}, {&c->rope_local.sin, local, half},
     };
@@ -366,16 +378,19 @@ static int64_t widest_input(const llm_config *p) {
     return wide > p->hidden_dim ? wide : p->hidden_dim;
 }
 
-int64_t llm_ctx_bytes(const llm_config *p, int32_t n_ctx, int32_t n_batch, int32_t n_threads) {
-    if (!p || llm_check_config(p, n_ctx, n_threads, NULL, 0) != 0 || n_batch < 1) return LLM_ERR_INVALID;
-    if (n_batch > n_ctx) n_batch = n_ctx;
+int64_t llm_ctx_bytes(const llm_config *p, const llm_ctx_params *params) {
+    llm_ctx_params s;
+    if (llm_check_sizes(p, params, &s, NULL, 0) != 0) return LLM_ERR_INVALID;
     llm_ctx sizes_only; /* plan_buffers wants somewhere to point; nothing is allocated */
     float_buffer plan[N_BUFFERS];
-    plan_buffers(&sizes_only, p, n_ctx, n_batch, n_threads, plan);
+    plan_buffers(&sizes_only, p, s.n_ctx, s.n_batch, s.n_threads, plan);
     /* The products' scratch is sized for the best level: a context on a forced lower level needs no more. */
-    size_t per_layer = sizeof(llm_layer) + sizeof(llm_kv_layer) + sizeof(int32_t); /* layers, kv, layer_ropes */
+    int64_t kv = llm_kv_bytes(p, s.n_ctx, s.n_seq, s.n_kv, s.n_batch);
+    size_t per_layer = sizeof(llm_layer) + sizeof(int32_t); /* layers, layer_ropes */
     size_t total = sizeof(llm_ctx) + (size_t)p->n_layers * per_layer +
-                   llm_products_bytes(llm_kernels_get(llm_isa_best()), n_threads, widest_input(p), n_batch);
+                   llm_products_bytes(llm_kernels_get(llm_isa_best()), s.n_threads, widest_input(p), s.n_batch);
+    if (kv < 0 || total > (size_t)INT64_MAX - (size_t)kv) return LLM_ERR_NOMEM;
+    total += (size_t)kv;
     for (int i = 0; i < N_BUFFERS; i++) {
         size_t bytes;
         if (!buffer_bytes(&plan[i], &bytes) || total > (size_t)INT64_MAX - bytes) return LLM_ERR_NOMEM;
@@ -412,17 +427,20 @@ static llm_config with_defaults(const llm_config *p) {
     return c;
 }
 
-int llm_create(const llm_config *p, const llm_weights *w, int32_t n_ctx, int32_t n_batch, int32_t n_threads,
-               int32_t isa, llm_ctx **out, char *err, size_t errlen) {
+int llm_create(const llm_config *p, const llm_weights *w, const llm_ctx_params *params, llm_ctx **out, char *err,
+               size_t errlen) {
     int rc;
+    llm_ctx_params s;
     if (err && errlen) err[0] = '\0';
     if (!out) return llm_fail(err, errlen, LLM_ERR_INVALID, "out is NULL");
     *out = NULL;
     if (!p || !w) return llm_fail(err, errlen, LLM_ERR_INVALID, "config or weights is NULL");
-    if ((rc = llm_check_config(p, n_ctx, n_threads, err, errlen)) != 0) return rc;
-    if (n_batch < 1) return llm_fail(err, errlen, LLM_ERR_INVALID, "n_batch must be >= 1, got %d", n_batch);
-    if (n_batch > n_ctx) n_batch = n_ctx; /* a batch never holds more tokens than the context */
+    if ((rc = llm_check_sizes(p, params, &s, err, errlen)) != 0) return rc;
     if ((rc = llm_check_weights(p, w, err, errlen)) != 0) return rc;
+    int32_t n_ctx = s.n_ctx, n_batch = s.n_batch, n_threads = s.n_threads, isa = s.isa;
+    if (llm_kv_bytes(p, n_ctx, s.n_seq, s.n_kv, n_batch) < 0)
+        return llm_fail(err, errlen, LLM_ERR_NOMEM, "a KV pool of %d positions for %d sequences of %d is too large "
+                        "for this machine's address space", s.n_kv, s.n_seq, n_ctx);
     if (isa == LLM_ISA_AUTO) isa = llm_isa_best();
     const llm_kernels *kernels = llm_kernels_get(isa);
     if (!kernels) return llm_fail(err, errlen, LLM_ERR_INVALID, "instruction set %d is not available on this CPU", isa);
@@ -440,7 +458,7 @@ int llm_create(const llm_config *p, const llm_weights *w, int32_t n_ctx, int32_t
     size_t dim = (size_t)p->dim, q_dim = (size_t)p->n_heads * p->head_dim, n_layers = (size_t)p->n_layers;
     c->xb_width = (int64_t)(dim > q_dim ? dim : q_dim);
     c->layers = malloc(n_layers * sizeof *c->layers);
-    c->kv = malloc(n_layers * sizeof *c->kv);
+    c->kv = llm_kv_create(p, n_ctx, s.n_seq, s.n_kv, n_batch);
     c->layer_ropes = calloc(n_layers, sizeof *c->layer_ropes); /* zeros: LLM_LAYER_ROPE_GLOBAL */
     int ok = c->layers && c->kv && c->layer_ropes;
     float_buffer plan[N_BUFFERS];
@@ -451,11 +469,11 @@ int llm_create(const llm_config *p, const llm_weights *w, int32_t n_ctx, int32_t
     }
     if (!ok) {
         llm_free(c);
-        return llm_fail(err, errlen, LLM_ERR_NOMEM, "out of memory allocating the KV cache for %d positions", n_ctx);
+        return llm_fail(err, errlen, LLM_ERR_NOMEM, "out of memory allocating the KV pool of %d positions and the "
+                        "buffers of a context of %d", s.n_kv, n_ctx);
     }
     memcpy(c->layers, w->layers, n_layers * sizeof *c->layers);
     c->w.layers = c->layers;
-    llm_kv_plan(c->kv, p, n_ctx, n_batch);
     if (p->layer_ropes) memcpy(c->layer_ropes, p->layer_ropes, n_layers * sizeof *c->layer_ropes);
     fill_rope_table(&c->rope_global, n_ctx, c->cfg.rope_dim, p->rope_freqs, p->rope_theta, c->cfg.rope_attn_factor);
     if (c->rope_local.cos) fill_rope_table(&c->rope_local, n_ctx, c->cfg.rope_dim, NULL, p->rope_theta_local, 1.0);
@@ -472,8 +490,6 @@ int llm_create(const llm_config *p, const llm_weights *w, int32_t n_ctx, int32_t
     return 0;
 }
 
-int32_t llm_ctx_resume_min(const llm_ctx *c) { return c ? llm_kv_resume_min(c->kv, c->cfg.n_layers) : LLM_ERR_INVALID; }
-
 const char *llm_last_error(const llm_ctx *c) { return c ? c->err : "no context"; }
 
 int32_t llm_ctx_isa(const llm_ctx *c) { return c ? c->isa : LLM_ERR_INVALID; }
@@ -483,7 +499,7 @@ void llm_free(llm_ctx *c) {
     llm_products_free(c->products);
     llm_pool_free(c->pool);
     free(c->layers);
-    free(c->kv);
+    llm_kv_free(c->kv);
     free(c->layer_ropes);
     float_buffer plan[N_BUFFERS]; /* the buffers llm_create allocated (NULL where it did not get that far) */
     plan_buffers(c, &c->cfg, c->n_ctx, c->n_batch, 1, plan);

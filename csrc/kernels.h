@@ -67,7 +67,8 @@ typedef struct {
     /* out[s] = scale * dot(q, row s) for s < n_rows: a query's attention scores */
     void (*scores)(float *out, const float *q, const float *rows, int64_t stride, int64_t n_rows, int64_t dim,
                    float scale);
-    /* out = sum over s < n_rows of weights[s] * row s: the attention's weighted sum of values */
+    /* out += sum over s < n_rows of weights[s] * row s, in the order of s: the attention's weighted sum of values,
+       accumulated a run of rows (a block of the KV cache) at a time, the same arithmetic as in one run */
     void (*weighted_sum)(float *out, const float *weights, const float *rows, int64_t stride, int64_t n_rows,
                          int64_t dim);
     void (*softmax)(float *x, int64_t n);                     /* in place */

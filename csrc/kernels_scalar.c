@@ -611,7 +611,6 @@ static void scores(float *out, const float *q, const float *rows, int64_t stride
 
 static void weighted_sum(float *out, const float *weights, const float *rows, int64_t stride, int64_t n_rows,
                          int64_t dim) {
-    memset(out, 0, (size_t)dim * sizeof(float));
     for (int64_t s = 0; s < n_rows; s++)
         for (int64_t i = 0; i < dim; i++) out[i] += weights[s] * rows[s * stride + i];
 }

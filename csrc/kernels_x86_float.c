@@ -187,7 +187,7 @@ void X86(weighted_sum)(float *out, const float *weights, const float *rows, int6
     int64_t i = 0;
     for (; i + 64 <= dim; i += 64) {
         __m256 a[8];
-        for (int k = 0; k < 8; k++) a[k] = _mm256_setzero_ps();
+        for (int k = 0; k < 8; k++) a[k] = _mm256_loadu_ps(out + i + 8 * k);
         for (int64_t s = 0; s < n_rows; s++) {
             const float *r = rows + s * stride + i;
             __m256 w = _mm256_set1_ps(weights[s]);
@@ -196,13 +196,13 @@ void X86(weighted_sum)(float *out, const float *weights, const float *rows, int6
         for (int k = 0; k < 8; k++) _mm256_storeu_ps(out + i + 8 * k, a[k]);
     }
     for (; i + 8 <= dim; i += 8) {
-        __m256 a = _mm256_setzero_ps();
+        __m256 a = _mm256_loadu_ps(out + i);
         for (int64_t s = 0; s < n_rows; s++)
             a = _mm256_fmadd_ps(_mm256_set1_ps(weights[s]), _mm256_loadu_ps(rows + s * stride + i), a);
         _mm256_storeu_ps(out + i, a);
     }
     for (; i < dim; i++) {
-        float sum = 0.0f;
+        float sum = out[i];
         for (int64_t s = 0; s < n_rows; s++) sum += weights[s] * rows[s * stride + i];
         out[i] = sum;
     }

@@ -1,11 +1,19 @@
 /*
- * kv_cache.h: where each layer keeps the keys and values of past positions (the bookkeeping forward.c's
- * attention reads through, kept out of the math).
+ * kv_cache.h: the KV cache's pool of blocks and the sequences' block tables (the bookkeeping beside forward.c,
+ * which only reads and writes rows through llm_kv_key / llm_kv_value).
  *
- * A layer without a sliding window keeps a row per position of the context. A layer with a window w keeps a
- * ring of R = min(n_ctx, w + n_batch - 1) rows, position p in row p % R: a batch of n <= n_batch tokens from
- * pos needs positions pos - w + 1 .. pos + n - 1, at most w + n_batch - 1 of them, so writing a batch never
- * overwrites a key that the batch reads, and a long context costs window-size memory on that layer.
+ * Layers are grouped by their sliding window: the layers without one (or with one >= n_ctx) form one group, each
+ * distinct window its own. A group has a pool of blocks, each holding LLM_KV_BLOCK positions of every layer of
+ * the group (keys and values), a reference count per block and a free list (a stack of block ids). A sequence
+ * has, per group, a table of ceil(n_ctx / B) block ids (-1: none): position p lives in row p % B of block
+ * table[p / B]. Blocks are taken as a sequence grows and given back when it is cleared or rewound; two sequences
+ * share blocks after llm_seq_copy, and a shared block is copied before it is written (copy on write).
+ *
+ * Pool sizes: the full group has ceil(n_kv / B) blocks. A group of window w has min(that, n_seq x
+ * (ceil((w + n_batch - 1) / B) + 2)) blocks, and after each batch gives back, per sequence, the blocks whose every
+ * position is below length - w + 1 (no later query sees them): what a sequence holds there is a subset of the block
+ * indices it holds in the full group, and a batch of n_batch tokens needs at most ceil((w + n_batch - 1) / B) + 1
+ * of them. `oldest` then says from where the sequence can be continued (llm_seq_resume_min).
  */
 #ifndef LLMRUN_KV_CACHE_H
 #define LLMRUN_KV_CACHE_H
@@ -13,31 +21,69 @@
 #include "llmrun.h"
 
 typedef struct {
-    int32_t window;    /* the sliding window, 0: the whole context */
-    int32_t rows;      /* rows of the layer's cache: n_ctx, or the ring's R */
-    int64_t first_row; /* where the layer's rows start in the context's (total rows, kv_dim) caches */
-    int32_t oldest;    /* the oldest position the rows still hold (the ring drops older ones) */
-} llm_kv_layer;
+    int32_t  window;   /* the sliding window, 0: the whole context */
+    int32_t  n_layers; /* layers in the group */
+    int32_t  n_blocks; /* blocks of the pool */
+    int32_t  n_free;   /* free[0..n_free) are the free blocks */
+    int32_t *free;     /* (n_blocks) a stack of free block ids */
+    int32_t *refs;     /* (n_blocks) sequences holding each block */
+    int32_t *tables;   /* (n_seq, blocks_per_seq) each sequence's block of each B positions, -1: none */
+    int32_t *oldest;   /* (n_seq) the oldest position the group still holds for each sequence (0 for the full group) */
+    float   *keys;     /* (n_layers, n_blocks, B, kv_dim) */
+    float   *values;   /* likewise */
+} llm_kv_group;
 
-/* The rows of a layer's cache that hold positions first..last (last - first < rows): `n0` rows from `start`,
-   then `n1` rows from row 0 where the run wraps around the ring. */
 typedef struct {
-    int32_t start, n0, n1;
-} llm_kv_span;
+    int32_t       n_seq, n_ctx, n_batch, blocks_per_seq;
+    int64_t       kv_dim;
+    int32_t       n_groups;
+    llm_kv_group *groups;      /* (n_groups) */
+    int32_t      *layer_group; /* (n_layers) the group of each layer */
+    int32_t      *layer_index; /* (n_layers) its index among its group's layers */
+    int32_t      *length;      /* (n_seq) positions each sequence holds */
+    /* a batch's sequences, found by llm_kv_batch_begin and used again by llm_kv_batch_end */
+    int32_t      *first;       /* (n_seq) the batch's first position of each sequence, -1: not in the batch */
+    int32_t      *next;        /* (n_seq) the position its next entry must have */
+    int32_t      *touched;     /* (n_batch) the batch's sequences */
+    int32_t       n_touched;
+    llm_batch_entry *entries;  /* (n_batch) llm_forward's batches */
+} llm_kv;
 
-/* Rows layer l keeps for this config and sizes (n_batch <= n_ctx). */
-int32_t llm_kv_rows(const llm_config *p, int layer, int32_t n_ctx, int32_t n_batch);
+/* The bytes llm_kv_create allocates (one allocation), or -1 where they overflow; a config with n_seq, n_kv, n_ctx
+   and n_batch already checked (n_batch <= n_ctx, n_kv >= 1). */
+int64_t llm_kv_bytes(const llm_config *p, int32_t n_ctx, int32_t n_seq, int32_t n_kv, int32_t n_batch);
 
-/* Fills kv[0..n_layers) for a fresh cache; returns the total rows of all layers. */
-int64_t llm_kv_plan(llm_kv_layer *kv, const llm_config *p, int32_t n_ctx, int32_t n_batch);
+/* An empty cache, or NULL when out of memory. */
+llm_kv *llm_kv_create(const llm_config *p, int32_t n_ctx, int32_t n_seq, int32_t n_kv, int32_t n_batch);
+void    llm_kv_free(llm_kv *kv);
 
-llm_kv_span llm_kv_span_of(const llm_kv_layer *kv, int32_t first, int32_t last);
+/* Checks a batch (every entry, then the blocks it needs) and, if it passes, prepares the blocks it writes:
+   rewinds, new blocks, copies of shared ones. LLM_ERR_INVALID / LLM_ERR_KV_FULL with a message change nothing. */
+int  llm_kv_batch_begin(llm_kv *kv, const llm_batch_entry *e, int32_t n, int32_t vocab_size, char *err,
+                        size_t errlen);
+/* After the forward pass: the sequences' new lengths; windowed groups give back what no query will see. */
+void llm_kv_batch_end(llm_kv *kv);
 
-/* Records that positions pos..end-1 were written (pos == 0: the sequence started over). */
-void llm_kv_advance(llm_kv_layer *kv, int n_layers, int32_t pos, int32_t end);
+/* The sequence operations of llmrun.h. */
+int     llm_kv_keep(llm_kv *kv, int32_t seq, int32_t n, char *err, size_t errlen);
+int     llm_kv_copy(llm_kv *kv, int32_t src, int32_t dst, int32_t n, char *err, size_t errlen);
+int32_t llm_kv_resume_min(const llm_kv *kv, int32_t seq);
+void    llm_kv_blocks(const llm_kv *kv, int64_t *used, int64_t *total);
 
-/* The earliest position a forward may continue from (llm_ctx_resume_min): every windowed layer must still
-   hold the window - 1 positions before it. */
-int32_t llm_kv_resume_min(const llm_kv_layer *kv, int n_layers);
+/* The block of layer `layer` that holds position pos of sequence seq: its first row (B rows, kv_dim apart). */
+static inline float *llm_kv_block(const llm_kv *kv, int layer, int32_t seq, int32_t pos, int values) {
+    const llm_kv_group *g = &kv->groups[kv->layer_group[layer]];
+    int64_t block = g->tables[(int64_t)seq * kv->blocks_per_seq + pos / LLM_KV_BLOCK];
+    int64_t at = ((int64_t)kv->layer_index[layer] * g->n_blocks + block) * LLM_KV_BLOCK * kv->kv_dim;
+    return (values ? g->values : g->keys) + at;
+}
+
+/* The row of position pos (sequence seq, layer `layer`): keys (values 0) or values (1). */
+static inline float *llm_kv_row(const llm_kv *kv, int layer, int32_t seq, int32_t pos, int values) {
+    return llm_kv_block(kv, layer, seq, pos, values) + (int64_t)(pos % LLM_KV_BLOCK) * kv->kv_dim;
+}
+
+/* The window of layer `layer` (0: none). */
+static inline int32_t llm_kv_window(const llm_kv *kv, int layer) { return kv->groups[kv->layer_group[layer]].window; }
 
 #endif /* LLMRUN_KV_CACHE_H */

@@ -18,6 +18,7 @@ from .errors import (
     HubError,
     InvalidArgumentError,
     KernelError,
+    KVCacheFullError,
     LLMError,
     ModelFormatError,
     SamplingError,
@@ -34,7 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncStream", "ChatDelta", "ChatStream", "ChatTemplate", "ChatTemplateError", "load_template_from_folder",
     "ContextOverflowError", "Generation", "GenerationStats", "Grammar", "HubError", "InvalidArgumentError",
-    "KernelError",    "LLMError", "Model",
+    "KernelError", "KVCacheFullError", "LLMError", "Model",
     "ModelFormatError", "ModelInfo", "SamplingError", "SamplingParams", "ServingStats", "TokenizerError", "load",
     "__version__",
 ]

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ._library import ffi, lib
-from .errors import ContextOverflowError, InvalidArgumentError, KernelError
+from .errors import ContextOverflowError, InvalidArgumentError, KernelError, KVCacheFullError
 from .rope import rope_tables
 from .spec import FFN_ACTIVATIONS, LAYER_ROPES, ROPE_STYLES, TENSOR_TYPES, LayerWeights, ModelConfig, ModelSpec, Tensor
 
@@ -85,27 +85,41 @@ def _code(where: object, field: str, table: dict[str, int], name: str) -> int:
     return table[name]
 
 
-def context_bytes(cfg: ModelConfig, n_ctx: int, n_batch: int, n_threads: int) -> int | None:
-    """The memory an Engine with these sizes allocates besides the weights (KV cache, activations, buffers), as
-    the C library counts it before allocating anything (a sliding-window layer's cache is a ring of about its
-    window); None where it cannot tell (a config it would refuse: creating the engine then says why)."""
+def _c_params(n_ctx: int, n_batch: int, n_threads: int, isa: int, n_seq: int, n_kv: int | None) -> object:
+    """The C library's llm_ctx_params (n_kv None: 0, the library's default of n_ctx)."""
+    return ffi.new("llm_ctx_params *", {"n_ctx": n_ctx, "n_seq": n_seq, "n_kv": 0 if n_kv is None else n_kv,
+                                        "n_batch": n_batch, "n_threads": n_threads, "isa": isa})
+
+
+def context_bytes(cfg: ModelConfig, n_ctx: int, n_batch: int, n_threads: int, n_seq: int = 1,
+                  n_kv: int | None = None) -> int | None:
+    """The memory an Engine with these sizes allocates besides the weights (the KV pool of n_kv positions,
+    default n_ctx; activations, buffers), as the C library counts it before allocating anything (a sliding-window
+    layer's pool holds about its window per sequence); None where it cannot tell (a config or size it would refuse:
+    creating the engine then says why)."""
     try:
         config, _keep = _c_config(cfg, "the model")
-    except KernelError:
+        params = _c_params(n_ctx, n_batch, n_threads, lib.LLM_ISA_AUTO, n_seq, n_kv)
+    except (KernelError, OverflowError, TypeError):
         return None
-    n = lib.llm_ctx_bytes(config, n_ctx, n_batch, n_threads)
+    n = lib.llm_ctx_bytes(config, params)
     if n == lib.LLM_ERR_NOMEM:
         return 1 << 62  # more than any memory
     return n if n >= 0 else None
 
 
 class Engine:
-    """One model instance: weights (borrowed), KV cache for `n_ctx` positions, `n_threads` threads,
-    prompts processed in batches of up to `n_batch` tokens."""
+    """One model instance: weights (borrowed), `n_seq` sequences of up to `n_ctx` positions each whose keys and
+    values share a pool of n_kv positions (default n_ctx) in blocks of `block_size`, `n_threads` threads, batches
+    of up to `n_batch` tokens. Sequence 0 is the single-sequence API's (evaluate, hidden ...); `batch` runs
+    tokens of any sequences together."""
 
     def __init__(self, spec: ModelSpec, n_ctx: int, n_threads: int, isa: str | None = None,
-                 n_batch: int = DEFAULT_BATCH) -> None:
+                 n_batch: int = DEFAULT_BATCH, n_seq: int = 1, n_kv: int | None = None) -> None:
         cfg = spec.config
+        for name, value, low in (("n_seq", n_seq, 1), ("n_kv", 0 if n_kv is None else n_kv, 0)):
+            if not _is_int(value) or not low <= value < 2**31:
+                raise InvalidArgumentError(f"{name} must be an int in [{low}, {2**31 - 1}], got {value!r}", param=name)
         self.spec = spec
         self.n_ctx = n_ctx
         self.n_threads = n_threads
@@ -147,11 +161,16 @@ class Engine:
             raise InvalidArgumentError(f"isa must be one of {sorted(ISA_NAMES)} or None, got {isa!r}", param="isa")
         err = ffi.new("char[]", 512)
         out = ffi.new("llm_ctx **")
-        rc = lib.llm_create(config, weights, n_ctx, n_batch, n_threads, isa_code, out, err, len(err))
+        params = _c_params(n_ctx, n_batch, n_threads, isa_code, n_seq, n_kv)
+        rc = lib.llm_create(config, weights, params, out, err, len(err))
         if rc != 0:
             raise KernelError(f"{spec.path}: cannot create the model context: {ffi.string(err).decode()}")
         self._ctx = out[0]
         self.isa = ffi.string(lib.llm_isa_name(lib.llm_ctx_isa(self._ctx))).decode()
+        self.n_seq = int(n_seq)
+        # the pool's positions, in whole blocks (a windowed layer's pool may hold fewer: llmrun.h)
+        self.n_kv = -(-(n_kv or n_ctx) // lib.LLM_KV_BLOCK) * lib.LLM_KV_BLOCK
+        self.block_size: int = lib.LLM_KV_BLOCK
 
     def _fill(self, dst: object, tensor: Tensor) -> None:
         """Points a C llm_tensor at a numpy array without copying it."""
@@ -185,12 +204,12 @@ class Engine:
         return self._resumable(min(_common_prefix(self._cached, tokens), len(tokens) - 1))
 
     def _resumable(self, keep: int) -> int:
-        """`keep` cached tokens, or 0 where the sliding-window layers' rings no longer hold the keys that the
-        positions after them attend to (llm_ctx_resume_min): no shorter prefix would do, so start over.
+        """`keep` cached tokens, or 0 where the sliding-window layers no longer hold the keys that the positions
+        after them attend to (llm_seq_resume_min of sequence 0): no shorter prefix would do, so start over.
         Called with the lock held."""
         if keep <= 0 or not self._ctx:
             return 0
-        return keep if keep >= lib.llm_ctx_resume_min(self._ctx) else 0
+        return keep if keep >= lib.llm_seq_resume_min(self._ctx, 0) else 0
 
     def evaluate(self, tokens: Sequence[int], out: np.ndarray | None = None,
                  cancelled: Callable[[], bool] | None = None) -> np.ndarray:
@@ -273,10 +292,13 @@ class Engine:
             self.tokens_computed += end - pos
             pos = end
 
-    def _check(self, rc: int) -> None:
-        """KernelError with the C library's message for a failed forward pass."""
+    def _check(self, rc: int, what: str = "forward pass") -> None:
+        """KVCacheFullError (the pool lacks blocks: nothing changed) or KernelError with the C library's message for
+        a failed call."""
+        if rc == lib.LLM_ERR_KV_FULL:
+            raise KVCacheFullError(f"{what} failed: {ffi.string(lib.llm_last_error(self._ctx)).decode()}")
         if rc != 0:
-            raise KernelError(f"forward pass failed: {ffi.string(lib.llm_last_error(self._ctx)).decode()}")
+            raise KernelError(f"{what} failed: {ffi.string(lib.llm_last_error(self._ctx)).decode()}")
 
     def hidden(self, tokens: Sequence[int]) -> np.ndarray:
         """Final hidden states (len(tokens), dim) float32 after the final norm, without the classifier: the
@@ -297,36 +319,170 @@ class Engine:
                 self.tokens_computed += len(ids)
         return out
 
-    def hidden_packed(self, texts: Sequence[Sequence[int]]) -> list[np.ndarray]:
-        """Final hidden states of several texts at once, (len(text), dim) each: their tokens, at most n_batch in
-        all, go through each layer together (llm_forward_hidden_packed), each attending to its own text only.
-        The cache holds no sequence afterwards (the next evaluation starts over)."""
-        texts = [list(t) for t in texts]
-        ids = [i for t in texts for i in t]
-        self.check_tokens(ids)
-        if not ids or len(ids) > self.n_batch:
-            raise InvalidArgumentError(f"packed texts must hold 1..{self.n_batch} tokens, got {len(ids)}")
-        starts, at = [], 0
-        for t in texts:
-            starts += [at] * len(t)
-            at += len(t)
-        out = np.empty((len(ids), self.spec.config.dim), dtype=np.float32)
+    # --- several sequences ---------------------------------------------------------------------------
+
+    def batch(self, tokens: Sequence[int] | np.ndarray, seqs: Sequence[int] | np.ndarray,
+              positions: Sequence[int] | np.ndarray, outputs: Sequence[bool] | np.ndarray) -> np.ndarray:
+        """Runs n <= n_batch tokens of any sequences together (llm_batch): token i extends sequence seqs[i] at
+        positions[i]; each sequence's entries come in the order of their positions, consecutive, the first
+        continuing the sequence, rewinding it or starting it over at 0. Returns the logits (n_outputs, vocab_size)
+        float32 of the entries whose outputs[i] is true, in order. InvalidArgumentError for arguments of the wrong
+        kind, length or range; KVCacheFullError when the pool lacks the blocks (nothing changed); KernelError with
+        the library's message for what only it checks (a gap in positions, a position past a sequence's end)."""
+        entries, n_out = self._entries(tokens, seqs, positions, outputs)
+        logits = np.empty((n_out, self.vocab_size), dtype=np.float32)
+        self._batch(entries, logits, None)
+        return logits
+
+    def batch_hidden(self, tokens: Sequence[int] | np.ndarray, seqs: Sequence[int] | np.ndarray,
+                     positions: Sequence[int] | np.ndarray, outputs: Sequence[bool] | np.ndarray) -> np.ndarray:
+        """As `batch`, the final hidden states (n_outputs, dim) float32 after the final norm instead of logits (the
+        classifier does not run)."""
+        entries, n_out = self._entries(tokens, seqs, positions, outputs)
+        hidden = np.empty((n_out, self.spec.config.dim), dtype=np.float32)
+        self._batch(entries, None, hidden)
+        return hidden
+
+    def _entries(self, tokens: object, seqs: object, positions: object, outputs: object) -> tuple[np.ndarray, int]:
+        """The (n, 4) int32 llm_batch_entry rows of a batch's arguments, validated, and the number of outputs."""
+        columns = []
+        for name, values, high in (("tokens", tokens, self.vocab_size), ("seqs", seqs, self.n_seq),
+                                   ("positions", positions, self.n_ctx), ("outputs", outputs, 2)):
+            array = np.asarray(values)
+            if array.ndim != 1 or (array.size and array.dtype.kind not in ("iu" if name != "outputs" else "iub")):
+                raise InvalidArgumentError(f"{name} must be a sequence of {'bools' if name == 'outputs' else 'ints'}, "
+                                           f"got {array.dtype} of shape {array.shape}", param=name)
+            if columns and array.size != columns[0].size:
+                raise InvalidArgumentError(f"{name} has {array.size} entries, tokens {columns[0].size}", param=name)
+            bad = np.flatnonzero((array < 0) | (array >= high)) if array.size else []
+            if len(bad):
+                raise InvalidArgumentError(f"{name}[{bad[0]}] is {array[bad[0]]}, outside [0, {high})", param=name)
+            columns.append(array)
+        n = columns[0].size
+        if not 1 <= n <= self.n_batch:
+            raise InvalidArgumentError(f"a batch holds 1 to {self.n_batch} tokens (n_batch), got {n}", param="tokens")
+        entries = np.stack([c.astype(np.int32) for c in columns], axis=1)
+        entries[:, 3] = columns[3] != 0
+        return np.ascontiguousarray(entries), int(np.count_nonzero(columns[3]))
+
+    def _batch(self, entries: np.ndarray, logits: np.ndarray | None, hidden: np.ndarray | None) -> None:
+        """llm_batch of validated entries under the lock."""
         with self._lock:
             if not self._ctx:
                 raise KernelError("the model has been closed")
-            self._cached, self._rows = [], None
-            rc = lib.llm_forward_hidden_packed(self._ctx, ffi.from_buffer("int32_t[]", np.asarray(ids, np.int32)),
-                                               len(ids), ffi.from_buffer("int32_t[]", np.asarray(starts, np.int32)),
-                                               ffi.from_buffer("float[]", out, require_writable=True))
-            self._check(rc)
-            self.tokens_computed += len(ids)
+            out = [ffi.NULL if a is None or not a.size else ffi.from_buffer("float[]", a, require_writable=True)
+                   for a in (logits, hidden)]
+            rc = lib.llm_batch(self._ctx, ffi.from_buffer("llm_batch_entry[]", entries), len(entries), *out)
+            self._check(rc, "batch")
+            self.tokens_computed += len(entries)
+            if (entries[:, 1] == 0).any():  # sequence 0 changed under the single-sequence API: it starts over
+                self._cached, self._rows = [], None
+
+    def _seq(self, seq: object, name: str = "seq") -> int:
+        if not _is_int(seq) or not 0 <= seq < self.n_seq:
+            raise InvalidArgumentError(f"{name} must be a sequence id in [0, {self.n_seq}), got {seq!r}", param=name)
+        return int(seq)
+
+    def _length(self, seq: int, n: object) -> int:
+        """n checked against sequence seq's length (lock held)."""
+        length = lib.llm_seq_length(self._ctx, seq)
+        if not _is_int(n) or not 0 <= n <= length:
+            raise InvalidArgumentError(f"n must be an int in [0, {length}] (sequence {seq} holds {length} "
+                                       f"positions), got {n!r}", param="n")
+        return int(n)
+
+    def seq_keep(self, seq: int, n: int) -> None:
+        """Keeps the first n positions of sequence `seq` and gives the blocks of the rest back (n = 0 clears it)."""
+        seq = self._seq(seq)
+        with self._lock:
+            self._open()
+            self._check(lib.llm_seq_keep(self._ctx, seq, self._length(seq, n)), "seq_keep")
+            if seq == 0:
+                self._cached = self._cached[:n]
+                if self._rows is not None:
+                    self._rows = self._rows[:n]
+
+    def seq_copy(self, src: int, dst: int, n: int) -> None:
+        """Sequence dst becomes the first n positions of sequence src, sharing its blocks (nothing is computed; a
+        shared block is copied when either writes into it)."""
+        src, dst = self._seq(src, "src"), self._seq(dst, "dst")
+        if src == dst:
+            raise InvalidArgumentError(f"src and dst are both {src}: a sequence cannot be copied onto itself",
+                                       param="dst")
+        with self._lock:
+            self._open()
+            self._check(lib.llm_seq_copy(self._ctx, src, dst, self._length(src, n)), "seq_copy")
+            if dst == 0:
+                self._cached, self._rows = [], None
+
+    def seq_length(self, seq: int) -> int:
+        """The positions sequence `seq` holds."""
+        seq = self._seq(seq)
+        with self._lock:
+            self._open()
+            return int(lib.llm_seq_length(self._ctx, seq))
+
+    def seq_resume_min(self, seq: int) -> int:
+        """The earliest position from which sequence `seq` can be continued or rewound (sliding-window layers drop
+        blocks no later query sees); 0 while nothing was dropped."""
+        seq = self._seq(seq)
+        with self._lock:
+            self._open()
+            return int(lib.llm_seq_resume_min(self._ctx, seq))
+
+    def kv_usage(self) -> tuple[int, int]:
+        """The KV pool's blocks in use and its blocks in all (summed over the layer groups)."""
+        used, total = ffi.new("int64_t *"), ffi.new("int64_t *")
+        with self._lock:
+            self._open()
+            lib.llm_kv_usage(self._ctx, used, total)
+        return int(used[0]), int(total[0])
+
+    def hidden_texts(self, texts: Sequence[Sequence[int]], seqs: Sequence[int]) -> list[np.ndarray]:
+        """Final hidden states of several texts at once, (len(text), dim) each: text i runs as sequence seqs[i]
+        from position 0, all in one batch (at most n_batch tokens in all), each attending to its own text only; the
+        sequences are cleared afterwards. InvalidArgumentError for no or an empty text, more texts than seqs, a
+        repeated or bad sequence id, a bad token or too many tokens."""
+        texts = [list(t) for t in texts]
+        seqs = list(seqs)
+        if not texts or any(not t for t in texts):
+            raise InvalidArgumentError("hidden_texts needs at least one text, and no empty one", param="texts")
+        if len(texts) > len(seqs):
+            raise InvalidArgumentError(f"{len(texts)} texts for {len(seqs)} sequences", param="seqs")
+        seqs = [self._seq(s, "seqs") for s in seqs[:len(texts)]]
+        if len(set(seqs)) != len(seqs):
+            raise InvalidArgumentError(f"seqs {seqs} repeats a sequence: each text needs its own", param="seqs")
+        ids = [i for t in texts for i in t]
+        self.check_tokens(ids)
+        if len(ids) > self.n_batch:
+            raise InvalidArgumentError(f"the texts hold {len(ids)} tokens; one batch holds 1..{self.n_batch}",
+                                       param="texts")
+        entries = np.ones((len(ids), 4), dtype=np.int32)
+        entries[:, 0] = ids
+        entries[:, 1] = np.repeat(seqs, [len(t) for t in texts])
+        entries[:, 2] = np.concatenate([np.arange(len(t)) for t in texts])
+        out = np.empty((len(ids), self.spec.config.dim), dtype=np.float32)
+        try:
+            self._batch(entries, None, out)
+        finally:
+            with self._lock:
+                for s in seqs:
+                    if self._ctx:
+                        lib.llm_seq_keep(self._ctx, s, 0)
         return np.split(out, np.cumsum([len(t) for t in texts])[:-1])
 
+    def _open(self) -> None:
+        if not self._ctx:
+            raise KernelError("the model has been closed")
+
     def reset(self) -> None:
-        """Forgets what the KV cache holds: the next evaluation computes every token."""
+        """Forgets what sequence 0 holds and gives its blocks back to the pool: the next evaluation computes every
+        token."""
         with self._lock:
             self._cached = []
             self._rows = None
+            if self._ctx:
+                lib.llm_seq_keep(self._ctx, 0, 0)
 
     def close(self) -> None:
         """Frees the C context (KV cache, threads). Safe to call twice."""
@@ -342,6 +498,10 @@ class Engine:
         if getattr(self, "_ctx", None):
             lib.llm_free(self._ctx)
             self._ctx = ffi.NULL
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

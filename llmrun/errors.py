@@ -55,6 +55,11 @@ class KernelError(LLMError, RuntimeError):
     """The C kernel reported an error (bad arguments, out of memory)."""
 
 
+class KVCacheFullError(LLMError, RuntimeError):
+    """The KV cache's pool of blocks lacks the blocks a batch needs (the C library's LLM_ERR_KV_FULL): nothing was
+    changed; free a sequence (or wait for one to finish) and try again, or make the pool larger (n_kv)."""
+
+
 class SamplingError(LLMError, ValueError):
     """Bad sampling parameters, logits or history."""
 

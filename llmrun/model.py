@@ -13,7 +13,7 @@ from .aio import AsyncStream
 from .chat import FORMATS, ChatStream, ChatTemplate, end_of_turn, tokenize_chat
 from .embeddings import check_pooling, default_pooling, l2_normalize, pool
 from .engine import DEFAULT_BATCH, MAX_THREADS, Engine, context_bytes
-from .errors import ContextOverflowError, InvalidArgumentError, TokenizerError
+from .errors import ContextOverflowError, InvalidArgumentError, KVCacheFullError, TokenizerError
 from .formats import Progress, beside_tokenizer, read_model, read_tokenizer
 from .generate import Generation, check_max_tokens, normalize_stop
 from .hub import find_model
@@ -188,15 +188,26 @@ class Model:
             self._check_fits(len(ids), f"text at index {i}")
             self._engine.check_tokens(ids)
         rows: list[np.ndarray] = []
-        for pack in _packs(docs, self._engine.n_batch, len(self._embed_seqs)):  # a text longer than n_batch runs
-            if len(pack) == 1 and len(pack[0]) > self._engine.n_batch:  # alone, in chunks
-                states = [self._engine.hidden(pack[0])]
-            else:
-                states = self._engine.hidden_texts(pack, self._embed_seqs[:len(pack)])
-            rows += [pool(s, pooling) for s in states]
+        blocks = self._engine.n_kv // self._engine.block_size
+        for pack in _packs(docs, self._engine.n_batch, len(self._embed_seqs), blocks, self._engine.block_size):
+            rows += [pool(s, pooling) for s in self._hidden_states(pack)]
         if normalize:
             rows = [l2_normalize(r) for r in rows]
         return rows if pooling == "none" else np.stack(rows)
+
+    def _hidden_states(self, pack: list[list[int]]) -> list[np.ndarray]:
+        """Every token's final hidden state, for each text of a pack: the texts as sequences of one batch, a text
+        longer than n_batch alone in chunks (sequence 0). When generations hold too much of the KV pool for the
+        whole pack, its texts go one at a time."""
+        engine = self._engine
+        if len(pack) == 1 and len(pack[0]) > engine.n_batch:
+            return [engine.hidden(pack[0])]
+        try:
+            return engine.hidden_texts(pack, self._embed_seqs[:len(pack)])
+        except KVCacheFullError:
+            if len(pack) == 1:
+                raise
+            return [s for text in pack for s in self._hidden_states([text])]
 
     def _embedding_ids(self, text: object, i: int) -> list[int]:
         if isinstance(text, str):
@@ -568,17 +579,20 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
                  chat_format=chat_format, parallel=parallel, kv_size=kv_size)
 
 
-def _packs(docs: list[list[int]], n_batch: int, max_texts: int) -> list[list[list[int]]]:
-    """Consecutive texts grouped into packs of at most n_batch tokens and max_texts texts (a text longer than
-    n_batch is a pack of its own)."""
+def _packs(docs: list[list[int]], n_batch: int, max_texts: int, blocks: int, block_size: int
+           ) -> list[list[list[int]]]:
+    """Consecutive texts grouped into packs of at most n_batch tokens, max_texts texts and `blocks` KV blocks of
+    block_size positions (a text longer than n_batch is a pack of its own)."""
     packs: list[list[list[int]]] = []
-    size = n_batch
+    size, used = n_batch, blocks
     for ids in docs:
-        if size + len(ids) > n_batch or len(packs[-1]) == max_texts:
+        need = -(-len(ids) // block_size)
+        if size + len(ids) > n_batch or used + need > blocks or len(packs[-1]) == max_texts:
             packs.append([])
-            size = 0
+            size = used = 0
         packs[-1].append(ids)
         size += len(ids)
+        used += need
     return packs
 
 

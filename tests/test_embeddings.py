@@ -145,17 +145,18 @@ def test_the_c_library_checks_hidden_arguments_itself() -> None:
 @pytest.mark.parametrize("isa", available_isas())
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_packed_texts_give_each_texts_own_states(name: str, isa: str) -> None:
-    """Texts packed into one batch (each at its own positions, attending to itself only; gemma-options has a
-    window of 5, shorter than the texts) give exactly the states each gives alone (a batch's rows do not depend
-    on each other in the matrix kernels)."""
+    """Texts packed into one batch (hidden_texts: each its own sequence from position 0, attending to itself only;
+    gemma-options has a window of 5, shorter than the texts) give exactly the states each gives alone (a batch's
+    rows do not depend on each other in the matrix kernels), and leave sequence 0 (the engine's own) as it was."""
     cfg, t = MODELS[name]()
     rng = np.random.default_rng(5)
     texts = [[int(i) for i in rng.integers(0, cfg.vocab_size, size=n)] for n in (9, 1, 13, 6, 2)]
-    engine = Engine(spec_from_tensors(cfg, t), n_ctx=40, n_threads=2, isa=isa, n_batch=32)
+    engine = Engine(spec_from_tensors(cfg, t), n_ctx=40, n_threads=2, isa=isa, n_batch=32, n_seq=6, n_kv=6 * 40)
     engine.evaluate(texts[0])
-    packed = engine.hidden_packed(texts)
-    assert engine.cached_tokens == []  # the cache holds no sequence: the next evaluation starts over
-    assert_close(engine.evaluate(texts[2]), reference_forward(cfg, t, texts[2])[-1])
+    packed = engine.hidden_texts(texts, [1, 2, 3, 4, 5])
+    assert [engine.seq_length(s) for s in range(6)] == [9, 0, 0, 0, 0, 0]  # the texts' sequences are cleared
+    assert engine.cached_tokens == texts[0] and engine.reusable_prefix(texts[0] + [3]) == 9
+    assert_close(engine.evaluate(texts[0] + [3]), reference_forward(cfg, t, texts[0] + [3])[-1])
     for text, got in zip(texts, packed, strict=True):
         alone = engine.hidden(text)  # one token alone takes the matrix-vector kernels, a few ulps apart
         assert np.array_equal(got, alone) if len(text) > 1 else np.allclose(got, alone, rtol=1e-5, atol=1e-6)
@@ -163,34 +164,23 @@ def test_packed_texts_give_each_texts_own_states(name: str, isa: str) -> None:
     engine.close()
 
 
-def test_the_c_library_checks_packed_arguments_itself() -> None:
+def test_hidden_texts_checks_its_arguments() -> None:
     cfg, t = MODELS["gqa-tied"]()
-    engine = Engine(spec_from_tensors(cfg, t), n_ctx=16, n_threads=1, n_batch=4)
+    engine = Engine(spec_from_tensors(cfg, t), n_ctx=16, n_threads=1, n_batch=4, n_seq=3, n_kv=64)
+    for texts, seqs, match in [([[1, 2, 3], [4, 5]], [1, 2], "5 tokens"), ([], [1], "at least one text"),
+                               ([[1], []], [1, 2], "no empty one"), ([[1], [2]], [1], "2 texts for 1 sequences"),
+                               ([[1], [2]], [1, 1], "repeats a sequence"), ([[1], [2]], [1, 3], "seqs must be"),
+                               ([[1], [cfg.vocab_size]], [1, 2], "outside the vocabulary")]:
+        with pytest.raises(InvalidArgumentError, match=match):
+            engine.hidden_texts(texts, seqs)
+    # the C library checks a batch itself: hidden (like logits) may be NULL, the entries not
     out = ffi.new("float[]", 16 * cfg.dim)
-    ids = ffi.new("int32_t[]", [1, 2, 3, 4, 5])
-
-    def packed(starts: list[int] | None, n: int = 4) -> int:
-        return lib.llm_forward_hidden_packed(engine._ctx, ids, n, ffi.new("int32_t[]", starts) if starts else ffi.NULL,
-                                             out)
-
-    for starts, n, match in [(None, 4, b"text_starts is NULL"), ([0, 0, 0, 0, 0], 5, b"do not fit one batch"),
-                             ([1, 1, 1, 1], 4, b"text_starts[0]"), ([0, 0, 1, 1], 4, b"text_starts[2]"),
-                             ([0, 1, 0, 3], 4, b"text_starts[2]"), ([0, 0, 3, 3], 4, b"text_starts[2]"),
-                             ([0, 0, 2, -1], 4, b"text_starts[3]")]:
-        assert packed(starts, n) == lib.LLM_ERR_INVALID
-        assert match in ffi.string(lib.llm_last_error(engine._ctx))
-    # and what every forward checks: a token outside the vocabulary, no tokens, no output, no context
-    assert lib.llm_forward_hidden_packed(engine._ctx, ffi.new("int32_t[]", [1, 999]), 2,
-                                         ffi.new("int32_t[]", [0, 1]), out) == lib.LLM_ERR_INVALID
-    assert lib.llm_forward_hidden_packed(engine._ctx, ids, 0, ffi.new("int32_t[]", [0]), out) == lib.LLM_ERR_INVALID
-    assert lib.llm_forward_hidden_packed(engine._ctx, ids, 2, ffi.new("int32_t[]", [0, 1]), ffi.NULL) \
-        == lib.LLM_ERR_INVALID
-    assert lib.llm_forward_hidden_packed(ffi.NULL, ids, 2, ffi.new("int32_t[]", [0, 1]), out) == lib.LLM_ERR_INVALID
-    assert packed([0, 0, 2, 3]) == 0
-    # the cache then holds no sequence: a forward must start over at 0
-    assert lib.llm_forward(engine._ctx, ids, 1, 4, ffi.NULL, 0) == lib.LLM_ERR_INVALID
-    with pytest.raises(InvalidArgumentError, match="1..4 tokens"):
-        engine.hidden_packed([[1, 2, 3], [4, 5]])
+    entries = ffi.new("llm_batch_entry[]", [(1, 1, 0, 1), (2, 1, 1, 1), (3, 2, 0, 1)])
+    assert lib.llm_batch(engine._ctx, ffi.NULL, 3, ffi.NULL, out) == lib.LLM_ERR_INVALID
+    assert b"entries is NULL" in ffi.string(lib.llm_last_error(engine._ctx))
+    assert lib.llm_batch(ffi.NULL, entries, 3, ffi.NULL, out) == lib.LLM_ERR_INVALID
+    assert lib.llm_batch(engine._ctx, entries, 3, ffi.NULL, out) == 0
+    assert [lib.llm_seq_length(engine._ctx, s) for s in range(3)] == [0, 2, 1]
 
 
 # --- Model.embed against transformers ---------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The family options of the forward pass (llm_config / llm_layer: Gemma, Qwen3, Phi, SmolLM3, Granite,
 sliding windows) in the C library against the numpy oracle (tests/reference.py), each option alone and in
-the combinations of the families; the KV rings of windowed layers (batches that wrap them, decoding across
-the wrap, the resume rule); the refusal of bad options; the memory a ring saves; the accuracy of each
+the combinations of the families; the KV blocks of windowed layers (batches and decoding past the window, the
+blocks given back, the resume rule); the refusal of bad options; the memory a window saves; the accuracy of each
 level's SwiGLU and GeGLU kernels against float64.
 
 Tolerance: as tests/test_forward.py, max |C - oracle| <= 1e-4 of max |oracle| (float32 against float64 over a
@@ -199,8 +199,8 @@ def test_each_option_matters(name: str) -> None:
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("name", WINDOWED)
-def test_decode_across_ring_wraps(name: str, isa: str, engine_for) -> None:  # noqa: ANN001
-    """A prompt, then a token at a time (evaluate: the last position's logits) past several turns of the rings."""
+def test_decode_past_the_window(name: str, isa: str, engine_for) -> None:  # noqa: ANN001
+    """A prompt, then a token at a time (evaluate: the last position's logits) far past the windows."""
     case = CASES[name]
     want = case.oracle(TOKENS)
     engine = engine_for(case, n_batch=3, isa=isa)
@@ -253,67 +253,74 @@ def test_window_beyond_the_context_is_full_attention(engine_for) -> None:  # noq
 
 # --- the resume rule ----------------------------------------------------------------------------------------
 
+LONG = [int(i) for i in np.random.default_rng(8).integers(0, 64, size=80)]
+
+
 def windowed(window: int = 4) -> Case:
-    return model(layer_windows=(window, 0, window))
+    return model(layer_windows=(window, 0, window), max_seq_len=128)
 
 
-def test_resume_min_follows_the_rings(engine_for) -> None:  # noqa: ANN001
-    """Window 4 and batches of 3: rings of 6 rows. After 20 positions they hold 14..19, so a forward may continue
-    from 17 on (its window reaches back to 14); a model without windows may continue anywhere."""
-    engine = engine_for(windowed(), n_batch=3)
-    assert lib.llm_ctx_resume_min(engine._ctx) == 0
-    engine.evaluate(TOKENS[:5])
-    assert lib.llm_ctx_resume_min(engine._ctx) == 0  # nothing dropped yet
-    engine.evaluate(TOKENS[:20])
-    assert lib.llm_ctx_resume_min(engine._ctx) == 17
+def test_resume_min_follows_the_blocks(engine_for) -> None:  # noqa: ANN001
+    """Window 4: after each batch the windowed layers give back the blocks of 32 positions whose every position is
+    below length - 3. After 34 positions they hold everything; after 35 block 0 (0..31) goes, so a forward may
+    continue from 35 on (its window reaches back to 32); after 67 block 1 goes too (from 67 on). A model without
+    windows may continue anywhere."""
+    engine = engine_for(windowed(), n_batch=3, n_ctx=128)
+    assert lib.llm_seq_resume_min(engine._ctx, 0) == 0
+    engine.evaluate(LONG[:34])
+    assert lib.llm_seq_resume_min(engine._ctx, 0) == 0  # nothing dropped yet
+    engine.evaluate(LONG[:35])
+    assert lib.llm_seq_resume_min(engine._ctx, 0) == 35
+    engine.evaluate(LONG[:66])
+    assert lib.llm_seq_resume_min(engine._ctx, 0) == 35
+    engine.evaluate(LONG[:67])
+    assert lib.llm_seq_resume_min(engine._ctx, 0) == 67
     plain = engine_for(model(), n_batch=3)
     plain.evaluate(TOKENS)
-    assert lib.llm_ctx_resume_min(plain._ctx) == 0
+    assert lib.llm_seq_resume_min(plain._ctx, 0) == 0
 
 
-def test_prefix_reuse_after_the_rings_dropped_keys(engine_for) -> None:  # noqa: ANN001
-    """A shorter shared prefix than the rings can continue is not reused: the engine starts over, and the
+def test_prefix_reuse_after_the_blocks_were_dropped(engine_for) -> None:  # noqa: ANN001
+    """A shorter shared prefix than the windowed layers can continue is not reused: the engine starts over, and the
     logits are those of the text computed from scratch; a prefix they can continue is reused."""
     case = windowed()
-    engine = engine_for(case, n_batch=3)
-    engine.evaluate(TOKENS[:20])
-    other = TOKENS[:10] + [1, 2, 3]
+    engine = engine_for(case, n_batch=3, n_ctx=128)
+    engine.evaluate(LONG[:70])  # the windowed layers hold 64.. : continue from 67 on
+    other = LONG[:40] + [1, 2, 3]
     assert engine.reusable_prefix(other) == 0
     computed = engine.tokens_computed
     assert_close(engine.evaluate(other), case.oracle(other)[-1])
     assert engine.tokens_computed - computed == len(other)  # from scratch
 
-    engine.evaluate(TOKENS[:20])
-    near = TOKENS[:18] + [5]
-    assert engine.reusable_prefix(near) == 18
+    engine.evaluate(LONG[:70])
+    near = LONG[:68] + [5]
+    assert engine.reusable_prefix(near) == 68
     computed = engine.tokens_computed
     assert_close(engine.evaluate(near), case.oracle(near)[-1])
     assert engine.tokens_computed - computed == 1
-    # Rewriting position 18 did not bring back what the rings dropped before: 16 still cannot be continued
-    # (deriving the rings' content from the end of the sequence alone would say it can, and read position 13's
-    # row, which position 19 overwrote)
-    back = TOKENS[:16] + [9, 9]
+    # Rewriting position 68 did not bring back what was dropped before: 66 still cannot be continued
+    back = LONG[:66] + [9, 9]
     assert engine.reusable_prefix(back) == 0
     assert_close(engine.evaluate(back), case.oracle(back)[-1])
 
-    # evaluate_all keeps rows it returned, and recomputes what the rings cannot continue
-    engine.evaluate_all(TOKENS[:20])
+    # evaluate_all keeps rows it returned, and recomputes what the windowed layers cannot continue
+    engine.evaluate_all(LONG[:70])
     assert_close(engine.evaluate_all(other), case.oracle(other))
-    assert_close(engine.evaluate_all(TOKENS[:12]), case.oracle(TOKENS[:12]))
+    assert_close(engine.evaluate_all(LONG[:12]), case.oracle(LONG[:12]))
 
 
 def test_c_refuses_a_dropped_or_missing_position(engine_for) -> None:  # noqa: ANN001
-    engine = engine_for(windowed(), n_batch=3)
-    engine.evaluate(TOKENS[:20])
+    engine = engine_for(windowed(), n_batch=3, n_ctx=128)
+    engine.evaluate(LONG[:70])
     logits = ffi.new("float[]", 64)
     one = ffi.new("int32_t[]", [1])
     assert lib.llm_forward(engine._ctx, one, 1, 5, logits, 0) == lib.LLM_ERR_INVALID
     message = ffi.string(lib.llm_last_error(engine._ctx)).decode()
     assert "position 5 needs keys that the sliding-window layers' caches have dropped" in message
-    assert "continue from position 17" in message
-    assert lib.llm_forward(engine._ctx, one, 1, 21, logits, 0) == lib.LLM_ERR_INVALID  # a gap after 0..19
+    assert "continue from position 67" in message
+    assert lib.llm_forward(engine._ctx, one, 1, 71, logits, 0) == lib.LLM_ERR_INVALID  # a gap after 0..69
     assert "past the cache" in ffi.string(lib.llm_last_error(engine._ctx)).decode()
-    for pos in (17, 18, 0):  # continuing within the rings, at the end (0..17 now), or starting over
+    for pos in (67, 68, 0):  # continuing within what is held, at the end (0..67 now), or starting over
         assert lib.llm_forward(engine._ctx, one, 1, pos, logits, 0) == 0
     engine.reset()
 
@@ -321,15 +328,20 @@ def test_c_refuses_a_dropped_or_missing_position(engine_for) -> None:  # noqa: A
 # --- memory ---------------------------------------------------------------------------------------------
 
 def test_windowed_layers_cost_window_memory() -> None:
-    """A windowed layer's cache is a ring of window + n_batch - 1 rows, whatever the context: the count
-    llm_ctx_bytes gives (and load checks against the machine's memory) drops by exactly the rows saved."""
+    """A windowed layer's pool holds ceil((window + n_batch - 1) / 32) + 2 blocks of 32 positions per sequence,
+    whatever the context: the count llm_ctx_bytes gives (and load checks against the machine's memory) drops by the
+    positions saved, less the second layer group's block tables and free list (a few KiB)."""
     n_ctx, n_batch, window = 32768, 512, 1024
     full = model(n_layers=6).cfg
     sliding = replace(full, layer_windows=(window,) * 5 + (0,))
-    saved = 5 * (n_ctx - (window + n_batch - 1)) * 2 * full.kv_dim * 4  # keys and values, float32
-    assert context_bytes(full, n_ctx, n_batch, 2) - context_bytes(sliding, n_ctx, n_batch, 2) == saved
+    blocks = -(-(window + n_batch - 1) // 32) + 2
+    saved = 5 * (n_ctx - 32 * blocks) * 2 * full.kv_dim * 4  # keys and values, float32
+    overhead = context_bytes(full, n_ctx, n_batch, 2) - context_bytes(sliding, n_ctx, n_batch, 2) - saved
+    assert -16384 < overhead <= 0
     all_sliding = replace(full, layer_windows=(window,) * 6)  # what remains is mostly the RoPE tables
     assert context_bytes(all_sliding, n_ctx, n_batch, 2) < context_bytes(full, n_ctx, n_batch, 2) / 8
+    # with 4 sequences the windowed pool holds 4 times as much, still far below the full one
+    assert context_bytes(all_sliding, n_ctx, n_batch, 2, n_seq=4) < context_bytes(full, n_ctx, n_batch, 2) / 4
 
 
 # --- refusals -------------------------------------------------------------------------------------------
@@ -394,6 +406,7 @@ def test_bad_optional_tensors_are_refused(name: str, shape: tuple[int, int], mes
 def test_c_checks_the_option_codes_itself() -> None:
     """Values Python never sends (it maps names) are still refused by the C library, with a message."""
     config, _keep = llmrun.engine._c_config(model().cfg, "test")
+    params = ffi.new("llm_ctx_params *", {"n_ctx": 8, "n_batch": 1, "n_threads": 1, "isa": lib.LLM_ISA_AUTO})
     err = ffi.new("char[]", 256)
     out = ffi.new("llm_ctx **")
     weights = ffi.new("llm_weights *")  # never looked at: the config is checked first
@@ -404,10 +417,10 @@ def test_c_checks_the_option_codes_itself() -> None:
     ]:
         array = ffi.new("int32_t[]", values)
         setattr(config, field_name, array)
-        assert lib.llm_ctx_bytes(config, 8, 1, 1) == lib.LLM_ERR_INVALID
-        assert lib.llm_create(config, weights, 8, 1, 1, lib.LLM_ISA_AUTO, out, err, len(err)) == lib.LLM_ERR_INVALID
+        assert lib.llm_ctx_bytes(config, params) == lib.LLM_ERR_INVALID
+        assert lib.llm_create(config, weights, params, out, err, len(err)) == lib.LLM_ERR_INVALID
         assert ffi.string(err).decode().startswith(message)
         setattr(config, field_name, ffi.NULL)
     config.ffn_activation = 5
-    assert lib.llm_create(config, weights, 8, 1, 1, lib.LLM_ISA_AUTO, out, err, len(err)) == lib.LLM_ERR_INVALID
+    assert lib.llm_create(config, weights, params, out, err, len(err)) == lib.LLM_ERR_INVALID
     assert ffi.string(err).decode() == "unknown ffn_activation 5"
