@@ -325,11 +325,15 @@ class Scheduler:
 
     def _should_wait(self, job: _Job) -> bool:
         """Whether a generation still computing its prompt will hold more of this job's prompt than any cache
-        holds now: then this job waits and copies it (n > 1 choices, the same long prompt twice)."""
+        holds now, by a block or by all the job needs: then this job waits a step or two and copies it (n > 1
+        choices, the same long prompt twice). A few shared tokens (a BOS) are not worth the wait."""
+        need = len(job.history) - 1
         have = max((_common(self._cached(s), job.history) for s in self.slots), default=0)
         for other in self._active:
-            if other.remaining > 1 and min(_common(other.history, job.history), len(job.history) - 1) > have:
-                return True
+            if other.remaining > 1:
+                gain = min(_common(other.history, job.history), need) - have
+                if gain > 0 and gain >= min(self.engine.block_size, need - have):
+                    return True
         return False
 
     def _cached(self, slot: _Slot) -> list[int]:
