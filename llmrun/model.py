@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -30,7 +30,8 @@ DEFAULT_MAX_CTX = 4096  # default KV cache size cap; pass n_ctx to use more of a
 DEFAULT_PARALLEL = 4  # generations decoded together (llama.cpp's server has 4 slots by default too)
 MAX_PARALLEL = 256
 EMBED_TEXTS = 32  # texts Model.embed packs into one forward pass at most (each is a sequence of the context)
-DEFAULT_SAMPLING = SamplingParams()  # llama.cpp's defaults (see SamplingParams)
+DEFAULT_SAMPLING = SamplingParams()
+T = TypeVar("T")  # llama.cpp's defaults (see SamplingParams)
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ class Model:
         scores the token that would follow tokens[0..i]. Rows for a prefix shared with the previous
         logits() call are reused, not recomputed (scoring several continuations of one prompt)."""
         self._check_fits(len(tokens), "tokens")
-        return self._engine.evaluate_all(tokens)
+        return self._with_room(lambda: self._engine.evaluate_all(tokens))
 
     # --- measurement: the engine's own steps, without sampling or text ----------------------------------
 
@@ -152,7 +153,7 @@ class Model:
         `evaluate(history + [token])` one decode step. `out`, a float32 array of vocab_size, receives them
         when given (a loop can reuse it). Benchmarks time these calls."""
         self._check_fits(len(tokens), "tokens")
-        return self._engine.evaluate(tokens, out=out)
+        return self._with_room(lambda: self._engine.evaluate(tokens, out=out))
 
     def reset(self) -> None:
         """Empties the KV cache (what scoring calls and finished generations left there): the next call computes
@@ -201,9 +202,9 @@ class Model:
         whole pack, its texts go one at a time."""
         engine = self._engine
         if len(pack) == 1 and len(pack[0]) > engine.n_batch:
-            return [engine.hidden(pack[0])]
+            return [self._with_room(lambda: engine.hidden(pack[0]))]
         try:
-            return engine.hidden_texts(pack, self._embed_seqs[:len(pack)])
+            return self._with_room(lambda: engine.hidden_texts(pack, self._embed_seqs[:len(pack)]))
         except KVCacheFullError:
             if len(pack) == 1:
                 raise
@@ -487,6 +488,15 @@ class Model:
         if logprobs is not None:
             reply["logprobs"] = chat_logprobs(self.tokenizer, chat.generation.token_logprobs)
         return reply
+
+    def _with_room(self, call: Callable[[], T]) -> T:
+        """call() (a scoring call of the engine); if the KV pool is full, once more after the caches that finished
+        generations left in it are dropped. KVCacheFullError if running generations hold what it needs."""
+        try:
+            return call()
+        except KVCacheFullError:
+            self._scheduler.drop_caches()
+            return call()
 
     def _check_fits(self, n_tokens: int, what: str) -> None:
         """ContextOverflowError unless `n_tokens` fit in the context; it advises a larger n_ctx only where the
