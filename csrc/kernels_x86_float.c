@@ -29,23 +29,34 @@ INLINE float load1(const void *w, int64_t k, float_kind kind) {
 static size_t element_bytes(float_kind kind) { return kind == KIND_F32 ? sizeof(float) : sizeof(uint16_t); }
 
 /* ---------------------------------------------------------------------------------------------------- */
-/* one token: out[r] = dot(row r, x), four independent accumulators (32 values per step) to hide the latency
-   of the fused multiply-adds */
+/* The order of every sum. A row's product with a token is summed in one order whether the token comes alone
+ * (matvec) or in a batch (matmul, in a tile of any shape), so that its result is bit for bit the same either
+ * way (issue 16: users' decode steps share one forward pass, and each must get the greedy tokens it gets
+ * alone). The order is the one-token kernel's, chosen for decode speed: four 8-lane accumulators, acc[p]
+ * taking the values k + 8p .. k + 8p + 7 of each step of 32 (four independent chains hide the latency of the
+ * fused multiply-adds, and the row is read as one stream, which the hardware prefetchers serve best); then
+ * finish(). A batch tile keeps four accumulators per (row, token) to follow it. */
+
+/* The end of one sum from k on (k = cols rounded down to 32): the remaining whole 8-value steps into acc[0],
+   the four accumulators added in pairs, their lanes (hsum_f32x8), then the tail value by value. */
+INLINE float finish(const __m256 acc[4], const void *w, const float *x, int64_t k, int64_t cols, float_kind kind) {
+    __m256 acc0 = acc[0];
+    for (; k + 8 <= cols; k += 8) acc0 = _mm256_fmadd_ps(load8(w, k, kind), _mm256_loadu_ps(x + k), acc0);
+    float sum = hsum_f32x8(_mm256_add_ps(_mm256_add_ps(acc0, acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    for (; k < cols; k++) sum += load1(w, k, kind) * x[k];
+    return sum;
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* one token: out[r] = dot(row r, x) */
 
 INLINE float dot(const void *w, const float *x, int64_t n, float_kind kind) {
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        acc0 = _mm256_fmadd_ps(load8(w, i, kind), _mm256_loadu_ps(x + i), acc0);
-        acc1 = _mm256_fmadd_ps(load8(w, i + 8, kind), _mm256_loadu_ps(x + i + 8), acc1);
-        acc2 = _mm256_fmadd_ps(load8(w, i + 16, kind), _mm256_loadu_ps(x + i + 16), acc2);
-        acc3 = _mm256_fmadd_ps(load8(w, i + 24, kind), _mm256_loadu_ps(x + i + 24), acc3);
-    }
-    for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(load8(w, i, kind), _mm256_loadu_ps(x + i), acc0);
-    float sum = hsum_f32x8(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
-    for (; i < n; i++) sum += load1(w, i, kind) * x[i];
-    return sum;
+    for (; i + 32 <= n; i += 32)
+        for (int p = 0; p < 4; p++)
+            acc[p] = _mm256_fmadd_ps(load8(w, i + 8 * p, kind), _mm256_loadu_ps(x + i + 8 * p), acc[p]);
+    return finish(acc, w, x, i, n, kind);
 }
 
 INLINE void matvec(float *out, const void *w, const float *x, int64_t row_begin, int64_t row_end, int64_t cols,
@@ -67,18 +78,36 @@ void X86(matvec_bf16)(float *out, const void *w, const void *x, int64_t row_begi
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
-/* a batch: tiles of RM weight rows x RN tokens, RM x RN accumulators in registers
+/* a batch: tiles of RM weight rows x RN tokens, 4 x RM x RN accumulators in registers
  *
  * With a batch each weight is read once and used n times, so the work is bound by arithmetic, and what
  * matters is how many multiply-adds each load feeds: a weight vector loaded once serves RN tokens and a
- * token vector serves RM rows. acc[i][j] += w_i[k..k+8] * x_j[k..k+8], summed across lanes at the end.
- * AVX-512 gives 32 vector registers instead of 16: taller tiles.
+ * token vector serves RM rows. Each (row i, token j) has the one-token kernel's four accumulators,
+ * acc[i][j][p] += w_i[k + 8p ..] * x_j[k + 8p ..], and the same finish(): its result is the matvec's, bit for
+ * bit, whatever the tile (RM x RN or a remainder). Four per pair make the tiles small: AVX2's 16 vector
+ * registers hold one row x three tokens (12 accumulators); AVX-512 keeps two of them side by side in each of
+ * its 32 registers (16 lanes), four rows x three tokens in 24.
  */
 
+/* v stays in a register: the compiler would otherwise fold its load into each multiply-add that uses it, one
+   load per use, and a tile's loads are its bottleneck. */
+#define IN_REGISTER(v) __asm__("" : "+v"(v))
+
 #ifdef __AVX512F__
-enum { RM = 4, RN = 6 };
+enum { RM = 4, RN = 3 };
+
+/* Sixteen weights from w + k as f32. */
+INLINE __m512 load16(const void *w, int64_t k, float_kind kind) {
+    if (kind == KIND_F32) return _mm512_loadu_ps((const float *)w + k);
+    __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + k));
+    if (kind == KIND_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* The upper eight lanes of v. */
+INLINE __m256 upper8(__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
 #else
-enum { RM = 2, RN = 6 };
+enum { RM = 1, RN = 3 };
 #endif
 
 /* Tokens per pass over a chunk of weight rows: the pass's tokens stay in the cache while every row tile of
@@ -98,24 +127,53 @@ INLINE void tile(float *out, int64_t ldo, const void *w, const void *x, size_t l
     const float *xr[RN];
     for (int i = 0; i < rm; i++) wr[i] = (const char *)w + (size_t)(row + i) * row_bytes;
     for (int j = 0; j < rn; j++) xr[j] = (const float *)((const char *)x + (size_t)(token + j) * ldx);
-    __m256 acc[RM][RN];
-    for (int i = 0; i < rm; i++)
-        for (int j = 0; j < rn; j++) acc[i][j] = _mm256_setzero_ps();
+    __m256 acc[RM][RN][4];
     int64_t k = 0;
-    for (; k + 8 <= cols; k += 8) {
-        __m256 wv[RM];
-        for (int i = 0; i < rm; i++) wv[i] = load8(wr[i], k, kind);
-        for (int j = 0; j < rn; j++) {
-            __m256 xv = _mm256_loadu_ps(xr[j] + k);
-            for (int i = 0; i < rm; i++) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
-        }
-    }
+#ifdef __AVX512F__
+    /* acc[p] and acc[p + 1] side by side in one 16-lane register: lane for lane the same fused multiply-adds
+       (so the same sums) with half the instructions */
+    __m512 acc2[RM][RN][2];
     for (int i = 0; i < rm; i++)
-        for (int j = 0; j < rn; j++) {
-            float sum = hsum_f32x8(acc[i][j]);
-            for (int64_t kk = k; kk < cols; kk++) sum += load1(wr[i], kk, kind) * xr[j][kk];
-            out[(token + j) * ldo + (row + i - row_begin)] = sum;
+        for (int j = 0; j < rn; j++) acc2[i][j][0] = acc2[i][j][1] = _mm512_setzero_ps();
+    for (; k + 32 <= cols; k += 32)
+        for (int h = 0; h < 2; h++) {
+            __m512 wv[RM];
+            for (int i = 0; i < rm; i++) {
+                wv[i] = load16(wr[i], k + 16 * h, kind);
+                IN_REGISTER(wv[i]);
+            }
+            for (int j = 0; j < rn; j++) {
+                __m512 xv = _mm512_loadu_ps(xr[j] + k + 16 * h);
+                IN_REGISTER(xv);
+                for (int i = 0; i < rm; i++) acc2[i][j][h] = _mm512_fmadd_ps(wv[i], xv, acc2[i][j][h]);
+            }
         }
+    for (int i = 0; i < rm; i++)
+        for (int j = 0; j < rn; j++)
+            for (int h = 0; h < 2; h++) {
+                acc[i][j][2 * h] = _mm512_castps512_ps256(acc2[i][j][h]);
+                acc[i][j][2 * h + 1] = upper8(acc2[i][j][h]);
+            }
+#else
+    for (int i = 0; i < rm; i++)
+        for (int j = 0; j < rn; j++)
+            for (int p = 0; p < 4; p++) acc[i][j][p] = _mm256_setzero_ps();
+    for (; k + 32 <= cols; k += 32)
+        for (int p = 0; p < 4; p++) {
+            __m256 wv[RM];
+            for (int i = 0; i < rm; i++) {
+                wv[i] = load8(wr[i], k + 8 * p, kind);
+                IN_REGISTER(wv[i]);
+            }
+            for (int j = 0; j < rn; j++) {
+                __m256 xv = _mm256_loadu_ps(xr[j] + k + 8 * p);
+                for (int i = 0; i < rm; i++) acc[i][j][p] = _mm256_fmadd_ps(wv[i], xv, acc[i][j][p]);
+            }
+        }
+#endif
+    for (int i = 0; i < rm; i++)
+        for (int j = 0; j < rn; j++)
+            out[(token + j) * ldo + (row + i - row_begin)] = finish(acc[i][j], wr[i], xr[j], k, cols, kind);
 }
 
 /* Rows [row_begin, row_end) x tokens [0, n) in RM x RN tiles, with tails of RM x 1 and 1 x 1. */
