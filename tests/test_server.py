@@ -497,7 +497,8 @@ def test_a_full_queue_gets_503(running: Running, slow_model: None, monkeypatch: 
 def test_cli_serve(models_dir: Path) -> None:
     env = {**os.environ, "LLMRUN_API_KEY": "cli-key", "PYTHONUNBUFFERED": "1"}
     cmd = [*LLMRUN, "serve", str(models_dir / "stories260K.bin"), "-z",
-           str(models_dir / "tok512.bin"), "--port", "0", "-t", "1", "-c", "256", "--alias", "tiny"]
+           str(models_dir / "tok512.bin"), "--port", "0", "-t", "1", "-c", "256", "--alias", "tiny", "--parallel", "2",
+           "--kv-size", "512"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
     try:
         url = None
@@ -513,10 +514,13 @@ def test_cli_serve(models_dir: Path) -> None:
         assert url, "no 'running on' line"
         start = "".join(lines)  # what was served, with which context and threads, before the first request
         assert "stories260K.bin" in start and "'tiny'" in start and "context 256" in start and "threads 1" in start
+        assert "2 requests generated together" in start and "KV pool of 512 positions" in start
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="cli-key", max_retries=0, timeout=30)
         assert [m.id for m in client.models.list()] == ["tiny"]
         assert client.completions.create(model="tiny", prompt="Tom", max_tokens=4).usage.completion_tokens == 4
         assert httpx.get(f"{url}/v1/models").status_code == 401
+        health = httpx.get(f"{url}/health").json()  # no key needed
+        assert health["slots_idle"] + health["slots_processing"] == 2
     finally:
         proc.terminate()
         proc.wait(10)
