@@ -460,14 +460,15 @@ class ModelServer:
     async def health(self, request: Request) -> Response:
         """Liveness and load, without authentication (for load balancers): {"status": "ok", "slots_idle",
         "slots_processing", "requests_waiting"} (llama.cpp's server's names)."""
-        s = self.model.serving_stats()
+        s = await self._in_thread(self.model.serving_stats)  # it may wait for a step: not on the event loop
         return JSONResponse({"status": "ok", "slots_idle": max(s.parallel - s.active, 0),
                              "slots_processing": s.active, "requests_waiting": s.waiting})
 
     async def prometheus(self, request: Request) -> Response:
         """The metrics in the Prometheus text format, without authentication (as /health: for scrapers; they
         count requests and tokens, and show no prompt or answer)."""
-        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        text = await self._in_thread(generate_latest, self.metrics.registry)  # reads serving_stats: as /health
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     async def models(self, request: Request) -> Response:
         self._authorize(request)
@@ -596,7 +597,9 @@ class ModelServer:
             firsts = await _unless_disconnected(request.receive, partial(self._first_hops, state),
                                                 on_disconnect=state.cancel)
             if req.stream:
-                send, receive = anyio.create_memory_object_stream[_Message](len(state.jobs))
+                send: MemoryObjectSendStream[_Message]
+                receive: MemoryObjectReceiveStream[_Message]
+                send, receive = anyio.create_memory_object_stream(len(state.jobs))
                 producers = [partial(self._pump, state, job, send.clone())
                              for job, (_, done) in zip(state.jobs, firsts, strict=True) if not done]
                 send.close()  # the stream of messages ends when the last producer's clone closes
