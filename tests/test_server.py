@@ -488,6 +488,8 @@ def test_a_full_queue_gets_503(running: Running, slow_model: None, monkeypatch: 
         r = running.post("/v1/completions", {"prompt": "Tom", "max_tokens": 2})
         assert r.status_code == 503 and r.json()["error"]["code"] == "server_busy"
         assert server.in_flight == 2
+        assert 'llmrun_requests_total{endpoint="completions",outcome="busy"} 1.0' in \
+            httpx.get(f"{running.url}/metrics").text.splitlines()
         first.close()  # one leaves: the next request gets in
         assert wait_for(lambda: server.in_flight == 1)
         assert running.post("/v1/completions", {"prompt": "Tom", "max_tokens": 2}).json()["usage"][

@@ -138,12 +138,12 @@ def delta(after: dict, before: dict, name: str, **labels: str) -> float:
 
 @pytest.fixture
 def paced(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each hop of a generation takes at least 5 ms, as with a larger model: a 400-token answer takes seconds,
-    far longer than a client that leaves after a few chunks stays."""
+    """Each hop of a generation takes at least 10 ms, as with a larger model: a 400-token answer takes seconds,
+    far longer than a client that leaves after a few chunks stays (so that it is counted as cancelled)."""
     pull = llmrun.server._pull
 
     def paced_pull(source: Iterator[str], seconds: float) -> tuple[list[str], bool]:
-        time.sleep(0.005)
+        time.sleep(0.01)
         return pull(source, seconds)
 
     monkeypatch.setattr(llmrun.server, "_pull", paced_pull)
@@ -277,3 +277,14 @@ def test_health_and_metrics_need_no_key_but_the_api_does(model: llmrun.Model) ->
         assert r.status_code == 401
         after = metrics(running.url)
         assert after[("llmrun_requests_total", (("endpoint", "completions"), ("outcome", "client_error")))] == 1
+
+
+def test_the_server_starts_and_stops_the_models_batching(model: llmrun.Model, monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(model, "start_batching", lambda: calls.append("start"))
+    monkeypatch.setattr(model, "stop_batching", lambda: calls.append("stop"))
+    with serving(model, ServerConfig(model_name=NAME)) as running:
+        assert calls == ["start"]  # before the first request
+        assert running.post("/v1/completions", {"prompt": "Tom", "max_tokens": 2}, key=None).status_code == 200
+    assert calls == ["start", "stop"]
