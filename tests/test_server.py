@@ -417,10 +417,11 @@ def test_client_closing_the_openai_stream_frees_the_slot_within_a_step(running: 
     assert out.choices[0].text == running.model.generate("Tom", max_tokens=5, temperature=0)
 
 
-def test_a_request_whose_client_leaves_while_queued_never_runs(models_dir: Path, slow_model: None,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
-    """One slot, held by a stream: a client that gives up while its request waits for the slot cancels it (it
-    leaves the scheduler's queue: no prompt of it is admitted), and the holder goes on."""
+def test_a_request_whose_client_leaves_while_queued_is_cancelled(models_dir: Path, slow_model: None,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """One slot, held by a stream: a client that gives up while its request waits (for the slot, or generating
+    where the holder has already finished: the scheduler's tests show that a cancelled queued generation is
+    never computed) cancels it, and the holder goes on."""
     caplog.set_level(logging.INFO)
     with llmrun.load(models_dir / "stories260K.bin", tokenizer=models_dir / "tok512.bin", n_threads=1,
                      parallel=1) as model, serving(model, ServerConfig(model_name=NAME, parallel=1)) as running:
@@ -430,12 +431,10 @@ def test_a_request_whose_client_leaves_while_queued_never_runs(models_dir: Path,
             lines = holder.iter_lines()
             assert next(lines).startswith("data: ")  # holds the slot for seconds
             stopped, finished = server.stopped, server.finished
-            admitted = model.serving_stats().prompt_tokens
             with pytest.raises(httpx.ReadTimeout):  # a client that gives up waiting for its whole answer
                 running.post("/v1/completions", {"prompt": "A long wait", "max_tokens": 400}, key=None, timeout=0.3)
             assert wait_for(lambda: server.in_flight == 1 and server.stopped == stopped + 1), "it went on"
             assert server.finished == finished
-            assert model.serving_stats().prompt_tokens == admitted  # never admitted to a slot
             assert next(line for line in lines if line).startswith("data: ")  # the holder goes on
             holder.close()
         assert wait_for(lambda: server.in_flight == 0 and server.stopped == stopped + 2, 5.0)
