@@ -166,16 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = command("serve", help="an OpenAI-compatible HTTP server (needs: pip install 'llmrun[server]')",
                     description="Serve the model over HTTP with the OpenAI API: GET /v1/models, POST "
-                                "/v1/completions, POST /v1/chat/completions (streaming or not), GET "
-                                "/health. Requests take turns on the one model; the KV cache carries a "
-                                "shared prefix from one request to the next.")
+                                "/v1/completions, POST /v1/chat/completions (streaming or not, n choices), "
+                                "POST /v1/embeddings, GET /health, GET /metrics (Prometheus). Up to --parallel "
+                                "requests are generated together (continuous batching: each decode step is "
+                                "one batched forward pass for all of them); more wait in a queue of "
+                                "--max-queue.")
     add_model_args(serve)
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 exposes "
                             "the model to the network: use --api-key then)")
     serve.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
     serve.add_argument("--api-key", default=os.environ.get("LLMRUN_API_KEY") or None, metavar="KEY",
-                       help="require 'Authorization: Bearer KEY' on every endpoint but /health (default: the "
+                       help="require 'Authorization: Bearer KEY' on every endpoint but /health and /metrics "
+                            "(default: the "
                             "LLMRUN_API_KEY environment variable, which keeps the key out of the process list)")
     serve.add_argument("-a", "--alias", "--model-name", dest="alias", default=None, metavar="NAME",
                        help="the model's id in the API (default: the file or folder name without extension); "
@@ -183,8 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_chat_format_arg(serve)
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20,
                        help="larger request bodies get 413 (default: 1 MiB)")
+    serve.add_argument("-np", "--parallel", type=int, default=4, metavar="N",
+                       help="requests generated together, each decode step one batched forward pass for all of "
+                            "them (default: 4; decoding reads every weight once per step, so more slots cost "
+                            "little time each, up to where the matrix products become compute-bound)")
+    serve.add_argument("--kv-size", type=int, default=None, metavar="POSITIONS",
+                       help="positions of the KV cache pool all slots share, taken in blocks as tokens arrive "
+                            "(default: the context size, -c); a request still fits in -c tokens; when the pool "
+                            "is full, sequences wait for room")
     serve.add_argument("--max-queue", type=int, default=64,
-                       help="requests that may wait for the model; more get 503 (default: 64)")
+                       help="requests that may wait for a slot beyond --parallel; more get 503 (default: 64)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                        help="server log level (default: info)")
     serve.set_defaults(run=run_serve)
@@ -289,11 +300,12 @@ def model_path(args: argparse.Namespace) -> Path:
     return find_model(args.model or DEMO_NAME, announce=lambda line: print(line, file=sys.stderr, flush=True))
 
 
-def open_model(args: argparse.Namespace, chat_format: str | None = None, path: Path | None = None) -> Model:
-    """The model the command's options describe (at `path` where the caller has found it already); a one-line
-    warning where -c exceeds what it was trained for."""
+def open_model(args: argparse.Namespace, chat_format: str | None = None, path: Path | None = None,
+               **options: typing.Any) -> Model:
+    """The model the command's options describe (at `path` where the caller has found it already; `options`:
+    more of load's arguments); a one-line warning where -c exceeds what it was trained for."""
     model = load(path or model_path(args), tokenizer=args.tokenizer, n_ctx=args.ctx_size, n_threads=args.threads,
-                 n_batch=args.batch_size, chat_format=chat_format)
+                 n_batch=args.batch_size, chat_format=chat_format, **options)
     i = model.info
     if i.n_ctx > i.context_length:
         print(f"llmrun: warning: -c {i.n_ctx} is more than the {i.context_length} tokens the model was trained "
@@ -393,20 +405,22 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         from .server import ServerConfig, serve
     except ImportError as e:
-        print(f"llmrun: error: the server needs Starlette and uvicorn ({e}); install them with: "
+        print(f"llmrun: error: the server needs Starlette, uvicorn and prometheus_client ({e}); install them with: "
               f"pip install 'llmrun[server]'", file=sys.stderr)
         return EXIT_ERROR
     if not 0 <= args.port <= 65535:
         raise InvalidArgumentError(f"--port must be in [0, 65535], got {args.port}")
-    if args.max_body_bytes < 1 or args.max_queue < 1:
-        raise InvalidArgumentError("--max-body-bytes and --max-queue must be >= 1")
+    if args.max_body_bytes < 1 or args.max_queue < 1 or args.parallel < 1:
+        raise InvalidArgumentError("--max-body-bytes, --max-queue and --parallel must be >= 1")
+    if args.kv_size is not None and args.kv_size < 1:
+        raise InvalidArgumentError(f"--kv-size must be >= 1, got {args.kv_size}")
     if args.api_key is not None and not args.api_key.isprintable():
         raise InvalidArgumentError("the API key must be printable text")
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     name = args.alias or model_name(args.model or DEMO_NAME)
     config = ServerConfig(model_name=name, api_key=args.api_key, max_body_bytes=args.max_body_bytes,
-                          max_queue=args.max_queue)
-    with open_model(args, chat_format=args.chat_format) as model:
+                          max_queue=args.max_queue, parallel=args.parallel)
+    with open_model(args, chat_format=args.chat_format, parallel=args.parallel, kv_size=args.kv_size) as model:
         require_tokenizer(model)
         serve(model, config, host=args.host, port=args.port, log_level=args.log_level)
     return 0

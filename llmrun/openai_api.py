@@ -4,7 +4,7 @@ model can run, and the response, chunk and error bodies built from what the mode
 Every client mistake becomes an `APIError` (status, message, param, code) whose `body()` is OpenAI's error
 shape, so the server answers it with a 4xx instead of failing. Unknown fields are ignored (clients send
 extras such as `user` or `metadata`); known fields of the wrong type or out of range are refused. Features
-llmrun does not have (n > 1, logit_bias, the deprecated `functions`, suffix) are refused with a 400 that says so rather
+llmrun does not have (logit_bias, the deprecated `functions`, suffix) are refused with a 400 that says so rather
 than silently ignored.
 """
 
@@ -27,6 +27,7 @@ from .tokenizer import Tokenizer
 from .tools import validate_tool_choice, validate_tools
 
 MAX_STOP_STRINGS = 16
+MAX_CHOICES = 16  # `n`: each choice is a generation of its own, holding a slot of the scheduler
 MAX_LEGACY_LOGPROBS = 5  # /v1/completions `logprobs` (OpenAI's limit)
 MAX_EMBEDDING_INPUTS = 2048  # /v1/embeddings `input` items (OpenAI's limit)
 MAX_TOP_LOGPROBS = 20  # /v1/chat/completions `top_logprobs`
@@ -73,6 +74,7 @@ class GenerationRequest:
     sampling: dict[str, Any] = field(default_factory=dict)
     logprobs: int | None = None  # alternatives per token; None: no logprobs
     response_format: dict[str, Any] | None = None  # structured output (llmrun/structured.py); None: text
+    n: int = 1  # choices: generations of the same prompt (with a seed, choice i samples with seed + i)
 
 
 @dataclass
@@ -164,7 +166,6 @@ def _common(body: object, default_max_tokens: int | None) -> tuple[Mapping[str, 
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise bad_request(f"model must be a string, got {_describe(model)}", param="model")
-    _refuse_unless(body, "n", lambda v: _is_int(v) and v == 1, "only n = 1 is supported (one choice per request)")
     _refuse_unless(body, "logit_bias", lambda v: isinstance(v, dict) and not v, "logit_bias is not supported")
     stream = _bool(body, "stream")
     options = body.get("stream_options")
@@ -187,6 +188,7 @@ def _common(body: object, default_max_tokens: int | None) -> tuple[Mapping[str, 
     kwargs = {"model": model, "stream": stream, "include_usage": include_usage,
               "response_format": _response_format(body),
               "max_tokens": _int(body, "max_tokens", 0, None, default_max_tokens),
+              "n": _int(body, "n", 1, MAX_CHOICES, 1),
               "sampling": {k: v for k, v in sampling.items() if v is not None}}
     return body, kwargs
 

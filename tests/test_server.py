@@ -69,7 +69,7 @@ def serving(model: llmrun.Model, config: ServerConfig) -> Iterator[Running]:
     app_server = ModelServer(model, config)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app_server.app, log_config=None, lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app_server.app, log_config=None, lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -92,7 +92,9 @@ def running(models_dir: Path) -> Iterator[Running]:
 
 
 def test_health_and_models(running: Running) -> None:
-    assert httpx.get(f"{running.url}/health").json() == {"status": "ok"}  # no key needed
+    health = httpx.get(f"{running.url}/health").json()  # no key needed
+    assert health["status"] == "ok" and health["requests_waiting"] == 0
+    assert health["slots_idle"] + health["slots_processing"] == running.model.serving_stats().parallel
     client = running.client()
     assert [m.id for m in client.models.list()] == [NAME]
     assert client.models.retrieve(NAME).id == NAME
@@ -226,7 +228,8 @@ BAD = [
     ("/v1/completions", {"prompt": "Tom", "seed": True}, 400, "seed"),
     ("/v1/completions", {"prompt": "Tom", "stop": ["a", ""]}, 400, "stop"),
     ("/v1/completions", {"prompt": "Tom", "stop": 3}, 400, "stop"),
-    ("/v1/completions", {"prompt": "Tom", "n": 2}, 400, "n"),
+    ("/v1/completions", {"prompt": "Tom", "n": 17}, 400, "n"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "n": 0}, 400, "n"),
     ("/v1/completions", {"prompt": "Tom", "stream": "yes"}, 400, "stream"),
     ("/v1/completions", {"prompt": "Tom", "logprobs": 9}, 400, "logprobs"),
     ("/v1/completions", {"prompt": "Tom", "suffix": "end"}, 400, "suffix"),
@@ -347,7 +350,7 @@ def test_concurrent_clients_get_the_sequential_answers(running: Running) -> None
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     assert answers == [[expected[i]] * 4 for i in range(8)]
-    assert running.server.waiting == 0
+    assert wait_for(lambda: running.server.in_flight == 0)
     assert httpx.get(f"{running.url}/health").status_code == 200
 
 
@@ -414,31 +417,30 @@ def test_client_closing_the_openai_stream_frees_the_slot_within_a_step(running: 
     assert out.choices[0].text == running.model.generate("Tom", max_tokens=5, temperature=0)
 
 
-def test_a_request_whose_client_leaves_while_queued_never_runs(running: Running, slow_model: None,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_a_request_whose_client_leaves_while_queued_is_cancelled(models_dir: Path, slow_model: None,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """One slot, held by a stream: a client that gives up while its request waits (for the slot, or generating
+    where the holder has already finished: the scheduler's tests show that a cancelled queued generation is
+    never computed) cancels it, and the holder goes on."""
     caplog.set_level(logging.INFO)
-    server = running.server
-    body = {"model": NAME, "prompt": "Tom", "max_tokens": 400, "temperature": 1.0, "min_p": 0.0, "stream": True}
-    with httpx.stream("POST", f"{running.url}/v1/completions", json=body, timeout=30,
-                      headers={"Authorization": f"Bearer {KEY}"}) as holder:
-        lines = holder.iter_lines()
-        assert next(lines).startswith("data: ")  # holds the model for seconds
-        stopped, finished, computed = server.stopped, server.finished, running.model._engine.tokens_computed
-        for stream in (False, True):  # a client that gives up waiting (non-streaming, then streaming)
-            with pytest.raises(httpx.ReadTimeout):
-                running.post("/v1/completions", {"prompt": "A long wait", "max_tokens": 5, "stream": stream},
-                             timeout=0.3)
-            # it leaves the queue at once, while the holder still has the model
-            assert wait_for(lambda: server.waiting == 0, 2.0)
-        assert server.stopped == stopped + 2 and server.finished == finished
-        assert sum("went away while queued" in r.getMessage() for r in caplog.records) == 2
-        assert next(line for line in lines if line).startswith("data: ")  # the holder goes on
-        holder.close()
-    assert wait_for(lambda: server.stopped == stopped + 3, 5.0)
-    # nothing of the queued prompts was computed: only the holder's tokens ran
-    assert "A long wait" not in running.model.detokenize(running.model._engine.cached_tokens)
-    assert running.client().completions.create(model=NAME, prompt="Tom", max_tokens=2).usage.completion_tokens == 2
-    assert computed <= running.model._engine.tokens_computed
+    with llmrun.load(models_dir / "stories260K.bin", tokenizer=models_dir / "tok512.bin", n_threads=1,
+                     parallel=1) as model, serving(model, ServerConfig(model_name=NAME, parallel=1)) as running:
+        server = running.server
+        body = {"model": NAME, "prompt": "Tom", "max_tokens": 400, "temperature": 1.0, "min_p": 0.0, "stream": True}
+        with httpx.stream("POST", f"{running.url}/v1/completions", json=body, timeout=30) as holder:
+            lines = holder.iter_lines()
+            assert next(lines).startswith("data: ")  # holds the slot for seconds
+            stopped, finished = server.stopped, server.finished
+            with pytest.raises(httpx.ReadTimeout):  # a client that gives up waiting for its whole answer
+                running.post("/v1/completions", {"prompt": "A long wait", "max_tokens": 400}, key=None, timeout=0.3)
+            assert wait_for(lambda: server.in_flight == 1 and server.stopped == stopped + 1), "it went on"
+            assert server.finished == finished
+            assert next(line for line in lines if line).startswith("data: ")  # the holder goes on
+            holder.close()
+        assert wait_for(lambda: server.in_flight == 0 and server.stopped == stopped + 2, 5.0)
+        assert sum("client disconnected (499)" in r.getMessage() for r in caplog.records) == 1
+        assert running.post("/v1/completions", {"prompt": "Tom", "max_tokens": 2}, key=None).json()["usage"][
+            "completion_tokens"] == 2
 
 
 def test_logprob_bytes_of_a_split_emoji(running: Running, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -470,28 +472,34 @@ def test_logprob_bytes_of_a_split_emoji(running: Running, monkeypatch: pytest.Mo
 
 
 def test_a_full_queue_gets_503(running: Running, slow_model: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """parallel + max_queue requests in flight (here 1 + 1): the next one gets 503 at once, and gets in once one
+    of them has ended."""
     server = running.server
     monkeypatch.setattr(server, "config", dataclasses.replace(server.config, max_queue=1))
+    monkeypatch.setattr(server, "parallel", 1)
     body = {"model": NAME, "prompt": "Tom", "max_tokens": 400, "temperature": 1.0, "min_p": 0.0, "stream": True}
-    with httpx.stream("POST", f"{running.url}/v1/completions", json=body, timeout=30,
-                      headers={"Authorization": f"Bearer {KEY}"}) as holder:
-        lines = holder.iter_lines()  # kept: dropping the iterator would close the connection
-        assert next(lines).startswith("data: ")  # holds the model
-        with ThreadPoolExecutor(1) as pool:
-            queued = pool.submit(running.post, "/v1/completions", {"prompt": "Tom", "max_tokens": 2})
-            assert wait_for(lambda: server.waiting == 1)
-            r = running.post("/v1/completions", {"prompt": "Tom", "max_tokens": 2})
-            assert r.status_code == 503 and r.json()["error"]["code"] == "server_busy"
-            assert server.waiting == 1 and not queued.done()
-            holder.close()  # the holder leaves: the queued request gets the model
-            assert queued.result(timeout=10).json()["usage"]["completion_tokens"] == 2
-    assert server.waiting == 0
-
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with httpx.stream("POST", f"{running.url}/v1/completions", json=body, timeout=30, headers=headers) as first, \
+            httpx.stream("POST", f"{running.url}/v1/completions", json=body, timeout=30, headers=headers) as second:
+        held = [first.iter_lines(), second.iter_lines()]  # kept: dropping an iterator would close its connection
+        assert all(next(lines).startswith("data: ") for lines in held)
+        assert server.in_flight == 2
+        r = running.post("/v1/completions", {"prompt": "Tom", "max_tokens": 2})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "server_busy"
+        assert server.in_flight == 2
+        assert 'llmrun_requests_total{endpoint="completions",outcome="busy"} 1.0' in \
+            httpx.get(f"{running.url}/metrics").text.splitlines()
+        first.close()  # one leaves: the next request gets in
+        assert wait_for(lambda: server.in_flight == 1)
+        assert running.post("/v1/completions", {"prompt": "Tom", "max_tokens": 2}).json()["usage"][
+            "completion_tokens"] == 2
+    assert wait_for(lambda: server.in_flight == 0)
 
 def test_cli_serve(models_dir: Path) -> None:
     env = {**os.environ, "LLMRUN_API_KEY": "cli-key", "PYTHONUNBUFFERED": "1"}
     cmd = [*LLMRUN, "serve", str(models_dir / "stories260K.bin"), "-z",
-           str(models_dir / "tok512.bin"), "--port", "0", "-t", "1", "-c", "256", "--alias", "tiny"]
+           str(models_dir / "tok512.bin"), "--port", "0", "-t", "1", "-c", "256", "--alias", "tiny", "--parallel", "2",
+           "--kv-size", "512"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
     try:
         url = None
@@ -507,10 +515,13 @@ def test_cli_serve(models_dir: Path) -> None:
         assert url, "no 'running on' line"
         start = "".join(lines)  # what was served, with which context and threads, before the first request
         assert "stories260K.bin" in start and "'tiny'" in start and "context 256" in start and "threads 1" in start
+        assert "2 requests generated together" in start and "KV pool of 512 positions" in start
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="cli-key", max_retries=0, timeout=30)
         assert [m.id for m in client.models.list()] == ["tiny"]
         assert client.completions.create(model="tiny", prompt="Tom", max_tokens=4).usage.completion_tokens == 4
         assert httpx.get(f"{url}/v1/models").status_code == 401
+        health = httpx.get(f"{url}/health").json()  # no key needed
+        assert health["slots_idle"] + health["slots_processing"] == 2
     finally:
         proc.terminate()
         proc.wait(10)
