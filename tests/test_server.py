@@ -356,14 +356,15 @@ def test_concurrent_clients_get_the_sequential_answers(running: Running) -> None
 
 @pytest.fixture
 def slow_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each generation hop takes at least 20 ms, as with a large model: a long answer takes seconds."""
-    pull = llmrun.server._pull
+    """Each step of the model's scheduler takes at least 20 ms, as with a large model: a long answer takes
+    seconds (the steps run in the scheduler's own thread, whatever the clients read)."""
+    batch = llmrun.engine.Engine.batch
 
-    def slow_pull(gen: llmrun.Generation, seconds: float) -> tuple[list[str], bool]:
+    def slow_batch(self: llmrun.engine.Engine, *args: object, **kwargs: object) -> object:
         time.sleep(0.02)
-        return pull(gen, 0.0)
+        return batch(self, *args, **kwargs)
 
-    monkeypatch.setattr(llmrun.server, "_pull", slow_pull)
+    monkeypatch.setattr(llmrun.engine.Engine, "batch", slow_batch)
 
 
 def wait_for(condition: object, seconds: float = 5.0) -> bool:
