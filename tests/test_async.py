@@ -41,11 +41,17 @@ def stories(models_dir: Path) -> Iterator[llmrun.Model]:
 
 
 def model_is_free(model: llmrun.Model) -> bool:
+    """No generation holds a slot or waits for one, and no forward pass runs."""
     lock = model._engine._lock
-    if lock.acquire(blocking=False):
-        lock.release()
-        return True
-    return False
+    if model.serving_stats().active or model.serving_stats().waiting or not lock.acquire(blocking=False):
+        return False
+    lock.release()
+    return True
+
+
+def cached_tokens(model: llmrun.Model) -> list[int]:
+    """What the cache of the slot a finished (or cancelled) generation left holds: the longest idle slot's."""
+    return max((slot.tokens for slot in model._scheduler.slots if slot.job is None), key=len)
 
 
 def consume_in_thread(gen: llmrun.Generation) -> tuple[threading.Thread, list[str]]:
@@ -81,7 +87,7 @@ def test_cancel_from_another_thread_mid_stream(slow: llmrun.Model) -> None:
     # the cache holds the prompt and what was generated (all but the last token, which was never run): valid,
     # so the same request again reuses it and gives the same tokens as a fresh start
     prompt = gen.prompt
-    cached = slow._engine.cached_tokens
+    cached = cached_tokens(slow)
     assert cached == (prompt + gen.tokens)[:len(cached)] and len(cached) >= len(prompt) + n - 1
     again = slow.stream(prompt + gen.tokens[:-1], max_tokens=5, temperature=0)
     assert again.text() is not None and again.stats.reused_tokens == len(prompt) + n - 2
@@ -116,7 +122,7 @@ def test_cancel_mid_prefill_stops_between_batches(slow: llmrun.Model) -> None:
     assert gen.finish_reason == "cancelled" and gen.tokens == [] and pieces == []
     assert computed < len(PROMPT) - N_BATCH, "the whole prompt was processed"
     assert computed % N_BATCH == 0  # whole batches only
-    assert engine.cached_tokens == PROMPT[:computed]  # what was computed stays, valid
+    assert cached_tokens(slow) == PROMPT[:computed]  # what was computed stays, valid
     assert model_is_free(slow)
     # the next request reuses those batches and answers as a fresh model does
     resumed = slow.stream(PROMPT, max_tokens=4, temperature=0)
@@ -185,13 +191,13 @@ def test_heartbeat_stays_on_time_during_generation(slow: llmrun.Model, monkeypat
     slow.reset()
     gaps: list[float] = []
     forward_threads: set[int] = set()
-    evaluate = Engine.evaluate
+    batch = Engine.batch
 
     def recording(self: Engine, *args: object, **kwargs: object) -> object:
         forward_threads.add(threading.get_ident())
-        return evaluate(self, *args, **kwargs)
+        return batch(self, *args, **kwargs)
 
-    monkeypatch.setattr(Engine, "evaluate", recording)
+    monkeypatch.setattr(Engine, "batch", recording)
 
     async def heartbeat(stop: asyncio.Event) -> None:
         last = time.perf_counter()
