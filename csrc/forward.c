@@ -133,16 +133,10 @@ typedef struct {
     atomic_int             next; /* the next (token, head) pair to claim */
 } attention_task;
 
-/* The run of positions at..min(last, the end of at's block) of a sequence's cache lie in consecutive rows. */
-static int32_t run_end(int32_t at, int32_t last) {
-    int32_t end = (at / LLM_KV_BLOCK + 1) * LLM_KV_BLOCK;
-    return end <= last ? end : last + 1;
-}
-
 /* Each (token, query head) pair attends over positions first..pos of its own sequence for its key/value head
    (first: 0, or the start of the layer's window); the pairs are shared out among the threads, each with its own
-   row of scores. The positions lie in blocks of the pool: scores a block at a time, one softmax over all, then
-   the weighted sum accumulated a block at a time (the same arithmetic whatever else is in the batch). */
+   row of scores. The positions lie in blocks of the pool: scores a run of adjacent blocks at a time, one softmax
+   over all, then the weighted sum accumulated a run at a time (the same arithmetic however the runs fall). */
 static void attention_worker(void *arg, int ith, int nth) {
     (void)nth;
     attention_task *t = arg;
@@ -158,7 +152,7 @@ static void attention_worker(void *arg, int ith, int nth) {
         const float *q = c->q + (size_t)token * q_dim + (size_t)h * hd;
         size_t head = (size_t)(h / group) * hd;
         for (int32_t at = first, end; at <= last; at = end) {
-            end = run_end(at, last);
+            end = llm_kv_run_end(c->kv, t->layer, seq, at, last);
             const float *keys = llm_kv_row(c->kv, t->layer, seq, at, 0) + head;
             vec->scores(att + (at - first), q, keys, kv_dim, end - at, hd, p->attn_scale);
         }
@@ -167,7 +161,7 @@ static void attention_worker(void *arg, int ith, int nth) {
         float *out = c->xb + (size_t)token * c->xb_width + (size_t)h * hd;
         memset(out, 0, (size_t)hd * sizeof *out);
         for (int32_t at = first, end; at <= last; at = end) {
-            end = run_end(at, last);
+            end = llm_kv_run_end(c->kv, t->layer, seq, at, last);
             const float *values = llm_kv_row(c->kv, t->layer, seq, at, 1) + head;
             vec->weighted_sum(out, att + (at - first), values, kv_dim, end - at, hd);
         }

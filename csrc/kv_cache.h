@@ -83,6 +83,18 @@ static inline float *llm_kv_row(const llm_kv *kv, int layer, int32_t seq, int32_
     return llm_kv_block(kv, layer, seq, pos, values) + (int64_t)(pos % LLM_KV_BLOCK) * kv->kv_dim;
 }
 
+/* The end (exclusive, at most last + 1) of a run of positions from `at` on whose rows lie one after another in
+   layer `layer`'s storage: the rest of at's block, and from a block's start on, the blocks with consecutive ids
+   (adjacent in the storage; a sequence grown alone takes them so). The kernels then see the rows in pieces that
+   start where the blocks do, whichever ids the blocks got: a token's arithmetic does not depend on its neighbours. */
+static inline int32_t llm_kv_run_end(const llm_kv *kv, int layer, int32_t seq, int32_t at, int32_t last) {
+    const llm_kv_group *g = &kv->groups[kv->layer_group[layer]];
+    const int32_t *table = g->tables + (int64_t)seq * kv->blocks_per_seq;
+    int64_t b = at / LLM_KV_BLOCK;
+    while (at % LLM_KV_BLOCK == 0 && (b + 1) * LLM_KV_BLOCK <= last && table[b + 1] == table[b] + 1) b++;
+    return (b + 1) * LLM_KV_BLOCK <= last ? (int32_t)((b + 1) * LLM_KV_BLOCK) : last + 1;
+}
+
 /* The window of layer `layer` (0: none). */
 static inline int32_t llm_kv_window(const llm_kv *kv, int layer) { return kv->groups[kv->layer_group[layer]].window; }
 
