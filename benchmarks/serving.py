@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -209,14 +210,18 @@ def others_busy(seconds: float, pids: list[int]) -> float:
 def wait_until_quiet(args: argparse.Namespace, pids: list[int]) -> float:
     """Waits (at most --max-wait seconds) until other processes keep fewer than --quiet CPUs busy; returns what
     they kept busy over the last second."""
-    deadline = time.monotonic() + args.max_wait
+    start = time.monotonic()
+    said = -math.inf
     while True:
         others = others_busy(1.0, pids)
-        if others <= args.quiet or time.monotonic() >= deadline:
+        waited = time.monotonic() - start
+        if others <= args.quiet or waited >= args.max_wait:
             if others > args.quiet:
                 log(f"    other processes keep {others:.1f} CPUs busy; measuring anyway (--max-wait passed)")
             return others
-        log(f"    other processes keep {others:.1f} CPUs busy: waiting for at most {args.quiet}")
+        if waited - said >= 15:
+            log(f"    other processes keep {others:.1f} CPUs busy: waiting until at most {args.quiet}")
+            said = waited
 
 
 def measure(server: Server, args: argparse.Namespace, n: int, pids: list[int]) -> dict[str, Any]:

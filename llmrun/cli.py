@@ -613,13 +613,16 @@ def serving_locally(args: argparse.Namespace, parallel: int) -> Iterator[tuple[s
     if not load_kwargs and not config_kwargs:
         print("llmrun: this llmrun's server answers one request at a time: the clients take turns"
               + (" (--parallel has no effect)" if args.parallel is not None else ""), file=sys.stderr)
-    elif "kv_size" in load_params:
-        # room for every sequence: its prompt (at most ~4 tokens a word) and its tokens, in whole blocks of 32
-        need = 4 * DEFAULT_PROMPT_WORDS[1] + 16 + args.max_tokens
-        load_kwargs["kv_size"] = parallel * -(-need // 32) * 32
+    n_ctx = args.ctx_size
+    if load_kwargs and "kv_size" in load_params:
+        # room for every sequence at once (no preemption): its prompt (at most ~4 tokens a word) and its
+        # tokens, in whole blocks of 32
+        need = -(-(4 * DEFAULT_PROMPT_WORDS[1] + 16 + args.max_tokens) // 32) * 32
+        n_ctx = n_ctx or need
+        load_kwargs["kv_size"] = max(parallel * need, n_ctx)
     path = model_path(args)
     threads = int(args.threads) if args.threads else None
-    with load(path, tokenizer=args.tokenizer, n_ctx=args.ctx_size, n_threads=threads, n_batch=args.batch_size,
+    with load(path, tokenizer=args.tokenizer, n_ctx=n_ctx, n_threads=threads, n_batch=args.batch_size,
               **load_kwargs) as model:
         require_tokenizer(model)
         name = model_name(args.model or DEMO_NAME)

@@ -345,7 +345,10 @@ class _Stream:
             self.usage_tokens = usage["completion_tokens"]
             if isinstance(usage.get("prompt_tokens"), int):
                 self.prompt_tokens = usage["prompt_tokens"]
-        for choice in event.get("choices") or []:
+        choices = event.get("choices") or []
+        if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+            raise _RequestFailed(f"unexpected choices in {data[:200]!r}")
+        for choice in choices:
             text = choice.get("text")
             if text is None and isinstance(choice.get("delta"), dict):  # a chat-completion chunk
                 text = choice["delta"].get("content")
