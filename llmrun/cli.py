@@ -6,14 +6,16 @@ runs, with a line on stderr saying so), or name a Hub model as OWNER/REPO[:QUANT
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import inspect
 import json
 import logging
 import os
 import sys
 import time
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from . import __version__
@@ -25,6 +27,7 @@ from .formats import read_model
 from .formats.gguf_writer import TensorPlan, write_model
 from .generate import Generation
 from .hub import DEMO_NAME, cache_dir, cached_models, describe, find_model, parse_reference, pull, remove
+from .loadtest import CHUNKS, DEFAULT_PROMPT_WORDS, USAGE, LoadConfig, LoadResult, run_load
 from .model import Model, load, resolve_tokenizer
 from .presets import PRESETS, find_preset
 from .repl import Repl, enable_line_editing
@@ -133,10 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(chat, max_tokens_default=-1)
     chat.set_defaults(run=run_chat)
 
-    bench = command("bench", help="measure prompt processing and generation speed, as llama-bench",
+    bench = command("bench", help="measure prompt processing and generation speed, as llama-bench, or serving "
+                                  "speed under load (--concurrency)",
                     description="Prompt processing (ppN: N tokens from an empty cache) and generation "
                                 "(tgN: N tokens one at a time) in tokens/s, mean and standard deviation "
-                                "over repetitions, after an untimed warm-up.")
+                                "over repetitions, after an untimed warm-up. With --concurrency C1,C2,...: "
+                                "serving speed instead: the model is served by `llmrun serve` in this process "
+                                "(or the server at --url is used) and C streaming clients at a time each "
+                                "send --requests completions of their own prompt (temperature 0, "
+                                "--max-tokens); printed per level: aggregate generated tokens/s, the gain over "
+                                "1 client, p50/p95 time to first token and errors (llmrun/loadtest.py).")
     bench.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
     bench.add_argument("-z", "--tokenizer", help="tokenizer file, for llama2.c models")
     bench.add_argument("-p", "--n-prompt", default="128",
@@ -148,6 +157,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"prompt tokens processed together; 1 = token by token (default: {DEFAULT_BATCH})")
     bench.add_argument("-r", "--repetitions", type=int, default=5, help="timed runs per test (default: 5)")
     bench.add_argument("--json", action="store_true", help="print JSON lines instead of a markdown table")
+    serving = bench.add_argument_group("serving (--concurrency)")
+    serving.add_argument("--concurrency", default=None, metavar="C1,C2,...",
+                         help="concurrent streaming clients, comma-separated (e.g. 1,2,4,8): measure serving "
+                              "instead of pp/tg")
+    serving.add_argument("--url", default=None, help="an OpenAI-compatible server to measure (http://HOST:PORT); "
+                                                     "default: serve MODEL in this process")
+    serving.add_argument("--requests", type=int, default=4, help="requests per client (default: 4)")
+    serving.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                         help="instead of --requests: each client sends requests for this long")
+    serving.add_argument("--max-tokens", type=int, default=64, help="max_tokens of each request (default: 64)")
+    serving.add_argument("--parallel", type=int, default=None,
+                         help="sequences the served model generates together (default: the largest "
+                              "concurrency); ignored with a notice where this llmrun serves one at a time")
+    serving.add_argument("-c", "--ctx-size", type=int, default=None,
+                         help="context size of the served model (default: the model's, at most 4096)")
+    serving.add_argument("--api-key", default=os.environ.get("LLMRUN_API_KEY") or None, metavar="KEY",
+                         help="with --url: the server's API key (default: the LLMRUN_API_KEY environment "
+                              "variable)")
     bench.set_defaults(run=run_bench_command)
 
     ppl = command("perplexity", help="perplexity of a model on a text file",
@@ -507,6 +534,8 @@ def int_list(text: str, option: str, minimum: int) -> list[int]:
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
+    if args.concurrency is not None:
+        return run_serving_bench(args)
     # a length of 0 skips that test, as with llama-bench; a thread count has no such meaning
     prompts = [n for n in int_list(args.n_prompt, "-p", 0) if n]
     gens = [n for n in int_list(args.n_gen, "-n", 0) if n]
@@ -534,6 +563,107 @@ def run_bench_command(args: argparse.Namespace) -> int:
             print(f"| {r['model']} | {r['size_bytes'] / 2**20:.2f} MiB | {r['params'] / 1e6:.2f} M | {r['type']} "
                   f"| {r['threads']} | {r['test']} | {r['tokens_per_second']:.2f} ± {r['stdev']:.2f} |")
     return 0
+
+
+def run_serving_bench(args: argparse.Namespace) -> int:
+    """`bench --concurrency`: the load generator (llmrun/loadtest.py) at each concurrency level, against --url or
+    MODEL served in this process."""
+    levels = int_list(args.concurrency, "--concurrency", 1)
+    if args.duration is None and args.requests < 1:
+        raise InvalidArgumentError(f"--requests must be >= 1, got {args.requests}")
+    if args.duration is not None and not args.duration > 0:
+        raise InvalidArgumentError(f"--duration must be > 0, got {args.duration}")
+    if args.max_tokens < 1:
+        raise InvalidArgumentError(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    if args.parallel is not None and args.parallel < 1:
+        raise InvalidArgumentError(f"--parallel must be >= 1, got {args.parallel}")
+    threads = int_list(args.threads, "-t", 1) if args.threads else [None]
+    if len(threads) > 1:
+        raise InvalidArgumentError("-t takes one thread count with --concurrency (the served model's)")
+    results: list[LoadResult] = []
+
+    def measure(url: str, name: str, api_key: str | None) -> None:
+        for c in levels:
+            status(f"{c} client{'s' * (c > 1)}: {args.requests} requests each" if args.duration is None else
+                   f"{c} client{'s' * (c > 1)}: {args.duration:g} s")
+            result = run_load(LoadConfig(url, concurrency=c, requests_per_client=args.requests,
+                                         duration_s=args.duration, max_tokens=args.max_tokens, model=name,
+                                         api_key=api_key, warmup_requests=0 if results else 1))
+            results.append(result)
+            if args.json:
+                print(json.dumps({"url": args.url or "in-process", **result.summary()}), flush=True)
+
+    if args.url is not None:
+        measure(args.url, args.model or "default", args.api_key)
+    else:
+        with serving_locally(args, parallel=args.parallel or max(levels)) as (url, name):
+            measure(url, name, None)
+    status("")
+    for r in results:
+        if r.errors:
+            print(f"llmrun: {r.errors} of {len(r.requests)} requests failed with {r.config.concurrency} clients; "
+                  f"the first: {r.error_messages[0]}", file=sys.stderr)
+    if not args.json:
+        print_serving_table(results)
+    return 0
+
+
+@contextlib.contextmanager
+def serving_locally(args: argparse.Namespace, parallel: int) -> Iterator[tuple[str, str]]:
+    """MODEL loaded as the options say and served by llmrun's server in this process (llmrun.loadtest.
+    local_server); yields (base URL, model name). The model generates `parallel` sequences together where this
+    llmrun can (load's `parallel`, ServerConfig's `parallel`), with KV room for all of them; else a notice."""
+    from .loadtest import local_server
+    from .server import ServerConfig
+
+    load_params = inspect.signature(load).parameters
+    config_fields = {f.name for f in dataclasses.fields(ServerConfig)}
+    load_kwargs: dict[str, int] = {}
+    config_kwargs: dict[str, int] = {}
+    if "parallel" in load_params:
+        load_kwargs["parallel"] = parallel
+    if "parallel" in config_fields:
+        config_kwargs["parallel"] = parallel
+    if not load_kwargs and not config_kwargs:
+        print("llmrun: this llmrun's server answers one request at a time: the clients take turns"
+              + (" (--parallel has no effect)" if args.parallel is not None else ""), file=sys.stderr)
+    n_ctx = args.ctx_size
+    if load_kwargs and "kv_size" in load_params:
+        # room for every sequence at once (no preemption): its prompt (at most ~4 tokens a word) and its
+        # tokens, in whole blocks of 32
+        need = -(-(4 * DEFAULT_PROMPT_WORDS[1] + 16 + args.max_tokens) // 32) * 32
+        n_ctx = n_ctx or need
+        load_kwargs["kv_size"] = max(parallel * need, n_ctx)
+    path = model_path(args)
+    threads = int(args.threads) if args.threads else None
+    with load(path, tokenizer=args.tokenizer, n_ctx=n_ctx, n_threads=threads, n_batch=args.batch_size,
+              **load_kwargs) as model:
+        require_tokenizer(model)
+        name = model_name(args.model or DEMO_NAME)
+        with local_server(model, ServerConfig(model_name=name, **config_kwargs)) as url:
+            yield url, name
+
+
+def print_serving_table(results: list[LoadResult]) -> None:
+    """The markdown table of `bench --concurrency`, and where its token counts came from."""
+    base = next((r.tokens_per_second for r in results if r.config.concurrency == 1), None)
+
+    def ms(seconds: float | None) -> str:
+        return "-" if seconds is None else f"{seconds * 1000:.0f}"
+
+    print("| clients | requests | tokens | t/s | x vs 1 client | TTFT p50 ms | TTFT p95 ms | t/s per request "
+          "(p50) | errors |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        gain = f"{r.tokens_per_second / base:.2f}" if base else "-"
+        per_request = r.request_tokens_per_second_p50
+        print(f"| {r.config.concurrency} | {len(r.requests)} | {r.completion_tokens} | {r.tokens_per_second:.2f} "
+              f"| {gain} | {ms(r.ttft_p50_s)} | {ms(r.ttft_p95_s)} | "
+              f"{'-' if per_request is None else f'{per_request:.2f}'} | {r.errors} |")
+    sources = {r.count_source for r in results if r.ok}
+    how = {USAGE: "the server's usage chunks", CHUNKS: "text chunks (the server sent no usage)"}
+    print(f"\ntokens: completion tokens, counted from {' and '.join(how.get(s, s) for s in sorted(sources))}; "
+          f"t/s: all of them over each run's wall time" if sources else "\nno request succeeded")
 
 
 def run_perplexity(args: argparse.Namespace) -> int:

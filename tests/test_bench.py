@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import math
 import re
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_cli import in_process
 from test_cli import llmrun as run_cli
 
 import llmrun
+import llmrun.loadtest
 from llmrun.bench import perplexity, run_bench
 from llmrun.cli import build_parser
+from llmrun.loadtest import CHUNKS, USAGE, WARMUP_PROMPT, LoadConfig, client_prompts, local_server, percentile, run_load
 
 TEXT = (Path(__file__).parent / "data" / "stories.txt").read_text()
 
@@ -160,3 +166,164 @@ def test_bench_refuses_zero_threads(models_dir: Path) -> None:
     assert r.returncode == 1 and "-t values must be >= 1" in r.stderr and r.stdout == "", (r.stdout, r.stderr)
     r = run_cli("bench", models_dir / "stories260K-f32.gguf", "-p", "8", "-n", "0", "-r", "1", "-t", ",")
     assert r.returncode == 1 and "-t takes comma-separated integers" in r.stderr and r.stdout == ""
+
+
+# --- serving under load: llmrun/loadtest.py and `llmrun bench --concurrency` -------------------------------------
+# Structure and token counts only: timings are whatever the machine gives (benchmarks/serving.py measures).
+
+
+class FakeServer(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-style streaming server without usage chunks: TOKENS text chunks per completion, one event each,
+    as llama-server sends them (the load generator then counts chunks); a prompt containing "fail" gets 500."""
+
+    TOKENS = 3
+    bodies: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeServer.bodies.append(body)
+        if "fail" in body["prompt"]:
+            self.send_error(500, "no")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        events = [{"choices": [{"index": 0, "text": "", "finish_reason": None}]}]  # no text: not the first token
+        events += [{"choices": [{"index": 0, "text": f" t{i}", "finish_reason": None}]} for i in range(self.TOKENS)]
+        events += [{"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}]
+        for event in events:
+            self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+        self.wfile.write(b"data: [DONE]\n\n")
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_server() -> Iterator[str]:
+    FakeServer.bodies = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeServer)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_client_prompts_are_fixed_per_client() -> None:
+    four = client_prompts(4, seed=0, words=(3, 12))
+    assert client_prompts(2, seed=0, words=(3, 12)) == four[:2]  # client i's prompt at every concurrency
+    assert client_prompts(4, seed=1, words=(3, 12)) != four
+    assert all(3 <= len(p.split()) <= 12 for p in four) and len({len(p.split()) for p in client_prompts(20)}) > 1
+
+
+def test_percentile() -> None:
+    assert percentile([], 50) is None
+    assert percentile([3.0], 95) == 3.0
+    assert percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
+    assert percentile([float(i) for i in range(101)], 95) == 95.0
+
+
+def test_load_generator_counts_chunks_without_usage(fake_server: str) -> None:
+    result = run_load(LoadConfig(fake_server + "/v1", concurrency=3, requests_per_client=2, max_tokens=5,
+                                 model="m", warmup_requests=1))
+    assert len(result.requests) == 6 and result.errors == 0 and sorted(r.client for r in result.requests) == \
+        [0, 0, 1, 1, 2, 2]
+    assert result.count_source == CHUNKS and result.completion_tokens == 6 * FakeServer.TOKENS
+    assert all(r.text_chunks == FakeServer.TOKENS and r.finish_reason == "length" for r in result.requests)
+    assert all(r.ttft_s is not None and r.ttft_s <= r.duration_s for r in result.requests)
+    assert result.tokens_per_second > 0 and result.ttft_p50_s is not None and result.ttft_p95_s is not None
+    # 1 warm-up + 6; each client always sent its own prompt, greedy, streaming, asking for usage
+    bodies = FakeServer.bodies
+    assert len(bodies) == 7 and bodies[0]["prompt"] == WARMUP_PROMPT
+    prompts = client_prompts(3)
+    assert sorted(b["prompt"] for b in bodies[1:]) == sorted(prompts * 2)
+    assert all(b["stream"] is True and b["temperature"] == 0 and b["max_tokens"] == 5 and b["model"] == "m"
+               and b["stream_options"] == {"include_usage": True} for b in bodies[1:])
+
+
+def test_load_generator_counts_errors(fake_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(llmrun.loadtest, "WORDS", ["fail"])  # every client's prompt gets 500
+    result = run_load(LoadConfig(fake_server, concurrency=2, requests_per_client=2))
+    assert result.errors == 4 and result.completion_tokens == 0 and result.ttft_p50_s is None
+    assert all(m.startswith("HTTP 500") for m in result.error_messages)
+    with pytest.raises(ConnectionError, match="warm-up"):
+        run_load(LoadConfig("http://127.0.0.1:9", concurrency=1))  # nothing listens on the discard port
+    with pytest.raises(llmrun.InvalidArgumentError, match="concurrency"):
+        run_load(LoadConfig(fake_server, concurrency=0))
+    with pytest.raises(llmrun.InvalidArgumentError, match="server URL"):
+        run_load(LoadConfig("localhost:8080"))
+
+
+def test_load_generator_against_llmrun_serve(models_dir: Path) -> None:
+    pytest.importorskip("uvicorn")
+    from llmrun.server import ServerConfig
+
+    with llmrun.load(models_dir / "stories260K.bin", tokenizer=models_dir / "tok512.bin", n_threads=1) as model:
+        with local_server(model, ServerConfig(model_name="stories")) as url:
+            for c in (1, 2):
+                result = run_load(LoadConfig(url, concurrency=c, requests_per_client=2, max_tokens=8))
+                assert len(result.requests) == 2 * c and result.errors == 0, result.error_messages
+                assert result.count_source == USAGE
+                for r in result.requests:
+                    assert r.completion_tokens == 8 or r.finish_reason == "stop"
+                    assert r.prompt_tokens is not None and r.prompt_tokens > 1
+                    assert (r.ttft_s is not None) == (r.completion_tokens > 0)
+                assert result.completion_tokens == sum(r.completion_tokens for r in result.requests) > 0
+                assert result.summary()["concurrency"] == c
+
+
+def test_bench_concurrency_command(models_dir: Path, capsys: pytest.CaptureFixture[str], fake_server: str) -> None:
+    pytest.importorskip("uvicorn")
+    model = (models_dir / "stories260K.bin", "-z", models_dir / "tok512.bin", "-t", "1")
+    r = run_cli("bench", *model, "--concurrency", "1,2", "--requests", "2", "--max-tokens", "8", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(row["concurrency"], row["requests"], row["errors"]) for row in rows] == [(1, 2, 0), (2, 4, 0)]
+    assert all(0 < row["completion_tokens"] <= 8 * row["requests"] and row["count_source"] == "usage"
+               for row in rows)
+    r = in_process(capsys, "bench", "--url", fake_server, "--concurrency", "1,2", "--requests", "1")
+    assert r.returncode == 0, r.stderr
+    assert "| clients | requests | tokens | t/s | x vs 1 client | TTFT p50 ms | TTFT p95 ms |" in r.stdout
+    table = [line.split("|")[1:4] for line in r.stdout.splitlines() if re.match(r"\| \d", line)]
+    assert [[cell.strip() for cell in row] for row in table] == [["1", "1", "3"], ["2", "2", "6"]]
+    assert "counted from text chunks" in r.stdout
+    for args, message in ((("--concurrency", "0"), "--concurrency values must be >= 1"),
+                          (("--concurrency", "1", "--max-tokens", "0"), "--max-tokens must be >= 1"),
+                          (("--concurrency", "1", "-t", "1,2"), "-t takes one thread count")):
+        r = in_process(capsys, "bench", "--url", fake_server, *args)
+        assert r.returncode == 1 and message in r.stderr, r.stderr
+
+
+def test_bench_concurrency_asks_for_parallel_where_load_takes_it(models_dir: Path, capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where llmrun.load takes `parallel` (and `kv_size`), the served model gets parallel = the largest
+    concurrency (or --parallel) and KV room for every request at once; where it does not, a notice says the
+    clients take turns."""
+    pytest.importorskip("uvicorn")
+    import llmrun.cli
+
+    real_load = llmrun.cli.load
+    calls: list[dict] = []
+
+    def batching_load(path: object, *, parallel: int = 4, kv_size: int | None = None, **kwargs: object) -> object:
+        calls.append({"parallel": parallel, "kv_size": kv_size, "n_ctx": kwargs.get("n_ctx")})
+        return real_load(path, **kwargs)  # type: ignore[arg-type]
+
+    model = (models_dir / "stories260K.bin", "-z", models_dir / "tok512.bin", "-t", "1")
+    r = in_process(capsys, "bench", *model, "--concurrency", "1,2", "--requests", "1", "--max-tokens", "4")
+    assert r.returncode == 0 and "one request at a time: the clients take turns" in r.stderr, r.stderr
+    monkeypatch.setattr(llmrun.cli, "load", batching_load)
+    for extra, parallel in (((), 2), (("--parallel", "3"), 3)):
+        r = in_process(capsys, "bench", *model, "--concurrency", "1,2", "--requests", "1", "--max-tokens", "4",
+                       *extra)
+        assert r.returncode == 0 and "one request at a time" not in r.stderr, r.stderr
+        call = calls.pop()
+        assert call["parallel"] == parallel and call["n_ctx"] is not None
+        assert call["kv_size"] >= parallel * call["n_ctx"] and call["n_ctx"] >= 4 * 64 + 4
