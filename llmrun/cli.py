@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import inspect
 import json
 import logging
 import os
@@ -611,36 +610,20 @@ def run_serving_bench(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def serving_locally(args: argparse.Namespace, parallel: int) -> Iterator[tuple[str, str]]:
     """MODEL loaded as the options say and served by llmrun's server in this process (llmrun.loadtest.
-    local_server); yields (base URL, model name). The model generates `parallel` sequences together where this
-    llmrun can (load's `parallel`, ServerConfig's `parallel`), with KV room for all of them; else a notice."""
+    local_server); yields (base URL, model name). The model generates `parallel` sequences together, with KV room
+    for all of them at once (no preemption): each one's prompt (at most ~4 tokens a word) and tokens, in whole
+    blocks of 32."""
     from .loadtest import local_server
     from .server import ServerConfig
 
-    load_params = inspect.signature(load).parameters
-    config_fields = {f.name for f in dataclasses.fields(ServerConfig)}
-    load_kwargs: dict[str, int] = {}
-    config_kwargs: dict[str, int] = {}
-    if "parallel" in load_params:
-        load_kwargs["parallel"] = parallel
-    if "parallel" in config_fields:
-        config_kwargs["parallel"] = parallel
-    if not load_kwargs and not config_kwargs:
-        print("llmrun: this llmrun's server answers one request at a time: the clients take turns"
-              + (" (--parallel has no effect)" if args.parallel is not None else ""), file=sys.stderr)
-    n_ctx = args.ctx_size
-    if load_kwargs and "kv_size" in load_params:
-        # room for every sequence at once (no preemption): its prompt (at most ~4 tokens a word) and its
-        # tokens, in whole blocks of 32
-        need = -(-(4 * DEFAULT_PROMPT_WORDS[1] + 16 + args.max_tokens) // 32) * 32
-        n_ctx = n_ctx or need
-        load_kwargs["kv_size"] = max(parallel * need, n_ctx)
-    path = model_path(args)
+    need = -(-(4 * DEFAULT_PROMPT_WORDS[1] + 16 + args.max_tokens) // 32) * 32
+    n_ctx = args.ctx_size or need
     threads = int(args.threads) if args.threads else None
-    with load(path, tokenizer=args.tokenizer, n_ctx=n_ctx, n_threads=threads, n_batch=args.batch_size,
-              **load_kwargs) as model:
+    with load(model_path(args), tokenizer=args.tokenizer, n_ctx=n_ctx, n_threads=threads, n_batch=args.batch_size,
+              parallel=parallel, kv_size=max(parallel * need, n_ctx)) as model:
         require_tokenizer(model)
         name = model_name(args.model or DEMO_NAME)
-        with local_server(model, ServerConfig(model_name=name, **config_kwargs)) as url:
+        with local_server(model, ServerConfig(model_name=name, parallel=parallel)) as url:
             yield url, name
 
 
