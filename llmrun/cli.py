@@ -168,9 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     serving.add_argument("--max-tokens", type=int, default=64, help="max_tokens of each request (default: 64)")
     serving.add_argument("--parallel", type=int, default=None,
                          help="sequences the served model generates together (default: the largest "
-                              "concurrency); ignored with a notice where this llmrun serves one at a time")
+                              "concurrency)")
     serving.add_argument("-c", "--ctx-size", type=int, default=None,
-                         help="context size of the served model (default: the model's, at most 4096)")
+                         help="context size of the served model (default: what one request needs)")
     serving.add_argument("--api-key", default=os.environ.get("LLMRUN_API_KEY") or None, metavar="KEY",
                          help="with --url: the server's API key (default: the LLMRUN_API_KEY environment "
                               "variable)")
