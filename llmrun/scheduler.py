@@ -27,6 +27,7 @@ plain generation loop would, and generations iterated from several threads are b
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -73,15 +74,26 @@ class _Slot:
 
 class _Job:
     """A generation in the scheduler: its tokens (prompt, then what it generated) and how many of them are in its
-    slot's cache."""
+    slot's cache. It holds its Generation weakly: one that nobody holds any more (dropped unfinished, never
+    closed) is cancelled, instead of running on in its slot to max_tokens."""
 
     def __init__(self, gen: Generation) -> None:
-        self.gen = gen
+        self._gen = weakref.ref(gen)
         self.history = list(gen.prompt)
         self.computed = 0  # history[:computed] is in the slot's cache
         self.slot: _Slot | None = None
         self.order = 0  # admission order (preemption takes the latest)
         self.counted = False  # its prompt is in the totals
+
+    @property
+    def gen(self) -> Generation | None:
+        return self._gen()
+
+    @property
+    def gone(self) -> bool:
+        """Whether the generation was cancelled, ended, or dropped by everyone."""
+        gen = self._gen()
+        return gen is None or gen.cancelled or gen.finish_reason is not None
 
     @property
     def remaining(self) -> int:
@@ -204,7 +216,8 @@ class Scheduler:
         """Cancels every generation, queued or running (Model.close)."""
         with self._mutex:
             for job in [*self._waiting, *self._active]:
-                job.gen.cancel()
+                if (gen := job.gen) is not None:
+                    gen.cancel()
             self._changed.notify_all()
 
     # --- one step -------------------------------------------------------------------------------------------
@@ -226,8 +239,11 @@ class Scheduler:
             job.computed += take
             if not output:
                 continue
+            row, gen = next(rows), job.gen
+            if gen is None:  # dropped meanwhile: the next step releases it
+                continue
             try:
-                token = job.gen._advance(next(rows), self.engine.n_ctx)
+                token = gen._advance(row, self.engine.n_ctx)
             except LLMError as e:  # a sampling error (say, NaN logits): this generation only
                 self._fail([job], e)
                 continue
@@ -293,11 +309,13 @@ class Scheduler:
     # --- admission, release, room ------------------------------------------------------------------------------
 
     def _drop_cancelled(self) -> None:
-        for job in [j for j in self._waiting if j.gen.cancelled]:
+        for job in [j for j in self._waiting if j.gone]:
             self._waiting.remove(job)
-            job.gen._end("cancelled")
-        for job in [j for j in self._active if j.gen.cancelled or j.gen.finish_reason is not None]:
-            job.gen._end("cancelled")
+            if (gen := job.gen) is not None:
+                gen._end("cancelled")
+        for job in [j for j in self._active if j.gone]:
+            if (gen := job.gen) is not None:
+                gen._end("cancelled")
             self._release(job)
 
     def _release(self, job: _Job) -> None:
@@ -365,7 +383,8 @@ class Scheduler:
             job.counted = True
             self._totals["prompt"] += len(job.history)
             self._totals["computed"] += len(job.history) - keep
-        job.gen._admitted(keep)
+        if (gen := job.gen) is not None:
+            gen._admitted(keep)
 
     def _make_room(self) -> bool:
         """Frees KV blocks after a full pool: an idle slot's cache, the engine's own, else the latest admitted job
@@ -403,8 +422,9 @@ class Scheduler:
                         self.engine.seq_keep(slot.seq, 0)
                     except LLMError:
                         pass
-                job.gen._error = error
-                job.gen._end("error")
+                if (gen := job.gen) is not None:
+                    gen._error = error
+                    gen._end("error")
             self._changed.notify_all()
 
 

@@ -172,7 +172,7 @@ def test_a_full_pool_preempts_and_recomputes(files: dict[str, Path]) -> None:
         assert stats.kv_blocks_used <= stats.kv_blocks_total
 
 
-def test_a_generation_that_cannot_fit_the_pool_alone_fails_clearly(files: dict[str, Path]) -> None:
+def test_a_lone_generation_ends_at_its_context_and_kv_size_below_it_is_refused(files: dict[str, Path]) -> None:
     with llmrun.load(files["f32"], n_ctx=128, n_threads=1) as model:
         gen = model.stream(prompts(1)[0], temperature=0, max_tokens=None)
         gen.text()
@@ -260,3 +260,19 @@ def test_the_readme_snippet_runs() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     snippet = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "generate_batch" in b)
     exec(snippet, {"llmrun": llmrun, "print": lambda *a: None})
+
+
+def test_a_generation_nobody_holds_is_cancelled(files: dict[str, Path]) -> None:
+    """A started generation that its caller dropped unfinished (never closed) leaves its slot at the next step
+    instead of generating on to max_tokens."""
+    import gc
+
+    with llmrun.load(files["f32"], n_ctx=512, parallel=1, n_threads=1) as model:
+        model.stream(prompts(1)[0], temperature=0, max_tokens=None).start()
+        gc.collect()
+        before = model.serving_stats().generated_tokens
+        assert len(model.stream(prompts(1, seed=3)[0], temperature=0, max_tokens=5).tokens) == 0
+        gen = model.stream(prompts(1, seed=3)[0], temperature=0, max_tokens=5)
+        gen.text()
+        assert model.serving_stats().generated_tokens - before == len(gen.tokens) == 5
+        assert model.serving_stats().active == 0
