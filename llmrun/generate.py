@@ -205,6 +205,10 @@ class Generation(Iterator[str]):
         Cancelling an ended generation changes nothing. Returns at once (it does not wait for the step)."""
         self._cancel.set()
 
+    def ready(self) -> bool:
+        """Whether the next piece (or the end) is already there: iterating would not wait for a step."""
+        return bool(self._pieces) or self.finish_reason is not None or self._error is not None
+
     @property
     def cancelled(self) -> bool:
         """Whether cancel() (or close()) was called."""

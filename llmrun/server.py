@@ -277,14 +277,16 @@ def _outcome(status: int) -> str:
     return "client_error" if status < 500 else "server_error"
 
 
-def _pull(source: Iterator[str | ChatDelta], seconds: float) -> tuple[list[str | ChatDelta], bool]:
-    """The next pieces of `source`: at least one (unless it ends), more while `seconds` last; and whether it
+def _pull(source: Iterator[str | ChatDelta], seconds: float, ready: Callable[[], bool] = lambda: False
+          ) -> tuple[list[str | ChatDelta], bool]:
+    """The next pieces of `source`: at least one (unless it ends), more while `seconds` last or while `ready()`
+    says more are waiting (the scheduler generates ahead of a client: one hop takes them all); and whether it
     ended. Runs in a worker thread."""
     pieces: list[str | ChatDelta] = []
     deadline = time.perf_counter() + seconds
     for piece in source:
         pieces.append(piece)
-        if time.perf_counter() >= deadline:
+        if time.perf_counter() >= deadline and not ready():
             return pieces, False
     return pieces, True
 
@@ -697,7 +699,7 @@ class ModelServer:
     async def _hop(self, state: _Request, job: _Job, seconds: float) -> tuple[list[str | ChatDelta], bool]:
         """The next pieces of a choice (_pull in a worker thread); the first piece of the request is its time
         to first token."""
-        pieces, done = await self._in_thread(_pull, job.source, seconds)
+        pieces, done = await self._in_thread(_pull, job.source, seconds, job.gen.ready)
         if pieces and state.first_piece is None:
             state.first_piece = time.perf_counter()
             self.metrics.ttft.labels(endpoint=state.endpoint).observe(state.first_piece - state.started)

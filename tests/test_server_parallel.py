@@ -136,22 +136,24 @@ def delta(after: dict, before: dict, name: str, **labels: str) -> float:
     return after.get(key, 0.0) - before.get(key, 0.0)
 
 
-@pytest.fixture
-def paced(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each hop of a generation takes at least 10 ms, as with a larger model: a 400-token answer takes seconds,
-    far longer than a client that leaves after a few chunks stays (so that it is counted as cancelled)."""
-    pull = llmrun.server._pull
+def pace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on each step of the model's scheduler takes at least 10 ms, as with a larger model: a 400-token
+    answer takes seconds, far longer than a client that leaves after a few chunks stays (so that it is counted
+    as cancelled)."""
+    batch = llmrun.engine.Engine.batch
 
-    def paced_pull(source: Iterator[str], seconds: float) -> tuple[list[str], bool]:
+    def paced_batch(self: llmrun.engine.Engine, *args: object, **kwargs: object) -> object:
         time.sleep(0.01)
-        return pull(source, seconds)
+        return batch(self, *args, **kwargs)
 
-    monkeypatch.setattr(llmrun.server, "_pull", paced_pull)
+    monkeypatch.setattr(llmrun.engine.Engine, "batch", paced_batch)
 
 
-def test_concurrent_streams_get_what_each_generates_alone(model: llmrun.Model, paced: None) -> None:
+def test_concurrent_streams_get_what_each_generates_alone(model: llmrun.Model, monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
     assert len(CASES) == 16
     expected = [alone(model, case) for case in CASES]  # before the server starts: nothing else runs
+    pace(monkeypatch)
     assert all(len(set(e.texts)) == 3 for c, e in zip(CASES, expected, strict=True) if c.temperature)  # seeds differ
     with serving(model, ServerConfig(model_name=NAME, api_key=KEY)) as running:
         client = running.client(KEY)
