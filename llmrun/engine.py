@@ -365,14 +365,20 @@ class Engine:
         entries[:, 3] = columns[3] != 0
         return np.ascontiguousarray(entries), int(np.count_nonzero(columns[3]))
 
-    def _batch(self, entries: np.ndarray, logits: np.ndarray | None, hidden: np.ndarray | None) -> None:
-        """llm_batch of validated entries under the lock."""
+    def _batch(self, entries: np.ndarray, logits: np.ndarray | None, hidden: np.ndarray | None,
+               clear: Sequence[int] = ()) -> None:
+        """llm_batch of validated entries under the lock; the sequences `clear` are emptied before the lock is let
+        go (whatever happened), so that their blocks are never seen held by another caller."""
         with self._lock:
             if not self._ctx:
                 raise KernelError("the model has been closed")
             out = [ffi.NULL if a is None or not a.size else ffi.from_buffer("float[]", a, require_writable=True)
                    for a in (logits, hidden)]
-            rc = lib.llm_batch(self._ctx, ffi.from_buffer("llm_batch_entry[]", entries), len(entries), *out)
+            try:
+                rc = lib.llm_batch(self._ctx, ffi.from_buffer("llm_batch_entry[]", entries), len(entries), *out)
+            finally:
+                for s in clear:
+                    lib.llm_seq_keep(self._ctx, s, 0)
             self._check(rc, "batch")
             self.tokens_computed += len(entries)
             if (entries[:, 1] == 0).any():  # sequence 0 changed under the single-sequence API: it starts over
@@ -462,13 +468,7 @@ class Engine:
         entries[:, 1] = np.repeat(seqs, [len(t) for t in texts])
         entries[:, 2] = np.concatenate([np.arange(len(t)) for t in texts])
         out = np.empty((len(ids), self.spec.config.dim), dtype=np.float32)
-        try:
-            self._batch(entries, None, out)
-        finally:
-            with self._lock:
-                for s in seqs:
-                    if self._ctx:
-                        lib.llm_seq_keep(self._ctx, s, 0)
+        self._batch(entries, None, out, clear=seqs)
         return np.split(out, np.cumsum([len(t) for t in texts])[:-1])
 
     def _open(self) -> None:

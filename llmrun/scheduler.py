@@ -26,6 +26,7 @@ plain generation loop would, and generations iterated from several threads are b
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
 from collections import deque
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .engine import Engine
-from .errors import KVCacheFullError, LLMError
+from .errors import KernelError, KVCacheFullError, LLMError
 
 if TYPE_CHECKING:
     from .generate import Generation
@@ -139,14 +140,20 @@ class Scheduler:
         with self._mutex:
             self._submit(gen)
             while True:
+                # the stepping thread appends a last piece, then ends the generation, without the mutex: whether it
+                # has ended is read first, so that a piece appended meanwhile is still returned
+                ended = gen.finish_reason is not None or gen._error is not None
                 if gen._pieces:
                     return gen._pieces.popleft()
                 if gen._error is not None:
                     raise gen._error
-                if gen.finish_reason is not None:
+                if ended:
                     return None
                 if self._background is None and not self._stepping:
-                    self._step_unlocked()
+                    if not self._step_unlocked() and gen._job not in (*self._waiting, *self._active):
+                        gen._error = KernelError("the generation was lost: a step was interrupted while admitting "
+                                                 "it")
+                        gen._end("error")
                 else:
                     self._changed.wait()
 
@@ -191,8 +198,12 @@ class Scheduler:
                     continue
                 try:
                     self._step_unlocked()
-                except Exception:  # noqa: BLE001 - a step's errors go to its generations; never kill the driver
-                    continue
+                except Exception as e:  # the generations get the error (say, the model was closed); the driver goes on
+                    self._mutex.release()
+                    try:
+                        self._fail([*self._waiting, *self._active], e)
+                    finally:
+                        self._mutex.acquire()
 
     # --- state ----------------------------------------------------------------------------------------------
 
@@ -292,8 +303,11 @@ class Scheduler:
                 job.computed -= 1
         room = self.engine.n_batch
         decoding = [job for job in self._active if job.remaining == 1]
-        start = self._steps % len(decoding) if decoding else 0  # more decoders than n_batch: take turns
-        plan = [(job, 1, True) for job in (decoding[start:] + decoding[:start])[:room]]
+        n_decode = min(len(decoding), room)
+        if n_decode == room and any(job.remaining > 1 for job in self._active):  # a prompt waits: leave it a token
+            n_decode = room - 1 if room > 1 or self._steps % 2 else room  # (n_batch 1: every other step)
+        start = self._steps % len(decoding) if decoding else 0  # more decoders than room: they take turns
+        plan = [(job, 1, True) for job in (decoding[start:] + decoding[:start])[:n_decode]]
         room -= len(plan)
         if decoding:
             room = min(room, self.prefill_chunk)
@@ -335,11 +349,12 @@ class Scheduler:
         i = 0
         while i < len(self._waiting) and any(s.job is None for s in self.slots):
             job = self._waiting[i]
-            if self._should_wait(job):
+            if job.slot is None and self._should_wait(job):
                 i += 1
                 continue
+            if job.slot is None:
+                self._place(job)  # if it raises, the job stays queued and the slot empty
             del self._waiting[i]
-            self._place(job)
 
     def _should_wait(self, job: _Job) -> bool:
         """Whether a generation still computing its prompt will hold more of this job's prompt than any cache
@@ -368,12 +383,20 @@ class Scheduler:
         shared = min(_common(self._cached(source), job.history), need)
         if shared > reuse and source is not own:  # another sequence holds more: share its blocks
             slot = min(free, key=lambda s: (len(s.tokens) > 0, s.last_used))  # an empty or the stalest cache
-            keep = shared if shared >= engine.seq_resume_min(source.seq) else 0
-            engine.seq_copy(source.seq, slot.seq, keep)
         else:
-            slot = own
-            keep = reuse if reuse >= engine.seq_resume_min(slot.seq) else 0
-            engine.seq_keep(slot.seq, keep)
+            slot, source = own, None
+        try:
+            if source is not None:
+                keep = shared if shared >= engine.seq_resume_min(source.seq) else 0
+                engine.seq_copy(source.seq, slot.seq, keep)
+            else:
+                keep = reuse if reuse >= engine.seq_resume_min(slot.seq) else 0
+                engine.seq_keep(slot.seq, keep)
+        except BaseException:  # Ctrl-C, a closed model: what the slot's sequence holds is unknown now
+            slot.tokens = []
+            with contextlib.suppress(LLMError):
+                engine.seq_keep(slot.seq, 0)
+            raise
         slot.job, slot.tokens = job, []
         job.slot, job.computed = slot, keep
         self._admitted += 1

@@ -47,7 +47,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from .chat import ChatDelta, ChatStream
-from .errors import ContextOverflowError, KernelError, LLMError
+from .errors import ContextOverflowError, KernelError, KVCacheFullError, LLMError
 from .generate import Generation, GenerationStats
 from .model import Model
 from .openai_api import (
@@ -385,15 +385,14 @@ class _SlotStream(StreamingResponse):
                 group.start_soon(watch)
                 for producer in self._producers:
                     group.start_soon(producer)
-                completed = False
                 try:
                     await super().__call__(scope, receive, send)
-                    completed = True
                 except Exception as e:  # kept out of the task group (which would wrap it in an ExceptionGroup)
                     error = e
                 finally:
-                    if not completed:  # the producers' hops end within a step instead of running on
-                        self._on_disconnect()
+                    # however it ended (the client gone, an error, or one choice failing while others still run),
+                    # the producers' hops end within a step instead of running on; ended generations are unmoved
+                    self._on_disconnect()
                     group.cancel_scope.cancel()
             if error is not None:
                 raise error
@@ -536,6 +535,9 @@ class ModelServer:
             return self.model.embed(docs), sum(len(d) for d in docs)
         except ContextOverflowError as e:
             raise bad_request(str(e), param="input", code="context_length_exceeded") from None
+        except KVCacheFullError as e:  # the generations running now hold the KV pool: a retry (here or on another
+            raise APIError(503, f"the server is busy: {e}; try again later", type="server_error",  # replica) will do
+                           code="server_busy") from None
         except KernelError:
             raise
         except LLMError as e:  # ids outside the vocabulary, a pooling llmrun cannot do ...

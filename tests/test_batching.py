@@ -276,3 +276,75 @@ def test_a_generation_nobody_holds_is_cancelled(files: dict[str, Path]) -> None:
         gen.text()
         assert model.serving_stats().generated_tokens - before == len(gen.tokens) == 5
         assert model.serving_stats().active == 0
+
+
+def test_an_interrupted_admission_loses_nothing(files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C landing while the scheduler admits a generation (in the caller's thread): reading it again carries
+    on, and its tokens are what they would have been."""
+    from llmrun import scheduler
+
+    with llmrun.load(files["f32"], n_ctx=256, parallel=2, n_threads=1) as model:
+        p = prompts(1, seed=11)[0]
+        expected = alone(model, p, temperature=0, max_tokens=12)
+        model.reset()
+        place = scheduler.Scheduler._place
+        calls = []
+
+        def interrupted_once(self: scheduler.Scheduler, job: object) -> None:
+            calls.append(job)
+            if len(calls) == 1:
+                raise KeyboardInterrupt
+            place(self, job)
+
+        monkeypatch.setattr(scheduler.Scheduler, "_place", interrupted_once)
+        gen = model.stream(p, temperature=0, max_tokens=12)
+        with pytest.raises(KeyboardInterrupt):
+            next(gen)
+        gen.text()
+        assert gen.tokens == expected and len(calls) == 2
+
+
+def test_prompts_get_room_when_decoders_fill_the_batch(files: dict[str, Path]) -> None:
+    """n_batch 2 with 3 slots: the decoding generations leave a prompt room in every batch (or every other one,
+    with n_batch 1), so a newcomer starts at once instead of after the others end."""
+    for n_batch in (2, 1):
+        with llmrun.load(files["f32"], n_ctx=512, parallel=3, n_batch=n_batch, n_threads=1) as model:
+            ps = prompts(3, seed=12)
+            expected = [alone(model, p, temperature=0, max_tokens=n) for p, n in zip(ps, (60, 60, 5), strict=True)]
+            a, b = (model.stream(p, temperature=0, max_tokens=60).start() for p in ps[:2])
+            next(a), next(b)
+            c = model.stream(ps[2], temperature=0, max_tokens=5)
+            c.text()
+            assert c.tokens == expected[2] and len(a.tokens) < 60 and len(b.tokens) < 60
+            a.text(), b.text()
+            assert [a.tokens, b.tokens] == expected[:2]
+
+
+def test_embeddings_beside_generations_do_not_break_them(models_dir: Path) -> None:
+    """Model.embed from another thread while generations fill a small KV pool: the generations never fail (an
+    embedding that finds no room raises KVCacheFullError; it never takes a generation's room)."""
+    from llmrun.errors import KVCacheFullError
+
+    with llmrun.load(models_dir / "stories260K.bin", tokenizer=models_dir / "tok512.bin", n_ctx=128, parallel=2,
+                     n_threads=1) as model:
+        expected = model.generate("Once upon a time", max_tokens=100, temperature=0)
+        stop = threading.Event()
+        outcomes = {"ok": 0, "full": 0}
+
+        def embedder() -> None:
+            while not stop.is_set():
+                try:
+                    model.embed(["hello there, how are you today my friend"])
+                    outcomes["ok"] += 1
+                except KVCacheFullError:
+                    outcomes["full"] += 1
+
+        thread = threading.Thread(target=embedder)
+        thread.start()
+        try:
+            for _ in range(5):
+                assert model.generate("Once upon a time", max_tokens=100, temperature=0) == expected
+        finally:
+            stop.set()
+            thread.join()
+        assert outcomes["ok"] > 0

@@ -538,3 +538,16 @@ def test_pooling_key_is_read_as_llama_cpp_reads_it(tmp_path: Path, pooling_type:
     theirs = np.array(llm.embed(texts, normalize=True), dtype=np.float32)  # several texts in one batch
     llm.close()
     assert np.max(np.abs(ours - theirs)) <= TOLERANCE
+
+
+def test_server_embeddings_with_a_full_kv_pool_get_503(served: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the generations running hold the whole KV pool, an embeddings request gets 503 server_busy (retry, here
+    or on another replica), not a 400 that blames the input."""
+    from llmrun.errors import KVCacheFullError
+
+    def full(*args: object, **kwargs: object) -> object:
+        raise KVCacheFullError("the KV pool is full: 2 more blocks of 32 positions are needed, 0 are free (4 in all)")
+
+    monkeypatch.setattr(served.model, "embed", full)
+    r = served.post("/v1/embeddings", {"input": ["hello"]}, key="k")
+    assert r.status_code == 503 and r.json()["error"]["code"] == "server_busy" and "KV pool is full" in r.text
