@@ -150,7 +150,8 @@ class Scheduler:
                 if ended:
                     return None
                 if self._background is None and not self._stepping:
-                    if not self._step_unlocked() and gen._job not in (*self._waiting, *self._active):
+                    if not self._step_unlocked() and gen.finish_reason is None and gen._error is None and \
+                            gen._job not in (*self._waiting, *self._active):
                         gen._error = KernelError("the generation was lost: a step was interrupted while admitting "
                                                  "it")
                         gen._end("error")
