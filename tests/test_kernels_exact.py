@@ -69,9 +69,10 @@ def test_prompt_logits_equal_token_by_token(isa: str, n_threads: int) -> None:
 
 # The quantized types whose small batches (n <= 8: batched decode steps) take the matrix-vector kernel's
 # arithmetic per token; larger batches (prompts) may sum differently.
-SMALL_BATCH_TYPES = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"]
-# whole groups of eight blocks, and a tail of blocks (cols not a multiple of 256)
-QUANT_COLS = [32, 224, 256, 288, 2048 + 96]
+SMALL_BATCH_TYPES = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "q4_k", "q5_k", "q6_k"]
+# whole groups of eight blocks, and a tail of blocks (cols not a multiple of 256); for the 256-value
+# super-blocks, four at a time (Q6_K's 512-bit kernel) and a tail
+QUANT_COLS = [32, 224, 256, 288, 768, 1024, 2048 + 96, 2048 + 256]
 
 
 @pytest.mark.parametrize("isa", ISAS)
