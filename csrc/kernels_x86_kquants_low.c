@@ -187,10 +187,17 @@ void X86(matvec_iq4_xs)(float *out, const void *w, const void *xq, int64_t row_b
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
-/* a batch, one row at a time: a row's super-block is unpacked once for RN tokens (without VNNI, and the
-   last rows % 16 of the sixteen-row kernel below) */
+/* a batch, one row at a time: a row's super-block is unpacked once for RN tokens (without VNNI, small
+   batches, and the last rows % 16 of the sixteen-row kernel below), each token with matvec's arithmetic
+ *
+ * Batched decoding (one token per sequence, a few sequences) multiplies each weight matrix by n = 2..8
+ * tokens, where the sixteen-row kernel, which packs the rows per call, costs about as much per token as
+ * matvec; the row tiles cost less, and give every token bit for bit matvec's result (kernels_x86_int8.c's
+ * small-batch path says why that matters): with VNNI, batches of up to SMALL_N tokens take them. */
 
-enum { RN = 8 };
+/* SMALL_N: on Zen 4 the row tiles beat the sixteen-row kernel up to 4 tokens (Q2_K, Q3_K: twice as fast
+   at 2 to 4; IQ4_XS less) and lose to it at 8 (by 15% for Q2_K and Q3_K, 2x for IQ4_XS) */
+enum { RN = 8, SMALL_N = 4 };
 
 /* out[token + j][row - row_begin] for j < rn */
 INLINE void row_tile(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t row, int64_t token,
@@ -218,7 +225,12 @@ INLINE void matmul_by_rows(float *out, int64_t ldo, const void *w, const void *x
     for (int64_t r = row_begin; r < row_end; r++) {
         int64_t t = 0;
         for (; t + RN <= n; t += RN) row_tile(out, ldo, w, x, ldx, r, t, row_begin, cols, kind, RN);
-        for (; t < n; t++) row_tile(out, ldo, w, x, ldx, r, t, row_begin, cols, kind, 1);
+        switch (n - t) { /* the last n % RN tokens together too, their count a constant */
+#define TAIL_CASE(k) \
+    case k: row_tile(out, ldo, w, x, ldx, r, t, row_begin, cols, kind, k); break;
+            TAIL_CASE(1) TAIL_CASE(2) TAIL_CASE(3) TAIL_CASE(4) TAIL_CASE(5) TAIL_CASE(6) TAIL_CASE(7)
+#undef TAIL_CASE
+        }
     }
 }
 
@@ -377,6 +389,10 @@ enum { TOKEN_BLOCK = 512 }; /* tokens whose sums a row group keeps (32 KiB on th
    same few sets of the L1 cache. The last rows % 16 by the row tiles. */
 INLINE void matmul(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n, int64_t row_begin,
                    int64_t row_end, int64_t cols, low_kind kind) {
+    if (n <= SMALL_N) {
+        matmul_by_rows(out, ldo, w, x, ldx, n, row_begin, row_end, cols, kind);
+        return;
+    }
     int64_t nb = cols / QK_K, r = row_begin;
     __m512 sums[TOKEN_BLOCK];
     for (; r + 16 <= row_end; r += 16)

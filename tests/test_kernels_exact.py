@@ -67,9 +67,10 @@ def test_prompt_logits_equal_token_by_token(isa: str, n_threads: int) -> None:
     assert np.array_equal(batched, alone), f"max diff {np.abs(batched - alone).max():.3g}"
 
 
-# The quantized types whose small batches (n <= 8: batched decode steps) take the matrix-vector kernel's
-# arithmetic per token; larger batches (prompts) may sum differently.
-SMALL_BATCH_TYPES = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "q4_k", "q5_k", "q6_k"]
+# The quantized types whose small batches (batched decode steps) take the matrix-vector kernel's arithmetic
+# per token, and up to how many tokens; larger batches (prompts) may sum differently.
+SMALL_BATCH_TYPES = {"q8_0": 8, "q4_0": 8, "q4_1": 8, "q5_0": 8, "q5_1": 8, "iq4_nl": 8, "q4_k": 8, "q5_k": 8,
+                     "q6_k": 8, "q2_k": 4, "q3_k": 4, "iq4_xs": 4}
 # whole groups of eight blocks, and a tail of blocks (cols not a multiple of 256); for the 256-value
 # super-blocks, four at a time (Q6_K's 512-bit kernel) and a tail
 QUANT_COLS = [32, 224, 256, 288, 768, 1024, 2048 + 96, 2048 + 256]
@@ -87,7 +88,7 @@ def test_small_quantized_batches_equal_tokens_alone(type: str, isa: str) -> None
             w = quantize_blocks(rng.standard_normal((rows, cols)).astype(np.float32), type)
             x = rng.standard_normal((8, cols)).astype(np.float32)
             alone = np.stack([quantized_product(type, w, cols, x[i], isa)[0] for i in range(8)])
-            for n in range(2, 9):
+            for n in range(2, SMALL_BATCH_TYPES[type] + 1):
                 batched = quantized_product(type, w, cols, x[:n], isa)
                 assert np.array_equal(batched, alone[:n]), f"{type} {isa} rows={rows} cols={cols} n={n}: " \
                     f"max diff {np.abs(batched - alone[:n]).max():.3g}"
