@@ -236,7 +236,8 @@ void X86(matvec_iq4_nl)(float *out, const void *w, const void *xq, int64_t row_b
  * the float steps are matvec's, in its order): a token's result is bit for bit the one matvec gives it
  * alone, so a batched decode step yields the tokens each sequence would get on its own. */
 
-enum { SMALL_N = 8 }; /* the most tokens the small-batch path takes (above, the repacking kernels win) */
+enum { SMALL_N = 8, SMALL_GROUP = 4 }; /* the most tokens the path takes (above, the repacking kernels win); the
+                                          most at a time (more accumulators than that spill from the registers) */
 
 /* Eight consecutive 32-byte blocks, 32-bit lane k of every vector from block k: vector g holds bytes
    4 g .. 4 g + 3 of each block. A dot-product step then adds to each block's own lane, so that after the
@@ -244,17 +245,89 @@ enum { SMALL_N = 8 }; /* the most tokens the small-batch path takes (above, the 
    either way). */
 INLINE void blocks_in_lanes(__m256i v[8]) { transpose8x8_i32(v); }
 
-/* out[t * ldo + r - row_begin] for tokens t < nt (a constant in each instantiation, SMALL_N at most). The
-   tokens' activations are first laid out with blocks_in_lanes into `scratch` (once per call, for all rows),
-   each group of eight weight blocks likewise once for all the tokens. */
-INLINE void matvec_n(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int nt, int64_t row_begin,
-                     int64_t row_end, int64_t cols, void *scratch, block_kind kind) {
-    q8_act xa[SMALL_N];
-    int64_t nb = cols / QK, ng = nb / 8;
-    const uint8_t *xl[SMALL_N]; /* token t's full groups of eight blocks, in lanes */
+/* Past SMALL_GROUP tokens a row is walked once per group of tokens: the first pass keeps its decoded
+   weights (in lanes) and scales in a buffer, per eight blocks 256 bytes of values, then the eight scales
+   and mins as f32, and the later passes read them back instead of decoding again. */
+enum { DECODE, DECODE_KEEP, READ_KEPT };
+enum { KEPT_GROUP_BYTES = 8 * QK + 16 * sizeof(float) };
+
+/* out[t * ldo] (t < nt, a constant in each instantiation) = row . token t: xa the tokens' activations,
+   xl their full groups of eight blocks in lanes; `weights` DECODE, DECODE_KEEP (into kept) or READ_KEPT. */
+INLINE void row_n(float *out, int64_t ldo, const char *row, const q8_act *xa, const uint8_t *const *xl, int nt,
+                  int64_t nb, uint8_t *kept, int weights, block_kind kind) {
+    size_t bb = block_bytes(kind);
+    float offset = (float)value_offset(kind);
+    __m256 acc[SMALL_GROUP], acc_offset[SMALL_GROUP], acc_min[SMALL_GROUP];
+    for (int t = 0; t < nt; t++)
+        acc[t] = _mm256_setzero_ps(), acc_offset[t] = _mm256_setzero_ps(), acc_min[t] = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 8 <= nb; b += 8, kept += KEPT_GROUP_BYTES) {
+        /* the eight blocks' values in lanes; signed ones as block_dot's dot_i8 takes them: |w|, and w
+           for the signs it moves onto the activations */
+        __m256i wv[8], wu[8];
+        __m256 dw, m = _mm256_setzero_ps();
+        if (weights == READ_KEPT) {
+            for (int k = 0; k < 8; k++) wv[k] = _mm256_loadu_si256((const __m256i *)(kept + 32 * k));
+            dw = _mm256_loadu_ps((const float *)(kept + 8 * QK));
+            if (has_min(kind)) m = _mm256_loadu_ps((const float *)(kept + 8 * QK) + 8);
+        } else {
+            for (int k = 0; k < 8; k++) wv[k] = block_values(row + (b + k) * bb, kind);
+            blocks_in_lanes(wv);
+            if (has_min(kind)) scales_mins8(row + b * bb, bb, &dw, &m);
+            else dw = scales8(row + b * bb, bb);
+            if (weights == DECODE_KEEP) {
+                for (int k = 0; k < 8; k++) _mm256_storeu_si256((__m256i *)(kept + 32 * k), wv[k]);
+                _mm256_storeu_ps((float *)(kept + 8 * QK), dw);
+                if (has_min(kind)) _mm256_storeu_ps((float *)(kept + 8 * QK) + 8, m);
+            }
+        }
+        for (int k = 0; k < 8; k++) wu[k] = signed_values(kind) ? _mm256_sign_epi8(wv[k], wv[k]) : wv[k];
+        for (int t = 0; t < nt; t++) {
+            const uint8_t *xg = xl[t] + b * QK;
+            __m256i s[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()}; /* two chains in flight */
+            for (int k = 0; k < 8; k++) {
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(xg + k * 32));
+                s[k % 2] = dot4_u8i8(s[k % 2], wu[k], signed_values(kind) ? _mm256_sign_epi8(xv, wv[k]) : xv);
+            }
+            __m256 dsum = _mm256_loadu_ps(xa[t].dsum + b);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(s[0], s[1])),
+                                     _mm256_mul_ps(dw, _mm256_loadu_ps(xa[t].d + b)), acc[t]);
+            if (value_offset(kind)) acc_offset[t] = _mm256_fmadd_ps(dw, dsum, acc_offset[t]);
+            if (has_min(kind)) acc_min[t] = _mm256_fmadd_ps(m, dsum, acc_min[t]);
+        }
+    }
+    float sum[SMALL_GROUP];
     for (int t = 0; t < nt; t++) {
+        sum[t] = hsum_f32x8(acc[t]);
+        if (value_offset(kind)) sum[t] -= offset * hsum_f32x8(acc_offset[t]);
+        if (has_min(kind)) sum[t] += hsum_f32x8(acc_min[t]);
+    }
+    for (; b < nb; b++) { /* the last nb % 8 blocks, one at a time */
+        const char *block = row + b * bb;
+        __m256i wv = block_values(block, kind);
+        __m256i wu = signed_values(kind) ? _mm256_sign_epi8(wv, wv) : wv;
+        float d = block_scale(block), mn = has_min(kind) ? block_min(block) : 0.0f;
+        for (int t = 0; t < nt; t++) {
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(xa[t].qs + b * QK));
+            __m256i dot = dot4_u8i8(_mm256_setzero_si256(), wu, signed_values(kind) ? _mm256_sign_epi8(xv, wv) : xv);
+            float dx = xa[t].d[b] * (float)hsum_i32x8(dot);
+            sum[t] += d * (dx - offset * xa[t].dsum[b]);
+            if (has_min(kind)) sum[t] += mn * xa[t].dsum[b];
+        }
+    }
+    for (int t = 0; t < nt; t++) out[t * ldo] = sum[t];
+}
+
+/* n <= SMALL_N tokens: the activations laid out in lanes into `scratch` (once per call, for all the rows),
+   then row by row, SMALL_GROUP tokens at a time, row_n with the count a constant. */
+INLINE void matmul_small(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                         int64_t row_begin, int64_t row_end, int64_t cols, void *scratch, block_kind kind) {
+    int64_t nb = cols / QK, ng = nb / 8;
+    q8_act xa[SMALL_N];
+    const uint8_t *xl[SMALL_N];
+    uint8_t *dst = scratch;
+    for (int64_t t = 0; t < n; t++) {
         xa[t] = q8_act_view((const char *)x + (size_t)t * ldx, cols);
-        uint8_t *dst = (uint8_t *)scratch + (size_t)t * ng * 8 * QK;
         xl[t] = dst;
         for (int64_t g = 0; g < ng; g++, dst += 8 * QK) {
             __m256i v[8];
@@ -263,76 +336,27 @@ INLINE void matvec_n(float *out, int64_t ldo, const void *w, const void *x, size
             for (int k = 0; k < 8; k++) _mm256_storeu_si256((__m256i *)(dst + k * 32), v[k]);
         }
     }
-    size_t bb = block_bytes(kind);
-    float offset = (float)value_offset(kind);
+    uint8_t *kept = dst;
+    size_t row_bytes = (size_t)nb * block_bytes(kind);
     for (int64_t r = row_begin; r < row_end; r++) {
-        const char *row = (const char *)w + (size_t)r * nb * bb;
-        __m256 acc[SMALL_N], acc_offset[SMALL_N], acc_min[SMALL_N];
-        for (int t = 0; t < nt; t++)
-            acc[t] = _mm256_setzero_ps(), acc_offset[t] = _mm256_setzero_ps(), acc_min[t] = _mm256_setzero_ps();
-        int64_t b = 0;
-        for (; b + 8 <= nb; b += 8) {
-            /* the eight blocks' values in lanes; signed ones as block_dot's dot_i8 takes them: |w|, and w
-               for the signs it moves onto the activations */
-            __m256i wv[8], wu[8];
-            for (int k = 0; k < 8; k++) wv[k] = block_values(row + (b + k) * bb, kind);
-            blocks_in_lanes(wv);
-            for (int k = 0; k < 8; k++) wu[k] = signed_values(kind) ? _mm256_sign_epi8(wv[k], wv[k]) : wv[k];
-            __m256 dw, m;
-            if (has_min(kind)) scales_mins8(row + b * bb, bb, &dw, &m);
-            else dw = scales8(row + b * bb, bb);
-            for (int t = 0; t < nt; t++) {
-                const uint8_t *xg = xl[t] + b * QK;
-                __m256i s[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()}; /* two chains in flight */
-                for (int k = 0; k < 8; k++) {
-                    __m256i xv = _mm256_loadu_si256((const __m256i *)(xg + k * 32));
-                    s[k % 2] = dot4_u8i8(s[k % 2], wu[k], signed_values(kind) ? _mm256_sign_epi8(xv, wv[k]) : xv);
-                }
-                __m256 dsum = _mm256_loadu_ps(xa[t].dsum + b);
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(s[0], s[1])),
-                                         _mm256_mul_ps(dw, _mm256_loadu_ps(xa[t].d + b)), acc[t]);
-                if (value_offset(kind)) acc_offset[t] = _mm256_fmadd_ps(dw, dsum, acc_offset[t]);
-                if (has_min(kind)) acc_min[t] = _mm256_fmadd_ps(m, dsum, acc_min[t]);
+        const char *row = (const char *)w + (size_t)r * row_bytes;
+        float *o = out + (r - row_begin);
+        if (n <= SMALL_GROUP) {
+            switch (n) {
+            case 1: row_n(o, ldo, row, xa, xl, 1, nb, kept, DECODE, kind); break;
+            case 2: row_n(o, ldo, row, xa, xl, 2, nb, kept, DECODE, kind); break;
+            case 3: row_n(o, ldo, row, xa, xl, 3, nb, kept, DECODE, kind); break;
+            case 4: row_n(o, ldo, row, xa, xl, 4, nb, kept, DECODE, kind); break;
             }
+            continue;
         }
-        float sum[SMALL_N];
-        for (int t = 0; t < nt; t++) {
-            sum[t] = hsum_f32x8(acc[t]);
-            if (value_offset(kind)) sum[t] -= offset * hsum_f32x8(acc_offset[t]);
-            if (has_min(kind)) sum[t] += hsum_f32x8(acc_min[t]);
-        }
-        for (; b < nb; b++) { /* the last nb % 8 blocks, one at a time */
-            const char *block = row + b * bb;
-            __m256i wv = block_values(block, kind);
-            __m256i wu = signed_values(kind) ? _mm256_sign_epi8(wv, wv) : wv;
-            float d = block_scale(block), mn = has_min(kind) ? block_min(block) : 0.0f;
-            for (int t = 0; t < nt; t++) {
-                __m256i xv = _mm256_loadu_si256((const __m256i *)(xa[t].qs + b * QK));
-                __m256i s = dot4_u8i8(_mm256_setzero_si256(), wu, signed_values(kind) ? _mm256_sign_epi8(xv, wv) : xv);
-                float dot = xa[t].d[b] * (float)hsum_i32x8(s);
-                sum[t] += d * (dot - offset * xa[t].dsum[b]);
-                if (has_min(kind)) sum[t] += mn * xa[t].dsum[b];
-            }
-        }
-        for (int t = 0; t < nt; t++) out[t * ldo + (r - row_begin)] = sum[t];
-    }
-}
-
-/* n <= SMALL_N tokens: matvec_n with n a constant (its loops over the tokens unrolled), at most SMALL_GROUP
-   tokens at a time (more accumulators than that spill from the registers, and cost more than decoding the
-   weights once more). */
-enum { SMALL_GROUP = 4 };
-
-INLINE void matmul_small(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
-                         int64_t row_begin, int64_t row_end, int64_t cols, void *scratch, block_kind kind) {
-    for (int64_t t = 0; t < n; t += SMALL_GROUP) {
-        float *o = out + t * ldo;
-        const char *xt = (const char *)x + (size_t)t * ldx;
-        switch (n - t < SMALL_GROUP ? n - t : SMALL_GROUP) {
-#define SMALL_CASE(k) \
-    case k: matvec_n(o, ldo, w, xt, ldx, k, row_begin, row_end, cols, scratch, kind); break;
-            SMALL_CASE(1) SMALL_CASE(2) SMALL_CASE(3) SMALL_CASE(4)
-#undef SMALL_CASE
+        row_n(o, ldo, row, xa, xl, SMALL_GROUP, nb, kept, DECODE_KEEP, kind);
+        o += SMALL_GROUP * ldo;
+        switch (n - SMALL_GROUP) { /* SMALL_N - SMALL_GROUP at most */
+        case 1: row_n(o, ldo, row, xa + SMALL_GROUP, xl + SMALL_GROUP, 1, nb, kept, READ_KEPT, kind); break;
+        case 2: row_n(o, ldo, row, xa + SMALL_GROUP, xl + SMALL_GROUP, 2, nb, kept, READ_KEPT, kind); break;
+        case 3: row_n(o, ldo, row, xa + SMALL_GROUP, xl + SMALL_GROUP, 3, nb, kept, READ_KEPT, kind); break;
+        case 4: row_n(o, ldo, row, xa + SMALL_GROUP, xl + SMALL_GROUP, 4, nb, kept, READ_KEPT, kind); break;
         }
     }
 }
@@ -414,9 +438,11 @@ enum { RN8 = 4 };
    scales as f32, then (Q4_1, Q5_1) their mins. */
 INLINE size_t packed_block_bytes(block_kind kind) { return 8 * QK + (has_min(kind) ? 16 : 8) * sizeof(float); }
 
-/* A packed group of rows, or the small-batch path's SMALL_N tokens in lanes (the smaller, but said here). */
+/* A packed group of rows, or the small-batch path's SMALL_N tokens in lanes and one row's kept weights (the
+   smaller, but said here). */
 size_t X86(matmul_scratch_bytes)(int64_t cols) {
-    size_t packed = (size_t)(cols / QK) * packed_block_bytes(KIND_Q4_1), small = (size_t)(SMALL_N * cols);
+    size_t packed = (size_t)(cols / QK) * packed_block_bytes(KIND_Q4_1);
+    size_t small = (size_t)(SMALL_N * cols) + (size_t)(cols / (8 * QK)) * KEPT_GROUP_BYTES;
     return packed > small ? packed : small;
 }
 
