@@ -245,10 +245,35 @@ enum { SMALL_N = 8, SMALL_GROUP = 4 }; /* the most tokens the path takes (above,
    either way). */
 INLINE void blocks_in_lanes(__m256i v[8]) { transpose8x8_i32(v); }
 
+/* blocks_in_lanes(block_values of eight blocks) for the nibble types (Q4_0, Q4_1, IQ4_NL), from the stored
+   bytes (qs0: the first block's qs, bb bytes from block to block): value bytes 4 g .. 4 g + 3 are the low
+   nibbles of qs[4 g .. 4 g + 3] (g < 4) or the high ones of qs[4 (g - 4) ..], so the eight blocks' 16-byte qs
+   need only a 4 x 4 transposition of their 32-bit words in each 128-bit half (blocks 0-3 in the low half,
+   4-7 in the high), then the nibbles split: half the instructions of decoding the blocks one by one and
+   transposing 8 x 8 words. */
+INLINE void nibbles_in_lanes(const uint8_t *qs0, size_t bb, block_kind kind, __m256i v[8]) {
+    __m256i p[4];
+    for (int k = 0; k < 4; k++)
+        p[k] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(qs0 + k * bb))),
+                                       _mm_loadu_si128((const __m128i *)(qs0 + (k + 4) * bb)), 1);
+    __m256i t0 = _mm256_unpacklo_epi32(p[0], p[1]), t1 = _mm256_unpackhi_epi32(p[0], p[1]);
+    __m256i t2 = _mm256_unpacklo_epi32(p[2], p[3]), t3 = _mm256_unpackhi_epi32(p[2], p[3]);
+    __m256i words[4] = {_mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2), _mm256_unpacklo_epi64(t1, t3),
+                        _mm256_unpackhi_epi64(t1, t3)}; /* words[j]: word j of each block */
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    for (int j = 0; j < 4; j++) {
+        v[j] = _mm256_and_si256(words[j], low4);
+        v[j + 4] = _mm256_and_si256(_mm256_srli_epi16(words[j], 4), low4);
+    }
+    if (kind == KIND_IQ4_NL)
+        for (int g = 0; g < 8; g++) v[g] = _mm256_shuffle_epi8(iq4nl_table(), v[g]);
+}
+
 /* Past SMALL_GROUP tokens a row is walked once per group of tokens: the first pass keeps its decoded
    weights (in lanes) and scales in a buffer, per eight blocks 256 bytes of values, then the eight scales
    and mins as f32, and the later passes read them back instead of decoding again. */
 enum { DECODE, DECODE_KEEP, READ_KEPT };
+enum { PREFETCH_BYTES = 4096 };
 enum { KEPT_GROUP_BYTES = 8 * QK + 16 * sizeof(float) };
 
 /* out[t * ldo] (t < nt, a constant in each instantiation) = row . token t: xa the tokens' activations,
@@ -271,8 +296,16 @@ INLINE void row_n(float *out, int64_t ldo, const char *row, const q8_act *xa, co
             dw = _mm256_loadu_ps((const float *)(kept + 8 * QK));
             if (has_min(kind)) m = _mm256_loadu_ps((const float *)(kept + 8 * QK) + 8);
         } else {
-            for (int k = 0; k < 8; k++) wv[k] = block_values(row + (b + k) * bb, kind);
-            blocks_in_lanes(wv);
+            /* the weights stream from memory at a few bytes per instruction: ask for them well ahead */
+            for (size_t off = 0; off < 8 * bb; off += 64) _mm_prefetch(row + b * bb + PREFETCH_BYTES + off, _MM_HINT_T0);
+            if (kind == KIND_Q4_0 || kind == KIND_IQ4_NL) {
+                nibbles_in_lanes((const uint8_t *)row + b * bb + 2, bb, kind, wv);
+            } else if (kind == KIND_Q4_1) {
+                nibbles_in_lanes((const uint8_t *)row + b * bb + 4, bb, kind, wv);
+            } else {
+                for (int k = 0; k < 8; k++) wv[k] = block_values(row + (b + k) * bb, kind);
+                blocks_in_lanes(wv);
+            }
             if (has_min(kind)) scales_mins8(row + b * bb, bb, &dw, &m);
             else dw = scales8(row + b * bb, bb);
             if (weights == DECODE_KEEP) {
