@@ -193,11 +193,14 @@ void X86(matvec_iq4_xs)(float *out, const void *w, const void *xq, int64_t row_b
  * Batched decoding (one token per sequence, a few sequences) multiplies each weight matrix by n = 2..8
  * tokens, where the sixteen-row kernel, which packs the rows per call, costs about as much per token as
  * matvec; the row tiles cost less, and give every token bit for bit matvec's result (kernels_x86_int8.c's
- * small-batch path says why that matters): with VNNI, batches of up to SMALL_N tokens take them. */
+ * small-batch path says why that matters): with VNNI, batches of up to small_n tokens take them. */
 
-/* SMALL_N: on Zen 4 the row tiles beat the sixteen-row kernel up to 4 tokens (Q2_K, Q3_K: twice as fast
-   at 2 to 4; IQ4_XS less) and lose to it at 8 (by 15% for Q2_K and Q3_K, 2x for IQ4_XS) */
-enum { RN = 8, SMALL_N = 4 };
+enum { RN = 8 };
+
+/* The most tokens the row tiles take with VNNI: on Zen 4 they beat the sixteen-row kernel up to 4 tokens
+   (Q2_K, Q3_K: twice as fast at 2 to 4; IQ4_XS up to 3, 1.5x) and lose to it at 8 (by 15% for Q2_K and
+   Q3_K, 2x for IQ4_XS). */
+INLINE int small_n(low_kind kind) { return kind == KIND_IQ4_XS ? 3 : 4; }
 
 /* out[token + j][row - row_begin] for j < rn */
 INLINE void row_tile(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t row, int64_t token,
@@ -387,12 +390,8 @@ enum { TOKEN_BLOCK = 512 }; /* tokens whose sums a row group keeps (32 KiB on th
 /* Sixteen rows at a time, super-block by super-block, each packed once and run past up to TOKEN_BLOCK
    tokens, whose sums stay in a small buffer: the output's rows, ldo floats apart, would all fall in the
    same few sets of the L1 cache. The last rows % 16 by the row tiles. */
-INLINE void matmul(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n, int64_t row_begin,
-                   int64_t row_end, int64_t cols, low_kind kind) {
-    if (n <= SMALL_N) {
-        matmul_by_rows(out, ldo, w, x, ldx, n, row_begin, row_end, cols, kind);
-        return;
-    }
+INLINE void matmul16(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                     int64_t row_begin, int64_t row_end, int64_t cols, low_kind kind) {
     int64_t nb = cols / QK_K, r = row_begin;
     __m512 sums[TOKEN_BLOCK];
     for (; r + 16 <= row_end; r += 16)
@@ -412,6 +411,27 @@ INLINE void matmul(float *out, int64_t ldo, const void *w, const void *x, size_t
             for (int64_t t = 0; t < nt; t++) _mm512_storeu_ps(out + (t0 + t) * ldo + (r - row_begin), sums[t]);
         }
     matmul_by_rows(out + (r - row_begin), ldo, w, x, ldx, n, r, row_end, cols, kind);
+}
+
+/* matmul16 out of line, per type: inlined beside the small batches' row tiles it ran 15% slower (IQ4_XS, on
+   Zen 4). */
+#define MATMUL16(name, KIND)                                                                                       \
+    static __attribute__((noinline)) void matmul16_##name(float *out, int64_t ldo, const void *w, const void *x, \
+                                                           size_t ldx, int64_t n, int64_t row_begin,               \
+                                                           int64_t row_end, int64_t cols) {                        \
+        matmul16(out, ldo, w, x, ldx, n, row_begin, row_end, cols, KIND);                                          \
+    }
+MATMUL16(q2_K, KIND_Q2_K)
+MATMUL16(q3_K, KIND_Q3_K)
+MATMUL16(iq4_xs, KIND_IQ4_XS)
+#undef MATMUL16
+
+INLINE void matmul(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n, int64_t row_begin,
+                   int64_t row_end, int64_t cols, low_kind kind) {
+    if (n <= small_n(kind)) matmul_by_rows(out, ldo, w, x, ldx, n, row_begin, row_end, cols, kind);
+    else if (kind == KIND_Q2_K) matmul16_q2_K(out, ldo, w, x, ldx, n, row_begin, row_end, cols);
+    else if (kind == KIND_Q3_K) matmul16_q3_K(out, ldo, w, x, ldx, n, row_begin, row_end, cols);
+    else matmul16_iq4_xs(out, ldo, w, x, ldx, n, row_begin, row_end, cols);
 }
 #else
 #define matmul matmul_by_rows

@@ -70,7 +70,7 @@ def test_prompt_logits_equal_token_by_token(isa: str, n_threads: int) -> None:
 # The quantized types whose small batches (batched decode steps) take the matrix-vector kernel's arithmetic
 # per token, and up to how many tokens; larger batches (prompts) may sum differently.
 SMALL_BATCH_TYPES = {"q8_0": 8, "q4_0": 8, "q4_1": 8, "q5_0": 8, "q5_1": 8, "iq4_nl": 8, "q4_k": 8, "q5_k": 8,
-                     "q6_k": 8, "q2_k": 4, "q3_k": 4, "iq4_xs": 4}
+                     "q6_k": 8, "q2_k": 4, "q3_k": 4, "iq4_xs": 3}
 # whole groups of eight blocks, and a tail of blocks (cols not a multiple of 256); for the 256-value
 # super-blocks, four at a time (Q6_K's 512-bit kernel) and a tail
 QUANT_COLS = [32, 224, 256, 288, 768, 1024, 2048 + 96, 2048 + 256]
