@@ -472,7 +472,8 @@ enum { RN8 = 4 };
 INLINE size_t packed_block_bytes(block_kind kind) { return 8 * QK + (has_min(kind) ? 16 : 8) * sizeof(float); }
 
 /* A packed group of rows, or the small-batch path's SMALL_N tokens in lanes and one row's kept weights (the
-   smaller, but said here). */
+   smaller, but said here). The K-quants' small batches (kernels_x86_kquants.c) keep a row's unpacked
+   super-blocks here, in at most 8 bytes per value: SMALL_N * cols covers them. */
 size_t X86(matmul_scratch_bytes)(int64_t cols) {
     size_t packed = (size_t)(cols / QK) * packed_block_bytes(KIND_Q4_1);
     size_t small = (size_t)(SMALL_N * cols) + (size_t)(cols / (8 * QK)) * KEPT_GROUP_BYTES;

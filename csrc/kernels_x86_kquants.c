@@ -257,29 +257,41 @@ INLINE void matvec(float *out, const void *w, const void *xq, int64_t row_begin,
  * and every token keeps its own accumulators with exactly matvec's arithmetic: a token's result is bit for bit
  * the one matvec gives it alone (kernels_x86_int8.c's small-batch path explains why that matters). */
 
-/* the most tokens the path takes; tokens per pass (their accumulators and the unpacked super-block in
-   registers: passes of eight were slower on Zen 4 than two of four, which unpack every super-block twice) */
+/* the most tokens the path takes; tokens per pass over a row (their accumulators and the unpacked
+   super-block in registers: one pass of eight was slower on Zen 4 than two of four) */
 enum { SMALL_N = 8, SMALL_GROUP = 4 };
 
-/* out[t * ldo + r - row_begin] for tokens t < nt (a constant in each instantiation). */
-INLINE void matvec_n(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int nt, int64_t row_begin,
-                     int64_t row_end, int64_t cols, kquant_kind kind) {
-    q8k_act xa[SMALL_GROUP];
-    for (int t = 0; t < nt; t++) xa[t] = q8k_act_view((const char *)x + (size_t)t * ldx, cols);
-    int64_t nb = cols / QK_K;
+/* Past SMALL_GROUP tokens a row is walked once per group of tokens: the first pass keeps its unpacked
+   super-blocks (and their scales for superblock_dot) in the caller's scratch buffer, the later passes read
+   them back instead of unpacking again. The buffer holds at least 8 bytes per value of a row
+   (matmul_scratch_bytes). */
+enum { UNPACK, UNPACK_KEEP, READ_KEPT };
+typedef struct {
+    ksuper  s;
+    kscales k32;
+} kept_super;
+_Static_assert(sizeof(kept_super) <= 8 * QK_K, "matmul_scratch_bytes keeps 8 bytes per value of a row");
+
+/* out[t * ldo] (t < nt, a constant in each instantiation) = row . token t, with matvec's arithmetic;
+   `weights` UNPACK, UNPACK_KEEP (into kept) or READ_KEPT. */
+INLINE void row_n(float *out, int64_t ldo, const char *row, const q8k_act *xa, int nt, int64_t nb, kept_super *kept,
+                  int weights, kquant_kind kind) {
     size_t bb = kquant_block_bytes(kind);
-    for (int64_t r = row_begin; r < row_end; r++) {
-        const char *row = (const char *)w + (size_t)r * nb * bb;
-        __m256 acc[SMALL_GROUP];
-        float acc_q6[SMALL_GROUP];
-        for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps(), acc_q6[t] = 0.0f;
-        for (int64_t b = 0; b < nb; b++) {
-            ksuper s = unpack(row + b * bb, kind);
-            kscales k32 = scales_for_dot(&s, kind);
-            for (int t = 0; t < nt; t++) superblock_add(&acc[t], &acc_q6[t], &s, &k32, xa[t], b, kind);
+    __m256 acc[SMALL_GROUP];
+    float acc_q6[SMALL_GROUP];
+    for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps(), acc_q6[t] = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        kept_super k;
+        if (weights == READ_KEPT) {
+            k = kept[b];
+        } else {
+            k.s = unpack(row + b * bb, kind);
+            k.k32 = scales_for_dot(&k.s, kind);
+            if (weights == UNPACK_KEEP) kept[b] = k;
         }
-        for (int t = 0; t < nt; t++) out[t * ldo + (r - row_begin)] = hsum_f32x8(acc[t]) + acc_q6[t];
+        for (int t = 0; t < nt; t++) superblock_add(&acc[t], &acc_q6[t], &k.s, &k.k32, xa[t], b, kind);
     }
+    for (int t = 0; t < nt; t++) out[t * ldo] = hsum_f32x8(acc[t]) + acc_q6[t];
 }
 
 void X86(matvec_q4_K)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols) {
@@ -401,10 +413,10 @@ void X86(matvec_q6_K)(float *out, const void *w, const void *xq, int64_t row_beg
 #endif
 }
 
-/* n <= SMALL_N tokens, SMALL_GROUP at a time (Q6_K's 512-bit form: Q6_GROUP): matvec_n (q6_K_matvec512_n)
-   with the count a constant. */
+/* n <= SMALL_N tokens, row by row, SMALL_GROUP at a time: row_n (Q6_K with AVX-512: q6_K_matvec512_n,
+   Q6_GROUP tokens at a time, each group over all the rows) with the count a constant. */
 INLINE void matmul_small(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
-                         int64_t row_begin, int64_t row_end, int64_t cols, kquant_kind kind) {
+                         int64_t row_begin, int64_t row_end, int64_t cols, void *scratch, kquant_kind kind) {
 #ifdef __AVX512VNNI__
     if (kind == KIND_Q6_K) {
         for (int64_t t = 0; t < n; t += Q6_GROUP) {
@@ -420,14 +432,30 @@ INLINE void matmul_small(float *out, int64_t ldo, const void *w, const void *x, 
         return;
     }
 #endif
-    for (int64_t t = 0; t < n; t += SMALL_GROUP) {
-        float *o = out + t * ldo;
-        const char *xt = (const char *)x + (size_t)t * ldx;
-        switch (n - t < SMALL_GROUP ? n - t : SMALL_GROUP) {
-#define SMALL_CASE(k) \
-    case k: matvec_n(o, ldo, w, xt, ldx, k, row_begin, row_end, cols, kind); break;
-            SMALL_CASE(1) SMALL_CASE(2) SMALL_CASE(3) SMALL_CASE(4)
-#undef SMALL_CASE
+    q8k_act xa[SMALL_N];
+    for (int64_t t = 0; t < n; t++) xa[t] = q8k_act_view((const char *)x + (size_t)t * ldx, cols);
+    int64_t nb = cols / QK_K;
+    size_t row_bytes = (size_t)nb * kquant_block_bytes(kind);
+    kept_super *kept = scratch;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const char *row = (const char *)w + (size_t)r * row_bytes;
+        float *o = out + (r - row_begin);
+        if (n <= SMALL_GROUP) {
+            switch (n) {
+            case 1: row_n(o, ldo, row, xa, 1, nb, kept, UNPACK, kind); break;
+            case 2: row_n(o, ldo, row, xa, 2, nb, kept, UNPACK, kind); break;
+            case 3: row_n(o, ldo, row, xa, 3, nb, kept, UNPACK, kind); break;
+            case 4: row_n(o, ldo, row, xa, 4, nb, kept, UNPACK, kind); break;
+            }
+            continue;
+        }
+        row_n(o, ldo, row, xa, SMALL_GROUP, nb, kept, UNPACK_KEEP, kind);
+        o += SMALL_GROUP * ldo;
+        switch (n - SMALL_GROUP) { /* SMALL_N - SMALL_GROUP at most */
+        case 1: row_n(o, ldo, row, xa + SMALL_GROUP, 1, nb, kept, READ_KEPT, kind); break;
+        case 2: row_n(o, ldo, row, xa + SMALL_GROUP, 2, nb, kept, READ_KEPT, kind); break;
+        case 3: row_n(o, ldo, row, xa + SMALL_GROUP, 3, nb, kept, READ_KEPT, kind); break;
+        case 4: row_n(o, ldo, row, xa + SMALL_GROUP, 4, nb, kept, READ_KEPT, kind); break;
         }
     }
 }
@@ -594,21 +622,18 @@ INLINE void matmul(float *out, int64_t ldo, const void *w, const void *x, size_t
 
 void X86(matmul_q4_K)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
                       int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
-    (void)scratch;
-    if (n <= SMALL_N) matmul_small(out, ldo, w, x, ldx, n, row_begin, row_end, cols, KIND_Q4_K);
+    if (n <= SMALL_N) matmul_small(out, ldo, w, x, ldx, n, row_begin, row_end, cols, scratch, KIND_Q4_K);
     else matmul(out, ldo, w, x, ldx, n, row_begin, row_end, cols, KIND_Q4_K);
 }
 
 void X86(matmul_q5_K)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
                       int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
-    (void)scratch;
-    if (n <= SMALL_N) matmul_small(out, ldo, w, x, ldx, n, row_begin, row_end, cols, KIND_Q5_K);
+    if (n <= SMALL_N) matmul_small(out, ldo, w, x, ldx, n, row_begin, row_end, cols, scratch, KIND_Q5_K);
     else matmul(out, ldo, w, x, ldx, n, row_begin, row_end, cols, KIND_Q5_K);
 }
 
 void X86(matmul_q6_K)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
                       int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
-    (void)scratch;
-    if (n <= SMALL_N) matmul_small(out, ldo, w, x, ldx, n, row_begin, row_end, cols, KIND_Q6_K);
+    if (n <= SMALL_N) matmul_small(out, ldo, w, x, ldx, n, row_begin, row_end, cols, scratch, KIND_Q6_K);
     else matmul(out, ldo, w, x, ldx, n, row_begin, row_end, cols, KIND_Q6_K);
 }
