@@ -197,11 +197,6 @@ void X86(matvec_iq4_xs)(float *out, const void *w, const void *xq, int64_t row_b
 
 enum { RN = 8 };
 
-/* The most tokens the row tiles take with VNNI: on Zen 4 they beat the sixteen-row kernel up to 4 tokens
-   (Q2_K, Q3_K: twice as fast at 2 to 4; IQ4_XS up to 3, 1.5x) and lose to it at 8 (by 15% for Q2_K and
-   Q3_K, 2x for IQ4_XS). */
-INLINE int small_n(low_kind kind) { return kind == KIND_IQ4_XS ? 3 : 4; }
-
 /* out[token + j][row - row_begin] for j < rn */
 INLINE void row_tile(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t row, int64_t token,
                      int64_t row_begin, int64_t cols, low_kind kind, int rn) {
@@ -425,6 +420,11 @@ MATMUL16(q2_K, KIND_Q2_K)
 MATMUL16(q3_K, KIND_Q3_K)
 MATMUL16(iq4_xs, KIND_IQ4_XS)
 #undef MATMUL16
+
+/* The most tokens the row tiles take with VNNI: on Zen 4 they beat the sixteen-row kernel up to 4 tokens
+   (Q2_K, Q3_K: twice as fast at 2 to 4; IQ4_XS up to 3, 1.5x) and lose to it at 8 (by 15% for Q2_K and
+   Q3_K, 2x for IQ4_XS). */
+INLINE int small_n(low_kind kind) { return kind == KIND_IQ4_XS ? 3 : 4; }
 
 INLINE void matmul(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n, int64_t row_begin,
                    int64_t row_end, int64_t cols, low_kind kind) {
