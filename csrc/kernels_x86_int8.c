@@ -225,6 +225,176 @@ void X86(matvec_iq4_nl)(float *out, const void *w, const void *xq, int64_t row_b
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
+/* a small batch: matvec for several tokens at once
+ *
+ * Batched decoding (one token per sequence, a few sequences) multiplies each weight matrix by n = 2..8
+ * tokens. The batch kernels below repack each group of rows per call, which pays off over hundreds of
+ * tokens but costs about as much per token as matvec when n is small: then n sequences would decode little
+ * faster than one after another. Here the rows are walked as matvec walks them, eight blocks at a time,
+ * each weight block decoded (block_values) and its scales converted once for all the tokens, and every
+ * token keeps its own accumulators with exactly matvec's arithmetic (the integer dot products are exact,
+ * the float steps are matvec's, in its order): a token's result is bit for bit the one matvec gives it
+ * alone, so a batched decode step yields the tokens each sequence would get on its own. */
+
+enum { SMALL_N = 8, SMALL_GROUP = 4 }; /* the most tokens the path takes (above, the repacking kernels win); the
+                                          most at a time (more accumulators than that spill from the registers) */
+
+/* Eight consecutive 32-byte blocks, 32-bit lane k of every vector from block k: vector g holds bytes
+   4 g .. 4 g + 3 of each block. A dot-product step then adds to each block's own lane, so that after the
+   eight steps lane k is block k's sum, which matvec gathers with sum8x8 (and the integer sums are exact
+   either way). */
+INLINE void blocks_in_lanes(__m256i v[8]) { transpose8x8_i32(v); }
+
+/* blocks_in_lanes(block_values of eight blocks) for the nibble types (Q4_0, Q4_1, IQ4_NL), from the stored
+   bytes (qs0: the first block's qs, bb bytes from block to block): value bytes 4 g .. 4 g + 3 are the low
+   nibbles of qs[4 g .. 4 g + 3] (g < 4) or the high ones of qs[4 (g - 4) ..], so the eight blocks' 16-byte qs
+   need only a 4 x 4 transposition of their 32-bit words in each 128-bit half (blocks 0-3 in the low half,
+   4-7 in the high), then the nibbles split: half the instructions of decoding the blocks one by one and
+   transposing 8 x 8 words. */
+INLINE void nibbles_in_lanes(const uint8_t *qs0, size_t bb, block_kind kind, __m256i v[8]) {
+    __m256i p[4];
+    for (int k = 0; k < 4; k++)
+        p[k] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(qs0 + k * bb))),
+                                       _mm_loadu_si128((const __m128i *)(qs0 + (k + 4) * bb)), 1);
+    __m256i t0 = _mm256_unpacklo_epi32(p[0], p[1]), t1 = _mm256_unpackhi_epi32(p[0], p[1]);
+    __m256i t2 = _mm256_unpacklo_epi32(p[2], p[3]), t3 = _mm256_unpackhi_epi32(p[2], p[3]);
+    __m256i words[4] = {_mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2), _mm256_unpacklo_epi64(t1, t3),
+                        _mm256_unpackhi_epi64(t1, t3)}; /* words[j]: word j of each block */
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    for (int j = 0; j < 4; j++) {
+        v[j] = _mm256_and_si256(words[j], low4);
+        v[j + 4] = _mm256_and_si256(_mm256_srli_epi16(words[j], 4), low4);
+    }
+    if (kind == KIND_IQ4_NL)
+        for (int g = 0; g < 8; g++) v[g] = _mm256_shuffle_epi8(iq4nl_table(), v[g]);
+}
+
+/* Past SMALL_GROUP tokens a row is walked once per group of tokens: the first pass keeps its decoded
+   weights (in lanes) and scales in a buffer, per eight blocks 256 bytes of values, then the eight scales
+   and mins as f32, and the later passes read them back instead of decoding again. */
+enum { DECODE, DECODE_KEEP, READ_KEPT };
+enum { PREFETCH_BYTES = 4096 };
+enum { KEPT_GROUP_BYTES = 8 * QK + 16 * sizeof(float) };
+
+/* out[t * ldo] (t < nt, a constant in each instantiation) = row . token t: xa the tokens' activations,
+   xl their full groups of eight blocks in lanes; `weights` DECODE, DECODE_KEEP (into kept) or READ_KEPT. */
+INLINE void row_n(float *out, int64_t ldo, const char *row, const q8_act *xa, const uint8_t *const *xl, int nt,
+                  int64_t nb, uint8_t *kept, int weights, block_kind kind) {
+    size_t bb = block_bytes(kind);
+    float offset = (float)value_offset(kind);
+    __m256 acc[SMALL_GROUP], acc_offset[SMALL_GROUP], acc_min[SMALL_GROUP];
+    for (int t = 0; t < nt; t++)
+        acc[t] = _mm256_setzero_ps(), acc_offset[t] = _mm256_setzero_ps(), acc_min[t] = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 8 <= nb; b += 8, kept += KEPT_GROUP_BYTES) {
+        /* the eight blocks' values in lanes; signed ones as block_dot's dot_i8 takes them: |w|, and w
+           for the signs it moves onto the activations */
+        __m256i wv[8], wu[8];
+        __m256 dw, m = _mm256_setzero_ps();
+        if (weights == READ_KEPT) {
+            for (int k = 0; k < 8; k++) wv[k] = _mm256_loadu_si256((const __m256i *)(kept + 32 * k));
+            dw = _mm256_loadu_ps((const float *)(kept + 8 * QK));
+            if (has_min(kind)) m = _mm256_loadu_ps((const float *)(kept + 8 * QK) + 8);
+        } else {
+            /* the weights stream from memory at a few bytes per instruction: ask for them well ahead */
+            for (size_t off = 0; off < 8 * bb; off += 64) _mm_prefetch(row + b * bb + PREFETCH_BYTES + off, _MM_HINT_T0);
+            if (kind == KIND_Q4_0 || kind == KIND_IQ4_NL) {
+                nibbles_in_lanes((const uint8_t *)row + b * bb + 2, bb, kind, wv);
+            } else if (kind == KIND_Q4_1) {
+                nibbles_in_lanes((const uint8_t *)row + b * bb + 4, bb, kind, wv);
+            } else {
+                for (int k = 0; k < 8; k++) wv[k] = block_values(row + (b + k) * bb, kind);
+                blocks_in_lanes(wv);
+            }
+            if (has_min(kind)) scales_mins8(row + b * bb, bb, &dw, &m);
+            else dw = scales8(row + b * bb, bb);
+            if (weights == DECODE_KEEP) {
+                for (int k = 0; k < 8; k++) _mm256_storeu_si256((__m256i *)(kept + 32 * k), wv[k]);
+                _mm256_storeu_ps((float *)(kept + 8 * QK), dw);
+                if (has_min(kind)) _mm256_storeu_ps((float *)(kept + 8 * QK) + 8, m);
+            }
+        }
+        for (int k = 0; k < 8; k++) wu[k] = signed_values(kind) ? _mm256_sign_epi8(wv[k], wv[k]) : wv[k];
+        for (int t = 0; t < nt; t++) {
+            const uint8_t *xg = xl[t] + b * QK;
+            __m256i s[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()}; /* two chains in flight */
+            for (int k = 0; k < 8; k++) {
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(xg + k * 32));
+                s[k % 2] = dot4_u8i8(s[k % 2], wu[k], signed_values(kind) ? _mm256_sign_epi8(xv, wv[k]) : xv);
+            }
+            __m256 dsum = _mm256_loadu_ps(xa[t].dsum + b);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(s[0], s[1])),
+                                     _mm256_mul_ps(dw, _mm256_loadu_ps(xa[t].d + b)), acc[t]);
+            if (value_offset(kind)) acc_offset[t] = _mm256_fmadd_ps(dw, dsum, acc_offset[t]);
+            if (has_min(kind)) acc_min[t] = _mm256_fmadd_ps(m, dsum, acc_min[t]);
+        }
+    }
+    float sum[SMALL_GROUP];
+    for (int t = 0; t < nt; t++) {
+        sum[t] = hsum_f32x8(acc[t]);
+        if (value_offset(kind)) sum[t] -= offset * hsum_f32x8(acc_offset[t]);
+        if (has_min(kind)) sum[t] += hsum_f32x8(acc_min[t]);
+    }
+    for (; b < nb; b++) { /* the last nb % 8 blocks, one at a time */
+        const char *block = row + b * bb;
+        __m256i wv = block_values(block, kind);
+        __m256i wu = signed_values(kind) ? _mm256_sign_epi8(wv, wv) : wv;
+        float d = block_scale(block), mn = has_min(kind) ? block_min(block) : 0.0f;
+        for (int t = 0; t < nt; t++) {
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(xa[t].qs + b * QK));
+            __m256i dot = dot4_u8i8(_mm256_setzero_si256(), wu, signed_values(kind) ? _mm256_sign_epi8(xv, wv) : xv);
+            float dx = xa[t].d[b] * (float)hsum_i32x8(dot);
+            sum[t] += d * (dx - offset * xa[t].dsum[b]);
+            if (has_min(kind)) sum[t] += mn * xa[t].dsum[b];
+        }
+    }
+    for (int t = 0; t < nt; t++) out[t * ldo] = sum[t];
+}
+
+/* n <= SMALL_N tokens: the activations laid out in lanes into `scratch` (once per call, for all the rows),
+   then row by row, SMALL_GROUP tokens at a time, row_n with the count a constant. */
+INLINE void matmul_small(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                         int64_t row_begin, int64_t row_end, int64_t cols, void *scratch, block_kind kind) {
+    int64_t nb = cols / QK, ng = nb / 8;
+    q8_act xa[SMALL_N];
+    const uint8_t *xl[SMALL_N];
+    uint8_t *dst = scratch;
+    for (int64_t t = 0; t < n; t++) {
+        xa[t] = q8_act_view((const char *)x + (size_t)t * ldx, cols);
+        xl[t] = dst;
+        for (int64_t g = 0; g < ng; g++, dst += 8 * QK) {
+            __m256i v[8];
+            for (int k = 0; k < 8; k++) v[k] = _mm256_loadu_si256((const __m256i *)(xa[t].qs + (8 * g + k) * QK));
+            blocks_in_lanes(v);
+            for (int k = 0; k < 8; k++) _mm256_storeu_si256((__m256i *)(dst + k * 32), v[k]);
+        }
+    }
+    uint8_t *kept = dst;
+    size_t row_bytes = (size_t)nb * block_bytes(kind);
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const char *row = (const char *)w + (size_t)r * row_bytes;
+        float *o = out + (r - row_begin);
+        if (n <= SMALL_GROUP) {
+            switch (n) {
+            case 1: row_n(o, ldo, row, xa, xl, 1, nb, kept, DECODE, kind); break;
+            case 2: row_n(o, ldo, row, xa, xl, 2, nb, kept, DECODE, kind); break;
+            case 3: row_n(o, ldo, row, xa, xl, 3, nb, kept, DECODE, kind); break;
+            case 4: row_n(o, ldo, row, xa, xl, 4, nb, kept, DECODE, kind); break;
+            }
+            continue;
+        }
+        row_n(o, ldo, row, xa, xl, SMALL_GROUP, nb, kept, DECODE_KEEP, kind);
+        o += SMALL_GROUP * ldo;
+        switch (n - SMALL_GROUP) { /* SMALL_N - SMALL_GROUP at most */
+        case 1: row_n(o, ldo, row, xa + SMALL_GROUP, xl + SMALL_GROUP, 1, nb, kept, READ_KEPT, kind); break;
+        case 2: row_n(o, ldo, row, xa + SMALL_GROUP, xl + SMALL_GROUP, 2, nb, kept, READ_KEPT, kind); break;
+        case 3: row_n(o, ldo, row, xa + SMALL_GROUP, xl + SMALL_GROUP, 3, nb, kept, READ_KEPT, kind); break;
+        case 4: row_n(o, ldo, row, xa + SMALL_GROUP, xl + SMALL_GROUP, 4, nb, kept, READ_KEPT, kind); break;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
 /* a batch, one row at a time: tiles of RM rows x RN tokens, 32 values of a row in a vector (Q8_0 without
    VNNI, and the last rows % 8 of the eight-row kernels below). The values are made signed (offset off) and
    multiplied by dot_i8; a min adds m * dsum per block beside the vector sums. */
@@ -301,7 +471,14 @@ enum { RN8 = 4 };
    scales as f32, then (Q4_1, Q5_1) their mins. */
 INLINE size_t packed_block_bytes(block_kind kind) { return 8 * QK + (has_min(kind) ? 16 : 8) * sizeof(float); }
 
-size_t X86(matmul_scratch_bytes)(int64_t cols) { return (size_t)(cols / QK) * packed_block_bytes(KIND_Q4_1); }
+/* A packed group of rows, or the small-batch path's SMALL_N tokens in lanes and one row's kept weights (the
+   smaller, but said here). The K-quants' small batches (kernels_x86_kquants.c) keep a row's unpacked
+   super-blocks here, in at most 8 bytes per value: SMALL_N * cols covers them. */
+size_t X86(matmul_scratch_bytes)(int64_t cols) {
+    size_t packed = (size_t)(cols / QK) * packed_block_bytes(KIND_Q4_1);
+    size_t small = (size_t)(SMALL_N * cols) + (size_t)(cols / (8 * QK)) * KEPT_GROUP_BYTES;
+    return packed > small ? packed : small;
+}
 
 /* What the packed values exceed the real ones by. */
 INLINE int packed_offset(block_kind kind) { return kind == KIND_Q8_0 ? 128 : value_offset(kind); }
@@ -381,6 +558,10 @@ INLINE void matmul_by_eight_rows(float *out, int64_t ldo, const void *w, const v
 
 void X86(matmul_q8_0)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
                       int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
+    if (n <= SMALL_N) {
+        matmul_small(out, ldo, w, x, ldx, n, row_begin, row_end, cols, scratch, KIND_Q8_0);
+        return;
+    }
 #ifdef __AVX512VNNI__
     matmul_by_eight_rows(out, ldo, w, x, ldx, n, row_begin, row_end, cols, scratch, KIND_Q8_0);
 #else
@@ -391,25 +572,45 @@ void X86(matmul_q8_0)(float *out, int64_t ldo, const void *w, const void *x, siz
 
 void X86(matmul_q4_0)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
                       int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
+    if (n <= SMALL_N) {
+        matmul_small(out, ldo, w, x, ldx, n, row_begin, row_end, cols, scratch, KIND_Q4_0);
+        return;
+    }
     matmul_by_eight_rows(out, ldo, w, x, ldx, n, row_begin, row_end, cols, scratch, KIND_Q4_0);
 }
 
 void X86(matmul_q4_1)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
                       int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
+    if (n <= SMALL_N) {
+        matmul_small(out, ldo, w, x, ldx, n, row_begin, row_end, cols, scratch, KIND_Q4_1);
+        return;
+    }
     matmul_by_eight_rows(out, ldo, w, x, ldx, n, row_begin, row_end, cols, scratch, KIND_Q4_1);
 }
 
 void X86(matmul_q5_0)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
                       int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
+    if (n <= SMALL_N) {
+        matmul_small(out, ldo, w, x, ldx, n, row_begin, row_end, cols, scratch, KIND_Q5_0);
+        return;
+    }
     matmul_by_eight_rows(out, ldo, w, x, ldx, n, row_begin, row_end, cols, scratch, KIND_Q5_0);
 }
 
 void X86(matmul_q5_1)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
                       int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
+    if (n <= SMALL_N) {
+        matmul_small(out, ldo, w, x, ldx, n, row_begin, row_end, cols, scratch, KIND_Q5_1);
+        return;
+    }
     matmul_by_eight_rows(out, ldo, w, x, ldx, n, row_begin, row_end, cols, scratch, KIND_Q5_1);
 }
 
 void X86(matmul_iq4_nl)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
                         int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
+    if (n <= SMALL_N) {
+        matmul_small(out, ldo, w, x, ldx, n, row_begin, row_end, cols, scratch, KIND_IQ4_NL);
+        return;
+    }
     matmul_by_eight_rows(out, ldo, w, x, ldx, n, row_begin, row_end, cols, scratch, KIND_IQ4_NL);
 }

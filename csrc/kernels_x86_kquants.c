@@ -188,19 +188,46 @@ INLINE __m256i scales_of_32(__m256i sc, int k) {
 /* ---------------------------------------------------------------------------------------------------- */
 /* one token: a row's super-blocks one after the other, as stored */
 
+/* The int16 scales superblock_dot multiplies each 32 values' pair sums by. */
+typedef struct {
+    __m256i of32[8];
+} kscales;
+
+INLINE kscales scales_for_dot(const ksuper *s, kquant_kind kind) {
+    kscales k32;
+    int16_t sc[16];
+    _mm256_storeu_si256((__m256i *)sc, s->sc);
+    for (int k = 0; k < 8; k++) /* Q4_K's and Q5_K's scale is the same for all 32 values: a broadcast */
+        k32.of32[k] = kind == KIND_Q6_K ? scales_of_32(s->sc, k) : _mm256_set1_epi16(sc[2 * k]);
+    return k32;
+}
+
 /* sum over a super-block's values of sc * q_w * q_x, in eight int32 lanes. Two accumulators, so that two
    chains of multiply-adds are in flight. (512-bit steps of 64 values were slower on Zen 4 for Q4_K and Q5_K;
    Q6_K, which spends more on unpacking, has its own 512-bit form, q6_K_superblock_dot512.) */
-INLINE __m256i superblock_dot(const ksuper *s, const int8_t *xb, kquant_kind kind) {
+INLINE __m256i superblock_dot(const ksuper *s, const kscales *k32, const int8_t *xb) {
     __m256i acc[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
-    int16_t sc[16];
-    _mm256_storeu_si256((__m256i *)sc, s->sc);
-    for (int k = 0; k < 8; k++) {
-        /* Q4_K's and Q5_K's scale is the same for all 32 values: a broadcast from memory is cheapest */
-        __m256i scale = kind == KIND_Q6_K ? scales_of_32(s->sc, k) : _mm256_set1_epi16(sc[2 * k]);
-        acc[k % 2] = dot_scaled_u8i8(acc[k % 2], s->q[k], _mm256_loadu_si256((const __m256i *)(xb + 32 * k)), scale);
-    }
+    for (int k = 0; k < 8; k++)
+        acc[k % 2] = dot_scaled_u8i8(acc[k % 2], s->q[k], _mm256_loadu_si256((const __m256i *)(xb + 32 * k)),
+                                     k32->of32[k]);
     return _mm256_add_epi32(acc[0], acc[1]);
+}
+
+/* A super-block's part of a token's row sum (matvec's arithmetic): added to acc (Q4_K, Q5_K) or acc_q6. */
+INLINE void superblock_add(__m256 *acc, float *acc_q6, const ksuper *s, const kscales *k32, q8k_act x, int64_t b,
+                           kquant_kind kind) {
+    __m256i dot = superblock_dot(s, k32, x.qs + b * QK_K);
+    __m256i mins = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(x.bsums + b * (QK_K / 16))), s->mn);
+    if (kind == KIND_Q6_K) {
+        /* The offset comes off in integers, summed over the lanes first (the lanes of dot and mins hold
+           different values' sums): the stored values' dot product is 32 * sum sc bsum too big, and a float
+           difference of the two would lose the low bits of the small true sum. */
+        int32_t sumi = hsum_i32x8(_mm256_sub_epi32(dot, _mm256_slli_epi32(mins, 5)));
+        *acc_q6 += (float)sumi * (s->d * x.d[b]);
+    } else {
+        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(s->d * x.d[b]), *acc);
+        *acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins), _mm256_set1_ps(s->dmin * x.d[b]), *acc);
+    }
 }
 
 INLINE void matvec(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols,
@@ -214,22 +241,57 @@ INLINE void matvec(float *out, const void *w, const void *xq, int64_t row_begin,
         float acc_q6 = 0.0f;
         for (int64_t b = 0; b < nb; b++) {
             ksuper s = unpack(row + b * bb, kind);
-            const int8_t *xb = x.qs + b * QK_K;
-            __m256i dot = superblock_dot(&s, xb, kind);
-            __m256i mins = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(x.bsums + b * (QK_K / 16))), s.mn);
-            if (kind == KIND_Q6_K) {
-                /* The offset comes off in integers, summed over the lanes first (the lanes of dot and mins
-                   hold different values' sums): the stored values' dot product is 32 * sum sc bsum too big,
-                   and a float difference of the two would lose the low bits of the small true sum. */
-                int32_t sumi = hsum_i32x8(_mm256_sub_epi32(dot, _mm256_slli_epi32(mins, 5)));
-                acc_q6 += (float)sumi * (s.d * x.d[b]);
-            } else {
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(s.d * x.d[b]), acc);
-                acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins), _mm256_set1_ps(s.dmin * x.d[b]), acc);
-            }
+            kscales k32 = scales_for_dot(&s, kind);
+            superblock_add(&acc, &acc_q6, &s, &k32, x, b, kind);
         }
         out[r - row_begin] = hsum_f32x8(acc) + acc_q6;
     }
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* a small batch: matvec for several tokens at once
+ *
+ * Batched decoding (one token per sequence, a few sequences) multiplies each weight matrix by n = 2..8
+ * tokens, where the batch kernels below, which repack the rows per call, cost about as much per token as
+ * matvec. Here the rows are walked as matvec walks them, each super-block unpacked once for all the tokens,
+ * and every token keeps its own accumulators with exactly matvec's arithmetic: a token's result is bit for bit
+ * the one matvec gives it alone (kernels_x86_int8.c's small-batch path explains why that matters). */
+
+/* the most tokens the path takes; tokens per pass over a row (their accumulators and the unpacked
+   super-block in registers: one pass of eight was slower on Zen 4 than two of four) */
+enum { SMALL_N = 8, SMALL_GROUP = 4 };
+
+/* Past SMALL_GROUP tokens a row is walked once per group of tokens: the first pass keeps its unpacked
+   super-blocks (and their scales for superblock_dot) in the caller's scratch buffer, the later passes read
+   them back instead of unpacking again. The buffer holds at least 8 bytes per value of a row
+   (matmul_scratch_bytes). */
+enum { UNPACK, UNPACK_KEEP, READ_KEPT };
+typedef struct {
+    ksuper  s;
+    kscales k32;
+} kept_super;
+_Static_assert(sizeof(kept_super) <= 8 * QK_K, "matmul_scratch_bytes keeps 8 bytes per value of a row");
+
+/* out[t * ldo] (t < nt, a constant in each instantiation) = row . token t, with matvec's arithmetic;
+   `weights` UNPACK, UNPACK_KEEP (into kept) or READ_KEPT. */
+INLINE void row_n(float *out, int64_t ldo, const char *row, const q8k_act *xa, int nt, int64_t nb, kept_super *kept,
+                  int weights, kquant_kind kind) {
+    size_t bb = kquant_block_bytes(kind);
+    __m256 acc[SMALL_GROUP];
+    float acc_q6[SMALL_GROUP];
+    for (int t = 0; t < nt; t++) acc[t] = _mm256_setzero_ps(), acc_q6[t] = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        kept_super k;
+        if (weights == READ_KEPT) {
+            k = kept[b];
+        } else {
+            k.s = unpack(row + b * bb, kind);
+            k.k32 = scales_for_dot(&k.s, kind);
+            if (weights == UNPACK_KEEP) kept[b] = k;
+        }
+        for (int t = 0; t < nt; t++) superblock_add(&acc[t], &acc_q6[t], &k.s, &k.k32, xa[t], b, kind);
+    }
+    for (int t = 0; t < nt; t++) out[t * ldo] = hsum_f32x8(acc[t]) + acc_q6[t];
 }
 
 void X86(matvec_q4_K)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols) {
@@ -248,14 +310,20 @@ void X86(matvec_q5_K)(float *out, const void *w, const void *xq, int64_t row_beg
    two, serves both. The sixteen scales become a step's per-pair scales with one 16-bit permutation. Against
    the 256-bit superblock_dot this halves the instructions that unpack and the shuffles that place scales
    (two per 32 values there), which is where Q6_K's time went; Q4_K and Q5_K unpack too cheaply to gain. */
-INLINE __m256i q6_K_superblock_dot512(const block_q6_K *b, const int8_t *xb, const int16_t *bsums) {
+typedef struct {
+    __m512i q[4];     /* the 256 values, 64 per vector */
+    __m512i scale[4]; /* per 64 values, the int16 scale of each pair sum's 16 values */
+    __m256i sc;       /* the sixteen scales */
+} q6_K_unpacked512;
+
+INLINE q6_K_unpacked512 q6_K_unpack512(const block_q6_K *b) {
+    q6_K_unpacked512 u;
     const __m512i low4 = _mm512_set1_epi8(0x0f), bits0145 = _mm512_set1_epi8(0x33);
-    __m256i sc = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)b->scales));
-    __m512i sc512 = _mm512_castsi256_si512(sc);
+    u.sc = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)b->scales));
+    __m512i sc512 = _mm512_castsi256_si512(u.sc);
     /* 16-bit lane l of a step's pair sums holds values 2 l, 2 l + 1 of its 64: scale 4 j + l / 8 in step j */
     const __m512i per_pair = _mm512_set_epi16(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1,
                                               0, 0, 0, 0, 0, 0, 0, 0);
-    __m512i acc[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
     for (int h = 0; h < 2; h++) {
         __m512i ql = _mm512_loadu_si512(b->ql + 64 * h);
         __m256i qh = _mm256_loadu_si256((const __m256i *)(b->qh + 32 * h));
@@ -265,22 +333,23 @@ INLINE __m256i q6_K_superblock_dot512(const block_q6_K *b, const int8_t *xb, con
                                        bits0145);
         /* bits 0-3 from ql (low4 selects), 4-7 from qh2; the 16-bit shifts' bits carried across bytes land
            where the other source is selected */
-        __m512i q[2] = {
-            _mm512_ternarylogic_epi32(ql, _mm512_slli_epi16(qh2, 4), low4, 0xe4),
-            _mm512_ternarylogic_epi32(_mm512_srli_epi16(ql, 4), qh2, low4, 0xe4),
-        };
-        for (int i = 0; i < 2; i++) {
-            int j = 2 * h + i;
-            __m512i scale = _mm512_permutexvar_epi16(_mm512_add_epi16(per_pair, _mm512_set1_epi16((short)(4 * j))),
-                                                     sc512);
-            __m512i pairs = _mm512_maddubs_epi16(q[i], _mm512_loadu_si512(xb + 64 * j));
-            acc[i] = _mm512_dpwssd_epi32(acc[i], pairs, scale);
-        }
+        u.q[2 * h] = _mm512_ternarylogic_epi32(ql, _mm512_slli_epi16(qh2, 4), low4, 0xe4);
+        u.q[2 * h + 1] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(ql, 4), qh2, low4, 0xe4);
     }
+    for (int j = 0; j < 4; j++)
+        u.scale[j] = _mm512_permutexvar_epi16(_mm512_add_epi16(per_pair, _mm512_set1_epi16((short)(4 * j))), sc512);
+    return u;
+}
+
+INLINE __m256i q6_K_superblock_dot512(const q6_K_unpacked512 *u, const int8_t *xb, const int16_t *bsums) {
+    __m512i acc[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+    for (int j = 0; j < 4; j++)
+        acc[j % 2] = _mm512_dpwssd_epi32(acc[j % 2], _mm512_maddubs_epi16(u->q[j], _mm512_loadu_si512(xb + 64 * j)),
+                                         u->scale[j]);
     __m512i dot = _mm512_add_epi32(acc[0], acc[1]);
     __m256i dot8 = _mm256_add_epi32(_mm512_castsi512_si256(dot), _mm512_extracti64x4_epi64(dot, 1));
-    /* the offset 32 off in integers, as matvec's comment explains; the caller sums the lanes */
-    __m256i mins = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)bsums), sc);
+    /* the offset 32 off in integers, as superblock_add's comment explains; the caller sums the lanes */
+    __m256i mins = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)bsums), u->sc);
     return _mm256_sub_epi32(dot8, _mm256_slli_epi32(mins, 5));
 }
 
@@ -291,35 +360,104 @@ INLINE __m128i hsum4_i32x8(__m256i a, __m256i b, __m256i c, __m256i d) {
     __m256i abcd = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
     return _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1));
 }
+
+
+/* Q6_K with AVX-512, for tokens t < nt (1 for matvec; a constant in each instantiation): each super-block
+   unpacked once for all the tokens, each token with the one-token arithmetic (the small-batch path above),
+   Q6_GROUP tokens at a time (their four super-blocks' sums in registers). */
+enum { Q6_GROUP = 4 };
+INLINE void q6_K_matvec512_n(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int nt,
+                             int64_t row_begin, int64_t row_end, int64_t cols) {
+    q8k_act xa[Q6_GROUP];
+    for (int t = 0; t < nt; t++) xa[t] = q8k_act_view((const char *)x + (size_t)t * ldx, cols);
+    int64_t nb = cols / QK_K;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const block_q6_K *row = (const block_q6_K *)w + r * nb;
+        __m128 acc4[Q6_GROUP];
+        for (int t = 0; t < nt; t++) acc4[t] = _mm_setzero_ps();
+        int64_t b = 0;
+        for (; b + 4 <= nb; b += 4) {
+            __m256i dot[Q6_GROUP][4];
+            for (int k = 0; k < 4; k++) {
+                q6_K_unpacked512 u = q6_K_unpack512(row + b + k);
+                for (int t = 0; t < nt; t++)
+                    dot[t][k] = q6_K_superblock_dot512(&u, xa[t].qs + (b + k) * QK_K, xa[t].bsums + (b + k) * (QK_K / 16));
+            }
+            __m128 d = _mm_cvtph_ps(_mm_setr_epi16((short)row[b].d, (short)row[b + 1].d, (short)row[b + 2].d,
+                                                   (short)row[b + 3].d, 0, 0, 0, 0));
+            for (int t = 0; t < nt; t++)
+                acc4[t] = _mm_fmadd_ps(_mm_cvtepi32_ps(hsum4_i32x8(dot[t][0], dot[t][1], dot[t][2], dot[t][3])),
+                                       _mm_mul_ps(d, _mm_loadu_ps(xa[t].d + b)), acc4[t]);
+        }
+        float acc[Q6_GROUP];
+        for (int t = 0; t < nt; t++) acc[t] = 0.0f;
+        for (; b < nb; b++) {
+            q6_K_unpacked512 u = q6_K_unpack512(row + b);
+            for (int t = 0; t < nt; t++)
+                acc[t] += (float)hsum_i32x8(q6_K_superblock_dot512(&u, xa[t].qs + b * QK_K, xa[t].bsums + b * (QK_K / 16))) *
+                          (fp16(row[b].d) * xa[t].d[b]);
+        }
+        for (int t = 0; t < nt; t++) {
+            __m128 s = _mm_add_ps(acc4[t], _mm_movehl_ps(acc4[t], acc4[t]));
+            out[t * ldo + (r - row_begin)] = _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s))) + acc[t];
+        }
+    }
+}
 #endif
 
 void X86(matvec_q6_K)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols) {
 #ifdef __AVX512VNNI__
-    q8k_act x = q8k_act_view(xq, cols);
-    int64_t nb = cols / QK_K;
-    for (int64_t r = row_begin; r < row_end; r++) {
-        const block_q6_K *row = (const block_q6_K *)w + r * nb;
-        __m128 acc4 = _mm_setzero_ps();
-        int64_t b = 0;
-        for (; b + 4 <= nb; b += 4) {
-            __m256i dot[4];
-            for (int k = 0; k < 4; k++)
-                dot[k] = q6_K_superblock_dot512(row + b + k, x.qs + (b + k) * QK_K, x.bsums + (b + k) * (QK_K / 16));
-            __m128 d = _mm_cvtph_ps(_mm_setr_epi16((short)row[b].d, (short)row[b + 1].d, (short)row[b + 2].d,
-                                                   (short)row[b + 3].d, 0, 0, 0, 0));
-            acc4 = _mm_fmadd_ps(_mm_cvtepi32_ps(hsum4_i32x8(dot[0], dot[1], dot[2], dot[3])),
-                                _mm_mul_ps(d, _mm_loadu_ps(x.d + b)), acc4);
-        }
-        float acc = 0.0f;
-        for (; b < nb; b++)
-            acc += (float)hsum_i32x8(q6_K_superblock_dot512(row + b, x.qs + b * QK_K, x.bsums + b * (QK_K / 16))) *
-                   (fp16(row[b].d) * x.d[b]);
-        __m128 s = _mm_add_ps(acc4, _mm_movehl_ps(acc4, acc4));
-        out[r - row_begin] = _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s))) + acc;
-    }
+    q6_K_matvec512_n(out, 0, w, xq, 0, 1, row_begin, row_end, cols);
 #else
     matvec(out, w, xq, row_begin, row_end, cols, KIND_Q6_K);
 #endif
+}
+
+/* n <= SMALL_N tokens, row by row, SMALL_GROUP at a time: row_n (Q6_K with AVX-512: q6_K_matvec512_n,
+   Q6_GROUP tokens at a time, each group over all the rows) with the count a constant. */
+INLINE void matmul_small(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                         int64_t row_begin, int64_t row_end, int64_t cols, void *scratch, kquant_kind kind) {
+#ifdef __AVX512VNNI__
+    if (kind == KIND_Q6_K) {
+        for (int64_t t = 0; t < n; t += Q6_GROUP) {
+            float *o = out + t * ldo;
+            const char *xt = (const char *)x + (size_t)t * ldx;
+            switch (n - t < Q6_GROUP ? n - t : Q6_GROUP) {
+            case 1: q6_K_matvec512_n(o, ldo, w, xt, ldx, 1, row_begin, row_end, cols); break;
+            case 2: q6_K_matvec512_n(o, ldo, w, xt, ldx, 2, row_begin, row_end, cols); break;
+            case 3: q6_K_matvec512_n(o, ldo, w, xt, ldx, 3, row_begin, row_end, cols); break;
+            case 4: q6_K_matvec512_n(o, ldo, w, xt, ldx, 4, row_begin, row_end, cols); break;
+            }
+        }
+        return;
+    }
+#endif
+    q8k_act xa[SMALL_N];
+    for (int64_t t = 0; t < n; t++) xa[t] = q8k_act_view((const char *)x + (size_t)t * ldx, cols);
+    int64_t nb = cols / QK_K;
+    size_t row_bytes = (size_t)nb * kquant_block_bytes(kind);
+    kept_super *kept = scratch;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const char *row = (const char *)w + (size_t)r * row_bytes;
+        float *o = out + (r - row_begin);
+        if (n <= SMALL_GROUP) {
+            switch (n) {
+            case 1: row_n(o, ldo, row, xa, 1, nb, kept, UNPACK, kind); break;
+            case 2: row_n(o, ldo, row, xa, 2, nb, kept, UNPACK, kind); break;
+            case 3: row_n(o, ldo, row, xa, 3, nb, kept, UNPACK, kind); break;
+            case 4: row_n(o, ldo, row, xa, 4, nb, kept, UNPACK, kind); break;
+            }
+            continue;
+        }
+        row_n(o, ldo, row, xa, SMALL_GROUP, nb, kept, UNPACK_KEEP, kind);
+        o += SMALL_GROUP * ldo;
+        switch (n - SMALL_GROUP) { /* SMALL_N - SMALL_GROUP at most */
+        case 1: row_n(o, ldo, row, xa + SMALL_GROUP, 1, nb, kept, READ_KEPT, kind); break;
+        case 2: row_n(o, ldo, row, xa + SMALL_GROUP, 2, nb, kept, READ_KEPT, kind); break;
+        case 3: row_n(o, ldo, row, xa + SMALL_GROUP, 3, nb, kept, READ_KEPT, kind); break;
+        case 4: row_n(o, ldo, row, xa + SMALL_GROUP, 4, nb, kept, READ_KEPT, kind); break;
+        }
+    }
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
@@ -484,18 +622,18 @@ INLINE void matmul(float *out, int64_t ldo, const void *w, const void *x, size_t
 
 void X86(matmul_q4_K)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
                       int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
-    (void)scratch;
-    matmul(out, ldo, w, x, ldx, n, row_begin, row_end, cols, KIND_Q4_K);
+    if (n <= SMALL_N) matmul_small(out, ldo, w, x, ldx, n, row_begin, row_end, cols, scratch, KIND_Q4_K);
+    else matmul(out, ldo, w, x, ldx, n, row_begin, row_end, cols, KIND_Q4_K);
 }
 
 void X86(matmul_q5_K)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
                       int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
-    (void)scratch;
-    matmul(out, ldo, w, x, ldx, n, row_begin, row_end, cols, KIND_Q5_K);
+    if (n <= SMALL_N) matmul_small(out, ldo, w, x, ldx, n, row_begin, row_end, cols, scratch, KIND_Q5_K);
+    else matmul(out, ldo, w, x, ldx, n, row_begin, row_end, cols, KIND_Q5_K);
 }
 
 void X86(matmul_q6_K)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
                       int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
-    (void)scratch;
-    matmul(out, ldo, w, x, ldx, n, row_begin, row_end, cols, KIND_Q6_K);
+    if (n <= SMALL_N) matmul_small(out, ldo, w, x, ldx, n, row_begin, row_end, cols, scratch, KIND_Q6_K);
+    else matmul(out, ldo, w, x, ldx, n, row_begin, row_end, cols, KIND_Q6_K);
 }

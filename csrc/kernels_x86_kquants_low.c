@@ -187,8 +187,13 @@ void X86(matvec_iq4_xs)(float *out, const void *w, const void *xq, int64_t row_b
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
-/* a batch, one row at a time: a row's super-block is unpacked once for RN tokens (without VNNI, and the
-   last rows % 16 of the sixteen-row kernel below) */
+/* a batch, one row at a time: a row's super-block is unpacked once for RN tokens (without VNNI, small
+   batches, and the last rows % 16 of the sixteen-row kernel below), each token with matvec's arithmetic
+ *
+ * Batched decoding (one token per sequence, a few sequences) multiplies each weight matrix by n = 2..8
+ * tokens, where the sixteen-row kernel, which packs the rows per call, costs about as much per token as
+ * matvec; the row tiles cost less, and give every token bit for bit matvec's result (kernels_x86_int8.c's
+ * small-batch path says why that matters): with VNNI, batches of up to small_n tokens take them. */
 
 enum { RN = 8 };
 
@@ -218,7 +223,12 @@ INLINE void matmul_by_rows(float *out, int64_t ldo, const void *w, const void *x
     for (int64_t r = row_begin; r < row_end; r++) {
         int64_t t = 0;
         for (; t + RN <= n; t += RN) row_tile(out, ldo, w, x, ldx, r, t, row_begin, cols, kind, RN);
-        for (; t < n; t++) row_tile(out, ldo, w, x, ldx, r, t, row_begin, cols, kind, 1);
+        switch (n - t) { /* the last n % RN tokens together too, their count a constant */
+#define TAIL_CASE(k) \
+    case k: row_tile(out, ldo, w, x, ldx, r, t, row_begin, cols, kind, k); break;
+            TAIL_CASE(1) TAIL_CASE(2) TAIL_CASE(3) TAIL_CASE(4) TAIL_CASE(5) TAIL_CASE(6) TAIL_CASE(7)
+#undef TAIL_CASE
+        }
     }
 }
 
@@ -375,8 +385,8 @@ enum { TOKEN_BLOCK = 512 }; /* tokens whose sums a row group keeps (32 KiB on th
 /* Sixteen rows at a time, super-block by super-block, each packed once and run past up to TOKEN_BLOCK
    tokens, whose sums stay in a small buffer: the output's rows, ldo floats apart, would all fall in the
    same few sets of the L1 cache. The last rows % 16 by the row tiles. */
-INLINE void matmul(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n, int64_t row_begin,
-                   int64_t row_end, int64_t cols, low_kind kind) {
+INLINE void matmul16(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                     int64_t row_begin, int64_t row_end, int64_t cols, low_kind kind) {
     int64_t nb = cols / QK_K, r = row_begin;
     __m512 sums[TOKEN_BLOCK];
     for (; r + 16 <= row_end; r += 16)
@@ -396,6 +406,32 @@ INLINE void matmul(float *out, int64_t ldo, const void *w, const void *x, size_t
             for (int64_t t = 0; t < nt; t++) _mm512_storeu_ps(out + (t0 + t) * ldo + (r - row_begin), sums[t]);
         }
     matmul_by_rows(out + (r - row_begin), ldo, w, x, ldx, n, r, row_end, cols, kind);
+}
+
+/* matmul16 out of line, per type: inlined beside the small batches' row tiles it ran 15% slower (IQ4_XS, on
+   Zen 4). */
+#define MATMUL16(name, KIND)                                                                                       \
+    static __attribute__((noinline)) void matmul16_##name(float *out, int64_t ldo, const void *w, const void *x, \
+                                                           size_t ldx, int64_t n, int64_t row_begin,               \
+                                                           int64_t row_end, int64_t cols) {                        \
+        matmul16(out, ldo, w, x, ldx, n, row_begin, row_end, cols, KIND);                                          \
+    }
+MATMUL16(q2_K, KIND_Q2_K)
+MATMUL16(q3_K, KIND_Q3_K)
+MATMUL16(iq4_xs, KIND_IQ4_XS)
+#undef MATMUL16
+
+/* The most tokens the row tiles take with VNNI: on Zen 4 they beat the sixteen-row kernel up to 4 tokens
+   (Q2_K, Q3_K: twice as fast at 2 to 4; IQ4_XS up to 3, 1.5x) and lose to it at 8 (by 15% for Q2_K and
+   Q3_K, 2x for IQ4_XS). */
+INLINE int small_n(low_kind kind) { return kind == KIND_IQ4_XS ? 3 : 4; }
+
+INLINE void matmul(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n, int64_t row_begin,
+                   int64_t row_end, int64_t cols, low_kind kind) {
+    if (n <= small_n(kind)) matmul_by_rows(out, ldo, w, x, ldx, n, row_begin, row_end, cols, kind);
+    else if (kind == KIND_Q2_K) matmul16_q2_K(out, ldo, w, x, ldx, n, row_begin, row_end, cols);
+    else if (kind == KIND_Q3_K) matmul16_q3_K(out, ldo, w, x, ldx, n, row_begin, row_end, cols);
+    else matmul16_iq4_xs(out, ldo, w, x, ldx, n, row_begin, row_end, cols);
 }
 #else
 #define matmul matmul_by_rows

@@ -107,16 +107,18 @@ def schedule(lengths: dict[int, int], chunk: int, seed: int) -> list[dict[int, i
 
 
 def check_mixed_batches(cfg: object, spec: object, t: dict, lengths: dict[int, int], n_ctx: int, n_batch: int,
-                        chunk: int, alone_rtol: float, isa: str | None = None) -> None:
+                        chunk: int, alone_rtol: float, isa: str | None = None, companion_tokens: int = 2) -> None:
+    """`companion_tokens`: how many tokens the companion of the mixed batches runs (the alone runs' one runs
+    one more)."""
     texts = {s: tokens(n, cfg.vocab_size) for s, n in lengths.items()}
     steps = schedule(lengths, chunk, seed=len(lengths))
     engine = Engine(spec, n_ctx=n_ctx, n_threads=2, isa=isa, n_batch=n_batch, n_seq=8, n_kv=8 * n_ctx)
-    mixed = run_steps(engine, texts, steps, companion=[6, 1, 2])  # never a batch of one token
+    mixed = run_steps(engine, texts, steps, companion=[6, *tokens(companion_tokens, cfg.vocab_size)])  # n > 1
     for s, text in texts.items():
         # the same sequence, the same chunking, with a different neighbour in every batch: exactly equal
         other = Engine(spec, n_ctx=n_ctx, n_threads=2, isa=isa, n_batch=n_batch, n_seq=8, n_kv=8 * n_ctx)
         own_steps = [{s: step[s]} for step in steps if s in step]
-        alone = run_steps(other, {s: text}, own_steps, companion=[7] + tokens(3, cfg.vocab_size))
+        alone = run_steps(other, {s: text}, own_steps, companion=[7] + tokens(companion_tokens + 1, cfg.vocab_size))
         assert all(np.array_equal(a, b) for a, b in zip(mixed[s], alone[s], strict=True)), f"sequence {s}"
         # against the single-sequence path (llm_forward) and the oracle: the last logits of each step
         ends = np.cumsum([step[s] for step in own_steps]) - 1
@@ -143,8 +145,15 @@ def test_windowed_model_in_mixed_batches() -> None:
 
 
 def test_q8_0_model_in_mixed_batches() -> None:
+    """The 32-value block kernels sum a token's products in one order in batches of up to 8 tokens (the
+    matrix-vector kernel's: batched decode steps equal decoding alone) and in another in larger ones (prompts),
+    so a token's result is independent of its neighbours as long as its batches stay on one side of that."""
     cfg, spec, t = typed_model("q8_0")
-    check_mixed_batches(cfg, spec, t, {0: 30, 1: 5, 2: 50}, n_ctx=64, n_batch=40, chunk=12, alone_rtol=1e-2)
+    # chunks of up to 2 tokens of 3 sequences and a companion of 2 (alone: 3): every batch 8 tokens at most
+    check_mixed_batches(cfg, spec, t, {0: 30, 1: 5, 2: 50}, n_ctx=64, n_batch=40, chunk=2, alone_rtol=1e-2)
+    # a companion of 9 tokens (alone: 10): every batch more than 8
+    check_mixed_batches(cfg, spec, t, {0: 30, 1: 5, 2: 50}, n_ctx=64, n_batch=64, chunk=12, alone_rtol=1e-2,
+                        companion_tokens=9)
 
 
 # --- sequence operations -------------------------------------------------------------------------------

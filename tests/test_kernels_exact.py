@@ -1,8 +1,9 @@
 """A token's float product is bit for bit the same alone (the matrix-vector kernel, n = 1) or batched with
-others (the matrix-matrix kernel's tiles, n > 1), on every instruction set (issue 16: users' decode steps
-batched into one forward pass must each get exactly the greedy tokens they get alone). The x86 kernels sum
-every (row, token) in the one-token kernel's order (csrc/kernels_x86_float.c); the scalar level has no batch
-kernel and runs a batch token by token."""
+others (the matrix-matrix kernel's tiles, n > 1; for the quantized types, batches of n <= 8), on every
+instruction set (issue 16: users' decode steps batched into one forward pass must each get exactly the greedy
+tokens they get alone). The x86 kernels sum every (row, token) in the one-token kernel's order
+(csrc/kernels_x86_float.c, and the small-batch paths of csrc/kernels_x86_int8.c); the scalar level has no
+batch kernel and runs a batch token by token."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import pytest
 
 from builders import make_config, random_tensors, spec_from_tensors
 from llmrun.engine import ISA_NAMES, Engine, available_isas, ffi, lib
+from llmrun.quantize import quantize_blocks
+from llmrun.spec import TENSOR_TYPES
 
 ISAS = available_isas()
 FLOAT_TYPES = {"f32": lib.LLM_F32, "f16": lib.LLM_F16, "bf16": lib.LLM_BF16}
@@ -62,3 +65,40 @@ def test_prompt_logits_equal_token_by_token(isa: str, n_threads: int) -> None:
     batched = Engine(spec, n_ctx=32, n_threads=n_threads, isa=isa).evaluate_all(tokens)
     alone = Engine(spec, n_ctx=32, n_threads=n_threads, isa=isa, n_batch=1).evaluate_all(tokens)
     assert np.array_equal(batched, alone), f"max diff {np.abs(batched - alone).max():.3g}"
+
+
+# The quantized types whose small batches (batched decode steps) take the matrix-vector kernel's arithmetic
+# per token, and up to how many tokens; larger batches (prompts) may sum differently.
+SMALL_BATCH_TYPES = {"q8_0": 8, "q4_0": 8, "q4_1": 8, "q5_0": 8, "q5_1": 8, "iq4_nl": 8, "q4_k": 8, "q5_k": 8,
+                     "q6_k": 8, "q2_k": 4, "q3_k": 4, "iq4_xs": 3}
+# whole groups of eight blocks, and a tail of blocks (cols not a multiple of 256); for the 256-value
+# super-blocks, four at a time (Q6_K's 512-bit kernel) and a tail
+QUANT_COLS = [32, 224, 256, 288, 768, 1024, 2048 + 96, 2048 + 256]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("type", SMALL_BATCH_TYPES)
+def test_small_quantized_batches_equal_tokens_alone(type: str, isa: str) -> None:
+    block = TENSOR_TYPES[type].block_elems
+    rng = np.random.default_rng(16)
+    for cols in QUANT_COLS:
+        if cols % block:
+            continue
+        for rows in (1, 5, 37):
+            w = quantize_blocks(rng.standard_normal((rows, cols)).astype(np.float32), type)
+            x = rng.standard_normal((8, cols)).astype(np.float32)
+            alone = np.stack([quantized_product(type, w, cols, x[i], isa)[0] for i in range(8)])
+            for n in range(2, SMALL_BATCH_TYPES[type] + 1):
+                batched = quantized_product(type, w, cols, x[:n], isa)
+                assert np.array_equal(batched, alone[:n]), f"{type} {isa} rows={rows} cols={cols} n={n}: " \
+                    f"max diff {np.abs(batched - alone[:n]).max():.3g}"
+
+
+def quantized_product(type: str, w: np.ndarray, cols: int, x: np.ndarray, isa: str) -> np.ndarray:
+    """out (n, rows) through llm_matmul for `type`'s blocks w (rows, row bytes) and n = len(x) tokens."""
+    rows = len(w)
+    x = np.ascontiguousarray(np.atleast_2d(x), dtype=np.float32)
+    out = np.empty((len(x), rows), dtype=np.float32)
+    assert lib.llm_matmul(TENSOR_TYPES[type].code, ISA_NAMES[isa], ffi.from_buffer(np.ascontiguousarray(w)), rows,
+                          cols, ffi.from_buffer("float[]", x), len(x), ffi.from_buffer("float[]", out)) == 0
+    return out
