@@ -155,6 +155,13 @@ class Model:
         self._check_fits(len(tokens), "tokens")
         return self._with_room(lambda: self._engine.evaluate(tokens, out=out))
 
+    def warm_up(self) -> None:
+        """Runs one token through the model and forgets it: every weight is read once, so that the first request
+        does not wait for the file's pages to come in from disk (llama.cpp's server does the same at start)."""
+        self._with_room(lambda: self._engine.evaluate([self._tokenizer.bos_id if self._tokenizer is not None and
+                                                       self._tokenizer.bos_id is not None else 0]))
+        self._engine.reset()
+
     def reset(self) -> None:
         """Empties the KV cache (what scoring calls and finished generations left there): the next call computes
         every token from the first."""

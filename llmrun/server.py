@@ -439,6 +439,7 @@ class ModelServer:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(self.model.warm_up)  # the first request does not page the weights in
         await anyio.to_thread.run_sync(self.model.start_batching)
         try:
             yield

@@ -286,7 +286,9 @@ def test_the_server_starts_and_stops_the_models_batching(model: llmrun.Model, mo
     calls: list[str] = []
     monkeypatch.setattr(model, "start_batching", lambda: calls.append("start"))
     monkeypatch.setattr(model, "stop_batching", lambda: calls.append("stop"))
+    warm_up = model.warm_up
+    monkeypatch.setattr(model, "warm_up", lambda: (calls.append("warm up"), warm_up()))
     with serving(model, ServerConfig(model_name=NAME)) as running:
-        assert calls == ["start"]  # before the first request
+        assert calls == ["warm up", "start"]  # before the first request: the weights read once, then the steps
         assert running.post("/v1/completions", {"prompt": "Tom", "max_tokens": 2}, key=None).status_code == 200
-    assert calls == ["start", "stop"]
+    assert calls == ["warm up", "start", "stop"]
