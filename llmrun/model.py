@@ -30,8 +30,8 @@ DEFAULT_MAX_CTX = 4096  # default KV cache size cap; pass n_ctx to use more of a
 DEFAULT_PARALLEL = 4  # generations decoded together (llama.cpp's server has 4 slots by default too)
 MAX_PARALLEL = 256
 EMBED_TEXTS = 32  # texts Model.embed packs into one forward pass at most (each is a sequence of the context)
-DEFAULT_SAMPLING = SamplingParams()
-T = TypeVar("T")  # llama.cpp's defaults (see SamplingParams)
+DEFAULT_SAMPLING = SamplingParams()  # llama.cpp's defaults (see SamplingParams)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -300,7 +300,7 @@ class Model:
         InvalidArgumentError for an empty list or a bad prompt (nothing is generated then)."""
         prompts = _batch_items(prompts, "prompts")
         gens = [self.stream(prompt, params, max_tokens=max_tokens, stop=stop, response_format=response_format,
-                            grammar=grammar, **_seeded(sampling, i)) for i, prompt in enumerate(prompts)]
+                            grammar=grammar, **_seeded(params, sampling, i)) for i, prompt in enumerate(prompts)]
         return [g.text() for g in _started(gens)]
 
     def chat_batch(self, conversations: Sequence[Sequence[dict]], params: SamplingParams | None = None, *,
@@ -315,7 +315,7 @@ class Model:
         streams = [self.chat_stream(messages, params, chat_format=chat_format, max_tokens=max_tokens, stop=stop,
                                     logprobs=logprobs, enable_thinking=enable_thinking,
                                     response_format=response_format, grammar=grammar, tools=tools,
-                                    tool_choice=tool_choice, **_seeded(sampling, i))
+                                    tool_choice=tool_choice, **_seeded(params, sampling, i))
                    for i, messages in enumerate(conversations)]
         _started([s.generation for s in streams])
         replies = []
@@ -621,9 +621,10 @@ def _batch_items(items: object, name: str) -> list[Any]:
     return list(items)
 
 
-def _seeded(sampling: dict[str, Any], i: int) -> dict[str, Any]:
-    """The sampling keywords of the i-th item of a batch: seed + i where a seed is given."""
-    seed = sampling.get("seed")
+def _seeded(params: SamplingParams | None, sampling: dict[str, Any], i: int) -> dict[str, Any]:
+    """The sampling keywords of the i-th item of a batch: seed + i where a seed is given (as a keyword, or in
+    params)."""
+    seed = sampling.get("seed", params.seed if isinstance(params, SamplingParams) else None)
     if isinstance(seed, int) and not isinstance(seed, bool):
         return {**sampling, "seed": (seed + i) % 2**64}
     return sampling

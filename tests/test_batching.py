@@ -349,3 +349,11 @@ def test_embeddings_beside_generations_do_not_break_them(models_dir: Path) -> No
             stop.set()
             thread.join()
         assert outcomes["ok"] > 0
+
+
+def test_a_seed_in_params_counts_per_item_too(files: dict[str, Path]) -> None:
+    with llmrun.load(files["f32"], n_ctx=256, parallel=2, n_threads=1) as model:
+        params = llmrun.SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=40)
+        p = prompts(1, seed=13)[0]
+        assert model.generate_batch([p, p], params, max_tokens=10) == \
+            [model.generate(p, params, seed=40 + i, max_tokens=10) for i in range(2)]
