@@ -8,7 +8,7 @@ cache so that a request sharing a prefix with the previous one only computes the
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -29,11 +29,6 @@ DEFAULT_BATCH = 512
 
 # evaluate_all keeps the logits it returned (for a later call on a longer text) up to this size.
 MAX_KEPT_LOGITS_BYTES = 256 << 20
-
-
-class EvaluationCancelled(Exception):
-    """evaluate() stopped between two prompt batches because its `cancelled` callback said so. The KV cache
-    holds the batches computed before (they stay valid and are reused by the next call)."""
 
 
 def best_isa() -> str:
@@ -211,12 +206,9 @@ class Engine:
             return 0
         return keep if keep >= lib.llm_seq_resume_min(self._ctx, 0) else 0
 
-    def evaluate(self, tokens: Sequence[int], out: np.ndarray | None = None,
-                 cancelled: Callable[[], bool] | None = None) -> np.ndarray:
-        """Logits (vocab_size,) after the last of `tokens`, computing only what the cache lacks. They are
-        written into `out` (a float32 array of vocab_size that the caller owns and reuses) when given.
-        `cancelled` is asked before each batch of n_batch tokens (a long prompt takes several): when it
-        returns True, EvaluationCancelled is raised and the cache keeps the batches already computed."""
+    def evaluate(self, tokens: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+        """Logits (vocab_size,) after the last of `tokens` in sequence 0, computing only what the cache lacks. They
+        are written into `out` (a float32 array of vocab_size that the caller owns and reuses) when given."""
         tokens = tokens if type(tokens) is list else list(tokens)
         if out is None:
             out = np.empty(self.vocab_size, dtype=np.float32)
@@ -226,7 +218,7 @@ class Engine:
         with self._lock:
             keep = self._reusable_prefix(tokens)  # the last token always runs: we need its logits
             self.check_tokens(tokens, keep)
-            self._run(tokens, keep, out, all_logits=False, cancelled=cancelled)
+            self._run(tokens, keep, out, all_logits=False)
         return out
 
     def evaluate_all(self, tokens: Sequence[int]) -> np.ndarray:
@@ -264,10 +256,9 @@ class Engine:
                 raise InvalidArgumentError(f"token {t} at index {i} is outside the vocabulary [0, {self.vocab_size})",
                                            param="tokens")
 
-    def _run(self, tokens: list[int], start: int, logits: np.ndarray, all_logits: bool,
-             cancelled: Callable[[], bool] | None = None) -> None:
-        """Runs tokens[start:] at positions start.. in chunks; the cache then holds tokens[:end]. Before each
-        chunk, EvaluationCancelled where `cancelled()` says so (the cache then holds the chunks run)."""
+    def _run(self, tokens: list[int], start: int, logits: np.ndarray, all_logits: bool) -> None:
+        """Runs tokens[start:] at positions start.. of sequence 0 in chunks of n_batch; the cache then holds
+        tokens[:end]."""
         if not self._ctx:
             raise KernelError("the model has been closed")
         self._cached = self._cached[:start]
@@ -275,8 +266,6 @@ class Engine:
             self._rows = self._rows[:start]
         pos = start
         while pos < len(tokens):
-            if cancelled is not None and cancelled():
-                raise EvaluationCancelled(f"cancelled after {pos - start} of {len(tokens) - start} tokens")
             end = min(pos + self.n_batch, len(tokens))
             ids = np.asarray(tokens[pos:end], dtype=np.int32)
             if all_logits:
