@@ -80,11 +80,14 @@ class Model:
         self._spec = spec
         self._tokenizer = tokenizer
         self._tokenizer_problem = tokenizer_problem
-        # sequence 0: evaluate/logits; 1..parallel: the scheduler's slots; then embed's texts
+        # sequence 0: evaluate/logits; then the scheduler's slots, twice `parallel` of them (the idle ones keep
+        # finished generations' caches while the pool has room: a client's next request, a repeated system
+        # prompt); then embed's texts
+        slots = 2 * parallel
         self._engine = Engine(spec, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch,
-                              n_seq=1 + parallel + EMBED_TEXTS, n_kv=kv_size or n_ctx)
-        self._scheduler = Scheduler(self._engine, range(1, 1 + parallel))
-        self._embed_seqs = list(range(1 + parallel, 1 + parallel + EMBED_TEXTS))
+                              n_seq=1 + slots + EMBED_TEXTS, n_kv=kv_size or n_ctx)
+        self._scheduler = Scheduler(self._engine, range(1, 1 + slots), parallel)
+        self._embed_seqs = list(range(1 + slots, 1 + slots + EMBED_TEXTS))
         cfg = spec.config
         self.info = ModelInfo(
             path=str(spec.path), format=spec.format, dim=cfg.dim, hidden_dim=cfg.hidden_dim,

@@ -102,11 +102,15 @@ class _Job:
 
 
 class Scheduler:
-    """Runs the generations of one Engine in the sequences `seqs` (its slots)."""
+    """Runs the generations of one Engine, `parallel` at a time, in the sequences `seqs` (its slots; more slots
+    than `parallel` keep more finished generations' caches for later prompts that share them, in the pool's
+    free blocks)."""
 
-    def __init__(self, engine: Engine, seqs: Iterable[int], prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> None:
+    def __init__(self, engine: Engine, seqs: Iterable[int], parallel: int,
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> None:
         self.engine = engine
         self.slots = [_Slot(s) for s in seqs]
+        self.parallel = parallel
         self.prefill_chunk = prefill_chunk
         self._mutex = threading.Lock()  # guards the queue, the jobs' delivery and the flags below
         self._changed = threading.Condition(self._mutex)  # a step ended, or work arrived
@@ -211,7 +215,7 @@ class Scheduler:
     def stats(self) -> ServingStats:
         used, total = self.engine.kv_usage()
         t = self._totals
-        return ServingStats(parallel=len(self.slots), active=len(self._active), waiting=len(self._waiting),
+        return ServingStats(parallel=self.parallel, active=len(self._active), waiting=len(self._waiting),
                             kv_blocks_used=used, kv_blocks_total=total, kv_block_size=self.engine.block_size,
                             prompt_tokens=t["prompt"], computed_prompt_tokens=t["computed"],
                             generated_tokens=t["generated"], preempted=t["preempted"])
@@ -348,7 +352,7 @@ class Scheduler:
         if self._paused and self._active:
             return
         i = 0
-        while i < len(self._waiting) and any(s.job is None for s in self.slots):
+        while i < len(self._waiting) and len(self._active) < self.parallel:
             job = self._waiting[i]
             if job.slot is None and self._should_wait(job):
                 i += 1

@@ -357,3 +357,15 @@ def test_a_seed_in_params_counts_per_item_too(files: dict[str, Path]) -> None:
         p = prompts(1, seed=13)[0]
         assert model.generate_batch([p, p], params, max_tokens=10) == \
             [model.generate(p, params, seed=40 + i, max_tokens=10) for i in range(2)]
+
+
+def test_finished_caches_outlive_the_next_request(files: dict[str, Path]) -> None:
+    """One slot generating, but the caches of finished generations stay in idle sequences while the pool has
+    room: a client's prompt asked again after someone else's request is not computed again."""
+    with llmrun.load(files["f32"], n_ctx=256, parallel=1, n_threads=1) as model:
+        mine, other = prompts(2, seed=14)
+        model.generate(mine, max_tokens=4, temperature=0)
+        model.generate(other, max_tokens=4, temperature=0)
+        again = model.stream(mine, max_tokens=4, temperature=0)
+        again.text()
+        assert again.stats.reused_tokens == len(mine) - 1
