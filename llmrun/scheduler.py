@@ -382,12 +382,15 @@ class Scheduler:
         """Puts a job in a free slot, reusing the longest cached prefix of its tokens."""
         engine, need = self.engine, len(job.history) - 1  # the last token always runs: its logits are needed
         free = [s for s in self.slots if s.job is None]
+        stalest = min(free, key=lambda s: (len(s.tokens) > 0, s.last_used))  # an empty or the oldest cache
         own = max(free, key=lambda s: (_common(s.tokens, job.history), -s.last_used))
         reuse = min(_common(own.tokens, job.history), need)
+        if reuse < min(self.engine.block_size, need):  # a few shared tokens (a BOS) are not worth another's cache
+            own, reuse = stalest, min(_common(stalest.tokens, job.history), need)
         source = max(self.slots, key=lambda s: _common(self._cached(s), job.history))
         shared = min(_common(self._cached(source), job.history), need)
         if shared > reuse and source is not own:  # another sequence holds more: share its blocks
-            slot = min(free, key=lambda s: (len(s.tokens) > 0, s.last_used))  # an empty or the stalest cache
+            slot = stalest
         else:
             slot, source = own, None
         try:
