@@ -220,6 +220,7 @@ class Generation(Iterator[str]):
         self._cancel.set()
         if self.finish_reason is None:
             self.finish_reason = "cancelled"
+        self._scheduler.reclaim()  # its slot and KV blocks are free now, not at the next step
 
     def logprobs_content(self) -> list[dict[str, Any]]:
         """`token_logprobs` in the shape of OpenAI's chat logprobs "content": [{"token", "logprob", "bytes",

@@ -501,11 +501,13 @@ class Model:
 
     def _with_room(self, call: Callable[[], T]) -> T:
         """call() (a scoring call of the engine); if the KV pool is full, once more after the caches that finished
-        generations left in it are dropped. KVCacheFullError if running generations hold what it needs."""
+        generations and earlier scoring calls left in it are dropped. KVCacheFullError if running generations
+        hold what it needs."""
         try:
             return call()
         except KVCacheFullError:
             self._scheduler.drop_caches()
+            self._engine.reset()
             return call()
 
     def _check_fits(self, n_tokens: int, what: str) -> None:

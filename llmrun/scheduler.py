@@ -213,6 +213,7 @@ class Scheduler:
     # --- state ----------------------------------------------------------------------------------------------
 
     def stats(self) -> ServingStats:
+        self.reclaim()
         used, total = self.engine.kv_usage()
         t = self._totals
         return ServingStats(parallel=self.parallel, active=len(self._active), waiting=len(self._waiting),
@@ -220,8 +221,17 @@ class Scheduler:
                             prompt_tokens=t["prompt"], computed_prompt_tokens=t["computed"],
                             generated_tokens=t["generated"], preempted=t["preempted"])
 
+    def reclaim(self) -> None:
+        """Frees the slots and queue places of generations cancelled, closed or dropped since the last step, now
+        (when no step is running: the next step would do it otherwise, but nothing may step for a while)."""
+        with self._mutex:
+            if not self._stepping:
+                self._drop_cancelled()
+                self._changed.notify_all()
+
     def drop_caches(self) -> None:
         """Forgets what the idle slots hold (Model.reset): the next generations compute every token."""
+        self.reclaim()
         with self._mutex:
             for slot in self.slots:
                 if slot.job is None and slot.tokens:

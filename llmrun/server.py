@@ -198,6 +198,7 @@ class _Request:
     jobs: list[_Job] = field(default_factory=list)
     first_piece: float | None = None  # when the first piece of any choice arrived (time to first token)
     outcome: str = "cancelled"  # a stream's, until it has sent everything
+    handed_over: bool = False  # a streaming response began: it counts the request itself when it ends
     ended: bool = False
 
     def cancel(self) -> None:
@@ -594,7 +595,6 @@ class ModelServer:
             req.max_tokens = min(req.max_tokens, self.model.info.n_ctx)  # the context ends it anyway
         self._admit()
         state = _Request(endpoint=endpoint, streaming=req.stream)
-        handed_over = False
         try:
             state.jobs = await self._in_thread(self._start, req)  # tokenizing can take a while
             # The first hop of each choice (the prompt and its first piece) happens before answering: its errors
@@ -610,13 +610,13 @@ class ModelServer:
                 send.close()  # the stream of messages ends when the last producer's clone closes
                 response = _SlotStream(self._events(state, firsts, receive), producers,
                                        on_close=partial(self._finish, state), on_disconnect=state.cancel)
-                handed_over = True
+                state.handed_over = True
                 return response
             texts = await _unless_disconnected(request.receive, partial(self._collect_all, state, firsts),
                                                on_disconnect=state.cancel)
             return JSONResponse(state.response(texts))
         finally:
-            if not handed_over:
+            if not state.handed_over:
                 self._finish(state)
 
     def _start(self, req: GenerationRequest) -> list[_Job]:
@@ -683,7 +683,7 @@ class ModelServer:
         if state.jobs:
             self.metrics.prompt_tokens.inc(len(state.jobs[0].gen.prompt))
             self.metrics.generated_tokens.inc(sum(len(job.gen.tokens) for job in state.jobs))
-        if state.streaming:  # a non-streaming request is counted by _measured
+        if state.handed_over:  # a stream that began counts itself; anything else is counted by _measured
             self.metrics.request_done(state.endpoint, state.outcome, state.started)
 
     def _release(self, job: _Job) -> None:

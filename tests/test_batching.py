@@ -369,3 +369,16 @@ def test_finished_caches_outlive_the_next_request(files: dict[str, Path]) -> Non
         again = model.stream(mine, max_tokens=4, temperature=0)
         again.text()
         assert again.stats.reused_tokens == len(mine) - 1
+
+
+def test_a_closed_generation_frees_its_room_at_once(files: dict[str, Path]) -> None:
+    """Closing a generation (no background thread, nothing else stepping) frees its slot and KV blocks at once:
+    scoring calls on a pool it filled work right away."""
+    with llmrun.load(files["f32"], n_ctx=64, parallel=1, n_threads=1) as model:
+        gen = model.stream([1] + list(range(3, 53)), temperature=0, max_tokens=10)
+        next(gen)
+        gen.close()
+        assert model.serving_stats().active == 0
+        ids = [1] + list(range(10, 50))
+        assert model.logits(ids).shape == (len(ids), VOCAB)
+        assert model.embed([ids]).shape == (1, 64)

@@ -279,6 +279,13 @@ def test_health_and_metrics_need_no_key_but_the_api_does(model: llmrun.Model) ->
         assert r.status_code == 401
         after = metrics(running.url)
         assert after[("llmrun_requests_total", (("endpoint", "completions"), ("outcome", "client_error")))] == 1
+        # a streaming request refused before its stream began is counted once, as the client's error
+        r = running.post("/v1/completions", {"prompt": "Tom " * 2000, "max_tokens": 2, "stream": True}, key=KEY)
+        assert r.status_code == 400
+        again = metrics(running.url)
+        assert {k: v - after.get(k, 0.0) for k, v in again.items() if k[0] == "llmrun_requests_total"
+                and v != after.get(k, 0.0)} == {("llmrun_requests_total", (("endpoint", "completions"),
+                                                                           ("outcome", "client_error"))): 1.0}
 
 
 def test_the_server_starts_and_stops_the_models_batching(model: llmrun.Model, monkeypatch: pytest.MonkeyPatch
