@@ -15,21 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
+from machine import cpu_name  # benchmarks/machine.py: this script's folder
 
 
 def bench_once(tree: Path, model: Path, threads: int, prompt: int, gen: int, reps: int) -> dict[str, list[float]]:

@@ -74,7 +74,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))  # llmrun from the source tree
 sys.path.insert(0, str(ROOT / "tests"))  # builders (for models.py)
-sys.path.insert(0, str(BENCH_DIR))  # gguf_models, models
+sys.path.insert(0, str(BENCH_DIR))  # gguf_models, models, machine
+
+from machine import cpu_name  # noqa: E402
 
 LLAMACPP, LLMRUN, LLMRUN_B1, LLAMA2C = "llama.cpp", "llmrun", "llmrun-b1", "llama2.c"
 TOOLS = (LLAMACPP, LLMRUN)  # for --tools; llmrun-b1 and llama2.c come with --token-by-token / --llama2c
@@ -468,14 +470,6 @@ def print_table(rows: list[list[str]], header: list[str]) -> None:
     for row in rows:
         print("| " + " | ".join(row) + " |")
     print()
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "?"
 
 
 # --------------------------------------------------------------------------------------------------

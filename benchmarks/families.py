@@ -36,6 +36,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_name  # benchmarks/machine.py: this script's folder
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "data" / "hf"
@@ -189,13 +190,6 @@ def run_llama_bench(binary: str, model: Path, threads: int, p: int, n: int, reps
         test = f"pp{d['n_prompt']}" if d["n_gen"] == 0 else f"tg{d['n_gen']}"
         out[test] = d["avg_ts"]
     return out
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "?"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,12 +20,13 @@ and explicit ISA flags (`-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F
 from __future__ import annotations
 
 import argparse
-import platform
 import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from machine import cpu_name  # benchmarks/machine.py: this script's folder
 
 import llmrun
 
@@ -96,16 +97,6 @@ def run(cmd: list[str]) -> str:
     if r.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-2000:]}")
     return r.stdout + r.stderr
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

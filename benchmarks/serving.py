@@ -40,7 +40,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -55,7 +54,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))  # llmrun from the source tree
-sys.path.insert(0, str(BENCH_DIR))  # gguf_models
+sys.path.insert(0, str(BENCH_DIR))  # gguf_models, machine
+
+from machine import cpu_name  # noqa: E402
 
 from llmrun.loadtest import (  # noqa: E402
     DEFAULT_PROMPT_WORDS,
@@ -90,14 +91,6 @@ class Server:
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "?"
 
 
 def git_commit() -> str:
