@@ -610,11 +610,10 @@ def run_serving_bench(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def serving_locally(args: argparse.Namespace, parallel: int) -> Iterator[tuple[str, str]]:
     """MODEL loaded as the options say and served by llmrun's server in this process (llmrun.loadtest.
-    local_server); yields (base URL, model name). The model generates `parallel` sequences together, with KV room
+    serving_in_thread); yields (base URL, model name). The model generates `parallel` sequences together, with KV room
     for all of them at once (no preemption): each one's prompt (at most ~4 tokens a word) and tokens, in whole
     blocks of 32."""
-    from .loadtest import local_server
-    from .server import ServerConfig
+    from .server import ServerConfig, create_app, serving_in_thread
 
     need = -(-(4 * DEFAULT_PROMPT_WORDS[1] + 16 + args.max_tokens) // 32) * 32
     n_ctx = args.ctx_size or need
@@ -623,7 +622,8 @@ def serving_locally(args: argparse.Namespace, parallel: int) -> Iterator[tuple[s
               parallel=parallel, kv_size=max(parallel * need, n_ctx)) as model:
         require_tokenizer(model)
         name = model_name(args.model or DEMO_NAME)
-        with local_server(model, ServerConfig(model_name=name, parallel=parallel)) as url:
+        with serving_in_thread(create_app(model, ServerConfig(model_name=name, parallel=parallel)),
+                               log_level="warning") as url:
             yield url, name
 
 

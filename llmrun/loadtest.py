@@ -21,13 +21,12 @@ Measured:
 Completion tokens are counted from the usage chunk where the server sends one, else as the number of chunks
 that carried text (one token per chunk for llama-server; `count_source` says which was used).
 
-Standard library only (http.client and threads), so that it runs against any server from any environment;
-`local_server` (a model served in this process, for `llmrun bench --concurrency`) needs the server extra.
+Standard library only (http.client and threads), so that it runs against any server from any environment (a
+model served in this process, for `llmrun bench --concurrency`: llmrun.server.serving_in_thread).
 """
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import math
@@ -37,14 +36,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import InvalidArgumentError
-
-if TYPE_CHECKING:
-    from .model import Model
-    from .server import ServerConfig
 
 USAGE, CHUNKS, MIXED = "usage", "chunks", "mixed"  # where a run's completion-token counts came from
 DEFAULT_PROMPT_WORDS = (8, 64)
@@ -433,30 +428,3 @@ def wait_until_healthy(url: str, timeout_s: float, alive: Callable[[], bool] | N
             conn.close()
         time.sleep(0.1)
     raise TimeoutError(f"the server at {url} did not answer /health within {timeout_s:.0f} s")
-
-
-@contextlib.contextmanager
-def local_server(model: Model, config: ServerConfig, host: str = "127.0.0.1") -> Iterator[str]:
-    """`model` served by llmrun's server (llmrun.server.create_app, uvicorn in a thread, its lifespan run as
-    `llmrun serve` runs it) on a free port of `host`; yields the base URL. Needs the server extra."""
-    import uvicorn
-
-    from .server import create_app
-
-    sock = socket.socket()
-    sock.bind((host, 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(model, config), log_config=None, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="llmrun-bench-server",
-                              daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started and thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if not server.started:
-            raise ConnectionError("the in-process server did not start")
-        yield f"http://{host}:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()

@@ -28,6 +28,8 @@ import contextlib
 import hmac
 import json
 import logging
+import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -801,6 +803,31 @@ def create_app(model: Model, config: ServerConfig) -> Starlette:
     """The ASGI application serving `model` (for uvicorn or any ASGI server; run its lifespan, which starts the
     model's batching thread)."""
     return ModelServer(model, config).app
+
+
+@contextlib.contextmanager
+def serving_in_thread(app: Starlette, host: str = "127.0.0.1", log_level: str | None = None) -> Iterator[str]:
+    """`app` served by uvicorn in a thread of this process on a free port of `host` (its lifespan run as `llmrun
+    serve` runs it), for `llmrun bench --concurrency` and the tests; yields the base URL. log_level: uvicorn's,
+    None to leave its loggers as they are. ConnectionError if the server does not start."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind((host, 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level=log_level, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="llmrun-server", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not server.started:
+            raise ConnectionError("the in-process server did not start")
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
 
 
 def serve(model: Model, config: ServerConfig, host: str = "127.0.0.1", port: int = 8080,

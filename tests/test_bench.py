@@ -19,7 +19,7 @@ import llmrun
 import llmrun.loadtest
 from llmrun.bench import perplexity, run_bench
 from llmrun.cli import build_parser
-from llmrun.loadtest import CHUNKS, USAGE, WARMUP_PROMPT, LoadConfig, client_prompts, local_server, percentile, run_load
+from llmrun.loadtest import CHUNKS, USAGE, WARMUP_PROMPT, LoadConfig, client_prompts, percentile, run_load
 
 TEXT = (Path(__file__).parent / "data" / "stories.txt").read_text()
 
@@ -263,10 +263,10 @@ def test_load_generator_counts_errors(fake_server: str, monkeypatch: pytest.Monk
 
 def test_load_generator_against_llmrun_serve(models_dir: Path) -> None:
     pytest.importorskip("uvicorn")
-    from llmrun.server import ServerConfig
+    from llmrun.server import ServerConfig, create_app, serving_in_thread
 
     with llmrun.load(models_dir / "stories260K.bin", tokenizer=models_dir / "tok512.bin", n_threads=1) as model:
-        with local_server(model, ServerConfig(model_name="stories")) as url:
+        with serving_in_thread(create_app(model, ServerConfig(model_name="stories")), log_level="warning") as url:
             for c in (1, 2):
                 result = run_load(LoadConfig(url, concurrency=c, requests_per_client=2, max_tokens=8))
                 assert len(result.requests) == 2 * c and result.errors == 0, result.error_messages

@@ -13,7 +13,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +36,7 @@ import llmrun.server  # noqa: E402
 from builders import make_config, random_tensors  # noqa: E402
 from commands import LLMRUN  # noqa: E402
 from llmrun import template_sandbox  # noqa: E402
-from llmrun.server import ModelServer, ServerConfig  # noqa: E402
+from llmrun.server import ModelServer, ServerConfig, serving_in_thread  # noqa: E402
 
 KEY = "test-key-0123"
 NAME = "stories"
@@ -65,23 +64,11 @@ class Running:
 
 @contextlib.contextmanager
 def serving(model: llmrun.Model, config: ServerConfig) -> Iterator[Running]:
-    """`model` served on a free loopback port by uvicorn in a thread; its log records reach pytest's caplog."""
+    """`model` served on a free loopback port by uvicorn in a thread (llmrun.server.serving_in_thread); its log
+    records reach pytest's caplog."""
     app_server = ModelServer(model, config)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app_server.app, log_config=None, lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started, "the server did not start"
-    try:
-        yield Running(f"http://127.0.0.1:{sock.getsockname()[1]}", app_server, model)
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    with serving_in_thread(app_server.app) as url:
+        yield Running(url, app_server, model)
 
 
 @pytest.fixture(scope="module")
