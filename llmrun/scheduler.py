@@ -83,7 +83,6 @@ class _Job:
         self.history = list(gen.prompt)
         self.computed = 0  # history[:computed] is in the slot's cache
         self.slot: _Slot | None = None
-        self.order = 0  # admission order (preemption takes the latest)
         self.counted = False  # its prompt is in the totals
 
     @property
@@ -121,7 +120,6 @@ class Scheduler:
         self._background: threading.Thread | None = None
         self._stop = False
         self._steps = 0
-        self._admitted = 0
         self._totals = {"prompt": 0, "computed": 0, "generated": 0, "preempted": 0}
 
     # --- what generations call -------------------------------------------------------------------------------
@@ -417,8 +415,6 @@ class Scheduler:
             raise
         slot.job, slot.tokens = job, []
         job.slot, job.computed = slot, keep
-        self._admitted += 1
-        job.order = self._admitted
         self._active.append(job)
         if not job.counted:
             job.counted = True
@@ -441,7 +437,7 @@ class Scheduler:
             return True
         if len(self._active) < 2:
             return False
-        job = max(self._active, key=lambda j: j.order)
+        job = self._active[-1]  # the latest admitted: admission appends, release removes in place
         assert job.slot is not None
         self.engine.seq_keep(job.slot.seq, 0)
         job.computed = 0
