@@ -85,7 +85,7 @@ class Model:
         # prompt); then embed's texts
         slots = 2 * parallel
         self._engine = Engine(spec, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch,
-                              n_seq=1 + slots + EMBED_TEXTS, n_kv=kv_size or n_ctx)
+                              n_seq=_sequences(parallel), n_kv=kv_size or n_ctx)
         self._scheduler = Scheduler(self._engine, range(1, 1 + slots), parallel)
         self._embed_seqs = list(range(1 + slots, 1 + slots + EMBED_TEXTS))
         cfg = spec.config
@@ -595,7 +595,7 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
         n_ctx = min(spec.max_context, DEFAULT_MAX_CTX)
     if kv_size is not None:
         _check_int("kv_size", kv_size, n_ctx, 1 << 30)
-    _check_context(spec, n_ctx, n_batch, n_threads, kv_size or n_ctx)
+    _check_context(spec, n_ctx, n_batch, n_threads, kv_size or n_ctx, _sequences(parallel))
     tok, problem = resolve_tokenizer(spec, tokenizer)
     return Model(spec, tok, n_ctx=n_ctx, n_threads=n_threads, tokenizer_problem=problem, n_batch=n_batch,
                  chat_format=chat_format, parallel=parallel, kv_size=kv_size)
@@ -687,11 +687,16 @@ def _sampling(params: SamplingParams | None, overrides: dict[str, Any]) -> Sampl
     return (params or DEFAULT_SAMPLING).with_overrides(**overrides)
 
 
-def _check_context(spec: ModelSpec, n_ctx: int, n_batch: int, n_threads: int, kv_size: int) -> None:
+def _sequences(parallel: int) -> int:
+    """The sequences a Model's context holds: 0 for scoring calls, 2 x parallel scheduler slots, embed's texts."""
+    return 1 + 2 * parallel + EMBED_TEXTS
+
+
+def _check_context(spec: ModelSpec, n_ctx: int, n_batch: int, n_threads: int, kv_size: int, n_seq: int) -> None:
     """Refuses an n_ctx (or kv_size) whose KV cache would not fit in physical memory, before anything is
     allocated, saying which n_ctx would do."""
     memory = physical_memory()
-    needed = context_bytes(spec.config, n_ctx, n_batch, n_threads, n_kv=kv_size)
+    needed = context_bytes(spec.config, n_ctx, n_batch, n_threads, n_seq=n_seq, n_kv=kv_size)
     if memory is None or needed is None or needed <= memory:
         return
     if kv_size > n_ctx:
@@ -701,7 +706,7 @@ def _check_context(spec: ModelSpec, n_ctx: int, n_batch: int, n_threads: int, kv
     low, high = 0, n_ctx  # the largest n_ctx that fits, by bisection (the size grows with n_ctx)
     while low < high:
         mid = (low + high + 1) // 2
-        fits = context_bytes(spec.config, mid, n_batch, n_threads)
+        fits = context_bytes(spec.config, mid, n_batch, n_threads, n_seq=n_seq)
         low, high = (mid, high) if fits is not None and fits <= memory else (low, mid - 1)
     raise InvalidArgumentError(
         f"n_ctx = {n_ctx} needs {needed / 2**30:.1f} GiB for the KV cache and buffers of {spec.path}, more than "
