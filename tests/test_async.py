@@ -229,7 +229,6 @@ def test_heartbeat_stays_on_time_during_generation(slow: llmrun.Model, monkeypat
     print(f"heartbeat: {len(gaps)} beats of 10 ms over {elapsed * 1000:.0f} ms of generation (prefill "
           f"{s.prefill_seconds * 1000:.0f} ms, 300 tokens {s.decode_seconds * 1000:.0f} ms; a step <= "
           f"{step * 1000:.1f} ms): max gap {worst * 1000:.1f} ms, mean {sum(gaps) / len(gaps) * 1000:.1f} ms")
-    assert elapsed > 0.2  # the generation took many beats
     assert forward_threads and threading.get_ident() not in forward_threads, "a forward pass ran on the loop"
 
 
