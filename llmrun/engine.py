@@ -196,7 +196,7 @@ class Engine:
             return self._reusable_prefix(tokens)
 
     def _reusable_prefix(self, tokens: list[int]) -> int:
-        return self._resumable(min(_common_prefix(self._cached, tokens), len(tokens) - 1))
+        return self._resumable(min(common_prefix(self._cached, tokens), len(tokens) - 1))
 
     def _resumable(self, keep: int) -> int:
         """`keep` cached tokens, or 0 where the sliding-window layers no longer hold the keys that the positions
@@ -230,7 +230,7 @@ class Engine:
         with self._lock:
             keep = 0
             if self._rows is not None:
-                keep = min(_common_prefix(self._cached, tokens), len(self._rows))
+                keep = min(common_prefix(self._cached, tokens), len(self._rows))
                 if keep < len(tokens):  # the rest is computed from position keep on
                     keep = self._resumable(keep)
                 out[:keep] = self._rows[:keep]
@@ -493,12 +493,17 @@ def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    """Length of the longest common prefix of two token lists."""
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token lists: C-speed slice comparisons (the usual case, a cache
+    holding the request so far, is one), by bisection where they differ."""
     n = min(len(a), len(b))
-    if a[:n] == b[:n]:  # the usual case (the cache holds the request so far): one C-speed comparison
+    if a[:n] == b[:n]:
         return n
-    i = 0
-    while a[i] == b[i]:
-        i += 1
-    return i
+    low, high = 0, n  # a[:low] == b[:low], a[:high] != b[:high]
+    while high - low > 1:
+        mid = (low + high) // 2
+        if a[:mid] == b[:mid]:
+            low = mid
+        else:
+            high = mid
+    return low

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .engine import Engine
+from .engine import Engine, common_prefix
 from .errors import KernelError, KVCacheFullError, LLMError
 
 if TYPE_CHECKING:
@@ -374,10 +374,10 @@ class Scheduler:
         holds now, by a block or by all the job needs: then this job waits a step or two and copies it (n > 1
         choices, the same long prompt twice). A few shared tokens (a BOS) are not worth the wait."""
         need = len(job.history) - 1
-        have = max((_common(self._cached(s), job.history) for s in self.slots), default=0)
+        have = max((common_prefix(self._cached(s), job.history) for s in self.slots), default=0)
         for other in self._active:
             if other.remaining > 1:
-                gain = min(_common(other.history, job.history), need) - have
+                gain = min(common_prefix(other.history, job.history), need) - have
                 if gain > 0 and gain >= min(self.engine.block_size, need - have):
                     return True
         return False
@@ -391,12 +391,12 @@ class Scheduler:
         engine, need = self.engine, len(job.history) - 1  # the last token always runs: its logits are needed
         free = [s for s in self.slots if s.job is None]
         stalest = min(free, key=lambda s: (len(s.tokens) > 0, s.last_used))  # an empty or the oldest cache
-        own = max(free, key=lambda s: (_common(s.tokens, job.history), -s.last_used))
-        reuse = min(_common(own.tokens, job.history), need)
+        own = max(free, key=lambda s: (common_prefix(s.tokens, job.history), -s.last_used))
+        reuse = min(common_prefix(own.tokens, job.history), need)
         if reuse < min(self.engine.block_size, need):  # a few shared tokens (a BOS) are not worth another's cache
-            own, reuse = stalest, min(_common(stalest.tokens, job.history), need)
-        source = max(self.slots, key=lambda s: _common(self._cached(s), job.history))
-        shared = min(_common(self._cached(source), job.history), need)
+            own, reuse = stalest, min(common_prefix(stalest.tokens, job.history), need)
+        source = max(self.slots, key=lambda s: common_prefix(self._cached(s), job.history))
+        shared = min(common_prefix(self._cached(source), job.history), need)
         if shared > reuse and source is not own:  # another sequence holds more: share its blocks
             slot = stalest
         else:
@@ -463,21 +463,6 @@ class Scheduler:
                     gen._error = error
                     gen._end("error")
             self._changed.notify_all()
-
-
-def _common(a: list[int], b: list[int]) -> int:
-    """Length of the longest common prefix of two token lists: C-speed slice comparisons, by bisection."""
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    low, high = 0, n  # a[:low] == b[:low], a[:high] != b[:high]
-    while high - low > 1:
-        mid = (low + high) // 2
-        if a[:mid] == b[:mid]:
-            low = mid
-        else:
-            high = mid
-    return low
 
 
 __all__ = ["DEFAULT_PREFILL_CHUNK", "Scheduler", "ServingStats"]

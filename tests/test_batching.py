@@ -382,3 +382,14 @@ def test_a_closed_generation_frees_its_room_at_once(files: dict[str, Path]) -> N
         ids = [1] + list(range(10, 50))
         assert model.logits(ids).shape == (len(ids), VOCAB)
         assert model.embed([ids]).shape == (1, 64)
+
+
+def test_common_prefix_is_the_naive_one() -> None:
+    from llmrun.engine import common_prefix
+
+    rng = np.random.default_rng(15)
+    for _ in range(500):
+        a = rng.integers(0, 3, size=int(rng.integers(0, 40))).tolist()
+        b = a[:int(rng.integers(0, len(a) + 1))] + rng.integers(0, 3, size=int(rng.integers(0, 40))).tolist()
+        naive = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        assert common_prefix(a, b) == common_prefix(b, a) == naive
