@@ -391,5 +391,5 @@ def test_common_prefix_is_the_naive_one() -> None:
     for _ in range(500):
         a = rng.integers(0, 3, size=int(rng.integers(0, 40))).tolist()
         b = a[:int(rng.integers(0, len(a) + 1))] + rng.integers(0, 3, size=int(rng.integers(0, 40))).tolist()
-        naive = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        naive = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
         assert common_prefix(a, b) == common_prefix(b, a) == naive
