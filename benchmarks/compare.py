@@ -37,6 +37,10 @@ of every round (the machine may be shared): a small C program, compiled on the f
 `gcc -O3 -march=native`, sums a 1 GiB buffer of uint64 words (pages touched beforehand) split across t
 pthreads, --bw-reps passes; without gcc, numpy sums it from t Python threads (numpy releases the GIL).
 
+--isa NAME runs llmrun with LLMRUN_ISA=NAME (its kernels of that level: what a CPU without the best level gets);
+--llama-cpp-python DIR imports llama_cpp from DIR (another build, say AVX2 only, for the same comparison on
+llama.cpp's side). A last table shows each tool's load time and resident memory after loading.
+
 --llama2c PATH adds llama2.c (karpathy's run.c, e.g. its `runomp` build) against llmrun on a
 random-weight stories15M-shape model in llama2.c's format (benchmarks/models.py; its greedy output never
 ends early), f32, with the Llama 2 tokenizer.bin: run.c generates --llama2c-steps tokens greedily from
@@ -209,6 +213,20 @@ def run_tests(runner: LlamaCppRunner | LlmrunRunner, job: dict) -> dict[str, Res
     return out
 
 
+def resident_mb() -> dict[str, float]:
+    """This process's resident memory now (MB, from /proc/self/status): all of it, its anonymous part (what the
+    process allocated: repacked weights, caches) and its file-backed part (the model file's mapped pages)."""
+    out: dict[str, float] = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                out[key] = int(value.split()[0]) / 1024
+    except OSError:  # not Linux
+        pass
+    return out
+
+
 def worker_main() -> int:
     job = json.loads(sys.stdin.read())
     try:
@@ -216,17 +234,19 @@ def worker_main() -> int:
         cls = LlamaCppRunner if job["tool"] == LLAMACPP else LlmrunRunner
         runner = cls(job["model"], job["threads"], job["n_ctx"], job["batch"])
         load_s = time.perf_counter() - t0
-        r: Result = dict(ok=True, load_s=load_s, info=runner.info, tests=run_tests(runner, job))
+        rss = resident_mb()
+        r: Result = dict(ok=True, load_s=load_s, rss_mb=rss, info=runner.info, tests=run_tests(runner, job))
     except Exception as e:
         r = dict(ok=False, error=f"{type(e).__name__}: {e}")
     print("RESULT " + json.dumps(r), flush=True)
     return 0
 
 
-def run_worker(job: dict, timeout: float) -> Result:
+def run_worker(job: dict, timeout: float, env: dict[str, str] | None = None) -> Result:
+    """Runs one job in a fresh subprocess (with `env`'s variables added to the environment)."""
     try:
         p = subprocess.run([sys.executable, __file__, "--worker"], input=json.dumps(job), capture_output=True,
-                           text=True, timeout=timeout, cwd=ROOT)
+                           text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
     except subprocess.TimeoutExpired:
         return dict(ok=False, error=f"timed out after {timeout:g} s")
     for line in p.stdout.splitlines():
@@ -494,6 +514,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=512, help="n_batch (and llama.cpp's n_ubatch)")
     ap.add_argument("--token-by-token", action="store_true",
                     help="also llmrun with n_batch=1 (llmrun-b1) on the pp tests")
+    ap.add_argument("--isa", help="force llmrun's kernels (LLMRUN_ISA): avx2, scalar ...; default: the best")
+    ap.add_argument("--llama-cpp-python", type=Path, metavar="DIR",
+                    help="a folder holding another build of the llama_cpp package (e.g. AVX2 only) to measure")
     ap.add_argument("--n-ctx", type=int, default=0, help="KV cache size; 0: max(512, what the tests need)")
     ap.add_argument("--seed", type=int, default=0, help="random weights' seed (--shapes)")
     ap.add_argument("--ids-seed", type=int, default=0, help="random prompt ids' seed")
@@ -615,7 +638,7 @@ class Comparison:
         if tool == LLAMA2C:
             r = run_llama2c(a.llama2c, self.l2c_model, a.llama2c_tokenizer, a.llama2c_steps, th, a.reps, a.timeout)
         else:
-            r = run_worker(self.jobs[key], a.timeout)
+            r = run_worker(self.jobs[key], a.timeout, self.worker_env(tool))
         self.results.setdefault(key, []).append(r)
         name = f"{LLAMA2C_SHAPE} .bin" if what == "llama2c" else f"{self.models[what].label} {self.models[what].type}"
         prefix = f"round {rnd + 1}/{a.rounds} {name} t={th} {tool}:"
@@ -626,6 +649,16 @@ class Comparison:
         parts = [f"{n} {statistics.median(t['tps']):.2f}" if t["ok"] else f"{n} FAILED {t['error']}"
                  for n, t in r["tests"].items()]
         log(f"{prefix} " + ", ".join(parts) + " tok/s")
+
+    def worker_env(self, tool: str) -> dict[str, str]:
+        """--isa forces llmrun's kernels (LLMRUN_ISA); --llama-cpp-python puts another build of llama_cpp first on
+        llama.cpp's import path (say one built for AVX2 only, to compare the AVX2 levels of both)."""
+        a = self.args
+        if tool in (LLMRUN, LLMRUN_B1) and a.isa:
+            return {"LLMRUN_ISA": a.isa}
+        if tool == LLAMACPP and a.llama_cpp_python:
+            return {"PYTHONPATH": os.pathsep.join([str(a.llama_cpp_python), os.environ.get("PYTHONPATH", "")])}
+        return {}
 
     def run(self) -> None:
         a = self.args
@@ -693,6 +726,8 @@ class Comparison:
                   + ("greedy ids agree: common prefix of the two tools' greedy ids (an f16 KV cache and quantized "
                      "activations in llama.cpp make them diverge eventually on random weights)." if cmp else "")
                   + "\n")
+        if self.models:
+            self.print_loading()
         if a.llama2c:
             self.print_llama2c(raw)
         if a.json:
@@ -738,6 +773,23 @@ class Comparison:
                 raw.append(dict(test=test.name, model=m.label, type=m.type, file=str(m.path), threads=th, tool=t,
                                 weight_bytes_per_token=wb, tps=cells[t].tps, error=cells[t].error))
         print_table(rows, header)
+
+    def print_loading(self) -> None:
+        """Load time and resident memory after loading (median over rounds) of each tool and model: what
+        repacking the weights at load time costs (anonymous memory instead of the file's shared pages)."""
+        print("### loading (seconds to load, resident MB after loading: all / anonymous / file-backed)\n")
+        rows = []
+        for key, th in self.configs:
+            m = self.models[key]
+            for tool in (t for t in self.tools if t != LLMRUN_B1):
+                rs = [r for r in self.results.get((key, th, tool), []) if r.get("ok")]
+                if not rs:
+                    continue
+                mem = [r.get("rss_mb", {}) for r in rs]
+                mb = ["/".join(f"{statistics.median(x.get(k, 0.0) for x in mem):.0f}" for k in
+                               ("VmRSS", "RssAnon", "RssFile"))]
+                rows.append([m.label, m.type, str(th), tool, f"{statistics.median(r['load_s'] for r in rs):.2f}"] + mb)
+        print_table(rows, ["model", "type", "threads", "tool", "load s", "RSS MB all/anon/file"])
 
     def print_llama2c(self, raw: list[dict]) -> None:
         test = self.l2c_test.name

@@ -7,6 +7,7 @@ cache so that a request sharing a prefix with the previous one only computes the
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 
@@ -39,6 +40,24 @@ def best_isa() -> str:
 def available_isas() -> list[str]:
     """Every instruction set this CPU can run the kernels with, the portable reference first."""
     return [name for name, code in ISA_NAMES.items() if lib.llm_isa_supported(code)]
+
+
+def _isa_code(isa: str | None) -> int:
+    """The C library's code of instruction set `isa`; None: the LLMRUN_ISA environment variable if set (to measure
+    on one machine what a CPU without the best level gets: LLMRUN_ISA=avx2, =scalar), else the best this CPU has."""
+    where = "isa"
+    if isa is None:
+        isa = os.environ.get("LLMRUN_ISA") or None
+        where = "the LLMRUN_ISA environment variable"
+    if isa is None:
+        return lib.LLM_ISA_AUTO
+    code = ISA_NAMES.get(isa)
+    if code is None:
+        raise InvalidArgumentError(f"{where} must be one of {sorted(ISA_NAMES)}, got {isa!r}", param="isa")
+    if not lib.llm_isa_supported(code):
+        raise InvalidArgumentError(f"{where} asks for {isa!r} kernels, which this CPU or build cannot run "
+                                   f"(available: {', '.join(available_isas())})", param="isa")
+    return code
 
 
 def _c_config(cfg: ModelConfig, where: object) -> tuple[object, list[object]]:
@@ -151,9 +170,7 @@ class Engine:
             self._fill(weights.output, spec.output)
         weights.layers = layers
 
-        isa_code = lib.LLM_ISA_AUTO if isa is None else ISA_NAMES.get(isa)
-        if isa_code is None:
-            raise InvalidArgumentError(f"isa must be one of {sorted(ISA_NAMES)} or None, got {isa!r}", param="isa")
+        isa_code = _isa_code(isa)
         err = ffi.new("char[]", 512)
         out = ffi.new("llm_ctx **")
         params = _c_params(n_ctx, n_batch, n_threads, isa_code, n_seq, n_kv)

@@ -505,6 +505,28 @@ def test_isa_support_is_asked_not_ordered(monkeypatch: pytest.MonkeyPatch) -> No
     assert llmrun.engine.available_isas() == ["scalar", "avx512vnni"]
 
 
+def test_llmrun_isa_environment_forces_a_level(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LLMRUN_ISA picks the kernels of every model loaded without an explicit isa (to measure on one machine what an
+    older CPU gets); a name the library does not know, or a level this CPU lacks, is an error that names it."""
+    path = models_dir / "stories260K-f32.gguf"
+    monkeypatch.setenv("LLMRUN_ISA", "scalar")
+    with llmrun.load(path, n_ctx=64, parallel=1) as m:
+        assert m.info.isa == "scalar"
+        assert m.generate("Once", max_tokens=4, temperature=0)
+    monkeypatch.delenv("LLMRUN_ISA")
+    with llmrun.load(path, n_ctx=64, parallel=1) as m:
+        assert m.info.isa == best_isa()
+    monkeypatch.setenv("LLMRUN_ISA", "avx9000")
+    with pytest.raises(llmrun.InvalidArgumentError, match="LLMRUN_ISA.*avx9000") as e:
+        llmrun.load(path, n_ctx=64, parallel=1)
+    assert e.value.param == "isa"
+    missing = [name for name in llmrun.engine.ISA_NAMES if name not in llmrun.engine.available_isas()]
+    for name in missing:  # a level this machine cannot run (none on an AVX-512 machine)
+        monkeypatch.setenv("LLMRUN_ISA", name)
+        with pytest.raises(llmrun.InvalidArgumentError, match=f"LLMRUN_ISA asks for '{name}'"):
+            llmrun.load(path, n_ctx=64, parallel=1)
+
+
 def test_constants_come_from_the_c_library() -> None:
     from llmrun._kernel import ffi, lib
     assert llmrun.engine.ISA_NAMES == {ffi.string(lib.llm_isa_name(i)).decode(): i for i in range(lib.LLM_ISA_COUNT)}
