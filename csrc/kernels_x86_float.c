@@ -140,19 +140,23 @@ INLINE void reduce_slots(float *sums, const __m256 *acc, int n_slots) {
 enum { MAX_SLOTS = SLOTS > MV_ROWS ? SLOTS : MV_ROWS, GROUP = VL == 16 ? 16 : 4 /* slots per reduce_slots step */ };
 
 /* out[j * ldo + i] = dot(row i, token j) for i < rm, j < rn, in the order above: accumulator slot j * rm + i.
-   Always inlined with constant rm, rn: each call site becomes a kernel with its accumulators in registers. */
-INLINE void tile(float *out, int64_t ldo, const void *const *wr, const float *const *xr, int64_t cols,
-                 float_kind kind, int rm, int rn) {
+   Only the values [k0, k1) of the rows (a panel; k1 == cols or a multiple of VL): the accumulators start
+   from zero if k0 == 0, else from part[slot], where a panel that does not reach cols leaves them (storing a
+   vector and loading it back changes nothing: the sums are the same whatever the panels). The panel that
+   reaches cols finishes the sums and writes out. Always inlined with constant rm, rn: each call site becomes
+   a kernel with its accumulators in registers. */
+INLINE void tile(float *out, int64_t ldo, const void *const *wr, const float *const *xr, int64_t k0, int64_t k1,
+                 int64_t cols, vacc *part, float_kind kind, int rm, int rn) {
     vacc acc[MAX_SLOTS + GROUP];
     int n_slots = (rm * rn + GROUP - 1) / GROUP * GROUP;
-    int64_t k = 0;
+    int64_t k = k0;
 #ifdef __AVX512F__
     for (int s = 0; s < n_slots; s++) { /* (in registers: else GCC makes a memset of the array, a tile's 5%) */
-        acc[s] = _mm512_setzero_ps();
+        acc[s] = k0 > 0 && s < rm * rn ? part[s] : _mm512_setzero_ps();
         IN_REGISTER(acc[s]);
     }
     /* the rows' weights and one token in registers: 4 + 1 + 24 of the 32 */
-    for (; k + VL <= cols; k += VL) {
+    for (; k + VL <= k1; k += VL) {
         __m512 wv[MV_ROWS > RM ? MV_ROWS : RM];
         for (int i = 0; i < rm; i++) {
             wv[i] = loadv(wr[i], k, kind);
@@ -163,6 +167,10 @@ INLINE void tile(float *out, int64_t ldo, const void *const *wr, const float *co
             IN_REGISTER(xv);
             for (int i = 0; i < rm; i++) acc[j * rm + i] = _mm512_fmadd_ps(wv[i], xv, acc[j * rm + i]);
         }
+    }
+    if (k1 < cols) {
+        for (int s = 0; s < rm * rn; s++) part[s] = acc[s];
+        return;
     }
     if (k < cols) { /* the last cols % 16 values: lanes outside the mask keep their sums */
         __mmask16 m = (__mmask16)((1u << (cols - k)) - 1);
@@ -175,11 +183,11 @@ INLINE void tile(float *out, int64_t ldo, const void *const *wr, const float *co
     }
 #else
     for (int s = 0; s < n_slots; s++) { /* (in registers: else GCC makes a memset of the array) */
-        acc[s] = _mm256_setzero_ps();
+        acc[s] = k0 > 0 && s < rm * rn ? part[s] : _mm256_setzero_ps();
         IN_REGISTER(acc[s]);
     }
     /* the tokens' values in registers and one row's weights at a time: 3 + 1 + 12 of the 16 */
-    for (; k + VL <= cols; k += VL) {
+    for (; k + VL <= k1; k += VL) {
         __m256 xv[RN];
         for (int j = 0; j < rn; j++) {
             xv[j] = _mm256_loadu_ps(xr[j] + k);
@@ -190,6 +198,10 @@ INLINE void tile(float *out, int64_t ldo, const void *const *wr, const float *co
             if (rn > 1) IN_REGISTER(wv);
             for (int j = 0; j < rn; j++) acc[j * rm + i] = _mm256_fmadd_ps(wv, xv[j], acc[j * rm + i]);
         }
+    }
+    if (k1 < cols) {
+        for (int s = 0; s < rm * rn; s++) part[s] = acc[s];
+        return;
     }
 #endif
     float sums[MAX_SLOTS + GROUP];
@@ -216,11 +228,11 @@ INLINE void matvec(float *out, const void *w, const float *x, int64_t row_begin,
     for (; r + MV_ROWS <= row_end; r += MV_ROWS) {
         const void *wr[MV_ROWS];
         for (int i = 0; i < MV_ROWS; i++) wr[i] = (const char *)w + (size_t)(r + i) * row_bytes;
-        tile(out + (r - row_begin), 0, wr, &x, cols, kind, MV_ROWS, 1);
+        tile(out + (r - row_begin), 0, wr, &x, 0, cols, cols, NULL, kind, MV_ROWS, 1);
     }
     for (; r < row_end; r++) {
         const void *wr = (const char *)w + (size_t)r * row_bytes;
-        tile(out + (r - row_begin), 0, &wr, &x, cols, kind, 1, 1);
+        tile(out + (r - row_begin), 0, &wr, &x, 0, cols, cols, NULL, kind, 1, 1);
     }
 }
 
@@ -245,50 +257,64 @@ void X86(matvec_bf16)(float *out, const void *w, const void *x, int64_t row_begi
  * rows' weights and a token's values; AVX2's 16 hold 4 x 3 and four more.
  */
 
-/* Tokens per pass over a chunk of weight rows: the pass's tokens stay in the cache while every row tile of
-   the chunk uses them. */
-static int64_t token_tile(size_t token_bytes) {
-    int64_t t = (int64_t)((256 * 1024) / (token_bytes ? token_bytes : 1));
-    t = t / RN * RN;
+/* Values per panel of a tile's rows (a multiple of 16): the four rows' panels (8 KiB of f32) stay in the L1
+   cache while the block's tokens go past them, their partial sums kept in part[] between panels. */
+enum { KC = 512 };
+
+/* Tokens per block (a multiple of RN, at most TB_MAX): a block's tokens stay in the L2 cache (TOKEN_BYTES of
+   them) while every row tile of the chunk (products.c) goes past them. */
+enum { TOKEN_BYTES = 384 * 1024, TB_MAX = 16 * RN };
+
+static int64_t token_block(size_t token_bytes) {
+    int64_t t = (int64_t)(TOKEN_BYTES / (token_bytes ? token_bytes : 1));
+    t = t < TB_MAX ? t / RN * RN : TB_MAX;
     return t > RN ? t : RN;
 }
 
 /* The tile of rows wr[0 .. rm) x tokens [token, token + rn) for rn <= RN, rn a run-time value. */
-INLINE void tile_tokens(float *out, int64_t ldo, const void *const *wr, const float *const *xr, int64_t cols,
-                        float_kind kind, int rm, int64_t rn) {
+INLINE void tile_tokens(float *out, int64_t ldo, const void *const *wr, const float *const *xr, int64_t k0, int64_t k1,
+                        int64_t cols, vacc *part, float_kind kind, int rm, int64_t rn) {
     switch (rn) {
-    case 1: tile(out, ldo, wr, xr, cols, kind, rm, 1); break;
-    case 2: tile(out, ldo, wr, xr, cols, kind, rm, 2); break;
-    case 3: tile(out, ldo, wr, xr, cols, kind, rm, 3); break;
+    case 1: tile(out, ldo, wr, xr, k0, k1, cols, part, kind, rm, 1); break;
+    case 2: tile(out, ldo, wr, xr, k0, k1, cols, part, kind, rm, 2); break;
+    case 3: tile(out, ldo, wr, xr, k0, k1, cols, part, kind, rm, 3); break;
 #ifdef __AVX512F__
-    case 4: tile(out, ldo, wr, xr, cols, kind, rm, 4); break;
-    case 5: tile(out, ldo, wr, xr, cols, kind, rm, 5); break;
-    case 6: tile(out, ldo, wr, xr, cols, kind, rm, 6); break;
+    case 4: tile(out, ldo, wr, xr, k0, k1, cols, part, kind, rm, 4); break;
+    case 5: tile(out, ldo, wr, xr, k0, k1, cols, part, kind, rm, 5); break;
+    case 6: tile(out, ldo, wr, xr, k0, k1, cols, part, kind, rm, 6); break;
 #endif
     default: break;
     }
 }
 
-/* Rows [row_begin, row_end) x tokens [0, n) in RM x RN tiles; the last tokens in one narrower tile, the last rows
-   one at a time. */
+/* Rows [row_begin, row_end) x tokens [0, n): blocks of tokens; in each, the rows RM at a time (the last ones
+   one at a time), and each row tile's panels of KC values in turn, over all the block's tokens RN at a time
+   (the last ones in one narrower tile). */
 INLINE void matmul(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n, int64_t row_begin,
                    int64_t row_end, int64_t cols, float_kind kind) {
     size_t row_bytes = (size_t)cols * element_bytes(kind);
-    int64_t tile_n = token_tile(ldx);
-    for (int64_t t0 = 0; t0 < n; t0 += tile_n) {
-        int64_t t1 = t0 + tile_n < n ? t0 + tile_n : n;
+    int64_t tb = token_block(ldx);
+    vacc part[TB_MAX * RM]; /* the partial sums of a row tile with the block's tokens, between panels */
+    for (int64_t t0 = 0; t0 < n; t0 += tb) {
+        int64_t t1 = t0 + tb < n ? t0 + tb : n;
         for (int64_t r = row_begin; r < row_end;) {
             const void *wr[RM];
             int rm = row_end - r >= RM ? RM : 1;
             for (int i = 0; i < rm; i++) wr[i] = (const char *)w + (size_t)(r + i) * row_bytes;
-            for (int64_t t = t0; t < t1; t += RN) {
-                const float *xr[RN];
-                int64_t rn = t1 - t < RN ? t1 - t : RN;
-                for (int j = 0; j < rn; j++) xr[j] = (const float *)((const char *)x + (size_t)(t + j) * ldx);
-                float *o = out + t * ldo + (r - row_begin);
-                if (rm == RM) tile_tokens(o, ldo, wr, xr, cols, kind, RM, rn);
-                else tile_tokens(o, ldo, wr, xr, cols, kind, 1, rn);
-            }
+            int64_t k0 = 0;
+            do {
+                int64_t k1 = cols - k0 > KC ? k0 + KC : cols;
+                for (int64_t t = t0; t < t1; t += RN) {
+                    const float *xr[RN];
+                    int64_t rn = t1 - t < RN ? t1 - t : RN;
+                    for (int j = 0; j < rn; j++) xr[j] = (const float *)((const char *)x + (size_t)(t + j) * ldx);
+                    float *o = out + t * ldo + (r - row_begin);
+                    vacc *p = part + (t - t0) * rm;
+                    if (rm == RM) tile_tokens(o, ldo, wr, xr, k0, k1, cols, p, kind, RM, rn);
+                    else tile_tokens(o, ldo, wr, xr, k0, k1, cols, p, kind, 1, rn);
+                }
+                k0 = k1;
+            } while (k0 < cols);
             r += rm;
         }
     }
