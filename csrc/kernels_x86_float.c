@@ -62,9 +62,10 @@ INLINE float dot(const void *w, const float *x, int64_t n, float_kind kind) {
  * - one accumulator of the level's width per (row, token): lane l sums w[k] * x[k] for the k = l (mod
  *   VL) in increasing k, one fused multiply-add per step of VL values (VL = 16 on AVX-512, 8 on AVX2);
  *   AVX-512 takes the last cols % 16 values into the same lanes with a masked multiply-add;
- * - then a fixed tree over the lanes: AVX-512 first adds lane l and l + 8, then, as AVX2, lanes l and l + 4,
- *   l and l + 2, l and l + 1 (AVX2's hadd tree adds neighbours first: (0+1) + (2+3), then the halves);
- * - AVX2 then adds the last cols % 8 products one by one.
+ * - then a fixed tree over the lanes: AVX-512 adds lanes l and l + 8, then l and l + 4, l and l + 2, l and
+ *   l + 1 (hsum_f32x8's order after the first step); AVX2 adds neighbours first, hadd's order:
+ *   ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7));
+ * - AVX2 then adds the last cols % 8 products one by one, in increasing k.
  * One token walks several rows at once (independent chains hide the latency of the multiply-adds; the
  * weights come from memory at its speed either way); a batch has tiles of RM rows x RN tokens, a
  * register each. The trees of a tile's accumulators are computed jointly (reduce_slots: a transpose
