@@ -29,13 +29,9 @@ INLINE float load1(const void *w, int64_t k, float_kind kind) {
 static size_t element_bytes(float_kind kind) { return kind == KIND_F32 ? sizeof(float) : sizeof(uint16_t); }
 
 /* ---------------------------------------------------------------------------------------------------- */
-/* The order of every sum. A row's product with a token is summed in one order whether the token comes alone
- * (matvec) or in a batch (matmul, in a tile of any shape), so that its result is bit for bit the same either
- * way (issue 16: users' decode steps share one forward pass, and each must get the greedy tokens it gets
- * alone). The order is the one-token kernel's, chosen for decode speed: four 8-lane accumulators, acc[p]
- * taking the values k + 8p .. k + 8p + 7 of each step of 32 (four independent chains hide the latency of the
- * fused multiply-adds, and the row is read as one stream, which the hardware prefetchers serve best); then
- * finish(). A batch tile keeps four accumulators per (row, token) to follow it. */
+/* One f32 dot product for the attention scores' last rows (X86(scores)): four 8-lane accumulators, acc[p]
+ * taking the values k + 8p .. k + 8p + 7 of each step of 32, then finish(). The weight products below have
+ * their own order. */
 
 /* The end of one sum from k on (k = cols rounded down to 32): the remaining whole 8-value steps into acc[0],
    the four accumulators added in pairs, their lanes (hsum_f32x8), then the tail value by value. */
@@ -47,9 +43,6 @@ INLINE float finish(const __m256 acc[4], const void *w, const float *x, int64_t 
     return sum;
 }
 
-/* ---------------------------------------------------------------------------------------------------- */
-/* one token: out[r] = dot(row r, x) */
-
 INLINE float dot(const void *w, const float *x, int64_t n, float_kind kind) {
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     int64_t i = 0;
@@ -59,10 +52,189 @@ INLINE float dot(const void *w, const float *x, int64_t n, float_kind kind) {
     return finish(acc, w, x, i, n, kind);
 }
 
+/* ---------------------------------------------------------------------------------------------------- */
+/* The products: the order of every sum
+ *
+ * A row's product with a token is summed in one order whether the token comes alone (matvec) or in a batch
+ * (matmul, in a tile of any shape), so that its result is bit for bit the same either way (issue 16: users'
+ * decode steps share one forward pass, and each must get the greedy tokens it gets alone). The order is the
+ * one a register-tiled product can afford, per level:
+ * - one accumulator of the level's width per (row, token): lane l sums w[k] * x[k] for the k = l (mod
+ *   VL) in increasing k, one fused multiply-add per step of VL values (VL = 16 on AVX-512, 8 on AVX2);
+ *   AVX-512 takes the last cols % 16 values into the same lanes with a masked multiply-add;
+ * - then a fixed tree over the lanes: AVX-512 adds lanes l and l + 8, then l and l + 4, l and l + 2, l and
+ *   l + 1 (hsum_f32x8's order after the first step); AVX2 adds neighbours first, hadd's order:
+ *   ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7));
+ * - AVX2 then adds the last cols % 8 products one by one, in increasing k.
+ * One token walks several rows at once (independent chains hide the latency of the multiply-adds; the
+ * weights come from memory at its speed either way); a batch has tiles of RM rows x RN tokens, a
+ * register each. The trees of a tile's accumulators are computed jointly (reduce_slots: a transpose
+ * and add, every lane's additions the same as the one-accumulator tree's), a few instructions per sum.
+ */
+
+/* v stays in a register: the compiler would otherwise fold its load into each multiply-add that uses it, one
+   load per use, and a tile's loads are its bottleneck. */
+#define IN_REGISTER(v) __asm__("" : "+v"(v))
+
+#ifdef __AVX512F__
+enum { VL = 16, RM = 4, RN = 6, MV_ROWS = 8, SLOTS = 32 };
+typedef __m512 vacc;
+
+/* Sixteen weights from w + k as f32. */
+INLINE __m512 loadv(const void *w, int64_t k, float_kind kind) {
+    if (kind == KIND_F32) return _mm512_loadu_ps((const float *)w + k);
+    __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + k));
+    if (kind == KIND_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* The weights w[k + l] for the lanes l in m, zero elsewhere (nothing read there). */
+INLINE __m512 loadv_masked(const void *w, int64_t k, __mmask16 m, float_kind kind) {
+    if (kind == KIND_F32) return _mm512_maskz_loadu_ps(m, (const float *)w + k);
+    __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)w + k);
+    if (kind == KIND_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* For four accumulators, the tree's first two levels: [a | b | c | d] in 128-bit blocks, each block the four
+   sums lane l + (l + 8) + (l + 4) + (l + 12) of its accumulator, as hsum16 adds them. */
+INLINE __m512 fold4(__m512 a, __m512 b, __m512 c, __m512 d) {
+    __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xee));
+    __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xee));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xdd));
+}
+
+/* Lane s = the tree's sum of a[s], for 16 accumulators: fold4 of a[l], a[l + 4], a[l + 8], a[l + 12] puts a[4b + l]'s
+   partial sums in block b of p[l]; the last two levels pair lanes (0, 2), (1, 3) of a block, then (0, 1). */
+INLINE __m512 reduce16(const __m512 a[16]) {
+    __m512 p[4];
+    for (int l = 0; l < 4; l++) p[l] = fold4(a[l], a[l + 4], a[l + 8], a[l + 12]);
+    __m512 u = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(p[0]), _mm512_castps_pd(p[1]))),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(p[0]), _mm512_castps_pd(p[1]))));
+    __m512 v = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(p[2]), _mm512_castps_pd(p[3]))),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(p[2]), _mm512_castps_pd(p[3]))));
+    return _mm512_add_ps(_mm512_shuffle_ps(u, v, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_ps(u, v, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* sums[s] = the tree's sum of acc[s], s < n_slots (16 at a time; unused slots are zero). */
+INLINE void reduce_slots(float *sums, const __m512 *acc, int n_slots) {
+    for (int s = 0; s < n_slots; s += 16) _mm512_storeu_ps(sums + s, reduce16(acc + s));
+}
+#else
+enum { VL = 8, RM = 4, RN = 3, MV_ROWS = 8, SLOTS = 12 };
+typedef __m256 vacc;
+
+INLINE __m256 loadv(const void *w, int64_t k, float_kind kind) { return load8(w, k, kind); }
+
+/* The tree's sums of four accumulators: hadd adds neighbours, (0 + 1) + (2 + 3) in each half, then the halves. */
+INLINE __m128 reduce4(const __m256 a[4]) {
+    __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+/* sums[s] = the tree's sum of acc[s], s < n_slots (4 at a time; unused slots are zero). */
+INLINE void reduce_slots(float *sums, const __m256 *acc, int n_slots) {
+    for (int s = 0; s < n_slots; s += 4) _mm_storeu_ps(sums + s, reduce4(acc + s));
+}
+#endif
+
+enum { MAX_SLOTS = SLOTS > MV_ROWS ? SLOTS : MV_ROWS, GROUP = VL == 16 ? 16 : 4 /* slots per reduce_slots step */ };
+
+/* out[j * ldo + i] = dot(row i, token j) for i < rm, j < rn, in the order above: accumulator slot j * rm + i.
+   Only the values [k0, k1) of the rows (a panel; k1 == cols or a multiple of VL): the accumulators start
+   from zero if k0 == 0, else from part[slot], where a panel that does not reach cols leaves them (storing a
+   vector and loading it back changes nothing: the sums are the same whatever the panels). The panel that
+   reaches cols finishes the sums and writes out. Always inlined with constant rm, rn: each call site becomes
+   a kernel with its accumulators in registers. */
+INLINE void tile(float *out, int64_t ldo, const void *const *wr, const float *const *xr, int64_t k0, int64_t k1,
+                 int64_t cols, vacc *part, float_kind kind, int rm, int rn) {
+    vacc acc[MAX_SLOTS + GROUP];
+    int n_slots = (rm * rn + GROUP - 1) / GROUP * GROUP;
+    int64_t k = k0;
+#ifdef __AVX512F__
+    for (int s = 0; s < n_slots; s++) { /* (in registers: else GCC makes a memset of the array, a tile's 5%) */
+        acc[s] = k0 > 0 && s < rm * rn ? part[s] : _mm512_setzero_ps();
+        IN_REGISTER(acc[s]);
+    }
+    /* the rows' weights and one token in registers: 4 + 1 + 24 of the 32 */
+    for (; k + VL <= k1; k += VL) {
+        __m512 wv[MV_ROWS > RM ? MV_ROWS : RM];
+        for (int i = 0; i < rm; i++) {
+            wv[i] = loadv(wr[i], k, kind);
+            if (rn > 1) IN_REGISTER(wv[i]);
+        }
+        for (int j = 0; j < rn; j++) {
+            __m512 xv = _mm512_loadu_ps(xr[j] + k);
+            IN_REGISTER(xv);
+            for (int i = 0; i < rm; i++) acc[j * rm + i] = _mm512_fmadd_ps(wv[i], xv, acc[j * rm + i]);
+        }
+    }
+    if (k1 < cols) {
+        for (int s = 0; s < rm * rn; s++) part[s] = acc[s];
+        return;
+    }
+    if (k < cols) { /* the last cols % 16 values: lanes outside the mask keep their sums */
+        __mmask16 m = (__mmask16)((1u << (cols - k)) - 1);
+        __m512 wv[MV_ROWS > RM ? MV_ROWS : RM];
+        for (int i = 0; i < rm; i++) wv[i] = loadv_masked(wr[i], k, m, kind);
+        for (int j = 0; j < rn; j++) {
+            __m512 xv = _mm512_maskz_loadu_ps(m, xr[j] + k);
+            for (int i = 0; i < rm; i++) acc[j * rm + i] = _mm512_mask3_fmadd_ps(wv[i], xv, acc[j * rm + i], m);
+        }
+    }
+#else
+    for (int s = 0; s < n_slots; s++) { /* (in registers: else GCC makes a memset of the array) */
+        acc[s] = k0 > 0 && s < rm * rn ? part[s] : _mm256_setzero_ps();
+        IN_REGISTER(acc[s]);
+    }
+    /* the tokens' values in registers and one row's weights at a time: 3 + 1 + 12 of the 16 */
+    for (; k + VL <= k1; k += VL) {
+        __m256 xv[RN];
+        for (int j = 0; j < rn; j++) {
+            xv[j] = _mm256_loadu_ps(xr[j] + k);
+            if (rm > 1) IN_REGISTER(xv[j]);
+        }
+        for (int i = 0; i < rm; i++) {
+            __m256 wv = loadv(wr[i], k, kind);
+            if (rn > 1) IN_REGISTER(wv);
+            for (int j = 0; j < rn; j++) acc[j * rm + i] = _mm256_fmadd_ps(wv, xv[j], acc[j * rm + i]);
+        }
+    }
+    if (k1 < cols) {
+        for (int s = 0; s < rm * rn; s++) part[s] = acc[s];
+        return;
+    }
+#endif
+    float sums[MAX_SLOTS + GROUP];
+    reduce_slots(sums, acc, n_slots);
+#ifndef __AVX512F__
+    for (; k < cols; k++) /* the last cols % 8 products, one by one */
+        for (int j = 0; j < rn; j++)
+            for (int i = 0; i < rm; i++) {
+                float p = load1(wr[i], k, kind) * xr[j][k];
+                sums[j * rm + i] += p;
+            }
+#endif
+    for (int j = 0; j < rn; j++)
+        for (int i = 0; i < rm; i++) out[j * ldo + i] = sums[j * rm + i];
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* one token: out[r] = dot(row r, x), MV_ROWS rows at a time */
+
 INLINE void matvec(float *out, const void *w, const float *x, int64_t row_begin, int64_t row_end, int64_t cols,
                    float_kind kind) {
     size_t row_bytes = (size_t)cols * element_bytes(kind);
-    for (int64_t r = row_begin; r < row_end; r++) out[r - row_begin] = dot((const char *)w + r * row_bytes, x, cols, kind);
+    int64_t r = row_begin;
+    for (; r + MV_ROWS <= row_end; r += MV_ROWS) {
+        const void *wr[MV_ROWS];
+        for (int i = 0; i < MV_ROWS; i++) wr[i] = (const char *)w + (size_t)(r + i) * row_bytes;
+        tile(out + (r - row_begin), 0, wr, &x, 0, cols, cols, NULL, kind, MV_ROWS, 1);
+    }
+    for (; r < row_end; r++) {
+        const void *wr = (const char *)w + (size_t)r * row_bytes;
+        tile(out + (r - row_begin), 0, &wr, &x, 0, cols, cols, NULL, kind, 1, 1);
+    }
 }
 
 void X86(matvec_f32)(float *out, const void *w, const void *x, int64_t row_begin, int64_t row_end, int64_t cols) {
@@ -78,118 +250,74 @@ void X86(matvec_bf16)(float *out, const void *w, const void *x, int64_t row_begi
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
-/* a batch: tiles of RM weight rows x RN tokens, 4 x RM x RN accumulators in registers
+/* a batch: tiles of RM weight rows x RN tokens, one accumulator each
  *
  * With a batch each weight is read once and used n times, so the work is bound by arithmetic, and what
- * matters is how many multiply-adds each load feeds: a weight vector loaded once serves RN tokens and a
- * token vector serves RM rows. Each (row i, token j) has the one-token kernel's four accumulators,
- * acc[i][j][p] += w_i[k + 8p ..] * x_j[k + 8p ..], and the same finish(): its result is the matvec's, bit for
- * bit, whatever the tile (RM x RN or a remainder). Four per pair make the tiles small: AVX2's 16 vector
- * registers hold one row x three tokens (12 accumulators); AVX-512 keeps two of them side by side in each of
- * its 32 registers (16 lanes), four rows x three tokens in 24.
+ * matters is how many multiply-adds each load feeds: a weight vector loaded (and converted) once serves RN
+ * tokens and a token vector serves RM rows. AVX-512's 32 registers hold 4 x 6 accumulators, the four
+ * rows' weights and a token's values; AVX2's 16 hold 4 x 3 and four more.
  */
 
-/* v stays in a register: the compiler would otherwise fold its load into each multiply-add that uses it, one
-   load per use, and a tile's loads are its bottleneck. */
-#define IN_REGISTER(v) __asm__("" : "+v"(v))
+/* Values per panel of a tile's rows (a multiple of 16): the four rows' panels (8 KiB of f32) stay in the L1
+   cache while the block's tokens go past them, their partial sums kept in part[] between panels. */
+enum { KC = 512 };
 
-#ifdef __AVX512F__
-enum { RM = 4, RN = 3 };
+/* Tokens per block (a multiple of RN, at most TB_MAX): a block's tokens stay in the L2 cache (TOKEN_BYTES of
+   them) while every row tile of the chunk (products.c) goes past them. */
+enum { TOKEN_BYTES = 384 * 1024, TB_MAX = 16 * RN };
 
-/* Sixteen weights from w + k as f32. */
-INLINE __m512 load16(const void *w, int64_t k, float_kind kind) {
-    if (kind == KIND_F32) return _mm512_loadu_ps((const float *)w + k);
-    __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + k));
-    if (kind == KIND_F16) return _mm512_cvtph_ps(h);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
-/* The upper eight lanes of v. */
-INLINE __m256 upper8(__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
-#else
-enum { RM = 1, RN = 3 };
-#endif
-
-/* Tokens per pass over a chunk of weight rows: the pass's tokens stay in the cache while every row tile of
-   the chunk uses them. */
-static int64_t token_tile(size_t token_bytes) {
-    int64_t t = (int64_t)((256 * 1024) / (token_bytes ? token_bytes : 1));
-    t = t / RN * RN;
+static int64_t token_block(size_t token_bytes) {
+    int64_t t = (int64_t)(TOKEN_BYTES / (token_bytes ? token_bytes : 1));
+    t = t < TB_MAX ? t / RN * RN : TB_MAX;
     return t > RN ? t : RN;
 }
 
-/* out[token + j][row + i - row_begin] for i < rm, j < rn. Always inlined with constant rm, rn: each call
-   site becomes a kernel with its accumulators in registers. */
-INLINE void tile(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t row, int64_t token,
-                 int64_t row_begin, int64_t cols, float_kind kind, int rm, int rn) {
-    size_t row_bytes = (size_t)cols * element_bytes(kind);
-    const void *wr[RM];
-    const float *xr[RN];
-    for (int i = 0; i < rm; i++) wr[i] = (const char *)w + (size_t)(row + i) * row_bytes;
-    for (int j = 0; j < rn; j++) xr[j] = (const float *)((const char *)x + (size_t)(token + j) * ldx);
-    __m256 acc[RM][RN][4];
-    int64_t k = 0;
+/* The tile of rows wr[0 .. rm) x tokens [token, token + rn) for rn <= RN, rn a run-time value. */
+INLINE void tile_tokens(float *out, int64_t ldo, const void *const *wr, const float *const *xr, int64_t k0, int64_t k1,
+                        int64_t cols, vacc *part, float_kind kind, int rm, int64_t rn) {
+    switch (rn) {
+    case 1: tile(out, ldo, wr, xr, k0, k1, cols, part, kind, rm, 1); break;
+    case 2: tile(out, ldo, wr, xr, k0, k1, cols, part, kind, rm, 2); break;
+    case 3: tile(out, ldo, wr, xr, k0, k1, cols, part, kind, rm, 3); break;
 #ifdef __AVX512F__
-    /* acc[p] and acc[p + 1] side by side in one 16-lane register: lane for lane the same fused multiply-adds
-       (so the same sums) with half the instructions */
-    __m512 acc2[RM][RN][2];
-    for (int i = 0; i < rm; i++)
-        for (int j = 0; j < rn; j++) acc2[i][j][0] = acc2[i][j][1] = _mm512_setzero_ps();
-    for (; k + 32 <= cols; k += 32)
-        for (int h = 0; h < 2; h++) {
-            __m512 wv[RM];
-            for (int i = 0; i < rm; i++) {
-                wv[i] = load16(wr[i], k + 16 * h, kind);
-                IN_REGISTER(wv[i]);
-            }
-            for (int j = 0; j < rn; j++) {
-                __m512 xv = _mm512_loadu_ps(xr[j] + k + 16 * h);
-                IN_REGISTER(xv);
-                for (int i = 0; i < rm; i++) acc2[i][j][h] = _mm512_fmadd_ps(wv[i], xv, acc2[i][j][h]);
-            }
-        }
-    for (int i = 0; i < rm; i++)
-        for (int j = 0; j < rn; j++)
-            for (int h = 0; h < 2; h++) {
-                acc[i][j][2 * h] = _mm512_castps512_ps256(acc2[i][j][h]);
-                acc[i][j][2 * h + 1] = upper8(acc2[i][j][h]);
-            }
-#else
-    for (int i = 0; i < rm; i++)
-        for (int j = 0; j < rn; j++)
-            for (int p = 0; p < 4; p++) acc[i][j][p] = _mm256_setzero_ps();
-    for (; k + 32 <= cols; k += 32)
-        for (int p = 0; p < 4; p++) {
-            __m256 wv[RM];
-            for (int i = 0; i < rm; i++) {
-                wv[i] = load8(wr[i], k + 8 * p, kind);
-                IN_REGISTER(wv[i]);
-            }
-            for (int j = 0; j < rn; j++) {
-                __m256 xv = _mm256_loadu_ps(xr[j] + k + 8 * p);
-                for (int i = 0; i < rm; i++) acc[i][j][p] = _mm256_fmadd_ps(wv[i], xv, acc[i][j][p]);
-            }
-        }
+    case 4: tile(out, ldo, wr, xr, k0, k1, cols, part, kind, rm, 4); break;
+    case 5: tile(out, ldo, wr, xr, k0, k1, cols, part, kind, rm, 5); break;
+    case 6: tile(out, ldo, wr, xr, k0, k1, cols, part, kind, rm, 6); break;
 #endif
-    for (int i = 0; i < rm; i++)
-        for (int j = 0; j < rn; j++)
-            out[(token + j) * ldo + (row + i - row_begin)] = finish(acc[i][j], wr[i], xr[j], k, cols, kind);
+    default: break;
+    }
 }
 
-/* Rows [row_begin, row_end) x tokens [0, n) in RM x RN tiles, with tails of RM x 1 and 1 x 1. */
+/* Rows [row_begin, row_end) x tokens [0, n): blocks of tokens; in each, the rows RM at a time (the last ones
+   one at a time), and each row tile's panels of KC values in turn, over all the block's tokens RN at a time
+   (the last ones in one narrower tile). */
 INLINE void matmul(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n, int64_t row_begin,
                    int64_t row_end, int64_t cols, float_kind kind) {
-    int64_t tile_n = token_tile(ldx);
-    for (int64_t t0 = 0; t0 < n; t0 += tile_n) {
-        int64_t t1 = t0 + tile_n < n ? t0 + tile_n : n;
-        int64_t r = row_begin;
-        for (; r + RM <= row_end; r += RM) {
-            int64_t t = t0;
-            for (; t + RN <= t1; t += RN) tile(out, ldo, w, x, ldx, r, t, row_begin, cols, kind, RM, RN);
-            for (; t < t1; t++) tile(out, ldo, w, x, ldx, r, t, row_begin, cols, kind, RM, 1);
+    size_t row_bytes = (size_t)cols * element_bytes(kind);
+    int64_t tb = token_block(ldx);
+    vacc part[TB_MAX * RM]; /* the partial sums of a row tile with the block's tokens, between panels */
+    for (int64_t t0 = 0; t0 < n; t0 += tb) {
+        int64_t t1 = t0 + tb < n ? t0 + tb : n;
+        for (int64_t r = row_begin; r < row_end;) {
+            const void *wr[RM];
+            int rm = row_end - r >= RM ? RM : 1;
+            for (int i = 0; i < rm; i++) wr[i] = (const char *)w + (size_t)(r + i) * row_bytes;
+            int64_t k0 = 0;
+            do {
+                int64_t k1 = cols - k0 > KC ? k0 + KC : cols;
+                for (int64_t t = t0; t < t1; t += RN) {
+                    const float *xr[RN];
+                    int64_t rn = t1 - t < RN ? t1 - t : RN;
+                    for (int j = 0; j < rn; j++) xr[j] = (const float *)((const char *)x + (size_t)(t + j) * ldx);
+                    float *o = out + t * ldo + (r - row_begin);
+                    vacc *p = part + (t - t0) * rm;
+                    if (rm == RM) tile_tokens(o, ldo, wr, xr, k0, k1, cols, p, kind, RM, rn);
+                    else tile_tokens(o, ldo, wr, xr, k0, k1, cols, p, kind, 1, rn);
+                }
+                k0 = k1;
+            } while (k0 < cols);
+            r += rm;
         }
-        for (; r < row_end; r++)
-            for (int64_t t = t0; t < t1; t++) tile(out, ldo, w, x, ldx, r, t, row_begin, cols, kind, 1, 1);
     }
 }
 
@@ -359,3 +487,4 @@ void X86(softcap)(float *x, int64_t n, float cap) {
     }
     for (; i < n; i++) x[i] = cap * tanhf(x[i] / cap);
 }
+

@@ -122,6 +122,26 @@ def test_matmul_matches_reference(type: str, isa: str) -> None:
             np.testing.assert_allclose(got, by_token, **tol, err_msg=f"{type} {isa} ({rows}, {cols}) x {n}")
 
 
+FLOAT_TYPES = ["f32", "f16", "bf16"]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("type", FLOAT_TYPES)
+def test_float_products_with_tails_match_reference(type: str, isa: str) -> None:
+    """The float kernels with cols that leave every kind of tail of their 16- and 8-value steps (masked on
+    AVX-512, value by value on AVX2), rows around the tiles' heights, and n = 1..40 tokens (every remainder of
+    the tiles' widths), against the float64 reference."""
+    for rows, cols in [(1, 1), (5, 15), (9, 17), (4, 31), (37, 47), (8, 129), (13, 768 + 13)]:
+        rng = np.random.default_rng(rows * 1000 + cols)
+        t = encode(rng.standard_normal((rows, cols)), type)
+        x = rng.standard_normal((40, cols)).astype(np.float32)
+        want = np.stack([product_reference(t, row) for row in x])
+        scale = max(1.0, float(np.abs(want).max()))
+        for n in range(1, 41):
+            np.testing.assert_allclose(c_matmul(t, x[:n], isa), want[:n], rtol=1e-5, atol=1e-5 * np.sqrt(cols) * scale,
+                                       err_msg=f"{type} {isa} ({rows}, {cols}) x {n}")
+
+
 def test_matmul_large_batch_crosses_token_tiles() -> None:
     """Enough tokens that the kernels work through several token tiles of a weight chunk."""
     rng = np.random.default_rng(11)

@@ -1,9 +1,12 @@
 """A token's float product is bit for bit the same alone (the matrix-vector kernel, n = 1) or batched with
 others (the matrix-matrix kernel's tiles, n > 1; for the quantized types, batches of n <= 8), on every
 instruction set (issue 16: users' decode steps batched into one forward pass must each get exactly the greedy
-tokens they get alone). The x86 kernels sum every (row, token) in the one-token kernel's order
-(csrc/kernels_x86_float.c, and the small-batch paths of csrc/kernels_x86_int8.c); the scalar level has no
-batch kernel and runs a batch token by token."""
+tokens they get alone). The x86 float kernels sum every (row, token) in one order per level, which the
+one-token kernel (several rows at a time) and the batch tiles (RM rows x RN tokens, a tile's sums reduced
+jointly) share: one accumulator of the level's width over k, then a fixed tree over its lanes
+(csrc/kernels_x86_float.c). For the float types this holds for every batch size, with no tolerance. The
+quantized types' small-batch paths (csrc/kernels_x86_int8.c) follow the one-token kernel up to a batch size
+per type. The scalar level has no batch kernel and runs a batch token by token."""
 
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ ISAS = available_isas()
 FLOAT_TYPES = {"f32": lib.LLM_F32, "f16": lib.LLM_F16, "bf16": lib.LLM_BF16}
 # whole 32-value steps, leftover 8-value steps and a scalar tail, alone and together
 COLS = [8, 31, 64, 72, 100, 2048 + 3]
+# every tail of AVX-512's 16-value and AVX2's 8-value steps, with and without whole steps before it
+ODD_COLS = [1, 7, 9, 15, 16, 17, 23, 33, 47, 128 + 5, 768 + 13]
 
 
 def stored(a: np.ndarray, type: str) -> np.ndarray:
@@ -52,6 +57,24 @@ def test_batched_tokens_equal_tokens_alone(type: str, isa: str) -> None:
                 batched = product(type, w, x, isa)
                 assert np.array_equal(batched, alone), f"{type} {isa} rows={rows} cols={cols} n={n}: " \
                     f"max diff {np.abs(batched - alone).max():.3g}"
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("type", FLOAT_TYPES)
+def test_every_batch_size_equals_tokens_alone(type: str, isa: str) -> None:
+    """n = 1..40 tokens (every remainder of the tiles' token counts, several token tiles) with row counts
+    around the tiles' heights and the one-token kernel's groups of rows (1..9, 37), and cols with every kind
+    of tail: each token's row of the batch's output is bit for bit its product alone."""
+    rng = np.random.default_rng(18)
+    for cols in ODD_COLS:
+        for rows in (1, 3, 4, 5, 8, 9, 37):
+            w = stored(rng.standard_normal((rows, cols)).astype(np.float32), type)
+            x = rng.standard_normal((40, cols)).astype(np.float32)
+            alone = np.stack([product(type, w, x[i], isa)[0] for i in range(40)])
+            for n in range(1, 41):
+                batched = product(type, w, x[:n], isa)
+                assert np.array_equal(batched, alone[:n]), f"{type} {isa} rows={rows} cols={cols} n={n}: " \
+                    f"max diff {np.abs(batched - alone[:n]).max():.3g}"
 
 
 @pytest.mark.parametrize("isa", ISAS)
