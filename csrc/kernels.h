@@ -51,6 +51,7 @@ typedef struct {
     size_t         block_bytes; /* bytes per storage block */
     int32_t        act;         /* llm_act_format: the input its products read */
     llm_get_row_fn get_row;
+    int32_t        repacked_from; /* a repacked type (_R8): the type it is repacked from (below); else 0 */
 } llm_type_info;
 
 extern const llm_type_info llm_types[LLM_TYPE_COUNT]; /* kernels_scalar.c */
@@ -275,5 +276,36 @@ static inline float llm_bf16_to_fp32(uint16_t h) {
     memcpy(&f, &bits, sizeof f);
     return f;
 }
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* The repacked types (_R8, llm_repack in repack.c): rows in groups of 8, a group's blocks one after another
+ * in column order, block b of the group holding block b of its 8 rows in 8 * block_bytes bytes (the source
+ * type's bytes: a row costs what it did). Row r of a group is its lane. The x86 batch kernels read a vector
+ * of "four consecutive values of each of the 8 rows, one row per 32-bit lane" straight from it:
+ *   d[8]   the rows' fp16 scales (offset 0), then for Q4_1 and Q5_1 m[8], their fp16 mins (offset 16);
+ *   qh     Q5_0, Q5_1: 8 little-endian uint32, lane r's bit 8 k + g = row r's fifth bit of value 4 g + k (so
+ *          that the bits of values 4 g .. 4 g + 3 land on bit 4 of the lane's four bytes by one shift);
+ *   qs     Q8_0: 256 bytes, byte 32 g + 4 r + k = row r's value 4 g + k (signed, as stored);
+ *          the nibble types: 128 bytes, byte 32 j + 4 r + k = row r's qs[4 j + k] (low nibble: value
+ *          4 j + k, high nibble: value 16 + 4 j + k, as in the source block). */
+
+enum { LLM_R8 = 8 }; /* rows per group */
+
+typedef struct {
+    size_t m, qh, qs; /* offsets in a group's block (0 where the type has no such part) */
+} llm_r8_layout;
+
+static inline llm_r8_layout llm_r8_layout_of(int32_t base) {
+    switch (base) {
+    case LLM_Q4_1: return (llm_r8_layout){16, 0, 32};
+    case LLM_Q5_0: return (llm_r8_layout){0, 16, 48};
+    case LLM_Q5_1: return (llm_r8_layout){16, 32, 64};
+    default: return (llm_r8_layout){0, 0, 16}; /* Q8_0, Q4_0, IQ4_NL */
+    }
+}
+
+/* Block b (of cols / 32) of row `row` of an R8 matrix w of type `type`, in its source type's block layout
+   (repack.c): the inverse of llm_repack, for get_row and the scalar reference. */
+void llm_r8_block(int32_t type, const void *w, int64_t row, int64_t b, int64_t cols, void *block);
 
 #endif /* LLMRUN_KERNELS_H */
