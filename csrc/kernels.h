@@ -304,8 +304,65 @@ static inline llm_r8_layout llm_r8_layout_of(int32_t base) {
     }
 }
 
-/* Block b (of cols / 32) of row `row` of an R8 matrix w of type `type`, in its source type's block layout
-   (repack.c): the inverse of llm_repack, for get_row and the scalar reference. */
-void llm_r8_block(int32_t type, const void *w, int64_t row, int64_t b, int64_t cols, void *block);
+/* Where the parts of a source block are (kernels.h's block structs): d first, then m, qh, qs as the type
+   has them. */
+typedef struct {
+    size_t m, qh, qs; /* offsets in the source block */
+    int    has_m, has_qh, q8;
+} llm_r8_parts_t;
+
+static inline llm_r8_parts_t llm_r8_parts(int32_t base) {
+    switch (base) {
+    case LLM_Q8_0: return (llm_r8_parts_t){0, 0, 2, 0, 0, 1};
+    case LLM_Q4_1: return (llm_r8_parts_t){2, 0, 4, 1, 0, 0};
+    case LLM_Q5_0: return (llm_r8_parts_t){0, 2, 6, 0, 1, 0};
+    case LLM_Q5_1: return (llm_r8_parts_t){2, 4, 8, 1, 1, 0};
+    default: return (llm_r8_parts_t){0, 0, 2, 0, 0, 0}; /* Q4_0, IQ4_NL */
+    }
+}
+
+/* The fifth bits of one row's block (bit j: value j) <-> its lane's word in the group (bit 8 k + g: value
+   4 g + k). */
+static inline uint32_t llm_r8_qh_to_lane(uint32_t qh) {
+    uint32_t lane = 0;
+    for (int j = 0; j < QK; j++) lane |= ((qh >> j) & 1u) << (8 * (j % 4) + j / 4);
+    return lane;
+}
+
+static inline uint32_t llm_r8_lane_to_qh(uint32_t lane) {
+    uint32_t qh = 0;
+    for (int j = 0; j < QK; j++) qh |= ((lane >> (8 * (j % 4) + j / 4)) & 1u) << j;
+    return qh;
+}
+
+/* Row `lane`'s block between its source layout and the group's block: packing reads the source block
+   `from` into the group's block `to`, unpacking the group's block `from` into a source block `to`. */
+static inline void llm_r8_move(int32_t base, int lane, int unpack, const uint8_t *from, uint8_t *to) {
+    llm_r8_parts_t p = llm_r8_parts(base);
+    llm_r8_layout r = llm_r8_layout_of(base);
+#define PART(n, src_off, grp_off) \
+    memcpy(to + (unpack ? (src_off) : (grp_off)), from + (unpack ? (grp_off) : (src_off)), n)
+    PART(2, 0, 2 * (size_t)lane);
+    if (p.has_m) PART(2, p.m, r.m + 2 * (size_t)lane);
+    if (p.has_qh) {
+        uint32_t v;
+        memcpy(&v, from + (unpack ? r.qh + 4 * (size_t)lane : p.qh), 4);
+        v = unpack ? llm_r8_lane_to_qh(v) : llm_r8_qh_to_lane(v);
+        memcpy(to + (unpack ? p.qh : r.qh + 4 * (size_t)lane), &v, 4);
+    }
+    int words = p.q8 ? QK / 4 : QK / 8; /* 32-bit words of values: eight of Q8_0's bytes, four of nibbles */
+    for (int g = 0; g < words; g++) PART(4, p.qs + 4 * (size_t)g, r.qs + 32 * (size_t)g + 4 * (size_t)lane);
+#undef PART
+}
+
+/* Block b (of cols / 32) of row `row` of an R8 matrix w of type `type`, in its source type's block layout:
+   the inverse of llm_repack (repack.c), for get_row and the scalar reference. */
+static inline void llm_r8_block(int32_t type, const void *w, int64_t row, int64_t b, int64_t cols, void *block) {
+    int32_t base = llm_types[type].repacked_from;
+    size_t bb = llm_types[base].block_bytes, row_bytes = (size_t)(cols / QK) * bb;
+    const uint8_t *grp = (const uint8_t *)w + (size_t)(row / LLM_R8) * LLM_R8 * row_bytes; /* the row's group */
+    grp += (size_t)b * LLM_R8 * bb;
+    llm_r8_move(base, (int)(row % LLM_R8), 1, grp, block);
+}
 
 #endif /* LLMRUN_KERNELS_H */
