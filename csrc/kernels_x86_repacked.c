@@ -83,7 +83,13 @@ INLINE int32_t r8_four(const q8_act *x, int64_t b, int g) {
     return four;
 }
 
-enum { R8_RN = 12 }; /* tokens per pass over a group's blocks (their sums and accumulators stay in registers) */
+/* Tokens per pass over a group's blocks: their sums and accumulators stay in registers (32 vector registers
+   with AVX-512, 16 without). */
+#ifdef __AVX512VNNI__
+enum { R8_RN = 12 };
+#else
+enum { R8_RN = 4 };
+#endif
 
 /* Where the group of 8 rows that starts at row `row` begins. */
 INLINE const uint8_t *r8_group(const void *w, int64_t row, int64_t nb, int32_t base) {
@@ -98,8 +104,14 @@ INLINE void tile8(float *out, int64_t ldo, const uint8_t *grp, const q8_act *xa,
     for (int j = 0; j < rn; j++) acc[j] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = grp + (size_t)b * gb;
-        __m256i s[R8_RN], s2[R8_RN]; /* few tokens: two chains of dot products (integer sums: exact either way) */
+        /* few tokens: two chains of vpdpbusd (5 cycles each) per token, so that one token's steps overlap;
+           the integer sums are exact either way. Without VNNI the chain is a 1-cycle add: one is enough. */
+        __m256i s[R8_RN], s2[R8_RN];
+#ifdef __AVX512VNNI__
         const int two = rn <= 4;
+#else
+        const int two = 0;
+#endif
         for (int j = 0; j < rn; j++) s[j] = s2[j] = _mm256_setzero_si256();
         for (int g = 0; g < 8; g++) {
             __m256i v = r8_values(blk, g, base);
@@ -184,35 +196,53 @@ INLINE void tile(float *out, int64_t ldo, const void *w, const q8_act *xa, int64
     tile8(out, ldo, r8_group(w, r, nb, base), xa, nb, base, rn);
 }
 
+/* Tokens [t, t + rn) of x against rows [r, r + rows). */
+INLINE void tokens_tile(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t t, int64_t r,
+                        int64_t cols, int32_t base, int rows, int rn) {
+    q8_act xa[R8_RN];
+    for (int j = 0; j < rn; j++) xa[j] = q8_act_view((const char *)x + (size_t)(t + j) * ldx, cols);
+    tile(out + t * ldo, ldo, w, xa, r, cols / QK, base, rows, rn);
+}
+
+/* Bytes of activations a pass over the rows keeps close: with the rows' weights (a batch's chunk is about
+   256 KiB, products.c) they stay in a core's L2 cache (1 MiB and more on the CPUs with AVX-512, 256 KiB to
+   1 MiB on the older AVX2 ones: there, what spills is re-read from L3 at a cost the tiles amortize). */
+#define R8_TOKEN_BYTES (384 * 1024)
+
 /* out[t * ldo + r - row_begin] for tokens t < n, rows [row_begin, row_end) (both multiples of 8: the row
-   groups are whole); 16 rows at a time where the level has 512-bit vectors, the tokens R8_RN, then 4, then
-   1 at a time past each group of rows. */
+   groups are whole); 16 rows at a time where the level has 512-bit vectors. The tokens go in runs whose
+   activations stay in L2 (R8_TOKEN_BYTES), each run past all the rows; within a run past each group of rows
+   R8_RN at a time, then what is left in at most three tiles (8, 4, then 1 to 3 tokens; without AVX-512
+   R8_RN is 4), so that a small batch (a few sequences decoding together) reads the weights once or twice,
+   not once per token. A token's arithmetic is the same in any tile: the runs and tiles change no result. */
 INLINE void matmul_r8(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
                       int64_t row_begin, int64_t row_end, int64_t cols, int32_t base) {
-    int64_t nb = cols / QK;
 #ifdef __AVX512VNNI__
     const int wide = 16;
 #else
     const int wide = 8;
 #endif
-    for (int64_t r = row_begin; r < row_end;) {
-        int rows = r + wide <= row_end ? wide : LLM_R8;
-        float *o = out + (r - row_begin);
-        int64_t t = 0;
-        q8_act xa[R8_RN];
-        for (; t + R8_RN <= n; t += R8_RN) {
-            for (int j = 0; j < R8_RN; j++) xa[j] = q8_act_view((const char *)x + (size_t)(t + j) * ldx, cols);
-            tile(o + t * ldo, ldo, w, xa, r, nb, base, rows, R8_RN);
+    int64_t run = n;
+    if (n > R8_RN && ldx > 0 && (size_t)n * ldx > R8_TOKEN_BYTES) {
+        run = (int64_t)(R8_TOKEN_BYTES / ldx) / R8_RN * R8_RN;
+        if (run < R8_RN) run = R8_RN;
+    }
+    for (int64_t t0 = 0; t0 < n; t0 += run) {
+        int64_t t_end = t0 + run < n ? t0 + run : n;
+        for (int64_t r = row_begin; r < row_end;) {
+            int rows = r + wide <= row_end ? wide : LLM_R8;
+            float *o = out + (r - row_begin);
+            int64_t t = t0;
+            for (; t + R8_RN <= t_end; t += R8_RN) tokens_tile(o, ldo, w, x, ldx, t, r, cols, base, rows, R8_RN);
+            if (R8_RN > 8 && t + 8 <= t_end) tokens_tile(o, ldo, w, x, ldx, t, r, cols, base, rows, 8), t += 8;
+            if (R8_RN > 4 && t + 4 <= t_end) tokens_tile(o, ldo, w, x, ldx, t, r, cols, base, rows, 4), t += 4;
+            switch (t_end - t) {
+            case 3: tokens_tile(o, ldo, w, x, ldx, t, r, cols, base, rows, 3); break;
+            case 2: tokens_tile(o, ldo, w, x, ldx, t, r, cols, base, rows, 2); break;
+            case 1: tokens_tile(o, ldo, w, x, ldx, t, r, cols, base, rows, 1); break;
+            }
+            r += rows;
         }
-        for (; t + 4 <= n; t += 4) {
-            for (int j = 0; j < 4; j++) xa[j] = q8_act_view((const char *)x + (size_t)(t + j) * ldx, cols);
-            tile(o + t * ldo, ldo, w, xa, r, nb, base, rows, 4);
-        }
-        for (; t < n; t++) {
-            xa[0] = q8_act_view((const char *)x + (size_t)t * ldx, cols);
-            tile(o + t * ldo, ldo, w, xa, r, nb, base, rows, 1);
-        }
-        r += rows;
     }
 }
 
