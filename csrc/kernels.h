@@ -51,7 +51,7 @@ typedef struct {
     size_t         block_bytes; /* bytes per storage block */
     int32_t        act;         /* llm_act_format: the input its products read */
     llm_get_row_fn get_row;
-    int32_t        repacked_from; /* a repacked type (_R8): the type it is repacked from (below); else 0 */
+    int32_t        repacked_from; /* a repacked type (_R8): the type it is repacked from (below); else -1 */
 } llm_type_info;
 
 extern const llm_type_info llm_types[LLM_TYPE_COUNT]; /* kernels_scalar.c */

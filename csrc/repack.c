@@ -13,7 +13,7 @@
 /* The repacked type of a source type (llm_types' repacked_from, read backwards), or -1. */
 static int32_t repacked_type(int32_t type) {
     for (int32_t t = 0; t < LLM_TYPE_COUNT; t++)
-        if (llm_types[t].repacked_from == type && llm_types[t].get_row && type != LLM_F32) return t;
+        if (llm_types[t].repacked_from == type) return t;
     return -1;
 }
 
