@@ -36,6 +36,8 @@ SHAPES: dict[str, dict[str, int]] = {
     "tinyllama-1.1b": dict(dim=2048, ffn=5632, n_layers=22, n_heads=32, n_kv_heads=4, vocab=32000, ctx=2048),
     "110m": dict(dim=768, ffn=2048, n_layers=12, n_heads=12, n_kv_heads=12, vocab=32000, ctx=1024),
     "15m": dict(dim=288, ffn=768, n_layers=6, n_heads=6, n_kv_heads=6, vocab=32000, ctx=256),
+    # Llama-2-70B's matrix widths in two layers: wide products (8192 x 28672) at a size a small machine holds
+    "70b-width": dict(dim=8192, ffn=28672, n_layers=2, n_heads=64, n_kv_heads=8, vocab=32000, ctx=4096),
 }
 
 Q = gguf.GGMLQuantizationType

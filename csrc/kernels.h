@@ -51,6 +51,7 @@ typedef struct {
     size_t         block_bytes; /* bytes per storage block */
     int32_t        act;         /* llm_act_format: the input its products read */
     llm_get_row_fn get_row;
+    int32_t        repacked_from; /* a repacked type (_R8): the type it is repacked from (below); else -1 */
 } llm_type_info;
 
 extern const llm_type_info llm_types[LLM_TYPE_COUNT]; /* kernels_scalar.c */
@@ -274,6 +275,94 @@ static inline float llm_bf16_to_fp32(uint16_t h) {
     float f;
     memcpy(&f, &bits, sizeof f);
     return f;
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* The repacked types (_R8, llm_repack in repack.c): rows in groups of 8, a group's blocks one after another
+ * in column order, block b of the group holding block b of its 8 rows in 8 * block_bytes bytes (the source
+ * type's bytes: a row costs what it did). Row r of a group is its lane. The x86 batch kernels read a vector
+ * of "four consecutive values of each of the 8 rows, one row per 32-bit lane" straight from it:
+ *   d[8]   the rows' fp16 scales (offset 0), then for Q4_1 and Q5_1 m[8], their fp16 mins (offset 16);
+ *   qh     Q5_0, Q5_1: 8 little-endian uint32, lane r's bit 8 k + g = row r's fifth bit of value 4 g + k (so
+ *          that the bits of values 4 g .. 4 g + 3 land on bit 4 of the lane's four bytes by one shift);
+ *   qs     Q8_0: 256 bytes, byte 32 g + 4 r + k = row r's value 4 g + k (signed, as stored);
+ *          the nibble types: 128 bytes, byte 32 j + 4 r + k = row r's qs[4 j + k] (low nibble: value
+ *          4 j + k, high nibble: value 16 + 4 j + k, as in the source block). */
+
+enum { LLM_R8 = 8 }; /* rows per group */
+
+typedef struct {
+    size_t m, qh, qs; /* offsets in a group's block (0 where the type has no such part) */
+} llm_r8_layout;
+
+static inline llm_r8_layout llm_r8_layout_of(int32_t base) {
+    switch (base) {
+    case LLM_Q4_1: return (llm_r8_layout){16, 0, 32};
+    case LLM_Q5_0: return (llm_r8_layout){0, 16, 48};
+    case LLM_Q5_1: return (llm_r8_layout){16, 32, 64};
+    default: return (llm_r8_layout){0, 0, 16}; /* Q8_0, Q4_0, IQ4_NL */
+    }
+}
+
+/* Where the parts of a source block are (kernels.h's block structs): d first, then m, qh, qs as the type
+   has them. */
+typedef struct {
+    size_t m, qh, qs; /* offsets in the source block */
+    int    has_m, has_qh, q8;
+} llm_r8_parts_t;
+
+static inline llm_r8_parts_t llm_r8_parts(int32_t base) {
+    switch (base) {
+    case LLM_Q8_0: return (llm_r8_parts_t){0, 0, 2, 0, 0, 1};
+    case LLM_Q4_1: return (llm_r8_parts_t){2, 0, 4, 1, 0, 0};
+    case LLM_Q5_0: return (llm_r8_parts_t){0, 2, 6, 0, 1, 0};
+    case LLM_Q5_1: return (llm_r8_parts_t){2, 4, 8, 1, 1, 0};
+    default: return (llm_r8_parts_t){0, 0, 2, 0, 0, 0}; /* Q4_0, IQ4_NL */
+    }
+}
+
+/* The fifth bits of one row's block (bit j: value j) <-> its lane's word in the group (bit 8 k + g: value
+   4 g + k). */
+static inline uint32_t llm_r8_qh_to_lane(uint32_t qh) {
+    uint32_t lane = 0;
+    for (int j = 0; j < QK; j++) lane |= ((qh >> j) & 1u) << (8 * (j % 4) + j / 4);
+    return lane;
+}
+
+static inline uint32_t llm_r8_lane_to_qh(uint32_t lane) {
+    uint32_t qh = 0;
+    for (int j = 0; j < QK; j++) qh |= ((lane >> (8 * (j % 4) + j / 4)) & 1u) << j;
+    return qh;
+}
+
+/* Row `lane`'s block between its source layout and the group's block: packing reads the source block
+   `from` into the group's block `to`, unpacking the group's block `from` into a source block `to`. */
+static inline void llm_r8_move(int32_t base, int lane, int unpack, const uint8_t *from, uint8_t *to) {
+    llm_r8_parts_t p = llm_r8_parts(base);
+    llm_r8_layout r = llm_r8_layout_of(base);
+#define PART(n, src_off, grp_off) \
+    memcpy(to + (unpack ? (src_off) : (grp_off)), from + (unpack ? (grp_off) : (src_off)), n)
+    PART(2, 0, 2 * (size_t)lane);
+    if (p.has_m) PART(2, p.m, r.m + 2 * (size_t)lane);
+    if (p.has_qh) {
+        uint32_t v;
+        memcpy(&v, from + (unpack ? r.qh + 4 * (size_t)lane : p.qh), 4);
+        v = unpack ? llm_r8_lane_to_qh(v) : llm_r8_qh_to_lane(v);
+        memcpy(to + (unpack ? p.qh : r.qh + 4 * (size_t)lane), &v, 4);
+    }
+    int words = p.q8 ? QK / 4 : QK / 8; /* 32-bit words of values: eight of Q8_0's bytes, four of nibbles */
+    for (int g = 0; g < words; g++) PART(4, p.qs + 4 * (size_t)g, r.qs + 32 * (size_t)g + 4 * (size_t)lane);
+#undef PART
+}
+
+/* Block b (of cols / 32) of row `row` of an R8 matrix w of type `type`, in its source type's block layout:
+   the inverse of llm_repack (repack.c), for get_row and the scalar reference. */
+static inline void llm_r8_block(int32_t type, const void *w, int64_t row, int64_t b, int64_t cols, void *block) {
+    int32_t base = llm_types[type].repacked_from;
+    size_t bb = llm_types[base].block_bytes, row_bytes = (size_t)(cols / QK) * bb;
+    const uint8_t *grp = (const uint8_t *)w + (size_t)(row / LLM_R8) * LLM_R8 * row_bytes; /* the row's group */
+    grp += (size_t)b * LLM_R8 * bb;
+    llm_r8_move(base, (int)(row % LLM_R8), 1, grp, block);
 }
 
 #endif /* LLMRUN_KERNELS_H */

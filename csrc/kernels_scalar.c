@@ -297,6 +297,99 @@ static void matvec_iq4_nl(float *out, const void *w, const void *xq, int64_t row
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
+/* The repacked 32-value types (_R8, kernels.h): each block read back into its source layout (llm_r8_block),
+   then the source type's arithmetic above, term for term in the same order, so that on this level a repacked
+   matrix gives bit for bit its source's products. */
+
+static void get_row_r8(float *out, const void *w, int64_t row, int64_t cols, int32_t type) {
+    int32_t base = llm_types[type].repacked_from;
+    uint8_t block[sizeof(block_q8_0)]; /* the largest 32-value block */
+    for (int64_t b = 0; b < cols / QK; b++) {
+        llm_r8_block(type, w, row, b, cols, block);
+        llm_types[base].get_row(out + b * QK, block, 0, QK);
+    }
+}
+
+/* One block's term of the source type's matvec sum (the expressions of matvec_q8_0 ... matvec_iq4_nl). */
+static float block_term(int32_t base, const void *block, q8_act x, int64_t b) {
+    const int8_t *xb = x.qs + b * QK;
+    int32_t sumi = 0;
+    uint16_t d, m = 0;
+    memcpy(&d, block, sizeof d);
+    switch (base) {
+    case LLM_Q8_0: {
+        const block_q8_0 *k = block;
+        for (int j = 0; j < QK; j++) sumi += k->qs[j] * xb[j];
+        break;
+    }
+    case LLM_Q4_0: {
+        const block_q4_0 *k = block;
+        for (int j = 0; j < QK / 2; j++) {
+            sumi += ((k->qs[j] & 0x0f) - 8) * xb[j];
+            sumi += ((k->qs[j] >> 4) - 8) * xb[j + QK / 2];
+        }
+        break;
+    }
+    case LLM_Q4_1: {
+        const block_q4_1 *k = block;
+        for (int j = 0; j < QK; j++) sumi += nibble(k->qs, j) * xb[j];
+        m = k->m;
+        break;
+    }
+    case LLM_Q5_0: {
+        const block_q5_0 *k = block;
+        for (int j = 0; j < QK; j++) sumi += (q5_value(k->qh, k->qs, j) - 16) * xb[j];
+        break;
+    }
+    case LLM_Q5_1: {
+        const block_q5_1 *k = block;
+        for (int j = 0; j < QK; j++) sumi += q5_value(k->qh, k->qs, j) * xb[j];
+        m = k->m;
+        break;
+    }
+    case LLM_IQ4_NL: {
+        const block_iq4_nl *k = block;
+        for (int j = 0; j < QK; j++) sumi += llm_iq4nl_values[nibble(k->qs, j)] * xb[j];
+        break;
+    }
+    }
+    if (base == LLM_Q4_1 || base == LLM_Q5_1)
+        return (float)sumi * (llm_fp16_to_fp32(d) * x.d[b]) + llm_fp16_to_fp32(m) * x.dsum[b];
+    return (float)sumi * (llm_fp16_to_fp32(d) * x.d[b]);
+}
+
+static void matvec_r8(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols,
+                      int32_t type) {
+    q8_act x = q8_act_view(xq, cols);
+    int32_t base = llm_types[type].repacked_from;
+    uint8_t block[sizeof(block_q8_0)];
+    for (int64_t r = row_begin; r < row_end; r++) {
+        float sum = 0.0f;
+        for (int64_t b = 0; b < cols / QK; b++) {
+            llm_r8_block(type, w, r, b, cols, block);
+            sum += block_term(base, block, x, b);
+        }
+        out[r - row_begin] = sum;
+    }
+}
+
+#define R8_TYPE(name, TYPE)                                                                                      \
+    static void get_row_##name##_r8(float *out, const void *w, int64_t row, int64_t cols) {                      \
+        get_row_r8(out, w, row, cols, TYPE);                                                                     \
+    }                                                                                                            \
+    static void matvec_##name##_r8(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, \
+                                   int64_t cols) {                                                               \
+        matvec_r8(out, w, xq, row_begin, row_end, cols, TYPE);                                                   \
+    }
+R8_TYPE(q8_0, LLM_Q8_0_R8)
+R8_TYPE(q4_0, LLM_Q4_0_R8)
+R8_TYPE(q4_1, LLM_Q4_1_R8)
+R8_TYPE(q5_0, LLM_Q5_0_R8)
+R8_TYPE(q5_1, LLM_Q5_1_R8)
+R8_TYPE(iq4_nl, LLM_IQ4_NL_R8)
+#undef R8_TYPE
+
+/* ---------------------------------------------------------------------------------------------------- */
 /* Q4_K, Q5_K, Q6_K against 256-value 8-bit activations (LLM_ACT_Q8K): per sub-block an integer dot
    product times the sub-block's integer scale, the super-block's sum times d_w * d_x. The mins (Q4_K, Q5_K)
    and Q6_K's offset of 32 multiply the activation's sums per 16 values (bsums), not every value. */
@@ -650,21 +743,27 @@ static void softcap(float *x, int64_t n, float cap) {
 /* the tables */
 
 const llm_type_info llm_types[LLM_TYPE_COUNT] = {
-    [LLM_F32]  = {"f32", 1, sizeof(float), LLM_ACT_F32, get_row_f32},
-    [LLM_F16]  = {"f16", 1, sizeof(uint16_t), LLM_ACT_F32, get_row_f16},
-    [LLM_BF16] = {"bf16", 1, sizeof(uint16_t), LLM_ACT_F32, get_row_bf16},
-    [LLM_Q8_0] = {"q8_0", QK, sizeof(block_q8_0), LLM_ACT_Q8, get_row_q8_0},
-    [LLM_Q4_0] = {"q4_0", QK, sizeof(block_q4_0), LLM_ACT_Q8, get_row_q4_0},
-    [LLM_Q4_1] = {"q4_1", QK, sizeof(block_q4_1), LLM_ACT_Q8, get_row_q4_1},
-    [LLM_Q5_0] = {"q5_0", QK, sizeof(block_q5_0), LLM_ACT_Q8, get_row_q5_0},
-    [LLM_Q5_1] = {"q5_1", QK, sizeof(block_q5_1), LLM_ACT_Q8, get_row_q5_1},
-    [LLM_IQ4_NL] = {"iq4_nl", QK, sizeof(block_iq4_nl), LLM_ACT_Q8, get_row_iq4_nl},
-    [LLM_Q2_K] = {"q2_k", QK_K, sizeof(block_q2_K), LLM_ACT_Q8K, get_row_q2_K},
-    [LLM_Q3_K] = {"q3_k", QK_K, sizeof(block_q3_K), LLM_ACT_Q8K, get_row_q3_K},
-    [LLM_Q4_K] = {"q4_k", QK_K, sizeof(block_q4_K), LLM_ACT_Q8K, get_row_q4_K},
-    [LLM_Q5_K] = {"q5_k", QK_K, sizeof(block_q5_K), LLM_ACT_Q8K, get_row_q5_K},
-    [LLM_Q6_K] = {"q6_k", QK_K, sizeof(block_q6_K), LLM_ACT_Q8K, get_row_q6_K},
-    [LLM_IQ4_XS] = {"iq4_xs", QK_K, sizeof(block_iq4_xs), LLM_ACT_Q8K, get_row_iq4_xs},
+    [LLM_F32]  = {"f32", 1, sizeof(float), LLM_ACT_F32, get_row_f32, -1},
+    [LLM_F16]  = {"f16", 1, sizeof(uint16_t), LLM_ACT_F32, get_row_f16, -1},
+    [LLM_BF16] = {"bf16", 1, sizeof(uint16_t), LLM_ACT_F32, get_row_bf16, -1},
+    [LLM_Q8_0] = {"q8_0", QK, sizeof(block_q8_0), LLM_ACT_Q8, get_row_q8_0, -1},
+    [LLM_Q4_0] = {"q4_0", QK, sizeof(block_q4_0), LLM_ACT_Q8, get_row_q4_0, -1},
+    [LLM_Q4_1] = {"q4_1", QK, sizeof(block_q4_1), LLM_ACT_Q8, get_row_q4_1, -1},
+    [LLM_Q5_0] = {"q5_0", QK, sizeof(block_q5_0), LLM_ACT_Q8, get_row_q5_0, -1},
+    [LLM_Q5_1] = {"q5_1", QK, sizeof(block_q5_1), LLM_ACT_Q8, get_row_q5_1, -1},
+    [LLM_IQ4_NL] = {"iq4_nl", QK, sizeof(block_iq4_nl), LLM_ACT_Q8, get_row_iq4_nl, -1},
+    [LLM_Q2_K] = {"q2_k", QK_K, sizeof(block_q2_K), LLM_ACT_Q8K, get_row_q2_K, -1},
+    [LLM_Q3_K] = {"q3_k", QK_K, sizeof(block_q3_K), LLM_ACT_Q8K, get_row_q3_K, -1},
+    [LLM_Q4_K] = {"q4_k", QK_K, sizeof(block_q4_K), LLM_ACT_Q8K, get_row_q4_K, -1},
+    [LLM_Q5_K] = {"q5_k", QK_K, sizeof(block_q5_K), LLM_ACT_Q8K, get_row_q5_K, -1},
+    [LLM_Q6_K] = {"q6_k", QK_K, sizeof(block_q6_K), LLM_ACT_Q8K, get_row_q6_K, -1},
+    [LLM_IQ4_XS] = {"iq4_xs", QK_K, sizeof(block_iq4_xs), LLM_ACT_Q8K, get_row_iq4_xs, -1},
+    [LLM_Q8_0_R8] = {"q8_0_r8", QK, sizeof(block_q8_0), LLM_ACT_Q8, get_row_q8_0_r8, LLM_Q8_0},
+    [LLM_Q4_0_R8] = {"q4_0_r8", QK, sizeof(block_q4_0), LLM_ACT_Q8, get_row_q4_0_r8, LLM_Q4_0},
+    [LLM_Q4_1_R8] = {"q4_1_r8", QK, sizeof(block_q4_1), LLM_ACT_Q8, get_row_q4_1_r8, LLM_Q4_1},
+    [LLM_Q5_0_R8] = {"q5_0_r8", QK, sizeof(block_q5_0), LLM_ACT_Q8, get_row_q5_0_r8, LLM_Q5_0},
+    [LLM_Q5_1_R8] = {"q5_1_r8", QK, sizeof(block_q5_1), LLM_ACT_Q8, get_row_q5_1_r8, LLM_Q5_1},
+    [LLM_IQ4_NL_R8] = {"iq4_nl_r8", QK, sizeof(block_iq4_nl), LLM_ACT_Q8, get_row_iq4_nl_r8, LLM_IQ4_NL},
 };
 
 /* No matmul kernels: a batch runs through the matrix-vector products one token at a time. */
@@ -685,6 +784,12 @@ const llm_kernels llm_kernels_scalar = {
         [LLM_Q2_K] = {matvec_q2_K, NULL},
         [LLM_Q3_K] = {matvec_q3_K, NULL},
         [LLM_IQ4_XS] = {matvec_iq4_xs, NULL},
+        [LLM_Q8_0_R8] = {matvec_q8_0_r8, NULL},
+        [LLM_Q4_0_R8] = {matvec_q4_0_r8, NULL},
+        [LLM_Q4_1_R8] = {matvec_q4_1_r8, NULL},
+        [LLM_Q5_0_R8] = {matvec_q5_0_r8, NULL},
+        [LLM_Q5_1_R8] = {matvec_q5_1_r8, NULL},
+        [LLM_IQ4_NL_R8] = {matvec_iq4_nl_r8, NULL},
     },
     .quantize = {[LLM_ACT_Q8] = quantize_q8_act, [LLM_ACT_Q8K] = quantize_q8k_act},
     .vec = {scores, weighted_sum, softmax, swiglu, geglu, softcap},

@@ -187,6 +187,20 @@ INLINE __m256i dot_scaled_u8i8(__m256i acc, __m256i u, __m256i s, __m256i scale)
 #endif
 }
 
+/* kernels_x86_repacked.c: the _R8 types, one kernel for every n (matvec: the same with one token) */
+#define X86_R8_DECLARE(name)                                                                                     \
+    void X86(matvec_##name##_r8)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,  \
+                                 int64_t cols);                                                                  \
+    void X86(matmul_##name##_r8)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,   \
+                                 int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
+X86_R8_DECLARE(q8_0)
+X86_R8_DECLARE(q4_0)
+X86_R8_DECLARE(q4_1)
+X86_R8_DECLARE(q5_0)
+X86_R8_DECLARE(q5_1)
+X86_R8_DECLARE(iq4_nl)
+#undef X86_R8_DECLARE
+
 /* kernels_x86_kquants_low.c */
 void X86(matvec_q2_K)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);
 void X86(matvec_q3_K)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);

@@ -7,9 +7,12 @@ cache so that a request sharing a prefix with the previous one only computes the
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -504,6 +507,95 @@ class Engine:
         if getattr(self, "_ctx", None):
             lib.llm_free(self._ctx)
             self._ctx = ffi.NULL
+
+
+def repackable(tensor: Tensor) -> bool:
+    """Whether llm_repack takes this matrix: a 32-value block type with a repacked form and rows a multiple
+    of 8 (other matrices keep their file's layout, which every kernel also runs)."""
+    rows, _ = tensor.shape
+    return tensor.data.ndim == 2 and f"{tensor.type}_r8" in TENSOR_TYPES and rows % 8 == 0 and rows > 0
+
+
+def repack_candidates(spec: ModelSpec) -> list[tuple[object, str]]:
+    """(owner, attribute) of every matrix load(repack=True) repacks: the layers' matrices and a separate output
+    matrix. Never the token embedding, which is read a row at a time (and may be the tied output)."""
+    found: list[tuple[object, str]] = []
+    if spec.output is not None and spec.output is not spec.token_embd and repackable(spec.output):
+        found.append((spec, "output"))
+    for layer in spec.layers:
+        for name in ("wq", "wk", "wv", "wo", "w_gate", "w_down", "w_up"):
+            if repackable(getattr(layer, name)):
+                found.append((layer, name))
+    return found
+
+
+def repack_bytes(spec: ModelSpec) -> int:
+    """Bytes of the matrices repack_model would copy (the anonymous memory it would take)."""
+    return sum(getattr(owner, name).data.nbytes for owner, name in repack_candidates(spec))
+
+
+def repack_model(spec: ModelSpec, n_threads: int) -> int:
+    """Replaces every repack_candidates matrix of `spec` by its repacked copy (llm_repack, csrc/llmrun.h) in new
+    anonymous memory, a C call per tensor on `n_threads` threads (cffi releases the GIL); returns how many.
+    The file pages the old arrays mapped are then given back to the system (their mapping dropped, not their
+    data: the file is read-only and nothing reads those pages again)."""
+    found = repack_candidates(spec)
+    # one mapping for all of them, so that small matrices sit in huge pages too; each 64-byte aligned
+    offsets, total = [], 0
+    for owner, name in found:
+        offsets.append(total)
+        total += -(-getattr(owner, name).data.nbytes // 64) * 64
+    arena = _anonymous(total)
+
+    def one(item: tuple[tuple[object, str], int]) -> None:
+        (owner, name), offset = item
+        tensor: Tensor = getattr(owner, name)
+        rows, cols = tensor.shape
+        out = arena[offset:offset + tensor.data.nbytes].reshape(tensor.data.shape)
+        out_type = ffi.new("int32_t *")
+        rc = lib.llm_repack(TENSOR_TYPES[tensor.type].code, ffi.from_buffer(tensor.data), rows, cols,
+                            ffi.from_buffer(out), out_type)
+        if rc != 0:
+            raise KernelError(f"{spec.path}: cannot repack a {tensor.type} matrix of shape {tensor.shape}")
+        setattr(owner, name, Tensor(out, ffi.string(lib.llm_type_name(out_type[0])).decode()))
+        _drop_file_pages(tensor.data)
+
+    with ThreadPoolExecutor(max_workers=max(1, n_threads)) as pool:
+        list(pool.map(one, zip(found, offsets, strict=True)))
+    return len(found)
+
+
+def _anonymous(nbytes: int) -> np.ndarray:
+    """nbytes of new anonymous memory (uint8), advised MADV_HUGEPAGE where the system has it: a decode step
+    streams every weight once, and with 4 KiB pages walks the page tables for each (the file mappings ask for
+    huge pages too, formats/mapping.py; numpy's own allocations get none where THP is "madvise", the common
+    default, which measured 20-30% slower decoding). Private, not shared: counted as the process's RssAnon."""
+    if nbytes == 0 or not hasattr(mmap, "MAP_ANONYMOUS"):
+        return np.empty(nbytes, dtype=np.uint8)
+    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            buf.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:  # a kernel without transparent huge pages: 4 KiB pages, as numpy's
+            pass
+    return np.frombuffer(buf, dtype=np.uint8)  # keeps the mapping alive as long as the array
+
+
+def _drop_file_pages(array: np.ndarray) -> None:
+    """Unmaps the whole pages inside `array` if it is a view of a file mapping (np.memmap): the resident
+    memory goes back to the page cache, which the system may reclaim. Anonymous memory is left alone (there
+    MADV_DONTNEED would zero it). Best effort: a system without madvise keeps the pages."""
+    base = array
+    while base is not None and not isinstance(base, np.memmap):
+        base = getattr(base, "base", None)
+    if base is None or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    page = mmap.PAGESIZE
+    start = -(-array.ctypes.data // page) * page
+    end = (array.ctypes.data + array.nbytes) // page * page
+    if end > start:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), mmap.MADV_DONTNEED)
 
 
 def _is_int(value: object) -> bool:

@@ -12,7 +12,7 @@ import numpy as np
 from .aio import AsyncStream
 from .chat import FORMATS, ChatStream, ChatTemplate, end_of_turn, tokenize_chat
 from .embeddings import check_pooling, default_pooling, l2_normalize, pool
-from .engine import DEFAULT_BATCH, MAX_THREADS, Engine, context_bytes
+from .engine import DEFAULT_BATCH, MAX_THREADS, Engine, context_bytes, repack_bytes, repack_model
 from .errors import ContextOverflowError, InvalidArgumentError, KVCacheFullError, TokenizerError
 from .formats import Progress, beside_tokenizer, read_model, read_tokenizer
 from .generate import Generation, check_max_tokens, normalize_stop
@@ -58,6 +58,7 @@ class ModelInfo:
     isa: str  # the kernels' instruction set, e.g. "avx2"
     parallel: int = 1  # generations decoded together at most (the scheduler's slots)
     kv_size: int = 0  # positions of the KV cache's pool, shared by all sequences (blocks of kv_block_size)
+    repacked: int = 0  # weight matrices repacked at load time (load's repack; 0: all in the file's layout)
 
 
 class Model:
@@ -73,7 +74,7 @@ class Model:
 
     def __init__(self, spec: ModelSpec, tokenizer: Tokenizer | None, n_ctx: int, n_threads: int,
                  tokenizer_problem: str = "", n_batch: int = DEFAULT_BATCH, chat_format: str | None = None,
-                 parallel: int = DEFAULT_PARALLEL, kv_size: int | None = None) -> None:
+                 parallel: int = DEFAULT_PARALLEL, kv_size: int | None = None, repacked: int = 0) -> None:
         _check_chat_format(chat_format)
         self._chat_format = chat_format
         self._templates: dict[str | None, ChatTemplate] = {}
@@ -94,7 +95,8 @@ class Model:
             n_layers=cfg.n_layers, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
             vocab_size=cfg.vocab_size, context_length=cfg.max_seq_len, n_ctx=n_ctx, n_params=spec.n_params,
             dtype=spec.dtype, weight_bytes=spec.weight_bytes, file_size=spec.file_size, n_threads=n_threads,
-            n_batch=self._engine.n_batch, isa=self._engine.isa, parallel=parallel, kv_size=self._engine.n_kv)
+            n_batch=self._engine.n_batch, isa=self._engine.isa, parallel=parallel, kv_size=self._engine.n_kv,
+            repacked=repacked)
         eog = set(spec.eog_token_ids)  # e.g. Llama 3's <|eot_id|>, generation_config.json's eos_token_id list
         if tokenizer is not None and tokenizer.eos_id is not None:
             eog.add(tokenizer.eos_id)
@@ -548,7 +550,7 @@ class Model:
 def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | None = None,
          n_ctx: int | None = None, n_threads: int | None = None, n_batch: int = DEFAULT_BATCH,
          chat_format: str | None = None, quantize: str | None = None, progress: Progress | None = None,
-         parallel: int = DEFAULT_PARALLEL, kv_size: int | None = None) -> Model:
+         parallel: int = DEFAULT_PARALLEL, kv_size: int | None = None, repack: bool | None = None) -> Model:
     """Loads a model file or folder, the demo model, or a model of the Hugging Face Hub.
 
     path:      a GGUF file (architecture llama, qwen2, qwen3, gemma2, gemma3, phi3, smollm3 or granite; F32, F16, BF16,
@@ -577,9 +579,15 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
                each sequence takes as it grows); default n_ctx, the memory of one full context. A generation
                may use up to n_ctx of them; when the pool is full the latest generation waits (it is
                recomputed later) until others end. Must be >= n_ctx.
+    repack:    copy the 32-value block matrices (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL; not the token embedding)
+               once into the interleaved layout the batched products read (csrc/llmrun.h's _R8 types), instead
+               of reading the file's layout in place: faster prompt processing, for a copy of those weights in
+               anonymous memory (the file's pages are given back) and a longer load. None (default): repack
+               when those weights take less than half of the physical memory; True, False: always, never.
+               `info.repacked` says how many matrices were.
 
     A bad argument raises an LLMError whose `param` names it (InvalidArgumentError for n_ctx, n_threads,
-    n_batch, chat_format, parallel, kv_size; TokenizerError for tokenizer); a bad file ModelFormatError."""
+    n_batch, chat_format, parallel, kv_size, repack; TokenizerError for tokenizer); a bad file ModelFormatError."""
     _check_chat_format(chat_format)
     if n_threads is None:
         n_threads = min(physical_cores(), MAX_THREADS)
@@ -588,6 +596,8 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
     _check_int("parallel", parallel, 1, MAX_PARALLEL)
     if n_ctx is not None:
         _check_int("n_ctx", n_ctx, 1, 1 << 24)
+    if repack is not None and not isinstance(repack, bool):
+        raise InvalidArgumentError(f"repack must be True, False or None, got {repack!r}", param="repack")
     if isinstance(path, str):
         path = find_model(path)
     spec = read_model(path, quantize=quantize, progress=progress)
@@ -597,8 +607,18 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
         _check_int("kv_size", kv_size, n_ctx, 1 << 30)
     _check_context(spec, n_ctx, n_batch, n_threads, kv_size or n_ctx, _sequences(parallel))
     tok, problem = resolve_tokenizer(spec, tokenizer)
+    repacked = repack_model(spec, n_threads) if _should_repack(spec, repack) else 0
     return Model(spec, tok, n_ctx=n_ctx, n_threads=n_threads, tokenizer_problem=problem, n_batch=n_batch,
-                 chat_format=chat_format, parallel=parallel, kv_size=kv_size)
+                 chat_format=chat_format, parallel=parallel, kv_size=kv_size, repacked=repacked)
+
+
+def _should_repack(spec: ModelSpec, repack: bool | None) -> bool:
+    """load's repack=None: repack when the copy is small beside the machine's memory (under half of it: the
+    file's pages it replaces are page cache, which gives way, so the copy is what the model costs in RAM)."""
+    if repack is not None:
+        return repack
+    memory = physical_memory()
+    return memory is not None and repack_bytes(spec) < memory // 2
 
 
 def _packs(docs: list[list[int]], n_batch: int, max_texts: int, blocks: int, block_size: int

@@ -30,6 +30,7 @@ class TensorType:
     block_elems: int
     block_bytes: int
     dtype: np.dtype  # numpy dtype of a row's storage: the values for float types, raw bytes for blocks
+    repacked_from: str | None = None  # a repacked type ("q4_0_r8", llmrun.h's _R8 types): its file type
 
     def row_bytes(self, cols: int) -> int:
         return cols // self.block_elems * self.block_bytes
@@ -49,11 +50,15 @@ def _tensor_type(code: int) -> TensorType:
     if elems[0] == 1 and name not in _FLOAT_STORAGE:
         raise ImportError(f"the llmrun C library has a weight type {name!r} that llmrun/spec.py cannot hold")
     storage = _FLOAT_STORAGE[name] if elems[0] == 1 else np.dtype("u1")
-    return TensorType(name, code, int(elems[0]), int(nbytes[0]), storage)
+    # the repacked types are named after the type they are repacked from: "q4_0_r8" from "q4_0"
+    repacked_from = name.removesuffix("_r8") if name.endswith("_r8") else None
+    return TensorType(name, code, int(elems[0]), int(nbytes[0]), storage, repacked_from)
 
 
 # Built from the C library, which defines the codes and block layouts (one definition for C and Python).
 TENSOR_TYPES: dict[str, TensorType] = {t.name: t for t in map(_tensor_type, range(lib.LLM_TYPE_COUNT))}
+# The types a model file holds: all but the repacked forms, which exist only in memory (llmrun.load(repack=)).
+FILE_TYPES: dict[str, TensorType] = {name: t for name, t in TENSOR_TYPES.items() if t.repacked_from is None}
 
 ROPE_STYLES = {"interleaved": 0, "halves": 1}
 # The C library holds the family options as float32: a reader refuses a value outside (F32_MIN, F32_MAX), which
@@ -280,7 +285,8 @@ class ModelSpec:
         e.g. "q4_0 (+ q8_0, f16)" for a llama.cpp Q4_0 file."""
         elements: dict[str, int] = {}
         for t in self.tensors():
-            if t.data.ndim == 2:
-                elements[t.type] = elements.get(t.type, 0) + t.n_elements
+            if t.data.ndim == 2:  # a repacked matrix counts as the file's type it was repacked from
+                name = TENSOR_TYPES[t.type].repacked_from or t.type
+                elements[name] = elements.get(name, 0) + t.n_elements
         ranked = sorted(elements, key=elements.get, reverse=True) or ["f32"]
         return ranked[0] + (f" (+ {', '.join(ranked[1:])})" if len(ranked) > 1 else "")
