@@ -20,25 +20,39 @@
 enum { B = LLM_KV_BLOCK };
 _Static_assert(LLM_KV_BLOCK == 32, "a block's scores are four vectors of eight");
 
-/* s[i * B + j] = scale * dot(q[i], keys[:, j]) for the n <= 4 queries (n a constant where this is inlined): half
-   a block (two vectors) at a time, so that the 4 x 2 accumulators and the two rows of keys they share stay in
-   registers. Each lane is an FMA chain over the dimensions in order, whichever queries it is computed with. */
-INLINE void scores(float *s, const float *const q[4], int n, const float *keys, int64_t dim, float scale) {
-    for (int half = 0; half < B; half += 16) {
-        __m256 acc[4][2];
-        for (int i = 0; i < n; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
-        for (int64_t d = 0; d < dim; d++) {
-            __m256 k0 = _mm256_loadu_ps(keys + d * B + half), k1 = _mm256_loadu_ps(keys + d * B + half + 8);
-            for (int i = 0; i < n; i++) {
-                __m256 qd = _mm256_broadcast_ss(q[i] + d);
-                acc[i][0] = _mm256_fmadd_ps(qd, k0, acc[i][0]);
-                acc[i][1] = _mm256_fmadd_ps(qd, k1, acc[i][1]);
+/* s[i * B + j] = scale * dot(q[i], keys[:, j]) for the n (1 or 2, a constant where this is inlined) queries. Each
+   lane is the sum of two FMA chains, over the first and the second half of the dimensions, in order: the same
+   arithmetic for a query whichever queries it is computed with, and enough independent chains in flight to hide
+   the FMAs' latency even for one query (decoding a model without grouped-query attention): one query does the
+   whole block (4 vectors x 2 chains), two queries half a block at a time (2 x 2 x 2), in 8 accumulators that
+   stay in registers with the rows of keys they share. */
+INLINE void scores(float *s, const float *const q[2], int n, const float *keys, int64_t dim, float scale) {
+    enum { V = 2 }; /* vectors per pass for two queries */
+    int64_t half = dim / 2;
+    const float *k1 = keys + half * B; /* the second half's rows */
+    for (int at = 0; at < B; at += n == 1 ? B : 8 * V) {
+        __m256 a[2][4][2]; /* query, vector, chain */
+        int nv = n == 1 ? 4 : V;
+        for (int i = 0; i < n; i++)
+            for (int v = 0; v < nv; v++) a[i][v][0] = a[i][v][1] = _mm256_setzero_ps();
+        for (int64_t d = 0; d < half; d++) {
+            for (int v = 0; v < nv; v++) {
+                __m256 x0 = _mm256_loadu_ps(keys + d * B + at + 8 * v), x1 = _mm256_loadu_ps(k1 + d * B + at + 8 * v);
+                for (int i = 0; i < n; i++) {
+                    a[i][v][0] = _mm256_fmadd_ps(_mm256_broadcast_ss(q[i] + d), x0, a[i][v][0]);
+                    a[i][v][1] = _mm256_fmadd_ps(_mm256_broadcast_ss(q[i] + half + d), x1, a[i][v][1]);
+                }
             }
         }
-        for (int i = 0; i < n; i++) {
-            _mm256_storeu_ps(s + i * B + half, _mm256_mul_ps(acc[i][0], _mm256_set1_ps(scale)));
-            _mm256_storeu_ps(s + i * B + half + 8, _mm256_mul_ps(acc[i][1], _mm256_set1_ps(scale)));
-        }
+        for (int64_t d = 2 * half; d < dim; d++) /* an odd head size's last dimension, into the second chain */
+            for (int v = 0; v < nv; v++)
+                for (int i = 0; i < n; i++)
+                    a[i][v][1] = _mm256_fmadd_ps(_mm256_broadcast_ss(q[i] + d), _mm256_loadu_ps(keys + d * B + at + 8 * v),
+                                                 a[i][v][1]);
+        for (int i = 0; i < n; i++)
+            for (int v = 0; v < nv; v++)
+                _mm256_storeu_ps(s + i * B + at + 8 * v,
+                                 _mm256_mul_ps(_mm256_add_ps(a[i][v][0], a[i][v][1]), _mm256_set1_ps(scale)));
     }
 }
 
@@ -91,7 +105,8 @@ INLINE void update(float *o, float *max, float *sum, float *s, int lo, int hi, c
     }
     float m = hmax_f32x8(vmax);
     m = *max > m ? *max : m;
-    float rescale = *max == -INFINITY ? 0.0f : expf(*max - m); /* 1 exactly where the maximum stays */
+    /* e^(m_old - m): exp8 of 0 is 1 exactly, so the output is not rescaled while the maximum stays */
+    float rescale = *max == -INFINITY ? 0.0f : _mm256_cvtss_f32(exp8(_mm256_set1_ps(*max - m)));
     __m256 vm = _mm256_set1_ps(m), vsum = _mm256_setzero_ps();
     for (int k = 0; k < 4; k++) {
         __m256 p = _mm256_and_ps(exp8(_mm256_sub_ps(v[k], vm)), keep[k]);
@@ -103,16 +118,26 @@ INLINE void update(float *o, float *max, float *sum, float *s, int lo, int hi, c
     weighted_sum(o, rescale, s, lo, hi, values, dim);
 }
 
-/* Scores and updates of the queries of token tok, heads h .. h + n - 1, over a block they see in [lo, hi). */
-INLINE void attend(const llm_attention_tile *t, float *scratch, int32_t tok, int h, int n, int lo, int hi,
-                   const float *keys, const float *values) {
-    int64_t dim = t->dim, n_q = (int64_t)t->n_tok * t->n_head, first = (int64_t)tok * t->n_head + h;
+/* The positions [lo, hi) of block b that token tok of the tile sees (lo >= hi: none). */
+INLINE void visible(const llm_attention_tile *t, int32_t tok, int32_t b, int *lo, int *hi) {
+    int32_t to = t->pos + tok, from = t->window && to >= t->window ? to - t->window + 1 : 0;
+    *lo = from > b * B ? from - b * B : 0;
+    *hi = to < b * B + B ? to - b * B + 1 : B;
+}
+
+/* Queries i and on (n of them: query i is token i / n_head, head i % n_head) over block b. */
+INLINE void attend(const llm_attention_tile *t, float *scratch, int64_t i, int n, int32_t b, const float *keys,
+                   const float *values) {
+    int64_t dim = t->dim, n_q = (int64_t)t->n_tok * t->n_head;
     float *out = scratch, *max = out + n_q * dim, *sum = max + n_q, *s = sum + n_q;
-    const float *q[4];
-    for (int i = 0; i < n; i++) q[i] = t->q + tok * t->ldq + (h + i) * dim;
+    const float *q[2];
+    for (int k = 0; k < n; k++) q[k] = t->q + (i + k) / t->n_head * t->ldq + (i + k) % t->n_head * dim;
     scores(s, q, n, keys, dim, t->scale);
-    for (int i = 0; i < n; i++)
-        update(out + (first + i) * dim, max + first + i, sum + first + i, s + i * B, lo, hi, values, dim, t->softcap);
+    for (int k = 0; k < n; k++) {
+        int lo, hi;
+        visible(t, (int32_t)((i + k) / t->n_head), b, &lo, &hi);
+        update(out + (i + k) * dim, max + i + k, sum + i + k, s + k * B, lo, hi, values, dim, t->softcap);
+    }
 }
 
 void X86(attention)(const llm_attention_tile *t, float *scratch) {
@@ -123,19 +148,13 @@ void X86(attention)(const llm_attention_tile *t, float *scratch) {
     int32_t last = t->pos + t->n_tok - 1, first = t->window && t->pos >= t->window ? t->pos - t->window + 1 : 0;
     for (int32_t b = first / B; b <= last / B; b++) {
         const float *keys = t->keys + t->table[b] * t->stride, *values = t->values + t->table[b] * t->stride;
-        for (int32_t tok = 0; tok < t->n_tok; tok++) {
-            int32_t to = t->pos + tok, from = t->window && to >= t->window ? to - t->window + 1 : 0;
-            int lo = from > b * B ? from - b * B : 0, hi = to < b * B + B ? to - b * B + 1 : B; /* what it sees */
-            if (lo >= hi) continue;
-            int h = 0; /* four heads at a time share the loads of the keys */
-            for (; h + 4 <= t->n_head; h += 4) attend(t, scratch, tok, h, 4, lo, hi, keys, values);
-            switch (t->n_head - h) {
-            case 3: attend(t, scratch, tok, h, 3, lo, hi, keys, values); break;
-            case 2: attend(t, scratch, tok, h, 2, lo, hi, keys, values); break;
-            case 1: attend(t, scratch, tok, h, 1, lo, hi, keys, values); break;
-            default: break;
-            }
-        }
+        /* the tokens that see the block, a run: from the first whose position reaches it to the last whose
+           window still does */
+        int32_t tok = b * B > t->pos ? b * B - t->pos : 0, end = t->n_tok;
+        if (t->window && b * B + B - 1 + t->window - t->pos < end) end = b * B + B - 1 + t->window - t->pos;
+        int64_t i = (int64_t)tok * t->n_head, i_end = (int64_t)end * t->n_head;
+        for (; i + 2 <= i_end; i += 2) attend(t, scratch, i, 2, b, keys, values); /* two queries share the keys */
+        if (i < i_end) attend(t, scratch, i, 1, b, keys, values);
     }
     for (int64_t i = 0; i < n_q; i++) {
         float *o = t->out + i / t->n_head * t->ldo + i % t->n_head * dim;
