@@ -20,39 +20,62 @@
 enum { B = LLM_KV_BLOCK };
 _Static_assert(LLM_KV_BLOCK == 32, "a block's scores are four vectors of eight");
 
+/* The scores and the weighted sum in the level's widest vectors: AVX-512's 16 lanes (two registers per block, and
+   32 registers: four chains of FMAs per score), else AVX2's 8 (four per block, 16 registers: two chains). */
+#ifdef __AVX512F__
+typedef __m512 vec;
+enum { LANES = 16, CHAINS = 4 };
+#define VLOAD _mm512_loadu_ps
+#define VSTORE _mm512_storeu_ps
+#define VFMA _mm512_fmadd_ps
+#define VSET1 _mm512_set1_ps
+#define VZERO _mm512_setzero_ps
+#define VADD _mm512_add_ps
+#define VMUL _mm512_mul_ps
+#else
+typedef __m256 vec;
+enum { LANES = 8, CHAINS = 2 };
+#define VLOAD _mm256_loadu_ps
+#define VSTORE _mm256_storeu_ps
+#define VFMA _mm256_fmadd_ps
+#define VSET1 _mm256_set1_ps
+#define VZERO _mm256_setzero_ps
+#define VADD _mm256_add_ps
+#define VMUL _mm256_mul_ps
+#endif
+enum { NV = B / LANES }; /* vectors of a block's scores */
+
 /* s[i * B + j] = scale * dot(q[i], keys[:, j]) for the n (1 or 2, a constant where this is inlined) queries. Each
-   lane is the sum of two FMA chains, over the first and the second half of the dimensions, in order: the same
-   arithmetic for a query whichever queries it is computed with, and enough independent chains in flight to hide
-   the FMAs' latency even for one query (decoding a model without grouped-query attention): one query does the
-   whole block (4 vectors x 2 chains), two queries half a block at a time (2 x 2 x 2), in 8 accumulators that
-   stay in registers with the rows of keys they share. */
+   lane is the sum of CHAINS FMA chains, each over its part of the dimensions in order (the last part takes what
+   does not divide): the same arithmetic for a query whichever queries it is computed with, and enough independent
+   chains in flight to hide the FMAs' latency even for one query (decoding a model without grouped-query
+   attention). One query does the whole block at once, two queries two vectors at a time; the accumulators (8 or
+   16) and the rows of keys the queries share stay in registers. */
 INLINE void scores(float *s, const float *const q[2], int n, const float *keys, int64_t dim, float scale) {
-    enum { V = 2 }; /* vectors per pass for two queries */
-    int64_t half = dim / 2;
-    const float *k1 = keys + half * B; /* the second half's rows */
-    for (int at = 0; at < B; at += n == 1 ? B : 8 * V) {
-        __m256 a[2][4][2]; /* query, vector, chain */
-        int nv = n == 1 ? 4 : V;
+    int64_t part = dim / CHAINS;
+    int pass = n == 1 ? NV : 2; /* vectors per pass */
+    for (int at = 0; at < B; at += pass * LANES) {
+        vec a[2][NV][CHAINS];
         for (int i = 0; i < n; i++)
-            for (int v = 0; v < nv; v++) a[i][v][0] = a[i][v][1] = _mm256_setzero_ps();
-        for (int64_t d = 0; d < half; d++) {
-            for (int v = 0; v < nv; v++) {
-                __m256 x0 = _mm256_loadu_ps(keys + d * B + at + 8 * v), x1 = _mm256_loadu_ps(k1 + d * B + at + 8 * v);
-                for (int i = 0; i < n; i++) {
-                    a[i][v][0] = _mm256_fmadd_ps(_mm256_broadcast_ss(q[i] + d), x0, a[i][v][0]);
-                    a[i][v][1] = _mm256_fmadd_ps(_mm256_broadcast_ss(q[i] + half + d), x1, a[i][v][1]);
-                }
-            }
-        }
-        for (int64_t d = 2 * half; d < dim; d++) /* an odd head size's last dimension, into the second chain */
-            for (int v = 0; v < nv; v++)
+            for (int v = 0; v < pass; v++)
+                for (int c = 0; c < CHAINS; c++) a[i][v][c] = VZERO();
+        for (int64_t d = 0; d < part; d++)
+            for (int v = 0; v < pass; v++) {
+                vec x[CHAINS];
+                for (int c = 0; c < CHAINS; c++) x[c] = VLOAD(keys + (c * part + d) * B + at + LANES * v);
                 for (int i = 0; i < n; i++)
-                    a[i][v][1] = _mm256_fmadd_ps(_mm256_broadcast_ss(q[i] + d), _mm256_loadu_ps(keys + d * B + at + 8 * v),
-                                                 a[i][v][1]);
+                    for (int c = 0; c < CHAINS; c++) a[i][v][c] = VFMA(VSET1(q[i][c * part + d]), x[c], a[i][v][c]);
+            }
+        for (int64_t d = CHAINS * part; d < dim; d++) /* the rest, into the last chain */
+            for (int v = 0; v < pass; v++)
+                for (int i = 0; i < n; i++)
+                    a[i][v][CHAINS - 1] = VFMA(VSET1(q[i][d]), VLOAD(keys + d * B + at + LANES * v), a[i][v][CHAINS - 1]);
         for (int i = 0; i < n; i++)
-            for (int v = 0; v < nv; v++)
-                _mm256_storeu_ps(s + i * B + at + 8 * v,
-                                 _mm256_mul_ps(_mm256_add_ps(a[i][v][0], a[i][v][1]), _mm256_set1_ps(scale)));
+            for (int v = 0; v < pass; v++) {
+                vec sum = a[i][v][0];
+                for (int c = 1; c < CHAINS; c++) sum = VADD(sum, a[i][v][c]);
+                VSTORE(s + i * B + at + LANES * v, VMUL(sum, VSET1(scale)));
+            }
     }
 }
 
@@ -64,24 +87,25 @@ INLINE float hmax_f32x8(__m256 v) {
     return _mm_cvtss_f32(m);
 }
 
-/* o = o * rescale + sum over j in [lo, hi) of p[j] * values row j, in the order of j: 64 values (eight
-   registers) of o at a time over all the rows, then eight, then one (head sizes that are not a multiple of 8). */
+/* o = o * rescale + sum over j in [lo, hi) of p[j] * values row j, in the order of j: 64 values of o at a time
+   (8 or 4 registers) over all the rows, then a vector, then one (head sizes that are not a multiple of 8). */
 INLINE void weighted_sum(float *o, float rescale, const float *p, int lo, int hi, const float *values, int64_t dim) {
-    const __m256 r = _mm256_set1_ps(rescale);
+    enum { W = 64 / LANES };
+    const vec r = VSET1(rescale);
     int64_t c = 0;
     for (; c + 64 <= dim; c += 64) {
-        __m256 a[8];
-        for (int k = 0; k < 8; k++) a[k] = _mm256_mul_ps(_mm256_loadu_ps(o + c + 8 * k), r);
+        vec a[W];
+        for (int k = 0; k < W; k++) a[k] = VMUL(VLOAD(o + c + LANES * k), r);
         for (int j = lo; j < hi; j++) {
-            __m256 pj = _mm256_broadcast_ss(p + j);
-            for (int k = 0; k < 8; k++) a[k] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(values + j * dim + c + 8 * k), a[k]);
+            vec pj = VSET1(p[j]);
+            for (int k = 0; k < W; k++) a[k] = VFMA(pj, VLOAD(values + j * dim + c + LANES * k), a[k]);
         }
-        for (int k = 0; k < 8; k++) _mm256_storeu_ps(o + c + 8 * k, a[k]);
+        for (int k = 0; k < W; k++) VSTORE(o + c + LANES * k, a[k]);
     }
-    for (; c + 8 <= dim; c += 8) {
-        __m256 a = _mm256_mul_ps(_mm256_loadu_ps(o + c), r);
-        for (int j = lo; j < hi; j++) a = _mm256_fmadd_ps(_mm256_broadcast_ss(p + j), _mm256_loadu_ps(values + j * dim + c), a);
-        _mm256_storeu_ps(o + c, a);
+    for (; c + LANES <= dim; c += LANES) {
+        vec a = VMUL(VLOAD(o + c), r);
+        for (int j = lo; j < hi; j++) a = VFMA(VSET1(p[j]), VLOAD(values + j * dim + c), a);
+        VSTORE(o + c, a);
     }
     for (; c < dim; c++) {
         float a = o[c] * rescale;
