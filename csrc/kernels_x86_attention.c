@@ -149,18 +149,21 @@ INLINE void visible(const llm_attention_tile *t, int32_t tok, int32_t b, int *lo
     *hi = to < b * B + B ? to - b * B + 1 : B;
 }
 
-/* Queries i and on (n of them: query i is token i / n_head, head i % n_head) over block b. */
-INLINE void attend(const llm_attention_tile *t, float *scratch, int64_t i, int n, int32_t b, const float *keys,
-                   const float *values) {
+/* The n queries from token tok, head h on (the next head, or the next token's first) over block b. */
+INLINE void attend(const llm_attention_tile *t, float *scratch, int32_t tok, int h, int n, int32_t b,
+                   const float *keys, const float *values) {
     int64_t dim = t->dim, n_q = (int64_t)t->n_tok * t->n_head;
     float *out = scratch, *max = out + n_q * dim, *sum = max + n_q, *s = sum + n_q;
+    int32_t toks[2] = {tok, h + 1 < t->n_head ? tok : tok + 1};
+    int heads[2] = {h, h + 1 < t->n_head ? h + 1 : 0};
     const float *q[2];
-    for (int k = 0; k < n; k++) q[k] = t->q + (i + k) / t->n_head * t->ldq + (i + k) % t->n_head * dim;
+    for (int k = 0; k < n; k++) q[k] = t->q + toks[k] * t->ldq + heads[k] * dim;
     scores(s, q, n, keys, dim, t->scale);
     for (int k = 0; k < n; k++) {
         int lo, hi;
-        visible(t, (int32_t)((i + k) / t->n_head), b, &lo, &hi);
-        update(out + (i + k) * dim, max + i + k, sum + i + k, s + k * B, lo, hi, values, dim, t->softcap);
+        int64_t i = (int64_t)toks[k] * t->n_head + heads[k];
+        visible(t, toks[k], b, &lo, &hi);
+        update(out + i * dim, max + i, sum + i, s + k * B, lo, hi, values, dim, t->softcap);
     }
 }
 
@@ -170,15 +173,28 @@ void X86(attention)(const llm_attention_tile *t, float *scratch) {
     memset(out, 0, (size_t)(n_q * dim) * sizeof *out);
     for (int64_t i = 0; i < n_q; i++) max[i] = -INFINITY, sum[i] = 0.0f;
     int32_t last = t->pos + t->n_tok - 1, first = t->window && t->pos >= t->window ? t->pos - t->window + 1 : 0;
+    /* The blocks of a head lie a whole block of every head apart (kv_cache.h), in the order of the block table:
+       the hardware prefetcher does not follow them, so the block `ahead` is fetched while this one is used (one
+       ahead for a prompt's tile, whose work on a block is long enough; more while decoding). */
+    int32_t ahead = n_q >= 16 ? 1 : 4;
     for (int32_t b = first / B; b <= last / B; b++) {
         const float *keys = t->keys + t->table[b] * t->stride, *values = t->values + t->table[b] * t->stride;
+        if (b + ahead <= last / B)
+            for (int64_t k = 0; k < dim * B; k += 16) { /* 64-byte lines */
+                _mm_prefetch((const char *)(t->keys + t->table[b + ahead] * t->stride + k), _MM_HINT_T0);
+                _mm_prefetch((const char *)(t->values + t->table[b + ahead] * t->stride + k), _MM_HINT_T0);
+            }
         /* the tokens that see the block, a run: from the first whose position reaches it to the last whose
            window still does */
         int32_t tok = b * B > t->pos ? b * B - t->pos : 0, end = t->n_tok;
         if (t->window && b * B + B - 1 + t->window - t->pos < end) end = b * B + B - 1 + t->window - t->pos;
-        int64_t i = (int64_t)tok * t->n_head, i_end = (int64_t)end * t->n_head;
-        for (; i + 2 <= i_end; i += 2) attend(t, scratch, i, 2, b, keys, values); /* two queries share the keys */
-        if (i < i_end) attend(t, scratch, i, 1, b, keys, values);
+        int64_t left = (int64_t)(end - tok) * t->n_head; /* their queries, two at a time (sharing the keys) */
+        for (int h = 0; left > 0; left -= 2) {
+            if (left > 1) attend(t, scratch, tok, h, 2, b, keys, values); /* n a constant in each */
+            else attend(t, scratch, tok, h, 1, b, keys, values);
+            h += 2;
+            while (h >= t->n_head) h -= t->n_head, tok++;
+        }
     }
     for (int64_t i = 0; i < n_q; i++) {
         float *o = t->out + i / t->n_head * t->ldo + i % t->n_head * dim;
