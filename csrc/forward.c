@@ -180,11 +180,12 @@ static void attention_worker(void *arg, int ith, int nth) {
 
 /* xb = softmax(attn_scale q k^T) v for each query head of the n entries, over the keys and values of layer l's
    cache of each one's sequence up to its own position (causal), within the layer's window if it has one. A
-   group of query heads is split where the items would be too few to keep the threads busy (decoding). */
+   group of query heads is split where there would be fewer than two items per thread (decoding; not further:
+   each part reads the head's keys and values again). */
 static void attention(llm_ctx *c, int layer, const llm_batch_entry *e, int n) {
     const llm_config *p = &c->cfg;
     int group = p->n_heads / p->n_kv_heads, heads = group, tile = tile_tokens(p), n_chunks = (n + tile - 1) / tile;
-    while (heads > 1 && n_chunks * p->n_kv_heads * ((group + heads - 1) / heads) < 4 * llm_pool_size(c->pool))
+    while (heads > 1 && n_chunks * p->n_kv_heads * ((group + heads - 1) / heads) < 2 * llm_pool_size(c->pool))
         heads = (heads + 1) / 2;
     attention_task task = {c, e, layer, n, heads, tile, p->n_kv_heads * ((group + heads - 1) / heads), 0};
     llm_pool_run(c->pool, attention_worker, &task);
