@@ -79,7 +79,7 @@ def check(isa: str, q: np.ndarray, k: np.ndarray, v: np.ndarray, pos: int, windo
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("dim", [64, 128, 80])
+@pytest.mark.parametrize("dim", [64, 128, 80, 256])
 @pytest.mark.parametrize("group", [1, 4, 8])
 def test_against_reference(isa: str, dim: int, group: int) -> None:
     """Tiles of 1..17 tokens at positions that start at 0, within a block and across blocks, with no window,
