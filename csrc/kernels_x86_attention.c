@@ -174,15 +174,16 @@ void X86(attention)(const llm_attention_tile *t, float *scratch) {
     for (int64_t i = 0; i < n_q; i++) max[i] = -INFINITY, sum[i] = 0.0f;
     int32_t last = t->pos + t->n_tok - 1, first = t->window && t->pos >= t->window ? t->pos - t->window + 1 : 0;
     /* The blocks of a head lie a whole block of every head apart (kv_cache.h), in the order of the block table:
-       the hardware prefetcher does not follow them, so the block `ahead` is fetched while this one is used (one
-       ahead for a prompt's tile, whose work on a block is long enough; more while decoding). */
-    int32_t ahead = n_q >= 16 ? 1 : 4;
+       the hardware prefetcher does not follow them, so the block two ahead is fetched into L2 while this one is
+       used (measured on Zen 4, decoding at 8192 positions: 30% faster than none, and than four ahead into L1,
+       whose 32 KB that evicts from; prompts' tiles alike within the noise). */
+    int32_t ahead = 2;
     for (int32_t b = first / B; b <= last / B; b++) {
         const float *keys = t->keys + t->table[b] * t->stride, *values = t->values + t->table[b] * t->stride;
         if (b + ahead <= last / B)
             for (int64_t k = 0; k < dim * B; k += 16) { /* 64-byte lines */
-                _mm_prefetch((const char *)(t->keys + t->table[b + ahead] * t->stride + k), _MM_HINT_T0);
-                _mm_prefetch((const char *)(t->values + t->table[b + ahead] * t->stride + k), _MM_HINT_T0);
+                _mm_prefetch((const char *)(t->keys + t->table[b + ahead] * t->stride + k), _MM_HINT_T1);
+                _mm_prefetch((const char *)(t->values + t->table[b + ahead] * t->stride + k), _MM_HINT_T1);
             }
         /* the tokens that see the block, a run: from the first whose position reaches it to the last whose
            window still does */
