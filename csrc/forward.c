@@ -48,7 +48,7 @@ struct llm_ctx {
     float *q;   /* (n_batch, q_dim) queries */
     float *k;   /* (n_batch, kv_dim) keys, on their way into the cache */
     float *v;   /* (n_batch, kv_dim) values, likewise */
-    float *att; /* (n_threads, n_ctx) attention scores, a row per thread */
+    float *att; /* (n_threads, attention_scratch) each thread's scratch of the attention */
     void (*ffn_activation)(float *gate, const float *up, int64_t n); /* SwiGLU's or GeGLU's kernel */
     rope_table rope_global; /* rope_theta or rope_freqs, times rope_attn_factor */
     rope_table rope_local;  /* base rope_theta_local (NULL where no layer uses it) */
@@ -126,52 +126,68 @@ static const rope_table *layer_rope(const llm_ctx *c, int l) {
 /* ---------------------------------------------------------------------------------------------------- */
 /* attention, shared out among the threads */
 
+/* Queries that share a pass over the keys: enough that reading a block of keys and values (from L2 or L3) costs
+   little beside their arithmetic on it (measured: 32 to 64 and more all run near the kernel's peak, 16 short of it). */
+enum { TILE_QUERIES = 64 };
+
 typedef struct {
     llm_ctx               *c;
     const llm_batch_entry *e;
     int                    layer, n;
-    atomic_int             next; /* the next (token, head) pair to claim */
+    int                    heads;      /* query heads per work item: a key/value head's group, or a part of it */
+    int                    tile;       /* entries per chunk: TILE_QUERIES / group tokens, at least one */
+    int                    per_chunk;  /* work items per chunk: kv heads x parts of the group */
+    atomic_int             next;       /* the next work item to claim */
 } attention_task;
 
-/* Each (token, query head) pair attends over positions first..pos of its own sequence for its key/value head
-   (first: 0, or the start of the layer's window); the pairs are shared out among the threads, each with its own
-   row of scores. The positions lie in blocks of the pool: scores a run of adjacent blocks at a time, one softmax
-   over all, then the weighted sum accumulated a run at a time (the same arithmetic however the runs fall). */
+/* Tokens of a tile, and the floats of each thread's scratch: a tile's tokens and a whole group of query heads. */
+static int tile_tokens(const llm_config *p) {
+    int group = p->n_heads / p->n_kv_heads;
+    return group < TILE_QUERIES ? TILE_QUERIES / group : 1;
+}
+
+static size_t attention_scratch(const llm_config *p) {
+    return llm_attention_scratch((int64_t)tile_tokens(p) * (p->n_heads / p->n_kv_heads), p->head_dim);
+}
+
+/* A work item is a chunk of `tile` batch entries and a key/value head with `heads` of its query heads; the chunk's
+   runs of consecutive entries of one sequence (consecutive positions) are tiles, whose queries each read the keys
+   and values of their head once (kernels.h llm_attention_tile). The longest chunks (the last: causal) go first. */
 static void attention_worker(void *arg, int ith, int nth) {
     (void)nth;
     attention_task *t = arg;
     llm_ctx *c = t->c;
     const llm_config *p = &c->cfg;
-    const llm_vec_ops *vec = &c->kernels->vec;
-    int hd = p->head_dim, q_dim = p->n_heads * hd, kv_dim = p->n_kv_heads * hd, group = p->n_heads / p->n_kv_heads;
-    int32_t window = llm_kv_window(c->kv, t->layer);
-    float *att = c->att + (size_t)ith * c->n_ctx;
-    for (int i; (i = atomic_fetch_add_explicit(&t->next, 1, memory_order_relaxed)) < t->n * p->n_heads;) {
-        int token = i / p->n_heads, h = i % p->n_heads;
-        int32_t seq = t->e[token].seq, last = t->e[token].pos, first = window && last >= window ? last - window + 1 : 0;
-        const float *q = c->q + (size_t)token * q_dim + (size_t)h * hd;
-        size_t head = (size_t)(h / group) * hd;
-        for (int32_t at = first, end; at <= last; at = end) {
-            end = llm_kv_run_end(c->kv, t->layer, seq, at, last);
-            const float *keys = llm_kv_row(c->kv, t->layer, seq, at, 0) + head;
-            vec->scores(att + (at - first), q, keys, kv_dim, end - at, hd, p->attn_scale);
-        }
-        if (p->attn_softcap) vec->softcap(att, last - first + 1, p->attn_softcap); /* Gemma 2 */
-        vec->softmax(att, last - first + 1);
-        float *out = c->xb + (size_t)token * c->xb_width + (size_t)h * hd;
-        memset(out, 0, (size_t)hd * sizeof *out);
-        for (int32_t at = first, end; at <= last; at = end) {
-            end = llm_kv_run_end(c->kv, t->layer, seq, at, last);
-            const float *values = llm_kv_row(c->kv, t->layer, seq, at, 1) + head;
-            vec->weighted_sum(out, att + (at - first), values, kv_dim, end - at, hd);
+    int hd = p->head_dim, q_dim = p->n_heads * hd, group = p->n_heads / p->n_kv_heads;
+    int n_chunks = (t->n + t->tile - 1) / t->tile, parts = (group + t->heads - 1) / t->heads;
+    float *scratch = c->att + (size_t)ith * attention_scratch(p);
+    for (int i; (i = atomic_fetch_add_explicit(&t->next, 1, memory_order_relaxed)) < n_chunks * t->per_chunk;) {
+        int chunk = n_chunks - 1 - i / t->per_chunk, kv_head = i % t->per_chunk / parts;
+        int h = kv_head * group + i % t->per_chunk % parts * t->heads; /* its first query head */
+        int n_head = t->heads < kv_head * group + group - h ? t->heads : kv_head * group + group - h;
+        int chunk_end = (chunk + 1) * t->tile < t->n ? (chunk + 1) * t->tile : t->n;
+        for (int s = chunk * t->tile, end; s < chunk_end; s = end) {
+            for (end = s + 1; end < chunk_end && t->e[end].seq == t->e[s].seq;) end++;
+            llm_attention_tile tile = {
+                .q = c->q + (size_t)s * q_dim + (size_t)h * hd, .out = c->xb + (size_t)s * c->xb_width + (size_t)h * hd,
+                .ldq = q_dim, .ldo = c->xb_width, .dim = hd, .n_tok = end - s, .n_head = n_head, .pos = t->e[s].pos,
+                .window = llm_kv_window(c->kv, t->layer), .scale = p->attn_scale, .softcap = p->attn_softcap};
+            llm_kv_head(c->kv, t->layer, t->e[s].seq, kv_head, &tile);
+            c->kernels->vec.attention(&tile, scratch);
         }
     }
 }
 
 /* xb = softmax(attn_scale q k^T) v for each query head of the n entries, over the keys and values of layer l's
-   cache of each one's sequence up to its own position (causal), within the layer's window if it has one. */
+   cache of each one's sequence up to its own position (causal), within the layer's window if it has one. A
+   group of query heads is split where there would be fewer than two items per thread (decoding; not further:
+   each part reads the head's keys and values again). */
 static void attention(llm_ctx *c, int layer, const llm_batch_entry *e, int n) {
-    attention_task task = {c, e, layer, n, 0};
+    const llm_config *p = &c->cfg;
+    int group = p->n_heads / p->n_kv_heads, heads = group, tile = tile_tokens(p), n_chunks = (n + tile - 1) / tile;
+    while (heads > 1 && n_chunks * p->n_kv_heads * ((group + heads - 1) / heads) < 2 * llm_pool_size(c->pool))
+        heads = (heads + 1) / 2;
+    attention_task task = {c, e, layer, n, heads, tile, p->n_kv_heads * ((group + heads - 1) / heads), 0};
     llm_pool_run(c->pool, attention_worker, &task);
 }
 
@@ -212,9 +228,7 @@ static void forward_batch(llm_ctx *c, const llm_batch_entry *e, int n, float *lo
                 rope(c, rotation, qt, p->n_heads, e[t].pos);
                 rope(c, rotation, kt, p->n_kv_heads, e[t].pos);
             }
-            /* into the position's row of its sequence's block */
-            memcpy(llm_kv_row(c->kv, l, e[t].seq, e[t].pos, 0), kt, (size_t)kv_dim * sizeof *kt);
-            memcpy(llm_kv_row(c->kv, l, e[t].seq, e[t].pos, 1), vt, (size_t)kv_dim * sizeof *vt);
+            llm_kv_store(c->kv, l, e[t].seq, e[t].pos, kt, vt); /* into its sequence's block */
         }
         attention(c, l, e, n);                                                  /* xb (n, q_dim) */
         llm_products_run(c->products, n, xb, wide, &(llm_product){xb2, dim, &L->wo}, 1); /* xb2 (n, dim) */
@@ -349,10 +363,10 @@ static void plan_buffers(llm_ctx *c, const llm_config *p, int32_t n_ctx, int32_t
     size_t nb = (size_t)n_batch, ctx = (size_t)n_ctx, dim = (size_t)p->dim, hidden = (size_t)p->hidden_dim;
     size_t q_dim = (size_t)p->n_heads * (size_t)p->head_dim, kv_dim = (size_t)p->n_kv_heads * (size_t)p->head_dim;
     size_t wide = dim > q_dim ? dim : q_dim, half = (size_t)(p->rope_dim ? p->rope_dim : p->head_dim) / 2;
-    size_t local = uses_local_rope(p) ? ctx : 0, nth = (size_t)n_threads;
+    size_t local = uses_local_rope(p) ? ctx : 0, nth = (size_t)n_threads, att = attention_scratch(p);
     float_buffer plan[N_BUFFERS] = {
         {&c->x, nb, dim}, {&c->xb, nb, wide}, {&c->xb2, nb, dim}, {&c->hb, nb, hidden}, {&c->hb2, nb, hidden},
-        {&c->q, nb, q_dim}, {&c->k, nb, kv_dim}, {&c->v, nb, kv_dim}, {&c->att, nth, ctx},
+        {&c->q, nb, q_dim}, {&c->k, nb, kv_dim}, {&c->v, nb, kv_dim}, {&c->att, nth, att},
         {&c->rope_global.cos, ctx, half}, {&c->rope_global.sin, ctx, half},
         {&c->rope_local.cos, local, half}, {&c->rope_local.sin, local, half},
     };

@@ -62,17 +62,37 @@ typedef struct {
     llm_matmul_fn matmul; /* a batch of tokens: prompt processing; NULL: matvec one token at a time */
 } llm_type_kernels;
 
-/* Vector helpers of the attention and the feed-forward layer. rows are `dim` floats each, `stride` floats
-   apart (the KV cache's rows of one head). */
+/* A tile of attention: the queries of n_tok consecutive tokens of one sequence (token t at position pos + t) and
+   n_head query heads that share one key/value head, against that head's keys and values in the KV cache. Query
+   (t, h) sees the positions first_t .. pos + t, first_t = 0 without a window, else pos + t - window + 1 (from 0),
+   and its output is softmax over them of softcap(scale q.k) (softcap 0: none; else cap * tanh(x / cap)), times
+   the values. The positions lie in blocks of LLM_KV_BLOCK (B): positions bB .. bB + B - 1 are block table[b],
+   whose keys are dim rows of B floats at keys + table[b] * stride (dimension major: each row one dimension of
+   the B positions, so a query's B scores are FMAs of broadcast q values across positions), whose values are B
+   rows of dim floats at values + table[b] * stride. */
 typedef struct {
-    /* out[s] = scale * dot(q, row s) for s < n_rows: a query's attention scores */
-    void (*scores)(float *out, const float *q, const float *rows, int64_t stride, int64_t n_rows, int64_t dim,
-                   float scale);
-    /* out += sum over s < n_rows of weights[s] * row s, in the order of s: the attention's weighted sum of values,
-       accumulated a run of rows (a block of the KV cache) at a time, the same arithmetic as in one run */
-    void (*weighted_sum)(float *out, const float *weights, const float *rows, int64_t stride, int64_t n_rows,
-                         int64_t dim);
-    void (*softmax)(float *x, int64_t n);                     /* in place */
+    const float   *q;             /* query (t, h): dim floats at q + t * ldq + h * dim */
+    float         *out;           /* its output: out + t * ldo + h * dim */
+    int64_t        ldq, ldo, dim;
+    int32_t        n_tok, n_head, pos, window;
+    float          scale, softcap;
+    const float   *keys, *values; /* the blocks: see above */
+    const int32_t *table;
+    int64_t        stride;
+} llm_attention_tile;
+
+/* Floats of the scratch that the attention of a tile of n_q = n_tok x n_head queries wants: each query's running
+   output, maximum and sum (the online softmax) and the scores of a block for a few queries at a time. */
+static inline size_t llm_attention_scratch(int64_t n_q, int64_t dim) {
+    return (size_t)n_q * (size_t)(dim + 2) + 8 * LLM_KV_BLOCK;
+}
+
+/* Vector helpers of the attention and the feed-forward layer. */
+typedef struct {
+    /* the tile's outputs (above), with scratch the calling thread's llm_attention_scratch(n_tok * n_head, dim)
+       floats. The keys go by a block at a time with an online softmax (flash attention): each query's arithmetic
+       is the same whatever else is in its tile, so a token's output is the same in a prompt and alone. */
+    void (*attention)(const llm_attention_tile *tile, float *scratch);
     void (*swiglu)(float *gate, const float *up, int64_t n); /* gate = silu(gate) * up */
     void (*geglu)(float *gate, const float *up, int64_t n);  /* gate = gelu_tanh(gate) * up (Gemma) */
     void (*softcap)(float *x, int64_t n, float cap);          /* x = cap * tanh(x / cap) (Gemma 2), in place */

@@ -697,26 +697,47 @@ static void matvec_iq4_xs(float *out, const void *w, const void *xq, int64_t row
 /* ---------------------------------------------------------------------------------------------------- */
 /* attention and feed-forward helpers */
 
-static void scores(float *out, const float *q, const float *rows, int64_t stride, int64_t n_rows, int64_t dim,
-                   float scale) {
-    for (int64_t s = 0; s < n_rows; s++) out[s] = scale * dot_f32(q, rows + s * stride, dim);
-}
-
-static void weighted_sum(float *out, const float *weights, const float *rows, int64_t stride, int64_t n_rows,
-                         int64_t dim) {
-    for (int64_t s = 0; s < n_rows; s++)
-        for (int64_t i = 0; i < dim; i++) out[i] += weights[s] * rows[s * stride + i];
-}
-
-static void softmax(float *x, int64_t n) {
-    float max = x[0];
-    for (int64_t i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
-    float sum = 0.0f;
-    for (int64_t i = 0; i < n; i++) {
-        x[i] = expf(x[i] - max);
-        sum += x[i];
+/* The attention of a tile (kernels.h), the reference of the SIMD kernels: for each block of positions and each
+   query that sees some of them, the scores, then the online softmax's update of the running maximum m, the sum of
+   e^(s - m) and the output (both rescaled by e^(m_old - m_new) when m grows); the output over the sum at the end. */
+static void attention(const llm_attention_tile *t, float *scratch) {
+    enum { B = LLM_KV_BLOCK };
+    int64_t dim = t->dim, n_q = (int64_t)t->n_tok * t->n_head;
+    float *out = scratch, *max = out + n_q * dim, *sum = max + n_q, *s = sum + n_q;
+    for (int64_t i = 0; i < n_q; i++) max[i] = -INFINITY, sum[i] = 0.0f;
+    memset(out, 0, (size_t)(n_q * dim) * sizeof *out);
+    int32_t last = t->pos + t->n_tok - 1, first = t->window && t->pos >= t->window ? t->pos - t->window + 1 : 0;
+    for (int32_t b = first / B; b <= last / B; b++) {
+        const float *keys = t->keys + t->table[b] * t->stride, *values = t->values + t->table[b] * t->stride;
+        for (int32_t tok = 0; tok < t->n_tok; tok++) {
+            int32_t to = t->pos + tok, from = t->window && to >= t->window ? to - t->window + 1 : 0;
+            int32_t lo = from > b * B ? from - b * B : 0, hi = to < b * B + B ? to - b * B + 1 : B; /* [lo, hi) */
+            for (int32_t h = 0; lo < hi && h < t->n_head; h++) {
+                int64_t i = (int64_t)tok * t->n_head + h;
+                const float *q = t->q + tok * t->ldq + h * dim;
+                float m = max[i];
+                for (int32_t j = lo; j < hi; j++) {
+                    float dot = 0.0f;
+                    for (int64_t d = 0; d < dim; d++) dot += q[d] * keys[d * B + j];
+                    s[j] = t->scale * dot;
+                    if (t->softcap) s[j] = t->softcap * tanhf(s[j] / t->softcap);
+                    m = s[j] > m ? s[j] : m;
+                }
+                float rescale = max[i] == -INFINITY ? 0.0f : expf(max[i] - m), *o = out + i * dim;
+                sum[i] *= rescale;
+                for (int64_t d = 0; d < dim; d++) o[d] *= rescale;
+                for (int32_t j = lo; j < hi; j++) {
+                    float e = expf(s[j] - m);
+                    sum[i] += e;
+                    for (int64_t d = 0; d < dim; d++) o[d] += e * values[j * dim + d];
+                }
+                max[i] = m;
+            }
+        }
     }
-    for (int64_t i = 0; i < n; i++) x[i] /= sum;
+    for (int64_t i = 0; i < n_q; i++)
+        for (int64_t d = 0; d < dim; d++)
+            t->out[i / t->n_head * t->ldo + i % t->n_head * dim + d] = out[i * dim + d] / sum[i];
 }
 
 static void swiglu(float *gate, const float *up, int64_t n) {
@@ -792,6 +813,6 @@ const llm_kernels llm_kernels_scalar = {
         [LLM_IQ4_NL_R8] = {matvec_iq4_nl_r8, NULL},
     },
     .quantize = {[LLM_ACT_Q8] = quantize_q8_act, [LLM_ACT_Q8K] = quantize_q8k_act},
-    .vec = {scores, weighted_sum, softmax, swiglu, geglu, softcap},
+    .vec = {.attention = attention, .swiglu = swiglu, .geglu = geglu, .softcap = softcap},
     .scratch_bytes = NULL,
 };

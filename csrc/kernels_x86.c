@@ -30,6 +30,6 @@ const llm_kernels X86(llm_kernels) = {
         [LLM_IQ4_NL_R8] = {X86(matvec_iq4_nl_r8), X86(matmul_iq4_nl_r8)},
     },
     .quantize = {[LLM_ACT_Q8] = X86(quantize_q8_act), [LLM_ACT_Q8K] = X86(quantize_q8k_act)},
-    .vec = {X86(scores), X86(weighted_sum), X86(softmax), X86(swiglu), X86(geglu), X86(softcap)},
+    .vec = {.attention = X86(attention), .swiglu = X86(swiglu), .geglu = X86(geglu), .softcap = X86(softcap)},
     .scratch_bytes = X86(matmul_scratch_bytes),
 };

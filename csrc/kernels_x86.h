@@ -37,14 +37,12 @@ void X86(matmul_f16)(float *out, int64_t ldo, const void *w, const void *x, size
                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
 void X86(matmul_bf16)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
                       int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
-void X86(scores)(float *out, const float *q, const float *rows, int64_t stride, int64_t n_rows, int64_t dim,
-                 float scale);
-void X86(weighted_sum)(float *out, const float *weights, const float *rows, int64_t stride, int64_t n_rows,
-                       int64_t dim);
-void X86(softmax)(float *x, int64_t n);
 void X86(swiglu)(float *gate, const float *up, int64_t n);
 void X86(geglu)(float *gate, const float *up, int64_t n);
 void X86(softcap)(float *x, int64_t n, float cap);
+
+/* kernels_x86_attention.c */
+void X86(attention)(const llm_attention_tile *tile, float *scratch);
 
 /* kernels_x86_int8.c */
 void X86(quantize_q8_act)(void *out, const float *x, int64_t cols);
@@ -89,6 +87,26 @@ INLINE float hsum_f32x8(__m256 v) {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
+}
+
+/* e^x for eight floats (Cephes' expf: x = n ln2 + r, e^r by a degree-6 polynomial, 2^n in the exponent
+   bits); relative error about 2e-7. The clamps keep n within [-126, 127], so 2^n is a normal float (e^x
+   saturates at about 1.7e38 and 1.2e-38); NaN passes through. */
+INLINE __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_max_ps(_mm256_set1_ps(-87.3365478515625f), x));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    __m256 y = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
 }
 
 /* The sum of the eight int32 lanes. */

@@ -78,7 +78,8 @@ static int64_t layout(const llm_config *p, int32_t n_ctx, int32_t n_seq, int32_t
 #undef ARRAY
     if (!ok || (uint64_t)at > SIZE_MAX) return -1;
     if (base) {
-        *kv = (llm_kv){n_seq, n_ctx, n_batch, (int32_t)bps, kv_dim, n_groups, (llm_kv_group *)(base + groups_at),
+        *kv = (llm_kv){n_seq, n_ctx, n_batch, (int32_t)bps, kv_dim, p->head_dim, n_groups,
+                       (llm_kv_group *)(base + groups_at),
                        k->layer_group, k->layer_index, k->length, k->first, k->next, k->touched, 0, k->entries};
         for (int l = 0; l < p->n_layers; l++) {
             int leader = group_leader(p, l, n_ctx), g = 0, index = 0;

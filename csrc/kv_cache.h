@@ -1,6 +1,6 @@
 /*
  * kv_cache.h: the KV cache's pool of blocks and the sequences' block tables (the bookkeeping beside forward.c,
- * which only reads and writes rows through llm_kv_key / llm_kv_value).
+ * which writes a position's keys and values with llm_kv_store and reads a head's blocks through llm_kv_head).
  *
  * Layers are grouped by their sliding window: the layers without one (or with one >= n_ctx) form one group, each
  * distinct window its own. A group has a pool of blocks, each holding LLM_KV_BLOCK positions of every layer of
@@ -8,6 +8,10 @@
  * has, per group, a table of ceil(n_ctx / B) block ids (-1: none): position p lives in row p % B of block
  * table[p / B]. Blocks are taken as a sequence grows and given back when it is cleared or rewound; two sequences
  * share blocks after llm_seq_copy, and a shared block is copied before it is written (copy on write).
+ *
+ * A block of one layer holds, per key/value head, its keys as head_dim rows of B floats (dimension major: the
+ * attention kernels broadcast a query's values across B positions, kernels.h llm_attention_tile), then per head
+ * its values as B rows of head_dim floats: keys (n_kv_heads, head_dim, B), values (n_kv_heads, B, head_dim).
  *
  * Pool sizes: the full group has ceil(n_kv / B) blocks. A group of window w has min(that, n_seq x
  * (ceil((w + n_batch - 1) / B) + 2)) blocks, and after each batch gives back, per sequence, the blocks whose every
@@ -18,7 +22,7 @@
 #ifndef LLMRUN_KV_CACHE_H
 #define LLMRUN_KV_CACHE_H
 
-#include "llmrun.h"
+#include "kernels.h"
 
 typedef struct {
     int32_t  window;   /* the sliding window, 0: the whole context */
@@ -29,13 +33,13 @@ typedef struct {
     int32_t *refs;     /* (n_blocks) sequences holding each block */
     int32_t *tables;   /* (n_seq, blocks_per_seq) each sequence's block of each B positions, -1: none */
     int32_t *oldest;   /* (n_seq) the oldest position the group still holds for each sequence (0 for the full group) */
-    float   *keys;     /* (n_layers, n_blocks, B, kv_dim) */
-    float   *values;   /* likewise */
+    float   *keys;     /* (n_layers, n_blocks, n_kv_heads, head_dim, B) */
+    float   *values;   /* (n_layers, n_blocks, n_kv_heads, B, head_dim) */
 } llm_kv_group;
 
 typedef struct {
     int32_t       n_seq, n_ctx, n_batch, blocks_per_seq;
-    int64_t       kv_dim;
+    int64_t       kv_dim, head_dim;
     int32_t       n_groups;
     llm_kv_group *groups;      /* (n_groups) */
     int32_t      *layer_group; /* (n_layers) the group of each layer */
@@ -70,29 +74,32 @@ int     llm_kv_copy(llm_kv *kv, int32_t src, int32_t dst, int32_t n, char *err, 
 int32_t llm_kv_resume_min(const llm_kv *kv, int32_t seq);
 void    llm_kv_blocks(const llm_kv *kv, int64_t *used, int64_t *total);
 
-/* The block of layer `layer` that holds position pos of sequence seq: its first row (B rows, kv_dim apart). */
-static inline float *llm_kv_block(const llm_kv *kv, int layer, int32_t seq, int32_t pos, int values) {
-    const llm_kv_group *g = &kv->groups[kv->layer_group[layer]];
-    int64_t block = g->tables[(int64_t)seq * kv->blocks_per_seq + pos / LLM_KV_BLOCK];
-    int64_t at = ((int64_t)kv->layer_index[layer] * g->n_blocks + block) * LLM_KV_BLOCK * kv->kv_dim;
-    return (values ? g->values : g->keys) + at;
+/* Where block `block` of layer `layer` starts in its group's keys (and values): B x kv_dim floats each. */
+static inline int64_t llm_kv_block_at(const llm_kv *kv, const llm_kv_group *g, int layer, int64_t block) {
+    return ((int64_t)kv->layer_index[layer] * g->n_blocks + block) * LLM_KV_BLOCK * kv->kv_dim;
 }
 
-/* The row of position pos (sequence seq, layer `layer`): keys (values 0) or values (1). */
-static inline float *llm_kv_row(const llm_kv *kv, int layer, int32_t seq, int32_t pos, int values) {
-    return llm_kv_block(kv, layer, seq, pos, values) + (int64_t)(pos % LLM_KV_BLOCK) * kv->kv_dim;
+/* Stores position pos's keys k and values v (kv_dim floats each: head after head) of sequence seq, layer `layer`. */
+static inline void llm_kv_store(const llm_kv *kv, int layer, int32_t seq, int32_t pos, const float *k,
+                                const float *v) {
+    const llm_kv_group *g = &kv->groups[kv->layer_group[layer]];
+    int64_t at = llm_kv_block_at(kv, g, layer, g->tables[(int64_t)seq * kv->blocks_per_seq + pos / LLM_KV_BLOCK]);
+    int64_t row = pos % LLM_KV_BLOCK, hd = kv->head_dim, head = LLM_KV_BLOCK * hd;
+    for (int64_t h = 0; h < kv->kv_dim / hd; h++) {
+        float *keys = g->keys + at + h * head + row, *values = g->values + at + h * head + row * hd;
+        for (int64_t d = 0; d < hd; d++) keys[d * LLM_KV_BLOCK] = k[h * hd + d];
+        memcpy(values, v + h * hd, (size_t)hd * sizeof *v);
+    }
 }
 
-/* The end (exclusive, at most last + 1) of a run of positions from `at` on whose rows lie one after another in
-   layer `layer`'s storage: the rest of at's block, and from a block's start on, the blocks with consecutive ids
-   (adjacent in the storage; a sequence grown alone takes them so). The kernels then see the rows in pieces that
-   start where the blocks do, whichever ids the blocks got: a token's arithmetic does not depend on its neighbours. */
-static inline int32_t llm_kv_run_end(const llm_kv *kv, int layer, int32_t seq, int32_t at, int32_t last) {
+/* Points tile's keys, values, table and stride at key/value head `head` of sequence seq in layer `layer`. */
+static inline void llm_kv_head(const llm_kv *kv, int layer, int32_t seq, int head, llm_attention_tile *tile) {
     const llm_kv_group *g = &kv->groups[kv->layer_group[layer]];
-    const int32_t *table = g->tables + (int64_t)seq * kv->blocks_per_seq;
-    int64_t b = at / LLM_KV_BLOCK;
-    while (at % LLM_KV_BLOCK == 0 && (b + 1) * LLM_KV_BLOCK <= last && table[b + 1] == table[b] + 1) b++;
-    return (b + 1) * LLM_KV_BLOCK <= last ? (int32_t)((b + 1) * LLM_KV_BLOCK) : last + 1;
+    int64_t at = llm_kv_block_at(kv, g, layer, 0) + (int64_t)head * LLM_KV_BLOCK * kv->head_dim;
+    tile->keys = g->keys + at;
+    tile->values = g->values + at;
+    tile->table = g->tables + (int64_t)seq * kv->blocks_per_seq;
+    tile->stride = LLM_KV_BLOCK * kv->kv_dim;
 }
 
 /* The window of layer `layer` (0: none). */

@@ -318,6 +318,15 @@ int llm_dequantize(int32_t type, const void *w, int64_t rows, int64_t cols, floa
    for an unknown activation or instruction set, NULL buffers or n < 0. */
 int llm_ffn_activate(int32_t activation, int32_t isa, float *gate, const float *up, int64_t n);
 
+/* The attention of n_tok consecutive tokens (token t at position pos + t), n_head query heads each, sharing one
+   key/value head, as the forward pass computes it with the given instruction set, for tests: q and out are
+   (n_tok, n_head, dim), k and v (n_pos, dim) the keys and values of positions 0 .. n_pos - 1 (pos + n_tok <= n_pos).
+   Query (t, h) sees positions pos + t - window + 1 (window 0: 0) .. pos + t; scores are scale * q.k, soft-capped
+   (cap * tanh(x / cap)) where softcap > 0. 0, LLM_ERR_NOMEM, or LLM_ERR_INVALID for an unknown instruction set, NULL
+   buffers or sizes out of range. */
+int llm_attention(int32_t isa, const float *q, int32_t n_tok, int32_t n_head, int64_t dim, const float *k,
+                  const float *v, int32_t n_pos, int32_t pos, int32_t window, float scale, float softcap, float *out);
+
 /* out = rows of x (rows, cols) stored as `type`, one of the block types (Q8_0 to IQ4_XS): the bytes ggml's
    reference quantizers (what llama-quantize uses without an importance matrix) write for the same values.
    out holds rows * cols / block_elems * block_bytes bytes (llm_type_layout). Rows are independent, so callers
