@@ -1,0 +1,196 @@
+/*
+ * kernels_arm_int8.c: the 8-bit activations' quantizer and the Q8_0 and Q4_0 products on arm64.
+ *
+ * Every product here follows the scalar reference's arithmetic (kernels_scalar.c): per 32-value block an exact
+ * integer dot product sumi, then sum += (float)sumi * (d_w * d_x) block after block, a multiply and an add
+ * (never fused: the ARM levels are built with -ffp-contract=off). Only the integer part is vectorized, which
+ * is exact, and the float part is spread over rows (four rows' sums in one vector, lane k = row k), not over
+ * blocks, so that every result is the reference's bit for bit, at every level and for any batch.
+ *
+ * - neon:    the integer dot products by widening multiplies (smull) and pairwise widening adds (sadalp)
+ * - dotprod: sdot, 16 products in one instruction
+ * - i8mm:    decoding as dotprod; a batch of tokens in tiles of two rows by two tokens with smmla, which
+ *            multiplies a 2x8 block of weights by an 8x2 block of activations: the four dot products of a
+ *            tile for the price of one sdot's worth of instructions per 8 values.
+ */
+#include "kernels_arm.h"
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* 8-bit activations (LLM_ACT_Q8): per block d = max|x| / 127 and q = x * (127 / max|x|) rounded to nearest
+   even (fcvtns, as nearbyintf in the default rounding mode), exactly the reference's values. */
+
+void ARM(quantize_q8_act)(void *out, const float *x, int64_t cols) {
+    q8_act y = q8_act_view(out, cols);
+    const float32x4_t inf = vdupq_n_f32(INFINITY);
+    for (int64_t b = 0; b < cols / QK; b++, x += QK) {
+        float32x4_t v[8];
+        float32x4_t amax = vdupq_n_f32(0.0f);
+        uint32x4_t finite = vdupq_n_u32(~0u);
+        for (int k = 0; k < 8; k++) {
+            v[k] = vld1q_f32(x + 4 * k);
+            float32x4_t a = vabsq_f32(v[k]);
+            amax = vmaxq_f32(amax, a);
+            finite = vandq_u32(finite, vcltq_f32(a, inf)); /* false for inf and for NaN */
+        }
+        int8_t *q = y.qs + b * QK;
+        if (vminvq_u32(finite) == 0) { /* as the reference: inf or NaN reaches the logits */
+            memset(q, 0, QK);
+            y.d[b] = y.dsum[b] = NAN;
+            continue;
+        }
+        float m = vmaxvq_f32(amax);
+        float d = m / 127.0f, id = llm_act_inv_scale(m);
+        int32x4_t sum = vdupq_n_s32(0);
+        for (int k = 0; k < 8; k += 2) {
+            int32x4_t q0 = vcvtnq_s32_f32(vmulq_n_f32(v[k], id));
+            int32x4_t q1 = vcvtnq_s32_f32(vmulq_n_f32(v[k + 1], id));
+            sum = vaddq_s32(sum, vaddq_s32(q0, q1));
+            int16x8_t q01 = vcombine_s16(vmovn_s32(q0), vmovn_s32(q1)); /* |q| <= 127: narrowing is exact */
+            vst1_s8(q + 4 * k, vmovn_s16(q01));
+        }
+        y.d[b] = d;
+        y.dsum[b] = d * (float)vaddvq_s32(sum);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* The weight blocks, unpacked to their 32 signed values in order (lo: values 0-15, hi: 16-31), and their
+   scale d at the start of every block. */
+
+enum { ARM_Q8_0, ARM_Q4_0 };
+
+INLINE size_t block_bytes(int kind) { return kind == ARM_Q8_0 ? sizeof(block_q8_0) : sizeof(block_q4_0); }
+
+INLINE void unpack(const uint8_t *block, int kind, int8x16_t *lo, int8x16_t *hi) {
+    if (kind == ARM_Q8_0) {
+        *lo = vld1q_s8((const int8_t *)block + 2);
+        *hi = vld1q_s8((const int8_t *)block + 18);
+    } else { /* Q4_0: q - 8, value j in the low nibble of byte j, value j + 16 in its high nibble */
+        uint8x16_t v = vld1q_u8(block + 2);
+        *lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f))), vdupq_n_s8(8));
+        *hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), vdupq_n_s8(8));
+    }
+}
+
+/* The four int32 lanes whose sum is the block's integer dot product with the activations x0, x1. */
+INLINE int32x4_t block_dot(const uint8_t *block, int kind, int8x16_t x0, int8x16_t x1) {
+    int8x16_t lo, hi;
+    unpack(block, kind, &lo, &hi);
+    return dot16_i8(dot16_i8(vdupq_n_s32(0), lo, x0), hi, x1);
+}
+
+INLINE float fp16_at(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, sizeof h);
+    return llm_fp16_to_fp32(h);
+}
+
+/* out[0..3] = rows r..r+3 (row_bytes apart, starting at `rows`) times one token x. */
+INLINE void rows4(float *out, const uint8_t *rows, size_t row_bytes, q8_act x, int64_t nb, int kind) {
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; b++) {
+        int8x16_t x0 = vld1q_s8(x.qs + b * QK), x1 = vld1q_s8(x.qs + b * QK + 16);
+        const uint8_t *p = rows + (size_t)b * block_bytes(kind);
+        int32x4_t s0 = block_dot(p, kind, x0, x1), s1 = block_dot(p + row_bytes, kind, x0, x1);
+        int32x4_t s2 = block_dot(p + 2 * row_bytes, kind, x0, x1), s3 = block_dot(p + 3 * row_bytes, kind, x0, x1);
+        float32x4_t scale = vmulq_n_f32(scales4(p, row_bytes), x.d[b]);
+        acc = vaddq_f32(acc, vmulq_f32(vcvtq_f32_s32(sum4x4(s0, s1, s2, s3)), scale));
+    }
+    vst1q_f32(out, acc);
+}
+
+/* One row times one token. */
+INLINE float row1(const uint8_t *row, q8_act x, int64_t nb, int kind) {
+    float sum = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = row + (size_t)b * block_bytes(kind);
+        int32x4_t s = block_dot(p, kind, vld1q_s8(x.qs + b * QK), vld1q_s8(x.qs + b * QK + 16));
+        sum += (float)vaddvq_s32(s) * (fp16_at(p) * x.d[b]);
+    }
+    return sum;
+}
+
+INLINE void matvec(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols,
+                   int kind) {
+    q8_act x = q8_act_view(xq, cols);
+    int64_t nb = cols / QK;
+    size_t row_bytes = (size_t)nb * block_bytes(kind);
+    const uint8_t *base = (const uint8_t *)w;
+    int64_t r = row_begin;
+    for (; r + 4 <= row_end; r += 4) rows4(out + r - row_begin, base + (size_t)r * row_bytes, row_bytes, x, nb, kind);
+    for (; r < row_end; r++) out[r - row_begin] = row1(base + (size_t)r * row_bytes, x, nb, kind);
+}
+
+#ifdef __ARM_FEATURE_MATMUL_INT8
+/* Rows r, r+1 times tokens t, t+1 with smmla. Operands are pairs of 8-value runs: a = (row r's values k..k+7,
+   row r+1's), b = (token t's, token t+1's), and vmmlaq_s32 adds (a0.b0, a0.b1, a1.b0, a1.b1): the lanes are
+   (r t, r t+1, r+1 t, r+1 t+1). The float accumulation of each lane is rows4's and row1's. */
+INLINE void tile2x2(float *out, int64_t ldo, const uint8_t *row, size_t row_bytes, q8_act x0, q8_act x1,
+                    int64_t nb, int kind) {
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = row + (size_t)b * block_bytes(kind);
+        int8x16_t w0[2], w1[2];
+        unpack(p, kind, &w0[0], &w0[1]);
+        unpack(p + row_bytes, kind, &w1[0], &w1[1]);
+        int32x4_t s = vdupq_n_s32(0);
+        for (int h = 0; h < 2; h++) {
+            int64x2_t a0 = vreinterpretq_s64_s8(w0[h]), a1 = vreinterpretq_s64_s8(w1[h]);
+            int64x2_t b0 = vreinterpretq_s64_s8(vld1q_s8(x0.qs + b * QK + 16 * h));
+            int64x2_t b1 = vreinterpretq_s64_s8(vld1q_s8(x1.qs + b * QK + 16 * h));
+            s = vmmlaq_s32(s, vreinterpretq_s8_s64(vzip1q_s64(a0, a1)), vreinterpretq_s8_s64(vzip1q_s64(b0, b1)));
+            s = vmmlaq_s32(s, vreinterpretq_s8_s64(vzip2q_s64(a0, a1)), vreinterpretq_s8_s64(vzip2q_s64(b0, b1)));
+        }
+        float dw0 = fp16_at(p), dw1 = fp16_at(p + row_bytes);
+        float32x4_t dw = {dw0, dw0, dw1, dw1}, dx = {x0.d[b], x1.d[b], x0.d[b], x1.d[b]};
+        acc = vaddq_f32(acc, vmulq_f32(vcvtq_f32_s32(s), vmulq_f32(dw, dx)));
+    }
+    out[0] = vgetq_lane_f32(acc, 0);
+    out[ldo] = vgetq_lane_f32(acc, 1);
+    out[1] = vgetq_lane_f32(acc, 2);
+    out[ldo + 1] = vgetq_lane_f32(acc, 3);
+}
+#endif
+
+INLINE void matmul(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n, int64_t row_begin,
+                   int64_t row_end, int64_t cols, int kind) {
+    int64_t t = 0;
+#ifdef __ARM_FEATURE_MATMUL_INT8
+    int64_t nb = cols / QK;
+    size_t row_bytes = (size_t)nb * block_bytes(kind);
+    const uint8_t *base = (const uint8_t *)w;
+    for (; t + 2 <= n; t += 2) {
+        q8_act x0 = q8_act_view((const uint8_t *)x + (size_t)t * ldx, cols);
+        q8_act x1 = q8_act_view((const uint8_t *)x + (size_t)(t + 1) * ldx, cols);
+        int64_t r = row_begin;
+        for (; r + 2 <= row_end; r += 2)
+            tile2x2(out + t * ldo + r - row_begin, ldo, base + (size_t)r * row_bytes, row_bytes, x0, x1, nb, kind);
+        for (; r < row_end; r++) {
+            out[t * ldo + r - row_begin] = row1(base + (size_t)r * row_bytes, x0, nb, kind);
+            out[(t + 1) * ldo + r - row_begin] = row1(base + (size_t)r * row_bytes, x1, nb, kind);
+        }
+    }
+#endif
+    for (; t < n; t++)
+        matvec(out + t * ldo, w, (const uint8_t *)x + (size_t)t * ldx, row_begin, row_end, cols, kind);
+}
+
+void ARM(matvec_q8_0)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols) {
+    matvec(out, w, xq, row_begin, row_end, cols, ARM_Q8_0);
+}
+
+void ARM(matvec_q4_0)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols) {
+    matvec(out, w, xq, row_begin, row_end, cols, ARM_Q4_0);
+}
+
+void ARM(matmul_q8_0)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
+    (void)scratch;
+    matmul(out, ldo, w, x, ldx, n, row_begin, row_end, cols, ARM_Q8_0);
+}
+
+void ARM(matmul_q4_0)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {
+    (void)scratch;
+    matmul(out, ldo, w, x, ldx, n, row_begin, row_end, cols, ARM_Q4_0);
+}
