@@ -17,10 +17,6 @@
         llm_kernels_scalar.type[t].matvec(out, w, x, row_begin, row_end, cols);                                        \
     }
 
-SCALAR_MATVEC(q4_1, LLM_Q4_1)
-SCALAR_MATVEC(q5_0, LLM_Q5_0)
-SCALAR_MATVEC(q5_1, LLM_Q5_1)
-SCALAR_MATVEC(iq4_nl, LLM_IQ4_NL)
 SCALAR_MATVEC(q2_K, LLM_Q2_K)
 SCALAR_MATVEC(q3_K, LLM_Q3_K)
 SCALAR_MATVEC(q4_K, LLM_Q4_K)
@@ -57,10 +53,10 @@ const llm_kernels ARM(llm_kernels) = {
         [LLM_BF16] = {ARM(matvec_bf16), ARM(matmul_bf16)},
         [LLM_Q8_0] = {ARM(matvec_q8_0), ARM(matmul_q8_0)},
         [LLM_Q4_0] = {ARM(matvec_q4_0), ARM(matmul_q4_0)},
-        [LLM_Q4_1] = {ARM(scalar_matvec_q4_1), NULL},
-        [LLM_Q5_0] = {ARM(scalar_matvec_q5_0), NULL},
-        [LLM_Q5_1] = {ARM(scalar_matvec_q5_1), NULL},
-        [LLM_IQ4_NL] = {ARM(scalar_matvec_iq4_nl), NULL},
+        [LLM_Q4_1] = {ARM(matvec_q4_1), ARM(matmul_q4_1)},
+        [LLM_Q5_0] = {ARM(matvec_q5_0), ARM(matmul_q5_0)},
+        [LLM_Q5_1] = {ARM(matvec_q5_1), ARM(matmul_q5_1)},
+        [LLM_IQ4_NL] = {ARM(matvec_iq4_nl), ARM(matmul_iq4_nl)},
         [LLM_Q4_K] = {ARM(scalar_matvec_q4_K), NULL},
         [LLM_Q5_K] = {ARM(scalar_matvec_q5_K), NULL},
         [LLM_Q6_K] = {ARM(scalar_matvec_q6_K), NULL},

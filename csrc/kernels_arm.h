@@ -53,6 +53,18 @@ void ARM(matmul_q8_0)(float *out, int64_t ldo, const void *w, const void *x, siz
                       int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
 void ARM(matmul_q4_0)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
                       int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
+void ARM(matvec_q4_1)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);
+void ARM(matmul_q4_1)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
+void ARM(matvec_q5_0)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);
+void ARM(matmul_q5_0)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
+void ARM(matvec_q5_1)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);
+void ARM(matmul_q5_1)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
+void ARM(matvec_iq4_nl)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);
+void ARM(matmul_iq4_nl)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
 
 /* ---------------------------------------------------------------------------------------------------- */
 /* helpers */

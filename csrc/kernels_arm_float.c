@@ -52,8 +52,10 @@ INLINE void matmul(float *out, int64_t ldo, const void *w, const void *x, size_t
                    int64_t row_end, int64_t cols, int kind) {
     for (int64_t r = row_begin; r < row_end; r++) {
         const void *row = (const uint8_t *)w + (size_t)r * (size_t)cols * elem_bytes(kind);
-        for (int64_t t = 0; t < n; t++)
-            out[t * ldo + r - row_begin] = dot_row(row, (const float *)((const uint8_t *)x + (size_t)t * ldx), cols, kind);
+        for (int64_t t = 0; t < n; t++) {
+            const float *token = (const float *)((const uint8_t *)x + (size_t)t * ldx);
+            out[t * ldo + r - row_begin] = dot_row(row, token, cols, kind);
+        }
     }
 }
 

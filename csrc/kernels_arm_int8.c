@@ -1,9 +1,11 @@
 /*
- * kernels_arm_int8.c: the 8-bit activations' quantizer and the Q8_0 and Q4_0 products on arm64.
+ * kernels_arm_int8.c: the 8-bit activations' quantizer and the products of the 32-value block types (Q8_0,
+ * Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL) on arm64.
  *
  * Every product here follows the scalar reference's arithmetic (kernels_scalar.c): per 32-value block an exact
- * integer dot product sumi, then sum += (float)sumi * (d_w * d_x) block after block, a multiply and an add
- * (never fused: the ARM levels are built with -ffp-contract=off). Only the integer part is vectorized, which
+ * integer dot product sumi, then sum += (float)sumi * (d_w * d_x) block after block (Q4_1, Q5_1: sum +=
+ * (float)sumi * (d_w * d_x) + m_w * dsum_x), multiplies and adds as written, never fused (the ARM levels are
+ * built with -ffp-contract=off). Only the integer part is vectorized, which
  * is exact, and the float part is spread over rows (four rows' sums in one vector, lane k = row k), not over
  * blocks, so that every result is the reference's bit for bit, at every level and for any batch.
  *
@@ -54,22 +56,56 @@ void ARM(quantize_q8_act)(void *out, const float *x, int64_t cols) {
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
-/* The weight blocks, unpacked to their 32 signed values in order (lo: values 0-15, hi: 16-31), and their
-   scale d at the start of every block. */
+/* The weight blocks (kernels.h), unpacked to the 32 signed values of the integer dot product in order (lo:
+   values 0-15, hi: 16-31). Every block starts with its fp16 scale d; Q4_1 and Q5_1 follow it with their fp16
+   min m (has_min), which is not in the integer product but added per block as m * dsum_x. */
 
-enum { ARM_Q8_0, ARM_Q4_0 };
+enum { ARM_Q8_0, ARM_Q4_0, ARM_Q4_1, ARM_Q5_0, ARM_Q5_1, ARM_IQ4_NL };
 
-INLINE size_t block_bytes(int kind) { return kind == ARM_Q8_0 ? sizeof(block_q8_0) : sizeof(block_q4_0); }
+INLINE size_t block_bytes(int kind) {
+    switch (kind) {
+    case ARM_Q8_0: return sizeof(block_q8_0);
+    case ARM_Q4_1: return sizeof(block_q4_1);
+    case ARM_Q5_0: return sizeof(block_q5_0);
+    case ARM_Q5_1: return sizeof(block_q5_1);
+    default: return sizeof(block_q4_0); /* Q4_0, IQ4_NL */
+    }
+}
+
+INLINE int has_min(int kind) { return kind == ARM_Q4_1 || kind == ARM_Q5_1; }
+
+/* 16 bytes, 0x10 where bit j of the 16-bit little-endian bits at qh is set (j = 0..15), else 0: the fifth bits
+   of 16 Q5 values, each qh byte spread over eight lanes and tested against that lane's bit. */
+INLINE uint8x16_t fifth_bits(const uint8_t *qh) {
+    static const uint8_t bit[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+    uint8x16_t spread = vcombine_u8(vdup_n_u8(qh[0]), vdup_n_u8(qh[1]));
+    return vandq_u8(vtstq_u8(spread, vld1q_u8(bit)), vdupq_n_u8(0x10));
+}
 
 INLINE void unpack(const uint8_t *block, int kind, int8x16_t *lo, int8x16_t *hi) {
     if (kind == ARM_Q8_0) {
         *lo = vld1q_s8((const int8_t *)block + 2);
         *hi = vld1q_s8((const int8_t *)block + 18);
-    } else { /* Q4_0: q - 8, value j in the low nibble of byte j, value j + 16 in its high nibble */
-        uint8x16_t v = vld1q_u8(block + 2);
-        *lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f))), vdupq_n_s8(8));
-        *hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), vdupq_n_s8(8));
+        return;
     }
+    /* the nibble types: value j in the low nibble of byte j of qs, value j + 16 in its high nibble */
+    size_t qs = kind == ARM_Q4_1 ? 4 : kind == ARM_Q5_0 ? 6 : kind == ARM_Q5_1 ? 8 : 2;
+    uint8x16_t v = vld1q_u8(block + qs);
+    uint8x16_t l = vandq_u8(v, vdupq_n_u8(0x0f)), h = vshrq_n_u8(v, 4);
+    if (kind == ARM_Q5_0 || kind == ARM_Q5_1) { /* qh sits just before qs */
+        l = vorrq_u8(l, fifth_bits(block + qs - 4));
+        h = vorrq_u8(h, fifth_bits(block + qs - 2));
+    }
+    if (kind == ARM_IQ4_NL) { /* the nibbles index the 16 levels: one table lookup per 16 values */
+        int8x16_t levels = vld1q_s8(llm_iq4nl_values);
+        *lo = vqtbl1q_s8(levels, l);
+        *hi = vqtbl1q_s8(levels, h);
+        return;
+    }
+    /* Q4_0: q - 8; Q5_0: q - 16; Q4_1, Q5_1: q as it is (0..31, a signed byte as well) */
+    int8x16_t offset = vdupq_n_s8(kind == ARM_Q4_0 ? 8 : kind == ARM_Q5_0 ? 16 : 0);
+    *lo = vsubq_s8(vreinterpretq_s8_u8(l), offset);
+    *hi = vsubq_s8(vreinterpretq_s8_u8(h), offset);
 }
 
 /* The four int32 lanes whose sum is the block's integer dot product with the activations x0, x1. */
@@ -94,7 +130,9 @@ INLINE void rows4(float *out, const uint8_t *rows, size_t row_bytes, q8_act x, i
         int32x4_t s0 = block_dot(p, kind, x0, x1), s1 = block_dot(p + row_bytes, kind, x0, x1);
         int32x4_t s2 = block_dot(p + 2 * row_bytes, kind, x0, x1), s3 = block_dot(p + 3 * row_bytes, kind, x0, x1);
         float32x4_t scale = vmulq_n_f32(scales4(p, row_bytes), x.d[b]);
-        acc = vaddq_f32(acc, vmulq_f32(vcvtq_f32_s32(sum4x4(s0, s1, s2, s3)), scale));
+        float32x4_t block = vmulq_f32(vcvtq_f32_s32(sum4x4(s0, s1, s2, s3)), scale);
+        if (has_min(kind)) block = vaddq_f32(block, vmulq_n_f32(scales4(p + 2, row_bytes), x.dsum[b]));
+        acc = vaddq_f32(acc, block);
     }
     vst1q_f32(out, acc);
 }
@@ -105,7 +143,9 @@ INLINE float row1(const uint8_t *row, q8_act x, int64_t nb, int kind) {
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *p = row + (size_t)b * block_bytes(kind);
         int32x4_t s = block_dot(p, kind, vld1q_s8(x.qs + b * QK), vld1q_s8(x.qs + b * QK + 16));
-        sum += (float)vaddvq_s32(s) * (fp16_at(p) * x.d[b]);
+        float block = (float)vaddvq_s32(s) * (fp16_at(p) * x.d[b]);
+        if (has_min(kind)) block += fp16_at(p + 2) * x.dsum[b];
+        sum += block;
     }
     return sum;
 }
@@ -143,7 +183,13 @@ INLINE void tile2x2(float *out, int64_t ldo, const uint8_t *row, size_t row_byte
         }
         float dw0 = fp16_at(p), dw1 = fp16_at(p + row_bytes);
         float32x4_t dw = {dw0, dw0, dw1, dw1}, dx = {x0.d[b], x1.d[b], x0.d[b], x1.d[b]};
-        acc = vaddq_f32(acc, vmulq_f32(vcvtq_f32_s32(s), vmulq_f32(dw, dx)));
+        float32x4_t block = vmulq_f32(vcvtq_f32_s32(s), vmulq_f32(dw, dx));
+        if (has_min(kind)) {
+            float m0 = fp16_at(p + 2), m1 = fp16_at(p + row_bytes + 2);
+            float32x4_t mw = {m0, m0, m1, m1}, dsum = {x0.dsum[b], x1.dsum[b], x0.dsum[b], x1.dsum[b]};
+            block = vaddq_f32(block, vmulq_f32(mw, dsum));
+        }
+        acc = vaddq_f32(acc, block);
     }
     out[0] = vgetq_lane_f32(acc, 0);
     out[ldo] = vgetq_lane_f32(acc, 1);
@@ -194,3 +240,20 @@ void ARM(matmul_q4_0)(float *out, int64_t ldo, const void *w, const void *x, siz
     (void)scratch;
     matmul(out, ldo, w, x, ldx, n, row_begin, row_end, cols, ARM_Q4_0);
 }
+
+/* The other 32-value block types: one matvec and one matmul each, as Q8_0's and Q4_0's. */
+#define BLOCK_PRODUCTS(name, kind)                                                                                     \
+    void ARM(matvec_##name)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,             \
+                            int64_t cols) {                                                                            \
+        matvec(out, w, xq, row_begin, row_end, cols, kind);                                                            \
+    }                                                                                                                  \
+    void ARM(matmul_##name)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,              \
+                            int64_t row_begin, int64_t row_end, int64_t cols, void *scratch) {                         \
+        (void)scratch;                                                                                                 \
+        matmul(out, ldo, w, x, ldx, n, row_begin, row_end, cols, kind);                                                \
+    }
+
+BLOCK_PRODUCTS(q4_1, ARM_Q4_1)
+BLOCK_PRODUCTS(q5_0, ARM_Q5_0)
+BLOCK_PRODUCTS(q5_1, ARM_Q5_1)
+BLOCK_PRODUCTS(iq4_nl, ARM_IQ4_NL)

@@ -137,8 +137,8 @@ static void check_product(tally *t, int32_t type, int64_t rows, int64_t cols, in
                     ok = memcmp(&g, &e, sizeof g) == 0;
                 }
                 if (!ok) {
-                    fail(t, "%s %s vs scalar: rows=%ld cols=%ld n=%ld token %ld row %ld: %.9g vs %.9g", tn, in, (long)rows,
-                         (long)cols, (long)n, (long)k, (long)r, (double)g, (double)e);
+                    fail(t, "%s %s vs scalar: rows=%ld cols=%ld n=%ld token %ld row %ld: %.9g vs %.9g", tn, in,
+                         (long)rows, (long)cols, (long)n, (long)k, (long)r, (double)g, (double)e);
                     goto next_level;
                 }
             }
@@ -293,7 +293,8 @@ static void tiny_model_free(tiny_model *m) {
 }
 
 /* Prompt then greedy decoding at one level: all logits of the prompt and of each generated token. */
-static int run_model(const tiny_model *m, int32_t isa, float logits[PROMPT + GEN][VOCAB], int32_t tokens[PROMPT + GEN]) {
+static int run_model(const tiny_model *m, int32_t isa, float logits[PROMPT + GEN][VOCAB],
+                     int32_t tokens[PROMPT + GEN]) {
     llm_config cfg = {.dim = DIM, .hidden_dim = HIDDEN, .n_layers = LAYERS, .n_heads = HEADS, .n_kv_heads = KV_HEADS,
                       .head_dim = HEAD_DIM, .vocab_size = VOCAB, .rope_theta = 10000.0f, .norm_eps = 1e-5f,
                       .rope_style = LLM_ROPE_INTERLEAVED};
