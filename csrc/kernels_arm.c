@@ -24,20 +24,6 @@ SCALAR_MATVEC(q5_K, LLM_Q5_K)
 SCALAR_MATVEC(q6_K, LLM_Q6_K)
 SCALAR_MATVEC(iq4_xs, LLM_IQ4_XS)
 
-static void ARM(scalar_quantize_q8k_act)(void *out, const float *x, int64_t cols) {
-    llm_kernels_scalar.quantize[LLM_ACT_Q8K](out, x, cols);
-}
-
-static void ARM(scalar_scores)(float *out, const float *q, const float *rows, int64_t stride, int64_t n_rows,
-                               int64_t dim, float scale) {
-    llm_kernels_scalar.vec.scores(out, q, rows, stride, n_rows, dim, scale);
-}
-
-static void ARM(scalar_weighted_sum)(float *out, const float *weights, const float *rows, int64_t stride,
-                                     int64_t n_rows, int64_t dim) {
-    llm_kernels_scalar.vec.weighted_sum(out, weights, rows, stride, n_rows, dim);
-}
-
 static void ARM(scalar_softmax)(float *x, int64_t n) { llm_kernels_scalar.vec.softmax(x, n); }
 
 static void ARM(scalar_swiglu)(float *gate, const float *up, int64_t n) { llm_kernels_scalar.vec.swiglu(gate, up, n); }
@@ -64,8 +50,8 @@ const llm_kernels ARM(llm_kernels) = {
         [LLM_Q3_K] = {ARM(scalar_matvec_q3_K), NULL},
         [LLM_IQ4_XS] = {ARM(scalar_matvec_iq4_xs), NULL},
     },
-    .quantize = {[LLM_ACT_Q8] = ARM(quantize_q8_act), [LLM_ACT_Q8K] = ARM(scalar_quantize_q8k_act)},
-    .vec = {ARM(scalar_scores), ARM(scalar_weighted_sum), ARM(scalar_softmax), ARM(scalar_swiglu),
+    .quantize = {[LLM_ACT_Q8] = ARM(quantize_q8_act), [LLM_ACT_Q8K] = ARM(quantize_q8k_act)},
+    .vec = {ARM(scores), ARM(weighted_sum), ARM(scalar_softmax), ARM(scalar_swiglu),
             ARM(scalar_geglu), ARM(scalar_softcap)},
     .scratch_bytes = NULL,
 };

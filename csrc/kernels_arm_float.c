@@ -88,3 +88,42 @@ void ARM(matmul_bf16)(float *out, int64_t ldo, const void *w, const void *x, siz
     (void)scratch;
     matmul(out, ldo, w, x, ldx, n, row_begin, row_end, cols, ARM_BF16);
 }
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* Attention's vector helpers, in the scalar reference's order, so that they give its results bit for bit: a
+   forward pass of block-type weights is then the reference's at every ARM level (tests/arm/driver.c). */
+
+/* The reference's dot_f32 (kernels_scalar.c): eight partial sums s[j] += a * b (two vectors, lanes 0-3 and
+   4-7; multiply and add, not fused), summed as ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)), then the
+   tail one value at a time. */
+INLINE float dot_f32_ref(const float *a, const float *b, int64_t n) {
+    float32x4_t lo = vdupq_n_f32(0.0f), hi = lo;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        lo = vaddq_f32(lo, vmulq_f32(vld1q_f32(a + i), vld1q_f32(b + i)));
+        hi = vaddq_f32(hi, vmulq_f32(vld1q_f32(a + i + 4), vld1q_f32(b + i + 4)));
+    }
+    float32x4_t pairs = vpaddq_f32(lo, hi); /* s0 + s1, s2 + s3, s4 + s5, s6 + s7 */
+    float32x4_t quads = vpaddq_f32(pairs, pairs);
+    float sum = vgetq_lane_f32(quads, 0) + vgetq_lane_f32(quads, 1);
+    for (; i < n; i++) sum += a[i] * b[i];
+    return sum;
+}
+
+void ARM(scores)(float *out, const float *q, const float *rows, int64_t stride, int64_t n_rows, int64_t dim,
+                 float scale) {
+    for (int64_t s = 0; s < n_rows; s++) out[s] = scale * dot_f32_ref(q, rows + s * stride, dim);
+}
+
+/* out[i] += weights[s] * row s [i], row after row: vectorized across i, which keeps each out[i]'s order. */
+void ARM(weighted_sum)(float *out, const float *weights, const float *rows, int64_t stride, int64_t n_rows,
+                       int64_t dim) {
+    for (int64_t s = 0; s < n_rows; s++) {
+        const float *row = rows + s * stride;
+        float w = weights[s];
+        int64_t i = 0;
+        for (; i + 4 <= dim; i += 4)
+            vst1q_f32(out + i, vaddq_f32(vld1q_f32(out + i), vmulq_n_f32(vld1q_f32(row + i), w)));
+        for (; i < dim; i++) out[i] += w * row[i];
+    }
+}

@@ -1,5 +1,5 @@
 /*
- * kernels_arm_int8.c: the 8-bit activations' quantizer and the products of the 32-value block types (Q8_0,
+ * kernels_arm_int8.c: the 8-bit activations' quantizers and the products of the 32-value block types (Q8_0,
  * Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL) on arm64.
  *
  * Every product here follows the scalar reference's arithmetic (kernels_scalar.c): per 32-value block an exact
@@ -52,6 +52,41 @@ void ARM(quantize_q8_act)(void *out, const float *x, int64_t cols) {
         }
         y.d[b] = d;
         y.dsum[b] = d * (float)vaddvq_s32(sum);
+    }
+}
+
+/* LLM_ACT_Q8K: the same rule per 256 values, and the sums of q per 16 values (the K-quants' mins and offsets). */
+void ARM(quantize_q8k_act)(void *out, const float *x, int64_t cols) {
+    q8k_act y = q8k_act_view(out, cols);
+    const float32x4_t inf = vdupq_n_f32(INFINITY);
+    for (int64_t b = 0; b < cols / QK_K; b++, x += QK_K) {
+        float32x4_t amax = vdupq_n_f32(0.0f);
+        uint32x4_t finite = vdupq_n_u32(~0u);
+        for (int k = 0; k < QK_K; k += 4) {
+            float32x4_t a = vabsq_f32(vld1q_f32(x + k));
+            amax = vmaxq_f32(amax, a);
+            finite = vandq_u32(finite, vcltq_f32(a, inf));
+        }
+        int8_t *q = y.qs + b * QK_K;
+        int16_t *bsums = y.bsums + b * (QK_K / 16);
+        if (vminvq_u32(finite) == 0) { /* as the reference: inf or NaN reaches the logits */
+            memset(q, 0, QK_K);
+            memset(bsums, 0, QK_K / 16 * sizeof(int16_t));
+            y.d[b] = NAN;
+            continue;
+        }
+        float m = vmaxvq_f32(amax), id = llm_act_inv_scale(m);
+        for (int k = 0; k < QK_K; k += 16) {
+            int32x4_t q0 = vcvtnq_s32_f32(vmulq_n_f32(vld1q_f32(x + k), id));
+            int32x4_t q1 = vcvtnq_s32_f32(vmulq_n_f32(vld1q_f32(x + k + 4), id));
+            int32x4_t q2 = vcvtnq_s32_f32(vmulq_n_f32(vld1q_f32(x + k + 8), id));
+            int32x4_t q3 = vcvtnq_s32_f32(vmulq_n_f32(vld1q_f32(x + k + 12), id));
+            bsums[k / 16] = (int16_t)vaddvq_s32(vaddq_s32(vaddq_s32(q0, q1), vaddq_s32(q2, q3)));
+            int16x8_t q01 = vcombine_s16(vmovn_s32(q0), vmovn_s32(q1));
+            int16x8_t q23 = vcombine_s16(vmovn_s32(q2), vmovn_s32(q3));
+            vst1q_s8(q + k, vcombine_s8(vmovn_s16(q01), vmovn_s16(q23)));
+        }
+        y.d[b] = m / 127.0f;
     }
 }
 

@@ -178,14 +178,14 @@ static void check_products(tally *t) {
 /* The 8-bit activation quantizers of every level against the scalar one, byte for byte (including the
    f32 scales and sums), on blocks of every kind: ordinary, all zero, tiny, with an inf, with a NaN. */
 static void check_quantizers(tally *t) {
-    enum { COLS = 512 };
+    enum { COLS = 768 }; /* three Q8K blocks: finite, with an inf, with a NaN */
     float x[COLS];
     uint64_t seed = 42;
     fill(x, COLS, &seed);
     memset(x + 32, 0, 32 * sizeof(float));
     for (int i = 64; i < 96; i++) x[i] *= 1e-38f;
-    x[100] = INFINITY;
-    x[140] = NAN;
+    x[300] = INFINITY;
+    x[600] = NAN;
     for (int i = 160; i < 192; i++) x[i] = (float)(i - 176) * 0.5f; /* exact halves: rounding ties */
     const llm_kernels *scalar = llm_kernels_get(LLM_ISA_SCALAR);
     for (int32_t act = LLM_ACT_Q8; act < LLM_ACT_COUNT; act++) {
@@ -209,6 +209,35 @@ static void check_quantizers(tally *t) {
         }
         free(ref), free(got);
     }
+}
+
+/* Attention's scores and weighted sum at every level against the scalar ones, bit for bit (the NEON versions
+   keep the reference's order): odd dims for the tails, rows a stride apart. */
+static void check_attention(tally *t) {
+    enum { ROWS = 5, STRIDE = 80 };
+    static const int64_t dims[] = {8, 37, 64, 77};
+    float q[STRIDE], rows[ROWS * STRIDE], weights[ROWS], ref[STRIDE], got[STRIDE];
+    uint64_t seed = 99;
+    fill(q, STRIDE, &seed);
+    fill(rows, ROWS * STRIDE, &seed);
+    fill(weights, ROWS, &seed);
+    const llm_kernels *scalar = llm_kernels_get(LLM_ISA_SCALAR);
+    for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++)
+        for (int l = 0; l < N_ARM; l++) {
+            const llm_kernels *k = llm_kernels_get(ARM_LEVELS[l]);
+            if (!k) continue;
+            t->checks += 2;
+            scalar->vec.scores(ref, q, rows, STRIDE, ROWS, dims[d], 0.125f);
+            k->vec.scores(got, q, rows, STRIDE, ROWS, dims[d], 0.125f);
+            if (memcmp(ref, got, ROWS * sizeof(float)) != 0)
+                fail(t, "scores %s dim %ld differs from scalar", llm_isa_name(ARM_LEVELS[l]), (long)dims[d]);
+            memcpy(ref, q, sizeof ref);
+            memcpy(got, q, sizeof got);
+            scalar->vec.weighted_sum(ref, weights, rows, STRIDE, ROWS, dims[d]);
+            k->vec.weighted_sum(got, weights, rows, STRIDE, ROWS, dims[d]);
+            if (memcmp(ref, got, sizeof ref) != 0)
+                fail(t, "weighted_sum %s dim %ld differs from scalar", llm_isa_name(ARM_LEVELS[l]), (long)dims[d]);
+        }
 }
 
 static void check_activations(tally *t) {
@@ -382,6 +411,7 @@ int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], llm_isa_name(llm_isa_best())) != 0)
         fail(&t, "this CPU's best level is %s, expected %s", llm_isa_name(llm_isa_best()), argv[1]);
     check_quantizers(&t);
+    check_attention(&t);
     check_activations(&t);
     check_products(&t);
     check_forward(&t);
