@@ -38,18 +38,40 @@ def _tools() -> list[str]:
 def test_arm_kernels_under_emulation(tmp_path: Path) -> None:
     """Every ARM level's kernels against the scalar level, and a tiny model's forward pass, under qemu's
     cortex-a53 (neon), neoverse-n1 (dotprod) and max (i8mm) CPU models."""
-    missing = _tools()
-    if missing:
-        message = "the emulated arm64 kernel tests need " + " and ".join(missing)
-        if os.environ.get("LLMRUN_ARM_TESTS") == "1":
-            pytest.fail(message + " (LLMRUN_ARM_TESTS=1 asks for them)")
-        pytest.skip(message + "; set LLMRUN_ARM_TESTS=1 to make their absence a failure")
+    _require(_tools())
     env = {**os.environ, "LLMRUN_ARM_BUILD": str(tmp_path / "arm"), "PYTHON": sys.executable}
     run = subprocess.run(["sh", str(SCRIPT)], capture_output=True, text=True, env=env, timeout=1800)
     print(run.stdout[-6000:], run.stderr[-6000:])
     assert run.returncode == 0, f"run_emulated.sh failed:\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
     for cpu in ("cortex-a53", "neoverse-n1", "max"):
         assert f"== -cpu {cpu}: passed" in run.stdout
+
+
+def _require(missing: list[str]) -> None:
+    """Skip (with the reason) or, where LLMRUN_ARM_TESTS=1 asks for the ARM tests, fail when tools are missing."""
+    if missing:
+        message = "the arm64 tests need " + " and ".join(missing)
+        if os.environ.get("LLMRUN_ARM_TESTS") == "1":
+            pytest.fail(message + " (LLMRUN_ARM_TESTS=1 asks for them)")
+        pytest.skip(message + "; set LLMRUN_ARM_TESTS=1 to make their absence a failure")
+
+
+@pytest.mark.parametrize("compiler", ["aarch64-linux-gnu-gcc", "clang"])
+def test_arm_c_compiles_without_warnings(compiler: str) -> None:
+    """The arm64 kernels and cpu.c's arm64 part, as the build compiles them, are -Wall -Wextra -pedantic clean
+    under gcc and clang (Apple's compiler is a clang) at every level."""
+    cross = shutil.which("aarch64-linux-gnu-gcc")
+    _require([] if shutil.which(compiler) and cross else
+             [f"{compiler} and the cross compiler's aarch64 C library (apt-get install gcc-aarch64-linux-gnu)"])
+    cmd = [compiler] if compiler != "clang" else ["clang", "--target=aarch64-linux-gnu"]
+    csrc = ROOT / "csrc"
+    units = [(s, [*flags, f"-DLLM_ARM_LEVEL={level}"]) for level, flags in build_kernel.ARM_LEVELS.items()
+             for s in build_kernel.ARM_SOURCES]
+    units += [(Path(s).name, ["-DLLM_ARM_LEVELS"]) for s in build_kernel.portable_sources()]
+    for source, flags in units:
+        r = subprocess.run([*cmd, "-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2", "-fsyntax-only",
+                            *flags, f"-I{csrc}", str(csrc / source)], capture_output=True, text=True)
+        assert r.returncode == 0, f"{compiler} {source} {flags}:\n{r.stderr}"
 
 
 def test_arm_kernels_are_built_for_aarch64_only() -> None:
