@@ -38,7 +38,7 @@ X86_LEVELS = {
 # The arm64 kernels and each level's flags (gcc and clang spell them alike). -ffp-contract=off: the 8-bit
 # kernels repeat the scalar reference's multiply-then-add bit for bit (csrc/kernels_arm_int8.c), and clang
 # would otherwise fuse them. tests/arm/run_emulated.sh reads these to cross-compile the same objects.
-ARM_SOURCES = ["kernels_arm.c", "kernels_arm_float.c", "kernels_arm_int8.c"]
+ARM_SOURCES = ["kernels_arm.c", "kernels_arm_float.c", "kernels_arm_int8.c", "kernels_arm_kquants.c"]
 ARM_LEVELS = {
     "neon": ["-march=armv8-a", "-ffp-contract=off"],
     "dotprod": ["-march=armv8.2-a+dotprod", "-ffp-contract=off"],

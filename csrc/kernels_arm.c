@@ -19,9 +19,6 @@
 
 SCALAR_MATVEC(q2_K, LLM_Q2_K)
 SCALAR_MATVEC(q3_K, LLM_Q3_K)
-SCALAR_MATVEC(q4_K, LLM_Q4_K)
-SCALAR_MATVEC(q5_K, LLM_Q5_K)
-SCALAR_MATVEC(q6_K, LLM_Q6_K)
 SCALAR_MATVEC(iq4_xs, LLM_IQ4_XS)
 
 static void ARM(scalar_softmax)(float *x, int64_t n) { llm_kernels_scalar.vec.softmax(x, n); }
@@ -43,9 +40,9 @@ const llm_kernels ARM(llm_kernels) = {
         [LLM_Q5_0] = {ARM(matvec_q5_0), ARM(matmul_q5_0)},
         [LLM_Q5_1] = {ARM(matvec_q5_1), ARM(matmul_q5_1)},
         [LLM_IQ4_NL] = {ARM(matvec_iq4_nl), ARM(matmul_iq4_nl)},
-        [LLM_Q4_K] = {ARM(scalar_matvec_q4_K), NULL},
-        [LLM_Q5_K] = {ARM(scalar_matvec_q5_K), NULL},
-        [LLM_Q6_K] = {ARM(scalar_matvec_q6_K), NULL},
+        [LLM_Q4_K] = {ARM(matvec_q4_K), NULL},
+        [LLM_Q5_K] = {ARM(matvec_q5_K), NULL},
+        [LLM_Q6_K] = {ARM(matvec_q6_K), NULL},
         [LLM_Q2_K] = {ARM(scalar_matvec_q2_K), NULL},
         [LLM_Q3_K] = {ARM(scalar_matvec_q3_K), NULL},
         [LLM_IQ4_XS] = {ARM(scalar_matvec_iq4_xs), NULL},

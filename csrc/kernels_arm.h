@@ -71,6 +71,11 @@ void ARM(matvec_iq4_nl)(float *out, const void *w, const void *xq, int64_t row_b
 void ARM(matmul_iq4_nl)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
                       int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
 
+/* kernels_arm_kquants.c */
+void ARM(matvec_q4_K)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);
+void ARM(matvec_q5_K)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);
+void ARM(matvec_q6_K)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);
+
 /* ---------------------------------------------------------------------------------------------------- */
 /* helpers */
 
