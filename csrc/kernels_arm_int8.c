@@ -11,9 +11,9 @@
  *
  * - neon:    the integer dot products by widening multiplies (smull) and pairwise widening adds (sadalp)
  * - dotprod: sdot, 16 products in one instruction
- * - i8mm:    decoding as dotprod; a batch of tokens in tiles of two rows by two tokens with smmla, which
- *            multiplies a 2x8 block of weights by an 8x2 block of activations: the four dot products of a
- *            tile for the price of one sdot's worth of instructions per 8 values.
+ * - i8mm:    decoding as dotprod; a batch of tokens in tiles of four rows by four tokens with smmla, which
+ *            multiplies a 2x8 block of weights by an 8x2 block of activations (four dot products of 8 values
+ *            in one instruction), each block's weights unpacked once for four tokens.
  */
 #include "kernels_arm.h"
 
@@ -197,39 +197,77 @@ INLINE void matvec(float *out, const void *w, const void *xq, int64_t row_begin,
 }
 
 #ifdef __ARM_FEATURE_MATMUL_INT8
-/* Rows r, r+1 times tokens t, t+1 with smmla. Operands are pairs of 8-value runs: a = (row r's values k..k+7,
-   row r+1's), b = (token t's, token t+1's), and vmmlaq_s32 adds (a0.b0, a0.b1, a1.b0, a1.b1): the lanes are
-   (r t, r t+1, r+1 t, r+1 t+1). The float accumulation of each lane is rows4's and row1's. */
-INLINE void tile2x2(float *out, int64_t ldo, const uint8_t *row, size_t row_bytes, q8_act x0, q8_act x1,
-                    int64_t nb, int kind) {
-    float32x4_t acc = vdupq_n_f32(0.0f);
+/* A tile of 2 RP rows by 2 TP tokens (RP, TP = 1 or 2, constants after inlining) with smmla. Its operands are
+   pairs of 8-value runs: a = (row i's values k..k+7, row i+1's), b = (token j's, token j+1's), and vmmlaq_s32
+   adds (a0.b0, a0.b1, a1.b0, a1.b1): the lanes of acc[rp][tp] are (i j, i j+1, i+1 j, i+1 j+1). Each block's
+   weights are unpacked once for all the tile's tokens and its activations loaded once for all its rows; the
+   float accumulation of each lane is rows4's and row1's. */
+INLINE void tile(float *out, int64_t ldo, const uint8_t *row, size_t row_bytes, const q8_act *x, int64_t nb,
+                 int kind, int RP, int TP) {
+    float32x4_t acc[2][2];
+    for (int rp = 0; rp < RP; rp++)
+        for (int tp = 0; tp < TP; tp++) acc[rp][tp] = vdupq_n_f32(0.0f);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *p = row + (size_t)b * block_bytes(kind);
-        int8x16_t w0[2], w1[2];
-        unpack(p, kind, &w0[0], &w0[1]);
-        unpack(p + row_bytes, kind, &w1[0], &w1[1]);
-        int32x4_t s = vdupq_n_s32(0);
-        for (int h = 0; h < 2; h++) {
-            int64x2_t a0 = vreinterpretq_s64_s8(w0[h]), a1 = vreinterpretq_s64_s8(w1[h]);
-            int64x2_t b0 = vreinterpretq_s64_s8(vld1q_s8(x0.qs + b * QK + 16 * h));
-            int64x2_t b1 = vreinterpretq_s64_s8(vld1q_s8(x1.qs + b * QK + 16 * h));
-            s = vmmlaq_s32(s, vreinterpretq_s8_s64(vzip1q_s64(a0, a1)), vreinterpretq_s8_s64(vzip1q_s64(b0, b1)));
-            s = vmmlaq_s32(s, vreinterpretq_s8_s64(vzip2q_s64(a0, a1)), vreinterpretq_s8_s64(vzip2q_s64(b0, b1)));
+        int64x2_t wv[4][2], xv[4][2];
+        float dw[4], mw[4], dx[4], dsum[4];
+        for (int i = 0; i < 2 * RP; i++) {
+            int8x16_t lo, hi;
+            unpack(p + i * row_bytes, kind, &lo, &hi);
+            wv[i][0] = vreinterpretq_s64_s8(lo);
+            wv[i][1] = vreinterpretq_s64_s8(hi);
+            dw[i] = fp16_at(p + i * row_bytes);
+            mw[i] = has_min(kind) ? fp16_at(p + i * row_bytes + 2) : 0.0f;
         }
-        float dw0 = fp16_at(p), dw1 = fp16_at(p + row_bytes);
-        float32x4_t dw = {dw0, dw0, dw1, dw1}, dx = {x0.d[b], x1.d[b], x0.d[b], x1.d[b]};
-        float32x4_t block = vmulq_f32(vcvtq_f32_s32(s), vmulq_f32(dw, dx));
-        if (has_min(kind)) {
-            float m0 = fp16_at(p + 2), m1 = fp16_at(p + row_bytes + 2);
-            float32x4_t mw = {m0, m0, m1, m1}, dsum = {x0.dsum[b], x1.dsum[b], x0.dsum[b], x1.dsum[b]};
-            block = vaddq_f32(block, vmulq_f32(mw, dsum));
+        for (int j = 0; j < 2 * TP; j++) {
+            xv[j][0] = vreinterpretq_s64_s8(vld1q_s8(x[j].qs + b * QK));
+            xv[j][1] = vreinterpretq_s64_s8(vld1q_s8(x[j].qs + b * QK + 16));
+            dx[j] = x[j].d[b];
+            dsum[j] = x[j].dsum[b];
         }
-        acc = vaddq_f32(acc, block);
+        for (int rp = 0; rp < RP; rp++)
+            for (int tp = 0; tp < TP; tp++) {
+                int32x4_t s = vdupq_n_s32(0);
+                for (int h = 0; h < 2; h++) {
+                    int64x2_t a0 = wv[2 * rp][h], a1 = wv[2 * rp + 1][h], b0 = xv[2 * tp][h], b1 = xv[2 * tp + 1][h];
+                    s = vmmlaq_s32(s, vreinterpretq_s8_s64(vzip1q_s64(a0, a1)),
+                                   vreinterpretq_s8_s64(vzip1q_s64(b0, b1)));
+                    s = vmmlaq_s32(s, vreinterpretq_s8_s64(vzip2q_s64(a0, a1)),
+                                   vreinterpretq_s8_s64(vzip2q_s64(b0, b1)));
+                }
+                float32x4_t dwv = {dw[2 * rp], dw[2 * rp], dw[2 * rp + 1], dw[2 * rp + 1]};
+                float32x4_t dxv = {dx[2 * tp], dx[2 * tp + 1], dx[2 * tp], dx[2 * tp + 1]};
+                float32x4_t block = vmulq_f32(vcvtq_f32_s32(s), vmulq_f32(dwv, dxv));
+                if (has_min(kind)) {
+                    float32x4_t mwv = {mw[2 * rp], mw[2 * rp], mw[2 * rp + 1], mw[2 * rp + 1]};
+                    float32x4_t dsv = {dsum[2 * tp], dsum[2 * tp + 1], dsum[2 * tp], dsum[2 * tp + 1]};
+                    block = vaddq_f32(block, vmulq_f32(mwv, dsv));
+                }
+                acc[rp][tp] = vaddq_f32(acc[rp][tp], block);
+            }
     }
-    out[0] = vgetq_lane_f32(acc, 0);
-    out[ldo] = vgetq_lane_f32(acc, 1);
-    out[1] = vgetq_lane_f32(acc, 2);
-    out[ldo + 1] = vgetq_lane_f32(acc, 3);
+    for (int rp = 0; rp < RP; rp++)
+        for (int tp = 0; tp < TP; tp++) {
+            float *o = out + 2 * tp * ldo + 2 * rp;
+            o[0] = vgetq_lane_f32(acc[rp][tp], 0);
+            o[ldo] = vgetq_lane_f32(acc[rp][tp], 1);
+            o[1] = vgetq_lane_f32(acc[rp][tp], 2);
+            o[ldo + 1] = vgetq_lane_f32(acc[rp][tp], 3);
+        }
+}
+
+/* Tokens t .. t + 2 TP - 1 (x) against rows [row_begin, row_end): tiles of four rows, then of two, then
+   the last odd row token by token. */
+INLINE void tokens_i8mm(float *out, int64_t ldo, const uint8_t *base, size_t row_bytes, const q8_act *x, int64_t nb,
+                        int64_t row_begin, int64_t row_end, int kind, int TP) {
+    int64_t r = row_begin;
+    for (; r + 4 <= row_end; r += 4)
+        tile(out + r - row_begin, ldo, base + (size_t)r * row_bytes, row_bytes, x, nb, kind, 2, TP);
+    for (; r + 2 <= row_end; r += 2)
+        tile(out + r - row_begin, ldo, base + (size_t)r * row_bytes, row_bytes, x, nb, kind, 1, TP);
+    for (; r < row_end; r++)
+        for (int j = 0; j < 2 * TP; j++)
+            out[j * ldo + r - row_begin] = row1(base + (size_t)r * row_bytes, x[j], nb, kind);
 }
 #endif
 
@@ -240,16 +278,13 @@ INLINE void matmul(float *out, int64_t ldo, const void *w, const void *x, size_t
     int64_t nb = cols / QK;
     size_t row_bytes = (size_t)nb * block_bytes(kind);
     const uint8_t *base = (const uint8_t *)w;
-    for (; t + 2 <= n; t += 2) {
-        q8_act x0 = q8_act_view((const uint8_t *)x + (size_t)t * ldx, cols);
-        q8_act x1 = q8_act_view((const uint8_t *)x + (size_t)(t + 1) * ldx, cols);
-        int64_t r = row_begin;
-        for (; r + 2 <= row_end; r += 2)
-            tile2x2(out + t * ldo + r - row_begin, ldo, base + (size_t)r * row_bytes, row_bytes, x0, x1, nb, kind);
-        for (; r < row_end; r++) {
-            out[t * ldo + r - row_begin] = row1(base + (size_t)r * row_bytes, x0, nb, kind);
-            out[(t + 1) * ldo + r - row_begin] = row1(base + (size_t)r * row_bytes, x1, nb, kind);
-        }
+    q8_act xs[4];
+    while (t + 2 <= n) { /* four tokens at a time, then two */
+        int tp = t + 4 <= n ? 2 : 1;
+        for (int j = 0; j < 2 * tp; j++) xs[j] = q8_act_view((const uint8_t *)x + (size_t)(t + j) * ldx, cols);
+        if (tp == 2) tokens_i8mm(out + t * ldo, ldo, base, row_bytes, xs, nb, row_begin, row_end, kind, 2);
+        else tokens_i8mm(out + t * ldo, ldo, base, row_bytes, xs, nb, row_begin, row_end, kind, 1);
+        t += 2 * tp;
     }
 #endif
     for (; t < n; t++)

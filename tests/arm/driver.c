@@ -160,7 +160,7 @@ done:
 }
 
 static void check_products(tally *t) {
-    static const int64_t rows_list[] = {1, 5, 13}, n_list[] = {1, 2, 3, 8, 9};
+    static const int64_t rows_list[] = {1, 5, 7, 13}, n_list[] = {1, 2, 3, 6, 8, 9}; /* i8mm: 4+2+1 rows, 4+2 tokens */
     static const int64_t float_cols[] = {7, 37, 100}, block_cols[] = {32, 96, 288}, k_cols[] = {256, 512};
     uint64_t seed = 0x9e3779b97f4a7c15ULL;
     for (int32_t type = 0; type < LLM_TYPE_COUNT; type++) {
