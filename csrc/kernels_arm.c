@@ -19,7 +19,6 @@
 
 SCALAR_MATVEC(q2_K, LLM_Q2_K)
 SCALAR_MATVEC(q3_K, LLM_Q3_K)
-SCALAR_MATVEC(iq4_xs, LLM_IQ4_XS)
 
 static void ARM(scalar_softmax)(float *x, int64_t n) { llm_kernels_scalar.vec.softmax(x, n); }
 
@@ -45,7 +44,7 @@ const llm_kernels ARM(llm_kernels) = {
         [LLM_Q6_K] = {ARM(matvec_q6_K), NULL},
         [LLM_Q2_K] = {ARM(scalar_matvec_q2_K), NULL},
         [LLM_Q3_K] = {ARM(scalar_matvec_q3_K), NULL},
-        [LLM_IQ4_XS] = {ARM(scalar_matvec_iq4_xs), NULL},
+        [LLM_IQ4_XS] = {ARM(matvec_iq4_xs), NULL},
     },
     .quantize = {[LLM_ACT_Q8] = ARM(quantize_q8_act), [LLM_ACT_Q8K] = ARM(quantize_q8k_act)},
     .vec = {ARM(scores), ARM(weighted_sum), ARM(scalar_softmax), ARM(scalar_swiglu),

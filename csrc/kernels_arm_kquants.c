@@ -1,5 +1,5 @@
 /*
- * kernels_arm_kquants.c: the products of Q4_K, Q5_K and Q6_K on arm64 (decoding; a batch runs them token by
+ * kernels_arm_kquants.c: the products of Q4_K, Q5_K, Q6_K and IQ4_XS on arm64 (decoding; a batch runs them token by
  * token, as the scalar level does).
  *
  * As the 32-value types (kernels_arm_int8.c), only the integer part is vectorized: per super-block the
@@ -124,6 +124,36 @@ void ARM(matvec_q6_K)(float *out, const void *w, const void *xq, int64_t row_beg
                 }
             }
             sum += x.d[b] * (llm_fp16_to_fp32(blk->d) * (float)sumi);
+        }
+        out[r - row_begin] = sum;
+    }
+}
+
+/* IQ4_XS: 8 sub-blocks of 32, each IQ4_NL's nibble layout over qs[16 i ..] indexing the 16 levels (one tbl
+   lookup per 16 values), with a 6-bit scale stored + 32 (low nibble in scales_l, top two bits in scales_h):
+   sum += (d_x * d) * sum_i scale_i dot_i, the reference's expression. */
+void ARM(matvec_iq4_xs)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,
+                        int64_t cols) {
+    q8k_act x = q8k_act_view(xq, cols);
+    int64_t nb = cols / QK_K;
+    const int8x16_t levels = vld1q_s8(llm_iq4nl_values);
+    const uint8x16_t low4 = vdupq_n_u8(0x0f);
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const block_iq4_xs *row = (const block_iq4_xs *)w + r * nb;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const block_iq4_xs *blk = &row[b];
+            const int8_t *xb = x.qs + b * QK_K;
+            int32_t sumi = 0;
+            for (int i = 0; i < QK_K / 32; i++) {
+                uint8x16_t v = vld1q_u8(blk->qs + 16 * i);
+                uint8x16_t lo = vreinterpretq_u8_s8(vqtbl1q_s8(levels, vandq_u8(v, low4)));
+                uint8x16_t hi = vreinterpretq_u8_s8(vqtbl1q_s8(levels, vshrq_n_u8(v, 4)));
+                int low = (blk->scales_l[i / 2] >> (4 * (i % 2))) & 15, high = (blk->scales_h >> (2 * i)) & 3;
+                int scale = (low | high << 4) - 32;
+                sumi += scale * dot32(lo, hi, xb + 32 * i);
+            }
+            sum += x.d[b] * llm_fp16_to_fp32(blk->d) * (float)sumi;
         }
         out[r - row_begin] = sum;
     }
