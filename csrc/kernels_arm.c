@@ -17,7 +17,6 @@
         llm_kernels_scalar.type[t].matvec(out, w, x, row_begin, row_end, cols);                                        \
     }
 
-SCALAR_MATVEC(q2_K, LLM_Q2_K)
 SCALAR_MATVEC(q3_K, LLM_Q3_K)
 
 static void ARM(scalar_softmax)(float *x, int64_t n) { llm_kernels_scalar.vec.softmax(x, n); }
@@ -42,7 +41,7 @@ const llm_kernels ARM(llm_kernels) = {
         [LLM_Q4_K] = {ARM(matvec_q4_K), NULL},
         [LLM_Q5_K] = {ARM(matvec_q5_K), NULL},
         [LLM_Q6_K] = {ARM(matvec_q6_K), NULL},
-        [LLM_Q2_K] = {ARM(scalar_matvec_q2_K), NULL},
+        [LLM_Q2_K] = {ARM(matvec_q2_K), NULL},
         [LLM_Q3_K] = {ARM(scalar_matvec_q3_K), NULL},
         [LLM_IQ4_XS] = {ARM(matvec_iq4_xs), NULL},
     },

@@ -72,6 +72,7 @@ void ARM(matmul_iq4_nl)(float *out, int64_t ldo, const void *w, const void *x, s
                       int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
 
 /* kernels_arm_kquants.c */
+void ARM(matvec_q2_K)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);
 void ARM(matvec_q4_K)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);
 void ARM(matvec_q5_K)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);
 void ARM(matvec_q6_K)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols);

@@ -1,6 +1,6 @@
 /*
- * kernels_arm_kquants.c: the products of Q4_K, Q5_K, Q6_K and IQ4_XS on arm64 (decoding; a batch runs them token by
- * token, as the scalar level does).
+ * kernels_arm_kquants.c: the products of Q2_K, Q4_K, Q5_K, Q6_K and IQ4_XS on arm64 (decoding; a batch runs
+ * them token by token, as the scalar level does).
  *
  * As the 32-value types (kernels_arm_int8.c), only the integer part is vectorized: per super-block the
  * reference's integer sums (sum of sub-block scale x sub-block dot product, and the mins' or offsets' sums
@@ -154,6 +154,37 @@ void ARM(matvec_iq4_xs)(float *out, const void *w, const void *xq, int64_t row_b
                 sumi += scale * dot32(lo, hi, xb + 32 * i);
             }
             sum += x.d[b] * llm_fp16_to_fp32(blk->d) * (float)sumi;
+        }
+        out[r - row_begin] = sum;
+    }
+}
+
+/* Q2_K: value 128 n + 32 j + l is bits 2j, 2j+1 of qs[32 n + l]; sub-block i (16 values) has the 4-bit scale
+   scales[i] & 15 and min scales[i] >> 4: sum += d_x * (d * sum_i sc_i dot_i - dmin * sum_i min_i bsum_i). */
+void ARM(matvec_q2_K)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end, int64_t cols) {
+    q8k_act x = q8k_act_view(xq, cols);
+    int64_t nb = cols / QK_K;
+    const uint8x16_t two_bits = vdupq_n_u8(3);
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const block_q2_K *row = (const block_q2_K *)w + r * nb;
+        float sum = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const block_q2_K *blk = &row[b];
+            const int8_t *xb = x.qs + b * QK_K;
+            const int16_t *bsums = x.bsums + b * (QK_K / 16);
+            int32_t dot = 0, mins = 0;
+            for (int i = 0; i < 16; i++) mins += (blk->scales[i] >> 4) * bsums[i];
+            for (int n = 0; n < 2; n++) {
+                uint8x16_t v[2] = {vld1q_u8(blk->qs + 32 * n), vld1q_u8(blk->qs + 32 * n + 16)};
+                for (int j = 0; j < 4; j++)
+                    for (int k = 0; k < 2; k++) { /* values l = 16 k .. 16 k + 15: sub-block 8 n + 2 j + k */
+                        int i = 8 * n + 2 * j + k;
+                        uint8x16_t q = vandq_u8(vshlq_u8(v[k], vdupq_n_s8((int8_t)(-2 * j))), two_bits);
+                        int32x4_t s = dot16_i8(vdupq_n_s32(0), vreinterpretq_s8_u8(q), vld1q_s8(xb + 16 * i));
+                        dot += (blk->scales[i] & 15) * vaddvq_s32(s);
+                    }
+            }
+            sum += x.d[b] * (llm_fp16_to_fp32(blk->d) * (float)dot - llm_fp16_to_fp32(blk->dmin) * (float)mins);
         }
         out[r - row_begin] = sum;
     }

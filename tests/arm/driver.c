@@ -8,7 +8,7 @@
  * pass of a tiny random model. Tolerances:
  * - the block types (Q8_0 ... IQ4_XS): bit-identical. The NEON kernels compute each block's integer dot
  *   product exactly and accumulate in the reference's order (kernels_arm_int8.c, kernels_arm_kquants.c); the
- *   types not yet ported (Q2_K, Q3_K) run the reference itself.
+ *   types not yet ported (Q3_K) run the reference itself.
  * - F32, F16, BF16: |got - ref| <= 2e-5 * sum |w_i x_i| + 1e-30 per output (the kernels sum in another order
  *   with fused multiply-adds; the bound is ~100 ulps of the sum of magnitudes for these shapes, where the
  *   typical difference of two orders is a few ulps).
