@@ -1,9 +1,10 @@
 """cffi builder (API mode, out-of-line): compiles csrc/ into the extension module `llmrun._kernel`.
 
 setup.py names this file in `cffi_modules` and uses its `BuildKernel` command, so `pip install .` runs both.
-The portable sources are compiled for the baseline of the target; on x86-64 the kernels in X86_SOURCES are
-compiled once more per instruction-set level with that level's flags (csrc/kernels_x86.h explains why), and
-the library picks a level at run time from the CPU's features. Build switches (environment):
+The portable sources are compiled for the baseline of the target; on x86-64 the kernels in X86_SOURCES, on
+arm64 (Linux, macOS) those in ARM_SOURCES, are compiled once more per instruction-set level with that level's
+flags (csrc/kernels_x86.h, csrc/kernels_arm.h explain why), and the library picks a level at run time from the
+CPU's features. Any other target gets the portable scalar kernels alone. Build switches (environment):
 - LLMRUN_NATIVE=1   add -march=native (local experiments only: the result runs on this CPU alone)
 - LLMRUN_SANITIZE=1 build with -fsanitize=address,undefined,float-cast-overflow (for the sanitizer test run)
 The portable sources are compiled with -ffp-contract=off: csrc/quantize.c reproduces ggml's quantizers bit for
@@ -34,6 +35,16 @@ X86_LEVELS = {
     "avx512vnni": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"],
 }
 
+# The arm64 kernels and each level's flags (gcc and clang spell them alike). -ffp-contract=off: the 8-bit
+# kernels repeat the scalar reference's multiply-then-add bit for bit (csrc/kernels_arm_int8.c), and clang
+# would otherwise fuse them. tests/arm/run_emulated.sh reads these to cross-compile the same objects.
+ARM_SOURCES = ["kernels_arm.c", "kernels_arm_float.c", "kernels_arm_int8.c", "kernels_arm_kquants.c"]
+ARM_LEVELS = {
+    "neon": ["-march=armv8-a", "-ffp-contract=off"],
+    "dotprod": ["-march=armv8.2-a+dotprod", "-ffp-contract=off"],
+    "i8mm": ["-march=armv8.2-a+dotprod+i8mm", "-ffp-contract=off"],
+}
+
 
 def header_declarations(path: Path) -> str:
     """The C API as cffi's cdef wants it: the header without preprocessor lines."""
@@ -60,15 +71,26 @@ def portable_compile_args() -> list[str]:
 
 
 def portable_sources() -> list[str]:
-    """Every csrc/*.c but the per-level x86 kernels, as paths relative to the project root."""
-    return sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.c") if p.name not in X86_SOURCES)
+    """Every csrc/*.c but the per-level x86 and arm64 kernels, as paths relative to the project root."""
+    per_level = set(X86_SOURCES) | set(ARM_SOURCES)
+    return sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.c") if p.name not in per_level)
 
 
 def targets_x86_64(compiler) -> bool:  # noqa: ANN001 (a distutils CCompiler)
     """Whether `compiler` builds for x86-64 (not 32-bit x86, not ARM): one tiny test compile."""
+    return _compiles_with(compiler, "__x86_64__")
+
+
+def targets_aarch64(compiler) -> bool:  # noqa: ANN001 (a distutils CCompiler)
+    """Whether `compiler` builds for arm64 (AArch64, not 32-bit ARM): one tiny test compile."""
+    return _compiles_with(compiler, "__aarch64__")
+
+
+def _compiles_with(compiler, macro: str) -> bool:  # noqa: ANN001 (a distutils CCompiler)
+    """Whether `compiler` defines the predefined `macro` (its target's architecture)."""
     with tempfile.TemporaryDirectory() as tmp:
         probe = Path(tmp) / "probe.c"
-        probe.write_text("#if !defined(__x86_64__)\n#error not x86-64\n#endif\nint llm_probe;\n")
+        probe.write_text(f"#if !defined({macro})\n#error not {macro}\n#endif\nint llm_probe;\n")
         try:
             compiler.compile([str(probe)], output_dir=tmp)
         except Exception:  # CompileError, whose class differs between setuptools versions: any failure is a no
@@ -77,7 +99,7 @@ def targets_x86_64(compiler) -> bool:  # noqa: ANN001 (a distutils CCompiler)
 
 
 class BuildKernel(build_ext):
-    """build_ext that also compiles the x86 kernels once per level, when the compiler targets x86-64."""
+    """build_ext that also compiles the x86 or arm64 kernels once per level, when the compiler targets them."""
 
     def build_extension(self, ext) -> None:  # noqa: ANN001 (setuptools' Extension)
         if self.compiler.compiler_type == "msvc":
@@ -90,6 +112,13 @@ class BuildKernel(build_ext):
                     [str(CSRC / s) for s in X86_SOURCES], output_dir=os.path.join(self.build_temp, level),
                     macros=[("LLM_X86_LEVEL", level)], include_dirs=[str(CSRC)], extra_postargs=cflags + flags)
             ext.define_macros.append(("LLM_X86_LEVELS", "1"))
+        elif targets_aarch64(self.compiler):
+            cflags, _ = compile_args()
+            for level, flags in ARM_LEVELS.items():
+                ext.extra_objects += self.compiler.compile(
+                    [str(CSRC / s) for s in ARM_SOURCES], output_dir=os.path.join(self.build_temp, level),
+                    macros=[("LLM_ARM_LEVEL", level)], include_dirs=[str(CSRC)], extra_postargs=cflags + flags)
+            ext.define_macros.append(("LLM_ARM_LEVELS", "1"))
         super().build_extension(ext)
 
 
@@ -100,9 +129,10 @@ ffibuilder.set_source(
     "llmrun._kernel",
     '#include "llmrun.h"',
     sources=portable_sources(),
-    # build_ext rebuilds only when a file it knows of is newer than the library: the x86 kernels it does not
+    # build_ext rebuilds only when a file it knows of is newer than the library: the per-level kernels it does not
     # compile itself, and the headers, are named here so that a change to them is never left out of the build
-    depends=sorted(str(p.relative_to(ROOT)) for p in [*CSRC.glob("*.h"), *(CSRC / s for s in X86_SOURCES)]),
+    depends=sorted(str(p.relative_to(ROOT)) for p in [*CSRC.glob("*.h"),
+                                                      *(CSRC / s for s in [*X86_SOURCES, *ARM_SOURCES])]),
     include_dirs=[str(CSRC.relative_to(ROOT))],
     extra_compile_args=portable_compile_args(),
     extra_link_args=_ldflags,

@@ -2,9 +2,10 @@
  * cpu.c: the instruction-set levels, which of them this CPU has, and the weight types' public description.
  *
  * A built package must run on any CPU of its architecture, so this file is compiled for the baseline; each
- * x86 level's kernels are compiled separately with that level's flags (kernels_x86.h) and are reached only
- * through their table, here, once the CPU has been asked whether it has the level's instructions.
- * LLM_X86_LEVELS is defined by the build where it compiled them (x86-64 with gcc or clang).
+ * x86 or arm64 level's kernels are compiled separately with that level's flags (kernels_x86.h, kernels_arm.h)
+ * and are reached only through their table, here, once the CPU has been asked whether it has the level's
+ * instructions. LLM_X86_LEVELS (x86-64) and LLM_ARM_LEVELS (arm64) are defined by the build where it compiled
+ * them (gcc or clang); a build for any other target has the scalar level alone.
  */
 #include <stddef.h>
 
@@ -38,6 +39,41 @@ static int has_avx512vnni(void) {
 }
 #endif
 
+#ifdef LLM_ARM_LEVELS
+/* The arm64 levels' tables (kernels_arm.c compiled once per level). Declared here rather than beside the x86
+   ones in kernels.h, which this change leaves alone; they belong there once the branches meet. */
+extern const llm_kernels llm_kernels_neon, llm_kernels_dotprod, llm_kernels_i8mm;
+
+/* arm64: Advanced SIMD (NEON) is part of the architecture, so the baseline level needs no question. The
+   optional extensions are reported by the OS, which alone knows whether it enabled them: the ELF auxiliary
+   vector on Linux (and Android), sysctl on macOS. Elsewhere (e.g. Windows on ARM) only the baseline is used. */
+#if defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1UL << 20) /* asm/hwcap.h, for C libraries whose headers predate it */
+#endif
+#ifndef HWCAP2_I8MM
+#define HWCAP2_I8MM (1UL << 13)
+#endif
+static int has_dotprod(void) { return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0; }
+static int has_i8mm(void) { return has_dotprod() && (getauxval(AT_HWCAP2) & HWCAP2_I8MM) != 0; }
+#elif defined(__APPLE__)
+#include <sys/sysctl.h>
+#include <sys/types.h>
+
+static int sysctl_flag(const char *name) {
+    int value = 0;
+    size_t len = sizeof value;
+    return sysctlbyname(name, &value, &len, NULL, 0) == 0 && value != 0;
+}
+static int has_dotprod(void) { return sysctl_flag("hw.optional.arm.FEAT_DotProd"); }
+static int has_i8mm(void) { return has_dotprod() && sysctl_flag("hw.optional.arm.FEAT_I8MM"); }
+#else
+static int has_dotprod(void) { return 0; }
+static int has_i8mm(void) { return 0; }
+#endif
+#endif
+
 static const isa_level LEVELS[LLM_ISA_COUNT] = {
     [LLM_ISA_SCALAR] = {"scalar", &llm_kernels_scalar, always},
 #ifdef LLM_X86_LEVELS
@@ -47,10 +83,20 @@ static const isa_level LEVELS[LLM_ISA_COUNT] = {
     [LLM_ISA_AVX2] = {"avx2", NULL, NULL},
     [LLM_ISA_AVX512VNNI] = {"avx512vnni", NULL, NULL},
 #endif
+#ifdef LLM_ARM_LEVELS
+    [LLM_ISA_NEON] = {"neon", &llm_kernels_neon, always},
+    [LLM_ISA_DOTPROD] = {"dotprod", &llm_kernels_dotprod, has_dotprod},
+    [LLM_ISA_I8MM] = {"i8mm", &llm_kernels_i8mm, has_i8mm},
+#else
+    [LLM_ISA_NEON] = {"neon", NULL, NULL},
+    [LLM_ISA_DOTPROD] = {"dotprod", NULL, NULL},
+    [LLM_ISA_I8MM] = {"i8mm", NULL, NULL},
+#endif
 };
 
 /* The levels from the most to the least preferred: llm_isa_best takes the first this CPU has. */
-static const int32_t PREFERENCE[] = {LLM_ISA_AVX512VNNI, LLM_ISA_AVX2, LLM_ISA_SCALAR};
+static const int32_t PREFERENCE[] = {LLM_ISA_AVX512VNNI, LLM_ISA_AVX2, LLM_ISA_I8MM, LLM_ISA_DOTPROD, LLM_ISA_NEON,
+                                     LLM_ISA_SCALAR};
 _Static_assert(sizeof PREFERENCE / sizeof PREFERENCE[0] == LLM_ISA_COUNT, "every level has a rank");
 
 int32_t llm_isa_supported(int32_t isa) {

@@ -92,6 +92,9 @@ typedef enum {
     LLM_ISA_SCALAR     = 0,  /* portable C, the reference every SIMD kernel is tested against */
     LLM_ISA_AVX2       = 1,  /* x86-64 AVX2 + FMA + F16C */
     LLM_ISA_AVX512VNNI = 2,  /* ... and AVX-512 F/BW/VL + VNNI: 8-bit dot products in one instruction */
+    LLM_ISA_NEON       = 3,  /* arm64 ARMv8.0 Advanced SIMD (every arm64 CPU) */
+    LLM_ISA_DOTPROD    = 4,  /* ... and the dot product extension (sdot: 8-bit dot products in one instruction) */
+    LLM_ISA_I8MM       = 5,  /* ... and the 8-bit matrix multiply (smmla: a 2x8 by 8x2 product, prompt batches) */
     LLM_ISA_COUNT
 } llm_isa;
 
