@@ -32,6 +32,9 @@ static int check_tensor(const llm_tensor *t, const char *name, int layer, int64_
     if (cols % type->block_elems != 0)
         return llm_fail(err, errlen, LLM_ERR_INVALID, "%s: %lld columns is not a whole number of %s blocks of %lld",
                         where, (long long)cols, type->name, (long long)type->block_elems);
+    if (type->repacked_from >= 0 && rows % LLM_R8 != 0) /* its kernels read whole groups of rows */
+        return llm_fail(err, errlen, LLM_ERR_INVALID, "%s: %lld rows is not a whole number of %s groups of %d rows",
+                        where, (long long)rows, type->name, LLM_R8);
     return 0;
 }
 

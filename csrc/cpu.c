@@ -135,7 +135,7 @@ int llm_ffn_activate(int32_t activation, int32_t isa, float *gate, const float *
 
 int llm_dequantize(int32_t type, const void *w, int64_t rows, int64_t cols, float *out) {
     if (type < 0 || type >= LLM_TYPE_COUNT || !llm_types[type].get_row || !w || !out || rows < 0 || cols < 0 ||
-        cols % llm_types[type].block_elems != 0)
+        cols % llm_types[type].block_elems != 0 || (llm_types[type].repacked_from >= 0 && rows % LLM_R8 != 0))
         return LLM_ERR_INVALID;
     for (int64_t r = 0; r < rows; r++) llm_types[type].get_row(out + r * cols, w, r, cols);
     return 0;

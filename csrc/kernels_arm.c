@@ -18,8 +18,16 @@
     }
 
 SCALAR_MATVEC(q3_K, LLM_Q3_K)
+SCALAR_MATVEC(q8_0_r8, LLM_Q8_0_R8)
+SCALAR_MATVEC(q4_0_r8, LLM_Q4_0_R8)
+SCALAR_MATVEC(q4_1_r8, LLM_Q4_1_R8)
+SCALAR_MATVEC(q5_0_r8, LLM_Q5_0_R8)
+SCALAR_MATVEC(q5_1_r8, LLM_Q5_1_R8)
+SCALAR_MATVEC(iq4_nl_r8, LLM_IQ4_NL_R8)
 
-static void ARM(scalar_softmax)(float *x, int64_t n) { llm_kernels_scalar.vec.softmax(x, n); }
+static void ARM(scalar_attention)(const llm_attention_tile *tile, float *scratch) {
+    llm_kernels_scalar.vec.attention(tile, scratch);
+}
 
 static void ARM(scalar_swiglu)(float *gate, const float *up, int64_t n) { llm_kernels_scalar.vec.swiglu(gate, up, n); }
 
@@ -44,9 +52,15 @@ const llm_kernels ARM(llm_kernels) = {
         [LLM_Q2_K] = {ARM(matvec_q2_K), NULL},
         [LLM_Q3_K] = {ARM(scalar_matvec_q3_K), NULL},
         [LLM_IQ4_XS] = {ARM(matvec_iq4_xs), NULL},
+        /* the repacked forms (llm_repack): load() keeps the file's layout on arm64 (model.py REPACKING_LEVELS) */
+        [LLM_Q8_0_R8] = {ARM(scalar_matvec_q8_0_r8), NULL},
+        [LLM_Q4_0_R8] = {ARM(scalar_matvec_q4_0_r8), NULL},
+        [LLM_Q4_1_R8] = {ARM(scalar_matvec_q4_1_r8), NULL},
+        [LLM_Q5_0_R8] = {ARM(scalar_matvec_q5_0_r8), NULL},
+        [LLM_Q5_1_R8] = {ARM(scalar_matvec_q5_1_r8), NULL},
+        [LLM_IQ4_NL_R8] = {ARM(scalar_matvec_iq4_nl_r8), NULL},
     },
     .quantize = {[LLM_ACT_Q8] = ARM(quantize_q8_act), [LLM_ACT_Q8K] = ARM(quantize_q8k_act)},
-    .vec = {ARM(scores), ARM(weighted_sum), ARM(scalar_softmax), ARM(scalar_swiglu),
-            ARM(scalar_geglu), ARM(scalar_softcap)},
+    .vec = {ARM(scalar_attention), ARM(scalar_swiglu), ARM(scalar_geglu), ARM(scalar_softcap)},
     .scratch_bytes = NULL,
 };

@@ -44,10 +44,6 @@ void ARM(matmul_f16)(float *out, int64_t ldo, const void *w, const void *x, size
                      int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
 void ARM(matmul_bf16)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
                       int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
-void ARM(scores)(float *out, const float *q, const float *rows, int64_t stride, int64_t n_rows, int64_t dim,
-                 float scale);
-void ARM(weighted_sum)(float *out, const float *weights, const float *rows, int64_t stride, int64_t n_rows,
-                       int64_t dim);
 
 /* kernels_arm_int8.c */
 void ARM(quantize_q8_act)(void *out, const float *x, int64_t cols);

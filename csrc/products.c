@@ -207,6 +207,7 @@ int llm_matmul(int32_t type, int32_t isa, const void *w, int64_t rows, int64_t c
     if (!kernels || type < 0 || type >= LLM_TYPE_COUNT || !kernels->type[type].matvec) return LLM_ERR_INVALID;
     if (!w || !x || !out || rows < 0 || cols < 0 || n < 1 || n > INT32_MAX) return LLM_ERR_INVALID;
     if (cols % llm_types[type].block_elems != 0) return LLM_ERR_INVALID;
+    if (llm_types[type].repacked_from >= 0 && rows % LLM_R8 != 0) return LLM_ERR_INVALID; /* whole groups of rows */
     if (rows == 0) return 0;
     for (int32_t act = 0; act < LLM_ACT_COUNT; act++) /* the quantized copies of x must be addressable */
         if ((size_t)n > SIZE_MAX / (llm_act_bytes(act, cols) + 1)) return LLM_ERR_NOMEM;

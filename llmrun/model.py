@@ -12,7 +12,7 @@ import numpy as np
 from .aio import AsyncStream
 from .chat import FORMATS, ChatStream, ChatTemplate, end_of_turn, tokenize_chat
 from .embeddings import check_pooling, default_pooling, l2_normalize, pool
-from .engine import DEFAULT_BATCH, MAX_THREADS, Engine, context_bytes, repack_bytes, repack_model
+from .engine import DEFAULT_BATCH, MAX_THREADS, Engine, best_isa, context_bytes, repack_bytes, repack_model
 from .errors import ContextOverflowError, InvalidArgumentError, KVCacheFullError, TokenizerError
 from .formats import Progress, beside_tokenizer, read_model, read_tokenizer
 from .generate import Generation, check_max_tokens, normalize_stop
@@ -612,11 +612,18 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
                  chat_format=chat_format, parallel=parallel, kv_size=kv_size, repacked=repacked)
 
 
+# The instruction-set levels with kernels of their own for the repacked types (csrc/kernels_x86_repacked.c); the
+# others (arm64's for now) run them through the scalar reference, slower than their kernels of the file's layout.
+REPACKING_LEVELS = frozenset({"avx2", "avx512vnni"})
+
+
 def _should_repack(spec: ModelSpec, repack: bool | None) -> bool:
     """load's repack=None: repack when the copy is small beside the machine's memory (under half of it: the
     file's pages it replaces are page cache, which gives way, so the copy is what the model costs in RAM)."""
     if repack is not None:
         return repack
+    if (os.environ.get("LLMRUN_ISA") or best_isa()) not in REPACKING_LEVELS:
+        return False  # this level runs the repacked types through the scalar reference: keep the file's layout
     memory = physical_memory()
     return memory is not None and repack_bytes(spec) < memory // 2
 

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ._library import ffi, lib
-from .spec import TENSOR_TYPES, Tensor, TensorType
+from .spec import FILE_TYPES, TENSOR_TYPES, Tensor, TensorType
 
 QK = 32  # values per block of Q8_0, Q4_0 and the other 32-value types
 
@@ -140,9 +140,9 @@ def quantize(x: np.ndarray, type: str) -> np.ndarray:
         return f32_to_f16(x)
     if type == "bf16":
         return f32_to_bf16(x)
-    if type in TENSOR_TYPES:
+    if type in FILE_TYPES:  # not the in-memory repacked forms (llm_repack makes those from these)
         return quantize_blocks(x, type)
-    raise ValueError(f"unknown tensor type {type!r} (expected one of {', '.join(TENSOR_TYPES)})")
+    raise ValueError(f"unknown tensor type {type!r} (expected one of {', '.join(FILE_TYPES)})")
 
 
 def dequantize(data: np.ndarray, type: str) -> np.ndarray:

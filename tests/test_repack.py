@@ -97,6 +97,19 @@ def test_products_match_reference(type: str, isa: str) -> None:
                                        err_msg=f"{type}_r8 {isa} ({rows}, {cols}) x {n}")
 
 
+def test_repacked_types_need_whole_groups_of_rows() -> None:
+    """A repacked matrix is read in groups of 8 rows: llm_matmul and llm_dequantize refuse one whose row count is
+    not a multiple of 8 (LLM_ERR_INVALID, as llm_create's tensor checks do) instead of reading past its end."""
+    r = repack(weights("q4_0", 16, 64, 5))
+    code, w = TENSOR_TYPES[r.type].code, ffi.from_buffer(r.data)
+    x, out = np.ones((1, 64), dtype=np.float32), np.empty(64 * 16, dtype=np.float32)
+    xb, ob = ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", out)
+    for rows in (12, 15, 9):
+        assert lib.llm_matmul(code, lib.LLM_ISA_SCALAR, w, rows, 64, xb, 1, ob) == lib.LLM_ERR_INVALID
+        assert lib.llm_dequantize(code, w, rows, 64, ob) == lib.LLM_ERR_INVALID
+    assert lib.llm_matmul(code, lib.LLM_ISA_SCALAR, w, 16, 64, xb, 1, ob) == 0
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("type", TYPES)
 def test_a_tokens_result_does_not_depend_on_its_batch(type: str, isa: str) -> None:

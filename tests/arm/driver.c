@@ -90,7 +90,16 @@ static void *make_weights(int32_t type, const float *w, int64_t rows, int64_t co
             uint16_t h = type == LLM_F16 ? to_f16(w[i]) : to_bf16(w[i]);
             memcpy(out + 2 * i, &h, 2);
         }
-    else if (llm_quantize(type, w, rows, cols, out) != 0) {
+    else if (llm_types[type].repacked_from >= 0) { /* a repacked form: the source type's blocks, repacked */
+        uint8_t *source = make_weights(llm_types[type].repacked_from, w, rows, cols);
+        int32_t got_type;
+        int rc = source ? llm_repack(llm_types[type].repacked_from, source, rows, cols, out, &got_type) : -1;
+        free(source);
+        if (rc != 0 || got_type != type) {
+            free(out);
+            return NULL;
+        }
+    } else if (llm_quantize(type, w, rows, cols, out) != 0) {
         free(out);
         return NULL;
     }
@@ -171,7 +180,8 @@ static void check_products(tally *t) {
         for (int c = 0; c < n_cols; c++)
             for (size_t r = 0; r < sizeof rows_list / sizeof rows_list[0]; r++)
                 for (size_t k = 0; k < sizeof n_list / sizeof n_list[0]; k++)
-                    check_product(t, type, rows_list[r], cols[c], n_list[k], &seed);
+                    check_product(t, type, llm_types[type].repacked_from >= 0 ? (rows_list[r] + 7) / 8 * 8 /* whole
+                                  groups of 8 rows */ : rows_list[r], cols[c], n_list[k], &seed);
     }
 }
 
@@ -209,35 +219,6 @@ static void check_quantizers(tally *t) {
         }
         free(ref), free(got);
     }
-}
-
-/* Attention's scores and weighted sum at every level against the scalar ones, bit for bit (the NEON versions
-   keep the reference's order): odd dims for the tails, rows a stride apart. */
-static void check_attention(tally *t) {
-    enum { ROWS = 5, STRIDE = 80 };
-    static const int64_t dims[] = {8, 37, 64, 77};
-    float q[STRIDE], rows[ROWS * STRIDE], weights[ROWS], ref[STRIDE], got[STRIDE];
-    uint64_t seed = 99;
-    fill(q, STRIDE, &seed);
-    fill(rows, ROWS * STRIDE, &seed);
-    fill(weights, ROWS, &seed);
-    const llm_kernels *scalar = llm_kernels_get(LLM_ISA_SCALAR);
-    for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++)
-        for (int l = 0; l < N_ARM; l++) {
-            const llm_kernels *k = llm_kernels_get(ARM_LEVELS[l]);
-            if (!k) continue;
-            t->checks += 2;
-            scalar->vec.scores(ref, q, rows, STRIDE, ROWS, dims[d], 0.125f);
-            k->vec.scores(got, q, rows, STRIDE, ROWS, dims[d], 0.125f);
-            if (memcmp(ref, got, ROWS * sizeof(float)) != 0)
-                fail(t, "scores %s dim %ld differs from scalar", llm_isa_name(ARM_LEVELS[l]), (long)dims[d]);
-            memcpy(ref, q, sizeof ref);
-            memcpy(got, q, sizeof got);
-            scalar->vec.weighted_sum(ref, weights, rows, STRIDE, ROWS, dims[d]);
-            k->vec.weighted_sum(got, weights, rows, STRIDE, ROWS, dims[d]);
-            if (memcmp(ref, got, sizeof ref) != 0)
-                fail(t, "weighted_sum %s dim %ld differs from scalar", llm_isa_name(ARM_LEVELS[l]), (long)dims[d]);
-        }
 }
 
 static void check_activations(tally *t) {
@@ -410,7 +391,6 @@ int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], llm_isa_name(llm_isa_best())) != 0)
         fail(&t, "this CPU's best level is %s, expected %s", llm_isa_name(llm_isa_best()), argv[1]);
     check_quantizers(&t);
-    check_attention(&t);
     check_activations(&t);
     check_products(&t);
     check_forward(&t);
