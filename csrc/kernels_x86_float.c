@@ -11,6 +11,7 @@
 
 typedef enum { KIND_F32, KIND_F16, KIND_BF16 } float_kind;
 
+#ifndef __AVX512F__ /* AVX2's loads (AVX-512's below fold the tail into masked lanes) */
 /* Eight weights from w + k as f32. */
 INLINE __m256 load8(const void *w, int64_t k, float_kind kind) {
     if (kind == KIND_F32) return _mm256_loadu_ps((const float *)w + k);
@@ -25,32 +26,9 @@ INLINE float load1(const void *w, int64_t k, float_kind kind) {
     uint16_t h = ((const uint16_t *)w)[k];
     return kind == KIND_F16 ? llm_fp16_to_fp32(h) : llm_bf16_to_fp32(h);
 }
+#endif
 
 static size_t element_bytes(float_kind kind) { return kind == KIND_F32 ? sizeof(float) : sizeof(uint16_t); }
-
-/* ---------------------------------------------------------------------------------------------------- */
-/* One f32 dot product for the attention scores' last rows (X86(scores)): four 8-lane accumulators, acc[p]
- * taking the values k + 8p .. k + 8p + 7 of each step of 32, then finish(). The weight products below have
- * their own order. */
-
-/* The end of one sum from k on (k = cols rounded down to 32): the remaining whole 8-value steps into acc[0],
-   the four accumulators added in pairs, their lanes (hsum_f32x8), then the tail value by value. */
-INLINE float finish(const __m256 acc[4], const void *w, const float *x, int64_t k, int64_t cols, float_kind kind) {
-    __m256 acc0 = acc[0];
-    for (; k + 8 <= cols; k += 8) acc0 = _mm256_fmadd_ps(load8(w, k, kind), _mm256_loadu_ps(x + k), acc0);
-    float sum = hsum_f32x8(_mm256_add_ps(_mm256_add_ps(acc0, acc[1]), _mm256_add_ps(acc[2], acc[3])));
-    for (; k < cols; k++) sum += load1(w, k, kind) * x[k];
-    return sum;
-}
-
-INLINE float dot(const void *w, const float *x, int64_t n, float_kind kind) {
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32)
-        for (int p = 0; p < 4; p++)
-            acc[p] = _mm256_fmadd_ps(load8(w, i + 8 * p, kind), _mm256_loadu_ps(x + i + 8 * p), acc[p]);
-    return finish(acc, w, x, i, n, kind);
-}
 
 /* ---------------------------------------------------------------------------------------------------- */
 /* The products: the order of every sum
