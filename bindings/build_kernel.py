@@ -86,13 +86,14 @@ def targets_aarch64(compiler) -> bool:  # noqa: ANN001 (a distutils CCompiler)
     return _compiles_with(compiler, "__aarch64__")
 
 
-def _compiles_with(compiler, macro: str) -> bool:  # noqa: ANN001 (a distutils CCompiler)
-    """Whether `compiler` defines the predefined `macro` (its target's architecture)."""
+def _compiles_with(compiler, macro: str, flags: list[str] | None = None) -> bool:  # noqa: ANN001 (a CCompiler)
+    """Whether `compiler` (given `flags`) defines the predefined `macro` (its target's architecture): also whether
+    it knows those flags at all (an older gcc refuses -march=...+i8mm)."""
     with tempfile.TemporaryDirectory() as tmp:
         probe = Path(tmp) / "probe.c"
         probe.write_text(f"#if !defined({macro})\n#error not {macro}\n#endif\nint llm_probe;\n")
         try:
-            compiler.compile([str(probe)], output_dir=tmp)
+            compiler.compile([str(probe)], output_dir=tmp, extra_postargs=flags or [])
         except Exception:  # CompileError, whose class differs between setuptools versions: any failure is a no
             return False
     return True
@@ -114,11 +115,15 @@ class BuildKernel(build_ext):
             ext.define_macros.append(("LLM_X86_LEVELS", "1"))
         elif targets_aarch64(self.compiler):
             cflags, _ = compile_args()
-            for level, flags in ARM_LEVELS.items():
+            # the levels this compiler can build (gcc < 10 has no +i8mm, gcc < 8 no +dotprod): the others stay
+            # out of the library, and cpu.c never offers them (LLM_ARM_<LEVEL>)
+            levels = {level: flags for level, flags in ARM_LEVELS.items()
+                      if level == "neon" or _compiles_with(self.compiler, "__aarch64__", flags)}
+            for level, flags in levels.items():
                 ext.extra_objects += self.compiler.compile(
                     [str(CSRC / s) for s in ARM_SOURCES], output_dir=os.path.join(self.build_temp, level),
                     macros=[("LLM_ARM_LEVEL", level)], include_dirs=[str(CSRC)], extra_postargs=cflags + flags)
-            ext.define_macros.append(("LLM_ARM_LEVELS", "1"))
+            ext.define_macros += [("LLM_ARM_LEVELS", "1")] + [(f"LLM_ARM_{level.upper()}", "1") for level in levels]
         super().build_extension(ext)
 
 

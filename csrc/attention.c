@@ -11,8 +11,9 @@ int llm_attention(int32_t isa, const float *q, int32_t n_tok, int32_t n_head, in
     if (isa == LLM_ISA_AUTO) isa = llm_isa_best();
     const llm_kernels *kernels = llm_kernels_get(isa);
     if (!kernels || !q || !k || !v || !out || n_tok < 1 || n_head < 1 || dim < 1 || dim > 4096 || pos < 0 ||
-        window < 0 || n_pos > (1 << 20) || (int64_t)n_tok * n_head > (1 << 16) || n_pos - n_tok < pos)
+        window < 0 || n_pos > (1 << 20) || (int64_t)n_tok * n_head > (1 << 16) || (int64_t)pos + n_tok > n_pos)
         return LLM_ERR_INVALID;
+    if (window >= n_pos) window = 0; /* a window that holds every position is none (as llm_config's) */
     int32_t n_blocks = (n_pos + B - 1) / B;
     size_t block = (size_t)B * (size_t)dim;
     float *keys = calloc((size_t)n_blocks * block, sizeof *keys), *values = calloc((size_t)n_blocks * block, sizeof *values);

@@ -42,7 +42,20 @@ static int has_avx512vnni(void) {
 #ifdef LLM_ARM_LEVELS
 /* The arm64 levels' tables (kernels_arm.c compiled once per level). Declared here rather than beside the x86
    ones in kernels.h, which this change leaves alone; they belong there once the branches meet. */
-extern const llm_kernels llm_kernels_neon, llm_kernels_dotprod, llm_kernels_i8mm;
+extern const llm_kernels llm_kernels_neon;
+/* the optional levels, where the compiler could build them (bindings/build_kernel.py defines LLM_ARM_<LEVEL>) */
+#ifdef LLM_ARM_DOTPROD
+extern const llm_kernels llm_kernels_dotprod;
+#define DOTPROD_KERNELS (&llm_kernels_dotprod)
+#else
+#define DOTPROD_KERNELS NULL
+#endif
+#ifdef LLM_ARM_I8MM
+extern const llm_kernels llm_kernels_i8mm;
+#define I8MM_KERNELS (&llm_kernels_i8mm)
+#else
+#define I8MM_KERNELS NULL
+#endif
 
 /* arm64: Advanced SIMD (NEON) is part of the architecture, so the baseline level needs no question. The
    optional extensions are reported by the OS, which alone knows whether it enabled them: the ELF auxiliary
@@ -85,8 +98,8 @@ static const isa_level LEVELS[LLM_ISA_COUNT] = {
 #endif
 #ifdef LLM_ARM_LEVELS
     [LLM_ISA_NEON] = {"neon", &llm_kernels_neon, always},
-    [LLM_ISA_DOTPROD] = {"dotprod", &llm_kernels_dotprod, has_dotprod},
-    [LLM_ISA_I8MM] = {"i8mm", &llm_kernels_i8mm, has_i8mm},
+    [LLM_ISA_DOTPROD] = {"dotprod", DOTPROD_KERNELS, has_dotprod},
+    [LLM_ISA_I8MM] = {"i8mm", I8MM_KERNELS, has_i8mm},
 #else
     [LLM_ISA_NEON] = {"neon", NULL, NULL},
     [LLM_ISA_DOTPROD] = {"dotprod", NULL, NULL},

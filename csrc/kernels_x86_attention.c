@@ -188,7 +188,8 @@ void X86(attention)(const llm_attention_tile *t, float *scratch) {
         /* the tokens that see the block, a run: from the first whose position reaches it to the last whose
            window still does */
         int32_t tok = b * B > t->pos ? b * B - t->pos : 0, end = t->n_tok;
-        if (t->window && b * B + B - 1 + t->window - t->pos < end) end = b * B + B - 1 + t->window - t->pos;
+        int64_t window_end = (int64_t)b * B + B - 1 + t->window - t->pos; /* int64: a window near INT32_MAX */
+        if (t->window && window_end < end) end = (int32_t)window_end;
         int64_t left = (int64_t)(end - tok) * t->n_head; /* their queries, two at a time (sharing the keys) */
         for (int h = 0; left > 0; left -= 2) {
             if (left > 1) attend(t, scratch, tok, h, 2, b, keys, values); /* n a constant in each */

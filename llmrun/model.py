@@ -22,7 +22,7 @@ from .sampling import SamplingParams
 from .scheduler import Scheduler, ServingStats
 from .spec import ModelSpec
 from .structured import Grammar, compile_constraint, from_request
-from .system import physical_cores, physical_memory
+from .system import memory_limit, physical_cores, physical_memory
 from .tokenizer import Tokenizer
 from .tools import ToolCallSplitter, tool_format, tool_grammar, validate_tool_choice, validate_tools
 
@@ -583,8 +583,10 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
                once into the interleaved layout the batched products read (csrc/llmrun.h's _R8 types), instead
                of reading the file's layout in place: faster prompt processing, for a copy of those weights in
                anonymous memory (the file's pages are given back) and a longer load. None (default): repack
-               when those weights take less than half of the physical memory; True, False: always, never.
-               `info.repacked` says how many matrices were.
+               on CPUs with kernels for that layout (x86-64) when the copy and the KV cache take less than half
+               of the memory this process may use (physical memory, or its container's cgroup limit); each
+               process holds its own copy, so several server processes of one model may prefer False; True,
+               False: always, never. `info.repacked` says how many matrices were.
 
     A bad argument raises an LLMError whose `param` names it (InvalidArgumentError for n_ctx, n_threads,
     n_batch, chat_format, parallel, kv_size, repack; TokenizerError for tokenizer); a bad file ModelFormatError."""
@@ -607,7 +609,8 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
         _check_int("kv_size", kv_size, n_ctx, 1 << 30)
     _check_context(spec, n_ctx, n_batch, n_threads, kv_size or n_ctx, _sequences(parallel))
     tok, problem = resolve_tokenizer(spec, tokenizer)
-    repacked = repack_model(spec, n_threads) if _should_repack(spec, repack) else 0
+    context = context_bytes(spec.config, n_ctx, n_batch, n_threads, n_seq=_sequences(parallel), n_kv=kv_size or n_ctx)
+    repacked = repack_model(spec, n_threads) if _should_repack(spec, repack, context or 0) else 0
     return Model(spec, tok, n_ctx=n_ctx, n_threads=n_threads, tokenizer_problem=problem, n_batch=n_batch,
                  chat_format=chat_format, parallel=parallel, kv_size=kv_size, repacked=repacked)
 
@@ -617,15 +620,17 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
 REPACKING_LEVELS = frozenset({"avx2", "avx512vnni"})
 
 
-def _should_repack(spec: ModelSpec, repack: bool | None) -> bool:
-    """load's repack=None: repack when the copy is small beside the machine's memory (under half of it: the
-    file's pages it replaces are page cache, which gives way, so the copy is what the model costs in RAM)."""
+def _should_repack(spec: ModelSpec, repack: bool | None, context: int) -> bool:
+    """load's repack=None: repack on a level with repacked kernels when the copy and the context (the KV cache,
+    `context` bytes) together take under half of the memory this process may use (physical memory or its cgroup's
+    limit): the copy is private memory, where the file's pages it replaces were page cache that gives way, and
+    each process that loads the model holds a copy of its own."""
     if repack is not None:
         return repack
     if (os.environ.get("LLMRUN_ISA") or best_isa()) not in REPACKING_LEVELS:
         return False  # this level runs the repacked types through the scalar reference: keep the file's layout
-    memory = physical_memory()
-    return memory is not None and repack_bytes(spec) < memory // 2
+    memory = memory_limit()
+    return memory is not None and repack_bytes(spec) + context < memory // 2
 
 
 def _packs(docs: list[list[int]], n_batch: int, max_texts: int, blocks: int, block_size: int

@@ -135,3 +135,18 @@ def test_refuses_bad_arguments() -> None:
         assert lib.llm_attention(a["isa"], buf[0], a["n_tok"], a["n_head"], a["dim"], buf[1], buf[2], a["n_pos"],
                                  a["pos"], a["window"], 1.0, 0.0, buf[3]) == lib.LLM_ERR_INVALID, bad
     assert lib.llm_attention(ok["isa"], buf[0], 2, 1, 8, buf[1], buf[2], 4, 2, 0, 1.0, 0.0, buf[3]) == 0
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_huge_windows_are_no_window(isa: str) -> None:
+    """A window up to INT32_MAX holds every position: the same result as no window on every level (the x86 tile's
+    bound on the tokens that see a block once overflowed int32 there and left NaN); a position range that
+    overflows int32 is refused."""
+    q, k, v = case(5, 3, 2, 8, 4)
+    want = run(isa, q, k, v, 4, 0, 0.3, 0.0)
+    for window in (2**31 - 1, 2**31 - 20, 10**9):
+        np.testing.assert_array_equal(run(isa, q, k, v, 4, window, 0.3, 0.0), want, err_msg=f"window {window}")
+    out = np.zeros_like(q, dtype=np.float32)
+    f = [ffi.from_buffer("float[]", np.ascontiguousarray(a, dtype=np.float32)) for a in (q, k, v)]
+    assert lib.llm_attention(ISA_NAMES[isa], f[0], 3, 2, 8, f[1], f[2], k.shape[0], 2**31 - 2, 0, 0.3, 0.0,
+                             ffi.from_buffer("float[]", out)) == lib.LLM_ERR_INVALID

@@ -35,6 +35,15 @@ def test_x86_kernels_are_built_for_x86_64_only() -> None:
     assert not build_kernel.targets_x86_64(cc)
 
 
+def test_a_level_whose_flags_the_compiler_refuses_is_left_out() -> None:
+    """The arm64 levels are built only where the compiler knows their -march flags (gcc < 10 has no +i8mm): the
+    probe passes the flags, so an unknown one makes it answer no instead of failing the whole build later."""
+    cc = c_compiler()
+    here = "__x86_64__" if build_kernel.targets_x86_64(cc) else "__aarch64__"
+    assert build_kernel._compiles_with(cc, here)
+    assert not build_kernel._compiles_with(cc, here, ["-march=no-such-architecture+i8mm"])
+
+
 def test_a_build_without_x86_kernels_runs_the_portable_ones(tmp_path: Path) -> None:
     """cpu.c compiled as for a 32-bit x86 or ARM target (no LLM_X86_LEVELS): only the scalar level is
     supported and best, whatever the CPU has (it once reported avx2 on i386 while running scalar code)."""

@@ -182,3 +182,44 @@ def test_bad_repack_values_raise(models_dir: Path, bad: object) -> None:
     with pytest.raises(InvalidArgumentError, match="repack") as err:
         llmrun.load(models_dir / "stories260K-q8_0.gguf", repack=bad)
     assert err.value.param == "repack"
+
+
+def test_default_repacks_only_what_fits_beside_the_kv_cache(models_dir: Path, monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    """repack=None: the copy and the KV cache together under half of the memory the process may use (its cgroup's
+    limit counts, not only the machine's RAM), and only on levels that have kernels for the repacked layout."""
+    import llmrun.model as model_module
+    import llmrun.system as system
+    from llmrun.engine import context_bytes, repack_bytes
+    from llmrun.formats import read_model
+
+    path = models_dir / "stories260K-q8_0.gguf"
+    spec = read_model(path)
+    copy = repack_bytes(spec)
+    small = context_bytes(spec.config, 64, 64, 2, n_seq=model_module._sequences(1), n_kv=64)
+    big = context_bytes(spec.config, 256, 256, 2, n_seq=model_module._sequences(8), n_kv=8192)
+    assert copy > 0 and small is not None and big is not None and big > 4 * (copy + small)
+    enough = 2 * (copy + small) + 4096  # room for the copy beside the small cache, not beside the big one
+
+    def load(**kw: object) -> int:
+        with llmrun.load(path, n_threads=2, **kw) as m:
+            return m.info.repacked
+
+    monkeypatch.setattr(system, "_cgroup_limit", lambda: None)
+    monkeypatch.setattr(system, "physical_memory", lambda: enough)
+    assert load(n_ctx=64, parallel=1) > 0
+    assert load(n_ctx=256, parallel=8, kv_size=8192, n_batch=256) == 0  # the KV cache takes the room
+    monkeypatch.setattr(system, "physical_memory", lambda: 64 << 30)
+    monkeypatch.setattr(system, "_cgroup_limit", lambda: enough - 8192)  # a container: its limit counts
+    assert load(n_ctx=64, parallel=1) == 0
+    monkeypatch.setattr(system, "_cgroup_limit", lambda: None)
+    monkeypatch.setenv("LLMRUN_ISA", "scalar")  # no repacked kernels there: keep the file's layout
+    assert load(n_ctx=64, parallel=1) == 0
+    assert model_module.REPACKING_LEVELS <= set(llmrun.engine.ISA_NAMES)
+
+
+def test_cgroup_limit_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import llmrun.system as system
+
+    assert system._cgroup_limit() is None or system._cgroup_limit() > 0
+    assert system.memory_limit() is None or system.memory_limit() <= (system.physical_memory() or 1 << 62)

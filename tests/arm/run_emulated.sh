@@ -48,7 +48,7 @@ mkdir -p "$OUT"
 OBJS=""
 for src in $PORTABLE_SOURCES; do
     obj="$OUT/$(basename "$src" .c).o"
-    $CC $PORTABLE_FLAGS -Werror -DLLM_ARM_LEVELS=1 -I"$ROOT/csrc" -c "$ROOT/$src" -o "$obj"
+    $CC $PORTABLE_FLAGS -Werror -DLLM_ARM_LEVELS=1 -DLLM_ARM_DOTPROD=1 -DLLM_ARM_I8MM=1 -I"$ROOT/csrc" -c "$ROOT/$src" -o "$obj"
     OBJS="$OBJS $obj"
 done
 echo "$LEVELS" | while read -r level flags; do
