@@ -18,8 +18,19 @@ import numpy as np
 
 from ._library import ffi, lib
 from .errors import ContextOverflowError, InvalidArgumentError, KernelError, KVCacheFullError
+from .formats.mapping import advise_huge_pages
 from .rope import rope_tables
-from .spec import FFN_ACTIVATIONS, LAYER_ROPES, ROPE_STYLES, TENSOR_TYPES, LayerWeights, ModelConfig, ModelSpec, Tensor
+from .spec import (
+    FFN_ACTIVATIONS,
+    LAYER_ROPES,
+    REPACKED_FORMS,
+    ROPE_STYLES,
+    TENSOR_TYPES,
+    LayerWeights,
+    ModelConfig,
+    ModelSpec,
+    Tensor,
+)
 
 # Instruction set name -> the C library's code, as the library names them (csrc/llmrun.h). The codes are
 # names, not ranks: which ones this CPU runs is asked of the library (available_isas).
@@ -61,6 +72,13 @@ def _isa_code(isa: str | None) -> int:
         raise InvalidArgumentError(f"{where} asks for {isa!r} kernels, which this CPU or build cannot run "
                                    f"(available: {', '.join(available_isas())})", param="isa")
     return code
+
+
+def isa_for(isa: str | None) -> str:
+    """The name of the level an Engine created with `isa` runs (None: LLMRUN_ISA, else the best); InvalidArgumentError
+    as the Engine would raise it."""
+    code = _isa_code(isa)
+    return best_isa() if code == lib.LLM_ISA_AUTO else ffi.string(lib.llm_isa_name(code)).decode()
 
 
 def _c_config(cfg: ModelConfig, where: object) -> tuple[object, list[object]]:
@@ -513,7 +531,7 @@ def repackable(tensor: Tensor) -> bool:
     """Whether llm_repack takes this matrix: a 32-value block type with a repacked form and rows a multiple
     of 8 (other matrices keep their file's layout, which every kernel also runs)."""
     rows, _ = tensor.shape
-    return tensor.data.ndim == 2 and f"{tensor.type}_r8" in TENSOR_TYPES and rows % 8 == 0 and rows > 0
+    return tensor.data.ndim == 2 and tensor.type in REPACKED_FORMS and rows % 8 == 0 and rows > 0
 
 
 def repack_candidates(spec: ModelSpec) -> list[tuple[object, str]]:
@@ -573,11 +591,7 @@ def _anonymous(nbytes: int) -> np.ndarray:
     if nbytes == 0 or not hasattr(mmap, "MAP_ANONYMOUS"):
         return np.empty(nbytes, dtype=np.uint8)
     buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        try:
-            buf.madvise(mmap.MADV_HUGEPAGE)
-        except OSError:  # a kernel without transparent huge pages: 4 KiB pages, as numpy's
-            pass
+    advise_huge_pages(buf)
     return np.frombuffer(buf, dtype=np.uint8)  # keeps the mapping alive as long as the array
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from .aio import AsyncStream
 from .chat import FORMATS, ChatStream, ChatTemplate, end_of_turn, tokenize_chat
 from .embeddings import check_pooling, default_pooling, l2_normalize, pool
-from .engine import DEFAULT_BATCH, MAX_THREADS, Engine, best_isa, context_bytes, repack_bytes, repack_model
+from .engine import DEFAULT_BATCH, MAX_THREADS, Engine, context_bytes, isa_for, repack_bytes, repack_model
 from .errors import ContextOverflowError, InvalidArgumentError, KVCacheFullError, TokenizerError
 from .formats import Progress, beside_tokenizer, read_model, read_tokenizer
 from .generate import Generation, check_max_tokens, normalize_stop
@@ -607,9 +607,8 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
         n_ctx = min(spec.max_context, DEFAULT_MAX_CTX)
     if kv_size is not None:
         _check_int("kv_size", kv_size, n_ctx, 1 << 30)
-    _check_context(spec, n_ctx, n_batch, n_threads, kv_size or n_ctx, _sequences(parallel))
+    context = _check_context(spec, n_ctx, n_batch, n_threads, kv_size or n_ctx, _sequences(parallel))
     tok, problem = resolve_tokenizer(spec, tokenizer)
-    context = context_bytes(spec.config, n_ctx, n_batch, n_threads, n_seq=_sequences(parallel), n_kv=kv_size or n_ctx)
     repacked = repack_model(spec, n_threads) if _should_repack(spec, repack, context or 0) else 0
     return Model(spec, tok, n_ctx=n_ctx, n_threads=n_threads, tokenizer_problem=problem, n_batch=n_batch,
                  chat_format=chat_format, parallel=parallel, kv_size=kv_size, repacked=repacked)
@@ -627,7 +626,7 @@ def _should_repack(spec: ModelSpec, repack: bool | None, context: int) -> bool:
     each process that loads the model holds a copy of its own."""
     if repack is not None:
         return repack
-    if (os.environ.get("LLMRUN_ISA") or best_isa()) not in REPACKING_LEVELS:
+    if isa_for(None) not in REPACKING_LEVELS:
         return False  # this level runs the repacked types through the scalar reference: keep the file's layout
     memory = memory_limit()
     return memory is not None and repack_bytes(spec) + context < memory // 2
@@ -724,13 +723,15 @@ def _sequences(parallel: int) -> int:
     return 1 + 2 * parallel + EMBED_TEXTS
 
 
-def _check_context(spec: ModelSpec, n_ctx: int, n_batch: int, n_threads: int, kv_size: int, n_seq: int) -> None:
+def _check_context(spec: ModelSpec, n_ctx: int, n_batch: int, n_threads: int, kv_size: int, n_seq: int
+                   ) -> int | None:
     """Refuses an n_ctx (or kv_size) whose KV cache would not fit in physical memory, before anything is
-    allocated, saying which n_ctx would do."""
+    allocated, saying which n_ctx would do; else returns the bytes the context takes (None: the library cannot
+    tell)."""
     memory = physical_memory()
     needed = context_bytes(spec.config, n_ctx, n_batch, n_threads, n_seq=n_seq, n_kv=kv_size)
     if memory is None or needed is None or needed <= memory:
-        return
+        return needed
     if kv_size > n_ctx:
         raise InvalidArgumentError(
             f"kv_size = {kv_size} needs {needed / 2**30:.1f} GiB for the KV cache and buffers of {spec.path}, more "

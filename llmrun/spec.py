@@ -59,6 +59,8 @@ def _tensor_type(code: int) -> TensorType:
 TENSOR_TYPES: dict[str, TensorType] = {t.name: t for t in map(_tensor_type, range(lib.LLM_TYPE_COUNT))}
 # The types a model file holds: all but the repacked forms, which exist only in memory (llmrun.load(repack=)).
 FILE_TYPES: dict[str, TensorType] = {name: t for name, t in TENSOR_TYPES.items() if t.repacked_from is None}
+# Each file type that has a repacked form -> that form's name ("q4_0" -> "q4_0_r8").
+REPACKED_FORMS: dict[str, str] = {t.repacked_from: name for name, t in TENSOR_TYPES.items() if t.repacked_from}
 
 ROPE_STYLES = {"interleaved": 0, "halves": 1}
 # The C library holds the family options as float32: a reader refuses a value outside (F32_MIN, F32_MAX), which

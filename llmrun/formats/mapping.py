@@ -19,9 +19,16 @@ def map_file(path: str | os.PathLike, dtype: str | np.dtype = np.uint8, offset: 
     Elsewhere the advice is ignored or refused, and nothing changes."""
     data = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
     raw = getattr(data, "_mmap", None)
-    if raw is not None and hasattr(mmap, "MADV_HUGEPAGE"):
+    if raw is not None:
+        advise_huge_pages(raw)
+    return data
+
+
+def advise_huge_pages(raw: mmap.mmap) -> None:
+    """Asks for transparent huge pages on a mapping where the system has them (file mappings above, the repacked
+    weights' anonymous one); a kernel without them refuses or ignores the advice and nothing changes."""
+    if hasattr(mmap, "MADV_HUGEPAGE"):
         try:
             raw.madvise(mmap.MADV_HUGEPAGE)
         except OSError:
             pass
-    return data
