@@ -40,18 +40,14 @@ static int has_avx512vnni(void) {
 #endif
 
 #ifdef LLM_ARM_LEVELS
-/* The arm64 levels' tables (kernels_arm.c compiled once per level). Declared here rather than beside the x86
-   ones in kernels.h, which this change leaves alone; they belong there once the branches meet. */
-extern const llm_kernels llm_kernels_neon;
-/* the optional levels, where the compiler could build them (bindings/build_kernel.py defines LLM_ARM_<LEVEL>) */
+/* The optional arm64 levels' tables, where the compiler could build them (bindings/build_kernel.py defines
+   LLM_ARM_<LEVEL>); neon is always built. */
 #ifdef LLM_ARM_DOTPROD
-extern const llm_kernels llm_kernels_dotprod;
 #define DOTPROD_KERNELS (&llm_kernels_dotprod)
 #else
 #define DOTPROD_KERNELS NULL
 #endif
 #ifdef LLM_ARM_I8MM
-extern const llm_kernels llm_kernels_i8mm;
 #define I8MM_KERNELS (&llm_kernels_i8mm)
 #else
 #define I8MM_KERNELS NULL

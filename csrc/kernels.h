@@ -106,9 +106,11 @@ typedef struct {
     size_t (*scratch_bytes)(int64_t cols);    /* per thread, for the matmul kernels; NULL: none */
 } llm_kernels;
 
-/* The levels' tables: kernels_scalar.c, and kernels_x86*.c compiled once per x86 level. */
+/* The levels' tables: kernels_scalar.c, kernels_x86*.c compiled once per x86 level and kernels_arm*.c once per
+   arm64 level (each only where the build compiled it: cpu.c refers to them accordingly). */
 extern const llm_kernels llm_kernels_scalar;
 extern const llm_kernels llm_kernels_avx2, llm_kernels_avx512vnni;
+extern const llm_kernels llm_kernels_neon, llm_kernels_dotprod, llm_kernels_i8mm;
 
 /* The table of a level this build and CPU can run, else NULL (cpu.c). */
 const llm_kernels *llm_kernels_get(int32_t isa);
