@@ -55,8 +55,9 @@ print(json.dumps(res))
 
 def run_tree(tree: str, cfg: dict) -> dict[str, float]:
     env = dict(os.environ, PYTHONPATH=str(Path(tree).resolve()), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], env=env, check=True, capture_output=True,
-                          text=True)
+    # cwd: python -c puts the current directory first on the path, before PYTHONPATH
+    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], env=env, cwd=tree, check=True,
+                          capture_output=True, text=True)
     return json.loads(done.stdout)
 
 

@@ -28,11 +28,13 @@ ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
 
 # The x86-64 kernels and each level's flags; a level's name is its llm_isa_name (csrc/cpu.c).
-X86_SOURCES = ["kernels_x86.c", "kernels_x86_attention.c", "kernels_x86_float.c", "kernels_x86_int8.c",
-               "kernels_x86_kquants.c", "kernels_x86_kquants_low.c", "kernels_x86_repacked.c"]
+X86_SOURCES = ["kernels_x86.c", "kernels_x86_attention.c", "kernels_x86_bf16.c", "kernels_x86_float.c",
+               "kernels_x86_int8.c", "kernels_x86_kquants.c", "kernels_x86_kquants_low.c", "kernels_x86_repacked.c"]
 X86_LEVELS = {
     "avx2": ["-mavx2", "-mfma", "-mf16c"],
     "avx512vnni": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"],
+    "avx512bf16": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni",
+                   "-mavx512bf16"],
 }
 
 # The arm64 kernels and each level's flags (gcc and clang spell them alike). -ffp-contract=off: the 8-bit
@@ -108,11 +110,15 @@ class BuildKernel(build_ext):
                                 "its kernels are compiled with GCC-style instruction-set flags")
         if targets_x86_64(self.compiler):
             cflags, _ = compile_args()
-            for level, flags in X86_LEVELS.items():
+            # avx512bf16 only where the compiler knows -mavx512bf16 (gcc >= 10, clang >= 9): otherwise it stays out
+            # of the library, and cpu.c never offers it (LLM_X86_AVX512BF16)
+            levels = {level: flags for level, flags in X86_LEVELS.items()
+                      if level != "avx512bf16" or _compiles_with(self.compiler, "__AVX512BF16__", flags)}
+            for level, flags in levels.items():
                 ext.extra_objects += self.compiler.compile(
                     [str(CSRC / s) for s in X86_SOURCES], output_dir=os.path.join(self.build_temp, level),
                     macros=[("LLM_X86_LEVEL", level)], include_dirs=[str(CSRC)], extra_postargs=cflags + flags)
-            ext.define_macros.append(("LLM_X86_LEVELS", "1"))
+            ext.define_macros += [("LLM_X86_LEVELS", "1")] + [("LLM_X86_AVX512BF16", "1")] * ("avx512bf16" in levels)
         elif targets_aarch64(self.compiler):
             cflags, _ = compile_args()
             # the levels this compiler can build (gcc < 10 has no +i8mm, gcc < 8 no +dotprod): the others stay

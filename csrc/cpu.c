@@ -37,6 +37,21 @@ static int has_avx512vnni(void) {
     return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 }
+
+/* The optional x86 level's table, where the compiler could build it (bindings/build_kernel.py defines
+   LLM_X86_AVX512BF16). */
+#ifdef LLM_X86_AVX512BF16
+#define AVX512BF16_KERNELS (&llm_kernels_avx512bf16)
+/* AVX512_BF16 from CPUID leaf 7, subleaf 1, EAX bit 5 (some compilers' __builtin_cpu_supports do not know it); the
+   OS's saving of the AVX-512 state is what has_avx512vnni's avx512f already asked. */
+static int has_avx512bf16(void) {
+    unsigned a, b, c, d;
+    return has_avx512vnni() && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 5));
+}
+#else
+#define AVX512BF16_KERNELS NULL
+#define has_avx512bf16 NULL
+#endif
 #endif
 
 #ifdef LLM_ARM_LEVELS
@@ -88,9 +103,11 @@ static const isa_level LEVELS[LLM_ISA_COUNT] = {
 #ifdef LLM_X86_LEVELS
     [LLM_ISA_AVX2] = {"avx2", &llm_kernels_avx2, has_avx2},
     [LLM_ISA_AVX512VNNI] = {"avx512vnni", &llm_kernels_avx512vnni, has_avx512vnni},
+    [LLM_ISA_AVX512BF16] = {"avx512bf16", AVX512BF16_KERNELS, has_avx512bf16},
 #else
     [LLM_ISA_AVX2] = {"avx2", NULL, NULL},
     [LLM_ISA_AVX512VNNI] = {"avx512vnni", NULL, NULL},
+    [LLM_ISA_AVX512BF16] = {"avx512bf16", NULL, NULL},
 #endif
 #ifdef LLM_ARM_LEVELS
     [LLM_ISA_NEON] = {"neon", &llm_kernels_neon, always},
@@ -104,8 +121,8 @@ static const isa_level LEVELS[LLM_ISA_COUNT] = {
 };
 
 /* The levels from the most to the least preferred: llm_isa_best takes the first this CPU has. */
-static const int32_t PREFERENCE[] = {LLM_ISA_AVX512VNNI, LLM_ISA_AVX2, LLM_ISA_I8MM, LLM_ISA_DOTPROD, LLM_ISA_NEON,
-                                     LLM_ISA_SCALAR};
+static const int32_t PREFERENCE[] = {LLM_ISA_AVX512BF16, LLM_ISA_AVX512VNNI, LLM_ISA_AVX2,    LLM_ISA_I8MM,
+                                     LLM_ISA_DOTPROD,    LLM_ISA_NEON,       LLM_ISA_SCALAR};
 _Static_assert(sizeof PREFERENCE / sizeof PREFERENCE[0] == LLM_ISA_COUNT, "every level has a rank");
 
 int32_t llm_isa_supported(int32_t isa) {

@@ -82,9 +82,10 @@ typedef struct {
 } llm_attention_tile;
 
 /* Floats of the scratch that the attention of a tile of n_q = n_tok x n_head queries wants: each query's running
-   output, maximum and sum (the online softmax) and the scores of a block for a few queries at a time. */
+   output, maximum and sum (the online softmax), a copy of the queries in the order the kernel reads them, and the
+   scores of a block for a few queries at a time. */
 static inline size_t llm_attention_scratch(int64_t n_q, int64_t dim) {
-    return (size_t)n_q * (size_t)(dim + 2) + 8 * LLM_KV_BLOCK;
+    return (size_t)n_q * (size_t)(2 * dim + 2) + 8 * LLM_KV_BLOCK;
 }
 
 /* Vector helpers of the attention and the feed-forward layer. */
@@ -109,7 +110,7 @@ typedef struct {
 /* The levels' tables: kernels_scalar.c, kernels_x86*.c compiled once per x86 level and kernels_arm*.c once per
    arm64 level (each only where the build compiled it: cpu.c refers to them accordingly). */
 extern const llm_kernels llm_kernels_scalar;
-extern const llm_kernels llm_kernels_avx2, llm_kernels_avx512vnni;
+extern const llm_kernels llm_kernels_avx2, llm_kernels_avx512vnni, llm_kernels_avx512bf16;
 extern const llm_kernels llm_kernels_neon, llm_kernels_dotprod, llm_kernels_i8mm;
 
 /* The table of a level this build and CPU can run, else NULL (cpu.c). */

@@ -5,11 +5,19 @@
  */
 #include "kernels_x86.h"
 
+#ifdef __AVX512BF16__ /* the avx512bf16 level: bfloat16 weights multiply in the CPU's bfloat16 dot product */
+#define BF16_KERNELS {X86(matvec_bf16_native), X86(matmul_bf16_native)}
+#define SCRATCH_BYTES X86(matmul_scratch_bytes_bf16)
+#else
+#define BF16_KERNELS {X86(matvec_bf16), X86(matmul_bf16)}
+#define SCRATCH_BYTES X86(matmul_scratch_bytes)
+#endif
+
 const llm_kernels X86(llm_kernels) = {
     .type = {
         [LLM_F32]  = {X86(matvec_f32), X86(matmul_f32)},
         [LLM_F16]  = {X86(matvec_f16), X86(matmul_f16)},
-        [LLM_BF16] = {X86(matvec_bf16), X86(matmul_bf16)},
+        [LLM_BF16] = BF16_KERNELS,
         [LLM_Q8_0] = {X86(matvec_q8_0), X86(matmul_q8_0)},
         [LLM_Q4_0] = {X86(matvec_q4_0), X86(matmul_q4_0)},
         [LLM_Q4_1] = {X86(matvec_q4_1), X86(matmul_q4_1)},
@@ -31,5 +39,5 @@ const llm_kernels X86(llm_kernels) = {
     },
     .quantize = {[LLM_ACT_Q8] = X86(quantize_q8_act), [LLM_ACT_Q8K] = X86(quantize_q8k_act)},
     .vec = {.attention = X86(attention), .swiglu = X86(swiglu), .geglu = X86(geglu), .softcap = X86(softcap)},
-    .scratch_bytes = X86(matmul_scratch_bytes),
+    .scratch_bytes = SCRATCH_BYTES,
 };

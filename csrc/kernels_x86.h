@@ -27,6 +27,10 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
+/* v stays in a register: the compiler would otherwise fold its load into each multiply-add that uses it, one
+   load per use, and a tile's loads are its bottleneck (and it would make a memset of an array of accumulators). */
+#define IN_REGISTER(v) __asm__("" : "+v"(v))
+
 /* kernels_x86_float.c */
 void X86(matvec_f32)(float *out, const void *w, const void *x, int64_t row_begin, int64_t row_end, int64_t cols);
 void X86(matvec_f16)(float *out, const void *w, const void *x, int64_t row_begin, int64_t row_end, int64_t cols);
@@ -40,6 +44,13 @@ void X86(matmul_bf16)(float *out, int64_t ldo, const void *w, const void *x, siz
 void X86(swiglu)(float *gate, const float *up, int64_t n);
 void X86(geglu)(float *gate, const float *up, int64_t n);
 void X86(softcap)(float *x, int64_t n, float cap);
+
+/* kernels_x86_bf16.c (the avx512bf16 level) */
+void X86(matvec_bf16_native)(float *out, const void *w, const void *x, int64_t row_begin, int64_t row_end,
+                             int64_t cols);
+void X86(matmul_bf16_native)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                             int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
+size_t X86(matmul_scratch_bytes_bf16)(int64_t cols);
 
 /* kernels_x86_attention.c */
 void X86(attention)(const llm_attention_tile *tile, float *scratch);
@@ -108,6 +119,28 @@ INLINE __m256 exp8(__m256 x) {
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
 }
+
+#ifdef __AVX512F__
+/* For four accumulators, the tree's first two levels: [a | b | c | d] in 128-bit blocks, each block the four
+   sums lane l + (l + 8) + (l + 4) + (l + 12) of its accumulator, as hsum16 adds them. */
+INLINE __m512 fold4(__m512 a, __m512 b, __m512 c, __m512 d) {
+    __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xee));
+    __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xee));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xdd));
+}
+
+/* Lane s = the tree's sum of a[s], for 16 accumulators: fold4 of a[l], a[l + 4], a[l + 8], a[l + 12] puts a[4b + l]'s
+   partial sums in block b of p[l]; the last two levels pair lanes (0, 2), (1, 3) of a block, then (0, 1). */
+INLINE __m512 reduce16(const __m512 a[16]) {
+    __m512 p[4];
+    for (int l = 0; l < 4; l++) p[l] = fold4(a[l], a[l + 4], a[l + 8], a[l + 12]);
+    __m512 u = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(p[0]), _mm512_castps_pd(p[1]))),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(p[0]), _mm512_castps_pd(p[1]))));
+    __m512 v = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(p[2]), _mm512_castps_pd(p[3]))),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(p[2]), _mm512_castps_pd(p[3]))));
+    return _mm512_add_ps(_mm512_shuffle_ps(u, v, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_ps(u, v, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+#endif
 
 /* The sum of the eight int32 lanes. */
 INLINE int32_t hsum_i32x8(__m256i v) {

@@ -45,17 +45,31 @@ enum { LANES = 8, CHAINS = 2 };
 #endif
 enum { NV = B / LANES }; /* vectors of a block's scores */
 
-/* s[i * B + j] = scale * dot(q[i], keys[:, j]) for the n (1 or 2, a constant where this is inlined) queries. Each
-   lane is the sum of CHAINS FMA chains, each over its part of the dimensions in order (the last part takes what
-   does not divide): the same arithmetic for a query whichever queries it is computed with, and enough independent
-   chains in flight to hide the FMAs' latency even for one query (decoding a model without grouped-query
-   attention). One query does the whole block at once, two queries two vectors at a time; the accumulators (8 or
-   16) and the rows of keys the queries share stay in registers. */
-INLINE void scores(float *s, const float *const q[2], int n, const float *keys, int64_t dim, float scale) {
+/* Queries per group (below), and the accumulators a group's scores and weighted sums keep in registers. */
+enum { GROUP = 4, ACC = 4 * CHAINS };
+
+/* A query's values in the order the scores read them: dimension c * part + d (chain c's d-th, part = dim / CHAINS)
+   at d * CHAINS + c, the rest (dim % CHAINS) where they are, so that one pointer per query reaches all its chains. */
+INLINE void interleave_chains(float *qc, const float *q, int64_t dim) {
     int64_t part = dim / CHAINS;
-    int pass = n == 1 ? NV : 2; /* vectors per pass */
+    for (int64_t d = 0; d < part; d++)
+        for (int c = 0; c < CHAINS; c++) qc[d * CHAINS + c] = q[c * part + d];
+    for (int64_t d = CHAINS * part; d < dim; d++) qc[d] = q[d];
+}
+
+/* s[i * B + j] = scale * dot(q[i], keys[:, j]) for the n (1 to GROUP, a constant where this is inlined) queries,
+   q[i] as interleave_chains lays it out. Each lane is the sum of CHAINS FMA chains, each over its part of the
+   dimensions in order (the last part takes what does not divide): the same arithmetic for a query whichever
+   queries it is computed with, and enough independent chains in flight to hide the FMAs' latency even for one
+   query (decoding a model without grouped-query attention). The queries go through as many vectors of the block at
+   a time as ACC accumulators allow (one query: the whole block); the rows of keys they share are loaded once for
+   all of them. */
+INLINE void scores(float *s, const float *const q[GROUP], int n, const float *keys, int64_t dim, float scale) {
+    int64_t part = dim / CHAINS;
+    int pass = ACC / (n * CHAINS) < NV ? ACC / (n * CHAINS) : NV; /* vectors per pass */
+    if (pass < 1) pass = 1;
     for (int at = 0; at < B; at += pass * LANES) {
-        vec a[2][NV][CHAINS];
+        vec a[GROUP][NV][CHAINS];
         for (int i = 0; i < n; i++)
             for (int v = 0; v < pass; v++)
                 for (int c = 0; c < CHAINS; c++) a[i][v][c] = VZERO();
@@ -64,12 +78,13 @@ INLINE void scores(float *s, const float *const q[2], int n, const float *keys, 
                 vec x[CHAINS];
                 for (int c = 0; c < CHAINS; c++) x[c] = VLOAD(keys + (c * part + d) * B + at + LANES * v);
                 for (int i = 0; i < n; i++)
-                    for (int c = 0; c < CHAINS; c++) a[i][v][c] = VFMA(VSET1(q[i][c * part + d]), x[c], a[i][v][c]);
+                    for (int c = 0; c < CHAINS; c++) a[i][v][c] = VFMA(VSET1(q[i][d * CHAINS + c]), x[c], a[i][v][c]);
             }
         for (int64_t d = CHAINS * part; d < dim; d++) /* the rest, into the last chain */
             for (int v = 0; v < pass; v++)
                 for (int i = 0; i < n; i++)
-                    a[i][v][CHAINS - 1] = VFMA(VSET1(q[i][d]), VLOAD(keys + d * B + at + LANES * v), a[i][v][CHAINS - 1]);
+                    a[i][v][CHAINS - 1] =
+                        VFMA(VSET1(q[i][d]), VLOAD(keys + d * B + at + LANES * v), a[i][v][CHAINS - 1]);
         for (int i = 0; i < n; i++)
             for (int v = 0; v < pass; v++) {
                 vec sum = a[i][v][0];
@@ -87,37 +102,50 @@ INLINE float hmax_f32x8(__m256 v) {
     return _mm_cvtss_f32(m);
 }
 
-/* o = o * rescale + sum over j in [lo, hi) of p[j] * values row j, in the order of j: 64 values of o at a time
-   (8 or 4 registers) over all the rows, then a vector, then one (head sizes that are not a multiple of 8). */
-INLINE void weighted_sum(float *o, float rescale, const float *p, int lo, int hi, const float *values, int64_t dim) {
-    enum { W = 64 / LANES };
-    const vec r = VSET1(rescale);
+/* For each of the n queries (a constant where this is inlined) that see the same rows [lo, hi) of the block:
+   o[i] = o[i] * rescale[i] + sum over j in [lo, hi) of p[i][j] * values row j, in the order of j. Every value of
+   an output is its own chain (a multiply, then the FMAs in the order of j), so the queries go together and the
+   values in any slices: W vectors of each query's output at a time (all n x W in registers, each row's W vectors
+   loaded once for the n queries), then one vector, then one value (head sizes that are not a multiple of 8). */
+INLINE void weighted_sums(float *const o[GROUP], const float rescale[GROUP], const float *const p[GROUP], int n,
+                          int lo, int hi, const float *values, int64_t dim) {
+    enum { W_MAX = 64 / LANES };
+    const int W = ACC / n < W_MAX ? ACC / n : W_MAX;
     int64_t c = 0;
-    for (; c + 64 <= dim; c += 64) {
-        vec a[W];
-        for (int k = 0; k < W; k++) a[k] = VMUL(VLOAD(o + c + LANES * k), r);
+    for (; c + W * LANES <= dim; c += W * LANES) {
+        vec a[GROUP][W_MAX];
+        for (int i = 0; i < n; i++)
+            for (int k = 0; k < W; k++) a[i][k] = VMUL(VLOAD(o[i] + c + LANES * k), VSET1(rescale[i]));
         for (int j = lo; j < hi; j++) {
-            vec pj = VSET1(p[j]);
-            for (int k = 0; k < W; k++) a[k] = VFMA(pj, VLOAD(values + j * dim + c + LANES * k), a[k]);
+            vec v[W_MAX];
+            for (int k = 0; k < W; k++) v[k] = VLOAD(values + j * dim + c + LANES * k);
+            for (int i = 0; i < n; i++) {
+                vec pj = VSET1(p[i][j]);
+                for (int k = 0; k < W; k++) a[i][k] = VFMA(pj, v[k], a[i][k]);
+            }
         }
-        for (int k = 0; k < W; k++) VSTORE(o + c + LANES * k, a[k]);
+        for (int i = 0; i < n; i++)
+            for (int k = 0; k < W; k++) VSTORE(o[i] + c + LANES * k, a[i][k]);
     }
-    for (; c + LANES <= dim; c += LANES) {
-        vec a = VMUL(VLOAD(o + c), r);
-        for (int j = lo; j < hi; j++) a = VFMA(VSET1(p[j]), VLOAD(values + j * dim + c), a);
-        VSTORE(o + c, a);
-    }
-    for (; c < dim; c++) {
-        float a = o[c] * rescale;
-        for (int j = lo; j < hi; j++) a = fmaf(p[j], values[j * dim + c], a);
-        o[c] = a;
+    for (int i = 0; i < n; i++) {
+        int64_t d = c;
+        for (; d + LANES <= dim; d += LANES) {
+            vec a = VMUL(VLOAD(o[i] + d), VSET1(rescale[i]));
+            for (int j = lo; j < hi; j++) a = VFMA(VSET1(p[i][j]), VLOAD(values + j * dim + d), a);
+            VSTORE(o[i] + d, a);
+        }
+        for (; d < dim; d++) {
+            float a = o[i][d] * rescale[i];
+            for (int j = lo; j < hi; j++) a = fmaf(p[i][j], values[j * dim + d], a);
+            o[i][d] = a;
+        }
     }
 }
 
 /* One query's online-softmax step over a block whose scores s (B) it sees in [lo, hi): s becomes e^(s - m_new),
-   0 outside [lo, hi); the running maximum *max, sum *sum and output o move to the new maximum. */
-INLINE void update(float *o, float *max, float *sum, float *s, int lo, int hi, const float *values, int64_t dim,
-                   float softcap) {
+   0 outside [lo, hi); the running maximum *max and sum *sum move to the new maximum, and the factor e^(m_old -
+   m_new) that its output must be rescaled by is returned (weighted_sums applies it). */
+INLINE float softmax_step(float *max, float *sum, float *s, int lo, int hi, float softcap) {
     if (softcap) X86(softcap)(s, B, softcap); /* Gemma 2 */
     const __m256i vlo = _mm256_set1_epi32(lo - 1), vhi = _mm256_set1_epi32(hi);
     __m256 v[4], keep[4], vmax = _mm256_set1_ps(-INFINITY);
@@ -139,7 +167,7 @@ INLINE void update(float *o, float *max, float *sum, float *s, int lo, int hi, c
     }
     *sum = *sum * rescale + hsum_f32x8(vsum);
     *max = m;
-    weighted_sum(o, rescale, s, lo, hi, values, dim);
+    return rescale;
 }
 
 /* The positions [lo, hi) of block b that token tok of the tile sees (lo >= hi: none). */
@@ -149,29 +177,33 @@ INLINE void visible(const llm_attention_tile *t, int32_t tok, int32_t b, int *lo
     *hi = to < b * B + B ? to - b * B + 1 : B;
 }
 
-/* The n queries from token tok, head h on (the next head, or the next token's first) over block b. */
-INLINE void attend(const llm_attention_tile *t, float *scratch, int32_t tok, int h, int n, int32_t b,
+/* The n queries i0 .. i0 + n - 1 of the tile (query i: token i / n_head, head i % n_head) over block b, all of
+   which see its positions [lo, hi). */
+INLINE void attend(const llm_attention_tile *t, float *scratch, int64_t i0, int n, int lo, int hi,
                    const float *keys, const float *values) {
     int64_t dim = t->dim, n_q = (int64_t)t->n_tok * t->n_head;
-    float *out = scratch, *max = out + n_q * dim, *sum = max + n_q, *s = sum + n_q;
-    int32_t toks[2] = {tok, h + 1 < t->n_head ? tok : tok + 1};
-    int heads[2] = {h, h + 1 < t->n_head ? h + 1 : 0};
-    const float *q[2];
-    for (int k = 0; k < n; k++) q[k] = t->q + toks[k] * t->ldq + heads[k] * dim;
-    scores(s, q, n, keys, dim, t->scale);
+    float *out = scratch, *max = out + n_q * dim, *sum = max + n_q, *qc = sum + n_q, *s = qc + n_q * dim;
+    const float *q[GROUP], *p[GROUP];
+    float *o[GROUP], rescale[GROUP];
     for (int k = 0; k < n; k++) {
-        int lo, hi;
-        int64_t i = (int64_t)toks[k] * t->n_head + heads[k];
-        visible(t, toks[k], b, &lo, &hi);
-        update(out + i * dim, max + i, sum + i, s + k * B, lo, hi, values, dim, t->softcap);
+        int64_t i = i0 + k;
+        q[k] = qc + i * dim;
+        o[k] = out + i * dim;
+        p[k] = s + k * B;
     }
+    scores(s, q, n, keys, dim, t->scale);
+    for (int k = 0; k < n; k++) rescale[k] = softmax_step(max + i0 + k, sum + i0 + k, s + k * B, lo, hi, t->softcap);
+    weighted_sums(o, rescale, p, n, lo, hi, values, dim);
 }
 
 void X86(attention)(const llm_attention_tile *t, float *scratch) {
     int64_t dim = t->dim, n_q = (int64_t)t->n_tok * t->n_head;
-    float *out = scratch, *max = out + n_q * dim, *sum = max + n_q;
+    float *out = scratch, *max = out + n_q * dim, *sum = max + n_q, *qc = sum + n_q;
     memset(out, 0, (size_t)(n_q * dim) * sizeof *out);
-    for (int64_t i = 0; i < n_q; i++) max[i] = -INFINITY, sum[i] = 0.0f;
+    for (int64_t i = 0; i < n_q; i++) {
+        max[i] = -INFINITY, sum[i] = 0.0f;
+        interleave_chains(qc + i * dim, t->q + i / t->n_head * t->ldq + i % t->n_head * dim, dim);
+    }
     int32_t last = t->pos + t->n_tok - 1, first = t->window && t->pos >= t->window ? t->pos - t->window + 1 : 0;
     /* The blocks of a head lie a whole block of every head apart (kv_cache.h), in the order of the block table:
        the hardware prefetcher does not follow them, so the block two ahead is fetched into L2 while this one is
@@ -190,12 +222,22 @@ void X86(attention)(const llm_attention_tile *t, float *scratch) {
         int32_t tok = b * B > t->pos ? b * B - t->pos : 0, end = t->n_tok;
         int64_t window_end = (int64_t)b * B + B - 1 + t->window - t->pos; /* int64: a window near INT32_MAX */
         if (t->window && window_end < end) end = (int32_t)window_end;
-        int64_t left = (int64_t)(end - tok) * t->n_head; /* their queries, two at a time (sharing the keys) */
-        for (int h = 0; left > 0; left -= 2) {
-            if (left > 1) attend(t, scratch, tok, h, 2, b, keys, values); /* n a constant in each */
-            else attend(t, scratch, tok, h, 1, b, keys, values);
-            h += 2;
-            while (h >= t->n_head) h -= t->n_head, tok++;
+        /* their queries, in groups of up to GROUP consecutive ones that see the same positions of the block (the
+           heads of a token; the tokens below the diagonal block), which share each load of its keys and values */
+        for (int64_t i = (int64_t)tok * t->n_head, i_end = (int64_t)end * t->n_head; i < i_end;) {
+            int lo, hi, n = 1;
+            visible(t, (int32_t)(i / t->n_head), b, &lo, &hi);
+            for (int lo2, hi2; n < GROUP && i + n < i_end; n++) {
+                visible(t, (int32_t)((i + n) / t->n_head), b, &lo2, &hi2);
+                if (lo2 != lo || hi2 != hi) break;
+            }
+            switch (n) { /* n a constant in each */
+            case 4: attend(t, scratch, i, 4, lo, hi, keys, values); break;
+            case 3: attend(t, scratch, i, 3, lo, hi, keys, values); break;
+            case 2: attend(t, scratch, i, 2, lo, hi, keys, values); break;
+            default: attend(t, scratch, i, 1, lo, hi, keys, values); break;
+            }
+            i += n;
         }
     }
     for (int64_t i = 0; i < n_q; i++) {

@@ -95,6 +95,8 @@ typedef enum {
     LLM_ISA_NEON       = 3,  /* arm64 ARMv8.0 Advanced SIMD (every arm64 CPU) */
     LLM_ISA_DOTPROD    = 4,  /* ... and the dot product extension (sdot: 8-bit dot products in one instruction) */
     LLM_ISA_I8MM       = 5,  /* ... and the 8-bit matrix multiply (smmla: a 2x8 by 8x2 product, prompt batches) */
+    LLM_ISA_AVX512BF16 = 6,  /* x86-64 avx512vnni and AVX512_BF16: bfloat16 weights multiply in vdpbf16ps, their
+                                input rounded to bfloat16 */
     LLM_ISA_COUNT
 } llm_isa;
 

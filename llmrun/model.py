@@ -616,7 +616,7 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
 
 # The instruction-set levels with kernels of their own for the repacked types (csrc/kernels_x86_repacked.c); the
 # others (arm64's for now) run them through the scalar reference, slower than their kernels of the file's layout.
-REPACKING_LEVELS = frozenset({"avx2", "avx512vnni"})
+REPACKING_LEVELS = frozenset({"avx2", "avx512vnni", "avx512bf16"})
 
 
 def _should_repack(spec: ModelSpec, repack: bool | None, context: int) -> bool:

@@ -67,12 +67,30 @@ def quantize_activations(x: np.ndarray, block: int = 32) -> tuple[np.ndarray, np
     return d, q
 
 
-def product_reference(t: Tensor, x: np.ndarray) -> np.ndarray:
-    """What the C product of weights `t` and vector `x` computes, in float64: float types multiply the
-    stored values by x; block types multiply them by x's Q8_0 quantization (as the C code does)."""
+def rounds_input_to_bf16(type: str, isa: str | None) -> bool:
+    """Whether the products of `type` weights at level `isa` multiply by their input rounded to bfloat16: bfloat16
+    weights at the avx512bf16 level, whose products run in the CPU's bfloat16 dot product (vdpbf16ps,
+    csrc/kernels_x86_bf16.c)."""
+    return type == "bf16" and isa == "avx512bf16"
+
+
+def bf16_rounded(x: np.ndarray) -> np.ndarray:
+    """x (float32) rounded to bfloat16, to nearest with ties to even, as float32: the gguf package's own
+    conversion (the format's reference), there and back. (The CPU's conversion also flushes f32 subnormals, under
+    1.2e-38, to zero, which this keeps.)"""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return gguf.quants.dequantize(gguf.quants.quantize(x, QT.BF16), QT.BF16).astype(np.float32).reshape(x.shape)
+
+
+def product_reference(t: Tensor, x: np.ndarray, isa: str | None = None) -> np.ndarray:
+    """What the C product of weights `t` and vector `x` computes (at level `isa`), in float64: float types multiply
+    the stored values by x (bfloat16 weights at avx512bf16: by x rounded to bfloat16); block types multiply them by
+    x's Q8_0 quantization (as the C code does)."""
     w = decode(t).reshape(t.shape)
     block = TENSOR_TYPES[t.type].block_elems
     if block > 1:
         d, q = quantize_activations(x, block)
         return w @ (d[:, None] * q).reshape(-1).astype(np.float64)
+    if rounds_input_to_bf16(t.type, isa):
+        x = bf16_rounded(x)
     return w @ x.astype(np.float64)

@@ -51,12 +51,14 @@ def test_a_build_without_x86_kernels_runs_the_portable_ones(tmp_path: Path) -> N
     assert gcc, "the build needs gcc"
     main = tmp_path / "main.c"
     main.write_text('#include <stdio.h>\n#include "llmrun.h"\nint main(void) {\n'
-                    '    printf("%d %d %d %d\\n", llm_isa_best(), llm_isa_supported(LLM_ISA_SCALAR),\n'
-                    '           llm_isa_supported(LLM_ISA_AVX2), llm_isa_supported(LLM_ISA_AVX512VNNI));\n}\n')
+                    '    printf("%d %d %d %d %d\\n", llm_isa_best(), llm_isa_supported(LLM_ISA_SCALAR),\n'
+                    '           llm_isa_supported(LLM_ISA_AVX2), llm_isa_supported(LLM_ISA_AVX512VNNI),\n'
+                    '           llm_isa_supported(LLM_ISA_AVX512BF16));\n}\n')
     exe = tmp_path / "isa"
     subprocess.run([gcc, "-std=c11", f"-I{CSRC}", str(main), str(CSRC / "cpu.c"), str(CSRC / "kernels_scalar.c"),
                     "-lm", "-o", str(exe)], check=True)
-    assert subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split() == ["0", "1", "0", "0"]
+    answer = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()
+    assert answer == ["0", "1", "0", "0", "0"]
 
 
 def test_msvc_is_refused_with_a_reason() -> None:

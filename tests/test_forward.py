@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from quants import decode, encode
+from quants import decode, encode, rounds_input_to_bf16
 
 from builders import make_config, random_tensors, spec_from_tensors
 from llmrun import ContextOverflowError, KernelError, ModelFormatError
@@ -235,10 +235,13 @@ def test_typed_weights_match_reference(type: str, isa: str) -> None:
     reference run on the values those weights hold. f16/bf16 products are exact f32 arithmetic on the
     stored values (RTOL as above). Q8_0/Q4_0 products also quantize their input vectors to 8 bits, a
     relative rounding error of up to 1/254 per element that accumulates over 2 layers; 5e-2 of the
-    logits' scale bounds it (measured: 1.5e-2), while a wrong block layout is off by O(1)."""
+    logits' scale bounds it (measured: 1.5e-2), while a wrong block layout is off by O(1). BF16 products at the
+    avx512bf16 level round their input to bfloat16 (up to 2^-8 relative per element, as the 8-bit blocks do):
+    2e-2 (measured: 4.3e-3)."""
     cfg, spec, ref = typed_model(type)
     tokens = [5, 17, 3, 88, 42, 0, 9]
     want = reference_forward(cfg, ref, tokens)
     got = Engine(spec, n_ctx=16, n_threads=2, isa=isa).evaluate_all(tokens)
     err = np.max(np.abs(got - want)) / np.max(np.abs(want))
-    assert err <= QUANT_TOLERANCE[type], f"{type}: error {err:.2e} of the logits' scale"
+    tolerance = 2e-2 if rounds_input_to_bf16(type, isa) else QUANT_TOLERANCE[type]
+    assert err <= tolerance, f"{type}: error {err:.2e} of the logits' scale"

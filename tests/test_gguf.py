@@ -37,11 +37,12 @@ from gguf_fixtures import (
     with_tensor,
     write_llama_gguf,
 )
+from quants import rounds_input_to_bf16
 
 import llmrun
 from builders import make_config, random_tensors, spec_from_tensors
 from llmrun import ModelFormatError
-from llmrun.engine import Engine
+from llmrun.engine import Engine, isa_for
 from llmrun.formats import read_model
 from llmrun.formats.gguf import StringArray, ValueType, read_gguf
 from llmrun.formats.gguf_model import load_gguf
@@ -184,7 +185,8 @@ def test_weights_read_back_exactly(tmp_path: Path, weights: dict[str, np.ndarray
 @pytest.mark.parametrize("ttype", ["f32", "f16", "bf16", "q8_0", "q4_0"])
 def test_logits_match_the_reference(tmp_path: Path, weights: dict[str, np.ndarray], ttype: str) -> None:
     """End to end through the engine against the numpy reference on the weights as stored (dequantized):
-    float types agree to rounding; block types within the error of quantizing the activations to 8 bits."""
+    float types agree to rounding; block types within the error of quantizing the activations to 8 bits, and so
+    do bf16 weights at the avx512bf16 level, whose products round their input to bfloat16 (measured 3.5e-3)."""
     written = write_llama_gguf(tmp_path / "m.gguf", CFG, weights, ttype)
     spec = read_model(tmp_path / "m.gguf")
     got = _logits(spec, TOKENS)
@@ -200,7 +202,8 @@ def test_logits_match_the_reference(tmp_path: Path, weights: dict[str, np.ndarra
         else:
             stored[name.removesuffix(".weight")] = values
     want = reference_forward(spec.config, stored, TOKENS)
-    tolerance = 1e-4 if ttype in ("f32", "f16", "bf16") else 3e-2
+    exact = ttype in ("f32", "f16", "bf16") and not rounds_input_to_bf16(ttype, isa_for(None))  # _logits' level
+    tolerance = 1e-4 if exact else 3e-2
     assert np.max(np.abs(got - want)) <= tolerance * np.max(np.abs(want))
 
 

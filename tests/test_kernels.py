@@ -16,7 +16,7 @@ import zlib
 
 import numpy as np
 import pytest
-from quants import decode, product_reference
+from quants import bf16_rounded, decode, product_reference, rounds_input_to_bf16
 from quants import encode as gguf_encode
 
 from llmrun.engine import ISA_NAMES, available_isas, best_isa, ffi, lib
@@ -95,7 +95,7 @@ def test_matvec_matches_reference(type: str, isa: str) -> None:
         rng = np.random.default_rng(rows * 1000 + cols)
         t = encode(rng.standard_normal((rows, cols)), type)
         x = rng.standard_normal(cols).astype(np.float32)
-        want = product_reference(t, x)
+        want = product_reference(t, x, isa)
         got = c_matvec(t, x, isa)
         scale = max(1.0, float(np.abs(want).max()))
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(cols) * scale,
@@ -113,7 +113,7 @@ def test_matmul_matches_reference(type: str, isa: str) -> None:
             rng = np.random.default_rng(rows * 1000 + cols + n)
             t = encode(rng.standard_normal((rows, cols)), type)
             x = rng.standard_normal((n, cols)).astype(np.float32)
-            want = np.stack([product_reference(t, row) for row in x])
+            want = np.stack([product_reference(t, row, isa) for row in x])
             got = c_matmul(t, x, isa)
             scale = max(1.0, float(np.abs(want).max()))
             tol = {"rtol": 1e-5, "atol": 1e-5 * np.sqrt(cols) * scale}
@@ -135,7 +135,7 @@ def test_float_products_with_tails_match_reference(type: str, isa: str) -> None:
         rng = np.random.default_rng(rows * 1000 + cols)
         t = encode(rng.standard_normal((rows, cols)), type)
         x = rng.standard_normal((40, cols)).astype(np.float32)
-        want = np.stack([product_reference(t, row) for row in x])
+        want = np.stack([product_reference(t, row, isa) for row in x])
         scale = max(1.0, float(np.abs(want).max()))
         for n in range(1, 41):
             np.testing.assert_allclose(c_matmul(t, x[:n], isa), want[:n], rtol=1e-5, atol=1e-5 * np.sqrt(cols) * scale,
@@ -148,8 +148,9 @@ def test_matmul_large_batch_crosses_token_tiles() -> None:
     for type in TYPES:
         t = encode(rng.standard_normal((40, 2048)), type)
         x = rng.standard_normal((150, 2048)).astype(np.float32)
-        want = np.stack([c_matvec(t, row, "scalar") for row in x])
-        for isa in ISAS:
+        for isa in ISAS:  # the scalar level on the input the level multiplies by
+            xi = bf16_rounded(x) if rounds_input_to_bf16(type, isa) else x
+            want = np.stack([c_matvec(t, row, "scalar") for row in xi])
             np.testing.assert_allclose(c_matmul(t, x, isa), want, rtol=1e-5, atol=1e-3, err_msg=f"{type} {isa}")
 
 
@@ -174,7 +175,8 @@ def test_instruction_sets_agree() -> None:
         t = encode(rng.standard_normal((48, cols)), type)
         x = rng.standard_normal(cols).astype(np.float32)
         for isa in ISAS[1:]:
-            np.testing.assert_allclose(c_matvec(t, x, isa), c_matvec(t, x, "scalar"), rtol=1e-5, atol=1e-4,
+            xi = bf16_rounded(x) if rounds_input_to_bf16(type, isa) else x
+            np.testing.assert_allclose(c_matvec(t, x, isa), c_matvec(t, xi, "scalar"), rtol=1e-5, atol=1e-4,
                                        err_msg=f"{type} {isa}")
 
 
@@ -192,8 +194,8 @@ def test_special_values_in_blocks() -> None:
         x = np.linspace(-1, 1, cols).astype(np.float32)
         x[:block] = 0.0  # an all-zero input block
         t = encode(w, type)
-        want = product_reference(t, x)
         for isa in ISAS:
+            want = product_reference(t, x, isa)
             np.testing.assert_allclose(c_matvec(t, x, isa), want, rtol=1e-5, atol=1e-6, err_msg=f"{type} {isa}")
 
 
@@ -223,10 +225,11 @@ def test_non_finite_input_reaches_the_output_on_every_level(bad: float) -> None:
         x = rng.standard_normal((5, 3 * block)).astype(np.float32)
         x[2, block + 8] = bad  # token 2, its second block
         t = encode(rng.standard_normal((24, 3 * block)), type)
-        clean = [c_matvec(t, x[i], "scalar") for i in (0, 1, 3, 4)]
         for isa in ISAS:
             for got in (c_matvec(t, x[2], isa), c_matmul(t, x, isa)[2]):
                 assert not np.isfinite(got).any(), f"{type} {isa}: {got}"
+            xi = bf16_rounded(x) if rounds_input_to_bf16(type, isa) else x
+            clean = [c_matvec(t, xi[i], "scalar") for i in (0, 1, 3, 4)]
             batch = c_matmul(t, x, isa)[[0, 1, 3, 4]]
             np.testing.assert_allclose(batch, clean, rtol=1e-5, atol=1e-4, err_msg=f"{type} {isa}")
 
