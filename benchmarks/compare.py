@@ -588,7 +588,10 @@ class Comparison:
         self.tests: list[Test] = args.test_list
         self.threads: list[int] = args.thread_list
         self.tools: list[str] = list(args.tool_list)
-        if LLAMACPP in self.tools and importlib.util.find_spec("llama_cpp") is None:
+        # (a build given with --llama-cpp-python is imported only by the workers, from that folder)
+        has_llama_cpp = ((args.llama_cpp_python / "llama_cpp").is_dir() if args.llama_cpp_python
+                         else importlib.util.find_spec("llama_cpp") is not None)
+        if LLAMACPP in self.tools and not has_llama_cpp:
             log("notice: llama_cpp (llama-cpp-python) is not importable: llama.cpp is skipped")
             self.tools.remove(LLAMACPP)
         if args.token_by_token and any(t.kind == "pp" for t in self.tests):
