@@ -83,6 +83,23 @@ INLINE int32_t r8_four(const q8_act *x, int64_t b, int g) {
     return four;
 }
 
+/* Without VNNI, how many of a block's steps (4 values each) one 16-bit sum of maddubs's pair sums holds before
+   it is widened to 32 bits: unsigned 4-bit values (<= 15) times activations (|x| <= 127) make pairs of at most
+   3810 and eight of them fit; 5-bit values (<= 31) 7874, four; the 8-bit forms fill 16 bits in one step. The
+   integer sums are exact either way (nothing saturates): only the instructions change, a maddubs and an add
+   per step instead of maddubs, madd and add, which halves the multiplies of the 4-bit types. */
+#ifndef __AVX512VNNI__
+INLINE int r8_steps_per_i16(int32_t base) {
+    switch (base) {
+    case LLM_Q4_0:
+    case LLM_Q4_1: return 8;
+    case LLM_Q5_0:
+    case LLM_Q5_1: return 4;
+    default: return 1;
+    }
+}
+#endif
+
 /* Tokens per pass over a group's blocks: their sums and accumulators stay in registers (32 vector registers
    with AVX-512, 16 without). */
 #ifdef __AVX512VNNI__
@@ -113,14 +130,25 @@ INLINE void tile8(float *out, int64_t ldo, const uint8_t *grp, const q8_act *xa,
         const int two = 0;
 #endif
         for (int j = 0; j < rn; j++) s[j] = s2[j] = _mm256_setzero_si256();
+#ifndef __AVX512VNNI__
+        const int per_i16 = r8_steps_per_i16(base);
+        __m256i p[R8_RN]; /* 16-bit sums of the last steps (r8_steps_per_i16) */
+#endif
         for (int g = 0; g < 8; g++) {
             __m256i v = r8_values(blk, g, base);
             __m256i u = r8_signed(base) ? _mm256_sign_epi8(v, v) : v;
             for (int j = 0; j < rn; j++) {
                 __m256i xv = _mm256_set1_epi32(r8_four(&xa[j], b, g));
                 if (r8_signed(base)) xv = _mm256_sign_epi8(xv, v);
+#ifdef __AVX512VNNI__
                 if (two && (g & 1)) s2[j] = dot4_u8i8(s2[j], u, xv);
                 else s[j] = dot4_u8i8(s[j], u, xv);
+#else
+                __m256i pairs = _mm256_maddubs_epi16(u, xv);
+                p[j] = g % per_i16 == 0 ? pairs : _mm256_add_epi16(p[j], pairs);
+                if (g % per_i16 == per_i16 - 1)
+                    s[j] = _mm256_add_epi32(s[j], _mm256_madd_epi16(p[j], _mm256_set1_epi16(1)));
+#endif
             }
         }
         __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk));

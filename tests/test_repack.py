@@ -97,6 +97,25 @@ def test_products_match_reference(type: str, isa: str) -> None:
                                        err_msg=f"{type}_r8 {isa} ({rows}, {cols}) x {n}")
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("type", ["q4_0", "q4_1", "q5_0", "q5_1"])
+def test_largest_values_do_not_overflow_the_integer_sums(type: str, isa: str) -> None:
+    # every value at its largest code (all bits set: 15 or 31) and every activation at +-127, the largest sums
+    # the kernels' 16-bit partial sums hold (AVX2 adds eight 4-bit or four 5-bit steps before widening them)
+    rows, cols = 16, 256
+    info = TENSOR_TYPES[type]
+    blocks = np.full((rows * cols // info.block_elems, info.block_bytes), 0xFF, dtype=np.uint8)
+    blocks[:, 0:2] = np.frombuffer(np.float16(0.5).tobytes(), dtype=np.uint8)  # d
+    if type.endswith("_1"):
+        blocks[:, 2:4] = 0  # m
+    t = Tensor(blocks.reshape(rows, -1), type)
+    r = repack(t)
+    for sign in (1.0, -1.0):
+        x = np.full((5, cols), sign, dtype=np.float32)
+        want = np.stack([product_reference(t, row) for row in x])
+        np.testing.assert_allclose(c_matmul(r, x, isa), want, rtol=1e-6, err_msg=f"{type}_r8 {isa} sign {sign}")
+
+
 def test_repacked_types_need_whole_groups_of_rows() -> None:
     """A repacked matrix is read in groups of 8 rows: llm_matmul and llm_dequantize refuse one whose row count is
     not a multiple of 8 (LLM_ERR_INVALID, as llm_create's tensor checks do) instead of reading past its end."""
