@@ -29,7 +29,8 @@ CSRC = ROOT / "csrc"
 
 # The x86-64 kernels and each level's flags; a level's name is its llm_isa_name (csrc/cpu.c).
 X86_SOURCES = ["kernels_x86.c", "kernels_x86_attention.c", "kernels_x86_bf16.c", "kernels_x86_float.c",
-               "kernels_x86_int8.c", "kernels_x86_kquants.c", "kernels_x86_kquants_low.c", "kernels_x86_repacked.c"]
+               "kernels_x86_float_r8.c", "kernels_x86_int8.c", "kernels_x86_kquants.c", "kernels_x86_kquants_low.c",
+               "kernels_x86_repacked.c"]
 X86_LEVELS = {
     "avx2": ["-mavx2", "-mfma", "-mf16c"],
     "avx512vnni": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"],

@@ -378,6 +378,15 @@ static inline void llm_r8_move(int32_t base, int lane, int unpack, const uint8_t
 #undef PART
 }
 
+/* The repacked float types (LLM_F32_R8, LLM_F16_R8, LLM_BF16_R8): group g of 8 rows is a (cols, 8) matrix,
+ * the transpose of its rows, at g * 8 * cols values: value k of row 8 g + l is its value 8 k + l. A vector of
+ * 8 consecutive values holds one column of the group, the form a product wants that keeps a row's sum in one
+ * lane: each row's product with a token is one chain of fused multiply-adds in increasing k (fmaf's rounding),
+ * on every level, for a token alone or in a batch. */
+static inline int64_t llm_r8f_index(int64_t row, int64_t k, int64_t cols) {
+    return (row / LLM_R8) * LLM_R8 * cols + k * LLM_R8 + row % LLM_R8;
+}
+
 /* Block b (of cols / 32) of row `row` of an R8 matrix w of type `type`, in its source type's block layout:
    the inverse of llm_repack (repack.c), for get_row and the scalar reference. */
 static inline void llm_r8_block(int32_t type, const void *w, int64_t row, int64_t b, int64_t cols, void *block) {

@@ -24,6 +24,9 @@ SCALAR_MATVEC(q4_1_r8, LLM_Q4_1_R8)
 SCALAR_MATVEC(q5_0_r8, LLM_Q5_0_R8)
 SCALAR_MATVEC(q5_1_r8, LLM_Q5_1_R8)
 SCALAR_MATVEC(iq4_nl_r8, LLM_IQ4_NL_R8)
+SCALAR_MATVEC(f32_r8, LLM_F32_R8)
+SCALAR_MATVEC(f16_r8, LLM_F16_R8)
+SCALAR_MATVEC(bf16_r8, LLM_BF16_R8)
 
 static void ARM(scalar_attention)(const llm_attention_tile *tile, float *scratch) {
     llm_kernels_scalar.vec.attention(tile, scratch);
@@ -59,6 +62,9 @@ const llm_kernels ARM(llm_kernels) = {
         [LLM_Q5_0_R8] = {ARM(scalar_matvec_q5_0_r8), NULL},
         [LLM_Q5_1_R8] = {ARM(scalar_matvec_q5_1_r8), NULL},
         [LLM_IQ4_NL_R8] = {ARM(scalar_matvec_iq4_nl_r8), NULL},
+        [LLM_F32_R8]  = {ARM(scalar_matvec_f32_r8), NULL},
+        [LLM_F16_R8]  = {ARM(scalar_matvec_f16_r8), NULL},
+        [LLM_BF16_R8] = {ARM(scalar_matvec_bf16_r8), NULL},
     },
     .quantize = {[LLM_ACT_Q8] = ARM(quantize_q8_act), [LLM_ACT_Q8K] = ARM(quantize_q8k_act)},
     .vec = {ARM(scalar_attention), ARM(scalar_swiglu), ARM(scalar_geglu), ARM(scalar_softcap)},

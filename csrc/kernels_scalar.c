@@ -66,6 +66,44 @@ static void get_row_f16(float *out, const void *w, int64_t row, int64_t cols) { 
 static void get_row_bf16(float *out, const void *w, int64_t row, int64_t cols) { get_row_16(out, w, row, cols, 1); }
 
 /* ---------------------------------------------------------------------------------------------------- */
+/* The repacked float types (F32_R8, F16_R8, BF16_R8: kernels.h): a row's product is one chain of fused
+   multiply-adds in increasing k, the order every level keeps for them (so these are bit for bit the SIMD
+   kernels' results, not just close). */
+
+typedef enum { R8F_F32, R8F_F16, R8F_BF16 } r8f_kind;
+
+static inline float r8f_value(const void *w, int64_t i, r8f_kind kind) {
+    if (kind == R8F_F32) return ((const float *)w)[i];
+    return widen(((const uint16_t *)w)[i], kind == R8F_BF16);
+}
+
+static inline void matvec_r8f(float *out, const void *w, const float *x, int64_t row_begin, int64_t row_end,
+                              int64_t cols, r8f_kind kind) {
+    for (int64_t r = row_begin; r < row_end; r++) {
+        float sum = 0.0f;
+        for (int64_t k = 0; k < cols; k++) sum = fmaf(r8f_value(w, llm_r8f_index(r, k, cols), kind), x[k], sum);
+        out[r - row_begin] = sum;
+    }
+}
+
+static inline void get_row_r8f(float *out, const void *w, int64_t row, int64_t cols, r8f_kind kind) {
+    for (int64_t k = 0; k < cols; k++) out[k] = r8f_value(w, llm_r8f_index(row, k, cols), kind);
+}
+
+#define R8F_TYPE(name, KIND)                                                                                      \
+    static void matvec_##name##_r8(float *out, const void *w, const void *x, int64_t row_begin, int64_t row_end, \
+                                   int64_t cols) {                                                               \
+        matvec_r8f(out, w, x, row_begin, row_end, cols, KIND);                                                   \
+    }                                                                                                            \
+    static void get_row_##name##_r8(float *out, const void *w, int64_t row, int64_t cols) {                      \
+        get_row_r8f(out, w, row, cols, KIND);                                                                    \
+    }
+R8F_TYPE(f32, R8F_F32)
+R8F_TYPE(f16, R8F_F16)
+R8F_TYPE(bf16, R8F_BF16)
+#undef R8F_TYPE
+
+/* ---------------------------------------------------------------------------------------------------- */
 /* 8-bit activations (LLM_ACT_Q8) */
 
 /* Per block: d = max|x| / 127, q = round(x / d), to nearest even as the SIMD versions round. */
@@ -785,6 +823,9 @@ const llm_type_info llm_types[LLM_TYPE_COUNT] = {
     [LLM_Q5_0_R8] = {"q5_0_r8", QK, sizeof(block_q5_0), LLM_ACT_Q8, get_row_q5_0_r8, LLM_Q5_0},
     [LLM_Q5_1_R8] = {"q5_1_r8", QK, sizeof(block_q5_1), LLM_ACT_Q8, get_row_q5_1_r8, LLM_Q5_1},
     [LLM_IQ4_NL_R8] = {"iq4_nl_r8", QK, sizeof(block_iq4_nl), LLM_ACT_Q8, get_row_iq4_nl_r8, LLM_IQ4_NL},
+    [LLM_F32_R8]  = {"f32_r8", 1, sizeof(float), LLM_ACT_F32, get_row_f32_r8, LLM_F32},
+    [LLM_F16_R8]  = {"f16_r8", 1, sizeof(uint16_t), LLM_ACT_F32, get_row_f16_r8, LLM_F16},
+    [LLM_BF16_R8] = {"bf16_r8", 1, sizeof(uint16_t), LLM_ACT_F32, get_row_bf16_r8, LLM_BF16},
 };
 
 /* No matmul kernels: a batch runs through the matrix-vector products one token at a time. */
@@ -811,6 +852,9 @@ const llm_kernels llm_kernels_scalar = {
         [LLM_Q5_0_R8] = {matvec_q5_0_r8, NULL},
         [LLM_Q5_1_R8] = {matvec_q5_1_r8, NULL},
         [LLM_IQ4_NL_R8] = {matvec_iq4_nl_r8, NULL},
+        [LLM_F32_R8]  = {matvec_f32_r8, NULL},
+        [LLM_F16_R8]  = {matvec_f16_r8, NULL},
+        [LLM_BF16_R8] = {matvec_bf16_r8, NULL},
     },
     .quantize = {[LLM_ACT_Q8] = quantize_q8_act, [LLM_ACT_Q8K] = quantize_q8k_act},
     .vec = {.attention = attention, .swiglu = swiglu, .geglu = geglu, .softcap = softcap},

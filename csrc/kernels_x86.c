@@ -13,6 +13,12 @@
 #define SCRATCH_BYTES X86(matmul_scratch_bytes)
 #endif
 
+/* Every batched kernel of the level shares a thread's scratch: the largest of their needs. */
+static size_t scratch_bytes(int64_t cols) {
+    size_t others = SCRATCH_BYTES(cols), floats = X86(matmul_scratch_bytes_float_r8)();
+    return others > floats ? others : floats;
+}
+
 const llm_kernels X86(llm_kernels) = {
     .type = {
         [LLM_F32]  = {X86(matvec_f32), X86(matmul_f32)},
@@ -36,8 +42,11 @@ const llm_kernels X86(llm_kernels) = {
         [LLM_Q5_0_R8] = {X86(matvec_q5_0_r8), X86(matmul_q5_0_r8)},
         [LLM_Q5_1_R8] = {X86(matvec_q5_1_r8), X86(matmul_q5_1_r8)},
         [LLM_IQ4_NL_R8] = {X86(matvec_iq4_nl_r8), X86(matmul_iq4_nl_r8)},
+        [LLM_F32_R8]  = {X86(matvec_f32_r8), X86(matmul_f32_r8)},
+        [LLM_F16_R8]  = {X86(matvec_f16_r8), X86(matmul_f16_r8)},
+        [LLM_BF16_R8] = {X86(matvec_bf16_r8), X86(matmul_bf16_r8)},
     },
     .quantize = {[LLM_ACT_Q8] = X86(quantize_q8_act), [LLM_ACT_Q8K] = X86(quantize_q8k_act)},
     .vec = {.attention = X86(attention), .swiglu = X86(swiglu), .geglu = X86(geglu), .softcap = X86(softcap)},
-    .scratch_bytes = SCRATCH_BYTES,
+    .scratch_bytes = scratch_bytes,
 };

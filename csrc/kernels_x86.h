@@ -45,6 +45,19 @@ void X86(swiglu)(float *gate, const float *up, int64_t n);
 void X86(geglu)(float *gate, const float *up, int64_t n);
 void X86(softcap)(float *x, int64_t n, float cap);
 
+/* kernels_x86_float_r8.c: the repacked float types */
+void X86(matvec_f32_r8)(float *out, const void *w, const void *x, int64_t row_begin, int64_t row_end, int64_t cols);
+void X86(matvec_f16_r8)(float *out, const void *w, const void *x, int64_t row_begin, int64_t row_end, int64_t cols);
+void X86(matvec_bf16_r8)(float *out, const void *w, const void *x, int64_t row_begin, int64_t row_end,
+                         int64_t cols);
+void X86(matmul_f32_r8)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                        int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
+void X86(matmul_f16_r8)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                        int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
+void X86(matmul_bf16_r8)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,
+                         int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
+size_t X86(matmul_scratch_bytes_float_r8)(void);
+
 /* kernels_x86_bf16.c (the avx512bf16 level) */
 void X86(matvec_bf16_native)(float *out, const void *w, const void *x, int64_t row_begin, int64_t row_end,
                              int64_t cols);

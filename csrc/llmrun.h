@@ -50,8 +50,9 @@ enum {
 /* Weight storage types. The block types use GGUF's layouts (ggml-common.h), so GGUF files are used in
    place; csrc/kernels.h spells each block out. A row is a whole number of blocks: 32 values for Q8_0 to
    IQ4_NL, 256 for the K-quants and IQ4_XS.
-   The _R8 types are the 32-value block types repacked at load time (llm_repack): each group of 8 rows
-   interleaved block by block, in the form the batched products read, so that no product repacks weights per
+   The _R8 types are the 32-value block types and the float types repacked at load time (llm_repack): each
+   group of 8 rows interleaved block by block (a float type's block is one value: value k of the 8 rows, then
+   value k + 1 of them ...), in the form the batched products read, so that no product repacks weights per
    call. Same blocks per row and bytes per block as the type they come from (llm_type_layout and every size
    computed from it hold); their rows are a multiple of 8, and no file holds them. */
 typedef enum {
@@ -76,6 +77,9 @@ typedef enum {
     LLM_Q5_0_R8 = 18,
     LLM_Q5_1_R8 = 19,
     LLM_IQ4_NL_R8 = 20,
+    LLM_F32_R8  = 21,
+    LLM_F16_R8  = 22,
+    LLM_BF16_R8 = 23,
     LLM_TYPE_COUNT
 } llm_type;
 
@@ -343,7 +347,7 @@ int llm_quantize(int32_t type, const float *x, int64_t rows, int64_t cols, void 
    same number of bytes (llm_type_layout of either type), rows interleaved in groups of 8. Rows are
    independent per group of 8, so callers may split them among threads in multiples of 8 (w and out offset
    alike). 0, or LLM_ERR_INVALID (out and *out_type untouched: the caller keeps w as it is) for a type without
-   a repacked form (the float types, the 256-value blocks, a repacked type), rows not a positive multiple of 8,
+   a repacked form (the 256-value blocks, a repacked type), rows not a positive multiple of 8,
    a cols that is not a whole number of the type's blocks, or NULL pointers. */
 int llm_repack(int32_t type, const void *w, int64_t rows, int64_t cols, void *out, int32_t *out_type);
 

@@ -1,9 +1,10 @@
 /*
- * repack.c: the 32-value block types repacked at load time (llm_repack, llmrun.h), block by block with
- * kernels.h's llm_r8_move (which the types' get_row uses to read them back).
+ * repack.c: the 32-value block types and the float types repacked at load time (llm_repack, llmrun.h): the
+ * blocks with kernels.h's llm_r8_move (which the types' get_row uses to read them back), the floats by
+ * transposing each group of 8 rows (kernels.h's llm_r8f_index).
  *
- * Each block is moved, never recomputed: scales, mins and values keep their bits, so a repacked matrix
- * holds exactly the values of its source and the products' integer sums are the same numbers.
+ * Each block or value is moved, never recomputed: scales, mins and values keep their bits, so a repacked
+ * matrix holds exactly the values of its source (and the block types' integer sums are the same numbers).
  */
 #include <stdint.h>
 #include <string.h>
@@ -32,9 +33,24 @@ static inline __attribute__((always_inline)) void repack_rows(int32_t type, cons
     }
 }
 
+/* Rows [0, rows) of a float matrix w (values of `size` bytes) into out: each group of 8 rows transposed, a
+   column of the group (the 8 rows' value k) after another. */
+static inline __attribute__((always_inline)) void transpose_groups(const uint8_t *w, int64_t rows, int64_t cols,
+                                                                   size_t size, uint8_t *out) {
+    for (int64_t g = 0; g < rows / LLM_R8; g++) {
+        const uint8_t *src = w + (size_t)g * LLM_R8 * (size_t)cols * size;
+        uint8_t *dst = out + (size_t)g * LLM_R8 * (size_t)cols * size;
+        for (int64_t k = 0; k < cols; k++)
+            for (int lane = 0; lane < LLM_R8; lane++)
+                memcpy(dst + ((size_t)k * LLM_R8 + (size_t)lane) * size, src + ((size_t)lane * (size_t)cols + (size_t)k) * size,
+                       size);
+    }
+}
+
 int llm_repack(int32_t type, const void *w, int64_t rows, int64_t cols, void *out, int32_t *out_type) {
     int32_t r8 = type >= 0 && type < LLM_TYPE_COUNT ? repacked_type(type) : -1;
-    if (r8 < 0 || !w || !out || !out_type || rows <= 0 || rows % LLM_R8 != 0 || cols <= 0 || cols % QK != 0)
+    if (r8 < 0 || !w || !out || !out_type || rows <= 0 || rows % LLM_R8 != 0 || cols <= 0 ||
+        cols % llm_types[type].block_elems != 0)
         return LLM_ERR_INVALID;
     switch (type) {
     case LLM_Q8_0: repack_rows(LLM_Q8_0, w, rows, cols, out); break;
@@ -43,6 +59,9 @@ int llm_repack(int32_t type, const void *w, int64_t rows, int64_t cols, void *ou
     case LLM_Q5_0: repack_rows(LLM_Q5_0, w, rows, cols, out); break;
     case LLM_Q5_1: repack_rows(LLM_Q5_1, w, rows, cols, out); break;
     case LLM_IQ4_NL: repack_rows(LLM_IQ4_NL, w, rows, cols, out); break;
+    case LLM_F32: transpose_groups(w, rows, cols, sizeof(float), out); break;
+    case LLM_F16:
+    case LLM_BF16: transpose_groups(w, rows, cols, sizeof(uint16_t), out); break;
     }
     *out_type = r8;
     return 0;

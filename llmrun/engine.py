@@ -527,37 +527,44 @@ class Engine:
             self._ctx = ffi.NULL
 
 
-def repackable(tensor: Tensor) -> bool:
-    """Whether llm_repack takes this matrix: a 32-value block type with a repacked form and rows a multiple
-    of 8 (other matrices keep their file's layout, which every kernel also runs)."""
+FLOAT_TYPES = frozenset({"f32", "f16", "bf16"})
+
+
+def repackable(tensor: Tensor, floats: bool = True) -> bool:
+    """Whether llm_repack takes this matrix: a type with a repacked form (the 32-value block types, and the
+    float types unless `floats` is False) and rows a multiple of 8 (other matrices keep their file's layout,
+    which every kernel also runs)."""
     rows, _ = tensor.shape
+    if not floats and tensor.type in FLOAT_TYPES:
+        return False
     return tensor.data.ndim == 2 and tensor.type in REPACKED_FORMS and rows % 8 == 0 and rows > 0
 
 
-def repack_candidates(spec: ModelSpec) -> list[tuple[object, str]]:
+def repack_candidates(spec: ModelSpec, floats: bool = True) -> list[tuple[object, str]]:
     """(owner, attribute) of every matrix load(repack=True) repacks: the layers' matrices and a separate output
-    matrix. Never the token embedding, which is read a row at a time (and may be the tied output)."""
+    matrix (the float ones only if `floats`). Never the token embedding, which is read a row at a time (and may
+    be the tied output)."""
     found: list[tuple[object, str]] = []
-    if spec.output is not None and spec.output is not spec.token_embd and repackable(spec.output):
+    if spec.output is not None and spec.output is not spec.token_embd and repackable(spec.output, floats):
         found.append((spec, "output"))
     for layer in spec.layers:
         for name in ("wq", "wk", "wv", "wo", "w_gate", "w_down", "w_up"):
-            if repackable(getattr(layer, name)):
+            if repackable(getattr(layer, name), floats):
                 found.append((layer, name))
     return found
 
 
-def repack_bytes(spec: ModelSpec) -> int:
+def repack_bytes(spec: ModelSpec, floats: bool = True) -> int:
     """Bytes of the matrices repack_model would copy (the anonymous memory it would take)."""
-    return sum(getattr(owner, name).data.nbytes for owner, name in repack_candidates(spec))
+    return sum(getattr(owner, name).data.nbytes for owner, name in repack_candidates(spec, floats))
 
 
-def repack_model(spec: ModelSpec, n_threads: int) -> int:
+def repack_model(spec: ModelSpec, n_threads: int, floats: bool = True) -> int:
     """Replaces every repack_candidates matrix of `spec` by its repacked copy (llm_repack, csrc/llmrun.h) in new
     anonymous memory, a C call per tensor on `n_threads` threads (cffi releases the GIL); returns how many.
     The file pages the old arrays mapped are then given back to the system (their mapping dropped, not their
     data: the file is read-only and nothing reads those pages again)."""
-    found = repack_candidates(spec)
+    found = repack_candidates(spec, floats)
     # one mapping for all of them, so that small matrices sit in huge pages too; each 64-byte aligned
     offsets, total = [], 0
     for owner, name in found:
@@ -569,7 +576,7 @@ def repack_model(spec: ModelSpec, n_threads: int) -> int:
         (owner, name), offset = item
         tensor: Tensor = getattr(owner, name)
         rows, cols = tensor.shape
-        out = arena[offset:offset + tensor.data.nbytes].reshape(tensor.data.shape)
+        out = arena[offset:offset + tensor.data.nbytes].view(tensor.data.dtype).reshape(tensor.data.shape)
         out_type = ffi.new("int32_t *")
         rc = lib.llm_repack(TENSOR_TYPES[tensor.type].code, ffi.from_buffer(tensor.data), rows, cols,
                             ffi.from_buffer(out), out_type)

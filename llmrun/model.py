@@ -579,11 +579,12 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
                each sequence takes as it grows); default n_ctx, the memory of one full context. A generation
                may use up to n_ctx of them; when the pool is full the latest generation waits (it is
                recomputed later) until others end. Must be >= n_ctx.
-    repack:    copy the 32-value block matrices (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL; not the token embedding)
-               once into the interleaved layout the batched products read (csrc/llmrun.h's _R8 types), instead
-               of reading the file's layout in place: faster prompt processing, for a copy of those weights in
-               anonymous memory (the file's pages are given back) and a longer load. None (default): repack
-               on CPUs with kernels for that layout (x86-64) when the copy and the KV cache take less than half
+    repack:    copy the 32-value block matrices (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL) and the float ones (F32,
+               F16, BF16; not the token embedding) once into the interleaved layout the batched products read
+               (csrc/llmrun.h's _R8 types), instead of reading the file's layout in place: faster prompt
+               processing, for a copy of those weights in anonymous memory (the file's pages are given back)
+               and a longer load. None (default): repack on CPUs with kernels for that layout (x86-64; the
+               float matrices on AVX2-only CPUs) when the copy and the KV cache take less than half
                of the memory this process may use (physical memory, or its container's cgroup limit); each
                process holds its own copy, so several server processes of one model may prefer False; True,
                False: always, never. `info.repacked` says how many matrices were.
@@ -609,7 +610,8 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
         _check_int("kv_size", kv_size, n_ctx, 1 << 30)
     context = _check_context(spec, n_ctx, n_batch, n_threads, kv_size or n_ctx, _sequences(parallel))
     tok, problem = resolve_tokenizer(spec, tokenizer)
-    repacked = repack_model(spec, n_threads) if _should_repack(spec, repack, context or 0) else 0
+    floats = repack is True or isa_for(None) in FLOAT_REPACKING_LEVELS
+    repacked = repack_model(spec, n_threads, floats) if _should_repack(spec, repack, context or 0, floats) else 0
     return Model(spec, tok, n_ctx=n_ctx, n_threads=n_threads, tokenizer_problem=problem, n_batch=n_batch,
                  chat_format=chat_format, parallel=parallel, kv_size=kv_size, repacked=repacked)
 
@@ -617,9 +619,14 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
 # The instruction-set levels with kernels of their own for the repacked types (csrc/kernels_x86_repacked.c); the
 # others (arm64's for now) run them through the scalar reference, slower than their kernels of the file's layout.
 REPACKING_LEVELS = frozenset({"avx2", "avx512vnni", "avx512bf16"})
+# The levels whose kernels of the repacked float types (kernels_x86_float_r8.c: 256-bit outer products, 88-93%
+# of the FMA peak on AVX2-only AMD Zen 3) beat those of the file's layout. AVX-512's own tiles of the file's
+# layout (kernels_x86_float.c) reach its peak already, with vectors twice as wide: there the float matrices keep
+# the file's layout unless load(repack=True).
+FLOAT_REPACKING_LEVELS = frozenset({"avx2"})
 
 
-def _should_repack(spec: ModelSpec, repack: bool | None, context: int) -> bool:
+def _should_repack(spec: ModelSpec, repack: bool | None, context: int, floats: bool) -> bool:
     """load's repack=None: repack on a level with repacked kernels when the copy and the context (the KV cache,
     `context` bytes) together take under half of the memory this process may use (physical memory or its cgroup's
     limit): the copy is private memory, where the file's pages it replaces were page cache that gives way, and
@@ -629,7 +636,8 @@ def _should_repack(spec: ModelSpec, repack: bool | None, context: int) -> bool:
     if isa_for(None) not in REPACKING_LEVELS:
         return False  # this level runs the repacked types through the scalar reference: keep the file's layout
     memory = memory_limit()
-    return memory is not None and repack_bytes(spec) + context < memory // 2
+    copy = repack_bytes(spec, floats)
+    return memory is not None and copy > 0 and copy + context < memory // 2
 
 
 def _packs(docs: list[list[int]], n_batch: int, max_texts: int, blocks: int, block_size: int

@@ -47,11 +47,11 @@ def _tensor_type(code: int) -> TensorType:
     if lib.llm_type_layout(code, elems, nbytes) != 0:
         raise ImportError(f"the llmrun C library has no layout for its weight type {code}")
     name = ffi.string(lib.llm_type_name(code)).decode()
-    if elems[0] == 1 and name not in _FLOAT_STORAGE:
-        raise ImportError(f"the llmrun C library has a weight type {name!r} that llmrun/spec.py cannot hold")
-    storage = _FLOAT_STORAGE[name] if elems[0] == 1 else np.dtype("u1")
     # the repacked types are named after the type they are repacked from: "q4_0_r8" from "q4_0"
     repacked_from = name.removesuffix("_r8") if name.endswith("_r8") else None
+    if elems[0] == 1 and (repacked_from or name) not in _FLOAT_STORAGE:
+        raise ImportError(f"the llmrun C library has a weight type {name!r} that llmrun/spec.py cannot hold")
+    storage = _FLOAT_STORAGE[repacked_from or name] if elems[0] == 1 else np.dtype("u1")
     return TensorType(name, code, int(elems[0]), int(nbytes[0]), storage, repacked_from)
 
 

@@ -25,6 +25,7 @@ from llmrun.spec import TENSOR_TYPES, Tensor
 
 ISAS = available_isas()
 TYPES = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"]
+FLOATS = ["f32", "f16", "bf16"]  # repacked too (tests/test_float_repack.py)
 
 
 def repack(t: Tensor) -> Tensor:
@@ -149,7 +150,7 @@ def test_repack_refuses_what_it_cannot_repack() -> None:
         assert lib.llm_repack(code, src, rows, 64, out, out_type) == lib.LLM_ERR_INVALID
     for cols in (0, 48, -32):  # not whole blocks
         assert lib.llm_repack(code, src, 16, cols, out, out_type) == lib.LLM_ERR_INVALID
-    for name in ("f32", "f16", "bf16", "q4_k", "q6_k", "iq4_xs", "q4_0_r8", "q8_0_r8"):  # no repacked form
+    for name in ("q4_k", "q6_k", "iq4_xs", "q4_0_r8", "q8_0_r8", "f32_r8", "bf16_r8"):  # no repacked form
         assert lib.llm_repack(TENSOR_TYPES[name].code, src, 16, 256, out, out_type) == lib.LLM_ERR_INVALID
     for bad in (-1, lib.LLM_TYPE_COUNT, 1000):
         assert lib.llm_repack(bad, src, 16, 64, out, out_type) == lib.LLM_ERR_INVALID
@@ -189,7 +190,8 @@ def test_repack_candidates_skip_the_embedding_and_odd_rows(models_dir: Path) -> 
                 t = getattr(layer, name)
                 rows = t.shape[0]
                 repacked = TENSOR_TYPES[t.type].repacked_from is not None
-                assert repacked == (rows % 8 == 0 and t.type.removesuffix("_r8") in TYPES), (name, t.type, rows)
+                source = t.type.removesuffix("_r8")
+                assert repacked == (rows % 8 == 0 and source in TYPES + FLOATS), (name, t.type, rows)
         assert model.info.repacked == sum(TENSOR_TYPES[t.type].repacked_from is not None for t in spec.tensors())
         assert repack_candidates(spec) == []  # nothing left to repack
     finally:
