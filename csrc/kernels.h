@@ -301,9 +301,9 @@ static inline float llm_bf16_to_fp32(uint16_t h) {
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
-/* The repacked types (_R8, llm_repack in repack.c): rows in groups of 8, a group's blocks one after another
- * in column order, block b of the group holding block b of its 8 rows in 8 * block_bytes bytes (the source
- * type's bytes: a row costs what it did). Row r of a group is its lane. The x86 batch kernels read a vector
+/* The repacked block types (_R8, llm_repack in repack.c): rows in groups of 8, a group's blocks one after
+ * another in column order, block b of the group holding block b of its 8 rows in 8 * block_bytes bytes (the
+ * source type's bytes: a row costs what it did). Row r of a group is its lane. The x86 batch kernels read a vector
  * of "four consecutive values of each of the 8 rows, one row per 32-bit lane" straight from it:
  *   d[8]   the rows' fp16 scales (offset 0), then for Q4_1 and Q5_1 m[8], their fp16 mins (offset 16);
  *   qh     Q5_0, Q5_1: 8 little-endian uint32, lane r's bit 8 k + g = row r's fifth bit of value 4 g + k (so

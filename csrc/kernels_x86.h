@@ -251,7 +251,7 @@ INLINE __m256i dot_scaled_u8i8(__m256i acc, __m256i u, __m256i s, __m256i scale)
 #endif
 }
 
-/* kernels_x86_repacked.c: the _R8 types, one kernel for every n (matvec: the same with one token) */
+/* kernels_x86_repacked.c: the repacked block types, one kernel for every n (matvec: that with one token) */
 #define X86_R8_DECLARE(name)                                                                                     \
     void X86(matvec_##name##_r8)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,  \
                                  int64_t cols);                                                                  \

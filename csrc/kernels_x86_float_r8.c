@@ -8,8 +8,9 @@
  * accumulators in registers with no sum across lanes at the end, and each k costs 2 weight loads and 6
  * broadcasts for 12 multiply-adds. The file-layout kernels (kernels_x86_float.c) multiply along the rows
  * instead: their lanes hold parts of one sum, which a tile must add up across lanes and which a row's tail
- * breaks up. Measured on AMD Zen 3 (AVX2), one thread, 768 x 768 to 768 x 2048 with 510 tokens: 88-93
- * GFLOP/s of the core's 100 here, 70-73 in kernels_x86_float.c's 4 x 3 tiles.
+ * breaks up. Measured on AMD Zen 3 (AVX2, FMA peak 100 GFLOP/s a core), one thread, llm_matmul of 768 x 768 to
+ * 2048 x 768 and 768 x 2048 with 126 and 510 tokens: F32 78-91 GFLOP/s, F16 85-95 here; 67-79 in
+ * kernels_x86_float.c's 4 x 3 tiles of the file's layout.
  *
  * Every row's sum is the same chain in increasing k (fmaf's rounding, as the scalar reference), whatever
  * the tile, the batch or the panel it is computed in: a token's result is bit for bit the same alone and in

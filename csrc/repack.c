@@ -37,13 +37,13 @@ static inline __attribute__((always_inline)) void repack_rows(int32_t type, cons
    column of the group (the 8 rows' value k) after another. */
 static inline __attribute__((always_inline)) void transpose_groups(const uint8_t *w, int64_t rows, int64_t cols,
                                                                    size_t size, uint8_t *out) {
+    size_t row_bytes = (size_t)cols * size;
     for (int64_t g = 0; g < rows / LLM_R8; g++) {
-        const uint8_t *src = w + (size_t)g * LLM_R8 * (size_t)cols * size;
-        uint8_t *dst = out + (size_t)g * LLM_R8 * (size_t)cols * size;
-        for (int64_t k = 0; k < cols; k++)
-            for (int lane = 0; lane < LLM_R8; lane++)
-                memcpy(dst + ((size_t)k * LLM_R8 + (size_t)lane) * size, src + ((size_t)lane * (size_t)cols + (size_t)k) * size,
-                       size);
+        const uint8_t *src = w + (size_t)g * LLM_R8 * row_bytes;
+        uint8_t *dst = out + (size_t)g * LLM_R8 * row_bytes;
+        for (size_t k = 0; k < (size_t)cols; k++, dst += LLM_R8 * size)
+            for (size_t lane = 0; lane < LLM_R8; lane++)
+                memcpy(dst + lane * size, src + lane * row_bytes + k * size, size);
     }
 }
 

@@ -619,10 +619,10 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
 # The instruction-set levels with kernels of their own for the repacked types (csrc/kernels_x86_repacked.c); the
 # others (arm64's for now) run them through the scalar reference, slower than their kernels of the file's layout.
 REPACKING_LEVELS = frozenset({"avx2", "avx512vnni", "avx512bf16"})
-# The levels whose kernels of the repacked float types (kernels_x86_float_r8.c: 256-bit outer products, 88-93%
-# of the FMA peak on AVX2-only AMD Zen 3) beat those of the file's layout. AVX-512's own tiles of the file's
-# layout (kernels_x86_float.c) reach its peak already, with vectors twice as wide: there the float matrices keep
-# the file's layout unless load(repack=True).
+# The levels whose kernels of the repacked float types (kernels_x86_float_r8.c: 256-bit outer products, 78-95%
+# of the FMA peak on AVX2-only AMD Zen 3, against 67-79%) beat those of the file's layout. AVX-512's own tiles of
+# the file's layout (kernels_x86_float.c) reach its peak already, with vectors twice as wide: there the float
+# matrices keep the file's layout unless load(repack=True).
 FLOAT_REPACKING_LEVELS = frozenset({"avx2"})
 
 
