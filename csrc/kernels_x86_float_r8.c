@@ -125,7 +125,7 @@ INLINE void copy_tile(float *dst, const char *x, size_t ldx, int64_t rn, int64_t
         for (int64_t j = 0; j < rn; j++) dst[k * NT + j] = ((const float *)(x + (size_t)j * ldx))[k0 + k];
 }
 
-/* Floats of a thread's scratch this file uses: a block's copy, and the 2 floats the last 8-value store of
+/* Bytes of a thread's scratch this file uses: a block's copy, and the 2 floats the last 8-value store of
    copy_tile writes past its tile. */
 size_t X86(matmul_scratch_bytes_float_r8)(void) { return ((size_t)TB * KC + 2) * sizeof(float); }
 
