@@ -31,6 +31,19 @@
    load per use, and a tile's loads are its bottleneck (and it would make a memset of an array of accumulators). */
 #define IN_REGISTER(v) __asm__("" : "+v"(v))
 
+/* The float weight types as the float kernels read them (kernels_x86_float.c, kernels_x86_float_r8.c). */
+typedef enum { KIND_F32, KIND_F16, KIND_BF16 } float_kind;
+
+INLINE size_t element_bytes(float_kind kind) { return kind == KIND_F32 ? sizeof(float) : sizeof(uint16_t); }
+
+/* Eight weights from w + k as f32 (F16C's conversion; bfloat16 by moving its bits up 16 places). */
+INLINE __m256 load8(const void *w, int64_t k, float_kind kind) {
+    if (kind == KIND_F32) return _mm256_loadu_ps((const float *)w + k);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + k));
+    if (kind == KIND_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
 /* kernels_x86_float.c */
 void X86(matvec_f32)(float *out, const void *w, const void *x, int64_t row_begin, int64_t row_end, int64_t cols);
 void X86(matvec_f16)(float *out, const void *w, const void *x, int64_t row_begin, int64_t row_end, int64_t cols);

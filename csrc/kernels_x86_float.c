@@ -9,17 +9,7 @@
 
 #include "kernels_x86.h"
 
-typedef enum { KIND_F32, KIND_F16, KIND_BF16 } float_kind;
-
-#ifndef __AVX512F__ /* AVX2's loads (AVX-512's below fold the tail into masked lanes) */
-/* Eight weights from w + k as f32. */
-INLINE __m256 load8(const void *w, int64_t k, float_kind kind) {
-    if (kind == KIND_F32) return _mm256_loadu_ps((const float *)w + k);
-    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + k));
-    if (kind == KIND_F16) return _mm256_cvtph_ps(h);
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-
+#ifndef __AVX512F__ /* AVX2's loads (AVX-512's below fold the tail into masked lanes; load8: kernels_x86.h) */
 /* One weight w[k] as f32 (the tail of a row that is not a multiple of 8). */
 INLINE float load1(const void *w, int64_t k, float_kind kind) {
     if (kind == KIND_F32) return ((const float *)w)[k];
@@ -27,8 +17,6 @@ INLINE float load1(const void *w, int64_t k, float_kind kind) {
     return kind == KIND_F16 ? llm_fp16_to_fp32(h) : llm_bf16_to_fp32(h);
 }
 #endif
-
-static size_t element_bytes(float_kind kind) { return kind == KIND_F32 ? sizeof(float) : sizeof(uint16_t); }
 
 /* ---------------------------------------------------------------------------------------------------- */
 /* The products: the order of every sum

@@ -19,19 +19,10 @@
  */
 #include "kernels_x86.h"
 
-typedef enum { KIND_F32, KIND_F16, KIND_BF16 } float_kind;
-
 /* The 8 rows' value k of the group at g, as f32. */
-INLINE __m256 column(const void *g, int64_t k, float_kind kind) {
-    if (kind == KIND_F32) return _mm256_loadu_ps((const float *)g + k * LLM_R8);
-    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)g + k * LLM_R8));
-    if (kind == KIND_F16) return _mm256_cvtph_ps(h);
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
+INLINE __m256 column(const void *g, int64_t k, float_kind kind) { return load8(g, k * LLM_R8, kind); }
 
-INLINE size_t group_bytes(int64_t cols, float_kind kind) {
-    return (size_t)cols * LLM_R8 * (kind == KIND_F32 ? sizeof(float) : sizeof(uint16_t));
-}
+INLINE size_t group_bytes(int64_t cols, float_kind kind) { return (size_t)cols * LLM_R8 * element_bytes(kind); }
 
 /* ---------------------------------------------------------------------------------------------------- */
 /* one token: four groups at a time (four independent chains hide the multiply-add's latency) */

@@ -527,15 +527,12 @@ class Engine:
             self._ctx = ffi.NULL
 
 
-FLOAT_TYPES = frozenset({"f32", "f16", "bf16"})
-
-
 def repackable(tensor: Tensor, floats: bool = True) -> bool:
     """Whether llm_repack takes this matrix: a type with a repacked form (the 32-value block types, and the
     float types unless `floats` is False) and rows a multiple of 8 (other matrices keep their file's layout,
     which every kernel also runs)."""
     rows, _ = tensor.shape
-    if not floats and tensor.type in FLOAT_TYPES:
+    if not floats and TENSOR_TYPES[tensor.type].block_elems == 1:  # a float type
         return False
     return tensor.data.ndim == 2 and tensor.type in REPACKED_FORMS and rows % 8 == 0 and rows > 0
 

@@ -18,9 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from quants import decode
+from test_kernels import c_matmul
+from test_kernels_exact import stored
+from test_repack import dequantize, repack
 
 import llmrun
-from llmrun.engine import ISA_NAMES, available_isas, ffi, lib, repack_candidates
+from llmrun.engine import available_isas, ffi, lib, repack_candidates
 from llmrun.spec import TENSOR_TYPES, Tensor
 
 ISAS = available_isas()
@@ -28,55 +32,15 @@ FLOATS = ["f32", "f16", "bf16"]
 SHAPES = ((8, 1), (8, 7), (24, 300), (40, 1027), (48, 256))
 
 
-def stored(values: np.ndarray, type: str) -> Tensor:
-    """float32 values stored as `type` (bf16: truncated to their top 16 bits, any pattern is a valid weight)."""
-    values = np.ascontiguousarray(values, dtype=np.float32)
-    if type == "f16":
-        return Tensor(values.astype(np.float16), type)
-    if type == "bf16":
-        return Tensor((values.view(np.uint32) >> 16).astype(np.uint16), type)
-    return Tensor(values, type)
-
-
-def as_float64(t: Tensor) -> np.ndarray:
-    if t.type == "bf16":
-        return (t.data.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
-    return t.data.astype(np.float64)
-
-
-def repack(t: Tensor) -> Tensor:
-    rows, cols = t.shape
-    out = np.empty_like(t.data)
-    out_type = ffi.new("int32_t *")
-    assert lib.llm_repack(TENSOR_TYPES[t.type].code, ffi.from_buffer(t.data), rows, cols, ffi.from_buffer(out),
-                          out_type) == 0
-    return Tensor(out, ffi.string(lib.llm_type_name(out_type[0])).decode())
-
-
-def dequantize(t: Tensor) -> np.ndarray:
-    rows, cols = t.shape
-    out = np.empty((rows, cols), dtype=np.float32)
-    assert lib.llm_dequantize(TENSOR_TYPES[t.type].code, ffi.from_buffer(t.data), rows, cols,
-                              ffi.from_buffer("float[]", out)) == 0
-    return out
-
-
-def c_matmul(t: Tensor, x: np.ndarray, isa: str) -> np.ndarray:
-    rows, cols = t.shape
-    x = np.ascontiguousarray(np.atleast_2d(x), dtype=np.float32)
-    out = np.empty((len(x), rows), dtype=np.float32)
-    assert lib.llm_matmul(TENSOR_TYPES[t.type].code, ISA_NAMES[isa], ffi.from_buffer(t.data), rows, cols,
-                          ffi.from_buffer("float[]", x), len(x), ffi.from_buffer("float[]", out)) == 0
-    return out
-
-
 def weights(type: str, rows: int, cols: int, seed: int) -> Tensor:
-    return stored(np.random.default_rng(seed).standard_normal((rows, cols)), type)
+    """Random values stored as `type` (bf16: the top 16 bits of each float32, any pattern is a valid weight)."""
+    return Tensor(stored(np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32), type), type)
 
 
 def sequential_fma(w: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Each row's chain sum = fma(w[k], x[k], sum) in increasing k, in float32 (numpy has no fma: each product and
-    sum is exact in float64, then rounded once to float32, which is fma's result for float32 inputs)."""
+    """Each row's chain sum = fma(w[k], x[k], sum) in increasing k, in float32. numpy has no fma: the product of
+    two float32 values is exact in float64, and the float64 sum rounded to float32 is fma's single rounding unless
+    the float64 rounding lands on a float32 tie (vanishingly rare; none in these data, the test is deterministic)."""
     w64, x64 = w.astype(np.float64), x.astype(np.float64)
     total = np.zeros(w.shape[0], dtype=np.float32)
     for k in range(w.shape[1]):
@@ -104,7 +68,7 @@ def test_scalar_level_is_one_fused_chain_per_row(type: str) -> None:
     # the scalar reference against numpy's emulation of the chain, bit for bit (the oracle of every level below)
     t = weights(type, 24, 300, 5)
     x = np.random.default_rng(6).standard_normal((3, 300)).astype(np.float32)
-    w = as_float64(t).astype(np.float32)
+    w = decode(t).astype(np.float32)
     got = c_matmul(repack(t), x, "scalar")
     for j in range(3):
         np.testing.assert_array_equal(got[j], sequential_fma(w, x[j]), err_msg=f"{type} token {j}")
@@ -130,7 +94,7 @@ def test_products_match_the_float64_reference(type: str, isa: str) -> None:
     for rows, cols in ((16, 1027), (40, 768), (8, 33)):
         t = weights(type, rows, cols, rows + 3 * cols)
         x = np.random.default_rng(rows).standard_normal((13, cols)).astype(np.float32)
-        want = x.astype(np.float64) @ as_float64(t).T
+        want = x.astype(np.float64) @ decode(t).T
         got = c_matmul(repack(t), x, isa)
         scale = max(1.0, float(np.abs(want).max()))
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(cols) * scale,
