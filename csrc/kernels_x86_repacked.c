@@ -133,6 +133,7 @@ INLINE void tile8(float *out, int64_t ldo, const uint8_t *grp, const q8_act *xa,
 #ifndef __AVX512VNNI__
         const int per_i16 = r8_steps_per_i16(base);
         __m256i p[R8_RN]; /* 16-bit sums of the last steps (r8_steps_per_i16) */
+        for (int j = 0; j < rn; j++) p[j] = _mm256_setzero_si256();
 #endif
         for (int g = 0; g < 8; g++) {
             __m256i v = r8_values(blk, g, base);
@@ -146,6 +147,9 @@ INLINE void tile8(float *out, int64_t ldo, const uint8_t *grp, const q8_act *xa,
 #else
                 __m256i pairs = _mm256_maddubs_epi16(u, xv);
                 p[j] = g % per_i16 == 0 ? pairs : _mm256_add_epi16(p[j], pairs);
+                /* one sum per token in a register: left free, GCC reorders the integer adds into a tree that
+                   keeps all 32 of a block's maddubs live at once and spills them to the stack */
+                IN_REGISTER(p[j]);
                 if (g % per_i16 == per_i16 - 1)
                     s[j] = _mm256_add_epi32(s[j], _mm256_madd_epi16(p[j], _mm256_set1_epi16(1)));
 #endif
