@@ -133,7 +133,7 @@ INLINE void tile8(float *out, int64_t ldo, const uint8_t *grp, const q8_act *xa,
 #ifndef __AVX512VNNI__
         const int per_i16 = r8_steps_per_i16(base);
         __m256i p[R8_RN]; /* 16-bit sums of the last steps (r8_steps_per_i16) */
-        for (int j = 0; j < rn; j++) p[j] = _mm256_setzero_si256();
+        for (int j = 0; j < rn; j++) p[j] = _mm256_setzero_si256(); /* step 0 sets them; GCC cannot see it */
 #endif
         for (int g = 0; g < 8; g++) {
             __m256i v = r8_values(blk, g, base);

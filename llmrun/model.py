@@ -610,7 +610,7 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | Tokenizer | Non
         _check_int("kv_size", kv_size, n_ctx, 1 << 30)
     context = _check_context(spec, n_ctx, n_batch, n_threads, kv_size or n_ctx, _sequences(parallel))
     tok, problem = resolve_tokenizer(spec, tokenizer)
-    floats = repack is True or isa_for(None) in FLOAT_REPACKING_LEVELS
+    floats = _repacks_floats(repack)
     repacked = repack_model(spec, n_threads, floats) if _should_repack(spec, repack, context or 0, floats) else 0
     return Model(spec, tok, n_ctx=n_ctx, n_threads=n_threads, tokenizer_problem=problem, n_batch=n_batch,
                  chat_format=chat_format, parallel=parallel, kv_size=kv_size, repacked=repacked)
@@ -624,6 +624,12 @@ REPACKING_LEVELS = frozenset({"avx2", "avx512vnni", "avx512bf16"})
 # the file's layout (kernels_x86_float.c) reach its peak already, with vectors twice as wide: there the float
 # matrices keep the file's layout unless load(repack=True).
 FLOAT_REPACKING_LEVELS = frozenset({"avx2"})
+
+
+def _repacks_floats(repack: bool | None) -> bool:
+    """Whether load(repack=...) copies the float matrices too (when it repacks at all): asked to, or by default
+    on FLOAT_REPACKING_LEVELS."""
+    return repack is True or isa_for(None) in FLOAT_REPACKING_LEVELS
 
 
 def _should_repack(spec: ModelSpec, repack: bool | None, context: int, floats: bool) -> bool:

@@ -216,8 +216,7 @@ def test_default_repacks_only_what_fits_beside_the_kv_cache(models_dir: Path, mo
 
     path = models_dir / "stories260K-q8_0.gguf"
     spec = read_model(path)
-    # what load copies here: the float matrices too only on levels that repack them (AVX2)
-    copy = repack_bytes(spec, model_module.isa_for(None) in model_module.FLOAT_REPACKING_LEVELS)
+    copy = repack_bytes(spec, model_module._repacks_floats(None))  # what load copies on this machine's level
     small = context_bytes(spec.config, 64, 64, 2, n_seq=model_module._sequences(1), n_kv=64)
     big = context_bytes(spec.config, 256, 256, 2, n_seq=model_module._sequences(8), n_kv=8192)
     assert copy > 0 and small is not None and big is not None and big > 4 * (copy + small)
