@@ -1,7 +1,7 @@
 /*
  * kernels_x86_attention.c: the attention of a tile of queries (kernels.h, llm_attention_tile), the
  * flash-attention recipe on the KV cache's blocks. The tile's queries share their keys and values: each block of
- * B = 32 positions is read from memory once for all of them (a prompt's tile: up to 16 tokens times the query
+ * B = 32 positions is read from memory once for all of them (a prompt's tile: 64 queries, its tokens times the query
  * heads of one key/value head) and stays in L1 while they use it, where attending one query at a time read every
  * key and value row once per query, (prompt length)^2 rows per head from L2 or L3.
  *
@@ -21,7 +21,10 @@ enum { B = LLM_KV_BLOCK };
 _Static_assert(LLM_KV_BLOCK == 32, "a block's scores are four vectors of eight");
 
 /* The scores and the weighted sum in the level's widest vectors: AVX-512's 16 lanes (two registers per block, and
-   32 registers: four chains of FMAs per score), else AVX2's 8 (four per block, 16 registers: two chains). */
+   32 registers: four chains of FMAs per score, so that one query alone keeps eight FMAs in flight), else AVX2's 8
+   (four per block, 16 registers: one chain per score, which leaves room for three queries' whole blocks, 12
+   accumulators, where two chains allowed one vector of four queries' at a time, 1.10-1.17x faster attention in a
+   prompt on Zen 3; a query alone still keeps its block's four vectors in flight). */
 #ifdef __AVX512F__
 typedef __m512 vec;
 enum { LANES = 16, CHAINS = 4 };
@@ -34,7 +37,7 @@ enum { LANES = 16, CHAINS = 4 };
 #define VMUL _mm512_mul_ps
 #else
 typedef __m256 vec;
-enum { LANES = 8, CHAINS = 2 };
+enum { LANES = 8, CHAINS = 1 };
 #define VLOAD _mm256_loadu_ps
 #define VSTORE _mm256_storeu_ps
 #define VFMA _mm256_fmadd_ps
@@ -45,8 +48,13 @@ enum { LANES = 8, CHAINS = 2 };
 #endif
 enum { NV = B / LANES }; /* vectors of a block's scores */
 
-/* Queries per group (below), and the accumulators a group's scores and weighted sums keep in registers. */
+/* Queries per group (below), and the accumulators a group's scores and weighted sums keep in registers (with AVX2
+   12 of the 16, the rest for a row of keys or values and the group's broadcast query values or weights). */
+#ifdef __AVX512F__
 enum { GROUP = 4, ACC = 4 * CHAINS };
+#else
+enum { GROUP = 3, ACC = 12 };
+#endif
 
 /* A query's values in the order the scores read them: dimension c * part + d (chain c's d-th, part = dim / CHAINS)
    at d * CHAINS + c, the rest (dim % CHAINS) where they are, so that one pointer per query reaches all its chains. */
@@ -60,8 +68,8 @@ INLINE void interleave_chains(float *qc, const float *q, int64_t dim) {
 /* s[i * B + j] = scale * dot(q[i], keys[:, j]) for the n (1 to GROUP, a constant where this is inlined) queries,
    q[i] as interleave_chains lays it out. Each lane is the sum of CHAINS FMA chains, each over its part of the
    dimensions in order (the last part takes what does not divide): the same arithmetic for a query whichever
-   queries it is computed with, and enough independent chains in flight to hide the FMAs' latency even for one
-   query (decoding a model without grouped-query attention). The queries go through as many vectors of the block at
+   queries it is computed with, and enough independent chains in flight (with AVX2 the block's four vectors) to
+   hide the FMAs' latency even for one query (decoding a model without grouped-query attention). The queries go through as many vectors of the block at
    a time as ACC accumulators allow (one query: the whole block); the rows of keys they share are loaded once for
    all of them. */
 INLINE void scores(float *s, const float *const q[GROUP], int n, const float *keys, int64_t dim, float scale) {
@@ -106,11 +114,12 @@ INLINE float hmax_f32x8(__m256 v) {
    o[i] = o[i] * rescale[i] + sum over j in [lo, hi) of p[i][j] * values row j, in the order of j. Every value of
    an output is its own chain (a multiply, then the FMAs in the order of j), so the queries go together and the
    values in any slices: W vectors of each query's output at a time (all n x W in registers, each row's W vectors
-   loaded once for the n queries), then one vector, then one value (head sizes that are not a multiple of 8). */
+   loaded once for the n queries; W a power of two, which head sizes are multiples of), then one vector, then one
+   value (head sizes that are not a multiple of 8). */
 INLINE void weighted_sums(float *const o[GROUP], const float rescale[GROUP], const float *const p[GROUP], int n,
                           int lo, int hi, const float *values, int64_t dim) {
     enum { W_MAX = 64 / LANES };
-    const int W = ACC / n < W_MAX ? ACC / n : W_MAX;
+    const int W = ACC / n >= W_MAX ? W_MAX : ACC / n >= 4 ? 4 : ACC / n >= 2 ? 2 : 1;
     int64_t c = 0;
     for (; c + W * LANES <= dim; c += W * LANES) {
         vec a[GROUP][W_MAX];
@@ -232,7 +241,7 @@ void X86(attention)(const llm_attention_tile *t, float *scratch) {
                 if (lo2 != lo || hi2 != hi) break;
             }
             switch (n) { /* n a constant in each */
-            case 4: attend(t, scratch, i, 4, lo, hi, keys, values); break;
+            case 4: attend(t, scratch, i, GROUP >= 4 ? 4 : 1, lo, hi, keys, values); break; /* AVX-512 */
             case 3: attend(t, scratch, i, 3, lo, hi, keys, values); break;
             case 2: attend(t, scratch, i, 2, lo, hi, keys, values); break;
             default: attend(t, scratch, i, 1, lo, hi, keys, values); break;
