@@ -1,9 +1,9 @@
 /*
  * kernels_x86_attention.c: the attention of a tile of queries (kernels.h, llm_attention_tile), the
  * flash-attention recipe on the KV cache's blocks. The tile's queries share their keys and values: each block of
- * B = 32 positions is read from memory once for all of them (a prompt's tile: 64 queries, its tokens times the query
- * heads of one key/value head) and stays in L1 while they use it, where attending one query at a time read every
- * key and value row once per query, (prompt length)^2 rows per head from L2 or L3.
+ * B = 32 positions is read from memory once for all of them (a prompt's tile: 64 queries, its tokens times the
+ * query heads of one key/value head) and stays in L1 while they use it, where attending one query at a time read
+ * every key and value row once per query, (prompt length)^2 rows per head from L2 or L3.
  *
  * Per block and query: the B scores (the keys are stored dimension major, so a query's value in dimension d is
  * broadcast and multiplied into B positions with four FMAs, no horizontal sums), the soft-cap, the mask (causal,
@@ -69,9 +69,9 @@ INLINE void interleave_chains(float *qc, const float *q, int64_t dim) {
    q[i] as interleave_chains lays it out. Each lane is the sum of CHAINS FMA chains, each over its part of the
    dimensions in order (the last part takes what does not divide): the same arithmetic for a query whichever
    queries it is computed with, and enough independent chains in flight (with AVX2 the block's four vectors) to
-   hide the FMAs' latency even for one query (decoding a model without grouped-query attention). The queries go through as many vectors of the block at
-   a time as ACC accumulators allow (one query: the whole block); the rows of keys they share are loaded once for
-   all of them. */
+   hide the FMAs' latency even for one query (decoding a model without grouped-query attention). The queries go
+   through as many vectors of the block at a time as ACC accumulators allow (one query: the whole block); the rows
+   of keys they share are loaded once for all of them. */
 INLINE void scores(float *s, const float *const q[GROUP], int n, const float *keys, int64_t dim, float scale) {
     int64_t part = dim / CHAINS;
     int pass = ACC / (n * CHAINS) < NV ? ACC / (n * CHAINS) : NV; /* vectors per pass */
@@ -241,7 +241,7 @@ void X86(attention)(const llm_attention_tile *t, float *scratch) {
                 if (lo2 != lo || hi2 != hi) break;
             }
             switch (n) { /* n a constant in each */
-            case 4: attend(t, scratch, i, GROUP >= 4 ? 4 : 1, lo, hi, keys, values); break; /* AVX-512 */
+            case 4: attend(t, scratch, i, GROUP >= 4 ? 4 : 1, lo, hi, keys, values); break; /* AVX-512 only */
             case 3: attend(t, scratch, i, 3, lo, hi, keys, values); break;
             case 2: attend(t, scratch, i, 2, lo, hi, keys, values); break;
             default: attend(t, scratch, i, 1, lo, hi, keys, values); break;
