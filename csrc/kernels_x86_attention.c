@@ -119,6 +119,8 @@ INLINE float hmax_f32x8(__m256 v) {
 INLINE void weighted_sums(float *const o[GROUP], const float rescale[GROUP], const float *const p[GROUP], int n,
                           int lo, int hi, const float *values, int64_t dim) {
     enum { W_MAX = 64 / LANES };
+    /* the largest power of two with n x W within ACC, as one expression: GCC folds it to a constant for each n,
+       which it did not for a halving loop (W at run time: the accumulators spilled, 3x slower) */
     const int W = ACC / n >= W_MAX ? W_MAX : ACC / n >= 4 ? 4 : ACC / n >= 2 ? 2 : 1;
     int64_t c = 0;
     for (; c + W * LANES <= dim; c += W * LANES) {
