@@ -126,44 +126,32 @@ INLINE float hsum_f32x8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* e^x for eight floats (Cephes' expf: x = n ln2 + r, e^r by a degree-6 polynomial, 2^n in the exponent
-   bits); relative error about 2e-7. The clamps keep n within [-126, 127], so 2^n is a normal float (e^x
-   saturates at about 1.7e38 and 1.2e-38); NaN passes through. */
-INLINE __m256 exp8(__m256 x) {
-    x = _mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_max_ps(_mm256_set1_ps(-87.3365478515625f), x));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    __m256 y = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0f));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-}
+/* e^x for eight floats, exp8, and for sixteen, exp16 (AVX-512) (Cephes' expf: x = n ln2 + r, e^r by a degree-6
+   polynomial, 2^n in the exponent bits); relative error about 2e-7. The clamps keep n within [-126, 127], so 2^n is
+   a normal float (e^x saturates at about 1.7e38 and 1.2e-38); NaN passes through. One definition for both widths
+   (W bits, ROUND the width's rounding to an integer), so that every lane of exp16 computes what exp8 does. */
+#define DEFINE_EXP(name, W, ROUND)                                                                                   \
+    INLINE __m##W name(__m##W x) {                                                                                   \
+        x = _mm##W##_min_ps(_mm##W##_set1_ps(88.0f), _mm##W##_max_ps(_mm##W##_set1_ps(-87.3365478515625f), x));      \
+        __m##W n = ROUND(_mm##W##_mul_ps(x, _mm##W##_set1_ps(1.44269504088896341f)),                                 \
+                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);                                             \
+        __m##W r = _mm##W##_fnmadd_ps(n, _mm##W##_set1_ps(0.693359375f), x);                                         \
+        r = _mm##W##_fnmadd_ps(n, _mm##W##_set1_ps(-2.12194440e-4f), r);                                             \
+        __m##W p = _mm##W##_set1_ps(1.9875691500e-4f);                                                               \
+        p = _mm##W##_fmadd_ps(p, r, _mm##W##_set1_ps(1.3981999507e-3f));                                             \
+        p = _mm##W##_fmadd_ps(p, r, _mm##W##_set1_ps(8.3334519073e-3f));                                             \
+        p = _mm##W##_fmadd_ps(p, r, _mm##W##_set1_ps(4.1665795894e-2f));                                             \
+        p = _mm##W##_fmadd_ps(p, r, _mm##W##_set1_ps(1.6666665459e-1f));                                             \
+        p = _mm##W##_fmadd_ps(p, r, _mm##W##_set1_ps(5.0000001201e-1f));                                             \
+        __m##W y = _mm##W##_add_ps(_mm##W##_fmadd_ps(_mm##W##_mul_ps(p, r), r, r), _mm##W##_set1_ps(1.0f));          \
+        __m##W##i e = _mm##W##_cvtps_epi32(n);                                                                       \
+        e = _mm##W##_slli_epi32(_mm##W##_add_epi32(e, _mm##W##_set1_epi32(127)), 23);                                \
+        return _mm##W##_mul_ps(y, _mm##W##_castsi##W##_ps(e));                                                       \
+    }
+DEFINE_EXP(exp8, 256, _mm256_round_ps)
 
 #ifdef __AVX512F__
-/* exp8 in sixteen lanes: the same steps, so each lane's result is the same as exp8's. */
-INLINE __m512 exp16(__m512 x) {
-    x = _mm512_min_ps(_mm512_set1_ps(88.0f), _mm512_max_ps(_mm512_set1_ps(-87.3365478515625f), x));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    __m512 y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0f));
-    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
-}
+DEFINE_EXP(exp16, 512, _mm512_roundscale_ps)
 
 /* For four accumulators, the tree's first two levels: [a | b | c | d] in 128-bit blocks, each block the four
    sums lane l + (l + 8) + (l + 4) + (l + 12) of its accumulator, as hsum16 adds them. */
@@ -284,9 +272,9 @@ INLINE __m256i dot_scaled_u8i8(__m256i acc, __m256i u, __m256i s, __m256i scale)
 
 /* kernels_x86_repacked.c: the repacked block types, one kernel for every n (matvec: that with one token) */
 #define X86_R8_DECLARE(name)                                                                                     \
-    void X86(matvec_##name##_r8)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,  \
+    void X86(matvec_##name##_r8)(float *out, const void *w, const void *xq, int64_t row_begin, int64_t row_end,      \
                                  int64_t cols);                                                                  \
-    void X86(matmul_##name##_r8)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,   \
+    void X86(matmul_##name##_r8)(float *out, int64_t ldo, const void *w, const void *x, size_t ldx, int64_t n,       \
                                  int64_t row_begin, int64_t row_end, int64_t cols, void *scratch);
 X86_R8_DECLARE(q8_0)
 X86_R8_DECLARE(q4_0)

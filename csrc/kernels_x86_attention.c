@@ -27,10 +27,12 @@ _Static_assert(LLM_KV_BLOCK == 32, "a block's scores are whole vectors: four of 
    (four per block, 16 registers: one chain per score, which leaves room for three queries' whole blocks, 12
    accumulators, where two chains allowed one vector of four queries' at a time, 1.10-1.17x faster attention in a
    prompt on Zen 3; a query alone still keeps its block's four vectors in flight). vmask says which lanes of a
-   vector of scores a query sees: a mask register with AVX-512, all ones or zeros in each lane with AVX2. */
+   vector of scores a query sees: a mask register with AVX-512, all ones or zeros in each lane with AVX2. GROUP is the
+   queries per group (below), ACC the accumulators a group's scores and weighted sums keep in registers (with AVX2 12
+   of the 16, the rest for a row of keys or values and the group's broadcast query values or weights). */
 #ifdef __AVX512F__
 typedef __m512 vec;
-enum { LANES = 16, CHAINS = 2 };
+enum { LANES = 16, CHAINS = 2, GROUP = 4, ACC = 16 };
 #define VLOAD _mm512_loadu_ps
 #define VSTORE _mm512_storeu_ps
 #define VFMA _mm512_fmadd_ps
@@ -52,7 +54,7 @@ INLINE vmask lanes_seen(int k, int lo, int hi) {
 }
 #else
 typedef __m256 vec;
-enum { LANES = 8, CHAINS = 1 };
+enum { LANES = 8, CHAINS = 1, GROUP = 3, ACC = 12 };
 #define VLOAD _mm256_loadu_ps
 #define VSTORE _mm256_storeu_ps
 #define VFMA _mm256_fmadd_ps
@@ -82,13 +84,6 @@ INLINE float hmax_f32x8(__m256 v) {
 #endif
 enum { NV = B / LANES }; /* vectors of a block's scores */
 
-/* Queries per group (below), and the accumulators a group's scores and weighted sums keep in registers (with AVX2
-   12 of the 16, the rest for a row of keys or values and the group's broadcast query values or weights). */
-#ifdef __AVX512F__
-enum { GROUP = 4, ACC = 16 };
-#else
-enum { GROUP = 3, ACC = 12 };
-#endif
 
 /* A query's values in the order the scores read them: dimension c * part + d (chain c's d-th, part = dim / CHAINS)
    at d * CHAINS + c, the rest (dim % CHAINS) where they are, so that one pointer per query reaches all its chains. */
