@@ -100,8 +100,8 @@ INLINE int r8_steps_per_i16(int32_t base) {
 }
 #endif
 
-/* Tokens per pass over a group's blocks: their sums and accumulators stay in registers (32 vector registers
-   with AVX-512, 16 without). */
+/* Tokens per pass over a group's blocks: their accumulators stay in registers (32 vector registers with
+   AVX-512, beside tile16's 8 of a block's values; 16 without, beside tile8's sums). */
 #ifdef __AVX512VNNI__
 enum { R8_RN = 12 };
 #else
@@ -183,6 +183,13 @@ INLINE __m512 r8_halves16(const uint8_t *p, size_t group_bytes) { /* 8 fp16 at p
     return _mm512_cvtph_ps(h);
 }
 
+/* The block's 8 steps of values stay in registers (8 of the 32) while the tokens go past them one at a time,
+   each token's steps in two chains of vpdpbusd (its sum is ready 4 steps after it starts, and the next
+   token's chains overlap it). Stepping through the tokens within each step instead, as tile8 does, needs
+   one sum per token live across the block: 12 of them with their 12 accumulators left GCC too few
+   registers, and it copied the sums from register to register each step; this order ran 1.2-1.5x faster
+   on AMD Zen 5 (llm_matmul, Q4_0 at 530-560 GOPS of 890 peak). The integer sums are exact in any order: the
+   same bits as before, and as tile8. */
 INLINE void tile16(float *out, int64_t ldo, const uint8_t *grp, const q8_act *xa, int64_t nb, int32_t base, int rn) {
     const size_t gb = r8_block_bytes(base), group_bytes = (size_t)nb * gb;
     const float offset = (float)r8_offset(base);
@@ -190,25 +197,24 @@ INLINE void tile16(float *out, int64_t ldo, const uint8_t *grp, const q8_act *xa
     for (int j = 0; j < rn; j++) acc[j] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = grp + (size_t)b * gb;
-        __m512i s[R8_RN], s2[R8_RN];
-        const int two = rn <= 4;
-        for (int j = 0; j < rn; j++) s[j] = s2[j] = _mm512_setzero_si512();
-        for (int g = 0; g < 8; g++) {
-            __m512i v = r8_values16(blk, group_bytes, g, base);
-            for (int j = 0; j < rn; j++) {
-                __m512i xv = _mm512_set1_epi32(r8_four(&xa[j], b, g));
-                if (two && (g & 1)) s2[j] = _mm512_dpbusd_epi32(s2[j], v, xv);
-                else s[j] = _mm512_dpbusd_epi32(s[j], v, xv);
-            }
-        }
+        __m512i v[8];
+#pragma GCC unroll 8
+        for (int g = 0; g < 8; g++) v[g] = r8_values16(blk, group_bytes, g, base);
         __m512 dw = r8_halves16(blk, group_bytes);
+        __m512 m = r8_has_min(base) ? r8_halves16(blk + 16, group_bytes) : _mm512_setzero_ps();
+#pragma GCC unroll 16
         for (int j = 0; j < rn; j++) {
-            __m512i sum = two ? _mm512_add_epi32(s[j], s2[j]) : s[j];
+            __m512i s = _mm512_setzero_si512(), s2 = _mm512_setzero_si512();
+#pragma GCC unroll 8
+            for (int g = 0; g < 8; g += 2) {
+                s = _mm512_dpbusd_epi32(s, v[g], _mm512_set1_epi32(r8_four(&xa[j], b, g)));
+                s2 = _mm512_dpbusd_epi32(s2, v[g + 1], _mm512_set1_epi32(r8_four(&xa[j], b, g + 1)));
+            }
+            __m512i sum = _mm512_add_epi32(s, s2);
             __m512 dot = _mm512_mul_ps(_mm512_set1_ps(xa[j].d[b]), _mm512_cvtepi32_ps(sum));
             if (offset != 0.0f) dot = _mm512_sub_ps(dot, _mm512_set1_ps(offset * xa[j].dsum[b]));
             acc[j] = _mm512_fmadd_ps(dw, dot, acc[j]);
-            if (r8_has_min(base))
-                acc[j] = _mm512_fmadd_ps(r8_halves16(blk + 16, group_bytes), _mm512_set1_ps(xa[j].dsum[b]), acc[j]);
+            if (r8_has_min(base)) acc[j] = _mm512_fmadd_ps(m, _mm512_set1_ps(xa[j].dsum[b]), acc[j]);
         }
     }
     for (int j = 0; j < rn; j++) _mm512_storeu_ps(out + j * ldo, acc[j]);
