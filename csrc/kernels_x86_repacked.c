@@ -172,9 +172,35 @@ INLINE void tile8(float *out, int64_t ldo, const uint8_t *grp, const q8_act *xa,
 #ifdef __AVX512VNNI__
 /* tile8 for two groups at once, 16 rows in a 512-bit vector (rows 0-7 in the low half, from grp, rows 8-15
    in the high half, from grp + group_bytes): per lane the same operations as tile8, so the same bits. */
+
+/* 32 bytes at offset `at` of the block at blk (low half) and of the next group's (high half). */
+INLINE __m512i r8_pair(const uint8_t *blk, size_t group_bytes, size_t at) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(blk + at))),
+                              _mm256_loadu_si256((const __m256i *)(blk + group_bytes + at)), 1);
+}
+
+/* r8_values for the 16 rows, its steps in 512 bits: joined before the nibbles are split, so that the steps
+   g and g + 4 of the nibble types share one join (the unrolled block computes each once), where joining
+   r8_values' results took one per step, on the vector pipes vpdpbusd needs. */
 INLINE __m512i r8_values16(const uint8_t *blk, size_t group_bytes, int g, int32_t base) {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(r8_values(blk, g, base)),
-                              r8_values(blk + group_bytes, g, base), 1);
+    llm_r8_layout lay = llm_r8_layout_of(base);
+    if (base == LLM_Q8_0) {
+        __m512i v = r8_pair(blk, group_bytes, lay.qs + 32 * (size_t)g);
+        return r8_signed(base) ? v : _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80)); /* + 128 */
+    }
+    __m512i w = r8_pair(blk, group_bytes, lay.qs + 32 * (size_t)(g & 3));
+    __m512i v = _mm512_and_si512(g < 4 ? w : _mm512_srli_epi16(w, 4), _mm512_set1_epi8(0x0f));
+    if (base == LLM_Q5_0 || base == LLM_Q5_1) { /* bit 8 k + g of each lane's word to bit 4 of byte k */
+        __m512i qh = r8_pair(blk, group_bytes, lay.qh);
+        qh = g <= 4 ? _mm512_slli_epi32(qh, 4 - g) : _mm512_srli_epi32(qh, g - 4);
+        v = _mm512_or_si512(v, _mm512_and_si512(qh, _mm512_set1_epi8(0x10)));
+    }
+    if (base == LLM_IQ4_NL) {
+        __m512i levels = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)llm_iq4nl_values));
+        if (!r8_signed(base)) levels = _mm512_xor_si512(levels, _mm512_set1_epi8((char)0x80));
+        v = _mm512_shuffle_epi8(levels, v);
+    }
+    return v;
 }
 
 INLINE __m512 r8_halves16(const uint8_t *p, size_t group_bytes) { /* 8 fp16 at p, 8 at p + group_bytes */
