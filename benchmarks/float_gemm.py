@@ -1,8 +1,11 @@
 """GFLOP/s of the float products (llm_matmul, one thread) per weight type, instruction-set level, matrix shape and
 batch size n, for one or more builds of llmrun side by side (old vs new: two source trees, each built in place).
+The 32-value block types too (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl: quantized, then repacked as load repacks
+them, so that the products measured are the ones a model runs; their figure counts integer operations alike).
 
     python benchmarks/float_gemm.py --trees /tmp/old,. --types f32,f16,bf16 --isas avx512vnni,avx2 \\
         --shapes 768x768,2048x768,768x2048,5632x2048,2048x5632 --n 1,8,128,512 --rounds 3
+    python benchmarks/float_gemm.py --trees /tmp/old,. --types q4_0,q8_0 --isas avx512bf16 --n 128,512
 
 Each (tree, round) is a fresh subprocess that imports llmrun from that tree and times every configuration
 (one untimed call, then the best of --reps calls, timed in the process's CPU time: the machine may be shared,
@@ -28,19 +31,35 @@ import json, sys, time
 import numpy as np
 from llmrun.engine import ISA_NAMES, ffi, lib
 cfg = json.loads(sys.argv[1])
-codes = {"f32": lib.LLM_F32, "f16": lib.LLM_F16, "bf16": lib.LLM_BF16}
+floats = {"f32": lib.LLM_F32, "f16": lib.LLM_F16, "bf16": lib.LLM_BF16}
 rng = np.random.default_rng(0)
 res = {}
+
+
+def weights(type, w32):  # (llmrun type code, weights) of w32 in `type`: a block type quantized and repacked
+    if type in floats:
+        return floats[type], {"f32": w32, "f16": w32.astype(np.float16),
+                              "bf16": (w32.view(np.uint32) >> 16).astype(np.uint16)}[type]
+    code, (rows, cols) = getattr(lib, "LLM_" + type.upper()), w32.shape
+    elems, nbytes = ffi.new("int64_t *"), ffi.new("int64_t *")
+    assert lib.llm_type_layout(code, elems, nbytes) == 0
+    q = np.empty(rows * cols // elems[0] * nbytes[0], np.uint8)
+    assert lib.llm_quantize(code, ffi.from_buffer("float[]", w32), rows, cols, ffi.from_buffer(q)) == 0
+    repacked, r8 = np.empty_like(q), ffi.new("int32_t *")
+    assert lib.llm_repack(code, ffi.from_buffer(q), rows, cols, ffi.from_buffer(repacked), r8) == 0
+    return r8[0], repacked
+
+
 for shape in cfg["shapes"]:
     rows, cols = map(int, shape.split("x"))
     w32 = (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
     for type in cfg["types"]:
-        w = {"f32": w32, "f16": w32.astype(np.float16), "bf16": (w32.view(np.uint32) >> 16).astype(np.uint16)}[type]
+        code, w = weights(type, w32)
         for n in cfg["n"]:
             x = rng.standard_normal((n, cols)).astype(np.float32)
             out = np.empty((n, rows), dtype=np.float32)
             for isa in cfg["isas"]:
-                args = (codes[type], ISA_NAMES[isa], ffi.from_buffer(w), rows, cols, ffi.from_buffer("float[]", x), n,
+                args = (code, ISA_NAMES[isa], ffi.from_buffer(w), rows, cols, ffi.from_buffer("float[]", x), n,
                         ffi.from_buffer("float[]", out))
                 assert lib.llm_matmul(*args) == 0
                 best = float("inf")
@@ -64,7 +83,7 @@ def run_tree(tree: str, cfg: dict) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trees", default=".", help="comma-separated source trees (each built in place)")
-    ap.add_argument("--types", default="f32,f16,bf16")
+    ap.add_argument("--types", default="f32,f16,bf16", help="also q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl")
     ap.add_argument("--isas", default="avx512vnni,avx2")
     ap.add_argument("--shapes", default="768x768,2048x768,768x2048,5632x2048,2048x5632")
     ap.add_argument("--n", default="1,8,128,512")
