@@ -54,27 +54,34 @@ INLINE size_t r8_block_bytes(int32_t base) {
     }
 }
 
-/* The 8 rows' values 4 g .. 4 g + 3 (lane r: row r) of the group's block at blk, in the form above. */
-INLINE __m256i r8_values(const uint8_t *blk, int g, int32_t base) {
-    llm_r8_layout lay = llm_r8_layout_of(base);
-    if (base == LLM_Q8_0) {
-        __m256i v = _mm256_loadu_si256((const __m256i *)(blk + lay.qs + 32 * g));
-        return r8_signed(base) ? v : _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80)); /* + 128 */
+/* The 8 rows' values 4 g .. 4 g + 3 of the group's block at blk (lane r: row r) in the form above, in W-bit
+   vectors: r8_values (256 bits) here, r8_values16 (two groups, 512 bits) below. One definition, so that each
+   lane of the wider one does exactly what the narrower one does. LOAD(at): the 32 bytes at offset `at` of the
+   block (with 16 rows, of both groups' blocks, joined); BCAST128: a 128-bit value into every 128-bit lane. */
+#define DEFINE_R8_VALUES(name, W, PARAMS, LOAD, BCAST128)                                                     \
+    INLINE __m##W##i name PARAMS {                                                                          \
+        llm_r8_layout lay = llm_r8_layout_of(base);                                                         \
+        if (base == LLM_Q8_0) {                                                                             \
+            __m##W##i v = LOAD(lay.qs + 32 * (size_t)g);                                                    \
+            return r8_signed(base) ? v : _mm##W##_xor_si##W(v, _mm##W##_set1_epi8((char)0x80)); /* + 128 */ \
+        }                                                                                                   \
+        __m##W##i w = LOAD(lay.qs + 32 * (size_t)(g & 3));                                                  \
+        __m##W##i v = _mm##W##_and_si##W(g < 4 ? w : _mm##W##_srli_epi16(w, 4), _mm##W##_set1_epi8(0x0f)); \
+        if (base == LLM_Q5_0 || base == LLM_Q5_1) { /* bit 8 k + g of each lane's word to bit 4 of byte k */\
+            __m##W##i qh = LOAD(lay.qh);                                                                    \
+            qh = g <= 4 ? _mm##W##_slli_epi32(qh, 4 - g) : _mm##W##_srli_epi32(qh, g - 4);                  \
+            v = _mm##W##_or_si##W(v, _mm##W##_and_si##W(qh, _mm##W##_set1_epi8(0x10)));                    \
+        }                                                                                                   \
+        if (base == LLM_IQ4_NL) {                                                                           \
+            __m##W##i levels = BCAST128(_mm_loadu_si128((const __m128i *)llm_iq4nl_values));                \
+            if (!r8_signed(base)) levels = _mm##W##_xor_si##W(levels, _mm##W##_set1_epi8((char)0x80));     \
+            v = _mm##W##_shuffle_epi8(levels, v);                                                           \
+        }                                                                                                   \
+        return v;                                                                                           \
     }
-    __m256i w = _mm256_loadu_si256((const __m256i *)(blk + lay.qs + 32 * (g & 3)));
-    __m256i v = _mm256_and_si256(g < 4 ? w : _mm256_srli_epi16(w, 4), _mm256_set1_epi8(0x0f));
-    if (base == LLM_Q5_0 || base == LLM_Q5_1) { /* bit 8 k + g of each lane's word to bit 4 of byte k */
-        __m256i qh = _mm256_loadu_si256((const __m256i *)(blk + lay.qh));
-        qh = g <= 4 ? _mm256_slli_epi32(qh, 4 - g) : _mm256_srli_epi32(qh, g - 4);
-        v = _mm256_or_si256(v, _mm256_and_si256(qh, _mm256_set1_epi8(0x10)));
-    }
-    if (base == LLM_IQ4_NL) {
-        __m256i levels = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)llm_iq4nl_values));
-        if (!r8_signed(base)) levels = _mm256_xor_si256(levels, _mm256_set1_epi8((char)0x80));
-        v = _mm256_shuffle_epi8(levels, v);
-    }
-    return v;
-}
+
+#define R8_LOAD8(at) _mm256_loadu_si256((const __m256i *)(blk + (at)))
+DEFINE_R8_VALUES(r8_values, 256, (const uint8_t *blk, int g, int32_t base), R8_LOAD8, _mm256_broadcastsi128_si256)
 
 /* The four activation bytes of token x's block b that meet values 4 g .. 4 g + 3, as an int32. */
 INLINE int32_t r8_four(const q8_act *x, int64_t b, int g) {
@@ -179,29 +186,12 @@ INLINE __m512i r8_pair(const uint8_t *blk, size_t group_bytes, size_t at) {
                               _mm256_loadu_si256((const __m256i *)(blk + group_bytes + at)), 1);
 }
 
-/* r8_values for the 16 rows, its steps in 512 bits: joined before the nibbles are split, so that the steps
-   g and g + 4 of the nibble types share one join (the unrolled block computes each once), where joining
-   r8_values' results took one per step, on the vector pipes vpdpbusd needs. */
-INLINE __m512i r8_values16(const uint8_t *blk, size_t group_bytes, int g, int32_t base) {
-    llm_r8_layout lay = llm_r8_layout_of(base);
-    if (base == LLM_Q8_0) {
-        __m512i v = r8_pair(blk, group_bytes, lay.qs + 32 * (size_t)g);
-        return r8_signed(base) ? v : _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80)); /* + 128 */
-    }
-    __m512i w = r8_pair(blk, group_bytes, lay.qs + 32 * (size_t)(g & 3));
-    __m512i v = _mm512_and_si512(g < 4 ? w : _mm512_srli_epi16(w, 4), _mm512_set1_epi8(0x0f));
-    if (base == LLM_Q5_0 || base == LLM_Q5_1) { /* bit 8 k + g of each lane's word to bit 4 of byte k */
-        __m512i qh = r8_pair(blk, group_bytes, lay.qh);
-        qh = g <= 4 ? _mm512_slli_epi32(qh, 4 - g) : _mm512_srli_epi32(qh, g - 4);
-        v = _mm512_or_si512(v, _mm512_and_si512(qh, _mm512_set1_epi8(0x10)));
-    }
-    if (base == LLM_IQ4_NL) {
-        __m512i levels = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)llm_iq4nl_values));
-        if (!r8_signed(base)) levels = _mm512_xor_si512(levels, _mm512_set1_epi8((char)0x80));
-        v = _mm512_shuffle_epi8(levels, v);
-    }
-    return v;
-}
+/* r8_values for the 16 rows, joined before the nibbles are split: the steps g and g + 4 of the nibble types
+   share one join (the unrolled block computes each once), where joining r8_values' results took one per step,
+   on the vector pipes vpdpbusd needs. */
+#define R8_LOAD16(at) r8_pair(blk, group_bytes, at)
+DEFINE_R8_VALUES(r8_values16, 512, (const uint8_t *blk, size_t group_bytes, int g, int32_t base), R8_LOAD16,
+                 _mm512_broadcast_i32x4)
 
 INLINE __m512 r8_halves16(const uint8_t *p, size_t group_bytes) { /* 8 fp16 at p, 8 at p + group_bytes */
     __m256i h = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)p)),
