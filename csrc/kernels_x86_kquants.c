@@ -543,6 +543,16 @@ INLINE void repack(packed_rows *dst, const void *w, int64_t row, int64_t nb, int
     }
 }
 
+/* The steps g (four values each) of sub-block s. With AVX-512 unrolled: as a loop GCC rotated the KN tokens'
+   sums through other registers every step (two copies per vpdpbusd), and unrolling took the Q4_K, Q5_K and Q6_K
+   tiles 1.15-1.29x faster on AMD Zen 5 (the count k_ gives the unroller a constant trip count). AVX2 keeps the
+   loop: its 16 registers ran Q4_K and Q5_K 0.88x unrolled. */
+#ifdef __AVX512VNNI__
+#define FOR_STEPS(g, s, groups) _Pragma("GCC unroll 8") for (int k_ = 0, g = (s) * (groups); k_ < (groups); k_++, g++)
+#else
+#define FOR_STEPS(g, s, groups) for (int g = (s) * (groups); g < ((s) + 1) * (groups); g++)
+#endif
+
 /* out[token + j][row_out .. row_out + ROWS) (+)= the products of super-blocks [b0, b0 + nsb) repacked in
    `packed` with tokens token .. token + rn - 1; `first`: store instead of add. */
 INLINE void tile(float *out, int64_t ldo, const packed_rows *packed, int64_t b0, int64_t nsb, const void *x,
@@ -578,7 +588,7 @@ INLINE void tile(float *out, int64_t ldo, const packed_rows *packed, int64_t b0,
         for (int s = 0; s < subs; s++) {
             rows_i32 dot[KN];
             for (int j = 0; j < rn; j++) dot[j] = ri_zero();
-            for (int g = s * groups; g < (s + 1) * groups; g++) {
+            FOR_STEPS (g, s, groups) {
                 rows_i32 wv = ri_load(p->q[g]);
                 for (int j = 0; j < rn; j++) {
                     int32_t four;
