@@ -1,7 +1,8 @@
 """GFLOP/s of the float products (llm_matmul, one thread) per weight type, instruction-set level, matrix shape and
 batch size n, for one or more builds of llmrun side by side (old vs new: two source trees, each built in place).
-The 32-value block types too (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl: quantized, then repacked as load repacks
-them, so that the products measured are the ones a model runs; their figure counts integer operations alike).
+The block types too: the 32-value ones (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl) quantized, then repacked as load
+repacks them, so that the products measured are the ones a model runs; the K-quants (q4_K, q5_K, q6_K ...) as
+quantized. Their figure counts integer operations alike.
 
     python benchmarks/float_gemm.py --trees /tmp/old,. --types f32,f16,bf16 --isas avx512vnni,avx2 \\
         --shapes 768x768,2048x768,768x2048,5632x2048,2048x5632 --n 1,8,128,512 --rounds 3
@@ -46,7 +47,8 @@ def weights(type, w32):  # (llmrun type code, weights) of w32 in `type`: a block
     q = np.empty(rows * cols // elems[0] * nbytes[0], np.uint8)
     assert lib.llm_quantize(code, ffi.from_buffer("float[]", w32), rows, cols, ffi.from_buffer(q)) == 0
     repacked, r8 = np.empty_like(q), ffi.new("int32_t *")
-    assert lib.llm_repack(code, ffi.from_buffer(q), rows, cols, ffi.from_buffer(repacked), r8) == 0
+    if lib.llm_repack(code, ffi.from_buffer(q), rows, cols, ffi.from_buffer(repacked), r8) != 0:
+        return code, q  # the 256-value blocks: no repacked form, read as the file has them
     return r8[0], repacked
 
 
@@ -83,7 +85,8 @@ def run_tree(tree: str, cfg: dict) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trees", default=".", help="comma-separated source trees (each built in place)")
-    ap.add_argument("--types", default="f32,f16,bf16", help="also q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl")
+    ap.add_argument("--types", default="f32,f16,bf16",
+                    help="also q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, q4_K, q5_K, q6_K ...")
     ap.add_argument("--isas", default="avx512vnni,avx2")
     ap.add_argument("--shapes", default="768x768,2048x768,768x2048,5632x2048,2048x5632")
     ap.add_argument("--n", default="1,8,128,512")
