@@ -37,7 +37,7 @@ rng = np.random.default_rng(0)
 res = {}
 
 
-def weights(type, w32):  # (llmrun type code, weights) of w32 in `type`: a block type quantized and repacked
+def weights(type, w32):  # (llmrun type code, weights) of w32 in `type`: a block type quantized, then repacked
     if type in floats:
         return floats[type], {"f32": w32, "f16": w32.astype(np.float16),
                               "bf16": (w32.view(np.uint32) >> 16).astype(np.uint16)}[type]
